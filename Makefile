@@ -1,0 +1,36 @@
+# The two commands: `make demo` and `make test`. Every target bootstraps what is missing.
+PY := .venv/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: bootstrap test test-unit test-integration test-e2e demo bench lint ansible-check clean
+
+bootstrap:
+	@sh scripts/bootstrap.sh
+
+test: bootstrap
+	$(PYTEST) tests -p no:cacheprovider
+
+test-unit: bootstrap
+	$(PYTEST) tests/unit -m unit
+
+test-integration: bootstrap
+	$(PYTEST) tests/integration -m integration
+
+test-e2e: bootstrap
+	$(PYTEST) tests/e2e -m e2e
+
+demo: bootstrap
+	.venv/bin/clusterctl lab demo
+
+bench: bootstrap
+	$(PY) -m bench
+
+lint: bootstrap
+	.venv/bin/ruff check keyd cluster sprayer tests bench
+	.venv/bin/mypy
+
+ansible-check: bootstrap
+	$(PY) -m pytest tests/integration/test_ansible.py
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

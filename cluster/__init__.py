@@ -1,0 +1,1 @@
+"""Shared cluster state, ESP data plane, node agent, CLI, hooks and lab."""

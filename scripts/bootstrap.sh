@@ -1,0 +1,36 @@
+#!/bin/sh
+# Make this Debian machine ready to run and test ipsec-cluster. Idempotent: installs only
+# what is missing, and rebuilds .venv only when pyproject.toml changed.
+set -eu
+cd "$(dirname "$0")/.."
+
+DEBS="etcd-server etcd-client strongswan-charon strongswan-swanctl libcharon-extra-plugins
+libstrongswan-extra-plugins nftables conntrack haproxy iproute2 iputils-ping iperf3 tcpdump
+python3-venv"
+
+missing=""
+for p in $DEBS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "bootstrap: installing Debian packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+# Debian starts these services on install; the project runs its own instances.
+for svc in etcd strongswan-starter strongswan haproxy; do
+    if systemctl is-active --quiet "$svc" 2>/dev/null; then systemctl stop "$svc" || true; fi
+done
+
+PY=${PYTHON:-python3}
+stamp=.venv/.bootstrap-stamp
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
+    echo "bootstrap: preparing .venv"
+    [ -x .venv/bin/python ] || "$PY" -m venv .venv
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e '.[test]'
+    echo "$want" > $stamp
+fi
