@@ -1,0 +1,283 @@
+"""keyd's configuration: the TOML file of docs/configuration.md, overridden by flags.
+
+Every problem is a `ConfigError` with one line that names the file and the field; the daemon
+prints it and exits 2. Secrets are read from files (never inlined) and those files must not be
+readable by group or others.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/ipsec-cluster/keyd.toml")
+DATA_KEY_ENV = "IPSEC_CLUSTER_DATA_KEY"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSection:
+    name: str = "default"
+    prefix: str = "/ipsec-cluster"
+    data_key_file: str | None = None  # or env IPSEC_CLUSTER_DATA_KEY (hex)
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdSection:
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    timeout_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogSection:
+    level: str = "info"
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSection:
+    listen: str = "127.0.0.1:9410"  # "" disables
+
+
+@dataclass(frozen=True, slots=True)
+class KeydSection:
+    id: str = "keyd-1"
+    vip: str = "203.0.113.10"
+    ike_port: int = 500
+    natt_port: int = 4500
+    identity: str = ""
+    psk_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+    ike_proposals: tuple[str, ...] = (
+        "aes128gcm16-prfsha256-x25519", "aes256-sha384-ecp384",
+        "chacha20poly1305-prfsha256-x25519", "aes128-sha256-modp2048",
+    )
+    esp_proposals: tuple[str, ...] = (
+        "aes128gcm16", "aes256-sha256", "chacha20poly1305", "aes128gcm16-esn",
+    )
+    pool: str = "10.99.0.0/16"
+    dns: tuple[str, ...] = ()
+    protected_networks: tuple[str, ...] = ("0.0.0.0/0",)
+    half_open_cookie_threshold: int = 100
+    ike_lifetime_s: int = 14400
+    child_lifetime_s: int = 3600
+    # Not in the common contract: the address recorded in keyd/<id> (the back-end address the
+    # sprayer routes IKE to). Defaults to the VIP.
+    address: str | None = None
+    # How often expired IKE SAs left in etcd by a dead instance are swept (0 disables).
+    sweep_interval_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class KeydConfig:
+    cluster: ClusterSection = field(default_factory=ClusterSection)
+    etcd: EtcdSection = field(default_factory=EtcdSection)
+    log: LogSection = field(default_factory=LogSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    keyd: KeydSection = field(default_factory=KeydSection)
+    source: str = "<defaults>"
+
+    @property
+    def address(self) -> str:
+        return self.keyd.address or self.keyd.vip
+
+
+_SECTIONS: dict[str, type] = {
+    "cluster": ClusterSection, "etcd": EtcdSection, "log": LogSection,
+    "metrics": MetricsSection, "keyd": KeydSection,
+}
+
+
+def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> KeydConfig:
+    """Read the TOML file (None: defaults only), apply `overrides` ("section.field" → value,
+    None values ignored), and validate. Raises ConfigError."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: no such file") from None
+        except PermissionError:
+            raise ConfigError(f"{source}: permission denied") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{source}: is a directory") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        if value is None or value == ():
+            continue
+        section, _, name = dotted.partition(".")
+        raw.setdefault(section, {})[name] = value
+    sections: dict[str, Any] = {}
+    for name, table in raw.items():
+        if name not in _SECTIONS:
+            continue  # other daemons' sections may share the file
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        sections[name] = _build(source, name, _SECTIONS[name], table)
+    config = KeydConfig(**sections, source=source)
+    _validate(config)
+    return config
+
+
+def _build(source: str, section: str, cls: type, table: dict[str, Any]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{source}: [{section}] unknown field {key!r}")
+        default = getattr(cls(), key)
+        values[key] = _coerce(source, f"{section}.{key}", default, value)
+    return cls(**values)
+
+
+def _coerce(source: str, where: str, default: Any, value: Any) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: {where} must be {expected}, not {value!r}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("a number")
+        return float(value)
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise bad("a string")
+    return value
+
+
+def _validate(config: KeydConfig) -> None:
+    src, k = config.source, config.keyd
+
+    def fail(msg: str) -> ConfigError:
+        return ConfigError(f"{src}: {msg}")
+
+    for name in ("vip", "address"):
+        value = getattr(k, name)
+        if value is None:
+            continue
+        try:
+            if ipaddress.ip_address(value).version != 4:
+                raise fail(f"keyd.{name} must be an IPv4 address: {value!r}")
+        except ValueError:
+            raise fail(f"keyd.{name} is not an IP address: {value!r}") from None
+    for name in ("ike_port", "natt_port"):
+        if not 0 <= getattr(k, name) <= 65535:
+            raise fail(f"keyd.{name} out of range: {getattr(k, name)}")
+    if k.ike_port == k.natt_port and k.ike_port != 0:
+        raise fail("keyd.ike_port and keyd.natt_port must differ")
+    try:
+        pool = ipaddress.ip_network(k.pool, strict=True)
+    except ValueError as exc:
+        raise fail(f"keyd.pool is not a network: {exc}") from None
+    if pool.version != 4 or pool.num_addresses < 4:
+        raise fail(f"keyd.pool must be an IPv4 network of at least 4 addresses: {k.pool}")
+    for net in k.protected_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise fail(f"keyd.protected_networks: not a network: {net!r}") from None
+    for ip in k.dns:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise fail(f"keyd.dns: not an IP address: {ip!r}") from None
+    if not k.identity:
+        raise fail("keyd.identity is required (the gateway's IKE identity)")
+    if not k.ike_proposals or not k.esp_proposals:
+        raise fail("keyd.ike_proposals and keyd.esp_proposals must not be empty")
+    if not k.psk_file and not k.cert_file:
+        raise fail("keyd needs psk_file or cert_file (or both) to authenticate")
+    if k.cert_file and not k.key_file:
+        raise fail("keyd.cert_file needs keyd.key_file")
+    if k.half_open_cookie_threshold < 0 or k.ike_lifetime_s <= 0 or k.child_lifetime_s <= 0:
+        raise fail("keyd thresholds and lifetimes must be positive")
+    if not config.etcd.endpoints:
+        raise fail("etcd.endpoints must not be empty")
+    if config.etcd.timeout_s <= 0:
+        raise fail("etcd.timeout_s must be positive")
+    if config.log.level.lower() not in ("debug", "info", "warning", "error"):
+        raise fail(f"log.level must be debug|info|warning|error, not {config.log.level!r}")
+    if config.metrics.listen:
+        parse_listen(config.metrics.listen, src)
+
+
+def parse_listen(listen: str, source: str = "metrics.listen") -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{source}: metrics.listen must be host:port, not {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def read_secret(path: str, what: str) -> bytes:
+    """A secret file's bytes, refusing one that group or others can read (must be 0600)."""
+    try:
+        st = os.stat(path)
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"{what} {path} is readable by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path}: no such file") from None
+    except PermissionError:
+        raise ConfigError(f"{what} {path}: permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path}: is a directory") from None
+
+
+def read_psk(path: str) -> bytes:
+    """The pre-shared key: the file's bytes without a trailing newline; `0x…` means hex."""
+    data = read_secret(path, "PSK file").rstrip(b"\r\n")
+    if not data:
+        raise ConfigError(f"PSK file {path} is empty")
+    if data.startswith(b"0x"):
+        try:
+            return bytes.fromhex(data[2:].decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise ConfigError(f"PSK file {path}: 0x… is not valid hex") from None
+    return data
+
+
+def read_public(path: str, what: str) -> bytes:
+    """A certificate or CA file (public, no mode check)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
+
+
+def with_overrides(config: KeydConfig, **keyd_fields: Any) -> KeydConfig:
+    """A copy with some [keyd] fields replaced (tests and the benchmark use this)."""
+    return replace(config, keyd=replace(config.keyd, **keyd_fields))
