@@ -1,0 +1,238 @@
+"""From keyspace changes to hook events: a sans-I/O core, no etcd, no clock.
+
+The deriver keeps the part of the keyspace it needs (nodes, IKE SAs, Child SAs, assignments)
+so that a delete — which carries no value — can still say who went away, and so that a put can
+be told apart from an update. `prime()` loads a snapshot without emitting anything (the state
+as of the revision delivery resumes from); `apply()` turns one change into zero or more events;
+`resync()` compares a fresh snapshot with what the deriver holds (after a watch lost history to
+compaction) and emits what changed in between, deletes included.
+
+Which change means what:
+
+| change                                         | event          |
+| ---------------------------------------------- | -------------- |
+| `assign/<ike>` appears                          | client-up      |
+| `assign/<ike>` names another node               | client-moved   |
+| `ike/<ike>` deleted                             | client-down    |
+| `sa/<spi>` appears with `replaces` set          | sa-rekeyed     |
+| `nodes/<id>` appears                            | node-up (+ node-draining)  |
+| `nodes/<id>` state ready → draining             | node-draining  |
+| `nodes/<id>` deleted (lease expired or removed) | node-down      |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cluster.hooks.event import (
+    CLIENT_DOWN,
+    CLIENT_MOVED,
+    CLIENT_UP,
+    NODE_DOWN,
+    NODE_DRAINING,
+    NODE_UP,
+    SA_REKEYED,
+    HookEvent,
+    format_peer,
+)
+
+WATCHED_KINDS = ("nodes", "ike", "sa", "assign")
+
+
+class NodeLike(Protocol):
+    id: str
+    address: str
+    state: str
+
+
+class IkeSaLike(Protocol):
+    ike_sa_id: str
+    peer_addr: str
+    peer_port: int
+    identity: str
+    virtual_ip: str | None
+
+
+class ChildSaLike(Protocol):
+    spi_in: int
+    spi_out: int
+    ike_sa_id: str
+    peer_addr: str
+    peer_port: int
+    identity: str
+    virtual_ip: str | None
+    replaces: int | None
+
+
+class AssignmentLike(Protocol):
+    ike_sa_id: str
+    node: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One put (record set) or delete (record None) of a watched key, at `revision`."""
+
+    kind: str
+    """The key kind: one of WATCHED_KINDS (others are ignored)."""
+    name: str
+    """The key's last part: node id, IKE SA id, or SPI as 8 hex digits."""
+    record: Any | None
+    revision: int
+
+
+class EventDeriver:
+    """Keyspace changes in, HookEvents out. Feed changes in revision order."""
+
+    def __init__(self, cluster: str = "") -> None:
+        self.cluster = cluster
+        self.nodes: dict[str, NodeLike] = {}
+        self.ike: dict[str, IkeSaLike] = {}
+        self.child: dict[int, ChildSaLike] = {}
+        self.assign: dict[str, AssignmentLike] = {}
+
+    # -- state --------------------------------------------------------------------------
+
+    def prime(self, changes: Iterable[Change]) -> None:
+        """Load a snapshot (puts) as the known state, emitting nothing."""
+        for change in changes:
+            if change.kind in WATCHED_KINDS and change.record is not None:
+                self._table(change.kind)[self._key(change)] = change.record
+
+    def resync(self, snapshot: Iterable[Change], revision: int) -> list[HookEvent]:
+        """Events for the difference between what is held and a full snapshot at `revision`."""
+        fresh: dict[str, dict[Any, Any]] = {kind: {} for kind in WATCHED_KINDS}
+        puts: list[Change] = []
+        for change in snapshot:
+            if change.kind in fresh and change.record is not None:
+                fresh[change.kind][self._key(change)] = change.record
+                puts.append(change)
+        events: list[HookEvent] = []
+        for change in puts:
+            events += self.apply(change)
+        # Deletes last, so a client-down still finds its assignment and Child SAs.
+        for kind in WATCHED_KINDS:
+            for key in [k for k in self._table(kind) if k not in fresh[kind]]:
+                name = f"{key:08x}" if isinstance(key, int) else key
+                events += self.apply(Change(kind, name, None, revision))
+        return events
+
+    # -- changes ------------------------------------------------------------------------
+
+    def apply(self, change: Change) -> list[HookEvent]:
+        """The events one change causes (often none), and the held state updated."""
+        handler = {
+            "nodes": self._node, "ike": self._ike, "sa": self._child, "assign": self._assign,
+        }.get(change.kind)
+        return handler(change) if handler else []
+
+    def _node(self, change: Change) -> list[HookEvent]:
+        before = self.nodes.get(change.name)
+        node: NodeLike | None = change.record
+        events: list[HookEvent] = []
+        if node is None:
+            self.nodes.pop(change.name, None)
+            events.append(self._node_event(NODE_DOWN, change.name, before, change.revision))
+            return events
+        self.nodes[change.name] = node
+        if before is None:
+            events.append(self._node_event(NODE_UP, change.name, node, change.revision))
+        if node.state == "draining" and (before is None or before.state != "draining"):
+            events.append(self._node_event(NODE_DRAINING, change.name, node, change.revision))
+        return events
+
+    def _assign(self, change: Change) -> list[HookEvent]:
+        before = self.assign.get(change.name)
+        assignment: AssignmentLike | None = change.record
+        if assignment is None:
+            self.assign.pop(change.name, None)
+            return []
+        self.assign[change.name] = assignment
+        if before is None:
+            return [self._client_event(CLIENT_UP, change.name, change.revision)]
+        if before.node != assignment.node:
+            return [self._client_event(CLIENT_MOVED, change.name, change.revision,
+                                       old_node=before.node)]
+        return []
+
+    def _ike(self, change: Change) -> list[HookEvent]:
+        if change.record is not None:
+            self.ike[change.name] = change.record
+            return []
+        if change.name not in self.ike and change.name not in self.assign:
+            # Never seen: nothing to tell beyond the id, but still at-least-once.
+            return [HookEvent(CLIENT_DOWN, change.revision, self.cluster,
+                              ike_sa_id=change.name)]
+        event = self._client_event(CLIENT_DOWN, change.name, change.revision)
+        self.ike.pop(change.name, None)
+        return [event]
+
+    def _child(self, change: Change) -> list[HookEvent]:
+        spi = int(change.name, 16)
+        child: ChildSaLike | None = change.record
+        if child is None:
+            self.child.pop(spi, None)
+            return []
+        before = self.child.get(spi)
+        self.child[spi] = child
+        if before is not None or child.replaces is None:
+            return []
+        ike = self.ike.get(child.ike_sa_id)
+        assignment = self.assign.get(child.ike_sa_id)
+        return [HookEvent(
+            SA_REKEYED, change.revision, self.cluster,
+            client_id=child.identity or (ike.identity if ike else None),
+            ike_sa_id=child.ike_sa_id,
+            virtual_ip=child.virtual_ip or (ike.virtual_ip if ike else None),
+            peer=format_peer(child.peer_addr, child.peer_port),
+            node=assignment.node if assignment else None,
+            epoch=assignment.epoch if assignment else None,
+            spi_in=child.spi_in, spi_out=child.spi_out, old_spi_in=child.replaces,
+        )]
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _client_event(self, kind: str, ike_id: str, revision: int,
+                      old_node: str | None = None) -> HookEvent:
+        ike = self.ike.get(ike_id)
+        assignment = self.assign.get(ike_id)
+        child = self._newest_child(ike_id)
+        identity = ike.identity if ike else (child.identity if child else None)
+        virtual_ip = ike.virtual_ip if ike else (child.virtual_ip if child else None)
+        if ike:
+            peer = format_peer(ike.peer_addr, ike.peer_port)
+        else:
+            peer = format_peer(child.peer_addr, child.peer_port) if child else None
+        return HookEvent(
+            kind, revision, self.cluster, client_id=identity, ike_sa_id=ike_id,
+            virtual_ip=virtual_ip, peer=peer,
+            node=assignment.node if assignment else None, old_node=old_node,
+            epoch=assignment.epoch if assignment else None,
+            spi_in=child.spi_in if child else None, spi_out=child.spi_out if child else None,
+        )
+
+    def _newest_child(self, ike_id: str) -> ChildSaLike | None:
+        """The Child SA of this IKE SA that no other one replaces (the one in use)."""
+        mine = [c for c in self.child.values() if c.ike_sa_id == ike_id]
+        replaced = {c.replaces for c in mine}
+        current = [c for c in mine if c.spi_in not in replaced]
+        pick = current or mine
+        return pick[-1] if pick else None
+
+    def _node_event(self, kind: str, node_id: str, node: NodeLike | None,
+                    revision: int) -> HookEvent:
+        return HookEvent(kind, revision, self.cluster, node=node_id,
+                         node_address=node.address if node else None)
+
+    def _table(self, kind: str) -> dict[Any, Any]:
+        tables: Mapping[str, dict[Any, Any]] = {
+            "nodes": self.nodes, "ike": self.ike, "sa": self.child, "assign": self.assign,
+        }
+        return tables[kind]
+
+    @staticmethod
+    def _key(change: Change) -> Any:
+        return int(change.name, 16) if change.kind == "sa" else change.name
