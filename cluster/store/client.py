@@ -1,0 +1,348 @@
+"""`Store`: the typed facade over etcd that every component uses.
+
+Blocking calls (gRPC underneath); asyncio daemons call them through `asyncio.to_thread`.
+Every etcd/gRPC failure surfaces as a StoreError (errors.py) naming the endpoint(s).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+import etcd3
+import grpc
+
+from .errors import StoreError, StoreUnavailable, translated
+from .keyspace import Keyspace
+from .records import (
+    Assignment,
+    ChildSaRecord,
+    IkeSaRecord,
+    KeydRecord,
+    MalformedRecord,
+    NodeRecord,
+    Policy,
+    PoolLease,
+    Record,
+    SeqRecord,
+    decode_record,
+    encode_record,
+)
+from .seal import DataKey, WrongDataKey
+
+if TYPE_CHECKING:
+    from cluster.config import Config
+
+    from .watch import PrefixWatcher, WatchEvent
+
+R = TypeVar("R", bound=Record)
+T = TypeVar("T")
+
+# etcd's default --max-txn-ops is 128
+TXN_MAX_OPS = 128
+SPI_MIN = 256  # RFC 4303 §2.1: SPIs 1-255 are reserved by IANA
+SPI_ATTEMPTS = 32
+
+
+def record_name(record: Record) -> str:
+    """The last key component of a record: its id, SPI, IKE SA id, IP or name."""
+    if isinstance(record, NodeRecord | KeydRecord):
+        return record.id
+    if isinstance(record, IkeSaRecord | Assignment):
+        return record.ike_sa_id
+    if isinstance(record, ChildSaRecord):
+        return f"{record.spi_in:08x}"
+    if isinstance(record, SeqRecord):
+        return f"{record.spi:08x}"
+    if isinstance(record, PoolLease):
+        return record.ip
+    if isinstance(record, Policy):
+        return record.name
+    raise TypeError(f"not a store record: {type(record).__name__}")
+
+
+def key_for(keyspace: Keyspace, cls: type[Record], name: str | int) -> str:
+    """The etcd key of the record of kind `cls` named `name` (an SPI may be an int)."""
+    if isinstance(name, int):
+        return keyspace.kind_prefix(cls.KIND) + f"{name:08x}"
+    builders: dict[str, Callable[[Any], str]] = {
+        "nodes": keyspace.node, "keyd": keyspace.keyd, "ike": keyspace.ike,
+        "assign": keyspace.assign, "pool": keyspace.pool, "policy": keyspace.policy,
+        "sa": lambda n: keyspace.sa(int(n, 16)), "seq": lambda n: keyspace.seq(int(n, 16)),
+    }
+    return builders[cls.KIND](name)
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned(Generic[T]):
+    """A record as read from etcd with the revisions a compare-and-swap needs."""
+
+    record: T
+    key: str
+    mod_revision: int
+    create_revision: int
+    lease_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Listing(Generic[T]):
+    """Every record of one kind at one revision; values that failed to decode in `malformed`."""
+
+    items: list[Versioned[T]]
+    revision: int
+    malformed: list[MalformedRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A transaction precondition: `key` has this mod_revision (0 = the key does not exist)."""
+
+    key: str
+    mod_revision: int
+
+
+def _endpoint(url: str, cacert: str | None, cert: str | None, key: str | None,
+              time_retry_s: float) -> Any:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if not parts.hostname or not parts.port:
+        raise StoreError(f"bad etcd endpoint {url!r}: expected http(s)://host:port")
+    secure = parts.scheme == "https" or cacert is not None
+    creds = None
+    if secure:
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as exc:
+                raise StoreError(f"etcd TLS file {path}: {exc.strerror}") from None
+        creds = grpc.ssl_channel_credentials(read(cacert), read(key), read(cert))
+    return etcd3.Endpoint(
+        parts.hostname, parts.port, secure=secure, creds=creds, time_retry=time_retry_s)
+
+
+class Store:
+    """Typed access to the cluster's keyspace in etcd."""
+
+    def __init__(self, endpoints: Sequence[str], keyspace: Keyspace | None = None,
+                 data_key: DataKey | None = None, *, cacert: str | None = None,
+                 cert: str | None = None, key: str | None = None,
+                 timeout_s: float = 2.0) -> None:
+        if not endpoints:
+            raise StoreError("no etcd endpoints configured")
+        if (cert is None) != (key is None):
+            raise StoreError("etcd client cert and key go together: give both or neither")
+        self.keyspace = keyspace or Keyspace()
+        self.data_key = data_key
+        self.endpoints = list(endpoints)
+        self.endpoint = ",".join(self.endpoints)
+        self.timeout_s = timeout_s
+        self._tls = (cacert, cert, key)
+        eps = [_endpoint(u, cacert, cert, key, 0.0 if len(endpoints) == 1 else 1.0)
+               for u in endpoints]
+        self._client = etcd3.MultiEndpointEtcd3Client(
+            endpoints=eps, timeout=timeout_s, failover=True)
+
+    @classmethod
+    def from_config(cls, config: Config, data_key: DataKey | None = None) -> Store:
+        """A store for a loaded configuration ([cluster] and [etcd])."""
+        e = config.etcd
+        return cls(e.endpoints, Keyspace(config.cluster.name, config.cluster.prefix), data_key,
+                   cacert=e.cacert, cert=e.cert, key=e.key, timeout_s=e.timeout_s)
+
+    def clone(self) -> Store:
+        """A second store on its own connection, same settings (e.g. for another thread)."""
+        cacert, cert, key = self._tls
+        return Store(self.endpoints, self.keyspace, self.data_key, cacert=cacert, cert=cert,
+                     key=key, timeout_s=self.timeout_s)
+
+    def close(self) -> None:
+        with translated(self.endpoint):
+            self._client.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def raw(self) -> Any:
+        """The etcd3 client, for the store's own modules only."""
+        return self._client
+
+    def revision(self) -> int:
+        """etcd's current revision. StoreUnavailable if etcd does not answer."""
+        with translated(self.endpoint):
+            resp = self._client.get_response(self.keyspace.root, keys_only=True)
+            return int(resp.header.revision)
+
+    check = revision
+
+    # -- keys and codecs ------------------------------------------------------------------
+    def key_of(self, record: Record) -> str:
+        return key_for(self.keyspace, type(record), record_name(record))
+
+    def encode(self, record: Record) -> tuple[str, bytes]:
+        k = self.key_of(record)
+        return k, encode_record(record, k, self.data_key)
+
+    def decode(self, cls: type[R], raw: bytes, key: str) -> R:
+        return decode_record(cls, raw, key, self.data_key)
+
+    # -- raw bytes (tests, tools) ---------------------------------------------------------
+    def raw_get(self, key: str) -> bytes | None:
+        with translated(self.endpoint):
+            value, _ = self._client.get(key)
+        return None if value is None else bytes(value)
+
+    def raw_put(self, key: str, value: bytes, lease: int | None = None) -> int:
+        with translated(self.endpoint):
+            return int(self._client.put(key, value, lease=lease).header.revision)
+
+    # -- typed reads ----------------------------------------------------------------------
+    def get(self, cls: type[R], name: str | int) -> Versioned[R] | None:
+        """The record of kind `cls` named `name`, or None. MalformedRecord / WrongDataKey if
+        the stored value does not decode."""
+        k = key_for(self.keyspace, cls, name)
+        with translated(self.endpoint):
+            resp = self._client.get_response(k)
+        if not resp.kvs:
+            return None
+        kv = resp.kvs[0]
+        return Versioned(self.decode(cls, kv.value, k), k, kv.mod_revision, kv.create_revision,
+                         kv.lease)
+
+    def list(self, cls: type[R]) -> Listing[R]:
+        """Every record of one kind, at one revision. Malformed values are returned apart."""
+        prefix = self.keyspace.kind_prefix(cls.KIND)
+        with translated(self.endpoint):
+            resp = self._client.get_prefix_response(prefix)
+        items: list[Versioned[R]] = []
+        bad: list[MalformedRecord] = []
+        for kv in resp.kvs:
+            k = kv.key.decode("utf-8", "replace")
+            try:
+                items.append(Versioned(self.decode(cls, kv.value, k), k, kv.mod_revision,
+                                       kv.create_revision, kv.lease))
+            except MalformedRecord as exc:
+                bad.append(exc)
+        return Listing(items, int(resp.header.revision), bad)
+
+    # -- writes ---------------------------------------------------------------------------
+    def put(self, record: Record, lease: int | None = None) -> int:
+        """Write a record unconditionally; return the new revision."""
+        k, v = self.encode(record)
+        with translated(self.endpoint):
+            return int(self._client.put(k, v, lease=lease).header.revision)
+
+    def delete(self, cls: type[Record], name: str | int) -> bool:
+        k = key_for(self.keyspace, cls, name)
+        with translated(self.endpoint):
+            return bool(self._client.delete(k))
+
+    def commit(self, puts: Iterable[Record] = (), deletes: Iterable[str] = (),
+               guards: Iterable[Guard] = (), lease: int | None = None) -> bool:
+        """One etcd transaction: if every guard holds, write `puts` and delete the keys in
+        `deletes`; return whether it did. At most TXN_MAX_OPS operations."""
+        t = self._client.transactions
+        ops: list[Any] = []
+        for record in puts:
+            k, v = self.encode(record)
+            ops.append(t.put(k, v, lease=lease))
+        ops.extend(t.delete(k) for k in deletes)
+        if len(ops) > TXN_MAX_OPS:
+            raise StoreError(f"transaction of {len(ops)} operations exceeds {TXN_MAX_OPS}")
+        compare = [t.mod(g.key) == g.mod_revision for g in guards]
+        with translated(self.endpoint):
+            ok, _ = self._client.transaction(compare=compare, success=ops, failure=[])
+        return bool(ok)
+
+    def put_many(self, records: Iterable[Record], lease: int | None = None) -> int:
+        """Write many records in transactions of up to TXN_MAX_OPS; return the last revision.
+        Each batch is atomic; the whole set is not."""
+        t = self._client.transactions
+        revision = 0
+        batch: list[Any] = []
+
+        def flush() -> None:
+            nonlocal revision, batch
+            if batch:
+                with translated(self.endpoint):
+                    resp = self._client.kvstub.Txn(
+                        etcd3.etcdrpc.TxnRequest(
+                            compare=[], success=self._client._ops_to_requests(batch),
+                            failure=[]),
+                        self.timeout_s, credentials=self._client.call_credentials,
+                        metadata=self._client.metadata)
+                revision = int(resp.header.revision)
+                batch = []
+
+        for record in records:
+            k, v = self.encode(record)
+            batch.append(t.put(k, v, lease=lease))
+            if len(batch) == TXN_MAX_OPS:
+                flush()
+        flush()
+        return revision
+
+    def create(self, record: Record, lease: int | None = None) -> bool:
+        """Create-if-absent: write the record only if its key does not exist."""
+        return self.commit([record], guards=[Guard(self.key_of(record), 0)], lease=lease)
+
+    def update_if(self, record: Record, mod_revision: int, lease: int | None = None) -> bool:
+        """Compare-and-swap: write only if the key's mod_revision is still `mod_revision`."""
+        return self.commit([record], guards=[Guard(self.key_of(record), mod_revision)],
+                           lease=lease)
+
+    def delete_if(self, cls: type[Record], name: str | int, mod_revision: int) -> bool:
+        k = key_for(self.keyspace, cls, name)
+        return self.commit(deletes=[k], guards=[Guard(k, mod_revision)])
+
+    def allocate_spi(self, make: Callable[[int], ChildSaRecord],
+                     lease: int | None = None) -> ChildSaRecord:
+        """A cluster-unique inbound SPI: draw a random 32-bit SPI (>= 256), build the Child SA
+        with `make(spi)` and create sa/<spi> if absent; draw again on collision."""
+        for _ in range(SPI_ATTEMPTS):
+            spi = int.from_bytes(os.urandom(4), "big")
+            if spi < SPI_MIN:
+                continue
+            record = make(spi)
+            if record.spi_in != spi:
+                raise ValueError("make(spi) must return a Child SA with spi_in == spi")
+            if self.create(record, lease=lease):
+                return record
+        raise StoreError(f"no free SPI after {SPI_ATTEMPTS} attempts")
+
+    # -- leases ---------------------------------------------------------------------------
+    def grant_lease(self, ttl_s: int) -> int:
+        with translated(self.endpoint):
+            return int(self._client.lease(ttl_s).id)
+
+    def revoke_lease(self, lease_id: int) -> None:
+        with translated(self.endpoint):
+            self._client.revoke_lease(lease_id)
+
+    def keepalive(self, lease_id: int) -> int:
+        """Refresh a lease once; return its new TTL in seconds (0: the lease is gone)."""
+        with translated(self.endpoint):
+            responses = list(self._client.refresh_lease(lease_id))
+        if not responses:
+            raise StoreUnavailable(self.endpoint, "no keepalive answer")
+        return int(responses[-1].TTL)
+
+    # -- watches --------------------------------------------------------------------------
+    def watch(self, cls: type[R], on_event: Callable[[WatchEvent], None],
+              start_revision: int | None = None) -> PrefixWatcher:
+        """Start a watcher on every record of kind `cls` (see watch.py)."""
+        from .watch import PrefixWatcher
+        w = PrefixWatcher(self, cls, on_event, start_revision=start_revision)
+        w.start()
+        return w
+
+
+__all__ = ["Guard", "Listing", "Store", "Versioned", "WrongDataKey", "key_for", "record_name"]

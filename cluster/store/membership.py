@@ -1,0 +1,103 @@
+"""Membership: a record (nodes/<id>, keyd/<id>) held by an etcd lease with keepalive.
+
+The holder runs a keepalive thread. If the lease expires, or etcd stays silent for a whole
+TTL since the last keepalive that it answered, the holder gets one `LeaseLost` event: from
+then on etcd may have deleted its record and another node may own its clients, so the
+holder must fence itself (stop sending on SAs it no longer provably owns).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .client import Store
+from .errors import StoreError
+from .records import KeydRecord, NodeRecord
+
+log = logging.getLogger(__name__)
+
+
+class MembershipEvent:
+    """Marker base of membership events."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseLost(MembershipEvent):
+    lease_id: int
+    reason: str          # "expired" (etcd said so) or "unreachable" (no answer for a TTL)
+    key: str             # the record the lease held
+
+
+class Membership:
+    """Hold `record` under a lease of `ttl_s` seconds, refreshed every `ttl_s / 3`."""
+
+    def __init__(self, store: Store, record: NodeRecord | KeydRecord, ttl_s: int,
+                 on_lost: Callable[[LeaseLost], None]) -> None:
+        if ttl_s < 2:
+            raise ValueError("lease TTL must be at least 2 s")
+        self._store = store.clone()
+        self.record = record
+        self.ttl_s = ttl_s
+        self.key = store.key_of(record)
+        self.lease_id = 0
+        self.lost = threading.Event()
+        self._on_lost = on_lost
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        """Grant the lease, write the record on it, start keepalives; return the lease id."""
+        self.lease_id = self._store.grant_lease(self.ttl_s)
+        self._store.put(self.record, lease=self.lease_id)
+        self._thread = threading.Thread(target=self._run, name=f"lease-{self.key}", daemon=True)
+        self._thread.start()
+        return self.lease_id
+
+    def update(self, record: NodeRecord | KeydRecord) -> None:
+        """Rewrite the record (e.g. state "draining") on the same lease."""
+        if self._store.key_of(record) != self.key:
+            raise ValueError("membership record cannot change its key")
+        self._store.put(record, lease=self.lease_id)
+        self.record = record
+
+    def stop(self, revoke: bool = True) -> None:
+        """Stop keepalives; with `revoke`, delete the record now rather than after the TTL."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.ttl_s + 5)
+        if revoke and self.lease_id and not self.lost.is_set():
+            try:
+                self._store.revoke_lease(self.lease_id)
+            except StoreError as exc:
+                log.warning("could not revoke lease of %s: %s", self.key, exc)
+        self._store.close()
+
+    def _lose(self, reason: str) -> None:
+        self.lost.set()
+        log.error("lease of %s lost (%s): fencing", self.key, reason)
+        try:
+            self._on_lost(LeaseLost(self.lease_id, reason, self.key))
+        except Exception as exc:
+            log.error("lease-lost handler failed: %s", exc)
+
+    def _run(self) -> None:
+        interval = self.ttl_s / 3
+        deadline = time.monotonic() + self.ttl_s
+        while not self._stop.wait(interval):
+            sent = time.monotonic()
+            try:
+                ttl = self._store.keepalive(self.lease_id)
+            except StoreError as exc:
+                log.warning("keepalive of %s failed: %s", self.key, exc)
+                if time.monotonic() >= deadline:
+                    self._lose("unreachable")
+                    return
+                continue
+            if ttl <= 0:
+                self._lose("expired")
+                return
+            deadline = sent + ttl

@@ -1,0 +1,387 @@
+"""Typed records of the keyspace and their versioned JSON codecs.
+
+Every value is a JSON object `{"v": <version>, ...fields}`. Secret fields (the IKE SA state,
+the Child SA keys) never appear in clear: they travel together in one field `"sealed"`,
+AES-GCM under the cluster data key with the etcd key as associated data (seal.py).
+`decode_record` checks the version and every field's type and raises `MalformedRecord` for
+anything else; watchers log, count and skip such values.
+
+Field names are a contract the other components code against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar, Union
+
+from .seal import DataKey, WrongDataKey
+
+VERSION = 1
+
+
+class MalformedRecord(ValueError):
+    """A stored value is not a valid record of the expected kind and version."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"malformed record at {key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class UnknownVersion(MalformedRecord):
+    """A record written by a newer (or unknown) codec version."""
+
+
+class Record:
+    """Marker base of every stored record. KIND is the keyspace kind (`sa`, `nodes`, ...)."""
+
+    KIND: ClassVar[str] = ""
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self) -> None:
+        """Semantic checks beyond field types; raise ValueError."""
+
+
+def _redacted(self: Any) -> str:
+    parts = []
+    for f in dataclasses.fields(self):
+        value = getattr(self, f.name)
+        if f.name in self.SECRET_FIELDS:
+            parts.append(f"{f.name}=<redacted {len(value)} bytes>")
+        else:
+            parts.append(f"{f.name}={value!r}")
+    return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _check_cidrs(values: list[str], what: str) -> None:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError(f"{what}: not a CIDR: {v!r}") from None
+
+
+def _check_ip(value: str | None, what: str) -> None:
+    if value is None:
+        return
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{what}: not an IP address: {value!r}") from None
+
+
+def _check_spi(value: int, what: str) -> None:
+    if not 0 < value <= 0xFFFFFFFF:
+        raise ValueError(f"{what}: SPI out of range: {value}")
+
+
+def _check_port(value: int, what: str) -> None:
+    if not 0 <= value <= 0xFFFF:
+        raise ValueError(f"{what}: port out of range: {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord(Record):
+    """A cluster node (nodes/<id>), held by the node's lease."""
+
+    KIND: ClassVar[str] = "nodes"
+    id: str
+    address: str                      # back-end IP the sprayer routes to
+    capacity: int                     # weight for the planner
+    state: Literal["ready", "draining"]
+    health_port: int
+    version: str                      # software version
+    started_at: float                 # epoch seconds
+
+    def validate(self) -> None:
+        _check_ip(self.address, "address")
+        _check_port(self.health_port, "health_port")
+        if self.capacity < 0:
+            raise ValueError("capacity must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class KeydRecord(Record):
+    """A keyd instance (keyd/<id>), held by its lease."""
+
+    KIND: ClassVar[str] = "keyd"
+    id: str
+    address: str
+    version: str
+    started_at: float
+
+    def validate(self) -> None:
+        _check_ip(self.address, "address")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class IkeSaRecord(Record):
+    """An IKE SA (ike/<ike-sa-id>). `state` is the IKE core's serialized state: sealed."""
+
+    KIND: ClassVar[str] = "ike"
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("state",)
+    ike_sa_id: str
+    spi_i: int
+    spi_r: int
+    peer_addr: str
+    peer_port: int
+    local_port: int
+    identity: str                     # the peer's IKE identity
+    virtual_ip: str | None
+    child_spis: list[int]             # spi_in of each Child SA
+    keyd_id: str
+    updated_at: float
+    state: bytes
+
+    __repr__ = _redacted
+
+    def validate(self) -> None:
+        if self.ike_sa_id != f"{self.spi_i:016x}{self.spi_r:016x}":
+            raise ValueError("ike_sa_id does not match spi_i/spi_r")
+        _check_ip(self.peer_addr, "peer_addr")
+        _check_ip(self.virtual_ip, "virtual_ip")
+        _check_port(self.peer_port, "peer_port")
+        _check_port(self.local_port, "local_port")
+        for spi in self.child_spis:
+            _check_spi(spi, "child_spis")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ChildSaRecord(Record):
+    """A Child SA (sa/<spi_in>). The four keys are sealed at rest.
+
+    GCM and ChaCha20-Poly1305 keys include their 4-byte salt (RFC 4106 §8.1, RFC 7634 §2).
+    """
+
+    KIND: ClassVar[str] = "sa"
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = (
+        "enc_key_in", "integ_key_in", "enc_key_out", "integ_key_out")
+    spi_in: int                       # the SPI the cluster receives with
+    spi_out: int                      # the client's SPI
+    ike_sa_id: str
+    encr: str                         # "aes128gcm16", "aes256", "chacha20poly1305", ...
+    integ: str | None                 # "sha256", ... None for AEAD
+    esn: bool
+    enc_key_in: bytes
+    integ_key_in: bytes
+    enc_key_out: bytes
+    integ_key_out: bytes
+    ts_local: list[str]               # protected networks (CIDR)
+    ts_remote: list[str]              # the client side, usually virtual_ip/32
+    peer_addr: str
+    peer_port: int
+    udp_encap: bool
+    virtual_ip: str | None
+    identity: str
+    created_at: float
+    soft_lifetime_s: int
+    hard_lifetime_s: int
+    replaces: int | None = None       # spi_in of the SA this one rekeyed
+
+    __repr__ = _redacted
+
+    def validate(self) -> None:
+        _check_spi(self.spi_in, "spi_in")
+        _check_spi(self.spi_out, "spi_out")
+        if self.replaces is not None:
+            _check_spi(self.replaces, "replaces")
+        _check_cidrs(self.ts_local, "ts_local")
+        _check_cidrs(self.ts_remote, "ts_remote")
+        _check_ip(self.peer_addr, "peer_addr")
+        _check_ip(self.virtual_ip, "virtual_ip")
+        _check_port(self.peer_port, "peer_port")
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment(Record):
+    """Which node owns an IKE SA's traffic (assign/<ike-sa-id>). `epoch` is the fencing token."""
+
+    KIND: ClassVar[str] = "assign"
+    ike_sa_id: str
+    node: str
+    epoch: int
+    phase: Literal["active", "handoff"]
+    previous_node: str | None
+    updated_at: float
+
+    def validate(self) -> None:
+        if self.epoch < 0:
+            raise ValueError("epoch must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class SeqRecord(Record):
+    """Sequence counters of one Child SA (seq/<spi_in>), written by its owner node."""
+
+    KIND: ClassVar[str] = "seq"
+    spi: int                          # spi_in
+    owner: str                        # node id
+    epoch: int                        # the assignment epoch the owner held
+    out_seq: int
+    in_highest: int
+    in_bitmap: int                    # anti-replay window bitmap below in_highest
+    kind: Literal["checkpoint", "final"]
+    written_at: float
+
+    def validate(self) -> None:
+        _check_spi(self.spi, "spi")
+        if min(self.out_seq, self.in_highest, self.in_bitmap, self.epoch) < 0:
+            raise ValueError("counters must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLease(Record):
+    """A client virtual IP lease (pool/<ip>)."""
+
+    KIND: ClassVar[str] = "pool"
+    ip: str
+    ike_sa_id: str
+    identity: str
+    keyd_id: str
+    leased_at: float
+
+    def validate(self) -> None:
+        _check_ip(self.ip, "ip")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy(Record):
+    """A traffic policy (policy/<name>) bound to identities by glob pattern."""
+
+    KIND: ClassVar[str] = "policy"
+    name: str
+    identities: list[str]
+    mode: Literal["full", "split", "guest"]
+    allowed: list[str] = field(default_factory=list)
+    denied: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        _check_cidrs(self.allowed, "allowed")
+        _check_cidrs(self.denied, "denied")
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    cls.KIND: cls for cls in (NodeRecord, KeydRecord, IkeSaRecord, ChildSaRecord, Assignment,
+                              SeqRecord, PoolLease, Policy)
+}
+
+R = TypeVar("R", bound=Record)
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _conform(value: Any, tp: Any, name: str) -> Any:
+    """Check a JSON value against a field type; return it (ints widened to float)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            if arm is type(None) and value is None:
+                return None
+        for arm in typing.get_args(tp):
+            if arm is not type(None):
+                return _conform(value, arm, name)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{name}: {value!r} not one of {typing.get_args(tp)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{name}: expected a list")
+        (item,) = typing.get_args(tp)
+        return [_conform(v, item, name) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected a boolean")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name}: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name}: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: expected a string")
+        return value
+    raise ValueError(f"{name}: unsupported type {tp!r}")
+
+
+def encode_record(record: Record, etcd_key: str, data_key: DataKey | None = None) -> bytes:
+    """Versioned JSON bytes of a record; secret fields sealed under `data_key`."""
+    record.validate()
+    body: dict[str, Any] = {"v": VERSION}
+    secrets: dict[str, str] = {}
+    for f in dataclasses.fields(record):  # type: ignore[arg-type]
+        value = getattr(record, f.name)
+        if f.name in record.SECRET_FIELDS:
+            secrets[f.name] = value.hex()
+        else:
+            body[f.name] = value
+    if secrets:
+        if data_key is None:
+            raise ValueError(f"{type(record).__name__} carries key material: needs the data key")
+        plain = json.dumps(secrets, separators=(",", ":")).encode()
+        body["sealed"] = data_key.seal(plain, etcd_key)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_record(cls: type[R], raw: bytes, etcd_key: str,
+                  data_key: DataKey | None = None) -> R:
+    """The record stored at etcd_key. MalformedRecord if it is not a valid `cls` value;
+    WrongDataKey if its secrets do not open with `data_key`."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedRecord(etcd_key, "not JSON") from None
+    if not isinstance(body, dict):
+        raise MalformedRecord(etcd_key, "not a JSON object")
+    version = body.get("v")
+    if version != VERSION:
+        raise UnknownVersion(etcd_key, f"unknown version {version!r} (this codec reads {VERSION})")
+    values: dict[str, Any] = {}
+    secrets: dict[str, Any] = {}
+    if cls.SECRET_FIELDS:
+        token = body.get("sealed")
+        if not isinstance(token, str):
+            raise MalformedRecord(etcd_key, "sealed: missing")
+        if data_key is None:
+            raise MalformedRecord(etcd_key, "sealed fields but no data key to open them")
+        try:
+            secrets = json.loads(data_key.open(token, etcd_key))
+        except WrongDataKey:
+            raise
+        except ValueError as exc:
+            raise MalformedRecord(etcd_key, f"sealed: {exc}") from None
+        if not isinstance(secrets, dict):
+            raise MalformedRecord(etcd_key, "sealed: not an object")
+    hints = _hints(cls)
+    try:
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in cls.SECRET_FIELDS:
+                hexed = secrets.get(f.name)
+                if not isinstance(hexed, str):
+                    raise ValueError(f"{f.name}: missing")
+                values[f.name] = bytes.fromhex(hexed)
+            elif f.name in body:
+                values[f.name] = _conform(body[f.name], hints[f.name], f.name)
+            elif (f.default is dataclasses.MISSING
+                  and f.default_factory is dataclasses.MISSING):
+                raise ValueError(f"{f.name}: missing")
+        record = cls(**values)
+        record.validate()
+    except ValueError as exc:
+        raise MalformedRecord(etcd_key, str(exc)) from None
+    return record
