@@ -1,0 +1,77 @@
+"""A byte buffer with bounded reads: every codec in the core pulls from and pushes to one."""
+
+from __future__ import annotations
+
+from .constants import Notify
+from .errors import RemoteProtocolError
+
+
+class Buffer:
+    """Reads fail with RemoteProtocolError(INVALID_SYNTAX) instead of running off the end."""
+
+    __slots__ = ("_data", "_end", "_out", "_pos")
+
+    def __init__(self, data: bytes = b"") -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._end = len(data)
+        self._out = bytearray()
+
+    # reading
+    @property
+    def position(self) -> int:
+        return self._pos
+
+    def remaining(self) -> int:
+        return self._end - self._pos
+
+    def eof(self) -> bool:
+        return self._pos >= self._end
+
+    def pull_bytes(self, n: int) -> bytes:
+        if n < 0 or self._pos + n > self._end:
+            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+        out = bytes(self._data[self._pos : self._pos + n])
+        self._pos += n
+        return out
+
+    def pull_uint8(self) -> int:
+        return self.pull_bytes(1)[0]
+
+    def pull_uint16(self) -> int:
+        return int.from_bytes(self.pull_bytes(2), "big")
+
+    def pull_uint32(self) -> int:
+        return int.from_bytes(self.pull_bytes(4), "big")
+
+    def pull_uint64(self) -> int:
+        return int.from_bytes(self.pull_bytes(8), "big")
+
+    def pull_rest(self) -> bytes:
+        return self.pull_bytes(self.remaining())
+
+    def sub(self, n: int) -> Buffer:
+        """A buffer over the next `n` bytes (a length-prefixed block), consumed here."""
+        return Buffer(self.pull_bytes(n))
+
+    # writing
+    def push_bytes(self, data: bytes) -> None:
+        self._out += data
+
+    def push_uint8(self, v: int) -> None:
+        self._out += v.to_bytes(1, "big")
+
+    def push_uint16(self, v: int) -> None:
+        self._out += v.to_bytes(2, "big")
+
+    def push_uint32(self, v: int) -> None:
+        self._out += v.to_bytes(4, "big")
+
+    def push_uint64(self, v: int) -> None:
+        self._out += v.to_bytes(8, "big")
+
+    def data(self) -> bytes:
+        return bytes(self._out)
+
+    def __len__(self) -> int:
+        return len(self._out)

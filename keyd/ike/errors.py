@@ -1,0 +1,26 @@
+"""The two error directions of the IKE core (as h11 does).
+
+`RemoteProtocolError`: the peer sent something wrong; it carries the notify type the core
+answers with (or None where the RFC says to stay silent). It is caught at the edge of the
+core and becomes a protocol answer plus a counter.
+
+`LocalProtocolError`: the caller misused the API (unknown IKE SA, wrong state, bad config).
+"""
+
+from __future__ import annotations
+
+
+class IkeError(Exception):
+    """Base class of every error the IKE core raises."""
+
+
+class RemoteProtocolError(IkeError):
+    """The peer misbehaved. `notify` is the IKE notify type to answer with, or None (silence)."""
+
+    def __init__(self, message: str, notify: int | None = None) -> None:
+        super().__init__(message)
+        self.notify = notify
+
+
+class LocalProtocolError(IkeError):
+    """The caller misused the core (unknown IKE SA, bad configuration, wrong state)."""
