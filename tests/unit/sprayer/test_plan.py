@@ -40,7 +40,8 @@ def views(weights: dict[str, int]) -> list[NodeView]:
 
 
 @given(clusters, st.randoms(use_true_random=False))
-def test_choice_is_deterministic_and_order_free(weights: dict[str, int], rnd: random.Random) -> None:
+def test_choice_is_deterministic_and_order_free(weights: dict[str, int],
+                                                rnd: random.Random) -> None:
     a = views(weights)
     b = list(a)
     rnd.shuffle(b)
@@ -50,7 +51,8 @@ def test_choice_is_deterministic_and_order_free(weights: dict[str, int], rnd: ra
 
 
 @given(clusters, st.data())
-def test_removing_a_node_moves_only_its_clients(weights: dict[str, int], data: st.DataObject) -> None:
+def test_removing_a_node_moves_only_its_clients(weights: dict[str, int],
+                                                data: st.DataObject) -> None:
     if len(weights) < 2:
         return
     gone = data.draw(st.sampled_from(sorted(weights)))
@@ -121,7 +123,7 @@ def test_failover_moves_only_the_dead_nodes_clients_unthrottled(weights: dict[st
     moved = {a.ike_sa_id: a for a in acts if isinstance(a, Failover)}
     assert len(acts) == len(moved)
     assert set(moved) == {k for k, v in current.items() if v.node == dead}
-    for k, a in moved.items():
+    for a in moved.values():
         assert a.from_node == dead and a.to_node != dead and a.epoch == 2
 
 
