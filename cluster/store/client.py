@@ -303,12 +303,13 @@ class Store:
         k = key_for(self.keyspace, cls, name)
         return self.commit(deletes=[k], guards=[Guard(k, mod_revision)])
 
-    def allocate_spi(self, make: Callable[[int], ChildSaRecord],
-                     lease: int | None = None) -> ChildSaRecord:
+    def allocate_spi(self, make: Callable[[int], ChildSaRecord], lease: int | None = None,
+                     draw: Callable[[], int] | None = None) -> ChildSaRecord:
         """A cluster-unique inbound SPI: draw a random 32-bit SPI (>= 256), build the Child SA
-        with `make(spi)` and create sa/<spi> if absent; draw again on collision."""
+        with `make(spi)` and create sa/<spi> if absent; draw again on collision.
+        `draw` replaces the random source (tests)."""
         for _ in range(SPI_ATTEMPTS):
-            spi = int.from_bytes(os.urandom(4), "big")
+            spi = draw() if draw else int.from_bytes(os.urandom(4), "big")
             if spi < SPI_MIN:
                 continue
             record = make(spi)

@@ -68,6 +68,7 @@ class WatchResynced(WatchEvent):
 
     revision: int
     reason: str         # "initial" or "compacted"
+    keys: frozenset[str]  # every key present at `revision`: anything else held is stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,8 @@ class PrefixWatcher:
 
     def __init__(self, store: Store, cls: type[Record], on_event: Callable[[WatchEvent], None],
                  start_revision: int | None = None, backoff_max_s: float = 5.0) -> None:
-        self._store = store.clone()
+        self._parent = store
+        self._store: Store | None = None
         self.cls = cls
         self.prefix = store.keyspace.kind_prefix(cls.KIND)
         self._on_event = on_event
@@ -94,20 +96,31 @@ class PrefixWatcher:
         self._known: set[str] = set()
         self._backoff_max_s = backoff_max_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"watch-{cls.KIND}", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start (or, after stop(), resume from last_revision + 1) on a fresh connection."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._store = self._parent.clone()
+        self._thread = threading.Thread(target=self._run, args=(self._store,),
+                                        name=f"watch-{self.cls.KIND}", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop delivering; last_revision stays, so start() resumes where this stopped."""
         self._stop.set()
-        self._thread.join(timeout_s)
-        with contextlib.suppress(StoreError):
-            self._store.close()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        if self._store is not None:
+            with contextlib.suppress(StoreError):
+                self._store.close()
+            self._store = None
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive()
 
     # -- the worker ------------------------------------------------------------------------
     def _emit(self, event: WatchEvent) -> None:
@@ -117,15 +130,15 @@ class PrefixWatcher:
             log.error("watch %s: event handler failed on %s: %s", self.prefix,
                       type(event).__name__, exc)
 
-    def _run(self) -> None:
+    def _run(self, store: Store) -> None:
         backoff = 0.1
         disconnected = False
         while not self._stop.is_set():
             try:
                 if self._need_read:
-                    self._read_all("initial" if self.last_revision == 0 else "compacted")
+                    self._read_all(store, "initial" if self.last_revision == 0 else "compacted")
                     self._need_read = False
-                self._stream()
+                self._stream(store)
                 return
             except etcd_exc.RevisionCompactedError as exc:
                 log.warning("watch %s: revision %d compacted (oldest %s): re-reading",
@@ -133,7 +146,7 @@ class PrefixWatcher:
                 RESYNCS.labels(self.cls.KIND).inc()
                 self._need_read = True
             except Exception as exc:
-                err = translate(exc, self._store.endpoint)
+                err = translate(exc, store.endpoint)
                 if not disconnected:
                     log.warning("watch %s: %s; retrying", self.prefix, err)
                     self._emit(WatchDisconnected(str(err), self.last_revision))
@@ -146,23 +159,23 @@ class PrefixWatcher:
                 disconnected = False
             backoff = 0.1
 
-    def _read_all(self, reason: str) -> None:
-        client = self._store.raw
+    def _read_all(self, store: Store, reason: str) -> None:
+        client = store.raw
         resp = client.get_prefix_response(self.prefix)
         revision = int(resp.header.revision)
         present: set[str] = set()
         for kv in resp.kvs:
             key = kv.key.decode("utf-8", "replace")
             present.add(key)
-            self._put(key, kv.value, kv.mod_revision)
+            self._put(store, key, kv.value, kv.mod_revision)
         for key in sorted(self._known - present):
             self._known.discard(key)
             self._emit(RecordDeleted(key, key[len(self.prefix):], revision))
         self.last_revision = revision
-        self._emit(WatchResynced(revision, reason))
+        self._emit(WatchResynced(revision, reason, frozenset(present)))
 
-    def _stream(self) -> None:
-        client = self._store.raw
+    def _stream(self, store: Store) -> None:
+        client = store.raw
         inbox: queue.Queue[Any] = queue.Queue()
         watch_id = client.add_watch_prefix_callback(
             self.prefix, inbox.put, start_revision=self.last_revision + 1)
@@ -177,25 +190,25 @@ class PrefixWatcher:
                 if item is None:
                     raise StoreError("watch stream closed")
                 for ev in item.events:
-                    self._event(ev)
+                    self._event(store, ev)
         finally:
             with contextlib.suppress(Exception):  # the stream may already be gone
                 client.cancel_watch(watch_id)
 
-    def _event(self, ev: Any) -> None:
+    def _event(self, store: Store, ev: Any) -> None:
         key = ev.key.decode("utf-8", "replace")
         if isinstance(ev, etcd3.events.DeleteEvent):
             self._known.discard(key)
             self.last_revision = int(ev.mod_revision)
             self._emit(RecordDeleted(key, key[len(self.prefix):], int(ev.mod_revision)))
         else:
-            self._put(key, ev.value, int(ev.mod_revision))
+            self._put(store, key, ev.value, int(ev.mod_revision))
             self.last_revision = int(ev.mod_revision)
 
-    def _put(self, key: str, value: bytes, revision: int) -> None:
+    def _put(self, store: Store, key: str, value: bytes, revision: int) -> None:
         try:
-            self._store.keyspace.split(key)
-            record = self._store.decode(self.cls, value, key)
+            store.keyspace.split(key)
+            record = store.decode(self.cls, value, key)
         except (MalformedRecord, WrongDataKey, BadKey) as exc:
             self.malformed += 1
             MALFORMED.labels(self.cls.KIND).inc()
