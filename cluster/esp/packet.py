@@ -60,19 +60,18 @@ def pull_spi(esp: bytes) -> int:
     return int.from_bytes(esp[:4])
 
 
-def pull_inner(plaintext: bytes) -> tuple[bytes, int]:
-    """Strip the ESP trailer of a decrypted payload: (inner packet, next header).
+def pull_inner(plaintext: bytes) -> bytes:
+    """The inner IP packet of a decrypted ESP payload, its trailer stripped and checked.
 
     Checks the pad length and the padding bytes (RFC 4303 §2.4) and the next header of tunnel
-    mode; the inner packet is cut to the length its own header states, so TFC padding
-    (RFC 4303 §2.7) is tolerated.
+    mode (4 or 41; 59 is a dummy packet, RFC 4303 §2.6); the inner packet is cut to the
+    length its own header states, so TFC padding (RFC 4303 §2.7) is tolerated.
     """
-    n = len(plaintext)
-    if n < 2:
+    if len(plaintext) < 2:
         raise RemoteProtocolError(DropReason.MALFORMED, "no ESP trailer")
     padlen = plaintext[-2]
     nh = plaintext[-1]
-    end = n - 2 - padlen
+    end = len(plaintext) - 2 - padlen
     if end < 0:
         raise RemoteProtocolError(DropReason.BAD_PADDING, f"pad length {padlen} > payload")
     if padlen and plaintext[end:-2] != PADDING[padlen]:
@@ -80,17 +79,17 @@ def pull_inner(plaintext: bytes) -> tuple[bytes, int]:
     if nh == NH_IPV4:
         if end < 20 or plaintext[0] >> 4 != 4:
             raise RemoteProtocolError(DropReason.MALFORMED, "next header 4 without IPv4")
-        total = int.from_bytes(plaintext[2:4])
+        total = (plaintext[2] << 8) | plaintext[3]
         if total < 20 or total > end:
             raise RemoteProtocolError(DropReason.MALFORMED, "inner IPv4 length")
-        return plaintext[:total], nh
+        return plaintext[:total]
     if nh == NH_IPV6:
         if end < 40 or plaintext[0] >> 4 != 6:
             raise RemoteProtocolError(DropReason.MALFORMED, "next header 41 without IPv6")
-        total = 40 + int.from_bytes(plaintext[4:6])
+        total = 40 + ((plaintext[4] << 8) | plaintext[5])
         if total > end:
             raise RemoteProtocolError(DropReason.MALFORMED, "inner IPv6 length")
-        return plaintext[:total], nh
+        return plaintext[:total]
     if nh == NH_NONE:
         raise RemoteProtocolError(DropReason.DUMMY)
     raise RemoteProtocolError(DropReason.MALFORMED, f"next header {nh} in tunnel mode")
@@ -106,8 +105,11 @@ def push_trailer(inner: bytes, align: int) -> bytes:
     return inner + PADDING[padlen] + bytes((padlen, nh))
 
 
-def inner_addresses(inner: bytes) -> tuple[int, int, int]:
-    """(IP version, source, destination) of an IP packet, addresses as integers."""
-    if inner[0] >> 4 == 4:
-        return 4, int.from_bytes(inner[12:16]), int.from_bytes(inner[16:20])
-    return 6, int.from_bytes(inner[8:24]), int.from_bytes(inner[24:40])
+def inner_destination(inner: bytes) -> bytes:
+    """The destination address of an IP packet, packed (4 or 16 bytes)."""
+    return inner[16:20] if inner[0] >> 4 == 4 else inner[24:40]
+
+
+def inner_source(inner: bytes) -> bytes:
+    """The source address of an IP packet, packed (4 or 16 bytes)."""
+    return inner[12:16] if inner[0] >> 4 == 4 else inner[8:24]

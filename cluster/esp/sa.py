@@ -8,16 +8,18 @@ inner packet passed every check (RFC 4303 §3.4.3).
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from dataclasses import dataclass
 
 from cluster.esp.errors import DropReason, LocalProtocolError, RemoteProtocolError
 from cluster.esp.nonce import IvSource
-from cluster.esp.packet import ESP_HEADER_LEN, inner_addresses, pull_inner, push_trailer
+from cluster.esp.packet import ESP_HEADER_LEN, pull_inner, push_trailer
 from cluster.esp.replay import ReplayWindow, infer_seq
 from cluster.esp.selector import SelectorSet, TrafficSelector
 from cluster.esp.suites import Suite, make_cipher, suite
 
+_U32 = struct.Struct("!I")
 SEQ32_MAX = (1 << 32) - 1
 SEQ64_MAX = (1 << 64) - 1
 
@@ -55,6 +57,7 @@ class ChildSa:
         self.suite: Suite = suite(encr, integ)
         self.esn = esn
         self._in = make_cipher(self.suite, keys.enc_key_in, keys.integ_key_in)
+        self._decrypt = self._in.open
         self._out = make_cipher(self.suite, keys.enc_key_out, keys.integ_key_out)
         self._spi_in_bytes = spi_in.to_bytes(4)
         self._spi_out_bytes = spi_out.to_bytes(4)
@@ -64,7 +67,9 @@ class ChildSa:
         self.out_seq = 0
         self._seq_max = SEQ64_MAX if esn else SEQ32_MAX
         # the smallest packet that can be valid: header, IV, one aligned block, ICV
-        self._min_len = ESP_HEADER_LEN + self.suite.iv_len + self.suite.align + self.suite.icv_len
+        self._overhead = ESP_HEADER_LEN + self.suite.iv_len + self.suite.icv_len
+        self._min_len = self._overhead + self.suite.align
+        self._align = self.suite.align
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
         self.drops: Counter[DropReason] = Counter()
         self.last_in_s: float | None = None
@@ -90,16 +95,15 @@ class ChildSa:
             raise RemoteProtocolError(DropReason.MALFORMED, f"{len(esp)}-byte ESP packet")
         if esp[:4] != self._spi_in_bytes:
             raise RemoteProtocolError(DropReason.UNKNOWN_SPI, f"SPI {esp[:4].hex()}")
-        body_len = len(esp) - ESP_HEADER_LEN - self.suite.iv_len - self.suite.icv_len
-        if body_len % self.suite.align:
+        if (len(esp) - self._overhead) % self._align:
             raise RemoteProtocolError(DropReason.MALFORMED, "payload not aligned")
         window = self.window
-        seq = infer_seq(int.from_bytes(esp[4:8]), window.highest, window.size, self.esn)
+        seq = _U32.unpack_from(esp, 4)[0]
+        if self.esn:
+            seq = infer_seq(seq, window.highest, window.size, True)
         window.check(seq)  # before the ICV: cheap rejection (RFC 4303 §3.4.3)
-        plaintext = self._in.open(esp[:8], esp[8:], seq >> 32 if self.esn else None)
-        inner, _ = pull_inner(plaintext)
-        version, source, _ = inner_addresses(inner)
-        if not self.selectors.allows_source(inner, version, source):
+        inner = pull_inner(self._decrypt(esp[:8], esp[8:], seq >> 32 if self.esn else None))
+        if not self.selectors.allows_source(inner):
             raise RemoteProtocolError(DropReason.SELECTOR, "inner source outside selectors")
         window.accept(seq)
         self.packets_in += 1

@@ -62,18 +62,22 @@ class SelectorSet:
 
     def __init__(self, selectors: tuple[TrafficSelector, ...]) -> None:
         self.selectors = selectors
-        self._fast = tuple((s.version, int(s.start), int(s.end)) for s in selectors
+        # packed big-endian addresses of one length compare like the integers they encode
+        self._fast = tuple((s.start.packed, s.end.packed) for s in selectors
                            if s.protocol == ANY_PROTOCOL and not s.narrows_ports)
         self._narrow = tuple(s for s in selectors
                              if s.protocol != ANY_PROTOCOL or s.narrows_ports)
 
-    def allows_source(self, inner: bytes, version: int, source: int) -> bool:
-        """Whether an inner packet from `source` may arrive on this SA."""
-        for v, lo, hi in self._fast:
-            if v == version and lo <= source <= hi:
+    def allows_source(self, inner: bytes) -> bool:
+        """Whether the inner IP packet `inner` may arrive on this SA (by its source)."""
+        version = inner[0] >> 4
+        packed = inner[12:16] if version == 4 else inner[8:24]
+        for lo, hi in self._fast:
+            if len(lo) == len(packed) and lo <= packed <= hi:
                 return True
         if not self._narrow:
             return False
+        source = int.from_bytes(packed)
         proto, sport, _ = _ports(inner, version)
         for s in self._narrow:
             if s.version != version or not int(s.start) <= source <= int(s.end):
