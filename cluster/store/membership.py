@@ -86,16 +86,19 @@ class Membership:
 
     def _run(self) -> None:
         interval = self.ttl_s / 3
+        # etcd expires the lease no earlier than TTL after it received our last keepalive,
+        # so "sent + TTL" is a deadline the holder reaches first: it fences before etcd
+        # hands its clients to another node.
         deadline = time.monotonic() + self.ttl_s
-        while not self._stop.wait(interval):
+        while not self._stop.wait(max(0.0, min(interval, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                self._lose("unreachable")
+                return
             sent = time.monotonic()
             try:
                 ttl = self._store.keepalive(self.lease_id)
             except StoreError as exc:
                 log.warning("keepalive of %s failed: %s", self.key, exc)
-                if time.monotonic() >= deadline:
-                    self._lose("unreachable")
-                    return
                 continue
             if ttl <= 0:
                 self._lose("expired")
