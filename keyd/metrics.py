@@ -28,6 +28,13 @@ class KeydMetrics:
         self.retransmits = Counter(
             "keyd_retransmits", "Retransmitted requests answered from the response cache",
             registry=r)
+        self.retransmits_sent = Counter(
+            "keyd_retransmits_sent", "keyd's own requests sent again", registry=r)
+        self.core_drops = Counter(
+            "keyd_messages_dropped", "IKE messages the core dropped silently, by reason",
+            ["reason"], registry=r)
+        self.half_open = Gauge(
+            "keyd_half_open_ike_sas", "IKE SAs between IKE_SA_INIT and IKE_AUTH", registry=r)
         self.cookies_sent = Counter(
             "keyd_cookies_sent", "COOKIE notifies sent while half-open SAs were above "
             "the threshold", registry=r)
@@ -73,19 +80,22 @@ class KeydMetrics:
         finally:
             self.etcd_write_seconds.labels(record).observe(time.perf_counter() - start)
 
-    def sync_core_counters(self, counters: Mapping[str, Any]) -> None:
-        """Mirror the core's monotonic counters: `exchanges` / `errors` as {label: n},
-        `retransmits` / `cookies_sent` as n. Only the increase since the last call is added."""
-        for name, metric in (("exchanges", self.exchanges), ("errors", self.errors)):
-            by_label = counters.get(name) or {}
-            if not isinstance(by_label, Mapping):
-                continue
+    def sync_core_counters(self, counters: Any) -> None:
+        """Mirror the core's monotonic counters (keyd.ike's IkeCounters): only the increase
+        since the last call is added, so the core keeps plain integers."""
+        for name, metric in (("exchanges", self.exchanges), ("errors", self.errors),
+                             ("drops", self.core_drops)):
+            by_label: Mapping[str, int] = getattr(counters, name, None) or {}
             for label, value in by_label.items():
                 self._add(metric.labels(str(label)), (name, str(label)), value)
-        for name, metric in (("retransmits", self.retransmits),
+        for label, value in (getattr(counters, "handshakes", None) or {}).items():
+            result = {"ok": "established"}.get(str(label), str(label))
+            self._add(self.handshakes.labels(result), ("handshakes", str(label)), value)
+        for name, metric in (("retransmits_answered", self.retransmits),
+                             ("retransmits_sent", self.retransmits_sent),
                              ("cookies_sent", self.cookies_sent)):
-            if name in counters:
-                self._add(metric, (name, ""), counters[name])
+            self._add(metric, (name, ""), getattr(counters, name, 0))
+        self.half_open.set(getattr(counters, "half_open", 0))
 
     def _add(self, metric: Any, key: tuple[str, str], value: Any) -> None:
         try:
