@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cluster.store import (
+    Assignment,
+    ChildSaRecord,
+    DataKey,
+    IkeSaRecord,
+    KeydRecord,
+    MalformedRecord,
+    NodeRecord,
+    Policy,
+    PoolLease,
+    SeqRecord,
+    UnknownVersion,
+    WrongDataKey,
+    decode_record,
+    encode_record,
+)
+
+KEY = DataKey(os.urandom(32), "/etc/ipsec-cluster/data.key")
+K = "/ipsec-cluster/t/sa/00000100"
+
+spis = st.integers(256, 2**32 - 1)
+ips = st.ip_addresses(v=4).map(str)
+texts = st.text(max_size=30)
+times = st.floats(0, 2e9, allow_nan=False)
+ports = st.integers(0, 65535)
+keys = st.binary(max_size=36)
+cidrs = st.tuples(ips, st.integers(8, 32)).map(lambda t: f"{t[0]}/{t[1]}")
+
+child_sas = st.builds(
+    ChildSaRecord, spi_in=spis, spi_out=spis, ike_sa_id=st.just("00" * 16),
+    encr=st.sampled_from(["aes128gcm16", "aes256", "chacha20poly1305"]),
+    integ=st.none() | st.just("sha256"), esn=st.booleans(), enc_key_in=keys,
+    integ_key_in=keys, enc_key_out=keys, integ_key_out=keys, ts_local=st.lists(cidrs),
+    ts_remote=st.lists(cidrs), peer_addr=ips, peer_port=ports, udp_encap=st.booleans(),
+    virtual_ip=st.none() | ips, identity=texts, created_at=times,
+    soft_lifetime_s=st.integers(0, 10**6), hard_lifetime_s=st.integers(0, 10**6),
+    replaces=st.none() | spis)
+
+
+@st.composite
+def ike_sas(draw: st.DrawFn) -> IkeSaRecord:
+    i, r = draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**64 - 1))
+    return IkeSaRecord(f"{i:016x}{r:016x}", i, r, draw(ips), draw(ports), draw(ports),
+                       draw(texts), draw(st.none() | ips), draw(st.lists(spis)), draw(texts),
+                       draw(times), draw(st.binary(max_size=300)))
+
+
+plain_records = st.one_of(
+    st.builds(NodeRecord, id=texts, address=ips, capacity=st.integers(0, 1000),
+              state=st.sampled_from(["ready", "draining"]), health_port=ports, version=texts,
+              started_at=times),
+    st.builds(KeydRecord, id=texts, address=ips, version=texts, started_at=times),
+    st.builds(Assignment, ike_sa_id=st.just("ab" * 16), node=texts, epoch=st.integers(0, 2**62),
+              phase=st.sampled_from(["active", "handoff"]), previous_node=st.none() | texts,
+              updated_at=times),
+    st.builds(SeqRecord, spi=spis, owner=texts, epoch=st.integers(0, 2**62),
+              out_seq=st.integers(0, 2**64 - 1), in_highest=st.integers(0, 2**64 - 1),
+              in_bitmap=st.integers(0, 2**1024), kind=st.sampled_from(["checkpoint", "final"]),
+              written_at=times),
+    st.builds(PoolLease, ip=ips, ike_sa_id=st.just("ab" * 16), identity=texts, keyd_id=texts,
+              leased_at=times),
+    st.builds(Policy, name=texts, identities=st.lists(texts),
+              mode=st.sampled_from(["full", "split", "guest"]), allowed=st.lists(cidrs),
+              denied=st.lists(cidrs)),
+)
+
+
+@given(plain_records)
+def test_plain_roundtrip(record: object) -> None:
+    raw = encode_record(record, K)  # type: ignore[arg-type]
+    assert decode_record(type(record), raw, K) == record  # type: ignore[arg-type]
+
+
+@given(st.one_of(child_sas, ike_sas()))
+def test_sealed_roundtrip_and_no_plaintext(record: ChildSaRecord | IkeSaRecord) -> None:
+    raw = encode_record(record, K, KEY)
+    assert decode_record(type(record), raw, K, KEY) == record
+    # and with high-entropy secrets, none of them shows in the stored bytes or the repr
+    record = dataclasses.replace(record, **{  # type: ignore[arg-type]
+        n: os.urandom(16 + len(getattr(record, n))) for n in record.SECRET_FIELDS})
+    raw = encode_record(record, K, KEY)
+    assert decode_record(type(record), raw, K, KEY) == record
+    body = json.loads(raw)
+    for name in record.SECRET_FIELDS:
+        assert name not in body
+        secret = getattr(record, name)
+        assert secret.hex().encode() not in raw and secret not in raw
+    assert "redacted" in repr(record)
+    for name in record.SECRET_FIELDS:
+        secret = getattr(record, name)
+        assert secret.hex() not in repr(record) and repr(secret) not in repr(record)
+
+
+def sample_sa() -> ChildSaRecord:
+    return ChildSaRecord(0x100, 0x200, "00" * 16, "aes128gcm16", None, False, b"k" * 20, b"",
+                         b"o" * 20, b"", ["10.20.0.0/16"], ["10.99.0.1/32"], "192.0.2.1", 4500,
+                         True, "10.99.0.1", "a@b", 1.0, 3000, 3600)
+
+
+def test_wrong_key_names_its_source() -> None:
+    raw = encode_record(sample_sa(), K, KEY)
+    other = DataKey(os.urandom(32), "/tmp/other.key")
+    with pytest.raises(WrongDataKey, match=r"/tmp/other\.key"):
+        decode_record(ChildSaRecord, raw, K, other)
+
+
+def test_associated_data_is_the_etcd_key() -> None:
+    raw = encode_record(sample_sa(), K, KEY)
+    with pytest.raises(WrongDataKey):
+        decode_record(ChildSaRecord, raw, "/ipsec-cluster/t/sa/00000101", KEY)
+
+
+def test_sealed_record_needs_a_data_key() -> None:
+    with pytest.raises(ValueError, match="data key"):
+        encode_record(sample_sa(), K, None)
+    raw = encode_record(sample_sa(), K, KEY)
+    with pytest.raises(MalformedRecord):
+        decode_record(ChildSaRecord, raw, K, None)
+
+
+def node_json(**over: object) -> bytes:
+    body: dict[str, object] = {"v": 1, "id": "n1", "address": "10.0.0.1", "capacity": 5,
+                               "state": "ready", "health_port": 4501, "version": "1",
+                               "started_at": 1}
+    body.update(over)
+    return json.dumps({k: v for k, v in body.items() if v is not ...}).encode()
+
+
+def test_int_widens_to_float() -> None:
+    assert decode_record(NodeRecord, node_json(), K).started_at == 1.0
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (b"", "not JSON"), (b"\xff\xfe", "not JSON"), (b"[1,2]", "not a JSON object"),
+    (node_json(capacity="5"), "capacity"), (node_json(capacity=True), "capacity"),
+    (node_json(capacity=5.5), "capacity"), (node_json(state="gone"), "state"),
+    (node_json(address="nowhere"), "address"), (node_json(health_port=70000), "port"),
+    (node_json(id=...), "id: missing"), (node_json(started_at="x"), "started_at"),
+])
+def test_malformed(raw: bytes, why: str) -> None:
+    with pytest.raises(MalformedRecord, match=why) as exc:
+        decode_record(NodeRecord, raw, K)
+    assert exc.value.key == K
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_unknown_version(version: object) -> None:
+    with pytest.raises(UnknownVersion):
+        decode_record(NodeRecord, node_json(v=version), K)
+
+
+def test_unknown_extra_fields_are_ignored() -> None:
+    assert decode_record(NodeRecord, node_json(future="x"), K).id == "n1"
+
+
+def test_tampered_sealed_blob_is_not_malformed_silently() -> None:
+    body = json.loads(encode_record(sample_sa(), K, KEY))
+    kid, blob = body["sealed"].split(".")
+    body["sealed"] = kid + ".AAAA" + blob[4:]
+    with pytest.raises(WrongDataKey):
+        decode_record(ChildSaRecord, json.dumps(body).encode(), K, KEY)
+    body["sealed"] = kid + ".!!"
+    with pytest.raises(MalformedRecord):
+        decode_record(ChildSaRecord, json.dumps(body).encode(), K, KEY)
+
+
+def test_validation_on_encode() -> None:
+    bad = IkeSaRecord("00" * 16, 1, 2, "192.0.2.1", 500, 500, "x", None, [], "k", 0.0, b"")
+    with pytest.raises(ValueError, match="ike_sa_id"):
+        encode_record(bad, K, KEY)
