@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import etcd3
+import etcd3.utils
 import grpc
 
 from .errors import StoreError, StoreUnavailable, translated
@@ -45,6 +46,7 @@ T = TypeVar("T")
 TXN_MAX_OPS = 128
 SPI_MIN = 256  # RFC 4303 §2.1: SPIs 1-255 are reserved by IANA
 SPI_ATTEMPTS = 32
+SCAN_PAGE = 1000  # records per Range page: ~1 KiB each keeps a page far below 4 MiB
 
 
 def record_name(record: Record) -> str:
@@ -217,21 +219,37 @@ class Store:
         return Versioned(self.decode(cls, kv.value, k), k, kv.mod_revision, kv.create_revision,
                          kv.lease)
 
+    def scan(self, prefix: str, page: int = SCAN_PAGE) -> tuple[list[Any], int]:
+        """Every raw key-value under `prefix` at one revision, read in pages (one Range
+        response must stay under gRPC's 4 MiB message limit). Returns (kvs, revision)."""
+        start = prefix.encode()
+        end = etcd3.utils.prefix_range_end(start)
+        kvs: list[Any] = []
+        revision: int | None = None
+        with translated(self.endpoint):
+            while True:
+                resp = self._client.get_range_response(
+                    start, end, sort_order="ascend", limit=page, revision=revision)
+                if revision is None:
+                    revision = int(resp.header.revision)
+                kvs.extend(resp.kvs)
+                if not resp.more or not resp.kvs:
+                    return kvs, revision
+                start = resp.kvs[-1].key + b"\0"
+
     def list(self, cls: type[R]) -> Listing[R]:
         """Every record of one kind, at one revision. Malformed values are returned apart."""
-        prefix = self.keyspace.kind_prefix(cls.KIND)
-        with translated(self.endpoint):
-            resp = self._client.get_prefix_response(prefix)
+        kvs, revision = self.scan(self.keyspace.kind_prefix(cls.KIND))
         items: list[Versioned[R]] = []
         bad: list[MalformedRecord] = []
-        for kv in resp.kvs:
+        for kv in kvs:
             k = kv.key.decode("utf-8", "replace")
             try:
                 items.append(Versioned(self.decode(cls, kv.value, k), k, kv.mod_revision,
                                        kv.create_revision, kv.lease))
             except MalformedRecord as exc:
                 bad.append(exc)
-        return Listing(items, int(resp.header.revision), bad)
+        return Listing(items, revision, bad)
 
     # -- writes ---------------------------------------------------------------------------
     def put(self, record: Record, lease: int | None = None) -> int:

@@ -160,11 +160,9 @@ class PrefixWatcher:
             backoff = 0.1
 
     def _read_all(self, store: Store, reason: str) -> None:
-        client = store.raw
-        resp = client.get_prefix_response(self.prefix)
-        revision = int(resp.header.revision)
+        kvs, revision = store.scan(self.prefix)
         present: set[str] = set()
-        for kv in resp.kvs:
+        for kv in kvs:
             key = kv.key.decode("utf-8", "replace")
             present.add(key)
             self._put(store, key, kv.value, kv.mod_revision)

@@ -200,3 +200,10 @@ def test_data_key_from_env(store: Store, etcd_endpoint: str, child_sa: Factory) 
             reader.get(ChildSaRecord, 0xC5000001)
     finally:
         reader.close()
+
+
+def test_scan_reads_in_pages_at_one_revision(store: Store, child_sa: Factory) -> None:
+    store.put_many([child_sa(0xD1000000 + i) for i in range(23)])
+    kvs, revision = store.scan(store.keyspace.kind_prefix("sa"), page=5)
+    assert len(kvs) == 23 and len({kv.key for kv in kvs}) == 23
+    assert revision == store.revision()
