@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 #: high half of every mark / routing table id we own ("IP" in ASCII): easy to spot and clean up
@@ -74,6 +74,14 @@ class MarkAllocator:
 
     def known(self) -> dict[str, int]:
         return dict(self._by_name)
+
+
+def backend_marks(marks: MarkAllocator, keyd: Sequence[Backend],
+                  nodes: Mapping[str, str]) -> dict[int, Backend]:
+    """mark → back end for keyd instances and nodes (node id → back-end address)."""
+    all_ = [*keyd, *(Backend(n, a) for n, a in sorted(nodes.items()))]
+    marks.forget(b.name for b in all_)
+    return {marks.mark(b.name): b for b in all_}
 
 
 def run(argv: Sequence[str], stdin: str | None = None, timeout_s: float = 30.0) -> str:

@@ -12,6 +12,10 @@ that bounces does not bounce its clients. No sockets and no clock here: `now` is
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PROBE = b"IPSC-PROBE"
@@ -136,3 +140,46 @@ class HealthTracker:
 
     def nodes(self) -> list[str]:
         return sorted(self._nodes)
+
+
+class HealthResponder:
+    """The node side of the probe, for `cluster-node` (and the sprayer's tests): answers
+    every valid probe on `sock` with this node's id and state; junk is counted and dropped."""
+
+    def __init__(self, sock: socket.socket, node_id: str,
+                 draining: Callable[[], bool] = lambda: False) -> None:
+        self.sock = sock
+        self.node_id = node_id
+        self.draining = draining
+        self.dropped = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def handle(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            nonce = pull_probe(data)
+        except RemoteProtocolError:
+            self.dropped += 1
+            return
+        with contextlib.suppress(OSError):
+            self.sock.sendto(push_reply(nonce, self.draining(), self.node_id), addr)
+
+    def start(self) -> None:
+        self.sock.settimeout(0.2)
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.handle(data, addr)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)

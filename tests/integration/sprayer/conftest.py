@@ -50,6 +50,8 @@ class Lab:
     prefix: str
     addresses = {"keyd": "10.30.1.5", "node-1": "10.30.2.11", "node-2": "10.30.3.12"}
 
+    sh = staticmethod(sh)
+
     def ns(self, role: str) -> str:
         return f"{self.prefix}-{role}"
 

@@ -1,0 +1,75 @@
+"""Appliers: one `Targets` (what the view says) → one driver's configuration.
+
+Every applier has `apply(targets)` (idempotent; cheap when nothing changed), `resync()`
+(forget what was applied, so the next apply rewrites everything atomically — after a
+takeover, or a failed batch) and `close()`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sprayer.backends import MarkAllocator, backend_marks, keyd_backends
+from sprayer.haproxy import DesiredServer, HAProxyDriver, HAProxyRuntime
+from sprayer.nft import NftDriver
+from sprayer.routes import RouteDriver
+from sprayer.view import Targets
+
+
+class Applier(Protocol):
+    def apply(self, targets: Targets) -> None: ...
+    def resync(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class KernelApplier:
+    """nftables table + policy routes + client /32 routes (the fast path)."""
+
+    def __init__(self, vip: str, keyd: list[str], *, netns: str | None = None,
+                 table: str = "ipsec_cluster") -> None:
+        self.marks = MarkAllocator()
+        self.keyd = keyd_backends(keyd)
+        self.nft = NftDriver(vip, table=table, netns=netns)
+        self.routes = RouteDriver(vip, netns=netns)
+
+    def apply(self, targets: Targets) -> None:
+        self.routes.sync_backends(backend_marks(self.marks, self.keyd, targets.nodes))
+        self.nft.install([self.marks.mark(k.name) for k in self.keyd],
+                         [self.marks.mark(n) for n in targets.fallback])
+        self.nft.sync_spis({spi: self.marks.mark(n) for spi, n in targets.spis.items()})
+        self.routes.sync_clients({ip: targets.nodes[n] for ip, n in targets.clients.items()})
+
+    def resync(self) -> None:
+        self.nft = NftDriver(self.nft.vip, table=self.nft.table, netns=self.nft.netns)
+        self.routes = RouteDriver(self.routes.vip, netns=self.routes.netns)
+
+    def close(self) -> None:
+        """Leave the table and routes in place: the kernel keeps forwarding with the last map
+        while a standby takes over (DESIGN.md); `remove()` is for operators and tests."""
+
+    def remove(self) -> None:
+        self.nft.remove()
+        self.routes.remove()
+
+
+class HAProxyApplier:
+    """Node membership, drain and weights → an HAProxy backend (TCP only)."""
+
+    def __init__(self, socket_path: str, backend: str, port: int = 4500) -> None:
+        self.driver = HAProxyDriver(HAProxyRuntime(socket_path), backend)
+        self.port = port
+        self._last: dict[str, DesiredServer] | None = None
+
+    def apply(self, targets: Targets) -> None:
+        desired = {n: DesiredServer(n, targets.nodes[n], self.port, cap,
+                                    drain=draining or n not in targets.fallback)
+                   for n, (cap, draining) in targets.weights.items()}
+        if desired != self._last:
+            self.driver.sync(desired)
+            self._last = desired
+
+    def resync(self) -> None:
+        self._last = None
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,295 @@
+"""The sprayer's control loop: watches + probes in, assignments and driver updates out.
+
+One thread runs the loop; the store's watchers run their own threads and hand events over a
+queue. Every tick (the probe interval): fold watch events into the view, probe the nodes,
+keep or seek leadership, and — as leader, once the initial reads are in — run the planner,
+write its actions to assign/ (compare-and-swap on each assignment and on the leader key, in
+batched transactions) and bring the driver in line with the view. A standby does everything
+but write and apply, so its view is warm when it takes over.
+
+etcd trouble never stops the loop: writes wait for the next tick, the kernel keeps forwarding
+with the last map, and the watches resume where they stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from cluster.store.client import Guard, Store
+from cluster.store.errors import StoreError
+from cluster.store.records import Assignment, ChildSaRecord, NodeRecord, Record, SeqRecord
+from cluster.store.watch import PrefixWatcher, WatchEvent
+from sprayer.apply import Applier
+from sprayer.backends import DriverError
+from sprayer.health import HealthTracker, RemoteProtocolError, pull_reply, push_probe
+from sprayer.leader import Leadership
+from sprayer.plan import (
+    Assign,
+    CompleteHandoff,
+    Failover,
+    PlanAction,
+    Planner,
+    StartHandoff,
+)
+from sprayer.settings import SprayerSettings
+from sprayer.view import ClusterView
+
+log = logging.getLogger("sprayer")
+
+#: etcd's default --max-txn-ops (128) bounds compares too: 60 puts + 61 compares per batch
+WRITE_BATCH = 60
+
+
+class SprayerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.moves = Counter("sprayer_moves", "Assignment changes written", ["kind"], registry=r)
+        self.write_conflicts = Counter("sprayer_write_conflicts",
+                                       "Assignment writes refused by compare-and-swap",
+                                       registry=r)
+        self.probe_drops = Counter("sprayer_probe_drops",
+                                   "Datagrams on the probe socket that were not valid replies",
+                                   registry=r)
+        self.driver_errors = Counter("sprayer_driver_errors", "Driver updates that failed",
+                                     registry=r)
+        self.etcd_errors = Counter("sprayer_etcd_errors", "etcd calls that failed", registry=r)
+        self.leader = Gauge("sprayer_leader", "1 while this sprayer is the leader", registry=r)
+        self.nodes_alive = Gauge("sprayer_nodes_alive", "Nodes that answer probes", registry=r)
+        self.spis = Gauge("sprayer_spis", "SPIs in the steering map", registry=r)
+
+
+class Prober:
+    """Sends `IPSC-PROBE` + nonce to each node, matches replies by nonce."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("0.0.0.0", 0))
+        self.sock.setblocking(False)
+        self._outstanding: dict[bytes, str] = {}
+
+    def round(self, nodes: dict[str, tuple[str, int]], health: HealthTracker,
+              now: float) -> None:
+        """Count last round's unanswered probes as misses, then probe every node again."""
+        for node_id in set(self._outstanding.values()):
+            health.missed(node_id, now)
+        self._outstanding.clear()
+        for node_id, (addr, port) in nodes.items():
+            nonce = os.urandom(8)
+            self._outstanding[nonce] = node_id
+            with contextlib.suppress(OSError):  # unreachable now: a miss next round
+                self.sock.sendto(push_probe(nonce), (addr, port))
+
+    def receive(self, timeout_s: float, health: HealthTracker, clock: Callable[[], float],
+                metrics: SprayerMetrics) -> None:
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.sock], [], [], max(0.0, left))
+            if not ready:
+                return
+            while True:
+                try:
+                    data, _ = self.sock.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                try:
+                    reply = pull_reply(data)
+                except RemoteProtocolError:
+                    metrics.probe_drops.inc()
+                    continue
+                node_id = self._outstanding.get(reply.nonce)
+                if node_id is None or node_id != reply.node_id:
+                    metrics.probe_drops.inc()
+                    continue
+                del self._outstanding[reply.nonce]
+                health.answered(node_id, clock(), draining=reply.draining)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Sprayer:
+    def __init__(self, settings: SprayerSettings, store: Store, applier: Applier | None,
+                 *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.applier = applier
+        self.clock = clock
+        self.metrics = SprayerMetrics()
+        self.health = HealthTracker(misses=settings.probe_misses)
+        self.view = ClusterView(on_node_gone=lambda n: self.health.lease_lost(n, self.clock()))
+        self.planner = Planner(settings.rebalance_moves_per_s, settings.handoff_timeout_s)
+        self.leadership = Leadership(store, settings.id, settings.lease_ttl_s)
+        self.prober = Prober()
+        self._events: queue.Queue[tuple[str, WatchEvent]] = queue.Queue()
+        self._watchers: list[PrefixWatcher] = []
+        self._applied: tuple[int, tuple[str, ...]] | None = None
+        self._was_leader = False
+
+    # lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        kinds: list[type[Record]] = [NodeRecord, Assignment, ChildSaRecord, SeqRecord]
+        for cls in kinds:
+            kind = cls.KIND
+
+            def sink(ev: WatchEvent, kind: str = kind) -> None:
+                self._events.put((kind, ev))
+            self._watchers.append(self.store.watch(cls, sink))
+
+    def stop(self) -> None:
+        for w in self._watchers:
+            w.stop()
+        if self.leadership.is_leader:
+            self.leadership.resign()
+        if self.applier is not None:
+            self.applier.close()
+        self.prober.close()
+
+    def run(self, stop: threading.Event) -> None:
+        interval = self.settings.probe_interval_s
+        next_probe = time.monotonic()
+        next_leader = 0.0
+        while not stop.is_set():
+            now_m = time.monotonic()
+            if now_m >= next_leader:
+                next_leader = now_m + self._leadership_step()
+            if now_m >= next_probe:
+                self._fold_events()
+                self.prober.round(self._probe_targets(), self.health, self.clock())
+                next_probe = max(next_probe + interval, now_m)
+            self._fold_events()
+            self.tick()
+            self.prober.receive(min(next_probe, next_leader) - time.monotonic(), self.health,
+                                self.clock, self.metrics)
+
+    # pieces of a tick ---------------------------------------------------------------------
+    def _fold_events(self) -> None:
+        while True:
+            try:
+                kind, ev = self._events.get_nowait()
+            except queue.Empty:
+                return
+            self.view.apply(kind, ev)
+            if kind == "nodes":
+                for n in self.view.nodes:
+                    self.health.add(n)
+
+    def _probe_targets(self) -> dict[str, tuple[str, int]]:
+        return {n.id: (n.address, n.health_port) for n in self.view.nodes.values()}
+
+    def _leadership_step(self) -> float:
+        """Keep or seek leadership; return seconds until the next step."""
+        try:
+            leader = self.leadership.step()
+        except StoreError as exc:
+            self.metrics.etcd_errors.inc()
+            log.warning("leader election: %s", exc)
+            leader = self.leadership.is_leader
+        self.metrics.leader.set(1 if leader else 0)
+        if leader and not self._was_leader and self.applier is not None:
+            self.applier.resync()   # rebuild the kernel state from etcd, atomically
+            self._applied = None
+        self._was_leader = leader
+        return self.leadership.ttl_s / 3 if leader else min(0.5, self.leadership.ttl_s / 4)
+
+    def tick(self) -> None:
+        """Plan, write and apply, as the leader with a complete view."""
+        if not (self.leadership.is_leader and self.view.ready):
+            return
+        now = self.clock()
+        nodes = self.view.node_views(self.health.alive, self.health.draining)
+        self.metrics.nodes_alive.set(sum(1 for n in nodes if n.alive))
+        actions = self.planner.plan(nodes, self.view.placements(), self.view.new_clients(), now,
+                                    finals=self.view.handoffs_with_finals(),
+                                    rebalance=self.settings.auto_rebalance)
+        if actions:
+            self.write(actions, now)
+        self.apply()
+
+    def apply(self) -> None:
+        if self.applier is None:
+            return
+        alive = tuple(sorted(n for n in self.view.nodes if self.health.alive(n)))
+        key = (self.view.generation, alive)
+        if key == self._applied:
+            return
+        targets = self.view.targets(self.health.alive)
+        try:
+            self.applier.apply(targets)
+        except DriverError as exc:
+            self.metrics.driver_errors.inc()
+            log.error("driver update failed; resyncing next tick: %s", exc)
+            self.applier.resync()
+            return
+        self.metrics.spis.set(len(targets.spis))
+        self._applied = key
+
+    # writing assignments -------------------------------------------------------------------
+    def _record_for(self, action: PlanAction, now: float) -> tuple[Assignment, int] | None:
+        if isinstance(action, Assign):
+            return Assignment(action.ike_sa_id, action.node, action.epoch, "active", None,
+                              now), 0
+        if not isinstance(action, Failover | StartHandoff | CompleteHandoff):
+            return None
+        cur = self.view.assigns.get(action.ike_sa_id)
+        if cur is None or cur[1] < 0:
+            return None   # gone, or our own write not yet seen back
+        a, rev = cur
+        if isinstance(action, Failover):
+            return replace(a, node=action.to_node, epoch=action.epoch, phase="active",
+                           previous_node=action.from_node, updated_at=now), rev
+        if isinstance(action, StartHandoff):
+            return replace(a, node=action.to_node, epoch=action.epoch, phase="handoff",
+                           previous_node=action.from_node, updated_at=now), rev
+        return replace(a, phase="active", updated_at=now), rev
+
+    def write(self, actions: list[PlanAction], now: float) -> None:
+        pending: list[tuple[PlanAction, Assignment, int]] = []
+        for act in actions:
+            r = self._record_for(act, now)
+            if r is not None:
+                pending.append((act, *r))
+        for i in range(0, len(pending), WRITE_BATCH):
+            batch = pending[i:i + WRITE_BATCH]
+            if not self._commit(batch) and len(batch) > 1:
+                for one in batch:       # someone else changed one of them: go one by one
+                    if not self.leadership.is_leader:
+                        return
+                    self._commit([one])
+
+    def _commit(self, batch: list[tuple[PlanAction, Assignment, int]]) -> bool:
+        guards = [Guard(self.store.key_of(rec), rev) for _, rec, rev in batch]
+        try:
+            ok = self.store.commit(puts=[rec for _, rec, _ in batch],
+                                   guards=[*guards, self.leadership.guard])
+        except StoreError as exc:
+            self.metrics.etcd_errors.inc()
+            log.warning("assignment write failed, retrying next tick: %s", exc)
+            return True  # nothing to split: etcd itself is the problem
+        if not ok:
+            self.metrics.write_conflicts.inc()
+            return False
+        for act, rec, _ in batch:
+            # seen as ours until the watch brings the new mod_revision
+            self.view.assigns[rec.ike_sa_id] = (rec, -1)
+            self.view.generation += 1
+            self.metrics.moves.labels(type(act).__name__).inc()
+            log.info("assignment", extra={"ike_sa": rec.ike_sa_id, "node": rec.node,
+                                          "epoch": rec.epoch, "phase": rec.phase,
+                                          "action": type(act).__name__,
+                                          "previous": rec.previous_node or "-"})
+        return True

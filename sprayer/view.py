@@ -1,0 +1,149 @@
+"""The sprayer's picture of the cluster, kept from etcd watches, and what follows from it.
+
+`ClusterView` holds nodes/, assign/, sa/ and final seq/ records as the watches deliver them.
+From it come the planner's inputs (`placements`, `new_clients`, `finals`) and the drivers'
+input (`Targets`: where each SPI and client virtual IP goes right now). During a hand-off
+the traffic still goes to the previous owner until the sprayer flips the assignment to
+`active`: only then does the map point at the new owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cluster.store.records import Assignment, ChildSaRecord, NodeRecord, SeqRecord
+from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent, WatchResynced
+from sprayer.plan import NodeState, NodeView, Phase, Placement
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """Where traffic goes, as the drivers need it (node ids are names, not marks)."""
+
+    #: node id → back-end address, for every node with a lease
+    nodes: dict[str, str]
+    #: nodes that may take unknown SPIs (alive, ready), sorted
+    fallback: list[str]
+    #: spi_in → node id that receives the client's ESP now
+    spis: dict[int, str]
+    #: client virtual IP → node id that owns the client now
+    clients: dict[str, str]
+    #: node id → (capacity, draining) for drivers that balance by weight (HAProxy)
+    weights: dict[str, tuple[int, bool]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Child:
+    ike_sa_id: str
+    virtual_ip: str | None
+
+
+@dataclass(slots=True)
+class ClusterView:
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    #: ike_sa_id → (assignment, mod_revision for compare-and-swap)
+    assigns: dict[str, tuple[Assignment, int]] = field(default_factory=dict)
+    children: dict[int, _Child] = field(default_factory=dict)
+    #: spi → final seq record (checkpoints are not kept)
+    finals: dict[int, SeqRecord] = field(default_factory=dict)
+    #: kinds whose initial read has completed
+    synced: set[str] = field(default_factory=set)
+    #: bumps on every change, so drivers re-apply only when something moved
+    generation: int = 0
+    on_node_gone: Callable[[str], None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return {"nodes", "assign", "sa", "seq"} <= self.synced
+
+    def apply(self, kind: str, ev: WatchEvent) -> None:
+        """Fold one watch event of record kind `kind` into the view."""
+        self.generation += 1
+        if isinstance(ev, WatchResynced):
+            self.synced.add(kind)
+            return
+        if isinstance(ev, RecordPut):
+            r = ev.record
+            if isinstance(r, NodeRecord):
+                self.nodes[r.id] = r
+            elif isinstance(r, Assignment):
+                self.assigns[r.ike_sa_id] = (r, ev.revision)
+            elif isinstance(r, ChildSaRecord):
+                self.children[r.spi_in] = _Child(r.ike_sa_id, r.virtual_ip)
+            elif isinstance(r, SeqRecord):
+                if r.kind == "final":
+                    self.finals[r.spi] = r
+                else:
+                    self.finals.pop(r.spi, None)
+        elif isinstance(ev, RecordDeleted):
+            if kind == "nodes":
+                if self.nodes.pop(ev.name, None) is not None and self.on_node_gone:
+                    self.on_node_gone(ev.name)
+            elif kind == "assign":
+                self.assigns.pop(ev.name, None)
+            elif kind in ("sa", "seq"):
+                try:
+                    spi = int(ev.name, 16)
+                except ValueError:
+                    return
+                (self.children if kind == "sa" else self.finals).pop(spi, None)
+
+    # planner inputs ----------------------------------------------------------------------
+    def node_views(self, alive: Callable[[str], bool],
+                   draining: Callable[[str], bool]) -> list[NodeView]:
+        return [NodeView(n.id, float(n.capacity),
+                         NodeState.DRAINING if n.state == "draining" or draining(n.id)
+                         else NodeState.READY,
+                         alive=alive(n.id))
+                for n in self.nodes.values()]
+
+    def placements(self) -> dict[str, Placement]:
+        return {k: Placement(a.ike_sa_id, a.node, a.epoch, Phase(a.phase), a.previous_node,
+                             a.updated_at)
+                for k, (a, _) in self.assigns.items()}
+
+    def new_clients(self) -> set[str]:
+        return {c.ike_sa_id for c in self.children.values()} - self.assigns.keys()
+
+    def spis_of(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for spi, c in self.children.items():
+            out.setdefault(c.ike_sa_id, []).append(spi)
+        return out
+
+    def handoffs_with_finals(self) -> set[str]:
+        """Clients in hand-off whose old owner wrote final counters for every Child SA."""
+        spis = self.spis_of()
+        done = set()
+        for k, (a, _) in self.assigns.items():
+            if a.phase != "handoff":
+                continue
+            if all((f := self.finals.get(s)) is not None and f.epoch == a.epoch
+                   and f.owner == a.previous_node for s in spis.get(k, [])):
+                done.add(k)
+        return done
+
+    # driver input ------------------------------------------------------------------------
+    def targets(self, alive: Callable[[str], bool]) -> Targets:
+        def receiver(a: Assignment) -> str:
+            if a.phase == "handoff" and a.previous_node:
+                return a.previous_node
+            return a.node
+
+        owner = {k: receiver(a) for k, (a, _) in self.assigns.items()}
+        spis: dict[int, str] = {}
+        clients: dict[str, str] = {}
+        for spi, c in self.children.items():
+            node = owner.get(c.ike_sa_id)
+            if node is None or node not in self.nodes:
+                continue
+            spis[spi] = node
+            if c.virtual_ip:
+                clients[c.virtual_ip] = node
+        fallback = sorted(n.id for n in self.nodes.values()
+                          if n.state == "ready" and n.capacity > 0 and alive(n.id))
+        return Targets(
+            nodes={n.id: n.address for n in self.nodes.values()},
+            fallback=fallback, spis=spis, clients=clients,
+            weights={n.id: (n.capacity, n.state == "draining") for n in self.nodes.values()})
