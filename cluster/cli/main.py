@@ -1,18 +1,52 @@
-"""`clusterctl`: the operator CLI. Noun groups with verb commands."""
+"""`clusterctl`: the operator CLI. Noun groups with verb commands.
+
+Exit status: 0 ok, 1 operational failure (etcd unreachable, no such node, degraded health),
+2 usage error. Errors are one line on stderr; no traceback reaches the operator.
+"""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
+from typing import Any
 
 import click
 
+from cluster.cli.context import CliFailure, connection_options
+from cluster.config import ConfigError
+from cluster.store.errors import StoreError
+from cluster.store.keyspace import BadKey
+from cluster.store.records import MalformedRecord
+from cluster.store.seal import DataKeyError, WrongDataKey
+
 # Command groups live in their own modules under cluster/cli/; each exposes one click group
 # or command named like the module. Missing modules are skipped so a partial install still runs.
-_GROUPS = ("lab",)
+_GROUPS = ("status", "health", "node", "client", "sa", "keyd", "rebalance", "watch", "lab")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """Turns every failure below into one line and an exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit,
+                KeyboardInterrupt):
+            raise
+        except BadKey as exc:
+            raise click.UsageError(str(exc)) from None
+        except (StoreError, ConfigError, DataKeyError, WrongDataKey, MalformedRecord,
+                OSError) as exc:
+            raise CliFailure(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) \
+                from None
+        except Exception as exc:
+            logging.getLogger("clusterctl").debug("internal error", exc_info=True)
+            raise CliFailure(f"internal error: {type(exc).__name__}: {exc}") from None
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@connection_options(with_env=True)
 def cli() -> None:
     """Operate an ipsec-cluster: nodes, clients, SAs, keyd, and the one-machine lab."""
 

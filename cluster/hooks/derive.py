@@ -3,9 +3,7 @@
 The deriver keeps the part of the keyspace it needs (nodes, IKE SAs, Child SAs, assignments)
 so that a delete — which carries no value — can still say who went away, and so that a put can
 be told apart from an update. `prime()` loads a snapshot without emitting anything (the state
-as of the revision delivery resumes from); `apply()` turns one change into zero or more events;
-`resync()` compares a fresh snapshot with what the deriver holds (after a watch lost history to
-compaction) and emits what changed in between, deletes included.
+as of the revision delivery resumes from); `apply()` turns one change into zero or more events.
 
 Which change means what:
 
@@ -102,23 +100,11 @@ class EventDeriver:
             if change.kind in WATCHED_KINDS and change.record is not None:
                 self._table(change.kind)[self._key(change)] = change.record
 
-    def resync(self, snapshot: Iterable[Change], revision: int) -> list[HookEvent]:
-        """Events for the difference between what is held and a full snapshot at `revision`."""
-        fresh: dict[str, dict[Any, Any]] = {kind: {} for kind in WATCHED_KINDS}
-        puts: list[Change] = []
-        for change in snapshot:
-            if change.kind in fresh and change.record is not None:
-                fresh[change.kind][self._key(change)] = change.record
-                puts.append(change)
-        events: list[HookEvent] = []
-        for change in puts:
-            events += self.apply(change)
-        # Deletes last, so a client-down still finds its assignment and Child SAs.
-        for kind in WATCHED_KINDS:
-            for key in [k for k in self._table(kind) if k not in fresh[kind]]:
-                name = f"{key:08x}" if isinstance(key, int) else key
-                events += self.apply(Change(kind, name, None, revision))
-        return events
+    def names(self, kind: str) -> set[str]:
+        """The key names of `kind` the deriver holds (SPIs as 8 hex digits)."""
+        if kind not in WATCHED_KINDS:
+            return set()
+        return {f"{k:08x}" if isinstance(k, int) else k for k in self._table(kind)}
 
     # -- changes ------------------------------------------------------------------------
 

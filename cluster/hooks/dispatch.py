@@ -53,20 +53,19 @@ class RetryPolicy:
 class Worker:
     """Delivers one target's events in order, on its own thread."""
 
-    def __init__(self, target: Target, ledger: DeliveryLedger, policy: RetryPolicy,
-                 queue_size: int) -> None:
+    def __init__(self, target: Target, policy: RetryPolicy, queue_size: int) -> None:
         self.target = target
-        self.ledger = ledger
         self.policy = policy
-        self.queue: queue.Queue[HookEvent | None] = queue.Queue(maxsize=queue_size)
+        self.queue: queue.Queue[tuple[HookEvent, DeliveryLedger] | None] = queue.Queue(
+            maxsize=queue_size)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=target.name, daemon=True)
         self.thread.start()
 
-    def offer(self, event: HookEvent) -> bool:
-        """Queue an event; False (and nothing queued) when the queue is full."""
+    def offer(self, event: HookEvent, ledger: DeliveryLedger) -> bool:
+        """Queue an event (finished on `ledger`); False, nothing queued, when the queue is full."""
         try:
-            self.queue.put_nowait(event)
+            self.queue.put_nowait((event, ledger))
         except queue.Full:
             return False
         QUEUE_DEPTH.labels(self.target.name).set(self.queue.qsize())
@@ -80,9 +79,10 @@ class Worker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            event = self.queue.get()
-            if event is None:
+            item = self.queue.get()
+            if item is None:
                 break
+            event, ledger = item
             QUEUE_DEPTH.labels(self.target.name).set(self.queue.qsize())
             try:
                 self._deliver(event)
@@ -92,7 +92,7 @@ class Worker:
                 return
             except Exception:  # a bug in a target must not kill the worker
                 log.exception("hook %s: unexpected error on %s", self.target.name, event.event)
-            self.ledger.finish(event.revision)
+            ledger.finish(event.revision)
 
     def _deliver(self, event: HookEvent) -> None:
         outcome = Outcome(False, "not attempted")
@@ -124,10 +124,9 @@ class Dispatcher:
     """Routes each event to every current target. The hooks directory is read per event, so
     adding or removing a hook needs no restart."""
 
-    def __init__(self, ledger: DeliveryLedger, directory: Path | None, webhooks: Sequence[str],
-                 timeout_s: float, policy: RetryPolicy, queue_size: int,
+    def __init__(self, directory: Path | None, webhooks: Sequence[str], timeout_s: float,
+                 policy: RetryPolicy, queue_size: int,
                  base_env: Callable[[], dict[str, str]] | None = None) -> None:
-        self.ledger = ledger
         self.directory = directory
         self.webhooks = list(webhooks)
         self.timeout_s = timeout_s
@@ -149,28 +148,28 @@ class Dispatcher:
         for key, make in wanted:
             worker = self.workers.get(key)
             if worker is None:
-                worker = self.workers[key] = Worker(make(), self.ledger, self.policy,
-                                                    self.queue_size)
+                worker = self.workers[key] = Worker(make(), self.policy, self.queue_size)
             out.append(worker)
         return out
 
-    def dispatch(self, event: HookEvent) -> None:
+    def dispatch(self, event: HookEvent, ledger: DeliveryLedger) -> None:
+        """Queue `event` for every target; each delivery is counted on `ledger`."""
         EVENTS.labels(event.event).inc()
         workers = self._targets()
         if not workers:
             log.debug("no hooks for %s rev %d", event.event, event.revision)
         for worker in workers:
-            self.ledger.add(event.revision)
-            if not worker.offer(event):
-                self.ledger.finish(event.revision)
+            ledger.add(event.revision)
+            if not worker.offer(event, ledger):
+                ledger.finish(event.revision)
                 DROPPED.labels(worker.target.name).inc()
                 log.error("hook %s: queue full (%d): dropped %s rev %d", worker.target.name,
                           self.queue_size, event.event, event.revision)
 
-    def drain(self, timeout_s: float) -> bool:
+    def drain(self, ledgers: Sequence[DeliveryLedger], timeout_s: float) -> bool:
         """Wait until nothing is in flight; False if time ran out."""
         deadline = time.monotonic() + timeout_s
-        while self.ledger.in_flight:
+        while any(ledger.in_flight for ledger in ledgers):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)

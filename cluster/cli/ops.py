@@ -1,0 +1,114 @@
+"""What the operator commands change in the keyspace: drain, undrain, remove, rebalance.
+
+Every write is a compare-and-swap on the record's mod_revision, so a command never overwrites
+a change it did not see (a node re-registering, the sprayer moving a client).
+
+Drain and undrain rewrite `nodes/<id>` with the new `state`, on the record's own lease (the
+node's): the node keeps holding the record and the state it now carries. The node agent's
+side of that contract: it never writes `state` back on its own — before any rewrite of its
+record it reads the current one and keeps its `state` (CAS on mod_revision), and it watches
+its record to learn that it was drained. A drain lasts as long as the node's lease; a node
+that restarts registers afresh (as `ready`, or `draining` if started that way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cluster.cli.context import CliFailure
+from cluster.cli.view import Snapshot
+from cluster.store.client import Store
+from cluster.store.records import Assignment, NodeRecord
+from sprayer.plan import NodeState, NodeView, Phase, Placement, Planner, StartHandoff
+
+CAS_ATTEMPTS = 5
+
+
+def set_node_state(store: Store, node_id: str, state: Literal["ready", "draining"]
+                   ) -> tuple[NodeRecord, bool]:
+    """Set a node's state; (record, whether it changed). CliFailure if it is not registered."""
+    for _ in range(CAS_ATTEMPTS):
+        current = store.get(NodeRecord, node_id)
+        if current is None:
+            raise CliFailure(f"no node {node_id!r} is registered")
+        if current.record.state == state:
+            return current.record, False
+        updated = dataclasses.replace(current.record, state=state)
+        if store.update_if(updated, current.mod_revision, lease=current.lease_id or None):
+            return updated, True
+    raise CliFailure(f"node {node_id!r} changed {CAS_ATTEMPTS} times while writing; try again")
+
+
+def remove_node(store: Store, snap: Snapshot, node_id: str, force: bool) -> NodeRecord:
+    """Delete `nodes/<id>`. Refused while the node still owns clients, unless forced."""
+    current = store.get(NodeRecord, node_id)
+    if current is None:
+        raise CliFailure(f"no node {node_id!r} is registered")
+    owned = sum(1 for v in snap.assign if v.record.node == node_id)
+    if owned and not force:
+        raise CliFailure(f"node {node_id!r} still owns {owned} client(s): "
+                         f"`clusterctl node drain {node_id}` first, or --force")
+    if not store.delete_if(NodeRecord, node_id, current.mod_revision):
+        raise CliFailure(f"node {node_id!r} changed while removing it; try again")
+    return current.record
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One planned hand-off and what became of it."""
+
+    ike_sa_id: str
+    identity: str | None
+    from_node: str
+    to_node: str
+    epoch: int
+    reason: str
+    result: str
+    """planned (dry run), written, or conflict (the assignment changed meanwhile)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ike_sa_id": self.ike_sa_id, "identity": self.identity,
+                "from": self.from_node, "to": self.to_node, "epoch": self.epoch,
+                "reason": self.reason, "result": self.result}
+
+
+def plan_moves(snap: Snapshot, now: float, limit: int | None = None) -> list[StartHandoff]:
+    """Planned moves only (drain first, then rebalance), from the sprayer's own planner.
+    First assignments, fail-overs and hand-off completion stay the sprayer daemon's job."""
+    nodes = [NodeView(v.record.id, float(v.record.capacity), NodeState(v.record.state))
+             for v in snap.nodes]
+    placements = {
+        v.record.ike_sa_id: Placement(v.record.ike_sa_id, v.record.node, v.record.epoch,
+                                      Phase(v.record.phase), v.record.previous_node,
+                                      v.record.updated_at)
+        for v in snap.assign}
+    budget = float(len(placements) + 1)
+    planner = Planner(moves_per_s=budget, handoff_timeout_s=1e9, burst=budget)
+    actions = planner.plan(nodes, placements, (), now, rebalance=True)
+    moves = [a for a in actions if isinstance(a, StartHandoff)]
+    return moves if limit is None else moves[:limit]
+
+
+def rebalance(store: Store, snap: Snapshot, dry_run: bool, limit: int | None = None,
+              now: float | None = None) -> list[Move]:
+    """Start the hand-offs the planner asks for: each assignment becomes phase `handoff`
+    with epoch + 1 and previous_node = the old owner, by CAS (DESIGN.md, planned moves)."""
+    now = time.time() if now is None else now
+    identities = {v.record.ike_sa_id: v.record.identity for v in snap.ike}
+    revisions = {v.record.ike_sa_id: v for v in snap.assign}
+    moves = []
+    for action in plan_moves(snap, now, limit):
+        result = "planned"
+        if not dry_run:
+            current = revisions[action.ike_sa_id]
+            handoff = Assignment(action.ike_sa_id, action.to_node, action.epoch, "handoff",
+                                 action.from_node, now)
+            ok = store.update_if(handoff, current.mod_revision)
+            result = "written" if ok else "conflict"
+        moves.append(Move(action.ike_sa_id, identities.get(action.ike_sa_id),
+                          action.from_node, action.to_node, action.epoch,
+                          action.reason.value, result))
+    return moves

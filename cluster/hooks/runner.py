@@ -1,0 +1,112 @@
+"""`cluster-hooks`: the daemon that turns keyspace changes into hook runs and webhook POSTs.
+
+Delivery is at-least-once across restarts: per watched kind, the runner saves the highest
+revision whose events every target has finished, and resumes the watch after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import Gauge
+
+from cluster.hooks.derive import WATCHED_KINDS
+from cluster.hooks.dispatch import Dispatcher, RetryPolicy
+from cluster.hooks.event import HookEvent
+from cluster.hooks.feed import ClusterFeed
+from cluster.hooks.ledger import DeliveryLedger, RevisionFile
+from cluster.store.client import Store
+
+log = logging.getLogger("cluster.hooks")
+
+DELIVERED_REVISION = Gauge("cluster_hooks_delivered_revision",
+                           "Highest revision fully delivered, per watched kind", ["kind"])
+
+SAVE_INTERVAL_S = 0.2
+SHUTDOWN_DRAIN_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class HooksSettings:
+    """The [hooks] section of docs/configuration.md (plus the back-off of retries)."""
+
+    directory: Path | None = Path("/etc/ipsec-cluster/hooks.d")
+    webhooks: list[str] = field(default_factory=list)
+    timeout_s: float = 10.0
+    retries: int = 3
+    backoff_s: float = 1.0
+    queue_size: int = 1000
+    state_file: Path = Path("/var/lib/ipsec-cluster/hooks.revision")
+
+
+class HookRunner:
+    """Feed → dispatcher → targets, with progress saved to the revision file."""
+
+    def __init__(self, store: Store, settings: HooksSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.revision_file = RevisionFile(settings.state_file)
+        self.dispatcher = Dispatcher(
+            settings.directory, settings.webhooks, settings.timeout_s,
+            RetryPolicy(settings.retries, settings.backoff_s), settings.queue_size)
+        self.ledgers: dict[str, DeliveryLedger] = {}
+        self.feed = ClusterFeed(store, self._on_events, self._on_progress)
+        self.saved: dict[str, int] = {}
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        saved = self.revision_file.load()
+        if saved and "*" in saved:
+            saved = {kind: saved["*"] for kind in WATCHED_KINDS}
+        if saved is None:
+            log.info("no saved revision in %s: starting from now", self.revision_file.path)
+        # Ledgers first: the watchers may call back before start() returns.
+        for kind in WATCHED_KINDS:
+            self.ledgers[kind] = DeliveryLedger((saved or {}).get(kind, 0))
+        started = self.feed.start(saved)
+        for kind, revision in started.items():
+            self.ledgers[kind].observe(revision)
+        self.saved = {}
+        self.save()
+        log.info("watching %s from revisions %s", self.store.keyspace.root, started)
+
+    def _on_events(self, kind: str, events: list[HookEvent], revision: int) -> None:
+        for event in events:
+            log.info("event %s rev %d client=%s node=%s", event.event, event.revision,
+                     event.client_id or event.ike_sa_id or "-", event.node or "-")
+            self.dispatcher.dispatch(event, self.ledgers[kind])
+
+    def _on_progress(self, kind: str, revision: int) -> None:
+        self.ledgers[kind].observe(revision)
+
+    def committed(self) -> dict[str, int]:
+        return {kind: ledger.committed for kind, ledger in self.ledgers.items()}
+
+    def save(self) -> None:
+        """Persist the committed revisions if they moved."""
+        now = self.committed()
+        if now != self.saved:
+            self.revision_file.save(now)
+            self.saved = now
+            for kind, revision in now.items():
+                DELIVERED_REVISION.labels(kind).set(revision)
+
+    def run(self) -> None:
+        """Save progress until stop() is called."""
+        while not self._stop.wait(SAVE_INTERVAL_S):
+            try:
+                self.save()
+            except OSError as exc:
+                log.error("cannot save %s: %s", self.revision_file.path, exc)
+
+    def stop(self) -> None:
+        """Stop watching, give queued deliveries a moment, save what completed."""
+        self._stop.set()
+        self.feed.stop()
+        if not self.dispatcher.drain(list(self.ledgers.values()), SHUTDOWN_DRAIN_S):
+            log.warning("stopping with deliveries in flight: they run again after a restart")
+        self.dispatcher.stop()
+        self.save()
