@@ -17,13 +17,25 @@ from rich.table import Table
 
 from cluster.lab import lab as labmod
 from cluster.lab.errors import LabError
+from cluster.lab.state import check_name
 from cluster.lab.strongswan import DEFAULT_ESP_PROPOSAL, DEFAULT_IKE_PROPOSAL
 
 P = ParamSpec("P")
 R = TypeVar("R")
 _err = Console(stderr=True)
+
+
+def _checked(kind: str) -> Callable[[click.Context, click.Parameter, str], str]:
+    def check(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+        try:
+            return check_name(value, kind)
+        except LabError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return check
+
+
 NAME = click.option("--name", "lab_name", default="lab", show_default=True,
-                    envvar="CLUSTERCTL_LAB", help="which lab")
+                    envvar="CLUSTERCTL_LAB", callback=_checked("lab name"), help="which lab")
 
 
 def _fail(message: str) -> None:
@@ -124,7 +136,7 @@ def status(lab_name: str, output: str) -> None:
 
 
 @lab.command("add-client")
-@click.argument("client")
+@click.argument("client", callback=_checked("client name"))
 @NAME
 @click.option("--auth", type=click.Choice(["psk", "cert"]), default="psk", show_default=True)
 @click.option("--behind-nat", is_flag=True, help="behind a NAT namespace on 198.51.100.0/24")

@@ -1,0 +1,56 @@
+"""The lab's address plan: which namespace holds which address (DESIGN.md, "Packet paths").
+
+Documentation and private ranges, used only inside the lab's namespaces.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+VIP = "203.0.113.10"
+GATEWAY_ID = "vpn.lab.example"
+FRONT_NETWORK = "192.0.2.0/24"
+FRONT_ROUTER = "192.0.2.1"
+NAT_NETWORK = "198.51.100.0/24"
+NAT_INSIDE = "198.51.100.1"
+BACK_NETWORK = "10.30.0.0/24"
+BACK_ROUTER = "10.30.0.1"
+ETCD_IP = "10.30.0.2"
+ETCD_PORT = 2379
+PROTECTED_NETWORK = "10.20.0.0/24"
+PROTECTED_ROUTER = "10.20.0.1"
+SERVER_IP = "10.20.0.10"
+GATEWAY_INSIDE = "10.20.0.5"   # the baseline gateway's own address in the protected network
+POOL = "10.99.0.0/24"
+
+MAX_KEYD = 6       # 10.30.0.5 .. 10.30.0.10
+MAX_NODES = 100    # 10.30.0.11 .. 10.30.0.110
+MAX_CLIENTS = 150  # 192.0.2.100 .. 192.0.2.249 (NAT namespace takes 192.0.2.99)
+
+
+def keyd_ip(index: int) -> str:
+    """Back-end address of keyd-<index> (1-based)."""
+    if not 1 <= index <= MAX_KEYD:
+        raise ValueError(f"keyd index {index} outside 1..{MAX_KEYD}")
+    return f"10.30.0.{4 + index}"
+
+
+def node_ip(index: int) -> str:
+    """Back-end address of node-<index> (1-based)."""
+    if not 1 <= index <= MAX_NODES:
+        raise ValueError(f"node index {index} outside 1..{MAX_NODES}")
+    return f"10.30.0.{10 + index}"
+
+
+def client_ip(slot: int, behind_nat: bool) -> str:
+    """Address of the client in `slot` (1-based): front network, or the NAT's inside network."""
+    if not 1 <= slot <= MAX_CLIENTS:
+        raise ValueError(f"client slot {slot} outside 1..{MAX_CLIENTS}")
+    return f"198.51.100.{9 + slot}" if behind_nat else f"192.0.2.{99 + slot}"
+
+
+NAT_OUTSIDE = "192.0.2.99"
+
+
+def prefixlen(network: str) -> int:
+    return ipaddress.ip_network(network).prefixlen

@@ -1,0 +1,75 @@
+"""A TCP forwarder from the root namespace's loopback into a lab namespace.
+
+The root namespace holds no lab address, yet clusterctl and tests there must reach the lab's
+etcd. This process binds 127.0.0.1:<port> in the root namespace, then moves itself into the
+etcd namespace with setns(2): the listening socket stays where it was made, every socket it
+opens afterwards lives in the etcd namespace. Run as
+`python -m cluster.lab.forwarder --listen 127.0.0.1:P --netns NS --target 10.30.0.2:2379`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import socket
+import sys
+import threading
+
+from cluster.lab.errors import LabError
+from cluster.lab.netns import enter
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (dst, src):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+def _serve(conn: socket.socket, target: tuple[str, int]) -> None:
+    try:
+        upstream = socket.create_connection(target, timeout=5)
+    except OSError:
+        conn.close()
+        return
+    upstream.settimeout(None)
+    t = threading.Thread(target=_pipe, args=(upstream, conn), daemon=True)
+    t.start()
+    _pipe(conn, upstream)
+    t.join()
+    conn.close()
+    upstream.close()
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--listen", required=True, type=_addr, help="HOST:PORT in this namespace")
+    p.add_argument("--netns", required=True, help="namespace the target lives in")
+    p.add_argument("--target", required=True, type=_addr, help="HOST:PORT in that namespace")
+    args = p.parse_args(argv)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(args.listen)
+        listener.listen(128)
+        enter(args.netns)
+    except (OSError, LabError) as exc:
+        print(f"forwarder: {exc}", file=sys.stderr)
+        return 1
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=_serve, args=(conn, args.target), daemon=True).start()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

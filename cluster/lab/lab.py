@@ -1,0 +1,629 @@
+"""A whole cluster on one machine: `Lab.up`, `Lab.open`, `Lab.down` and what lies between.
+
+Namespaces (all named `<prefix><role>`, prefix `ipsc-<lab>_<random>-`):
+
+    client-*  ──┐                      ┌── keyd-1..K   10.30.0.5+   (VIP on lo)
+    nat ── 198.51.100.0/24 clients     ├── node-1..N   10.30.0.11+  (VIP on lo)
+                ├─ br-front  router  br-back ─┤
+    192.0.2.0/24┘  192.0.2.1   10.30.0.1      └── etcd    10.30.0.2:2379
+                        │ 10.20.0.1
+                      server 10.20.0.10 (ping, iperf3 -s)
+
+The root namespace gets no lab address: it reaches etcd through a loopback forwarder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from cluster.lab import addresses as A
+from cluster.lab import daemons, netns, strongswan
+from cluster.lab.errors import LabError
+from cluster.lab.pki import LabPki
+from cluster.lab.state import (
+    ClientRecord,
+    LabState,
+    ProcessRecord,
+    check_name,
+    labs_root,
+    proc_start_ticks,
+)
+from cluster.procs import EtcdServer, free_port, spawn
+
+Progress = Callable[[str], None]
+GATEWAYS = ("cluster", "strongswan")
+RESERVED = {"router", "server", "etcd", "nat", "sprayer", "gateway", "forwarder"}
+CLIENT_DOMAIN = "clients.lab.example"
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces)")
+
+
+class Lab:
+    """A running (or half-built) lab, backed by its state.json."""
+
+    def __init__(self, state: LabState, progress: Progress = _quiet) -> None:
+        self.state = state
+        self.progress = progress
+        self.pki = LabPki(self.dir / "pki")
+
+    # ---- naming -------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.state.directory)
+
+    def ns(self, role: str) -> str:
+        return f"{self.state.prefix}{role}"
+
+    @property
+    def etcd_endpoint(self) -> str:
+        """etcd as seen from the root namespace (through the loopback forwarder)."""
+        return f"http://127.0.0.1:{self.state.etcd_port}"
+
+    # ---- life cycle ---------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, name: str, progress: Progress = _quiet) -> Lab:
+        return cls(LabState.load(check_name(name)), progress)
+
+    @classmethod
+    def up(cls, name: str = "lab", nodes: int = 3, keyd: int = 1, clients: int = 0,
+           gateway: str = "cluster", progress: Progress = _quiet) -> Lab:
+        """Build the lab and return when it serves; on failure remove what was built."""
+        _require_root()
+        check_name(name)
+        if gateway not in GATEWAYS:
+            raise LabError(f"unknown gateway {gateway!r}: one of {', '.join(GATEWAYS)}")
+        if not 1 <= keyd <= A.MAX_KEYD:
+            raise LabError(f"--keyd must be 1..{A.MAX_KEYD}")
+        if not (0 if gateway == "strongswan" else 1) <= nodes <= A.MAX_NODES:
+            raise LabError(f"--nodes must be 1..{A.MAX_NODES}")
+        if gateway == "cluster":
+            for d in (daemons.KEYD, daemons.NODE, daemons.SPRAYER):
+                why = d.missing()
+                if why:
+                    raise LabError(f"cannot start the cluster: {why} "
+                                   "(`--gateway strongswan` runs a lab without it)")
+        directory = labs_root() / name
+        if directory.exists():
+            raise LabError(f"lab {name!r} already exists ({directory}); "
+                           f"run `clusterctl lab down --name {name}` first")
+        directory.mkdir(parents=True, mode=0o700)
+        state = LabState(name=name, prefix=f"ipsc-{name}_{secrets.token_hex(2)}-",
+                         directory=str(directory), gateway=gateway,
+                         nodes=nodes if gateway == "cluster" else 0, keyd=keyd)
+        state.save()
+        lab = cls(state, progress)
+        try:
+            lab._build(clients)
+        except BaseException:
+            progress("failed: removing what was built")
+            lab.down()
+            raise
+        return lab
+
+    def _build(self, clients: int) -> None:
+        s = self.state
+        self.progress("generating PKI (CA, gateway certificate, PSK, data key)")
+        self.pki.create()
+        self.pki.issue("gateway", [A.GATEWAY_ID], [A.VIP], server=True)
+        self.progress("creating namespaces and links")
+        self._topology()
+        self.progress("starting etcd")
+        self._start_etcd()
+        self._start_server()
+        if s.gateway == "strongswan":
+            self.progress("starting the baseline gateway (strongSwan charon at the VIP)")
+            self._start_baseline_gateway()
+        else:
+            self._start_cluster()
+        for i in range(1, clients + 1):
+            self.progress(f"adding client-{i}")
+            self.add_client(f"client-{i}")
+        s.ready = True
+        s.save()
+        self.progress("ready")
+
+    def _add_ns(self, role: str) -> str:
+        ns = self.ns(role)
+        self.state.namespaces.append(ns)
+        self.state.save()
+        netns.add(ns)
+        return ns
+
+    def _topology(self) -> None:
+        router = self._add_ns("router")
+        netns.sysctl(router, "net.ipv4.ip_forward", "1")
+        for key in ("all", "default"):
+            netns.sysctl(router, f"net.ipv4.conf.{key}.rp_filter", "0")
+        netns.bridge(router, "br-front")
+        netns.address(router, "br-front", f"{A.FRONT_ROUTER}/24")
+        netns.bridge(router, "br-back")
+        netns.address(router, "br-back", f"{A.BACK_ROUTER}/24")
+
+        server = self._add_ns("server")
+        netns.veth(router, "prot", server, "eth0")
+        netns.address(router, "prot", f"{A.PROTECTED_ROUTER}/24")
+        netns.address(server, "eth0", f"{A.SERVER_IP}/24")
+        netns.route(server, "default", "via", A.PROTECTED_ROUTER)
+        # The protected network is reached through the gateway only: the router forwards
+        # nothing from the front network (clients, the NAT) to it directly.
+        netns.run(["ip", "netns", "exec", router, "nft", "-f", "-"], input_text=(
+            "table inet lab_filter {\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority filter; policy accept;\n"
+            '    iifname "br-front" oifname "prot" counter drop\n'
+            "  }\n"
+            "}\n"))
+
+        self._back_host("etcd", A.ETCD_IP, vip=False)
+        for i in range(1, self.state.keyd + 1):
+            self._back_host(f"keyd-{i}", A.keyd_ip(i), vip=True)
+        for i in range(1, self.state.nodes + 1):
+            self._back_host(f"node-{i}", A.node_ip(i), vip=True)
+        # Until the sprayer steers by mark, the VIP is routed to keyd-1 so IKE works.
+        netns.route(router, f"{A.VIP}/32", "via", A.keyd_ip(1))
+        if self.state.gateway == "strongswan":
+            netns.route(router, A.POOL, "via", A.keyd_ip(1))
+
+    def _back_host(self, role: str, ip: str, vip: bool) -> str:
+        ns = self._add_ns(role)
+        router = self.ns("router")
+        link = f"b-{role}"[:15]
+        netns.veth(router, link, ns, "eth0")
+        netns.enslave(router, link, "br-back")
+        netns.address(ns, "eth0", f"{ip}/24")
+        netns.route(ns, "default", "via", A.BACK_ROUTER)
+        if vip:
+            netns.address(ns, "lo", f"{A.VIP}/32")
+            netns.sysctl(ns, "net.ipv4.ip_forward", "1")
+            for key in ("all", "default"):
+                netns.sysctl(ns, f"net.ipv4.conf.{key}.rp_filter", "0")
+        return ns
+
+    # ---- processes ------------------------------------------------------------------------
+
+    def _record(self, role: str, pid: int, argv: list[str], log: Path, ns: str | None) -> None:
+        self.state.processes[role] = ProcessRecord(
+            role=role, pid=pid, start_ticks=proc_start_ticks(pid), argv=argv, log=str(log),
+            netns=ns)
+        self.state.save()
+
+    def _spawn(self, role: str, argv: list[str], ns: str | None) -> ProcessRecord:
+        log = self.dir / "logs" / f"{role.replace(':', '-')}.log"
+        log.parent.mkdir(exist_ok=True)
+        proc = spawn(argv, log)
+        self._record(role, proc.pid, argv, log, ns)
+        return self.state.processes[role]
+
+    def _start_etcd(self) -> None:
+        ns = self.ns("etcd")
+        etcd = EtcdServer(self.dir / "etcd", host=A.ETCD_IP, client_port=A.ETCD_PORT,
+                          peer_port=A.ETCD_PORT + 1, netns=ns)
+        etcd.data_dir.mkdir(parents=True)
+        # Readiness is checked through the forwarder below, the way clusterctl will reach it.
+        self._spawn("etcd", etcd.argv(), ns)
+        self.state.etcd_port = free_port()
+        self.state.save()
+        self._spawn("forwarder", [
+            sys.executable, "-m", "cluster.lab.forwarder",
+            "--listen", f"127.0.0.1:{self.state.etcd_port}", "--netns", ns,
+            "--target", f"{A.ETCD_IP}:{A.ETCD_PORT}"], None)
+        self._wait("etcd answering through the loopback forwarder", self._etcd_answers, 20)
+
+    def _etcd_answers(self) -> bool:
+        try:
+            return requests.get(f"{self.etcd_endpoint}/version", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def _start_server(self) -> None:
+        ns = self.ns("server")
+        self._spawn("server-iperf3", netns.exec_argv(ns, ["iperf3", "-s"]), ns)
+
+    def _start_baseline_gateway(self) -> None:
+        ns = self.ns("keyd-1")
+        # kernel-libipsec routes a client's virtual IP into its TUN with a source address
+        # from the local traffic selector, so the gateway needs one inside the protected
+        # network, as a gateway standing on that network has.
+        netns.address(ns, "lo", f"{A.GATEWAY_INSIDE}/32")
+        conf_dir = self.dir / "gateway"
+        conf_dir.mkdir()
+        (conf_dir / "strongswan.conf").write_text(
+            strongswan.strongswan_conf(self.dir / "logs" / "gateway-charon.log"))
+        swanctl_conf = strongswan.swanctl_dir(conf_dir, strongswan.gateway_swanctl_conf(
+            self.pki.psk(), self.pki.cert("gateway"), self.pki.ca_cert),
+            self.pki.key("gateway"))
+        rec = self._spawn("gateway", strongswan.charon_argv(ns, conf_dir / "strongswan.conf"), ns)
+        strongswan.wait_vici(rec.pid)
+        strongswan.load(rec.pid, swanctl_conf)
+
+    def _start_cluster(self) -> None:
+        common = daemons.Common(self.name, self.pki.data_key_file, self.dir / "logs")
+        conf = self.dir / "config"
+        conf.mkdir()
+        for i in range(1, self.state.keyd + 1):
+            self.progress(f"starting keyd-{i}")
+            path = conf / f"keyd-{i}.toml"
+            path.write_text(daemons.keyd_config(
+                common, i, self.pki.psk_file, self.pki.cert("gateway"), self.pki.key("gateway"),
+                self.pki.ca_cert))
+            self._spawn(f"keyd-{i}", netns.exec_argv(self.ns(f"keyd-{i}"),
+                                                     daemons.KEYD.argv(path)), self.ns(f"keyd-{i}"))
+        for i in range(1, self.state.nodes + 1):
+            self.progress(f"starting node-{i}")
+            path = conf / f"node-{i}.toml"
+            path.write_text(daemons.node_config(common, i))
+            self._spawn(f"node-{i}", netns.exec_argv(self.ns(f"node-{i}"),
+                                                     daemons.NODE.argv(path)), self.ns(f"node-{i}"))
+        self.progress("starting the sprayer")
+        path = conf / "sprayer.toml"
+        path.write_text(daemons.sprayer_config(common, self.state.keyd))
+        self._spawn("sprayer", netns.exec_argv(self.ns("router"), daemons.SPRAYER.argv(path)),
+                    self.ns("router"))
+        for i in range(1, self.state.keyd + 1):
+            self.progress(f"waiting for keyd-{i} to answer IKE")
+            self._wait(f"keyd-{i} listening on {A.VIP}:500",
+                       functools.partial(self._alive_and_bound, f"keyd-{i}", 500), 30)
+        for i in range(1, self.state.nodes + 1):
+            self.progress(f"waiting for node-{i}")
+            self._wait(f"node-{i} listening on {A.VIP}:4500",
+                       functools.partial(self._alive_and_bound, f"node-{i}", 4500), 30)
+        self.progress("waiting for the sprayer to apply its rules")
+        self._wait("the sprayer's nftables rules in the router",
+                   lambda: self._alive("sprayer") and self._nft_applied(), 30)
+
+    def _alive(self, role: str) -> bool:
+        rec = self.state.processes.get(role)
+        if rec is None or not rec.alive():
+            raise LabError(f"{role} exited; see {rec.log if rec else self.dir / 'logs'}")
+        return True
+
+    def _alive_and_bound(self, role: str, port: int) -> bool:
+        self._alive(role)
+        out = netns.in_ns(self.ns(role), ["ss", "-Hlun", f"sport = :{port}"], check=False)
+        return bool(out.stdout.strip())
+
+    def _nft_applied(self) -> bool:
+        out = netns.in_ns(self.ns("router"), ["nft", "list", "tables"], check=False)
+        return bool(out.stdout.strip())
+
+    def _wait(self, what: str, ready: Callable[[], bool], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            if time.monotonic() > deadline:
+                raise LabError(f"timed out after {timeout_s:g}s waiting for {what}")
+            time.sleep(0.1)
+
+    # ---- clients --------------------------------------------------------------------------
+
+    def add_client(self, name: str, auth: str = "psk", behind_nat: bool = False,
+                   ike: bool = True, ike_proposal: str = strongswan.DEFAULT_IKE_PROPOSAL,
+                   esp_proposal: str = strongswan.DEFAULT_ESP_PROPOSAL,
+                   dpd_delay_s: int = 10) -> ClientRecord:
+        """A client namespace; with ike, a charon in it that has connected to the VIP."""
+        _require_root()
+        check_name(name, "client name")
+        if name in RESERVED or name.startswith(("keyd-", "node-")) \
+                or name in self.state.clients:
+            raise LabError(f"client name {name!r} is taken")
+        if auth not in ("psk", "cert"):
+            raise LabError(f"unknown auth {auth!r}: psk or cert")
+        used = {c.slot for c in self.state.clients.values()}
+        slot = next((i for i in range(1, A.MAX_CLIENTS + 1) if i not in used), None)
+        if slot is None:
+            raise LabError(f"the lab holds at most {A.MAX_CLIENTS} clients")
+        address = A.client_ip(slot, behind_nat)
+        identity = f"{name}.{CLIENT_DOMAIN}"
+        rec = ClientRecord(name=name, slot=slot, netns=self.ns(f"c-{name}"),
+                           address=address, auth=auth, behind_nat=behind_nat, ike=ike,
+                           identity=identity)
+        if behind_nat:
+            self._ensure_nat()
+        self.state.clients[name] = rec
+        ns = self._add_ns(f"c-{name}")
+        if behind_nat:
+            upstream, bridge_name, gateway = self.ns("nat"), "br-in", A.NAT_INSIDE
+        else:
+            upstream, bridge_name, gateway = self.ns("router"), "br-front", A.FRONT_ROUTER
+        link = f"c{slot}"
+        netns.veth(upstream, link, ns, "eth0")
+        netns.enslave(upstream, link, bridge_name)
+        netns.address(ns, "eth0", f"{address}/24")
+        netns.route(ns, "default", "via", gateway)
+        if ike:
+            self._start_client_charon(rec, strongswan.ClientConfig(
+                identity=identity, auth=auth, psk=self.pki.psk(), ca_cert=self.pki.ca_cert,
+                ike_proposal=ike_proposal, esp_proposal=esp_proposal, dpd_delay_s=dpd_delay_s))
+        return rec
+
+    def _start_client_charon(self, rec: ClientRecord, cfg: strongswan.ClientConfig) -> None:
+        conf_dir = self.dir / "clients" / rec.name
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.auth == "cert":
+            cert, key = self.pki.issue(f"client-{rec.name}", [rec.identity])
+            cfg = strongswan.ClientConfig(**{**_fields(cfg), "cert": cert, "key": key})
+        (conf_dir / "strongswan.conf").write_text(
+            strongswan.strongswan_conf(self.dir / "logs" / f"client-{rec.name}-charon.log"))
+        swanctl_conf = strongswan.swanctl_dir(conf_dir, strongswan.client_swanctl_conf(cfg),
+                                              cfg.key)
+        rec.swanctl_conf = str(swanctl_conf)
+        self.state.save()
+        self._connect_client(rec)
+
+    def _connect_client(self, rec: ClientRecord) -> None:
+        assert rec.swanctl_conf is not None
+        conf = Path(rec.swanctl_conf).parent / "strongswan.conf"
+        proc = self._spawn(f"client:{rec.name}", strongswan.charon_argv(rec.netns, conf),
+                           rec.netns)
+        strongswan.wait_vici(proc.pid)
+        strongswan.load(proc.pid, Path(rec.swanctl_conf))
+        strongswan.initiate(proc.pid)
+
+    def _ensure_nat(self) -> None:
+        ns = self.ns("nat")
+        if ns in self.state.namespaces:
+            return
+        self._add_ns("nat")
+        router = self.ns("router")
+        netns.veth(router, "nat", ns, "out")
+        netns.enslave(router, "nat", "br-front")
+        netns.address(ns, "out", f"{A.NAT_OUTSIDE}/24")
+        netns.route(ns, "default", "via", A.FRONT_ROUTER)
+        netns.bridge(ns, "br-in")
+        netns.address(ns, "br-in", f"{A.NAT_INSIDE}/24")
+        netns.sysctl(ns, "net.ipv4.ip_forward", "1")
+        netns.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input_text=(
+            "table ip lab_nat {\n"
+            "  chain postrouting {\n"
+            "    type nat hook postrouting priority srcnat; policy accept;\n"
+            '    oifname "out" masquerade\n'
+            "  }\n"
+            "}\n"))
+
+    def client_sas(self, name: str) -> list[strongswan.IkeSaView]:
+        """The IKE SAs a client's charon holds."""
+        return strongswan.list_sas(self._client_pid(name))
+
+    def _client_pid(self, name: str) -> int:
+        rec = self.state.processes.get(f"client:{name}")
+        if name not in self.state.clients:
+            raise LabError(f"no client {name!r} in lab {self.name!r}")
+        if rec is None or not rec.alive():
+            raise LabError(f"client {name!r} runs no charon")
+        return rec.pid
+
+    # ---- members: exec, kill, start -------------------------------------------------------
+
+    def members(self) -> dict[str, str]:
+        """Every name `exec` accepts, with its namespace."""
+        names = {role: self.ns(role) for role in ("router", "server", "etcd")}
+        if self.ns("nat") in self.state.namespaces:
+            names["nat"] = self.ns("nat")
+        for i in range(1, self.state.keyd + 1):
+            names[f"keyd-{i}"] = self.ns(f"keyd-{i}")
+        for i in range(1, self.state.nodes + 1):
+            names[f"node-{i}"] = self.ns(f"node-{i}")
+        for c in self.state.clients.values():
+            names[c.name] = c.netns
+        return names
+
+    def exec_argv(self, member: str, argv: list[str]) -> list[str]:
+        """argv that runs inside member's namespace (a client's: with its charon's /run)."""
+        ns = self.members().get(member)
+        if ns is None:
+            raise LabError(f"no member {member!r} in lab {self.name!r} "
+                           f"(one of: {', '.join(self.members())})")
+        rec = self.state.processes.get(f"client:{member}")
+        if rec is not None and rec.alive():
+            return strongswan.in_charon(rec.pid, argv)
+        return netns.exec_argv(ns, argv)
+
+    def run(self, member: str, argv: list[str], check: bool = False,
+            timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run argv in member's namespace and wait for it (see exec_argv)."""
+        return netns.run(self.exec_argv(member, argv), check=check, timeout_s=timeout_s)
+
+    def _process_role(self, member: str) -> str:
+        if member in self.state.clients:
+            return f"client:{member}"
+        if member == "keyd-1" and self.state.gateway == "strongswan":
+            return "gateway"
+        if member in self.state.processes and member != "forwarder":
+            return member
+        raise LabError(f"no process named {member!r} in lab {self.name!r} (one of: "
+                       f"{', '.join(self._killable())})")
+
+    def _killable(self) -> list[str]:
+        roles = [r for r in self.state.processes if r not in ("forwarder", "server-iperf3")]
+        return [r.removeprefix("client:") for r in roles]
+
+    def kill(self, member: str, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Signal member's daemon; for TERM/KILL wait until it is gone. Returns its PID."""
+        rec = self.state.processes[self._process_role(member)]
+        if not rec.alive():
+            raise LabError(f"{member} is not running")
+        try:
+            os.killpg(rec.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            os.kill(rec.pid, sig)
+        if sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGINT):
+            self._wait(f"{member} (pid {rec.pid}) to exit", lambda: _reaped(rec), 10)
+        return rec.pid
+
+    def start(self, member: str) -> int:
+        """Start member's daemon again with the argv it had; returns the new PID."""
+        role = self._process_role(member)
+        rec = self.state.processes[role]
+        if rec.alive():
+            raise LabError(f"{member} is already running (pid {rec.pid})")
+        if role.startswith("client:"):
+            self._connect_client(self.state.clients[member])
+        elif role == "gateway":
+            self._spawn(role, rec.argv, rec.netns)
+            strongswan.wait_vici(self.state.processes[role].pid)
+            strongswan.load(self.state.processes[role].pid,
+                            self.dir / "gateway" / "swanctl.conf")
+        else:
+            self._spawn(role, rec.argv, rec.netns)
+        return self.state.processes[role].pid
+
+    # ---- status ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The lab as JSON (the schema `clusterctl lab status -o json` prints)."""
+        s = self.state
+
+        def proc(role: str) -> dict[str, Any]:
+            rec = s.processes.get(role)
+            return {"pid": rec.pid if rec else None, "alive": bool(rec and rec.alive()),
+                    "log": rec.log if rec else None}
+
+        return {
+            "name": s.name, "ready": s.ready, "gateway": s.gateway, "prefix": s.prefix,
+            "directory": s.directory, "cluster": s.name, "key_prefix": f"/ipsec-cluster/{s.name}/",
+            "vip": A.VIP, "gateway_id": A.GATEWAY_ID,
+            "psk": self.pki.psk() if self.pki.psk_file.exists() else None,
+            "psk_file": str(self.pki.psk_file), "ca_cert": str(self.pki.ca_cert),
+            "ca_key": str(self.pki.ca_key), "data_key_file": str(self.pki.data_key_file),
+            "protected_network": A.PROTECTED_NETWORK, "server_ip": A.SERVER_IP,
+            "front_network": A.FRONT_NETWORK, "front_router": A.FRONT_ROUTER,
+            "back_network": A.BACK_NETWORK, "pool": A.POOL, "nat_network": A.NAT_NETWORK,
+            "etcd_endpoints": [self.etcd_endpoint] if s.etcd_port else [],
+            "etcd_endpoints_in_lab": [f"http://{A.ETCD_IP}:{A.ETCD_PORT}"],
+            "router": {"namespace": self.ns("router"), **proc("sprayer")},
+            "server": {"namespace": self.ns("server"), "address": A.SERVER_IP},
+            "etcd": {"namespace": self.ns("etcd"), "address": A.ETCD_IP, **proc("etcd")},
+            "keyd": [{"name": f"keyd-{i}", "namespace": self.ns(f"keyd-{i}"),
+                      "address": A.keyd_ip(i),
+                      **proc("gateway" if s.gateway == "strongswan" else f"keyd-{i}")}
+                     for i in range(1, s.keyd + 1)],
+            "nodes": [{"name": f"node-{i}", "namespace": self.ns(f"node-{i}"),
+                       "address": A.node_ip(i), **proc(f"node-{i}")}
+                      for i in range(1, s.nodes + 1)],
+            "clients": [{"name": c.name, "namespace": c.netns, "address": c.address,
+                         "identity": c.identity, "auth": c.auth, "behind_nat": c.behind_nat,
+                         "ike": c.ike, **proc(f"client:{c.name}")}
+                        for c in s.clients.values()],
+        }
+
+    # ---- down ---------------------------------------------------------------------------
+
+    def down(self) -> None:
+        """Stop every process, delete every namespace, remove every file of this lab."""
+        teardown(self.state.prefix, list(self.state.processes.values()))
+        self.state.remove_files()
+
+
+def _fields(cfg: strongswan.ClientConfig) -> dict[str, Any]:
+    return {f: getattr(cfg, f) for f in cfg.__slots__}
+
+
+def _reaped(rec: ProcessRecord) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(rec.pid, os.WNOHANG)
+    return not rec.alive()
+
+
+def teardown(prefix: str, processes: list[ProcessRecord]) -> None:
+    """Kill the recorded processes (if still the same ones) and everything left in the lab's
+    namespaces, then delete the namespaces (their /run/netns mounts go with them)."""
+    namespaces = netns.listed(prefix)
+    for _ in range(3):
+        groups = [rec.pid for rec in processes if rec.alive()]
+        loose = [pid for ns in namespaces for pid in netns.pids(ns)]
+        if not groups and not loose:
+            break
+        _terminate(groups, loose)
+    for ns in namespaces:
+        netns.delete(ns)
+
+
+def _terminate(groups: list[int], loose: list[int], timeout_s: float = 3.0) -> None:
+    """TERM, then KILL: whole process groups (processes the lab started) and single processes
+    (whatever else runs in a lab namespace). All at once, so a slow one costs its own wait."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in groups:
+            try:
+                os.killpg(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                loose.append(pid)
+        for pid in loose:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            groups = [p for p in groups if _running(p)]
+            loose = [p for p in loose if _running(p)]
+            if not groups and not loose:
+                return
+            time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def down(name: str) -> bool:
+    """Remove lab `name`; also works when its state is gone or unreadable. True if anything
+    was found."""
+    _require_root()
+    check_name(name)
+    try:
+        Lab.open(name).down()
+        return True
+    except LabError:
+        pass
+    # No usable state: find the lab's namespaces by name (`_` never occurs in a lab name).
+    found = False
+    root = netns.NETNS_DIR
+    if root.is_dir():
+        for p in root.iterdir():
+            head, sep, tail = p.name.partition("_")
+            if sep and head == f"ipsc-{name}" and len(tail) > 5 and tail[4] == "-":
+                teardown(f"{head}_{tail[:5]}", [])
+                found = True
+    directory = labs_root() / name
+    if directory.exists():
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+        found = True
+    return found
+
+
+def list_labs() -> list[str]:
+    root = labs_root()
+    return sorted(p.name for p in root.iterdir() if (p / "state.json").exists()) \
+        if root.is_dir() else []

@@ -1,0 +1,125 @@
+"""What a lab has created, written down before and after each step.
+
+`state.json` in the lab's directory records every namespace, process (PID plus its kernel
+start time, so a recycled PID is never signalled) and client, so `lab down` can remove all
+of it, also after the process that built the lab crashed half way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.lab.errors import LabError
+
+ROOT_ENV = "IPSEC_CLUSTER_LAB_ROOT"
+DEFAULT_ROOT = Path("/var/lib/ipsec-cluster/lab")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,19}$")
+STATE_VERSION = 1
+
+
+def labs_root() -> Path:
+    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+def check_name(name: str, what: str = "lab name") -> str:
+    """Names become parts of namespace names and file names: keep them short and plain."""
+    if not _NAME.match(name):
+        raise LabError(f"bad {what} {name!r}: use 1-20 of a-z, 0-9 and '-', starting with a "
+                       "letter or digit")
+    return name
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """The kernel's start time of pid (field 22 of /proc/pid/stat), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+@dataclass
+class ProcessRecord:
+    """One process the lab started."""
+
+    role: str               # "etcd", "keyd-1", "node-2", "sprayer", "client:alice", ...
+    pid: int
+    start_ticks: int | None  # identifies the process together with pid
+    argv: list[str]
+    log: str                 # its output file
+    netns: str | None        # None: the root namespace
+
+    def alive(self) -> bool:
+        ticks = proc_start_ticks(self.pid)
+        if ticks is None or (self.start_ticks is not None and ticks != self.start_ticks):
+            return False
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+
+
+@dataclass
+class ClientRecord:
+    """One client namespace on the front network (or behind the NAT namespace)."""
+
+    name: str
+    slot: int
+    netns: str
+    address: str
+    auth: str                # "psk" | "cert"
+    behind_nat: bool
+    ike: bool                # runs charon
+    identity: str
+    swanctl_conf: str | None = None
+
+
+@dataclass
+class LabState:
+    name: str
+    prefix: str              # every namespace of this lab starts with it
+    directory: str
+    gateway: str             # "cluster" | "strongswan"
+    nodes: int
+    keyd: int
+    etcd_port: int = 0       # the root namespace's loopback forwarder into the etcd namespace
+    namespaces: list[str] = field(default_factory=list)
+    processes: dict[str, ProcessRecord] = field(default_factory=dict)
+    clients: dict[str, ClientRecord] = field(default_factory=dict)
+    ready: bool = False
+    version: int = STATE_VERSION
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory) / "state.json"
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    @classmethod
+    def load(cls, name: str) -> LabState:
+        path = labs_root() / name / "state.json"
+        try:
+            raw: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab named {name!r} (nothing at {path})") from None
+        except (OSError, ValueError) as exc:
+            raise LabError(f"lab state {path} is unreadable: {exc}") from None
+        try:
+            raw["processes"] = {k: ProcessRecord(**v) for k, v in raw["processes"].items()}
+            raw["clients"] = {k: ClientRecord(**v) for k, v in raw["clients"].items()}
+            return cls(**raw)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise LabError(f"lab state {path} is malformed ({exc}); remove it by hand") from None
+
+    def remove_files(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)

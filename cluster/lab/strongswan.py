@@ -1,0 +1,282 @@
+"""Real strongSwan in the lab: charon with kernel-libipsec (ESP in userspace over TUN), one per
+namespace, each in its own mount namespace with a private /run (pid file, VICI socket).
+
+Renders strongswan.conf / swanctl.conf for lab clients and for the "baseline gateway" (a
+charon responder standing at the VIP in keyd's place), starts charon, and talks to it with
+swanctl inside the same mount namespace.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.lab import addresses as A
+from cluster.lab.errors import LabError
+from cluster.lab.netns import run
+
+CHARON = "/usr/lib/ipsec/charon"
+PLUGINS = ("openssl nonce random x509 pem pkcs1 pkcs8 pubkey revocation constraints curve25519 "
+           "gmp aes sha1 sha2 hmac gcm chapoly kdf attr kernel-libipsec kernel-netlink "
+           "socket-default vici")
+DEFAULT_IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
+DEFAULT_ESP_PROPOSAL = "aes128gcm16"
+# What the baseline gateway accepts: the proposals docs/configuration.md lists for keyd.
+GATEWAY_IKE_PROPOSALS = ("aes128gcm16-prfsha256-x25519, aes256-sha384-ecp384, "
+                         "chacha20poly1305-prfsha256-x25519, aes128-sha256-modp2048, default")
+GATEWAY_ESP_PROPOSALS = "aes128gcm16, aes256-sha256, chacha20poly1305, aes128gcm16-esn, default"
+
+
+def strongswan_conf(log_path: Path) -> str:
+    return f"""\
+charon {{
+  load_modular = no
+  load = {PLUGINS}
+  install_routes = yes
+  retransmit_timeout = 2.0
+  retransmit_tries = 3
+  filelog {{
+    lab {{
+      path = {log_path}
+      time_format = %b %e %T
+      default = 1
+      ike = 2
+      flush_line = yes
+    }}
+  }}
+}}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """What one lab client asks for."""
+
+    identity: str
+    auth: str                # "psk" | "cert"
+    psk: str
+    ca_cert: Path
+    cert: Path | None = None
+    key: Path | None = None
+    ike_proposal: str = DEFAULT_IKE_PROPOSAL
+    esp_proposal: str = DEFAULT_ESP_PROPOSAL
+    dpd_delay_s: int = 10
+
+
+def client_swanctl_conf(c: ClientConfig) -> str:
+    if c.auth == "cert":
+        local = f"auth = pubkey\n      certs = {c.cert}\n      id = {c.identity}"
+        remote = f"auth = pubkey\n      cacerts = {c.ca_cert}\n      id = {A.GATEWAY_ID}"
+        secrets = ""   # the private key is loaded from the swanctl directory's private/
+    else:
+        local = f"auth = psk\n      id = {c.identity}"
+        remote = f"auth = psk\n      id = {A.GATEWAY_ID}"
+        secrets = f"ike-lab {{\n    secret = {_quote(c.psk)}\n  }}"
+    return f"""\
+connections {{
+  lab {{
+    version = 2
+    remote_addrs = {A.VIP}
+    vips = 0.0.0.0
+    encap = yes
+    proposals = {c.ike_proposal}
+    dpd_delay = {c.dpd_delay_s}s
+    local {{
+      {local}
+    }}
+    remote {{
+      {remote}
+    }}
+    children {{
+      lab {{
+        remote_ts = {A.PROTECTED_NETWORK}
+        esp_proposals = {c.esp_proposal}
+        dpd_action = restart
+      }}
+    }}
+  }}
+}}
+secrets {{
+  {secrets}
+}}
+"""
+
+
+def gateway_swanctl_conf(psk: str, cert: Path, ca_cert: Path) -> str:
+    """The baseline gateway: a charon responder at the VIP, PSK or certificate clients."""
+    children = f"""children {{
+      lab {{
+        local_ts = {A.PROTECTED_NETWORK}
+        esp_proposals = {GATEWAY_ESP_PROPOSALS}
+      }}
+    }}"""
+    # No MOBIKE: the gateway would announce its back-end address and the client would move
+    # its IKE SA there, around the VIP.
+    common = f"""version = 2
+    local_addrs = {A.VIP}
+    mobike = no
+    pools = lab-pool
+    proposals = {GATEWAY_IKE_PROPOSALS}
+    dpd_delay = 30s"""
+    return f"""\
+connections {{
+  lab-psk {{
+    {common}
+    local {{
+      auth = psk
+      id = {A.GATEWAY_ID}
+    }}
+    remote {{
+      auth = psk
+    }}
+    {children}
+  }}
+  lab-cert {{
+    {common}
+    local {{
+      auth = pubkey
+      certs = {cert}
+      id = {A.GATEWAY_ID}
+    }}
+    remote {{
+      auth = pubkey
+      cacerts = {ca_cert}
+    }}
+    {children}
+  }}
+}}
+pools {{
+  lab-pool {{
+    addrs = {A.POOL}
+  }}
+}}
+secrets {{
+  ike-lab {{
+    secret = {_quote(psk)}
+  }}
+}}
+"""
+
+
+def swanctl_dir(directory: Path, conf: str, key: Path | None) -> Path:
+    """A swanctl directory: swanctl.conf (0600) and, for certificate auth, private/<key>.
+
+    swanctl loads private keys only from its directory (secrets.private* holds passphrases),
+    so each charon gets its own directory, passed as SWANCTL_DIR.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "swanctl.conf"
+    path.touch(mode=0o600)
+    path.write_text(conf)
+    if key is not None:
+        private = directory / "private"
+        private.mkdir(mode=0o700, exist_ok=True)
+        (private / key.name).touch(mode=0o600)
+        (private / key.name).write_bytes(key.read_bytes())
+    return path
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def charon_argv(netns: str, conf: Path) -> list[str]:
+    """charon in netns, in a fresh mount namespace whose /run is a private tmpfs.
+
+    `ip netns exec` and `unshare` exec in place and the shell execs charon, so the PID the
+    caller sees is charon's own, and nsenter -t PID -m -n reaches its /run and network.
+    """
+    script = (f"mount -t tmpfs -o mode=0755 tmpfs /run && "
+              f"STRONGSWAN_CONF={shlex.quote(str(conf))} exec {CHARON}")
+    return ["ip", "netns", "exec", netns, "unshare", "-m", "--propagation", "private",
+            "sh", "-c", script]
+
+
+def in_charon(pid: int, argv: list[str]) -> list[str]:
+    """argv run inside charon's network and mount namespace."""
+    return ["nsenter", "-t", str(pid), "-m", "-n", *argv]
+
+
+def swanctl(pid: int, *args: str, timeout_s: float = 30.0, check: bool = True) -> str:
+    return run(in_charon(pid, ["swanctl", *args]), timeout_s=timeout_s, check=check).stdout
+
+
+def wait_vici(pid: int, timeout_s: float = 15.0) -> None:
+    """Wait until charon answers on its VICI socket."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = run(in_charon(pid, ["swanctl", "--stats"]), check=False, timeout_s=10)
+        if r.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"charon (pid {pid}) does not answer on VICI after {timeout_s:g}s: "
+                           f"{(r.stderr or r.stdout).strip()[-200:]}")
+        time.sleep(0.1)
+
+
+def load(pid: int, swanctl_conf: Path) -> None:
+    """Load connections, pools and credentials from swanctl_conf's directory."""
+    run(in_charon(pid, ["env", f"SWANCTL_DIR={swanctl_conf.parent}", "swanctl", "--load-all",
+                        "--noprompt", "--file", str(swanctl_conf)]), timeout_s=30)
+
+
+def initiate(pid: int, timeout_s: int = 20) -> None:
+    """Bring the lab connection up; a clear error with charon's last words if it fails."""
+    r = run(in_charon(pid, ["swanctl", "--initiate", "--ike", "lab", "--child", "lab",
+                            "--timeout", str(timeout_s)]), check=False, timeout_s=timeout_s + 10)
+    if r.returncode != 0:
+        lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+        raise LabError("strongSwan client could not connect: " + " | ".join(lines[-3:]))
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaView:
+    """One IKE SA as `swanctl --list-sas` shows it."""
+
+    name: str
+    uniqueid: int
+    state: str
+    spi_i: str
+    spi_r: str
+    local: str
+    remote: str
+    virtual_ip: str | None
+    child_spis: tuple[tuple[str, str], ...]   # (in, out) per installed Child SA
+
+
+_IKE = re.compile(r"^(\S+): #(\d+), (\w+), IKEv2, ([0-9a-f]+)_i\*? ([0-9a-f]+)_r\*?", re.M)
+_LOCAL = re.compile(r"^  local\s+'[^']*' @ (\S+)(?: \[([^\]]+)\])?", re.M)
+_REMOTE = re.compile(r"^  remote\s+'[^']*' @ (\S+)", re.M)
+_CHILD = re.compile(r"^  \S+: #\d+, reqid \d+, (\w+),[^\n]*\n(?:    .*\n)*?"
+                    r"    in  ([0-9a-f]{8}).*\n    out ([0-9a-f]{8})", re.M)
+
+
+def parse_sas(text: str) -> list[IkeSaView]:
+    """Parse the text `swanctl --list-sas` prints (strongSwan 5.9)."""
+    starts = [m.start() for m in _IKE.finditer(text)] + [len(text)]
+    views = []
+    for a, b in itertools.pairwise(starts):
+        block = text[a:b]
+        m = _IKE.match(block)
+        assert m is not None
+        local = _LOCAL.search(block)
+        remote = _REMOTE.search(block)
+        children = tuple((c.group(2), c.group(3)) for c in _CHILD.finditer(block)
+                         if c.group(1) == "INSTALLED")
+        views.append(IkeSaView(
+            name=m.group(1), uniqueid=int(m.group(2)), state=m.group(3), spi_i=m.group(4),
+            spi_r=m.group(5), local=local.group(1) if local else "",
+            remote=remote.group(1) if remote else "",
+            virtual_ip=local.group(2) if local and local.group(2) else None,
+            child_spis=children,
+        ))
+    return views
+
+
+def list_sas(pid: int) -> list[IkeSaView]:
+    """The IKE SAs of one charon."""
+    return parse_sas(swanctl(pid, "--list-sas", timeout_s=15))
