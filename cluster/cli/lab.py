@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from cluster.lab import addresses as A
 from cluster.lab import lab as labmod
 from cluster.lab.errors import LabError
 from cluster.lab.state import check_name
@@ -224,3 +225,43 @@ def list_() -> None:
     """The labs on this machine."""
     for name in labmod.list_labs():
         click.echo(name)
+
+
+@lab.command()
+@click.option("--name", "lab_name", default="demo", show_default=True,
+              callback=_checked("lab name"))
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(2, 100))
+@click.option("--keep", is_flag=True, help="leave the lab up afterwards")
+@operational
+def demo(lab_name: str, nodes: int, keep: bool) -> None:
+    """Up, two clients pinging, kill the busiest node, show the clients kept their SAs."""
+    from cluster.lab import demo as demomod
+
+    with progress(f"lab {lab_name}: starting") as step:
+        the_lab = labmod.Lab.up(lab_name, nodes=nodes, progress=step)
+        try:
+            victim, outcomes = demomod.run(the_lab, step=step)
+        except BaseException:
+            if not keep:
+                step("removing the lab")
+                the_lab.down()
+            raise
+        if not keep:
+            step("removing the lab")
+            the_lab.down()
+    table = Table(title=f"{victim} killed (SIGKILL) while the clients pinged "
+                        f"{A.SERVER_IP} every "
+                        f"{demomod.PING_INTERVAL_S * 1000:g} ms")
+    for col in ("client", "node", "IKE SA SPIs before", "after", "Child SA in/out before",
+                "after", "same SAs", "gap", "lost"):
+        table.add_column(col)
+    for o in outcomes:
+        table.add_row(o.client, f"{o.node_before} → {o.node_after}", o.ike_spis_before,
+                      o.ike_spis_after, o.child_spis_before, o.child_spis_after,
+                      "[green]yes[/]" if o.kept_sa else "[red]no[/]", f"{o.gap_s * 1000:.0f} ms",
+                      str(o.lost))
+    Console().print(table)
+    if keep:
+        click.echo(f"the lab is still up: clusterctl lab down --name {lab_name}")
+    if not all(o.kept_sa for o in outcomes):
+        _fail("a client lost its SAs")

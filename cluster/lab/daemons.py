@@ -89,7 +89,8 @@ def keyd_config(common: Common, index: int, psk_file: Path, cert: Path, key: Pat
                 ca: Path) -> str:
     s = common.sections("127.0.0.1:9410")
     s["keyd"] = {
-        "id": f"keyd-{index}", "vip": A.VIP, "ike_port": 500, "natt_port": 4500,
+        "id": f"keyd-{index}", "vip": A.VIP, "address": A.keyd_ip(index),
+        "ike_port": 500, "natt_port": 4500,
         "identity": A.GATEWAY_ID, "psk_file": str(psk_file), "cert_file": str(cert),
         "key_file": str(key), "ca_file": str(ca),
         "ike_proposals": ["aes128gcm16-prfsha256-x25519", "aes256-sha384-ecp384",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import secrets
 import signal
@@ -46,6 +47,7 @@ Progress = Callable[[str], None]
 GATEWAYS = ("cluster", "strongswan")
 RESERVED = {"router", "server", "etcd", "nat", "sprayer", "gateway", "forwarder"}
 CLIENT_DOMAIN = "clients.lab.example"
+SPRAYER_TABLE = "ipsec_cluster"   # the nftables table the sprayer's kernel driver keeps
 
 
 def _quiet(_: str) -> None:
@@ -286,15 +288,42 @@ class Lab:
                     self.ns("router"))
         for i in range(1, self.state.keyd + 1):
             self.progress(f"waiting for keyd-{i} to answer IKE")
-            self._wait(f"keyd-{i} listening on {A.VIP}:500",
-                       functools.partial(self._alive_and_bound, f"keyd-{i}", 500), 30)
+            self._wait(f"keyd-{i} listening on {A.VIP}:500 and registered in etcd",
+                       functools.partial(self._registered, f"keyd-{i}", "keyd", 500), 30)
         for i in range(1, self.state.nodes + 1):
-            self.progress(f"waiting for node-{i}")
-            self._wait(f"node-{i} listening on {A.VIP}:4500",
-                       functools.partial(self._alive_and_bound, f"node-{i}", 4500), 30)
+            self.progress(f"waiting for node-{i} to be ready")
+            self._wait(f"node-{i} listening on {A.VIP}:4500 and ready in etcd",
+                       functools.partial(self._registered, f"node-{i}", "nodes", 4500), 30)
         self.progress("waiting for the sprayer to apply its rules")
-        self._wait("the sprayer's nftables rules in the router",
+        self._wait("the sprayer's nftables table in the router",
                    lambda: self._alive("sprayer") and self._nft_applied(), 30)
+
+    def _registered(self, role: str, kind: str, port: int) -> bool:
+        """role's daemon runs, has bound VIP:port, and holds its record in etcd (a node: in
+        state ready)."""
+        if not self._alive_and_bound(role, port):
+            return False
+        record = self.etcd_json(f"{kind}/{role}")
+        return record is not None and (kind != "nodes" or record.get("state") == "ready")
+
+    def etcd_json(self, key: str) -> dict[str, Any] | None:
+        """The JSON value of `<prefix>/<lab>/<key>` (None when absent or not JSON)."""
+        import etcd3  # the lab works without it until a cluster is started
+
+        client = etcd3.client(host="127.0.0.1", port=self.state.etcd_port, timeout=5)
+        try:
+            value, _ = client.get(f"/ipsec-cluster/{self.name}/{key}")
+        except Exception:  # etcd3 raises many kinds; "not there yet" is all that matters
+            return None
+        finally:
+            client.close()
+        if value is None:
+            return None
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return None
+        return decoded if isinstance(decoded, dict) else None
 
     def _alive(self, role: str) -> bool:
         rec = self.state.processes.get(role)
@@ -309,7 +338,8 @@ class Lab:
 
     def _nft_applied(self) -> bool:
         out = netns.in_ns(self.ns("router"), ["nft", "list", "tables"], check=False)
-        return bool(out.stdout.strip())
+        return any(line.split()[-1] == SPRAYER_TABLE for line in out.stdout.splitlines()
+                   if line.strip())
 
     def _wait(self, what: str, ready: Callable[[], bool], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -441,6 +471,13 @@ class Lab:
         if rec is not None and rec.alive():
             return strongswan.in_charon(rec.pid, argv)
         return netns.exec_argv(ns, argv)
+
+    def spawn_in(self, member: str, role: str, argv: list[str]) -> ProcessRecord:
+        """Start argv in the background in member's namespace, recorded as `role` (so `kill`
+        and `down` know it); its output goes to logs/<role>.log."""
+        if role in self.state.processes and self.state.processes[role].alive():
+            raise LabError(f"{role} is already running")
+        return self._spawn(role, self.exec_argv(member, argv), self.members()[member])
 
     def run(self, member: str, argv: list[str], check: bool = False,
             timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
