@@ -1,1 +1,84 @@
+"""Sans-I/O IKEv2 (RFC 7296) for keyd: the responder that negotiates for the cluster's VIP,
+and an initiator for tests and the benchmark. No sockets, no asyncio, no etcd, no clock.
 
+Driving it (aioquic style)::
+
+    core = Responder(ResponderConfig(...), random=os.urandom, allocate_spi=spi_from_etcd)
+    core.receive_datagram(udp_payload, src=(ip, port), dst=(ip, port), now=loop.time())
+    core.handle_timer(now)            # when now >= core.get_timer()
+    while (ev := core.next_event()):  # FIRST: persist (IkeSaUpdated -> export_ike_sa, ...)
+        ...
+    for d in core.datagrams_to_send():  # THEN send d.data from d.src to d.dst
+        ...
+
+- Datagrams are whole UDP payloads both ways: on the NAT-T port (`natt_port`, 4500) the core
+  strips and adds the 4-byte non-ESP marker itself; ESP or anything else arriving there is
+  dropped and counted (`counters.drops["esp_on_ike_port"]`), a NAT keepalive too.
+- Events (keyd.ike.events) of one step come out before its datagrams, and
+  `datagrams_to_send()` raises LocalProtocolError while events are pending: persist, then send.
+  IkeSaUpdated(id) → write `export_ike_sa(id)`; ChildSaEstablished(child) → write sa/<spi_in>;
+  ChildSaDeleted / IkeSaDeleted → remove; IkeSaRekeyed(old, new, children) → rewrite the
+  children's ike_sa_id; IkeSaEstablished, AuthenticationFailed, ExchangeFailed → log/metrics.
+- Virtual IPs: an IKE_AUTH with CP(INTERNAL_IP4_ADDRESS) emits AddressRequested(ike_sa_id,
+  identity, requested) and waits; the shell leases an address and calls
+  `assign_address(ike_sa_id, ip_or_None, now)`, which produces the IKE_AUTH answer
+  (None → INTERNAL_ADDRESS_FAILURE, IKE SA without Child SA). Retransmits meanwhile: ignored.
+- SPIs: `allocate_spi()` (injected) returns a cluster-unique inbound ESP SPI; `random(n)`
+  (injected) gives nonces, IKE SPIs, IVs and cookie secrets.
+- Persistence: `export_ike_sa(id) -> dict` (JSON-able, bytes as hex, contains keys: seal it)
+  and `import_ike_sa(dict) -> id` let another keyd continue an IKE SA: answer the next or a
+  retransmitted request (the cached last response is part of the state), rekey, delete,
+  liveness. A malformed record raises LocalProtocolError.
+- Errors: RemoteProtocolError (peer's fault, carries the notify to answer with) is caught at
+  the edge of the core and becomes the RFC's answer or silence plus a counter in
+  `core.counters` (IkeCounters: exchanges, errors, drops, handshakes, retransmits, cookies,
+  half_open). LocalProtocolError is the caller's misuse (unknown IKE SA, wrong state).
+- Our own requests: `delete_ike_sa(id, now)`, `delete_child_sa(id, spi_in, now)`,
+  `check_liveness(id, now)`; retransmitted by `handle_timer`, the IKE SA is dropped when the
+  peer never answers.
+"""
+
+from .config import Credentials, InitiatorConfig, ResponderConfig
+from .core import Datagram, IkeEndpoint
+from .errors import IkeError, LocalProtocolError, RemoteProtocolError
+from .events import (
+    AddressRequested,
+    AuthenticationFailed,
+    ChildSa,
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ExchangeFailed,
+    IkeCounters,
+    IkeEvent,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+    IkeSaUpdated,
+)
+from .initiator import Initiator
+from .responder import Responder
+
+__all__ = [
+    "AddressRequested",
+    "AuthenticationFailed",
+    "ChildSa",
+    "ChildSaDeleted",
+    "ChildSaEstablished",
+    "Credentials",
+    "Datagram",
+    "ExchangeFailed",
+    "IkeCounters",
+    "IkeEndpoint",
+    "IkeError",
+    "IkeEvent",
+    "IkeSaDeleted",
+    "IkeSaEstablished",
+    "IkeSaRekeyed",
+    "IkeSaUpdated",
+    "Initiator",
+    "InitiatorConfig",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "Responder",
+    "ResponderConfig",
+]

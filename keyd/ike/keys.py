@@ -42,6 +42,9 @@ class IkeKeys:
     sk_pi: bytes
     sk_pr: bytes
 
+    def __repr__(self) -> str:
+        return "IkeKeys(<redacted>)"  # logs never carry key material
+
 
 def derive_ike_keys(
     suite: IkeSuite, skeyseed: bytes, ni: bytes, nr: bytes, spi_i: int, spi_r: int

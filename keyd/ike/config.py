@@ -1,0 +1,108 @@
+"""What a Responder or an Initiator is configured with (the shell reads files and TOML)."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from .auth import PrivateKey, TrustStore
+from .errors import LocalProtocolError
+from .transforms import ChildSuite, IkeSuite, parse_esp_proposal, parse_ike_proposal
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """How we prove who we are and whom we trust: a shared key and/or a certificate + key;
+    `cas` are the CAs peer certificates must chain to; `cert_chain` is sent after `cert`."""
+
+    psk: bytes | None = None
+    cert: x509.Certificate | None = None
+    private_key: PrivateKey | None = None
+    cert_chain: tuple[x509.Certificate, ...] = ()
+    cas: tuple[x509.Certificate, ...] = ()
+    # certificate validity is checked against this wall clock (injectable for tests)
+    clock: Callable[[], datetime.datetime] = _utc_now
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.private_key is None):
+            raise LocalProtocolError("a certificate needs its private key and vice versa")
+        if self.psk is None and self.cert is None:
+            raise LocalProtocolError("configure a PSK or a certificate")
+
+    @property
+    def trust(self) -> TrustStore:
+        return TrustStore(self.cas)
+
+
+def _ike_suites(texts: Sequence[str]) -> tuple[IkeSuite, ...]:
+    if not texts:
+        raise LocalProtocolError("at least one IKE proposal is needed")
+    return tuple(parse_ike_proposal(t) for t in texts)
+
+
+def _esp_suites(texts: Sequence[str]) -> tuple[ChildSuite, ...]:
+    if not texts:
+        raise LocalProtocolError("at least one ESP proposal is needed")
+    return tuple(parse_esp_proposal(t) for t in texts)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponderConfig:
+    """keyd's [keyd] section as the core needs it (docs/configuration.md)."""
+
+    identity: str
+    credentials: Credentials
+    ike_proposals: Sequence[str] = ("aes128gcm16-prfsha256-x25519",)
+    esp_proposals: Sequence[str] = ("aes128gcm16",)
+    protected_networks: Sequence[str] = ("0.0.0.0/0",)
+    dns: Sequence[str] = ()
+    natt_port: int = 4500
+    half_open_cookie_threshold: int = 100
+    half_open_timeout_s: float = 30.0
+    rekeyed_grace_s: float = 60.0  # an old IKE SA the peer never deletes goes after this
+    ike_lifetime_s: int = 14400
+    child_lifetime_s: int = 3600
+    # Fake a NAT (§2.23 NAT_DETECTION_DESTINATION_IP mismatch) so clients always float to
+    # 4500 and encapsulate ESP in UDP: the cluster's data plane steers ESP-in-UDP by SPI.
+    force_udp_encap: bool = True
+    retransmit_timeout_s: float = 2.0
+    retransmit_tries: int = 5
+    cookie_secret_lifetime_s: float = 300.0
+    ike_suites: tuple[IkeSuite, ...] = field(init=False)
+    esp_suites: tuple[ChildSuite, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ike_suites", _ike_suites(self.ike_proposals))
+        object.__setattr__(self, "esp_suites", _esp_suites(self.esp_proposals))
+
+
+@dataclass(frozen=True, slots=True)
+class InitiatorConfig:
+    """The project's own initiator (tests, benchmark)."""
+
+    identity: str
+    credentials: Credentials
+    remote_identity: str | None = None
+    ike_proposals: Sequence[str] = ("aes128gcm16-prfsha256-x25519",)
+    esp_proposals: Sequence[str] = ("aes128gcm16",)
+    request_address: bool = True
+    ts_local: Sequence[str] = ("0.0.0.0/0",)
+    ts_remote: Sequence[str] = ("0.0.0.0/0",)
+    natt_port: int = 4500
+    child_lifetime_s: int = 3600
+    initial_contact: bool = True
+    retransmit_timeout_s: float = 2.0
+    retransmit_tries: int = 5
+    ike_suites: tuple[IkeSuite, ...] = field(init=False)
+    esp_suites: tuple[ChildSuite, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ike_suites", _ike_suites(self.ike_proposals))
+        object.__setattr__(self, "esp_suites", _esp_suites(self.esp_proposals))

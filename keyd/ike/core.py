@@ -1,0 +1,470 @@
+"""What both roles share: datagram framing, request/response dispatch, message IDs and the
+retransmission cache, sealing, our own requests with retransmission, INFORMATIONAL, timers,
+export/import. `Responder` and `Initiator` add their exchanges on top."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+
+from .constants import (
+    NON_ESP_MARKER,
+    ExchangeType,
+    Flag,
+    Notify,
+    ProtocolId,
+)
+from .errors import LocalProtocolError, RemoteProtocolError
+from .events import (
+    ChildSa,
+    ChildSaDeleted,
+    ExchangeFailed,
+    IkeCounters,
+    IkeEvent,
+    IkeSaDeleted,
+    IkeSaUpdated,
+)
+from .ikesa import Address, IkeSa, export_sa, ike_sa_id, import_sa
+from .keys import ChildKeys
+from .message import Header, Message, pull_message
+from .payloads import DeletePayload, NotifyPayload, Payload, SkPayload
+from .protect import SkKeys, open_sk, seal
+from .state import CAN_REQUEST, REQUEST_HANDLERS, IkeState
+from .transforms import ChildSuite
+
+NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """A UDP payload to send from `src` to `dst` (the non-ESP marker included on NAT-T)."""
+
+    data: bytes
+    src: Address
+    dst: Address
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Where a request came from and went to; its reply goes back the same way."""
+
+    header: Header
+    src: Address
+    dst: Address
+
+
+def nat_hash(spi_i: int, spi_r: int, addr: Address) -> bytes:
+    """RFC 7296 §2.23: SHA-1(SPIi | SPIr | IP | Port)."""
+    h = hashes.Hash(hashes.SHA1())
+    h.update(spi_i.to_bytes(8, "big") + spi_r.to_bytes(8, "big"))
+    h.update(ipaddress.ip_address(addr[0]).packed + addr[1].to_bytes(2, "big"))
+    return h.finalize()
+
+
+def exchange_name(exchange: int) -> str:
+    try:
+        return ExchangeType(exchange).name
+    except ValueError:
+        return f"EXCHANGE_{exchange}"
+
+
+def notify_name(notify: int) -> str:
+    try:
+        return Notify(notify).name
+    except ValueError:
+        return f"NOTIFY_{notify}"
+
+
+def _random_spi(random: Callable[[int], bytes]) -> int:
+    while True:
+        spi = int.from_bytes(random(4), "big")
+        if spi >= 256:  # 1..255 are reserved (RFC 4303 §2.1)
+            return spi
+
+
+class IkeEndpoint:
+    """The sans-I/O machinery of one IKE endpoint holding any number of IKE SAs."""
+
+    def __init__(
+        self,
+        *,
+        natt_port: int = 4500,
+        random: Callable[[int], bytes] = os.urandom,
+        allocate_spi: Callable[[], int] | None = None,
+        child_lifetime_s: int = 3600,
+        retransmit_timeout_s: float = 2.0,
+        retransmit_tries: int = 5,
+    ) -> None:
+        self.counters = IkeCounters()
+        self._natt_port = natt_port
+        self._random = random
+        self._allocate_spi = allocate_spi or (lambda: _random_spi(random))
+        self._child_lifetime_s = child_lifetime_s
+        self._retransmit_timeout_s = retransmit_timeout_s
+        self._retransmit_tries = retransmit_tries
+        self._sas: dict[str, IkeSa] = {}
+        self._events: deque[IkeEvent] = deque()
+        self._out: deque[Datagram] = deque()
+
+    # ---- the API the shell drives ---------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, src: Address, dst: Address, now: float) -> None:
+        """Feed one UDP payload received on `dst` from `src`. Never raises for peer input."""
+        if dst[1] == self._natt_port:
+            if data == NAT_KEEPALIVE:
+                self._drop("natt_keepalive")
+                return
+            if not data.startswith(NON_ESP_MARKER):
+                self._drop("esp_on_ike_port")
+                return
+            data = data[len(NON_ESP_MARKER) :]
+        try:
+            msg, sk = pull_message(data)
+        except RemoteProtocolError as e:
+            self._drop("malformed" if e.notify != Notify.INVALID_MAJOR_VERSION else "version")
+            return
+        try:
+            if msg.header.is_response:
+                self._on_response(msg, sk, src, dst, now)
+            else:
+                self._on_request(msg, sk, src, dst, now)
+        except RemoteProtocolError as e:
+            self._drop(notify_name(e.notify) if e.notify is not None else "silent")
+
+    def handle_timer(self, now: float) -> None:
+        """Retransmit our requests, give up on silent peers, expire half-open / rekeyed SAs."""
+        for sa in list(self._sas.values()):
+            if sa.outstanding and sa.retransmit_at is not None and now >= sa.retransmit_at:
+                if sa.retransmits >= self._retransmit_tries:
+                    self._events.append(ExchangeFailed(sa.id, 0, None, "peer does not answer"))
+                    self._remove_sa(sa, "peer does not answer")
+                    continue
+                sa.retransmits += 1
+                sa.retransmit_at = now + self._retransmit_timeout_s * (2**sa.retransmits)
+                self.counters.retransmits_sent += 1
+                self._send(sa.outstanding, sa.local, sa.peer)
+            if sa.expires_at is not None and now >= sa.expires_at:
+                self._remove_sa(sa, f"{sa.state.value} timed out")
+
+    def get_timer(self) -> float | None:
+        """When `handle_timer` should next run (None: nothing scheduled)."""
+        times = [t for sa in self._sas.values() for t in (sa.retransmit_at, sa.expires_at)
+                 if t is not None]
+        return min(times) if times else None
+
+    def next_event(self) -> IkeEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        """Datagrams to send now. Pull every event first: they must be persisted before."""
+        if self._events:
+            raise LocalProtocolError("pull (and persist) all events before sending datagrams")
+        out = list(self._out)
+        self._out.clear()
+        return out
+
+    def ike_sa_ids(self) -> list[str]:
+        return list(self._sas)
+
+    def export_ike_sa(self, ike_sa_id: str) -> dict[str, Any]:
+        """The IKE SA's state as a JSON-able dict (contains keys: seal it at rest)."""
+        return export_sa(self._get(ike_sa_id))
+
+    def import_ike_sa(self, record: dict[str, Any]) -> str:
+        """Take over an IKE SA exported by another instance; returns its id."""
+        sa = import_sa(record)
+        self._sas[sa.id] = sa
+        self._imported(sa)
+        return sa.id
+
+    def delete_ike_sa(self, ike_sa_id: str, now: float) -> None:
+        """Start an INFORMATIONAL DELETE of the IKE SA (its Child SAs go with it)."""
+        sa = self._requestable(ike_sa_id)
+        self._start_request(sa, ExchangeType.INFORMATIONAL,
+                            [DeletePayload(ProtocolId.IKE, ())], "delete_ike", {}, now)
+
+    def delete_child_sa(self, ike_sa_id: str, spi_in: int, now: float) -> None:
+        """Start an INFORMATIONAL DELETE of one Child SA (named by our spi_in)."""
+        sa = self._requestable(ike_sa_id)
+        if spi_in not in sa.children:
+            raise LocalProtocolError(f"no Child SA {spi_in:08x} in {ike_sa_id}")
+        payload = DeletePayload(ProtocolId.ESP, (spi_in.to_bytes(4, "big"),))
+        self._start_request(sa, ExchangeType.INFORMATIONAL, [payload], "delete_child",
+                            {"spi_in": spi_in}, now)
+
+    def check_liveness(self, ike_sa_id: str, now: float) -> None:
+        """Send an empty INFORMATIONAL (§1.4); no answer within the retransmissions → deleted."""
+        sa = self._requestable(ike_sa_id)
+        self._start_request(sa, ExchangeType.INFORMATIONAL, [], "liveness", {}, now)
+
+    # ---- helpers for subclasses -----------------------------------------------------------
+
+    def _get(self, ike_sa_id: str) -> IkeSa:
+        sa = self._sas.get(ike_sa_id)
+        if sa is None:
+            raise LocalProtocolError(f"unknown IKE SA {ike_sa_id}")
+        return sa
+
+    def _requestable(self, ike_sa_id: str) -> IkeSa:
+        sa = self._get(ike_sa_id)
+        if sa.state not in CAN_REQUEST:
+            raise LocalProtocolError(f"IKE SA {ike_sa_id} is {sa.state.value}")
+        if sa.outstanding:
+            raise LocalProtocolError(f"IKE SA {ike_sa_id} has an exchange in flight")
+        return sa
+
+    def _imported(self, sa: IkeSa) -> None:
+        """Hook for subclasses to index an imported SA."""
+
+    def _drop(self, reason: str) -> None:
+        self.counters.drops[reason] += 1
+
+    def _send(self, data: bytes, src: Address, dst: Address) -> None:
+        if src[1] == self._natt_port:
+            data = NON_ESP_MARKER + data
+        self._out.append(Datagram(data, src, dst))
+
+    def _keys_in(self, sa: IkeSa) -> SkKeys:
+        k = sa.keys
+        if sa.is_initiator:
+            return SkKeys(sa.suite.encr, sa.suite.integ, k.sk_er, k.sk_ar)
+        return SkKeys(sa.suite.encr, sa.suite.integ, k.sk_ei, k.sk_ai)
+
+    def _keys_out(self, sa: IkeSa) -> SkKeys:
+        k = sa.keys
+        if sa.is_initiator:
+            return SkKeys(sa.suite.encr, sa.suite.integ, k.sk_ei, k.sk_ai)
+        return SkKeys(sa.suite.encr, sa.suite.integ, k.sk_er, k.sk_ar)
+
+    def _remove_sa(self, sa: IkeSa, reason: str) -> None:
+        for child in sa.children.values():
+            self._events.append(ChildSaDeleted(sa.id, child.spi_in))
+        sa.children = {}
+        sa.state = IkeState.DELETED
+        self._sas.pop(sa.id, None)
+        self._forget(sa)
+        self._events.append(IkeSaDeleted(sa.id, reason))
+
+    def _forget(self, sa: IkeSa) -> None:
+        """Hook for subclasses to drop their indexes of a removed SA."""
+
+    def _make_child(
+        self, sa: IkeSa, suite: ChildSuite, keys: ChildKeys, spi_in: int, spi_out: int,
+        ts_local: tuple[str, ...], ts_remote: tuple[str, ...], we_initiated: bool,
+        replaces: int | None, now: float,
+    ) -> ChildSa:
+        """A Child SA; §2.17 keys come i→r first, where i is the exchange's initiator."""
+        if we_initiated:
+            e_in, a_in, e_out, a_out = keys.encr_ri, keys.integ_ri, keys.encr_ir, keys.integ_ir
+        else:
+            e_in, a_in, e_out, a_out = keys.encr_ir, keys.integ_ir, keys.encr_ri, keys.integ_ri
+        child = ChildSa(
+            spi_in=spi_in, spi_out=spi_out, ike_sa_id=sa.id, encr=suite.encr.name,
+            integ=suite.integ.name if suite.integ else None, esn=suite.esn,
+            enc_key_in=e_in, integ_key_in=a_in, enc_key_out=e_out, integ_key_out=a_out,
+            ts_local=ts_local, ts_remote=ts_remote, peer_addr=sa.peer[0], peer_port=sa.peer[1],
+            udp_encap=sa.udp_encap, virtual_ip=sa.virtual_ip, identity=sa.peer_identity,
+            created_at=now, soft_lifetime_s=self._child_lifetime_s,
+            hard_lifetime_s=self._child_lifetime_s + self._child_lifetime_s // 10,
+            replaces=replaces,
+        )
+        sa.children[spi_in] = child
+        return child
+
+    # ---- requests from the peer -----------------------------------------------------------
+
+    def _on_init_request(self, msg: Message, src: Address, dst: Address, now: float) -> None:
+        self._drop("unexpected_ike_sa_init")
+
+    def _on_request(
+        self, msg: Message, sk: SkPayload | None, src: Address, dst: Address, now: float
+    ) -> None:
+        h = msg.header
+        if h.exchange == ExchangeType.IKE_SA_INIT:
+            self._on_init_request(msg, src, dst, now)
+            return
+        sa = self._sas.get(ike_sa_id(h.spi_i, h.spi_r))
+        if sa is None:
+            self._drop("unknown_ike_sa")  # §2.21.4: no answer to an unknown SPI pair
+            return
+        if h.from_initiator == sa.is_initiator:
+            self._drop("initiator_flag")
+            return
+        if h.message_id == sa.peer_next_id - 1 and sa.last_response:
+            if sa.state != IkeState.WAIT_ADDRESS:
+                self.counters.retransmits_answered += 1
+                self._send(sa.last_response, dst, src)  # §2.1: resend, do not reprocess
+            return
+        if h.message_id != sa.peer_next_id:
+            self._drop("message_id_outside_window")
+            return
+        if sa.state == IkeState.WAIT_ADDRESS:
+            self._drop("waiting_for_address")
+            return
+        if sk is None:
+            self._drop("unprotected_request")
+            return
+        try:
+            payloads = open_sk(msg, sk, self._keys_in(sa))
+        except RemoteProtocolError as e:
+            self._drop("integrity" if e.notify is None else "malformed")
+            return
+        handler = REQUEST_HANDLERS.get((sa.state, h.exchange))
+        self.counters.exchanges[exchange_name(h.exchange)] += 1
+        if handler is None:
+            self._drop("unexpected_exchange")
+            return
+        if sa.udp_encap and (src, dst) != (sa.peer, sa.local):
+            sa.peer, sa.local = src, dst  # §2.23: follow the peer behind a NAT
+        ctx = RequestContext(h, src, dst)
+        try:
+            response = getattr(self, handler)(sa, payloads, ctx, now)
+        except RemoteProtocolError as e:
+            if e.notify is None:
+                self._drop("silent")
+                return
+            self.counters.errors[notify_name(e.notify)] += 1
+            response = [NotifyPayload(e.notify, _notify_data(e))]
+        if response is not None:
+            self._respond(sa, ctx, response)
+
+    def _respond(self, sa: IkeSa, ctx: RequestContext, payloads: list[Payload]) -> None:
+        flags = Flag.RESPONSE | (Flag.INITIATOR if sa.is_initiator else 0)
+        h = Header(sa.spi_i, sa.spi_r, 0, ctx.header.exchange, flags, ctx.header.message_id)
+        data = seal(h, payloads, self._keys_out(sa), self._random)
+        sa.last_response = data
+        sa.peer_next_id = ctx.header.message_id + 1
+        if sa.state != IkeState.DELETED:
+            self._events.append(IkeSaUpdated(sa.id))
+        self._send(data, ctx.dst, ctx.src)
+
+    def _on_create_child_request(
+        self, sa: IkeSa, payloads: list[Payload], ctx: RequestContext, now: float
+    ) -> list[Payload] | None:
+        raise RemoteProtocolError("this endpoint makes no Child SAs on request",
+                                  Notify.NO_ADDITIONAL_SAS)
+
+    def _on_informational_request(
+        self, sa: IkeSa, payloads: list[Payload], ctx: RequestContext, now: float
+    ) -> list[Payload] | None:
+        """DELETE of the IKE SA or of Child SAs (§1.4.1), or an empty liveness check."""
+        response: list[Payload] = []
+        for p in payloads:
+            if not isinstance(p, DeletePayload):
+                continue  # unknown status notifies are ignored (§3.10.1)
+            if p.protocol == ProtocolId.IKE:
+                self._remove_sa(sa, "deleted by peer")
+                return []
+            if p.protocol != ProtocolId.ESP:
+                continue
+            ours = []
+            for spi in p.spis:
+                child = sa.child_by_spi_out(int.from_bytes(spi, "big")) if len(spi) == 4 else None
+                if child is not None:
+                    del sa.children[child.spi_in]
+                    self._events.append(ChildSaDeleted(sa.id, child.spi_in))
+                    ours.append(child.spi_in.to_bytes(4, "big"))
+            if ours:
+                response.append(DeletePayload(ProtocolId.ESP, tuple(ours)))
+        return response
+
+    # ---- our own requests -----------------------------------------------------------------
+
+    def _start_request(
+        self, sa: IkeSa, exchange: int, payloads: list[Payload], kind: str,
+        ctx: dict[str, Any], now: float,
+    ) -> None:
+        flags = Flag.INITIATOR if sa.is_initiator else 0
+        h = Header(sa.spi_i, sa.spi_r, 0, exchange, flags, sa.my_next_id)
+        data = seal(h, payloads, self._keys_out(sa), self._random)
+        sa.my_next_id += 1
+        sa.outstanding, sa.outstanding_kind, sa.outstanding_ctx = data, kind, ctx
+        sa.retransmit_at = now + self._retransmit_timeout_s
+        sa.retransmits = 0
+        self._events.append(IkeSaUpdated(sa.id))
+        self._send(data, sa.local, sa.peer)
+
+    def _on_init_response(self, msg: Message, src: Address, dst: Address, now: float) -> None:
+        self._drop("unexpected_response")
+
+    def _on_response(
+        self, msg: Message, sk: SkPayload | None, src: Address, dst: Address, now: float
+    ) -> None:
+        h = msg.header
+        if h.exchange == ExchangeType.IKE_SA_INIT:
+            self._on_init_response(msg, src, dst, now)
+            return
+        sa = self._sas.get(ike_sa_id(h.spi_i, h.spi_r))
+        if sa is None:
+            self._drop("unknown_ike_sa")
+            return
+        if h.from_initiator == sa.is_initiator or sk is None:
+            self._drop("initiator_flag" if sk else "unprotected_response")
+            return
+        if not sa.outstanding or h.message_id != sa.my_next_id - 1:
+            self._drop("unexpected_response")
+            return
+        try:
+            payloads = open_sk(msg, sk, self._keys_in(sa))
+        except RemoteProtocolError as e:
+            self._drop("integrity" if e.notify is None else "malformed")
+            return
+        kind, ctx = sa.outstanding_kind, sa.outstanding_ctx
+        sa.outstanding, sa.outstanding_kind, sa.outstanding_ctx = b"", "", {}
+        sa.retransmit_at, sa.retransmits = None, 0
+        errors = [p for p in payloads if isinstance(p, NotifyPayload) and p.type < 16384]
+        if errors and kind != "delete_ike":
+            n = errors[0].type
+            self.counters.errors["received_" + notify_name(n)] += 1
+            self._events.append(ExchangeFailed(sa.id, h.exchange, n, "peer answered with an error"))
+            self._on_request_failed(sa, kind, ctx, n, now)
+            return
+        try:
+            getattr(self, f"_on_{kind}_response")(sa, payloads, ctx, now)
+        except RemoteProtocolError as e:
+            reason = str(e)
+            self.counters.errors["bad_response"] += 1
+            self._events.append(ExchangeFailed(sa.id, h.exchange, e.notify, reason))
+            self._on_request_failed(sa, kind, ctx, e.notify, now)
+
+    def _on_request_failed(
+        self, sa: IkeSa, kind: str, ctx: dict[str, Any], notify: int | None, now: float
+    ) -> None:
+        """A request of ours got an error. IKE SA establishment failures end the SA."""
+        if kind in ("init", "auth"):
+            self._remove_sa(sa, "establishment failed")
+        else:
+            self._events.append(IkeSaUpdated(sa.id))
+
+    def _on_delete_ike_response(
+        self, sa: IkeSa, payloads: list[Payload], ctx: dict[str, Any], now: float
+    ) -> None:
+        self._remove_sa(sa, "deleted")
+
+    def _on_delete_child_response(
+        self, sa: IkeSa, payloads: list[Payload], ctx: dict[str, Any], now: float
+    ) -> None:
+        child = sa.children.pop(ctx["spi_in"], None)
+        if child is not None:
+            self._events.append(ChildSaDeleted(sa.id, child.spi_in))
+        self._events.append(IkeSaUpdated(sa.id))
+
+    def _on_liveness_response(
+        self, sa: IkeSa, payloads: list[Payload], ctx: dict[str, Any], now: float
+    ) -> None:
+        self._events.append(IkeSaUpdated(sa.id))
+
+
+def _notify_data(e: RemoteProtocolError) -> bytes:
+    group = getattr(e, "group", None)
+    return group.to_bytes(2, "big") if group is not None else b""
+
+
+def move_children(children: dict[int, ChildSa], new_id: str) -> dict[int, ChildSa]:
+    return {spi: replace(c, ike_sa_id=new_id) for spi, c in children.items()}

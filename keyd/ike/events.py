@@ -1,0 +1,141 @@
+"""Events the IKE core emits (pulled with `next_event()`), and its counters.
+
+Events of one step come out before that step's datagrams: the shell persists IKE SA and
+Child SA state first, then sends (`datagrams_to_send()` refuses while events are pending).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSa:
+    """A Child SA (ESP, tunnel mode) as a node needs it. Field names match the store's
+    ChildSaRecord. GCM / ChaCha20-Poly1305 keys carry their 4-byte salt at the end."""
+
+    spi_in: int  # the cluster receives with this SPI (ours)
+    spi_out: int  # the client's SPI: the cluster sends with it
+    ike_sa_id: str
+    encr: str  # "aes128gcm16" | "aes256gcm16" | "aes128" | "aes256" | "chacha20poly1305"
+    integ: str | None  # "sha256" | "sha384" | "sha512"; None with an AEAD
+    esn: bool
+    enc_key_in: bytes = field(repr=False)  # decrypts what the client sends
+    integ_key_in: bytes = field(repr=False)
+    enc_key_out: bytes = field(repr=False)  # encrypts what the cluster sends
+    integ_key_out: bytes = field(repr=False)
+    ts_local: tuple[str, ...]  # our side (protected networks), CIDRs
+    ts_remote: tuple[str, ...]  # the client side (virtual_ip/32 usually), CIDRs
+    peer_addr: str
+    peer_port: int
+    udp_encap: bool
+    virtual_ip: str | None
+    identity: str  # the client's authenticated identity
+    created_at: float  # the core's `now` when the SA was made
+    soft_lifetime_s: int
+    hard_lifetime_s: int
+    replaces: int | None = None  # spi_in of the Child SA this one rekeyed
+
+
+class IkeEvent:
+    """Marker base class of every event of the IKE core."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaUpdated(IkeEvent):
+    """The IKE SA's exportable state changed: persist `export_ike_sa(ike_sa_id)`."""
+
+    ike_sa_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaEstablished(IkeEvent):
+    """IKE_AUTH completed. `initial_contact`: the peer asks to drop its older IKE SAs (§2.4)."""
+
+    ike_sa_id: str
+    identity: str
+    peer_addr: str
+    peer_port: int
+    virtual_ip: str | None
+    initial_contact: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaRekeyed(IkeEvent):
+    """CREATE_CHILD_SA moved every Child SA of `old_ike_sa_id` to `new_ike_sa_id` (§2.18)."""
+
+    old_ike_sa_id: str
+    new_ike_sa_id: str
+    children: tuple[ChildSa, ...]  # now under the new IKE SA: rewrite their ike_sa_id
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaDeleted(IkeEvent):
+    """The IKE SA is gone (DELETE, failed authentication, timeout): remove its record."""
+
+    ike_sa_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaEstablished(IkeEvent):
+    """A Child SA exists: write it to the SA repository before the reply goes out."""
+
+    child: ChildSa
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaDeleted(IkeEvent):
+    """A Child SA was deleted (DELETE, rekey completed, IKE SA gone)."""
+
+    ike_sa_id: str
+    spi_in: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddressRequested(IkeEvent):
+    """The peer asked for a virtual IP (CP CFG_REQUEST): answer with `assign_address`.
+
+    `requested` is the address the peer asked for, or None for "any". The IKE_AUTH answer
+    waits for the decision; retransmits of the request meanwhile are ignored.
+    """
+
+    ike_sa_id: str
+    identity: str
+    requested: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticationFailed(IkeEvent):
+    """IKE_AUTH failed (AUTHENTICATION_FAILED sent, the IKE SA is dropped)."""
+
+    ike_sa_id: str
+    identity: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeFailed(IkeEvent):
+    """Initiator side: the peer answered with an error notify, or our request timed out."""
+
+    ike_sa_id: str
+    exchange: int
+    notify: int | None
+    reason: str
+
+
+@dataclass(slots=True)
+class IkeCounters:
+    """Counters the shell exports (Prometheus): plain Counter objects keyed by label."""
+
+    exchanges: Counter[str] = field(default_factory=Counter)  # by exchange name, requests
+    errors: Counter[str] = field(default_factory=Counter)  # by notify name sent or reason
+    drops: Counter[str] = field(default_factory=Counter)  # silently dropped, by reason
+    handshakes: Counter[str] = field(default_factory=Counter)  # "ok" / "failed"
+    retransmits_answered: int = 0  # retransmitted requests answered from the cache
+    retransmits_sent: int = 0  # our own requests sent again
+    cookies_sent: int = 0
+    half_open: int = 0  # gauge: IKE SAs between IKE_SA_INIT and IKE_AUTH

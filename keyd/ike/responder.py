@@ -1,0 +1,462 @@
+"""The responder: keyd's side of IKE_SA_INIT, IKE_AUTH and CREATE_CHILD_SA (RFC 7296)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import constant_time
+
+from .auth import SUPPORTED_HASHES, ca_keyid, signed_octets
+from .config import ResponderConfig
+from .constants import (
+    CertEncoding,
+    CfgAttr,
+    CfgType,
+    ExchangeType,
+    Flag,
+    Notify,
+    ProtocolId,
+)
+from .core import IkeEndpoint, RequestContext, move_children, nat_hash, notify_name
+from .dh import KeyExchange
+from .errors import LocalProtocolError, RemoteProtocolError
+from .events import (
+    AddressRequested,
+    AuthenticationFailed,
+    ChildSaEstablished,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+    IkeSaUpdated,
+)
+from .identity import Identity, identity_from_text
+from .ikesa import Address, IkeSa, ike_sa_id
+from .keys import derive_child_keys, derive_ike_keys, prf, rekey_skeyseed, skeyseed
+from .message import Header, Message, push_message
+from .payloads import (
+    AuthPayload,
+    CertReqPayload,
+    CpPayload,
+    IdiPayload,
+    IdrPayload,
+    KePayload,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    Proposal,
+    SaPayload,
+    TsiPayload,
+    TsrPayload,
+)
+from .proof import check_proof, own_proof
+from .selectors import narrow, selector_for, to_cidrs
+from .state import IkeState
+from .transforms import PRFS, ChildSuite, IkeSuite, select_proposal
+
+NONCE_LEN = 32
+COOKIE_LEN = 1 + 16  # version byte | truncated HMAC
+
+
+def find(payloads: list[Payload] | tuple[Payload, ...], cls: type[Payload]) -> Payload | None:
+    return next((p for p in payloads if isinstance(p, cls)), None)
+
+
+def notifies(payloads: list[Payload] | tuple[Payload, ...], n_type: int) -> list[NotifyPayload]:
+    return [p for p in payloads if isinstance(p, NotifyPayload) and p.type == n_type]
+
+
+def hash_algorithms(payloads: list[Payload] | tuple[Payload, ...]) -> tuple[int, ...]:
+    """RFC 7427 §4: the SIGNATURE_HASH_ALGORITHMS notify is a list of 16-bit numbers."""
+    out: list[int] = []
+    for n in notifies(payloads, Notify.SIGNATURE_HASH_ALGORITHMS):
+        out += [int.from_bytes(n.data[i : i + 2], "big") for i in range(0, len(n.data) - 1, 2)]
+    return tuple(out)
+
+
+def hash_algorithms_notify() -> NotifyPayload:
+    return NotifyPayload(Notify.SIGNATURE_HASH_ALGORITHMS,
+                         b"".join(h.to_bytes(2, "big") for h in SUPPORTED_HASHES))
+
+
+@dataclass(slots=True)
+class _PendingAuth:
+    """An IKE_AUTH request waiting for `assign_address`."""
+
+    payloads: list[Payload]
+    ctx: RequestContext
+    cp: CpPayload | None
+    initial_contact: bool
+
+
+class Responder(IkeEndpoint):
+    """keyd's IKEv2 responder for any number of IKE SAs.
+
+    `random(n)` gives n random bytes (nonces, IKE SPIs, IVs, cookie secrets);
+    `allocate_spi()` gives a cluster-unique inbound ESP SPI (keyd: from etcd).
+    """
+
+    def __init__(
+        self,
+        config: ResponderConfig,
+        *,
+        random: Callable[[int], bytes] = os.urandom,
+        allocate_spi: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(
+            natt_port=config.natt_port, random=random, allocate_spi=allocate_spi,
+            child_lifetime_s=config.child_lifetime_s,
+            retransmit_timeout_s=config.retransmit_timeout_s,
+            retransmit_tries=config.retransmit_tries,
+        )
+        self.config = config
+        creds = config.credentials
+        self._my_id: Identity = identity_from_text(config.identity, creds.cert)
+        self._protected = [selector_for(n) for n in config.protected_networks]
+        self._half_open: set[str] = set()
+        self._init_index: dict[tuple[int, Address], str] = {}
+        self._pending: dict[str, _PendingAuth] = {}
+        self._cookie_secrets: list[tuple[int, bytes]] = [(0, random(32))]
+        self._cookie_rotate_at: float | None = None
+
+    # ---- API --------------------------------------------------------------------------
+
+    def assign_address(self, ike_sa_id: str, address: str | None, now: float) -> None:
+        """Answer an AddressRequested: the virtual IP for the peer, or None (pool empty:
+        the IKE SA is made without a Child SA and with INTERNAL_ADDRESS_FAILURE, §3.15.4)."""
+        pending = self._pending.pop(ike_sa_id, None)
+        sa = self._sas.get(ike_sa_id)
+        if pending is None or sa is None or sa.state != IkeState.WAIT_ADDRESS:
+            raise LocalProtocolError(f"IKE SA {ike_sa_id} is not waiting for an address")
+        if address is not None:
+            ipaddress.IPv4Address(address)  # a bad decision is the caller's error
+        self._respond(sa, pending.ctx, self._finish_auth(sa, pending, address, now))
+
+    # ---- IKE_SA_INIT (§1.2, §2.6, §2.23) ----------------------------------------------------
+
+    def _on_init_request(self, msg: Message, src: Address, dst: Address, now: float) -> None:
+        h = msg.header
+        if h.spi_r != 0 or h.message_id != 0 or not h.from_initiator or h.spi_i == 0:
+            self._drop("bad_ike_sa_init")
+            return
+        known = self._init_index.get((h.spi_i, src))
+        if known is not None:
+            sa = self._sas.get(known)
+            if sa is not None and sa.state == IkeState.HALF_OPEN and sa.init_request == msg.raw:
+                self.counters.retransmits_answered += 1
+                self._send(sa.init_response, dst, src)
+            else:
+                self._drop("ike_sa_init_spi_reused")
+            return
+        self.counters.exchanges["IKE_SA_INIT"] += 1
+        ps = msg.payloads
+        sa_p, ke, nonce = find(ps, SaPayload), find(ps, KePayload), find(ps, NoncePayload)
+        if not (isinstance(sa_p, SaPayload) and isinstance(ke, KePayload)
+                and isinstance(nonce, NoncePayload)):
+            self._init_error(h, Notify.INVALID_SYNTAX, b"", src, dst)
+            return
+        if len(self._half_open) >= self.config.half_open_cookie_threshold:
+            expected = self._cookie(nonce.data, src, h.spi_i, now)
+            first = ps[0]
+            got = first.data if isinstance(first, NotifyPayload) and first.type == Notify.COOKIE \
+                else b""
+            if not self._cookie_valid(got, nonce.data, src, h.spi_i):
+                self.counters.cookies_sent += 1
+                self._init_reply(h, 0, [NotifyPayload(Notify.COOKIE, expected)], src, dst)
+                return
+        try:
+            prop, suite = select_proposal(sa_p.proposals, self.config.ike_suites,
+                                          ProtocolId.IKE, ke.group)
+            assert isinstance(suite, IkeSuite)
+            dh = KeyExchange(suite.dh)
+            g_ir = dh.shared_secret(ke.data)
+        except RemoteProtocolError as e:
+            assert e.notify is not None
+            group = getattr(e, "group", None)
+            self._init_error(h, e.notify, group.to_bytes(2, "big") if group else b"", src, dst)
+            return
+        spi_r = self._new_ike_spi()
+        nr = self._random(NONCE_LEN)
+        keys = derive_ike_keys(suite, skeyseed(suite, nonce.data, nr, g_ir), nonce.data, nr,
+                               h.spi_i, spi_r)
+        nat_src = [n.data for n in notifies(ps, Notify.NAT_DETECTION_SOURCE_IP)]
+        nat_dst = [n.data for n in notifies(ps, Notify.NAT_DETECTION_DESTINATION_IP)]
+        natt = bool(nat_src and nat_dst)
+        peer_nat = natt and nat_hash(h.spi_i, 0, src) not in nat_src
+        local_nat = natt and nat_hash(h.spi_i, 0, dst) not in nat_dst
+        chosen = Proposal(prop.num, ProtocolId.IKE, b"", suite.to_proposal().transforms)
+        reply: list[Payload] = [SaPayload((chosen,)), KePayload(suite.dh, dh.public),
+                                NoncePayload(nr)]
+        if natt:
+            fake = self.config.force_udp_encap and not peer_nat
+            seen = (src[0], src[1] ^ 0xFFFF) if fake else src
+            reply.append(NotifyPayload(Notify.NAT_DETECTION_SOURCE_IP,
+                                       nat_hash(h.spi_i, spi_r, dst)))
+            reply.append(NotifyPayload(Notify.NAT_DETECTION_DESTINATION_IP,
+                                       nat_hash(h.spi_i, spi_r, seen)))
+        creds = self.config.credentials
+        if creds.cas:
+            reply.append(CertReqPayload(CertEncoding.X509_SIGNATURE,
+                                        b"".join(ca_keyid(ca) for ca in creds.cas)))
+        peer_hashes = hash_algorithms(ps)
+        if peer_hashes:
+            reply.append(hash_algorithms_notify())
+        data = self._init_reply(h, spi_r, reply, src, dst, send=False)
+        sa = IkeSa(
+            spi_i=h.spi_i, spi_r=spi_r, is_initiator=False, suite=suite, keys=keys,
+            state=IkeState.HALF_OPEN, peer=src, local=dst, created_at=now, ni=nonce.data,
+            nr=nr, init_request=msg.raw, init_response=data, peer_next_id=1,
+            last_response=data,
+            udp_encap=natt and (peer_nat or local_nat or self.config.force_udp_encap),
+            peer_behind_nat=peer_nat, peer_hashes=peer_hashes,
+            expires_at=now + self.config.half_open_timeout_s,
+        )
+        self._sas[sa.id] = sa
+        self._index(sa)
+        self._events.append(IkeSaUpdated(sa.id))
+        self._send(data, dst, src)
+
+    def _init_reply(self, h: Header, spi_r: int, payloads: list[Payload], src: Address,
+                    dst: Address, send: bool = True) -> bytes:
+        reply = Header(h.spi_i, spi_r, 0, ExchangeType.IKE_SA_INIT, Flag.RESPONSE, 0)
+        data = push_message(reply, payloads)
+        if send:
+            self._send(data, dst, src)
+        return data
+
+    def _init_error(self, h: Header, notify: int, data: bytes, src: Address,
+                    dst: Address) -> None:
+        self.counters.errors[notify_name(notify)] += 1
+        self._init_reply(h, 0, [NotifyPayload(notify, data)], src, dst)
+
+    def _new_ike_spi(self) -> int:
+        while True:
+            spi = int.from_bytes(self._random(8), "big")
+            if spi and not any(sa.spi_r == spi for sa in self._sas.values()):
+                return spi
+
+    def _index(self, sa: IkeSa) -> None:
+        if sa.state == IkeState.HALF_OPEN:
+            self._half_open.add(sa.id)
+            self._init_index[(sa.spi_i, sa.peer)] = sa.id
+        self.counters.half_open = len(self._half_open)
+
+    def _imported(self, sa: IkeSa) -> None:
+        self._index(sa)
+
+    def _forget(self, sa: IkeSa) -> None:
+        self._half_open.discard(sa.id)
+        self._pending.pop(sa.id, None)
+        for key in [k for k, v in self._init_index.items() if v == sa.id]:
+            del self._init_index[key]
+        self.counters.half_open = len(self._half_open)
+
+    # §2.6: Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)
+    def _cookie(self, ni: bytes, src: Address, spi_i: int, now: float) -> bytes:
+        if self._cookie_rotate_at is None:
+            self._cookie_rotate_at = now + self.config.cookie_secret_lifetime_s
+        elif now >= self._cookie_rotate_at:
+            version = (self._cookie_secrets[0][0] + 1) % 256
+            self._cookie_secrets = [(version, self._random(32)), self._cookie_secrets[0]]
+            self._cookie_rotate_at = now + self.config.cookie_secret_lifetime_s
+        version, secret = self._cookie_secrets[0]
+        return self._cookie_for(version, secret, ni, src, spi_i)
+
+    @staticmethod
+    def _cookie_for(version: int, secret: bytes, ni: bytes, src: Address, spi_i: int) -> bytes:
+        data = ni + ipaddress.ip_address(src[0]).packed + spi_i.to_bytes(8, "big")
+        return bytes([version]) + prf(PRFS["prfsha256"], secret, data)[:16]
+
+    def _cookie_valid(self, cookie: bytes, ni: bytes, src: Address, spi_i: int) -> bool:
+        if len(cookie) != COOKIE_LEN:
+            return False
+        for version, secret in self._cookie_secrets:
+            if cookie[0] == version:
+                return constant_time.bytes_eq(
+                    cookie, self._cookie_for(version, secret, ni, src, spi_i))
+        return False
+
+    # ---- IKE_AUTH (§1.2, §2.15, §3.15) -----------------------------------------------------
+
+    def _on_auth_request(
+        self, sa: IkeSa, payloads: list[Payload], ctx: RequestContext, now: float
+    ) -> list[Payload] | None:
+        idi, auth = find(payloads, IdiPayload), find(payloads, AuthPayload)
+        peer_id = Identity(idi.id_type, idi.data) if isinstance(idi, IdiPayload) else None
+        try:
+            if peer_id is None or not isinstance(auth, AuthPayload):
+                raise RemoteProtocolError("IKE_AUTH without IDi or AUTH",
+                                          Notify.AUTHENTICATION_FAILED)
+            identity = self._verify_peer(sa, peer_id, auth, payloads)
+        except RemoteProtocolError as e:
+            name = str(peer_id) if peer_id else ""
+            self.counters.handshakes["failed"] += 1
+            self.counters.errors["AUTHENTICATION_FAILED"] += 1
+            self._events.append(AuthenticationFailed(sa.id, name, str(e)))
+            self._respond(sa, ctx, [NotifyPayload(Notify.AUTHENTICATION_FAILED)])
+            self._remove_sa(sa, "authentication failed")
+            return None
+        sa.peer_identity = identity
+        cp = find(payloads, CpPayload)
+        cp = cp if isinstance(cp, CpPayload) and cp.cfg_type == CfgType.REQUEST else None
+        pending = _PendingAuth(payloads, ctx, cp,
+                               bool(notifies(payloads, Notify.INITIAL_CONTACT)))
+        if cp is not None and any(t == CfgAttr.INTERNAL_IP4_ADDRESS for t, _ in cp.attributes):
+            wanted = next(v for t, v in cp.attributes if t == CfgAttr.INTERNAL_IP4_ADDRESS)
+            requested = str(ipaddress.IPv4Address(wanted)) \
+                if len(wanted) == 4 and any(wanted) else None
+            sa.state = IkeState.WAIT_ADDRESS
+            self._pending[sa.id] = pending
+            self._events.append(AddressRequested(sa.id, identity, requested))
+            return None
+        return self._finish_auth(sa, pending, None, now)
+
+    def _verify_peer(self, sa: IkeSa, peer_id: Identity, auth: AuthPayload,
+                     payloads: list[Payload]) -> str:
+        octets = signed_octets(sa.init_request, sa.nr, sa.suite.prf, sa.keys.sk_pi, peer_id)
+        return check_proof(self.config.credentials, sa.suite.prf, octets, peer_id, auth,
+                           payloads)
+
+    def _own_auth(self, sa: IkeSa) -> list[Payload]:
+        octets = signed_octets(sa.init_response, sa.ni, sa.suite.prf, sa.keys.sk_pr, self._my_id)
+        idr = IdrPayload(self._my_id.id_type, self._my_id.data)
+        return [idr, *own_proof(self.config.credentials, sa.suite.prf, octets, sa.peer_hashes)]
+
+    def _finish_auth(self, sa: IkeSa, pending: _PendingAuth, address: str | None,
+                     now: float) -> list[Payload]:
+        reply = self._own_auth(sa)
+        child_ok = True
+        if pending.cp is not None:
+            asked = {t for t, _ in pending.cp.attributes}
+            attrs: list[tuple[int, bytes]] = []
+            if CfgAttr.INTERNAL_IP4_ADDRESS in asked:
+                if address is None:
+                    child_ok = False
+                else:
+                    attrs.append((CfgAttr.INTERNAL_IP4_ADDRESS,
+                                  ipaddress.IPv4Address(address).packed))
+            if CfgAttr.INTERNAL_IP4_DNS in asked:
+                attrs += [(CfgAttr.INTERNAL_IP4_DNS, ipaddress.IPv4Address(d).packed)
+                          for d in self.config.dns if ipaddress.ip_address(d).version == 4]
+            if attrs:
+                reply.append(CpPayload(CfgType.REPLY, tuple(attrs)))
+        sa.virtual_ip = address
+        sa.state = IkeState.ESTABLISHED
+        sa.expires_at = None
+        self._half_open.discard(sa.id)
+        self.counters.half_open = len(self._half_open)
+        self.counters.handshakes["ok"] += 1
+        self._events.append(IkeSaEstablished(sa.id, sa.peer_identity, sa.peer[0], sa.peer[1],
+                                             address, pending.initial_contact))
+        ps = pending.payloads
+        sa_p, tsi, tsr = find(ps, SaPayload), find(ps, TsiPayload), find(ps, TsrPayload)
+        if not child_ok:
+            self.counters.errors["INTERNAL_ADDRESS_FAILURE"] += 1
+            reply.append(NotifyPayload(Notify.INTERNAL_ADDRESS_FAILURE))
+        elif isinstance(sa_p, SaPayload) and isinstance(tsi, TsiPayload) \
+                and isinstance(tsr, TsrPayload):
+            try:
+                reply += self._negotiate_child(sa, sa_p, tsi, tsr, sa.ni, sa.nr, None,
+                                               None, False, now)
+            except RemoteProtocolError as e:
+                assert e.notify is not None
+                self.counters.errors[notify_name(e.notify)] += 1
+                reply.append(NotifyPayload(e.notify))
+        sa.init_request = sa.init_response = b""  # AUTH is done: RealMessages are not needed
+        return reply
+
+    # ---- Child SAs (§1.3, §2.9, §2.17) -------------------------------------------------------
+
+    def _negotiate_child(
+        self, sa: IkeSa, sa_p: SaPayload, tsi_p: TsiPayload, tsr_p: TsrPayload, ni: bytes,
+        nr: bytes, ke: KePayload | None, replaces: int | None, with_dh: bool, now: float,
+    ) -> list[Payload]:
+        """Select a suite, narrow the selectors, derive keys; returns SA, [KE], TSi, TSr."""
+        prop, suite = select_proposal(sa_p.proposals, self.config.esp_suites, ProtocolId.ESP,
+                                      ke.group if ke else None, include_dh=with_dh)
+        assert isinstance(suite, ChildSuite)
+        if len(prop.spi) != 4:
+            raise RemoteProtocolError("ESP proposal without a 4-byte SPI", Notify.INVALID_SYNTAX)
+        remote_ok = [selector_for(f"{sa.virtual_ip or sa.peer[0]}/32")]
+        tsi = narrow(tsi_p.selectors, remote_ok)
+        tsr = narrow(tsr_p.selectors, self._protected)
+        if not tsi or not tsr:
+            raise RemoteProtocolError("no acceptable traffic selectors", Notify.TS_UNACCEPTABLE)
+        g_ir = b""
+        out_ke: list[Payload] = []
+        if with_dh and suite.dh is not None:
+            assert ke is not None
+            dh = KeyExchange(suite.dh)
+            g_ir = dh.shared_secret(ke.data)
+            out_ke.append(KePayload(suite.dh, dh.public))
+        elif not with_dh:
+            suite = ChildSuite(suite.encr, suite.integ, suite.esn, None)
+        keys = derive_child_keys(sa.suite.prf, sa.keys.sk_d, suite, ni, nr, g_ir)
+        spi_in = self._allocate_spi()
+        child = self._make_child(sa, suite, keys, spi_in, int.from_bytes(prop.spi, "big"),
+                                 to_cidrs(tsr), to_cidrs(tsi), False, replaces, now)
+        self._events.append(ChildSaEstablished(child))
+        chosen = suite.to_proposal(prop.num, spi_in.to_bytes(4, "big"))
+        return [SaPayload((chosen,)), *out_ke, TsiPayload(tsi), TsrPayload(tsr)]
+
+    def _on_create_child_request(
+        self, sa: IkeSa, payloads: list[Payload], ctx: RequestContext, now: float
+    ) -> list[Payload] | None:
+        sa_p, nonce, ke = find(payloads, SaPayload), find(payloads, NoncePayload), \
+            find(payloads, KePayload)
+        if not isinstance(sa_p, SaPayload) or not isinstance(nonce, NoncePayload):
+            raise RemoteProtocolError("CREATE_CHILD_SA without SA or Ni", Notify.INVALID_SYNTAX)
+        ke = ke if isinstance(ke, KePayload) else None
+        nr = self._random(NONCE_LEN)
+        if any(p.protocol == ProtocolId.IKE for p in sa_p.proposals):
+            return self._rekey_ike(sa, sa_p, nonce.data, nr, ke, now)
+        tsi, tsr = find(payloads, TsiPayload), find(payloads, TsrPayload)
+        if not isinstance(tsi, TsiPayload) or not isinstance(tsr, TsrPayload):
+            raise RemoteProtocolError("CREATE_CHILD_SA without TSi/TSr", Notify.INVALID_SYNTAX)
+        replaces = None
+        rekey = notifies(payloads, Notify.REKEY_SA)
+        if rekey:
+            spi = rekey[0].spi
+            old = sa.child_by_spi_out(int.from_bytes(spi, "big")) if len(spi) == 4 else None
+            if old is None:
+                raise RemoteProtocolError("rekey of an unknown Child SA",
+                                          Notify.CHILD_SA_NOT_FOUND)
+            replaces = old.spi_in
+        reply = self._negotiate_child(sa, sa_p, tsi, tsr, nonce.data, nr, ke, replaces, True,
+                                      now)
+        return [reply[0], NoncePayload(nr), *reply[1:]]
+
+    def _rekey_ike(self, sa: IkeSa, sa_p: SaPayload, ni: bytes, nr: bytes,
+                   ke: KePayload | None, now: float) -> list[Payload]:
+        """§1.3.2, §2.18: a new IKE SA inherits the Child SAs; the peer deletes the old one."""
+        prop, suite = select_proposal(sa_p.proposals, self.config.ike_suites, ProtocolId.IKE,
+                                      ke.group if ke else None)
+        assert isinstance(suite, IkeSuite) and ke is not None
+        if len(prop.spi) != 8:
+            raise RemoteProtocolError("IKE rekey without an 8-byte SPI", Notify.INVALID_SYNTAX)
+        dh = KeyExchange(suite.dh)
+        g_ir = dh.shared_secret(ke.data)
+        spi_i, spi_r = int.from_bytes(prop.spi, "big"), self._new_ike_spi()
+        seed = rekey_skeyseed(sa.suite.prf, sa.keys.sk_d, g_ir, ni, nr)
+        new = IkeSa(
+            spi_i=spi_i, spi_r=spi_r, is_initiator=False, suite=suite,
+            keys=derive_ike_keys(suite, seed, ni, nr, spi_i, spi_r),
+            state=IkeState.ESTABLISHED, peer=sa.peer, local=sa.local, created_at=now,
+            udp_encap=sa.udp_encap, peer_behind_nat=sa.peer_behind_nat,
+            peer_identity=sa.peer_identity, virtual_ip=sa.virtual_ip,
+            peer_hashes=sa.peer_hashes,
+        )
+        if new.id in self._sas or ike_sa_id(spi_i, spi_r) == sa.id:
+            raise RemoteProtocolError("IKE SPI collision", Notify.INVALID_SYNTAX)
+        new.children = move_children(sa.children, new.id)
+        sa.children = {}
+        sa.state = IkeState.REKEYED
+        sa.rekeyed_to = new.id
+        sa.expires_at = now + self.config.rekeyed_grace_s
+        self._sas[new.id] = new
+        self._events.append(IkeSaUpdated(new.id))
+        self._events.append(IkeSaRekeyed(sa.id, new.id, tuple(new.children.values())))
+        chosen = Proposal(prop.num, ProtocolId.IKE, spi_r.to_bytes(8, "big"),
+                          suite.to_proposal().transforms)
+        return [SaPayload((chosen,)), NoncePayload(nr), KePayload(suite.dh, dh.public)]
