@@ -51,6 +51,7 @@ class Lab:
     addresses = {"keyd": "10.30.1.5", "node-1": "10.30.2.11", "node-2": "10.30.3.12"}
 
     sh = staticmethod(sh)
+    inside = staticmethod(inside)
 
     def ns(self, role: str) -> str:
         return f"{self.prefix}-{role}"
