@@ -1,0 +1,45 @@
+"""Benchmarks: `python -m bench [name...]`.
+
+Each benchmark is a module `bench/<name>.py` with `run() -> list[Row]`; a Row is a dict with
+"metric" (or "name"), "value", "unit", and optionally "baseline" (+ "baseline_name"),
+"ratio", "goal", "note"; optional columns appear in the table when some row has them.
+`python -m bench` runs them (all, or the names given) and rewrites each one's section of
+docs/benchmarks.md, stamped with the machine (CPU model, cores, kernel) and the date.
+Timing goals are measured here, never asserted in tests: the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def machine() -> str:
+    """CPU model, core count and kernel of this machine, one line."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, Linux {platform.release()}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation."""
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, int(q) - 1))]
+
+
+def row(metric: str, value: Any, unit: str = "", note: str = "") -> Row:
+    return {"metric": metric, "value": value, "unit": unit, "note": note}
