@@ -3,10 +3,11 @@
 A `Changes` collects what one step of the IKE core did (IKE SAs updated, Child SAs created or
 deleted, IKE SAs deleted or rekeyed). `Persister.write` makes it durable:
 
-1. one transaction: every updated `ike/<id>` (sealed state) and every new `sa/<spi_in>`
-   (sealed keys), each new SA guarded by create-if-absent — that guard is what makes inbound
-   SPIs cluster-unique: a collision fails the whole step (`SpiCollision`), the caller forgets
-   the step and the client's retransmission is negotiated again with a fresh SPI;
+1. one transaction: every updated `ike/<id>` (sealed state), every new `sa/<spi_in>` (sealed
+   keys) and every Child SA an IKE rekey moved; each new SA is guarded by create-if-absent,
+   which is what makes inbound SPIs cluster-unique: a collision fails the whole step
+   (`SpiCollision`), the caller forgets the step and the client's retransmission is
+   negotiated again with a fresh SPI;
 2. the client's owner: `assign/<ike_sa_id>` create-if-absent, epoch 1, the node chosen by the
    planner's rendezvous hash over ready nodes (no ready node: left to the sprayer);
 3. removals: `sa/` of deleted Child SAs; for a deleted IKE SA its `ike/`, `assign/`, remaining
@@ -19,7 +20,6 @@ stale record costs nothing while the data it describes is gone.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -47,7 +47,6 @@ class IkeRekeyed:
 
     old: str
     new: str
-    child_spis: list[int] = field(default_factory=list)
     virtual_ip: str | None = None
 
 
@@ -57,6 +56,7 @@ class Changes:
 
     ike_puts: dict[str, IkeSaRecord] = field(default_factory=dict)
     new_children: list[ChildSaRecord] = field(default_factory=list)
+    moved_children: list[ChildSaRecord] = field(default_factory=list)  # new ike_sa_id
     deleted_children: list[int] = field(default_factory=list)
     deleted_ike: dict[str, IkeSaRecord | None] = field(default_factory=dict)
     rekeyed: list[IkeRekeyed] = field(default_factory=list)
@@ -91,7 +91,7 @@ class Persister:
     # -- the ordered write ------------------------------------------------------------------
     def write(self, changes: Changes) -> None:
         """Make `changes` durable in the order of the module docstring; raise StoreError."""
-        if changes.ike_puts or changes.new_children:
+        if changes.ike_puts or changes.new_children or changes.moved_children:
             self._write_state(changes)
         for rekey in changes.rekeyed:
             self._move_owner(rekey)
@@ -104,7 +104,7 @@ class Persister:
             self._remove_ike(ike_sa_id, last)
 
     def _write_state(self, changes: Changes) -> None:
-        puts = [*changes.ike_puts.values(), *changes.new_children]
+        puts = [*changes.ike_puts.values(), *changes.new_children, *changes.moved_children]
         guards = [Guard(self.store.key_of(c), 0) for c in changes.new_children]
         with self.metrics.etcd_write("ike_sa+child_sa" if changes.new_children else "ike_sa"):
             ok = self.store.commit(puts=puts, guards=guards)
@@ -130,12 +130,6 @@ class Persister:
     def _move_owner(self, rekey: IkeRekeyed) -> None:
         """After an IKE SA rekey the client keeps its Child SAs, its owner (same node, same
         epoch) and its address under the new IKE SA id; the old id's records go with it."""
-        for spi in rekey.child_spis:
-            child = self.store.get(ChildSaRecord, spi)
-            if child is not None and child.record.ike_sa_id == rekey.old:
-                moved_child = dataclasses.replace(child.record, ike_sa_id=rekey.new)
-                with self.metrics.etcd_write("child_sa"):
-                    self.store.update_if(moved_child, child.mod_revision)
         old = self.store.get(Assignment, rekey.old)
         if old is not None:
             moved = Assignment(ike_sa_id=rekey.new, node=old.record.node, epoch=old.record.epoch,

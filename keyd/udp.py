@@ -2,8 +2,10 @@
 
 RFC 3948 §2.2 / RFC 7296 §2.23: on port 4500 an IKE message is preceded by four zero bytes
 (the non-ESP marker); anything else there is ESP (a node's business, never keyd's) or a NAT
-keepalive (one 0xFF byte). keyd strips the marker on the way in, adds it on the way out, and
-drops and counts everything else. The IKE core only ever sees bare IKE messages.
+keepalive (one 0xFF byte). Those are dropped and counted here, so only IKE reaches the
+worker. The marker itself is the IKE core's to strip and to add (keyd.ike frames datagrams
+by port): `Inbound.data` is the UDP payload as received and `ike_message` the bare IKE
+message inside; `send` writes what the core framed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
 IKE_HEADER_BYTES = 28
@@ -24,28 +27,29 @@ Address = tuple[str, int]
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """One IKE message as received: bare IKE bytes, the client's and our address."""
+    """One datagram carrying IKE: the UDP payload, the client's and our address."""
 
     data: bytes
     src: Address
     dst: Address
+    natt: bool = False
+
+    @property
+    def ike_message(self) -> bytes:
+        return self.data[len(NON_ESP_MARKER):] if self.natt else self.data
 
 
-def unwrap(payload: bytes, natt: bool) -> tuple[bytes | None, str]:
-    """(IKE message, "") or (None, drop reason) for a datagram received on 500 or 4500."""
+def drop_reason(payload: bytes, natt: bool) -> str:
+    """Why a datagram received on 500 (natt False) or 4500 is not IKE; "" if it is."""
     if natt:
         if payload == b"\xff":
-            return None, "natt_keepalive"
+            return "natt_keepalive"
         if len(payload) < 4 or payload[:4] != NON_ESP_MARKER:
-            return None, "esp_on_natt_port"
+            return "esp_on_natt_port"
         payload = payload[4:]
     if len(payload) < IKE_HEADER_BYTES:
-        return None, "short"
-    return payload, ""
-
-
-def wrap(message: bytes, natt: bool) -> bytes:
-    return NON_ESP_MARKER + message if natt else message
+        return "short"
+    return ""
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -56,8 +60,7 @@ class _Protocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         self.endpoint.received(data, (str(addr[0]), int(addr[1])), self.local, self.natt)
@@ -115,19 +118,20 @@ class IkeEndpoints:
             self._by_port[bound] = proto
 
     def received(self, payload: bytes, src: Address, dst: Address, natt: bool) -> None:
-        message, reason = unwrap(payload, natt)
-        if message is None:
+        reason = drop_reason(payload, natt)
+        if reason:
             self.on_drop(reason)
             return
-        self.on_message(Inbound(message, src, dst))
+        self.on_message(Inbound(payload, src, dst, natt))
 
-    def send(self, message: bytes, local_port: int, remote: Address) -> None:
+    def send(self, payload: bytes, local_port: int, remote: Address) -> None:
+        """Send a UDP payload as framed by the core (marker included on 4500)."""
         proto = self._by_port.get(local_port)
         if proto is None or proto.transport is None:
             # the core answers on the port the request came in on; unknown means a bug above
             self.on_drop("no_socket_for_port")
             return
-        proto.transport.sendto(wrap(message, proto.natt), remote)
+        proto.transport.sendto(payload, remote)
         if self.on_sent:
             self.on_sent(local_port)
 

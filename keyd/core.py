@@ -1,0 +1,86 @@
+"""The IKE core as keyd runs it: a `Responder` built from the configuration's files.
+
+This is the one place that reads the PSK, the gateway certificate and key, and the CA; the
+core itself never touches a file.
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from .config import ConfigError, KeydConfig, read_psk, read_public, read_secret
+from .ike.config import Credentials, ResponderConfig
+from .ike.errors import LocalProtocolError
+from .ike.ikesa import IkeSa
+from .ike.responder import Responder
+
+
+class ClusterResponder(Responder):
+    """The responder plus what a clustered shell needs to manage the SAs it holds."""
+
+    def has_ike_sa(self, ike_sa_id: str) -> bool:
+        return ike_sa_id in self._sas
+
+    def forget_ike_sa(self, ike_sa_id: str) -> None:
+        """Drop an IKE SA from memory without a word to the peer and without events: its
+        durable state in etcd stays the truth (a step that could not be persisted is undone
+        this way; an SA another instance continued is dropped this way)."""
+        sa: IkeSa | None = self._sas.pop(ike_sa_id, None)
+        if sa is not None:
+            self._forget(sa)
+
+
+def _certificates(path: str, what: str) -> list[x509.Certificate]:
+    data = read_public(path, what)
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        try:
+            return [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            raise ConfigError(f"{what} {path} holds no PEM or DER certificate") from None
+
+
+def credentials(config: KeydConfig) -> Credentials:
+    k = config.keyd
+    psk = read_psk(k.psk_file) if k.psk_file else None
+    cert = key = None
+    chain: list[x509.Certificate] = []
+    if k.cert_file:
+        cert, *chain = _certificates(k.cert_file, "certificate file")
+        assert k.key_file is not None  # config validation
+        raw = read_secret(k.key_file, "private key file")
+        try:
+            loaded = load_pem_private_key(raw, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"private key file {k.key_file}: not an unencrypted PEM key "
+                              f"({exc})") from None
+        if not isinstance(loaded, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            raise ConfigError(f"private key file {k.key_file}: only RSA and ECDSA keys")
+        key = loaded
+    cas = tuple(_certificates(k.ca_file, "CA file")) if k.ca_file else ()
+    try:
+        return Credentials(psk=psk, cert=cert, private_key=key, cert_chain=tuple(chain), cas=cas)
+    except LocalProtocolError as exc:
+        raise ConfigError(f"{config.source}: {exc}") from None
+
+
+def responder_config(config: KeydConfig, natt_port: int | None = None) -> ResponderConfig:
+    k = config.keyd
+    try:
+        return ResponderConfig(
+            identity=k.identity, credentials=credentials(config),
+            ike_proposals=k.ike_proposals, esp_proposals=k.esp_proposals,
+            protected_networks=k.protected_networks, dns=k.dns,
+            natt_port=natt_port if natt_port is not None else k.natt_port,
+            half_open_cookie_threshold=k.half_open_cookie_threshold,
+            ike_lifetime_s=k.ike_lifetime_s, child_lifetime_s=k.child_lifetime_s)
+    except LocalProtocolError as exc:
+        raise ConfigError(f"{config.source}: keyd proposals: {exc}") from None
+
+
+def build_core(config: KeydConfig, natt_port: int | None = None) -> ClusterResponder:
+    """The responder for `config`; ConfigError for unreadable or unusable credentials."""
+    return ClusterResponder(responder_config(config, natt_port))

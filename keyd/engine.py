@@ -1,0 +1,323 @@
+"""One step at a time: feed the IKE core, make what it decided durable, then release replies.
+
+`Engine` is keyd's synchronous middle: the asyncio shell (server.py) hands it each inbound
+IKE message and each timer tick, on one worker thread, so the core is never entered twice at
+once. For every step:
+
+1. an IKE SA this instance does not hold (unknown responder SPI) is read from `ike/<id>` and
+   imported into the core first — this is how a second or restarted keyd continues it;
+2. the core runs; its events (which come before the step's datagrams) are collected into
+   `persist.Changes`; an address request is answered from the etcd pool;
+3. `Persister.write` makes the changes durable; only then are the datagrams returned to be
+   sent. If etcd fails, every IKE SA the step touched is put back to its last durable state
+   (forgotten, and re-imported from the last snapshot written) and the datagrams are dropped:
+   the client retransmits and the negotiation completes once etcd answers.
+
+Liveness checks (an empty INFORMATIONAL) while etcd is away are the one exception: answering
+only advances a message ID, so the reply goes out and the state is written when etcd returns —
+established clients are not cut off by an etcd outage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster.store.client import Store
+from cluster.store.errors import MalformedRecord, StoreError, StoreUnavailable, WrongDataKey
+from cluster.store.records import ChildSaRecord, IkeSaRecord
+
+from .core import ClusterResponder
+from .ike import events as ike
+from .ike.errors import IkeError, LocalProtocolError
+from .metrics import KeydMetrics
+from .persist import Changes, IkeRekeyed, Persister, SpiCollision
+from .pool import AddressPool, PoolExhausted
+from .udp import Address, Inbound
+
+log = logging.getLogger("keyd.engine")
+
+INFORMATIONAL = 37
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A datagram to send: bare IKE message, our port (500 or 4500), the client."""
+
+    data: bytes
+    local_port: int
+    remote: Address
+
+
+def ike_sa_id_of(message: bytes) -> tuple[str, int, int, int]:
+    """(IKE SA id, responder SPI, exchange type, flags) from an IKE header (RFC 7296 §3.1)."""
+    spi_i, spi_r, _next, _ver, exchange, flags = struct.unpack_from("!QQBBBB", message)
+    return f"{spi_i:016x}{spi_r:016x}", spi_r, exchange, flags
+
+
+def child_record(child: ike.ChildSa) -> ChildSaRecord:
+    """The sa/ record of a Child SA the core established (field names are shared)."""
+    return ChildSaRecord(
+        spi_in=child.spi_in, spi_out=child.spi_out, ike_sa_id=child.ike_sa_id,
+        encr=child.encr, integ=child.integ, esn=child.esn,
+        enc_key_in=child.enc_key_in, integ_key_in=child.integ_key_in,
+        enc_key_out=child.enc_key_out, integ_key_out=child.integ_key_out,
+        ts_local=list(child.ts_local), ts_remote=list(child.ts_remote),
+        peer_addr=child.peer_addr, peer_port=child.peer_port, udp_encap=child.udp_encap,
+        virtual_ip=child.virtual_ip, identity=child.identity, created_at=child.created_at,
+        soft_lifetime_s=child.soft_lifetime_s, hard_lifetime_s=child.hard_lifetime_s,
+        replaces=child.replaces)
+
+
+@dataclass(slots=True)
+class _Step:
+    changes: Changes = field(default_factory=Changes)
+    touched: set[str] = field(default_factory=set)   # IKE SAs whose state this step changed
+    created: set[str] = field(default_factory=set)   # IKE SAs first seen in this step
+
+
+class Engine:
+    def __init__(self, core: ClusterResponder, store: Store, pool: AddressPool | None, keyd_id: str,
+                 metrics: KeydMetrics, clock: Callable[[], float] = time.time) -> None:
+        self.core = core
+        self.store = store
+        self.pool = pool
+        self.keyd_id = keyd_id
+        self.metrics = metrics
+        self.clock = clock
+        self.persister = Persister(store, pool, metrics, clock)
+        self.etcd_ok = True
+        # last durable state of each IKE SA held: what a failed step is rolled back to
+        self._durable: dict[str, dict[str, Any]] = {}
+        self._records: dict[str, IkeSaRecord] = {}
+        self._dirty: set[str] = set()   # answered while etcd was away; write when it returns
+
+    # -- inbound -------------------------------------------------------------------------
+    def handle(self, inbound: Inbound) -> list[Outbound]:
+        now = self.clock()
+        ike_sa_id, spi_r, exchange, _flags = ike_sa_id_of(inbound.ike_message)
+        if spi_r and not self.core.has_ike_sa(ike_sa_id):
+            # unknown here: continue it from etcd if it is there; if not, the core answers
+            # or ignores the message as for any unknown SPI (RFC 7296 §2.21.4)
+            self._continue_from_etcd(ike_sa_id)
+        try:
+            self.core.receive_datagram(inbound.data, inbound.src, inbound.dst, now)
+        except LocalProtocolError as exc:  # a bug of ours, not the peer's
+            log.error("IKE core refused the message", extra={"ike_sa": ike_sa_id,
+                                                             "error": str(exc)})
+            self.metrics.dropped.labels("core_error").inc()
+            return []
+        step = self._collect(now)
+        liveness_only = (exchange == INFORMATIONAL and not step.changes.completes_something()
+                         and not step.created)
+        return self._commit(step, liveness_only)
+
+    def tick(self) -> list[Outbound]:
+        """The core's timers (retransmits, expiry): persist what they changed, best effort."""
+        now = self.clock()
+        self.core.handle_timer(now)
+        step = self._collect(now)
+        out = self._commit(step, liveness_only=True)
+        self.metrics.ike_sas.set(len(self._durable))
+        return out
+
+    def next_timer(self) -> float | None:
+        return self.core.get_timer()
+
+    # -- events → changes ----------------------------------------------------------------
+    def _collect(self, now: float) -> _Step:
+        step = _Step()
+        while (event := self.core.next_event()) is not None:
+            self._event(event, step, now)
+        self.metrics.sync_core_counters(self.core.counters)
+        return step
+
+    def _event(self, event: ike.IkeEvent, step: _Step, now: float) -> None:
+        c = step.changes
+        if isinstance(event, ike.AddressRequested):
+            self._assign_address(event, now)
+        elif isinstance(event, ike.IkeSaUpdated):
+            ike_sa_id = event.ike_sa_id
+            if ike_sa_id not in self._durable:
+                step.created.add(ike_sa_id)
+            step.touched.add(ike_sa_id)
+            c.ike_puts[ike_sa_id] = self._ike_record(ike_sa_id, now)
+        elif isinstance(event, ike.ChildSaEstablished):
+            c.new_children.append(child_record(event.child))
+            step.touched.add(event.child.ike_sa_id)
+        elif isinstance(event, ike.ChildSaDeleted):
+            c.deleted_children.append(event.spi_in)
+        elif isinstance(event, ike.IkeSaRekeyed):
+            old = self._records.get(event.old_ike_sa_id)
+            c.moved_children.extend(child_record(child) for child in event.children)
+            c.rekeyed.append(IkeRekeyed(event.old_ike_sa_id, event.new_ike_sa_id,
+                                        old.virtual_ip if old else None))
+            step.touched.add(event.old_ike_sa_id)
+        elif isinstance(event, ike.IkeSaDeleted):
+            ike_sa_id = event.ike_sa_id
+            c.deleted_ike[ike_sa_id] = self._records.get(ike_sa_id)
+            c.ike_puts.pop(ike_sa_id, None)
+            step.touched.discard(ike_sa_id)
+            log.info("IKE SA deleted", extra={"ike_sa": ike_sa_id, "reason": event.reason})
+        elif isinstance(event, ike.IkeSaEstablished):
+            log.info("IKE SA established", extra={
+                "ike_sa": event.ike_sa_id, "identity": event.identity,
+                "peer": f"{event.peer_addr}:{event.peer_port}",
+                "virtual_ip": event.virtual_ip or "-"})
+        elif isinstance(event, ike.AuthenticationFailed):
+            log.warning("authentication failed", extra={
+                "ike_sa": event.ike_sa_id, "identity": event.identity, "reason": event.reason})
+
+    def _assign_address(self, event: ike.AddressRequested, now: float) -> None:
+        if self.pool is None:
+            self.core.assign_address(event.ike_sa_id, None, now)
+            return
+        try:
+            ip = self.pool.allocate(event.ike_sa_id, event.identity, event.requested)
+        except PoolExhausted as exc:
+            log.warning("no address for client", extra={"ike_sa": event.ike_sa_id,
+                                                         "error": str(exc)})
+            self.metrics.pool_exhausted.inc()
+            ip = None
+        # StoreError propagates: the step is rolled back, the client's retransmit asks again
+        self.core.assign_address(event.ike_sa_id, ip, now)
+
+    # -- records ---------------------------------------------------------------------------
+    def _ike_record(self, ike_sa_id: str, now: float) -> IkeSaRecord:
+        """The ike/ record of an IKE SA the core holds: its exported state, sealed at rest,
+        plus the clear fields operators and other components read."""
+        state = self.core.export_ike_sa(ike_sa_id)
+        return IkeSaRecord(
+            ike_sa_id=ike_sa_id, spi_i=int(state["spi_i"], 16), spi_r=int(state["spi_r"], 16),
+            peer_addr=str(state["peer"][0]), peer_port=int(state["peer"][1]),
+            local_port=int(state["local"][1]), identity=str(state.get("peer_identity") or ""),
+            virtual_ip=state.get("virtual_ip"),
+            child_spis=[int(c["spi_in"]) for c in state.get("children", [])],
+            keyd_id=self.keyd_id, updated_at=now,
+            state=json.dumps(state, separators=(",", ":")).encode())
+
+    # -- commit or roll back ---------------------------------------------------------------
+    def _commit(self, step: _Step, liveness_only: bool) -> list[Outbound]:
+        out = [Outbound(d.data, d.src[1], d.dst) for d in self.core.datagrams_to_send()]
+        if step.changes.empty():
+            return out
+        try:
+            self.persister.write(step.changes)
+        except StoreError as exc:
+            return self._not_durable(step, out, exc, liveness_only)
+        self._etcd_back()
+        for ike_sa_id, record in step.changes.ike_puts.items():
+            self._remember(ike_sa_id, record)
+            self._dirty.discard(ike_sa_id)
+        for ike_sa_id in step.changes.deleted_ike:
+            self._forget(ike_sa_id)
+        return out
+
+    def _not_durable(self, step: _Step, out: list[Outbound], exc: StoreError,
+                     liveness_only: bool) -> list[Outbound]:
+        if isinstance(exc, SpiCollision):
+            log.warning("inbound SPI collision; the client's retransmission gets a new one",
+                        extra={"error": str(exc)})
+        else:
+            self._etcd_lost(exc)
+        if liveness_only and not isinstance(exc, SpiCollision):
+            # only message IDs moved: answer now, write when etcd returns
+            self._dirty.update(step.changes.ike_puts)
+            return out
+        for ike_sa_id in step.touched | set(step.changes.ike_puts):
+            self._roll_back(ike_sa_id)
+        self.metrics.not_persisted.inc(len(out) or 1)
+        if step.created:
+            self.metrics.handshakes.labels("not_persisted").inc()
+        return []
+
+    def _roll_back(self, ike_sa_id: str) -> None:
+        self.core.forget_ike_sa(ike_sa_id)
+        state = self._durable.get(ike_sa_id)
+        if state is not None:
+            self.core.import_ike_sa(state)
+
+    def _remember(self, ike_sa_id: str, record: IkeSaRecord) -> None:
+        self._durable[ike_sa_id] = json.loads(record.state)
+        self._records[ike_sa_id] = record
+
+    def _forget(self, ike_sa_id: str) -> None:
+        self._durable.pop(ike_sa_id, None)
+        self._records.pop(ike_sa_id, None)
+        self._dirty.discard(ike_sa_id)
+
+    # -- continuing an IKE SA another instance wrote ----------------------------------------
+    def _continue_from_etcd(self, ike_sa_id: str) -> bool:
+        try:
+            held = self.store.get(IkeSaRecord, ike_sa_id)
+        except (MalformedRecord, WrongDataKey) as exc:
+            log.warning("unusable IKE SA record skipped", extra={"ike_sa": ike_sa_id,
+                                                                 "error": str(exc)})
+            self.metrics.dropped.labels("bad_ike_record").inc()
+            return False
+        except StoreError as exc:
+            self._etcd_lost(exc)
+            return False
+        self._etcd_back()
+        if held is None:
+            return False
+        try:
+            state = json.loads(held.record.state)
+            self.core.import_ike_sa(state)
+        except (ValueError, KeyError, TypeError, IkeError) as exc:
+            log.warning("IKE SA state in etcd does not import", extra={
+                "ike_sa": ike_sa_id, "error": str(exc)})
+            self.metrics.dropped.labels("bad_ike_state").inc()
+            return False
+        self._remember(ike_sa_id, held.record)
+        self.metrics.imported.inc()
+        log.info("continuing IKE SA from etcd", extra={
+            "ike_sa": ike_sa_id, "written_by": held.record.keyd_id})
+        return True
+
+    def drop_stale(self, ike_sa_id: str, writer: str) -> None:
+        """Another instance wrote this IKE SA: our copy is stale, read it again when needed."""
+        if writer != self.keyd_id and self.core.has_ike_sa(ike_sa_id):
+            self.core.forget_ike_sa(ike_sa_id)
+            self._forget(ike_sa_id)
+            log.info("IKE SA continued by another instance", extra={
+                "ike_sa": ike_sa_id, "by": writer})
+
+    # -- etcd availability -----------------------------------------------------------------
+    def _etcd_lost(self, exc: StoreError) -> None:
+        if self.etcd_ok:
+            self.etcd_ok = False
+            self.metrics.etcd_available.set(0)
+            self.metrics.etcd_outages.inc()
+            level = logging.ERROR if isinstance(exc, StoreUnavailable) else logging.WARNING
+            log.log(level, "etcd does not take writes: not completing negotiations until it "
+                    "does; established SAs are not affected", extra={"error": str(exc)})
+
+    def _etcd_back(self) -> None:
+        if not self.etcd_ok:
+            self.etcd_ok = True
+            self.metrics.etcd_available.set(1)
+            log.info("etcd takes writes again: serving")
+
+    def flush(self) -> None:
+        """After an outage: write IKE SAs answered meanwhile, retry deferred removals."""
+        now = self.clock()
+        for ike_sa_id in sorted(self._dirty):
+            if not self.core.has_ike_sa(ike_sa_id):
+                self._dirty.discard(ike_sa_id)
+                continue
+            record = self._ike_record(ike_sa_id, now)
+            self.persister.write(Changes(ike_puts={ike_sa_id: record}))
+            self._remember(ike_sa_id, record)
+            self._dirty.discard(ike_sa_id)
+        self.persister.retry_removals()
+        self._etcd_back()
+
+    @property
+    def needs_flush(self) -> bool:
+        return bool(self._dirty) or self.persister.pending_removals > 0

@@ -1,0 +1,317 @@
+"""The `keyd` daemon: asyncio glue around the IKE core, the etcd store and the UDP endpoints.
+
+Bytes in from the sockets → one worker thread (`Engine`: core + persistence, in order) →
+bytes out. Around that: registration in `keyd/<id>` on a lease (re-registered after a loss),
+a watch on `ike/` so an IKE SA continued by another instance is dropped here, the core's
+timers, a sweeper for IKE SAs left behind by dead instances, an etcd probe while etcd is away,
+and the Prometheus endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import click
+
+from cluster.store.client import Store
+from cluster.store.errors import StoreError
+from cluster.store.keyspace import Keyspace
+from cluster.store.membership import LeaseLost, Membership
+from cluster.store.records import IkeSaRecord, KeydRecord
+from cluster.store.seal import DataKey, DataKeyError, load_data_key
+from cluster.store.watch import RecordPut, WatchEvent
+
+from .config import DEFAULT_PATH, ConfigError, KeydConfig, load_config, parse_listen
+from .core import ClusterResponder, build_core, responder_config
+from .engine import Engine, Outbound
+from .logs import setup_logging
+from .metrics import KeydMetrics
+from .pool import AddressPool
+from .udp import IkeEndpoints, Inbound
+
+log = logging.getLogger("keyd")
+
+VERSION = "0.1.0"
+LEASE_TTL_S = 5
+QUEUE_LIMIT = 4096
+
+
+class KeydServer:
+    def __init__(self, config: KeydConfig, data_key: DataKey) -> None:
+        self.config = config
+        k = config.keyd
+        e = config.etcd
+        keyspace = Keyspace(config.cluster.name, config.cluster.prefix)
+        self.store = Store(e.endpoints, keyspace, data_key, cacert=e.cacert, cert=e.cert,
+                           key=e.key, timeout_s=e.timeout_s)
+        self.metrics = KeydMetrics()
+        self.pool = AddressPool(self.store, k.pool, k.id)
+        responder_config(config)  # credentials and proposals: fail now, before binding
+        self.core: ClusterResponder | None = None
+        self._engine: Engine | None = None
+        self.endpoints = IkeEndpoints(k.vip, k.ike_port, k.natt_port, self._enqueue,
+                                      self._dropped, self._sent)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="keyd-engine")
+        self._queue: asyncio.Queue[Inbound] = asyncio.Queue(QUEUE_LIMIT)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._membership: Membership | None = None
+        self._lease_lost = asyncio.Event()
+        self._watcher: Any = None
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.endpoints.open()
+        ike_port, natt_port = self.endpoints.ports
+        # the core frames NAT-T datagrams by port: give it the port actually bound
+        self.core = build_core(self.config, natt_port)
+        self._engine = Engine(self.core, self.store, self.pool, self.config.keyd.id,
+                              self.metrics)
+        log.info("listening", extra={"vip": self.config.keyd.vip, "ike_port": ike_port,
+                                     "natt_port": natt_port, "id": self.config.keyd.id})
+        if self.config.metrics.listen:
+            host, port = parse_listen(self.config.metrics.listen)
+            try:
+                self.metrics.serve(host, port)
+            except OSError as exc:
+                log.error("metrics endpoint not served", extra={
+                    "listen": self.config.metrics.listen, "error": exc.strerror})
+        self._watcher = self.store.watch(IkeSaRecord, self._on_watch)
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="keyd-consume"),
+            asyncio.create_task(self._timers(), name="keyd-timers"),
+            asyncio.create_task(self._register(), name="keyd-register"),
+            asyncio.create_task(self._etcd_probe(), name="keyd-etcd-probe"),
+            asyncio.create_task(self._sweeper(), name="keyd-sweeper"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self.endpoints.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.stop)
+        if self._membership is not None:
+            await asyncio.to_thread(self._membership.stop)
+        self._worker.shutdown(wait=True)
+        with contextlib.suppress(StoreError):
+            self.store.close()
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            log.info("stopping")
+            await self.stop()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("keyd is not started")
+        return self._engine
+
+    # -- datagrams -------------------------------------------------------------------------
+    def _enqueue(self, inbound: Inbound) -> None:
+        self.metrics.datagrams_in.labels(str(inbound.dst[1])).inc()
+        try:
+            self._queue.put_nowait(inbound)
+        except asyncio.QueueFull:
+            self.metrics.dropped.labels("overload").inc()
+
+    def _dropped(self, reason: str) -> None:
+        self.metrics.dropped.labels(reason).inc()
+
+    def _sent(self, port: int) -> None:
+        self.metrics.datagrams_out.labels(str(port)).inc()
+
+    async def _in_worker(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, fn, *args)
+
+    def _send(self, out: list[Outbound]) -> None:
+        for o in out:
+            self.endpoints.send(o.data, o.local_port, o.remote)
+
+    async def _consume(self) -> None:
+        while True:
+            inbound = await self._queue.get()
+            try:
+                out = await self._in_worker(self.engine.handle, inbound)
+            except Exception as exc:  # the edge: a bug must cost one message, not the daemon
+                log.error("message not handled", extra={"error": f"{type(exc).__name__}: {exc}",
+                                                        "peer": f"{inbound.src[0]}"})
+                self.metrics.dropped.labels("internal_error").inc()
+                continue
+            self._send(out)
+
+    async def _timers(self) -> None:
+        while True:
+            deadline = await self._in_worker(self.engine.next_timer)
+            delay = 1.0 if deadline is None else min(max(deadline - time.time(), 0.0), 1.0)
+            await asyncio.sleep(delay)
+            try:
+                out = await self._in_worker(self.engine.tick)
+            except Exception as exc:
+                log.error("timer step failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                continue
+            self._send(out)
+
+    # -- etcd ------------------------------------------------------------------------------
+    def _on_watch(self, event: WatchEvent) -> None:
+        # watcher thread → worker thread, in order with the engine's own steps
+        if isinstance(event, RecordPut) and isinstance(event.record, IkeSaRecord):
+            record = event.record
+            if record.keyd_id != self.config.keyd.id:
+                self._worker.submit(self.engine.drop_stale, record.ike_sa_id, record.keyd_id)
+
+    async def _register(self) -> None:
+        """Hold keyd/<id> on a lease; after a loss (etcd away for a TTL), register again."""
+        backoff = 0.5
+        loop = asyncio.get_running_loop()
+
+        def lost(_event: LeaseLost) -> None:
+            loop.call_soon_threadsafe(self._lease_lost.set)
+
+        while True:
+            record = KeydRecord(id=self.config.keyd.id, address=self.config.address,
+                                version=VERSION, started_at=time.time())
+            self._lease_lost.clear()
+            membership = Membership(self.store, record, LEASE_TTL_S, lost)
+            try:
+                await asyncio.to_thread(membership.start)
+            except StoreError as exc:
+                log.debug("registration failed; retrying", extra={"error": str(exc)})
+                await asyncio.to_thread(membership.stop, False)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.5
+            self._membership = membership
+            log.info("registered", extra={"key": membership.key, "lease": membership.lease_id})
+            await self._lease_lost.wait()
+            self._membership = None
+            await asyncio.to_thread(membership.stop, False)
+            log.warning("registration lost; registering again when etcd answers")
+
+    async def _etcd_probe(self) -> None:
+        """While etcd is away, look for it every second; when it answers, write what waited."""
+        probe = self.store.clone()
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                if self.engine.etcd_ok and not self.engine.needs_flush:
+                    continue
+                try:
+                    await asyncio.to_thread(probe.check)
+                    await self._in_worker(self.engine.flush)
+                except StoreError:
+                    continue
+        finally:
+            with contextlib.suppress(StoreError):
+                probe.close()
+
+    async def _sweeper(self) -> None:
+        interval = self.config.keyd.sweep_interval_s
+        if interval <= 0:
+            return
+        # an IKE SA untouched for a lifetime and a half is gone for good
+        max_age = self.config.keyd.ike_lifetime_s * 1.5
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                gone = await self._in_worker(self.engine.persister.sweep_expired, max_age)
+            except StoreError:
+                continue
+            if gone:
+                log.info("expired IKE SAs removed", extra={"count": len(gone)})
+
+
+# -- command line ------------------------------------------------------------------------------
+
+_FLAGS = {
+    "id": "keyd.id", "vip": "keyd.vip", "identity": "keyd.identity",
+    "psk_file": "keyd.psk_file", "cert_file": "keyd.cert_file", "key_file": "keyd.key_file",
+    "ca_file": "keyd.ca_file", "pool": "keyd.pool", "ike_port": "keyd.ike_port",
+    "natt_port": "keyd.natt_port", "ike_proposal": "keyd.ike_proposals",
+    "esp_proposal": "keyd.esp_proposals", "protected_network": "keyd.protected_networks",
+    "dns": "keyd.dns", "endpoints": "etcd.endpoints", "cacert": "etcd.cacert",
+    "cert": "etcd.cert", "key": "etcd.key", "cluster": "cluster.name",
+    "data_key_file": "cluster.data_key_file", "log_level": "log.level",
+    "log_json": "log.json", "metrics_listen": "metrics.listen",
+}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help=f"TOML configuration (default {DEFAULT_PATH} if it exists)")
+@click.option("--id", help="this instance's id (keyd/<id>)")
+@click.option("--vip", help="the cluster's virtual IP (local address for IKE)")
+@click.option("--identity", help="the gateway's IKE identity (IDr)")
+@click.option("--psk-file", help="pre-shared key file (mode 0600)")
+@click.option("--cert-file", help="gateway certificate (PEM)")
+@click.option("--key-file", help="gateway private key (PEM, mode 0600)")
+@click.option("--ca-file", help="CA that signs client certificates (PEM)")
+@click.option("--pool", help="client virtual IP pool (CIDR)")
+@click.option("--ike-port", type=int)
+@click.option("--natt-port", type=int)
+@click.option("--ike-proposal", multiple=True, help="IKE proposal (repeatable)")
+@click.option("--esp-proposal", multiple=True, help="ESP proposal (repeatable)")
+@click.option("--protected-network", multiple=True, help="protected network CIDR (repeatable)")
+@click.option("--dns", multiple=True, help="DNS server for clients (repeatable)")
+@click.option("--endpoints", help="etcd endpoints, comma separated")
+@click.option("--cacert", help="etcd CA certificate")
+@click.option("--cert", help="etcd client certificate")
+@click.option("--key", help="etcd client key")
+@click.option("--cluster", help="cluster name")
+@click.option("--data-key-file", help="cluster data key file (mode 0600)")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-json/--no-log-json", default=None)
+@click.option("--metrics-listen", help='Prometheus host:port ("" disables)')
+def cli(config_path: str | None, **flags: Any) -> None:
+    """keyd: the IKEv2 responder that negotiates for the cluster's virtual IP."""
+    if flags.get("endpoints"):
+        flags["endpoints"] = tuple(e.strip() for e in flags["endpoints"].split(",") if e.strip())
+    overrides = {_FLAGS[name]: value for name, value in flags.items()}
+    path = config_path
+    if path is None and DEFAULT_PATH.exists():
+        path = str(DEFAULT_PATH)
+    try:
+        config = load_config(path, overrides)
+        setup_logging(config.log.level, config.log.json)
+        data_key = load_data_key(config.cluster.data_key_file)
+        server = KeydServer(config, data_key)
+    except (ConfigError, DataKeyError) as exc:
+        click.echo(f"keyd: {exc}", err=True)
+        sys.exit(2)
+    except StoreError as exc:
+        click.echo(f"keyd: {exc}", err=True)
+        sys.exit(1)
+    try:
+        asyncio.run(server.run_until_signalled())
+    except OSError as exc:
+        click.echo(f"keyd: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)

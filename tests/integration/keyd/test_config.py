@@ -1,0 +1,91 @@
+"""keyd's configuration: the documented file loads, flags override, and every mistake is one
+clear line naming the file and the field — also through the `keyd` command (exit 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keyd.config import ConfigError, load_config, read_psk
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
+
+
+def documented_keyd_toml() -> str:
+    """The common sections and [keyd] exactly as docs/configuration.md shows them."""
+    text = DOC.read_text()
+    blocks = text.split("```toml")[1:]
+    common = blocks[0].split("```")[0]
+    keyd = next(b.split("```")[0] for b in blocks if "[keyd]" in b)
+    return common + keyd
+
+
+def test_documented_example_loads(tmp_path: Path) -> None:
+    path = tmp_path / "keyd.toml"
+    path.write_text(documented_keyd_toml())
+    c = load_config(path)
+    assert c.keyd.vip == "203.0.113.10" and c.keyd.ike_port == 500 and c.keyd.natt_port == 4500
+    assert c.keyd.identity == "vpn.example.net"
+    assert c.keyd.ike_proposals[0] == "aes128gcm16-prfsha256-x25519"
+    assert c.keyd.esp_proposals[-1] == "aes128gcm16-esn"
+    assert c.keyd.pool == "10.99.0.0/16" and c.keyd.protected_networks == ("10.20.0.0/16",)
+    assert c.etcd.endpoints[0] == "https://10.10.0.11:2379" and c.etcd.timeout_s == 2.0
+    assert c.metrics.listen == "127.0.0.1:9410" and c.address == "203.0.113.10"
+
+
+def test_flags_override_file(tmp_path: Path) -> None:
+    path = tmp_path / "keyd.toml"
+    path.write_text(documented_keyd_toml())
+    c = load_config(path, {"keyd.vip": "198.51.100.7", "etcd.endpoints": ("http://a:1",),
+                           "keyd.pool": None, "keyd.dns": ()})
+    assert c.keyd.vip == "198.51.100.7" and c.etcd.endpoints == ("http://a:1",)
+    assert c.keyd.pool == "10.99.0.0/16" and c.keyd.dns == ("10.20.0.53",)
+
+
+@pytest.mark.parametrize("snippet, message", [
+    ('[keyd]\nidentity = "x"\npsk_file = "/p"\nvip = "nope"', "keyd.vip is not an IP address"),
+    ('[keyd]\nidentity = "x"\npsk_file = "/p"\npool = "10.0.0.1/8"', "keyd.pool is not a network"),
+    ('[keyd]\nidentity = "x"\npsk_file = "/p"\nike_port = "500"',
+     "keyd.ike_port must be an integer"),
+    ('[keyd]\nidentity = "x"\npsk_file = "/p"\ncolour = 1', "unknown field 'colour'"),
+    ('[keyd]\npsk_file = "/p"', "keyd.identity is required"),
+    ('[keyd]\nidentity = "x"', "needs psk_file or cert_file"),
+    ('[keyd]\nidentity = "x"\npsk_file = "/p"\n[log]\nlevel = "loud"', "log.level"),
+    ('[keyd', "not valid TOML"),
+])
+def test_mistakes_are_one_clear_line(tmp_path: Path, snippet: str, message: str) -> None:
+    path = tmp_path / "keyd.toml"
+    path.write_text(snippet)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert message in str(exc.value) and str(path) in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_psk_file_must_be_private(tmp_path: Path) -> None:
+    psk = tmp_path / "psk"
+    psk.write_bytes(b"secret\n")
+    psk.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by group or others"):
+        read_psk(str(psk))
+    psk.chmod(0o600)
+    assert read_psk(str(psk)) == b"secret"
+    psk.write_bytes(b"0x0102ff\n")
+    assert read_psk(str(psk)) == b"\x01\x02\xff"
+
+
+def test_command_reports_bad_config_without_traceback(tmp_path: Path) -> None:
+    keyd = Path(sys.executable).parent / "keyd"
+    path = tmp_path / "keyd.toml"
+    path.write_text('[keyd]\nidentity = "x"\npsk_file = "/p"\nvip = "nope"\n')
+    for argv, needle in (
+        (["--config", str(path)], "keyd.vip is not an IP address"),
+        (["--config", str(tmp_path / "missing.toml")], "no such file"),
+        (["--config", str(path), "--ike-port", "x"], "Invalid value"),
+    ):
+        r = subprocess.run([str(keyd), *argv], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert needle in r.stderr and "Traceback" not in r.stderr

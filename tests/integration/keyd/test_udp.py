@@ -1,0 +1,75 @@
+"""keyd's UDP endpoints on loopback: IKE behind the non-ESP marker on 4500 passes, ESP, NAT
+keepalives and runts are dropped and counted, and replies go out as framed."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from keyd.udp import IkeEndpoints, Inbound
+
+IKE = bytes(range(8)) + bytes(8) + bytes([33, 0x20, 34, 0x08]) + bytes(4) + (28).to_bytes(4, "big")
+
+
+async def _exercise() -> tuple[list[Inbound], list[str], bytes, bytes]:
+    got: list[Inbound] = []
+    drops: list[str] = []
+    ep = IkeEndpoints("127.0.0.1", 0, 0, got.append, drops.append)
+    await ep.open()
+    ike_port, natt_port = ep.ports
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.setblocking(False)
+    try:
+        client.sendto(IKE, ("127.0.0.1", ike_port))
+        client.sendto(b"\x00\x00\x00\x00" + IKE, ("127.0.0.1", natt_port))
+        client.sendto(b"\x12\x34\x56\x78" + bytes(40), ("127.0.0.1", natt_port))  # ESP
+        client.sendto(b"\xff", ("127.0.0.1", natt_port))  # NAT keepalive
+        client.sendto(b"\x00\x00\x00\x00" + IKE[:10], ("127.0.0.1", natt_port))  # runt
+        client.sendto(IKE[:20], ("127.0.0.1", ike_port))  # runt
+        for _ in range(100):
+            if len(got) + len(drops) >= 6:
+                break
+            await asyncio.sleep(0.02)
+        me = client.getsockname()
+        loop = asyncio.get_running_loop()
+        ep.send(b"reply-on-500", ike_port, me)
+        on_500 = await asyncio.wait_for(loop.sock_recv(client, 2048), 5)
+        ep.send(b"\x00\x00\x00\x00reply-on-4500", natt_port, me)
+        on_4500 = await asyncio.wait_for(loop.sock_recv(client, 2048), 5)
+        assert all(i.src == me for i in got)
+        assert [i.dst[1] for i in got] == [ike_port, natt_port]
+        return got, drops, on_500, on_4500
+    finally:
+        client.close()
+        ep.close()
+
+
+def test_marker_stripped_added_and_non_ike_dropped() -> None:
+    got, drops, on_500, on_4500 = asyncio.run(_exercise())
+    assert [i.ike_message for i in got] == [IKE, IKE]
+    assert [i.data for i in got] == [IKE, b"\x00\x00\x00\x00" + IKE]
+    assert sorted(drops) == ["esp_on_natt_port", "natt_keepalive", "short", "short"]
+    assert on_500 == b"reply-on-500"
+    assert on_4500 == b"\x00\x00\x00\x00reply-on-4500"
+
+
+def test_bind_failure_is_a_clear_error() -> None:
+    async def run() -> str:
+        first = IkeEndpoints("127.0.0.1", 0, 0, lambda _: None, lambda _: None)
+        await first.open()
+        try:
+            ike_port, _ = first.ports
+            # SO_REUSEADDR does not let two UDP sockets share a port unless both ask; a
+            # foreign address cannot be bound at all
+            second = IkeEndpoints("192.0.2.254", ike_port, 0, lambda _: None, lambda _: None)
+            try:
+                await second.open()
+            except OSError as exc:
+                return str(exc)
+            return ""
+        finally:
+            first.close()
+
+    message = asyncio.run(run())
+    assert "cannot bind 192.0.2.254" in message
