@@ -36,7 +36,7 @@ def watch(count: int | None) -> None:
     done = threading.Event()
     lock = threading.Lock()
 
-    def on_events(kind: str, events: list[HookEvent], revision: int) -> None:
+    def on_events(events: list[HookEvent]) -> None:
         nonlocal seen
         with lock:
             for e in events:

@@ -8,7 +8,6 @@ was in flight when the runner died is delivered again, never lost.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -56,41 +55,31 @@ class DeliveryLedger:
 
 
 class RevisionFile:
-    """The last fully delivered revision per watched kind, as one JSON object
-    (`{"assign": 120, "ike": 118, ...}`), replaced atomically (write, fsync, rename). Each kind
-    has its own watch, so each has its own revision; a kind that saw no change for a while
-    simply resumes from an older revision, which costs nothing."""
+    """The last fully delivered revision: one decimal number in a file, replaced atomically
+    (write, fsync, rename), so a crash leaves the old number or the new one."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def load(self) -> dict[str, int] | None:
-        """The saved revisions; None when there are none yet. A corrupt file is an error."""
+    def load(self) -> int | None:
+        """The saved revision; None when there is none yet. A corrupt file is an error."""
         try:
             text = self.path.read_text().strip()
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            raise ValueError(f"{self.path}: {exc.strerror}") from None
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            doc = None
-        if isinstance(doc, int) and not isinstance(doc, bool) and doc >= 0:
-            return {"*": doc}
-        if not isinstance(doc, dict) or not all(
-                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                for k, v in doc.items()):
-            raise ValueError(f"{self.path}: not a revision file (delete it to start from now): "
-                             f"{text[:60]!r}")
-        return dict(doc)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"revision file {self.path}: {exc}") from None
+        if not text.isdigit():
+            raise ValueError(f"revision file {self.path} holds {text[:40]!r}, not a revision "
+                             "(remove it to start from now)")
+        return int(text)
 
-    def save(self, revisions: dict[str, int]) -> None:
+    def save(self, revision: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, (json.dumps(revisions, sort_keys=True) + "\n").encode())
+            os.write(fd, f"{revision}\n".encode())
             os.fsync(fd)
         finally:
             os.close(fd)

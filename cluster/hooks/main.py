@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     runner.stop()
     store.close()
     log.info("stopped in %.1fs; delivered up to %s", time.monotonic() - started,
-             runner.committed())
+             runner.committed)
 
 
 if __name__ == "__main__":

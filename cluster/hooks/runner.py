@@ -1,7 +1,7 @@
 """`cluster-hooks`: the daemon that turns keyspace changes into hook runs and webhook POSTs.
 
-Delivery is at-least-once across restarts: per watched kind, the runner saves the highest
-revision whose events every target has finished, and resumes the watch after it.
+Delivery is at-least-once across restarts: the runner saves the highest revision whose events
+every target has finished, and resumes the watch after it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 
 from prometheus_client import Gauge
 
-from cluster.hooks.derive import WATCHED_KINDS
 from cluster.hooks.dispatch import Dispatcher, RetryPolicy
 from cluster.hooks.event import HookEvent
 from cluster.hooks.feed import ClusterFeed
@@ -23,7 +22,7 @@ from cluster.store.client import Store
 log = logging.getLogger("cluster.hooks")
 
 DELIVERED_REVISION = Gauge("cluster_hooks_delivered_revision",
-                           "Highest revision fully delivered, per watched kind", ["kind"])
+                           "Highest etcd revision whose events every target has finished")
 
 SAVE_INTERVAL_S = 0.2
 SHUTDOWN_DRAIN_S = 5.0
@@ -52,47 +51,38 @@ class HookRunner:
         self.dispatcher = Dispatcher(
             settings.directory, settings.webhooks, settings.timeout_s,
             RetryPolicy(settings.retries, settings.backoff_s), settings.queue_size)
-        self.ledgers: dict[str, DeliveryLedger] = {}
-        self.feed = ClusterFeed(store, self._on_events, self._on_progress)
-        self.saved: dict[str, int] = {}
+        self.ledger = DeliveryLedger()
+        self.feed = ClusterFeed(store, self._on_events, self.ledger.observe)
+        self.saved: int | None = None
         self._stop = threading.Event()
 
     def start(self) -> None:
+        """Resume after the saved revision (or start from now), and save where it starts."""
         saved = self.revision_file.load()
-        if saved and "*" in saved:
-            saved = {kind: saved["*"] for kind in WATCHED_KINDS}
         if saved is None:
             log.info("no saved revision in %s: starting from now", self.revision_file.path)
-        # Ledgers first: the watchers may call back before start() returns.
-        for kind in WATCHED_KINDS:
-            self.ledgers[kind] = DeliveryLedger((saved or {}).get(kind, 0))
         started = self.feed.start(saved)
-        for kind, revision in started.items():
-            self.ledgers[kind].observe(revision)
-        self.saved = {}
+        self.ledger.observe(started)
         self.save()
-        log.info("watching %s from revisions %s", self.store.keyspace.root, started)
+        log.info("watching %s after revision %d", self.store.keyspace.root, started)
 
-    def _on_events(self, kind: str, events: list[HookEvent], revision: int) -> None:
+    def _on_events(self, events: list[HookEvent]) -> None:
         for event in events:
             log.info("event %s rev %d client=%s node=%s", event.event, event.revision,
                      event.client_id or event.ike_sa_id or "-", event.node or "-")
-            self.dispatcher.dispatch(event, self.ledgers[kind])
+            self.dispatcher.dispatch(event, self.ledger)
 
-    def _on_progress(self, kind: str, revision: int) -> None:
-        self.ledgers[kind].observe(revision)
-
-    def committed(self) -> dict[str, int]:
-        return {kind: ledger.committed for kind, ledger in self.ledgers.items()}
+    @property
+    def committed(self) -> int:
+        return self.ledger.committed
 
     def save(self) -> None:
-        """Persist the committed revisions if they moved."""
-        now = self.committed()
+        """Persist the committed revision if it moved."""
+        now = self.ledger.committed
         if now != self.saved:
             self.revision_file.save(now)
             self.saved = now
-            for kind, revision in now.items():
-                DELIVERED_REVISION.labels(kind).set(revision)
+            DELIVERED_REVISION.set(now)
 
     def run(self) -> None:
         """Save progress until stop() is called."""
@@ -106,7 +96,7 @@ class HookRunner:
         """Stop watching, give queued deliveries a moment, save what completed."""
         self._stop.set()
         self.feed.stop()
-        if not self.dispatcher.drain(list(self.ledgers.values()), SHUTDOWN_DRAIN_S):
+        if not self.dispatcher.drain([self.ledger], SHUTDOWN_DRAIN_S):
             log.warning("stopping with deliveries in flight: they run again after a restart")
         self.dispatcher.stop()
         self.save()
