@@ -194,7 +194,13 @@ class Store:
         return k, encode_record(record, k, self.data_key)
 
     def decode(self, cls: type[R], raw: bytes, key: str) -> R:
-        return decode_record(cls, raw, key, self.data_key)
+        """The record stored at `key`; MalformedRecord also when the record names another key
+        than the one it is stored under (e.g. nodes/n1 holding node n2's record)."""
+        record = decode_record(cls, raw, key, self.data_key)
+        name = record_name(record)
+        if not key.endswith("/" + name):
+            raise MalformedRecord(key, f"record is for {name!r}, not for this key")
+        return record
 
     # -- raw bytes (tests, tools) ---------------------------------------------------------
     def raw_get(self, key: str) -> bytes | None:

@@ -207,3 +207,11 @@ def test_scan_reads_in_pages_at_one_revision(store: Store, child_sa: Factory) ->
     kvs, revision = store.scan(store.keyspace.kind_prefix("sa"), page=5)
     assert len(kvs) == 23 and len({kv.key for kv in kvs}) == 23
     assert revision == store.revision()
+
+
+def test_record_under_the_wrong_key_is_malformed(store: Store) -> None:
+    n2 = NodeRecord("n2", "10.30.0.12", 100, "ready", 4501, "0.1", time.time())
+    _, value = store.encode(n2)
+    store.raw_put(store.keyspace.node("n1"), value)
+    with pytest.raises(MalformedRecord, match="not for this key"):
+        store.get(NodeRecord, "n1")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -178,3 +179,32 @@ def test_validation_on_encode() -> None:
     bad = IkeSaRecord("00" * 16, 1, 2, "192.0.2.1", 500, 500, "x", None, [], "k", 0.0, b"")
     with pytest.raises(ValueError, match="ike_sa_id"):
         encode_record(bad, K, KEY)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=12)
+
+
+@given(st.sampled_from([NodeRecord, ChildSaRecord, IkeSaRecord, Assignment, SeqRecord,
+                        PoolLease, Policy, KeydRecord]),
+       st.one_of(st.binary(max_size=200),
+                 json_values.map(lambda v: json.dumps(v).encode()),
+                 st.dictionaries(texts, json_values, max_size=6).map(
+                     lambda d: json.dumps({"v": 1, **d}).encode())))
+def test_junk_is_a_typed_error_only(cls: type, raw: bytes) -> None:
+    """Whatever sits in etcd, decoding raises MalformedRecord (or WrongDataKey), nothing else."""
+    with contextlib.suppress(MalformedRecord, WrongDataKey):
+        decode_record(cls, raw, K, KEY)
+
+
+@given(st.sampled_from(["id", "address", "capacity", "state", "health_port", "version",
+                        "started_at", "v"]), json_values)
+def test_one_bad_field_is_a_typed_error(name: str, value: object) -> None:
+    raw = node_json(**{name: value})
+    try:
+        record = decode_record(NodeRecord, raw, K)
+    except MalformedRecord:
+        return
+    assert getattr(record, name, value) == value or name == "started_at"
