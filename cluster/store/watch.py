@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import etcd3.events
 import etcd3.exceptions as etcd_exc
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .client import Store
 
 log = logging.getLogger(__name__)
+E = TypeVar("E")
 
 MALFORMED = Counter("ipsec_cluster_store_malformed_records",
                     "Stored values skipped because they did not decode", ["kind"])
@@ -222,6 +223,15 @@ def asyncio_sink(loop: asyncio.AbstractEventLoop,
     def sink(event: WatchEvent) -> None:
         loop.call_soon_threadsafe(q.put_nowait, event)
     return sink
+
+
+def in_loop(loop: asyncio.AbstractEventLoop,
+            callback: Callable[[E], None]) -> Callable[[E], None]:
+    """Wrap a callback so the store's threads (watch, membership) run it on `loop`:
+    `Membership(store, rec, ttl, in_loop(loop, self.on_lease_lost))`."""
+    def call(event: E) -> None:
+        loop.call_soon_threadsafe(callback, event)
+    return call
 
 
 def wait_for(pred: Callable[[], bool], timeout_s: float, step_s: float = 0.02) -> bool:

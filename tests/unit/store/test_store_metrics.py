@@ -23,3 +23,27 @@ def test_union_exposes_store_counters_and_own() -> None:
     text = generate_latest(union_registry(own)).decode()
     assert "ipsec_cluster_test_own_total 1.0" in text
     assert "ipsec_cluster_store_malformed_records_total" in text
+
+
+def test_in_loop_runs_callbacks_on_the_loop() -> None:
+    import asyncio
+    import threading
+
+    from cluster.store import in_loop
+
+    async def main() -> list[tuple[str, bool]]:
+        loop = asyncio.get_running_loop()
+        got: list[tuple[str, bool]] = []
+        done = asyncio.Event()
+
+        def on_event(e: str) -> None:
+            got.append((e, threading.current_thread() is threading.main_thread()))
+            done.set()
+
+        t = threading.Thread(target=in_loop(loop, on_event), args=("lost",))
+        t.start()
+        await asyncio.wait_for(done.wait(), 10)
+        t.join()
+        return got
+
+    assert asyncio.run(main()) == [("lost", True)]
