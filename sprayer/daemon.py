@@ -138,6 +138,7 @@ class Sprayer:
         self._events: queue.Queue[tuple[str, WatchEvent]] = queue.Queue()
         self._watchers: list[PrefixWatcher] = []
         self._applied: tuple[int, tuple[str, ...]] | None = None
+        self._planned: tuple[int, tuple[tuple[str, bool, str], ...]] | None = None
         self._was_leader = False
 
     # lifecycle ---------------------------------------------------------------------------
@@ -213,6 +214,12 @@ class Sprayer:
         now = self.clock()
         nodes = self.view.node_views(self.health.alive, self.health.draining)
         self.metrics.nodes_alive.set(sum(1 for n in nodes if n.alive))
+        # planning scans every client: only when something it depends on moved
+        key = (self.view.generation, tuple(sorted((n.id, n.alive, n.state.value) for n in nodes)))
+        if key == self._planned and not (self.planner.backlog or self.view.in_handoff):
+            self.apply()
+            return
+        self._planned = key
         actions = self.planner.plan(nodes, self.view.placements(), self.view.new_clients(), now,
                                     finals=self.view.handoffs_with_finals(),
                                     rebalance=self.settings.auto_rebalance)
@@ -285,8 +292,7 @@ class Sprayer:
             return False
         for act, rec, _ in batch:
             # seen as ours until the watch brings the new mod_revision
-            self.view.assigns[rec.ike_sa_id] = (rec, -1)
-            self.view.generation += 1
+            self.view.set_assignment(rec, -1)
             self.metrics.moves.labels(type(act).__name__).inc()
             log.info("assignment", extra={"ike_sa": rec.ike_sa_id, "node": rec.node,
                                           "epoch": rec.epoch, "phase": rec.phase,

@@ -185,6 +185,7 @@ class Planner:
         # desired owner per client, valid for one candidate set (rebalance scans are costly)
         self._desired_for: tuple[tuple[str, float], ...] | None = None
         self._desired: dict[str, str | None] = {}
+        self._backlog = False
 
     # token bucket ------------------------------------------------------------------------
     def _refill(self, now: float) -> None:
@@ -200,16 +201,18 @@ class Planner:
             return True
         return False
 
-    def _desired_owner(self, key: str, cands: list[NodeView]) -> str | None:
+    def _desired_table(self, cands: list[NodeView]) -> dict[str, str | None]:
+        """The cache of rendezvous choices, valid for exactly this candidate set."""
         sig = tuple((n.id, n.weight) for n in cands)
         if sig != self._desired_for:
             self._desired_for = sig
             self._desired = {}
-        owner = self._desired.get(key, "")
-        if owner == "":
-            owner = choose(key, cands)
-            self._desired[key] = owner
-        return owner
+        return self._desired
+
+    @property
+    def backlog(self) -> bool:
+        """Planned moves were left for later ticks because the move budget ran out."""
+        return self._backlog
 
     # the plan ----------------------------------------------------------------------------
     def plan(self, nodes: Iterable[NodeView], placements: Mapping[str, Placement],
@@ -226,13 +229,20 @@ class Planner:
         by_id = {n.id: n for n in nodes}
         cands = candidates(by_id.values())
         actions: list[PlanAction] = []
+        table = self._desired_table(cands)
+
+        def desired(key: str) -> str | None:
+            owner = table.get(key, "")
+            if owner == "":
+                owner = table[key] = choose(key, cands)
+            return owner
 
         def alive(node_id: str | None) -> bool:
             n = by_id.get(node_id) if node_id is not None else None
             return n is not None and n.alive
 
         for key in sorted(set(new_clients) - placements.keys()):
-            owner = self._desired_owner(key, cands)
+            owner = desired(key)
             if owner is not None:
                 actions.append(Assign(key, owner, 1))
 
@@ -240,7 +250,7 @@ class Planner:
         misplaced: list[Placement] = []
         for key in sorted(placements):
             p = placements[key]
-            target = self._desired_owner(key, cands)
+            target = desired(key)
             if p.phase is Phase.HANDOFF:
                 if not alive(p.node):
                     if target is not None:
@@ -261,11 +271,13 @@ class Planner:
             elif rebalance:
                 misplaced.append(p)
 
+        self._backlog = False
         for reason, group in ((MoveReason.DRAIN, draining), (MoveReason.REBALANCE, misplaced)):
             for p in group:
                 if not self._take():
+                    self._backlog = True
                     return actions
-                target = self._desired_owner(p.ike_sa_id, cands)
+                target = desired(p.ike_sa_id)
                 assert target is not None
                 actions.append(StartHandoff(p.ike_sa_id, p.node, target, p.epoch + 1, reason))
         return actions

@@ -47,6 +47,8 @@ class ClusterView:
     children: dict[int, _Child] = field(default_factory=dict)
     #: spi → final seq record (checkpoints are not kept)
     finals: dict[int, SeqRecord] = field(default_factory=dict)
+    #: clients whose assignment is in phase `handoff`
+    in_handoff: set[str] = field(default_factory=set)
     #: kinds whose initial read has completed
     synced: set[str] = field(default_factory=set)
     #: bumps on every change, so drivers re-apply only when something moved
@@ -59,6 +61,9 @@ class ClusterView:
 
     def apply(self, kind: str, ev: WatchEvent) -> None:
         """Fold one watch event of record kind `kind` into the view."""
+        if isinstance(ev, RecordPut) and isinstance(ev.record, SeqRecord) \
+                and ev.record.kind != "final" and ev.record.spi not in self.finals:
+            return    # a routine checkpoint: changes nothing the sprayer decides on
         self.generation += 1
         if isinstance(ev, WatchResynced):
             self.synced.add(kind)
@@ -68,7 +73,7 @@ class ClusterView:
             if isinstance(r, NodeRecord):
                 self.nodes[r.id] = r
             elif isinstance(r, Assignment):
-                self.assigns[r.ike_sa_id] = (r, ev.revision)
+                self.set_assignment(r, ev.revision)
             elif isinstance(r, ChildSaRecord):
                 self.children[r.spi_in] = _Child(r.ike_sa_id, r.virtual_ip)
             elif isinstance(r, SeqRecord):
@@ -82,12 +87,22 @@ class ClusterView:
                     self.on_node_gone(ev.name)
             elif kind == "assign":
                 self.assigns.pop(ev.name, None)
+                self.in_handoff.discard(ev.name)
             elif kind in ("sa", "seq"):
                 try:
                     spi = int(ev.name, 16)
                 except ValueError:
                     return
                 (self.children if kind == "sa" else self.finals).pop(spi, None)
+
+    def set_assignment(self, a: Assignment, revision: int) -> None:
+        """Record an assignment (revision -1: written by us, not yet seen back)."""
+        self.generation += 1
+        self.assigns[a.ike_sa_id] = (a, revision)
+        if a.phase == "handoff":
+            self.in_handoff.add(a.ike_sa_id)
+        else:
+            self.in_handoff.discard(a.ike_sa_id)
 
     # planner inputs ----------------------------------------------------------------------
     def node_views(self, alive: Callable[[str], bool],
@@ -116,9 +131,8 @@ class ClusterView:
         """Clients in hand-off whose old owner wrote final counters for every Child SA."""
         spis = self.spis_of()
         done = set()
-        for k, (a, _) in self.assigns.items():
-            if a.phase != "handoff":
-                continue
+        for k in self.in_handoff:
+            a = self.assigns[k][0]
             if all((f := self.finals.get(s)) is not None and f.epoch == a.epoch
                    and f.owner == a.previous_node for s in spis.get(k, [])):
                 done.add(k)

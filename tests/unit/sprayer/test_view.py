@@ -1,0 +1,77 @@
+"""The cluster view: watch events in, planner inputs and driver targets out."""
+
+from __future__ import annotations
+
+import time
+
+from cluster.store.records import Assignment, ChildSaRecord, NodeRecord, SeqRecord
+from cluster.store.watch import RecordDeleted, RecordPut, WatchResynced
+from sprayer.view import ClusterView
+
+IKE = "0000000000000001" + "0000000000000002"
+
+
+def put(view: ClusterView, kind: str, record: object, rev: int = 1) -> None:
+    view.apply(kind, RecordPut("k", "n", record, rev))  # type: ignore[arg-type]
+
+
+def child(spi: int, vip: str | None = "10.99.0.1") -> ChildSaRecord:
+    return ChildSaRecord(spi, spi + 1, IKE, "aes128gcm16", None, False, b"k", b"", b"k", b"",
+                         [], [], "198.51.100.2", 4500, True, vip, "c", time.time(), 1, 2)
+
+
+def node(nid: str, state: str = "ready") -> NodeRecord:
+    return NodeRecord(nid, "10.30.0.1" if nid == "n1" else "10.30.0.2", 10, state,  # type: ignore[arg-type]
+                      4501, "t", 0.0)
+
+
+def test_ready_only_after_every_initial_read() -> None:
+    v = ClusterView()
+    for kind in ("nodes", "assign", "sa"):
+        v.apply(kind, WatchResynced(1, "initial", frozenset()))
+    assert not v.ready
+    v.apply("seq", WatchResynced(1, "initial", frozenset()))
+    assert v.ready
+
+
+def test_targets_follow_the_previous_owner_until_the_flip() -> None:
+    v = ClusterView()
+    put(v, "nodes", node("n1"))
+    put(v, "nodes", node("n2"))
+    put(v, "sa", child(0x1000))
+    put(v, "sa", child(0x2000, vip=None))
+    assert v.new_clients() == {IKE}
+    put(v, "assign", Assignment(IKE, "n1", 1, "active", None, 0.0), 5)
+    assert v.new_clients() == set()
+    t = v.targets(lambda n: True)
+    assert t.spis == {0x1000: "n1", 0x2000: "n1"} and t.clients == {"10.99.0.1": "n1"}
+    assert t.fallback == ["n1", "n2"]
+
+    put(v, "assign", Assignment(IKE, "n2", 2, "handoff", "n1", 0.0), 6)
+    assert v.targets(lambda n: True).spis == {0x1000: "n1", 0x2000: "n1"}
+    assert v.handoffs_with_finals() == set()
+    put(v, "seq", SeqRecord(0x1000, "n1", 2, 10, 9, 0, "final", 0.0))
+    assert v.handoffs_with_finals() == set()          # one Child SA still missing
+    put(v, "seq", SeqRecord(0x2000, "n1", 1, 10, 9, 0, "final", 0.0))
+    assert v.handoffs_with_finals() == set()          # final of an older epoch: not this one
+    put(v, "seq", SeqRecord(0x2000, "n1", 2, 10, 9, 0, "final", 0.0))
+    assert v.handoffs_with_finals() == {IKE}
+
+    put(v, "assign", Assignment(IKE, "n2", 2, "active", "n1", 0.0), 7)
+    assert v.targets(lambda n: True).spis == {0x1000: "n2", 0x2000: "n2"}
+    assert v.in_handoff == set()
+
+
+def test_checkpoints_do_not_churn_and_dead_nodes_leave_the_fallback() -> None:
+    v = ClusterView()
+    gone: list[str] = []
+    v.on_node_gone = gone.append
+    put(v, "nodes", node("n1"))
+    put(v, "nodes", node("n2", "draining"))
+    g = v.generation
+    put(v, "seq", SeqRecord(0x1000, "n1", 1, 10, 9, 0, "checkpoint", 0.0))
+    assert v.generation == g
+    assert v.targets(lambda n: n != "n1").fallback == []   # n1 dead, n2 draining
+    v.apply("nodes", RecordDeleted("k", "n1", 9))
+    assert gone == ["n1"] and "n1" not in v.nodes
+    v.apply("sa", RecordDeleted("k", "not-hex", 9))          # junk names are ignored
