@@ -1,0 +1,86 @@
+"""keyd while its etcd is down: nothing that could not be written is answered, established
+clients keep their liveness answers, one log line and a metric say so, and negotiations
+complete once etcd is back."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster.procs import EtcdServer
+from cluster.store.client import Store
+from cluster.store.keyspace import Keyspace
+from cluster.store.records import ChildSaRecord, IkeSaRecord, KeydRecord
+from cluster.store.seal import DataKey
+from cluster.store.watch import wait_for
+from keyd.client import ExchangeTimeout, IkeClient
+
+from .conftest import GATEWAY_ID, PSK, KeydSetup
+
+
+@pytest.fixture
+def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    server = EtcdServer(tmp_path / "own-etcd")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def quick_client(k: object, identity: str, local_ip: str) -> IkeClient:
+    # short retransmissions so the client's own retries span the outage
+    return IkeClient.psk(PSK, identity, GATEWAY_ID, local_ip, ("127.0.0.1", k.ike_port),  # type: ignore[attr-defined]
+                         k.natt_port, retransmit_timeout_s=1.0, retransmit_tries=12)  # type: ignore[attr-defined]
+
+
+def test_no_completion_while_etcd_is_down_and_completion_after(
+        keyd_setup: KeydSetup, own_etcd: EtcdServer, data_key: DataKey,
+        cluster_name: str) -> None:
+    keyd_setup.etcd_endpoint = own_etcd.endpoint
+    store = Store([own_etcd.endpoint], Keyspace(cluster_name), data_key, timeout_s=5.0)
+    k = keyd_setup.start("keyd-1")
+    with quick_client(k, "old@clients.test", "127.0.0.2") as old, \
+            quick_client(k, "new@clients.test", "127.0.0.3") as new:
+        est_old = old.connect()
+        old_spi = old.children()[0].child.spi_out
+        state_before = json.loads(store.get(IkeSaRecord, est_old.ike_sa_id).record.state)  # type: ignore[union-attr]
+        store.close()
+
+        own_etcd.stop()
+        with pytest.raises(ExchangeTimeout):
+            new.connect(timeout_s=6)
+        assert new.core.sa.state.value == "init_sent"      # not even IKE_SA_INIT came back
+        old.liveness(timeout_s=20)                          # established: still answered
+        assert k.metric("keyd_etcd_available") == 0
+        assert k.metric("keyd_etcd_outages_total") == 1
+        assert k.metric("keyd_replies_withheld_total") >= 1
+
+        own_etcd.start()
+        # the new client's retransmissions go on; once etcd takes writes it completes
+        new.pump(lambda: new.core.ike_sa_id is not None
+                 and new.core.sa.state.value == "established", timeout_s=60)
+        est_new_id = new.core.ike_sa_id
+
+    store = Store([own_etcd.endpoint], Keyspace(cluster_name), data_key, timeout_s=5.0)
+    try:
+        assert store.get(ChildSaRecord, old_spi) is not None   # established SA untouched
+        ike_new = store.get(IkeSaRecord, est_new_id or "")
+        assert ike_new is not None and ike_new.record.child_spis
+        # the liveness answer given during the outage was written when etcd came back
+        assert wait_for(lambda: json.loads(store.get(IkeSaRecord, est_old.ike_sa_id)  # type: ignore[union-attr]
+                                           .record.state)["peer_next_id"]
+                        > state_before["peer_next_id"], timeout_s=15)
+        assert wait_for(lambda: store.get(KeydRecord, "keyd-1") is not None, timeout_s=20)
+    finally:
+        store.close()
+    assert wait_for(lambda: k.metric("keyd_etcd_available") == 1, timeout_s=10)
+    log = k.log.read_text()
+    assert log.count("etcd does not take writes") == 1
+    assert "etcd takes writes again" in log
+    assert "Traceback" not in log
+    time.sleep(0)  # keep the instance up until here: the fixture stops it

@@ -1,0 +1,147 @@
+"""keyd on loopback, driven by the project's initiator over real UDP, against a real etcd.
+
+What a reply implies is already in etcd when the reply arrives: the IKE SA (sealed), the
+Child SA with its keys (sealed), the owner assignment and the address lease. Rekeys and
+deletes are followed. A second instance continues an IKE SA the first one negotiated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+from cluster.store.client import Store
+from cluster.store.records import (
+    Assignment,
+    ChildSaRecord,
+    IkeSaRecord,
+    KeydRecord,
+    NodeRecord,
+    PoolLease,
+)
+from keyd.client import IkeClient
+
+from .conftest import GATEWAY_ID, PSK, KeydSetup
+
+
+def ready_node(store: Store, node_id: str = "node-a") -> None:
+    store.put(NodeRecord(id=node_id, address="10.30.0.11", capacity=100, state="ready",
+                         health_port=4501, version="test", started_at=time.time()))
+
+
+def client_for(k: object, identity: str = "alice@clients.test", local_ip: str = "127.0.0.2",
+               **kwargs: object) -> IkeClient:
+    return IkeClient.psk(PSK, identity, GATEWAY_ID, local_ip,
+                         ("127.0.0.1", k.ike_port), k.natt_port, **kwargs)  # type: ignore[attr-defined]
+
+
+def test_reply_implies_state_in_etcd(keyd_setup: KeydSetup, store: Store) -> None:
+    ready_node(store)
+    k = keyd_setup.start("keyd-1")
+    with client_for(k) as c:
+        est = c.connect()
+        # read at once: everything the reply stands for must already be there
+        ike = store.get(IkeSaRecord, est.ike_sa_id)
+        child = c.children()[0].child
+        sa = store.get(ChildSaRecord, child.spi_out)   # the cluster receives with our spi_out
+        assign = store.get(Assignment, est.ike_sa_id)
+        lease = store.get(PoolLease, est.virtual_ip or "")
+    assert ike is not None and sa is not None and assign is not None and lease is not None
+    state = json.loads(ike.record.state)
+    assert state["peer_next_id"] == 2 and state["state"] == "established"
+    assert ike.record.identity == "alice@clients.test" and ike.record.keyd_id == "keyd-1"
+    assert ike.record.child_spis == [child.spi_out]
+    assert ike.record.virtual_ip == est.virtual_ip
+    r = sa.record
+    assert (r.spi_out, r.ike_sa_id, r.encr, r.esn) == (child.spi_in, est.ike_sa_id,
+                                                       "aes128gcm16", False)
+    # the keys the node will use are the client's, mirrored
+    assert r.enc_key_in == child.enc_key_out and r.enc_key_out == child.enc_key_in
+    assert r.udp_encap and r.peer_addr == "127.0.0.2" and r.peer_port == k.natt_port
+    assert r.ts_remote == [f"{est.virtual_ip}/32"] and r.ts_local == ["10.20.0.0/24"]
+    assert (assign.record.node, assign.record.epoch, assign.record.phase) == ("node-a", 1,
+                                                                              "active")
+    assert lease.record.ike_sa_id == est.ike_sa_id
+    # key material never lies in etcd in clear
+    raw = store.raw_get(sa.key) or b""
+    assert r.enc_key_in not in raw and r.enc_key_in.hex().encode() not in raw
+    raw_ike = store.raw_get(ike.key) or b""
+    assert b"sk_d" not in raw_ike and b"peer_next_id" not in raw_ike
+    registered = store.get(KeydRecord, "keyd-1")
+    assert registered is not None and registered.lease_id != 0
+    assert k.metric("keyd_handshakes_total", result="established") == 1
+    assert k.metric("keyd_exchanges_total", type="IKE_AUTH") == 1
+
+
+def test_rekeys_and_delete_followed_in_etcd(keyd_setup: KeydSetup, store: Store) -> None:
+    ready_node(store)
+    k = keyd_setup.start("keyd-1")
+    with client_for(k, "bob@clients.test") as c:
+        est = c.connect()
+        old_child = c.children()[0].child
+        c.rekey_child(old_child.spi_in, pfs=False)
+        new_child = c.children()[-1].child
+        assert new_child.spi_in != old_child.spi_in
+        assert store.get(ChildSaRecord, old_child.spi_out) is None
+        fresh = store.get(ChildSaRecord, new_child.spi_out)
+        assert fresh is not None and fresh.record.replaces == old_child.spi_out
+
+        c.rekey_ike()
+        new_id = c.core.ike_sa_id
+        assert new_id is not None and new_id != est.ike_sa_id
+        assert store.get(IkeSaRecord, est.ike_sa_id) is None
+        assert store.get(Assignment, est.ike_sa_id) is None
+        moved = store.get(Assignment, new_id)
+        assert moved is not None and (moved.record.node, moved.record.epoch) == ("node-a", 1)
+        sa = store.get(ChildSaRecord, new_child.spi_out)
+        assert sa is not None and sa.record.ike_sa_id == new_id
+        lease = store.get(PoolLease, est.virtual_ip or "")
+        assert lease is not None and lease.record.ike_sa_id == new_id
+        ike = store.get(IkeSaRecord, new_id)
+        assert ike is not None and ike.record.child_spis == [new_child.spi_out]
+
+        c.delete()
+    for kind in (IkeSaRecord, ChildSaRecord, Assignment, PoolLease):
+        assert store.list(kind).items == [], kind.__name__
+
+
+def test_second_instance_continues_the_ike_sa(keyd_setup: KeydSetup, store: Store) -> None:
+    ready_node(store)
+    first = keyd_setup.start("keyd-1")
+    with client_for(first, "carol@clients.test") as c:
+        est = c.connect()
+        child = c.children()[0].child
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        second = keyd_setup.start("keyd-2", first.ike_port, first.natt_port)
+        c.liveness()                                    # INFORMATIONAL, message ID 2
+        c.rekey_child(child.spi_in)                     # CREATE_CHILD_SA, then DELETE
+        newest = c.children()[-1].child
+        c.rekey_ike()                                   # the IKE SA itself
+        assert c.core.ike_sa_id != est.ike_sa_id
+        assert second.metric("keyd_ike_sas_imported_total") == 1
+        ike = store.get(IkeSaRecord, c.core.ike_sa_id or "")
+        assert ike is not None and ike.record.keyd_id == "keyd-2"
+        sa = store.get(ChildSaRecord, newest.spi_out)
+        assert sa is not None and sa.record.ike_sa_id == c.core.ike_sa_id
+        assert store.get(ChildSaRecord, child.spi_out) is None
+        c.delete()
+    assert store.list(IkeSaRecord).items == []
+    assert "continuing IKE SA from etcd" in second.log.read_text()
+
+
+def test_two_clients_get_distinct_spis_and_addresses(keyd_setup: KeydSetup,
+                                                     store: Store) -> None:
+    k = keyd_setup.start("keyd-1")
+    with client_for(k, "dave@clients.test", "127.0.0.3") as a, \
+            client_for(k, "erin@clients.test", "127.0.0.4") as b:
+        ea, eb = a.connect(), b.connect()
+        assert ea.virtual_ip != eb.virtual_ip
+        assert a.children()[0].child.spi_out != b.children()[0].child.spi_out
+    leases = {v.record.ip for v in store.list(PoolLease).items}
+    assert leases == {ea.virtual_ip, eb.virtual_ip}
+    # no ready node: no owner written (the sprayer assigns later), and it says so
+    assert store.list(Assignment).items == []
+    assert "no ready node" in k.log.read_text()
