@@ -23,6 +23,8 @@ class DropReason(StrEnum):
     SELECTOR = "selector"  # inner source outside the SA's traffic selectors (spoofing)
     DUMMY = "dummy"  # RFC 4303 §2.6: next header 59, discarded silently (counted)
     NOT_OWNER = "not_owner"  # outbound: this node does not own the client (fenced)
+    CHECKPOINT_LAG = "checkpoint_lag"  # outbound: the send limit waits for a checkpoint
+    EXHAUSTED = "exhausted"  # outbound: sequence or IV space used up; the SA needs a rekey
 
 
 class RemoteProtocolError(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from cluster.esp.errors import DropReason, RemoteProtocolError
 from cluster.esp.packet import Datagram, classify_udp, pull_ike_from_udp
@@ -45,30 +46,32 @@ class Keepalive(EspEvent):
 
 _KEEPALIVE = Keepalive()
 
+S = TypeVar("S", bound=ChildSa)
 
-class SaTable:
+
+class SaTable(Generic[S]):
     """Child SAs by inbound SPI; counts drops by reason across all of them."""
 
     def __init__(self) -> None:
-        self.by_spi: dict[int, ChildSa] = {}
-        self._by_wire_spi: dict[bytes, ChildSa] = {}  # the same, keyed as the SPI is sent
+        self.by_spi: dict[int, S] = {}
+        self._by_wire_spi: dict[bytes, S] = {}  # the same, keyed as the SPI is sent
         self.drops: Counter[DropReason] = Counter()
 
     def __len__(self) -> int:
         return len(self.by_spi)
 
-    def install(self, sa: ChildSa) -> ChildSa | None:
+    def install(self, sa: S) -> S | None:
         """Hold `sa`; returns the SA it replaces, if any."""
         old = self.by_spi.get(sa.spi_in)
         self.by_spi[sa.spi_in] = sa
         self._by_wire_spi[sa.spi_in.to_bytes(4)] = sa
         return old
 
-    def remove(self, spi_in: int) -> ChildSa | None:
+    def remove(self, spi_in: int) -> S | None:
         self._by_wire_spi.pop(spi_in.to_bytes(4), None)
         return self.by_spi.pop(spi_in, None)
 
-    def get(self, spi_in: int) -> ChildSa | None:
+    def get(self, spi_in: int) -> S | None:
         return self.by_spi.get(spi_in)
 
     def receive(self, payload: bytes, now: float) -> EspEvent:

@@ -1,0 +1,667 @@
+"""The node agent: etcd (SAs, assignments, membership, checkpoints) around the data path.
+
+Threads: the data path (`Datapath`, owns every SA object), one control thread (this module's
+logic; fed by the watch callbacks, never blocks on etcd), one checkpoint writer, and a small
+pool for etcd reads (take-overs, on-demand SA fetches, re-registration). Anything that talks
+to etcd runs off the control thread, so an etcd outage never delays fencing or forwarding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from cluster.esp import IvSource, SaCounters, prefix_from_revision
+from cluster.node import tun as tunmod
+from cluster.node.config import NodeConfig, NodeSection
+from cluster.node.counters import Checkpointer, Due, is_final_for, take_over
+from cluster.node.datapath import Datapath
+from cluster.node.metrics import Snapshot
+from cluster.node.relay import IkeRelay
+from cluster.node.sa import NodeSa, client_addresses
+from cluster.store import (
+    Assignment,
+    ChildSaRecord,
+    Guard,
+    LeaseLost,
+    Membership,
+    NodeRecord,
+    RecordDeleted,
+    RecordPut,
+    SeqRecord,
+    Store,
+    StoreError,
+    Versioned,
+    WatchEvent,
+    WatchResynced,
+)
+from sprayer.health import RemoteProtocolError as ProbeError
+from sprayer.health import pull_probe, push_reply
+
+log = logging.getLogger("cluster.node")
+
+VERSION = "0.1.0"
+HANDOFF_WAIT_S = 1.0  # how long a new owner waits for the old owner's final record
+FETCH_RETRY_S = 5.0  # an unknown SPI is read from etcd at most once per this period
+RETRY_S = 0.5
+
+
+@dataclass(slots=True)
+class Stats:
+    checkpoints_written: int = 0
+    checkpoint_failures: int = 0
+    sa_fetches: int = 0
+    takeovers_exact: int = 0
+    takeovers_jump: int = 0
+    fenced: int = 0
+
+
+def merge_window(a: SaCounters, b: SaCounters, size: int) -> SaCounters:
+    """Union of two views of one SA (what this node remembers, what etcd says): the larger
+    out_seq and every inbound number either has seen."""
+    top = max(a.in_highest, b.in_highest)
+    mask = (1 << size) - 1
+    bitmap = 0
+    for c in (a, b):
+        shift = top - c.in_highest
+        if shift < size:
+            bitmap |= (c.in_bitmap << shift) & mask
+    return SaCounters(max(a.out_seq, b.out_seq), top, bitmap)
+
+
+class NodeAgent:
+    """One cluster node. `start()` brings it up; `stop()` takes it down and leaves the
+    cluster (lease revoked)."""
+
+    def __init__(self, config: NodeConfig, store: Store, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.cfg: NodeSection = config.node
+        self.store = store
+        self.clock = clock
+        self.wall = wall
+        self.stats = Stats()
+        c = self.cfg
+        self.checkpointer = Checkpointer(c.id, c.checkpoint_packets, c.checkpoint_ms,
+                                         c.jump_packets)
+        self.datapath: Datapath | None = None
+        self.membership: Membership | None = None
+        self.iv_source: IvSource | None = None
+        self.relay: IkeRelay | None = None
+        self.draining = False
+        self.lease_ok = threading.Event()
+        self.ready = threading.Event()
+        # control-thread state
+        self.records: dict[int, ChildSaRecord] = {}
+        self.by_ike: dict[str, set[int]] = {}
+        self.assigns: dict[str, tuple[Assignment, int]] = {}
+        self.sending: dict[str, int] = {}  # ike_sa_id -> epoch this node sends under
+        self.acquiring: dict[str, int] = {}  # ike_sa_id -> epoch being taken over
+        self.routed: set[bytes] = set()
+        self._fetched: dict[int, float] = {}
+        self._control: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._writes: queue.SimpleQueue[list[tuple[SeqRecord, Guard | None]] | None] = \
+            queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(4, thread_name_prefix="node-etcd")
+        self._threads: list[threading.Thread] = []
+        self._watchers: list[object] = []
+        self._tun_fd = -1
+        self._stopping = False
+        self._writer_busy = False
+        self._synced: set[str] = set()
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        c = self.cfg
+        self._tun_fd = tunmod.open_tun(c.tun, c.tun_mtu)
+        if c.keyd_address:
+            self.relay = IkeRelay(c.keyd_address, c.vip)
+            self.relay.start()
+        self.datapath = Datapath(
+            vip=c.vip, natt_port=c.natt_port, tun_fd=self._tun_fd,
+            health=(c.address, c.health_port), health_reply=self._health_reply,
+            ike_port=c.ike_port if self.relay else None,
+            on_unknown_spi=lambda spi: self.post(lambda: self._unknown_spi(spi)),
+            on_ike=self.relay.submit if self.relay else None,
+            fence_grace_s=c.fence_grace_ms / 1000)
+        self._register()
+        self.datapath.start()
+        for target, name in ((self._control_loop, "node-control"),
+                             (self._writer_loop, "node-checkpoints")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        for cls in (ChildSaRecord, Assignment, NodeRecord):
+            self._watchers.append(self.store.watch(cls, self._sink(cls.KIND)))
+
+    def _sink(self, kind: str) -> Callable[[WatchEvent], None]:
+        def sink(ev: WatchEvent) -> None:
+            self.post(lambda: self._on_watch(kind, ev))
+        return sink
+
+    def stop(self) -> None:
+        self._stopping = True
+        for w in self._watchers:
+            with contextlib.suppress(Exception):
+                w.stop()  # type: ignore[attr-defined]
+        self._control.put(None)
+        self._writes.put(None)
+        for t in self._threads:
+            t.join(5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.membership is not None:
+            with contextlib.suppress(StoreError):
+                self.membership.stop(revoke=True)
+        if self.datapath is not None:
+            self.datapath.stop()
+        if self.relay is not None:
+            self.relay.stop()
+        for addr in list(self.routed):
+            tunmod.unroute(addr, self.cfg.tun)
+        if self._tun_fd >= 0:
+            os.close(self._tun_fd)
+            self._tun_fd = -1
+
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the control thread."""
+        self._control.put(fn)
+
+    def _record(self) -> NodeRecord:
+        c = self.cfg
+        return NodeRecord(c.id, c.address, c.capacity, "draining" if self.draining else "ready",
+                          c.health_port, VERSION, self.wall())
+
+    def _register(self) -> None:
+        """Take a lease, write nodes/<id> on it; the revision of our own write is this
+        incarnation's IV prefix (cluster.esp.nonce)."""
+        m = Membership(self.store, self._record(), self.cfg.lease_ttl_s, self._lease_lost)
+        lease = m.start()
+        revision = self.store.put(m.record, lease=lease)
+        prefix = prefix_from_revision(revision)
+        if self.iv_source is None:
+            self.iv_source = IvSource(prefix)
+        self.membership = m
+        self.lease_ok.set()
+        log.info("registered %s (lease %x, IV prefix %s)", self.cfg.id, lease, prefix.hex())
+
+    # -- control thread ---------------------------------------------------------------------
+    def _control_loop(self) -> None:
+        tick_s = min(0.05, self.cfg.checkpoint_ms / 4000)
+        next_tick = self.clock()
+        while True:
+            try:
+                fn = self._control.get(timeout=max(0.0, next_tick - self.clock()))
+            except queue.Empty:
+                fn = self._tick
+            if fn is None:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("node control step failed")
+            if self.clock() >= next_tick:
+                next_tick = self.clock() + tick_s
+                if fn is not self._tick:
+                    try:
+                        self._tick()
+                    except Exception:
+                        log.exception("node control tick failed")
+
+    def _on_watch(self, kind: str, ev: WatchEvent) -> None:
+        if isinstance(ev, RecordPut):
+            r = ev.record
+            if isinstance(r, ChildSaRecord):
+                self._sa_put(r)
+            elif isinstance(r, Assignment):
+                self._assignment(r, ev.revision)
+            elif isinstance(r, NodeRecord) and r.id == self.cfg.id:
+                self.draining = r.state == "draining"
+        elif isinstance(ev, RecordDeleted):
+            if kind == "sa":
+                with contextlib.suppress(ValueError):
+                    self._sa_deleted(int(ev.name, 16))
+            elif kind == "assign":
+                self._assignment_gone(ev.name)
+        elif isinstance(ev, WatchResynced):
+            if kind == "sa":
+                # the full list at a revision: anything else we hold is gone
+                prefix = self.store.keyspace.kind_prefix("sa")
+                present = {k[len(prefix):] for k in ev.keys}
+                for spi in [s for s in self.records if f"{s:08x}" not in present]:
+                    self._sa_deleted(spi)
+            elif kind == "assign":
+                prefix = self.store.keyspace.kind_prefix("assign")
+                present = {k[len(prefix):] for k in ev.keys}
+                for k in [k for k in self.assigns if k not in present]:
+                    self._assignment_gone(k)
+            self._synced.add(kind)
+            if len(self._synced) == 3:
+                self.ready.set()
+
+    # SAs ----------------------------------------------------------------------------------
+    def _sa_put(self, r: ChildSaRecord) -> None:
+        assert self.datapath is not None and self.iv_source is not None
+        try:
+            sa = NodeSa(r, self.cfg.replay_window, self.iv_source)
+        except Exception as e:  # a record the ESP core cannot run: skip, keep the old one
+            log.error("cannot install SA %08x: %s", r.spi_in, e)
+            return
+        old = self.records.get(r.spi_in)
+        self.records[r.spi_in] = r
+        if old is not None and old.ike_sa_id != r.ike_sa_id:
+            self.by_ike.get(old.ike_sa_id, set()).discard(r.spi_in)
+        self.by_ike.setdefault(r.ike_sa_id, set()).add(r.spi_in)
+        peer_moved = old is None or (old.peer_addr, old.peer_port) != (r.peer_addr, r.peer_port)
+        dp = self.datapath
+
+        def install() -> None:
+            prev = dp.table.get(r.spi_in)
+            if prev is not None:  # an update: the SA's sequence state carries over
+                sa.restore(prev.counters())
+                sa.send_limit = prev.send_limit
+                if not peer_moved:
+                    sa.peer = prev.peer
+            dp.install(sa)
+            if sa.send_limit:
+                dp.send_on(sa)
+        dp.call(install)
+        k = r.ike_sa_id
+        if old is None and k in self.sending:
+            # a new Child SA (rekey) of a client we send for
+            a, _ = self.assigns[k]
+            self._acquire(k, a, spis={r.spi_in})
+        elif old is None:
+            a_rev = self.assigns.get(k)
+            if a_rev is not None and a_rev[0].node == self.cfg.id and k not in self.acquiring:
+                self._acquire(k, a_rev[0])
+
+    def _sa_deleted(self, spi: int) -> None:
+        assert self.datapath is not None
+        r = self.records.pop(spi, None)
+        self.checkpointer.disown(spi)
+        dp = self.datapath
+
+        def remove() -> None:
+            dp.remove(spi)
+        dp.call(remove)
+        if r is not None:
+            spis = self.by_ike.get(r.ike_sa_id)
+            if spis is not None:
+                spis.discard(spi)
+                if not spis:
+                    del self.by_ike[r.ike_sa_id]
+            self._sync_routes()
+
+    def _unknown_spi(self, spi: int) -> None:
+        """The seed's on-demand retrieval: read sa/<spi> once (per FETCH_RETRY_S)."""
+        now = self.clock()
+        if spi in self.records or now - self._fetched.get(spi, -1e9) < FETCH_RETRY_S:
+            return
+        self._fetched[spi] = now
+        if len(self._fetched) > 100_000:
+            self._fetched = {s: t for s, t in self._fetched.items() if now - t < FETCH_RETRY_S}
+        self.stats.sa_fetches += 1
+
+        def fetch() -> None:
+            try:
+                v = self.store.get(ChildSaRecord, spi)
+            except Exception as e:
+                log.info("on-demand read of sa/%08x failed: %s", spi, e)
+                return
+            if v is not None:
+                self.post(lambda: self._sa_put(v.record) if spi not in self.records else None)
+        self._pool.submit(fetch)
+
+    # ownership ----------------------------------------------------------------------------
+    def _assignment(self, a: Assignment, revision: int) -> None:
+        k = a.ike_sa_id
+        prev = self.assigns.get(k)
+        if prev is not None and a.epoch < prev[0].epoch:
+            return  # an older epoch never wins (fencing token)
+        self.assigns[k] = (a, revision)
+        me = self.cfg.id
+        if a.node == me:
+            if self.sending.get(k) == a.epoch or self.acquiring.get(k) == a.epoch:
+                return  # the phase flipped (handoff -> active): nothing changes here
+            if k in self.sending:
+                self._fence(k)
+            self._acquire(k, a)
+            return
+        if k in self.sending or k in self.acquiring:
+            self._fence(k)
+            if a.phase == "handoff" and a.previous_node == me:
+                self._write_final(k, a, revision)
+
+    def _assignment_gone(self, k: str) -> None:
+        self.assigns.pop(k, None)
+        if k in self.sending or k in self.acquiring:
+            self._fence(k)
+
+    def _fence(self, k: str) -> None:
+        """Stop sending for client k now (a newer epoch, or no assignment)."""
+        assert self.datapath is not None
+        self.sending.pop(k, None)
+        self.acquiring.pop(k, None)
+        spis = set(self.by_ike.get(k, ()))
+        for spi in spis:
+            self.checkpointer.disown(spi)
+        dp = self.datapath
+
+        def fence() -> None:
+            for spi in spis:
+                sa = dp.table.get(spi)
+                if sa is not None:
+                    dp.stop_sending(sa)
+        dp.run(fence)
+        self.stats.fenced += 1
+        self._sync_routes()
+
+    def _write_final(self, k: str, a: Assignment, revision: int) -> None:
+        """Planned hand-off away from us: our exact counters as `final` records, guarded by
+        the hand-off assignment (DESIGN.md, "Moving a client without rekeying")."""
+        assert self.datapath is not None
+        dp = self.datapath
+        spis = set(self.by_ike.get(k, ()))
+        counters = dp.run(lambda: {s: sa.counters() for s in spis
+                                   if (sa := dp.table.get(s)) is not None})
+        wall = self.wall()
+        records = [SeqRecord(s, self.cfg.id, a.epoch, c.out_seq, c.in_highest, c.in_bitmap,
+                             "final", wall) for s, c in counters.items()]
+        guard = Guard(self.store.keyspace.assign(k), revision)
+
+        def write() -> None:
+            for attempt in range(10):
+                try:
+                    ok = self.store.commit(records, guards=[guard])
+                    log.info("final counters for %s at epoch %d: %s", k, a.epoch,
+                             "written" if ok else "assignment changed, not written")
+                    return
+                except StoreError as e:
+                    log.warning("final counters for %s not written (%s), retry %d", k, e,
+                                attempt)
+                    time.sleep(RETRY_S)
+        self._pool.submit(write)
+
+    def _acquire(self, k: str, a: Assignment, spis: set[int] | None = None) -> None:
+        """Become the sender for client k under assignment a: read seq/ (waiting up to
+        HANDOFF_WAIT_S for the old owner's final record in a planned hand-off)."""
+        self.acquiring[k] = a.epoch
+        wanted = set(spis if spis is not None else self.by_ike.get(k, ()))
+        if not wanted:
+            # no SA yet: sending starts when the SA arrives (_sa_put)
+            self.acquiring.pop(k, None)
+            self.sending[k] = a.epoch
+            return
+        wait_s = HANDOFF_WAIT_S if a.phase == "handoff" and a.previous_node else 0.0
+
+        def read() -> None:
+            deadline = self.clock() + wait_s
+            while not self._stopping:
+                try:
+                    seqs = {s: (v.record if (v := self.store.get(SeqRecord, s)) else None)
+                            for s in wanted}
+                except StoreError as e:
+                    log.warning("take-over of %s waits for etcd: %s", k, e)
+                    time.sleep(RETRY_S)
+                    continue
+                except Exception as e:  # a malformed seq record: treat as absent
+                    log.warning("take-over of %s: unreadable seq record (%s)", k, e)
+                    seqs = dict.fromkeys(wanted)
+                if all(is_final_for(r, a) for r in seqs.values()) or self.clock() >= deadline:
+                    self.post(functools.partial(self._acquired, k, a, seqs))
+                    return
+                time.sleep(0.02)
+        self._pool.submit(read)
+
+    def _acquired(self, k: str, a: Assignment, seqs: dict[int, SeqRecord | None]) -> None:
+        assert self.datapath is not None
+        current = self.assigns.get(k)
+        if current is None or current[0].node != self.cfg.id or current[0].epoch != a.epoch:
+            return  # superseded while we read
+        if self.acquiring.get(k) != a.epoch and self.sending.get(k) != a.epoch:
+            return
+        dp = self.datapath
+        now = self.clock()
+        window = self.cfg.replay_window
+        plans = {}
+        for spi, seq in seqs.items():
+            if spi not in self.records:
+                continue
+            to = take_over(seq, a, self.cfg.jump_packets)
+            if to.exact:
+                self.stats.takeovers_exact += 1
+            else:
+                self.stats.takeovers_jump += 1
+            plans[spi] = to
+
+        def apply() -> dict[int, SaCounters]:
+            started = {}
+            for spi, to in plans.items():
+                sa = dp.table.get(spi)
+                if sa is None:
+                    continue
+                start = merge_window(sa.counters(), to.counters, window)
+                sa.restore(start)
+                started[spi] = start
+            return started
+        started = dp.run(apply)
+        for spi, start in started.items():
+            self.checkpointer.own(spi, k, a.epoch, start, now)
+        limits = {spi: self.checkpointer.send_limit(spi) for spi in started}
+
+        def enable() -> None:
+            for spi, limit in limits.items():
+                sa = dp.table.get(spi)
+                if sa is not None:
+                    sa.send_limit = limit
+                    dp.send_on(sa)
+        dp.run(enable)
+        self.acquiring.pop(k, None)
+        self.sending[k] = a.epoch
+        self._sync_routes()
+        log.info("sending for %s at epoch %d (%s)", k, a.epoch,
+                 ", ".join(f"{s:08x}:{'exact' if p.exact else 'jump'}"
+                           for s, p in plans.items()))
+
+    def _sync_routes(self) -> None:
+        """Routes to the TUN for the client addresses of every client we send for."""
+        want: set[bytes] = set()
+        for k in self.sending:
+            for spi in self.by_ike.get(k, ()):
+                r = self.records.get(spi)
+                if r is not None:
+                    want.update(client_addresses(r))
+        add, gone = want - self.routed, self.routed - want
+        if not add and not gone:
+            return
+        self.routed = want
+        tun = self.cfg.tun
+
+        def apply() -> None:
+            for addr in add:
+                try:
+                    tunmod.route_to_tun(addr, tun)
+                except tunmod.TunError as e:
+                    log.error("%s", e)
+            for addr in gone:
+                tunmod.unroute(addr, tun)
+        self._pool.submit(apply)
+
+    # membership ---------------------------------------------------------------------------
+    def _lease_lost(self, ev: LeaseLost) -> None:
+        self.post(lambda: self._on_lease_lost(ev.reason))
+
+    def _on_lease_lost(self, reason: str) -> None:
+        assert self.datapath is not None
+        self.lease_ok.clear()
+        dp = self.datapath
+        if reason == "expired":
+            # etcd says our lease is gone: our clients may have moved. Fence everything.
+            for k in list(self.sending) + list(self.acquiring):
+                self._fence(k)
+            dp.run(dp.fence_all)
+        else:
+            # etcd is silent: an outage (nobody can move our clients) or our partition.
+            # Keep forwarding, but only while the sprayer still steers each client to us
+            # (docs/node.md, "Fencing"); the send limits bound the rest.
+            def detach() -> None:
+                dp.detached = True
+            dp.run(detach)
+        self._pool.submit(self._reregister)
+
+    def _reregister(self) -> None:
+        while not self._stopping:
+            try:
+                if self.membership is not None:
+                    with contextlib.suppress(Exception):
+                        self.membership.stop(revoke=False)
+                self._register()
+                listing = self.store.list(Assignment)
+            except StoreError as e:
+                log.warning("re-registration waits for etcd: %s", e)
+                time.sleep(RETRY_S)
+                continue
+            self.post(functools.partial(self._rejoined, listing.items))
+            return
+
+    def _rejoined(self, items: list[Versioned[Assignment]]) -> None:
+        assert self.datapath is not None
+        dp = self.datapath
+
+        def attach() -> None:
+            dp.detached = False
+        dp.run(attach)
+        seen = set()
+        for v in items:
+            seen.add(v.record.ike_sa_id)
+            self._assignment(v.record, v.mod_revision)
+        for k in list(self.sending):
+            if k not in seen:
+                self._assignment_gone(k)
+        log.info("lease confirmed again; %d clients sent for", len(self.sending))
+
+    # checkpoints --------------------------------------------------------------------------
+    def _tick(self) -> None:
+        if self.datapath is None:
+            return
+        owned = self.checkpointer.owned()
+        if not owned or self._writer_busy:
+            return
+        dp = self.datapath
+        current = dp.run(lambda: {s: sa.counters() for s in owned
+                                  if (sa := dp.table.get(s)) is not None})
+        due = self.checkpointer.due(current, self.clock(), self.wall())
+        if due:
+            self._writer_busy = True
+            self._writes.put([(d.record, self._guard(d)) for d in due])
+
+    def _guard(self, d: Due) -> Guard | None:
+        a = self.assigns.get(d.ike_sa_id)
+        return Guard(self.store.keyspace.assign(d.ike_sa_id), a[1]) if a else None
+
+    def _writer_loop(self) -> None:
+        while True:
+            batch = self._writes.get()
+            if batch is None:
+                return
+            done: list[SeqRecord] = []
+            failed: list[SeqRecord] = []
+            for i in range(0, len(batch), 100):
+                chunk = batch[i:i + 100]
+                records = [r for r, _ in chunk]
+                guards = list({g.key: g for _, g in chunk if g is not None}.values())
+                try:
+                    ok = self.store.commit(records, guards=guards)
+                except StoreError as e:
+                    log.warning("checkpoints queued, etcd unavailable: %s", e)
+                    failed.extend(records)
+                    continue
+                if ok:
+                    done.extend(records)
+                    continue
+                # one client's assignment moved: write the others one by one
+                for r, g in chunk:
+                    try:
+                        single = self.store.commit([r], guards=[g] if g else [])
+                    except StoreError:
+                        single = False
+                    (done if single else failed).append(r)
+            self._post_written(done, failed)
+
+    def _post_written(self, done: list[SeqRecord], failed: list[SeqRecord]) -> None:
+        self.post(lambda: self._written(done, failed))
+
+    def _written(self, done: list[SeqRecord], failed: list[SeqRecord]) -> None:
+        assert self.datapath is not None
+        self._writer_busy = False
+        self.checkpointer.acked(done, self.clock())
+        self.checkpointer.failed(failed)
+        self.stats.checkpoints_written += len(done)
+        if failed:
+            self.stats.checkpoint_failures += 1
+            time.sleep(0)  # retried by the next tick
+        limits = {r.spi: self.checkpointer.send_limit(r.spi) for r in done}
+        dp = self.datapath
+
+        def raise_limits() -> None:
+            for spi, limit in limits.items():
+                sa = dp.table.get(spi)
+                if sa is not None and sa.send_limit:
+                    sa.send_limit = limit
+        dp.call(raise_limits)
+
+    # health and metrics -------------------------------------------------------------------
+    def _health_reply(self, data: bytes) -> bytes | None:
+        try:
+            nonce = pull_probe(data)
+        except ProbeError:
+            return None
+        if not self.ready.is_set():
+            return None
+        return push_reply(nonce, self.draining, self.cfg.id)
+
+    def snapshot(self) -> Snapshot:
+        s = Snapshot()
+        dp = self.datapath
+        if dp is None:
+            return s
+        t = dp.io_totals()
+        s.packets_in, s.bytes_in, s.packets_out, s.bytes_out = (
+            t.packets_in, t.bytes_in, t.packets_out, t.bytes_out)
+        drops: dict[str, int] = {}
+        for counter in (dp.table.drops, dp.drops):
+            for reason, n in list(counter.items()):
+                drops[reason.value] = drops.get(reason.value, 0) + n
+        s.drops = drops
+        s.sas_installed = len(dp.table)
+        owned = self.checkpointer.owned()
+        s.sas_owned = len(owned)
+        lag = 0
+        for sa in dp.sas():
+            if sa.spi_in in owned:
+                lag = max(lag, self.checkpointer.lag(sa.spi_in, sa.counters()))
+        s.checkpoint_lag_packets = lag
+        s.checkpoint_lag_seconds = self.checkpointer.oldest_unacked_s(self.clock())
+        s.checkpoints_written = self.stats.checkpoints_written
+        s.checkpoint_failures = self.stats.checkpoint_failures
+        s.checkpoints_queued = self.checkpointer.queued()
+        s.sa_fetches = self.stats.sa_fetches
+        s.rebinds = t.rebinds
+        s.ike_relayed = self.relay.relayed if self.relay else 0
+        s.health_probes = t.health_probes
+        s.takeovers_exact = self.stats.takeovers_exact
+        s.takeovers_jump = self.stats.takeovers_jump
+        s.fenced = self.stats.fenced
+        s.lease_ok = int(self.lease_ok.is_set())
+        s.draining = int(self.draining)
+        return s
+

@@ -1,0 +1,149 @@
+"""Sequence-counter bookkeeping of the owner: checkpoints, send limits and take-over.
+
+Sans-I/O. The repository update procedure of DESIGN.md: the owner of a client writes its SAs'
+counters to `seq/<spi>` when a counter advanced by `every_packets` (D) or `every_ms` (T)
+passed, batched; a node that takes a client over continues from those records.
+
+Why the jump is safe. The data path never sends a sequence number at or above
+`send_limit = acknowledged checkpoint out_seq + J` (see `Checkpointer.send_limit`). A new
+owner reads a checkpoint at least as new as the last one acknowledged to the old owner (a
+write etcd applied but whose answer was lost only makes it newer), and starts at its out_seq +
+J, so it sends above anything the old owner ever could — whatever the timing, even with etcd
+down (the old owner then stops at its limit instead of running into the new owner's range).
+Checkpoint writes are guarded by the assignment's mod_revision: a fenced owner cannot
+overwrite a newer owner's record with older numbers.
+
+Replay exposure. Inbound, the new owner's window starts at the checkpointed in_highest and
+bitmap. Packets the client sent after that checkpoint were accepted by the old owner and are
+unknown to the new one: an attacker who recorded them can replay them once to the new owner,
+at most the packets of one checkpoint period (< D packets or T ms of traffic; more while etcd
+writes failed). The window cannot be jumped like the outbound counter: that would drop the
+client's genuine packets. A planned hand-off (`final` record) has no such exposure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cluster.esp import SaCounters
+from cluster.store import Assignment, SeqRecord
+
+
+@dataclass(frozen=True, slots=True)
+class TakeOver:
+    """Where a new owner starts one SA."""
+
+    counters: SaCounters
+    exact: bool  # True: installed from the old owner's final record
+
+
+def take_over(seq: SeqRecord | None, assignment: Assignment, jump: int) -> TakeOver:
+    """The counters a node starts from when `assignment` makes it the owner."""
+    if (seq is not None and seq.kind == "final" and seq.epoch == assignment.epoch
+            and seq.owner == assignment.previous_node):
+        return TakeOver(SaCounters(seq.out_seq, seq.in_highest, seq.in_bitmap), True)
+    if seq is None:
+        # never checkpointed: an earlier owner may still have sent up to J - 1 packets
+        return TakeOver(SaCounters(jump, 0, 0), False)
+    return TakeOver(SaCounters(seq.out_seq + jump, seq.in_highest, seq.in_bitmap), False)
+
+
+def is_final_for(seq: SeqRecord | None, assignment: Assignment) -> bool:
+    """Whether `seq` is the old owner's exact hand-off record for this assignment."""
+    return take_over(seq, assignment, 0).exact
+
+
+@dataclass(slots=True)
+class _Track:
+    ike_sa_id: str
+    epoch: int
+    acked: SaCounters  # last counters etcd acknowledged (or the take-over start)
+    acked_at_s: float
+    in_flight: SaCounters | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """One checkpoint to write: the record and the assignment it is guarded by."""
+
+    record: SeqRecord
+    ike_sa_id: str
+
+
+class Checkpointer:
+    """Which owned SAs need a checkpoint now, and each SA's send limit."""
+
+    def __init__(self, node_id: str, every_packets: int, every_ms: int, jump: int) -> None:
+        if jump <= every_packets:
+            raise ValueError("the jump must exceed the checkpoint interval in packets")
+        self.node_id = node_id
+        self.every_packets = every_packets
+        self.every_s = every_ms / 1000
+        self.jump = jump
+        self._tracks: dict[int, _Track] = {}
+
+    def own(self, spi: int, ike_sa_id: str, epoch: int, start: SaCounters, now: float) -> None:
+        """Start checkpointing `spi` from its take-over counters (treated as acknowledged:
+        they are above anything a previous owner sent)."""
+        self._tracks[spi] = _Track(ike_sa_id, epoch, start, now)
+
+    def disown(self, spi: int) -> None:
+        self._tracks.pop(spi, None)
+
+    def owned(self) -> set[int]:
+        return set(self._tracks)
+
+    def send_limit(self, spi: int) -> int:
+        t = self._tracks.get(spi)
+        return 0 if t is None else t.acked.out_seq + self.jump
+
+    def lag(self, spi: int, current: SaCounters) -> int:
+        """Packets (out or in) the SA is ahead of its acknowledged checkpoint."""
+        t = self._tracks.get(spi)
+        if t is None:
+            return 0
+        return max(current.out_seq - t.acked.out_seq, current.in_highest - t.acked.in_highest)
+
+    def oldest_unacked_s(self, now: float) -> float:
+        """Age of the oldest acknowledged checkpoint among SAs with a write outstanding."""
+        ages = [now - t.acked_at_s for t in self._tracks.values() if t.in_flight is not None]
+        return max(ages, default=0.0)
+
+    def queued(self) -> int:
+        """Checkpoints written but not yet acknowledged."""
+        return sum(1 for t in self._tracks.values() if t.in_flight is not None)
+
+    def due(self, current: dict[int, SaCounters], now: float, wall: float) -> list[Due]:
+        """Checkpoints to write now, given each owned SA's current counters; `now` is the
+        monotonic clock, `wall` the time written into the records."""
+        out = []
+        for spi, counters in current.items():
+            t = self._tracks.get(spi)
+            if t is None or t.in_flight is not None:
+                continue
+            advanced = max(counters.out_seq - t.acked.out_seq,
+                           counters.in_highest - t.acked.in_highest)
+            if advanced <= 0 and counters.in_bitmap == t.acked.in_bitmap:
+                continue
+            if advanced >= self.every_packets or now - t.acked_at_s >= self.every_s:
+                t.in_flight = counters
+                out.append(Due(SeqRecord(spi, self.node_id, t.epoch, counters.out_seq,
+                                         counters.in_highest, counters.in_bitmap,
+                                         "checkpoint", wall), t.ike_sa_id))
+        return out
+
+    def acked(self, records: list[SeqRecord], now: float) -> None:
+        """etcd applied these checkpoints: the send limits move up."""
+        for r in records:
+            t = self._tracks.get(r.spi)
+            if t is not None and t.in_flight is not None:
+                t.acked = t.in_flight
+                t.acked_at_s = now
+                t.in_flight = None
+
+    def failed(self, records: list[SeqRecord]) -> None:
+        """These writes failed (etcd down, guard lost): they are retried by a later `due`."""
+        for r in records:
+            t = self._tracks.get(r.spi)
+            if t is not None:
+                t.in_flight = None

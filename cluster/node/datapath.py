@@ -1,0 +1,376 @@
+"""The node's data plane: UDP on VIP:4500 (and raw ESP) ⇄ ESP core ⇄ TUN, on one thread.
+
+The I/O shell of DESIGN.md: it only moves bytes between the sockets, the TUN device and the
+ESP core (`cluster.esp`). One thread owns every SA object and runs an epoll loop; the control
+side (etcd watches, ownership, checkpoints) never touches an SA directly but hands the thread
+closures through `call` / `run`, executed between packet batches. Nothing here waits on etcd.
+
+Inbound: decrypt, check the inner source against the SA's selectors (in the core), write to
+TUN; follow the client's address only when a packet authenticated (NAT rebinding).
+Outbound: read TUN, find the owned SA by the inner destination (client virtual IP), seal,
+send to the client's current address — unless fenced or past the SA's send limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import queue
+import select
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TypeVar
+
+from cluster.esp import DropReason, LocalProtocolError, SaTable
+from cluster.esp.table import Decrypted, Dropped, IkeMessage
+from cluster.node.sa import Address, NodeSa
+
+log = logging.getLogger("cluster.node.datapath")
+
+T = TypeVar("T")
+BATCH = 256  # packets handled per readiness event before looking at the other fds
+MAX_PACKET = 65535
+SOCKET_BUFFER = 4 << 20
+
+
+@dataclass(slots=True)
+class Totals:
+    """Data-plane counters; read by the metrics collector from another thread."""
+
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+    rebinds: int = 0
+    tun_errors: int = 0
+    send_errors: int = 0
+    health_probes: int = 0
+    ike_relayed: int = 0
+
+
+class Datapath:
+    """Sockets, TUN and SAs; `start()` runs the loop on its own thread."""
+
+    def __init__(self, *, vip: str, natt_port: int, tun_fd: int,
+                 health: tuple[str, int] | None = None,
+                 health_reply: Callable[[bytes], bytes | None] | None = None,
+                 raw_esp: bool = True, ike_port: int | None = None,
+                 on_unknown_spi: Callable[[int], None] | None = None,
+                 on_ike: Callable[[bytes, Address, int], None] | None = None,
+                 fence_grace_s: float = 1.0) -> None:
+        self.table: SaTable[NodeSa] = SaTable()
+        #: packed client address → the SA this node sends to it on (owned, not fenced)
+        self.outbound: dict[bytes, NodeSa] = {}
+        self.drops: Counter[DropReason] = Counter()  # outbound and socket-level drops
+        self.totals = Totals()
+        #: set while the lease is unconfirmed (etcd silent): send only on SAs whose client was
+        #: heard from within `fence_grace_s` (docs/node.md, "Fencing")
+        self.detached = False
+        self.fence_grace_s = fence_grace_s
+        self._on_unknown_spi = on_unknown_spi or (lambda spi: None)
+        self._on_ike = on_ike
+        self._health_reply = health_reply
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.tun_fd = tun_fd
+        self.udp = _udp(vip, natt_port)
+        self.health = _udp(*health) if health else None
+        self.ike = _udp(vip, ike_port) if ike_port else None
+        self.esp: socket.socket | None = None
+        if raw_esp:
+            try:
+                self.esp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ESP)
+                self.esp.bind((vip, 0))
+                self.esp.setblocking(False)
+            except OSError as e:  # no raw sockets (no CAP_NET_RAW): ESP-in-UDP only
+                log.warning("raw ESP socket unavailable (%s): ESP-in-UDP only", e.strerror)
+                self.esp = None
+
+    # -- control side ----------------------------------------------------------------------
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the data-path thread soon; never blocks."""
+        self._commands.put(fn)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    def run(self, fn: Callable[[], T], timeout_s: float = 5.0) -> T:
+        """Run `fn` on the data-path thread and return its result."""
+        if self._thread is None or not self._thread.is_alive():
+            return fn()
+        fut: Future[T] = Future()
+
+        def task() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # handed back to the caller
+                fut.set_exception(e)
+        self.call(task)
+        return fut.result(timeout_s)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="datapath", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(5)
+        for s in (self.udp, self.health, self.ike, self.esp):
+            if s is not None:
+                s.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- SA operations (data-path thread) ---------------------------------------------------
+    def install(self, sa: NodeSa) -> NodeSa | None:
+        """Hold `sa`; a replaced SA keeps nothing (its successor is a new object)."""
+        old = self.table.install(sa)
+        if old is not None:
+            self._forget(old)
+        return old
+
+    def remove(self, spi_in: int) -> NodeSa | None:
+        sa = self.table.remove(spi_in)
+        if sa is not None:
+            self._forget(sa)
+        return sa
+
+    def _forget(self, sa: NodeSa) -> None:
+        t = self.totals
+        t.packets_in += sa.packets_in
+        t.bytes_in += sa.bytes_in
+        t.packets_out += sa.packets_out
+        t.bytes_out += sa.bytes_out
+        for addr in sa.client_addresses:
+            if self.outbound.get(addr) is sa:
+                del self.outbound[addr]
+                self._reselect(addr)
+
+    def send_on(self, sa: NodeSa) -> None:
+        """Start sending on `sa` (it has its take-over counters and send limit)."""
+        for addr in sa.client_addresses:
+            cur = self.outbound.get(addr)
+            if cur is None or cur.created_at <= sa.created_at:  # newest Child SA wins (rekey)
+                self.outbound[addr] = sa
+
+    def stop_sending(self, sa: NodeSa) -> None:
+        sa.send_limit = 0
+        for addr in sa.client_addresses:
+            if self.outbound.get(addr) is sa:
+                del self.outbound[addr]
+                self._reselect(addr)
+
+    def _reselect(self, addr: bytes) -> None:
+        best = None
+        for o in self.table.by_spi.values():
+            if o.send_limit and addr in o.client_addresses and (
+                    best is None or o.created_at > best.created_at):
+                best = o
+        if best is not None:
+            self.outbound[addr] = best
+
+    def fence_all(self) -> None:
+        for sa in list(self.table.by_spi.values()):
+            self.stop_sending(sa)
+
+    def sas(self) -> list[NodeSa]:
+        return list(self.table.by_spi.values())
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        ep = select.epoll()
+        handlers: dict[int, Callable[[], None]] = {
+            self._wake_r: self._drain_commands, self.udp.fileno(): self._drain_udp,
+            self.tun_fd: self._drain_tun,
+        }
+        if self.health is not None:
+            handlers[self.health.fileno()] = self._drain_health
+        if self.ike is not None:
+            handlers[self.ike.fileno()] = self._drain_ike
+        if self.esp is not None:
+            handlers[self.esp.fileno()] = self._drain_raw_esp
+        for fd in handlers:
+            ep.register(fd, select.EPOLLIN)
+        try:
+            while not self._stop:
+                for fd, _ in ep.poll(0.1):
+                    try:
+                        handlers[fd]()
+                    except Exception:  # a bug must not stop forwarding: log, keep going
+                        log.exception("data path handler failed")
+        finally:
+            ep.close()
+
+    def _drain_commands(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
+        while True:
+            try:
+                fn = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("data path command failed")
+
+    def _drain_udp(self) -> None:
+        recv = self.udp.recvfrom
+        receive = self.table.receive
+        write = os.write
+        tun = self.tun_fd
+        now = time.monotonic()
+        for _ in range(BATCH):
+            try:
+                data, addr = recv(MAX_PACKET)
+            except BlockingIOError:
+                return
+            except OSError as e:  # e.g. ICMP errors surfacing as ECONNREFUSED
+                if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    continue
+                raise
+            ev = receive(data, now)
+            if isinstance(ev, Decrypted):
+                try:
+                    write(tun, ev.inner)
+                except OSError:
+                    self.totals.tun_errors += 1
+                if addr != ev.sa.peer:  # type: ignore[attr-defined]
+                    self._rebind(ev.sa, addr)  # type: ignore[arg-type]
+            elif isinstance(ev, Dropped):
+                if ev.reason is DropReason.UNKNOWN_SPI and ev.spi:
+                    self._on_unknown_spi(ev.spi)
+            elif isinstance(ev, IkeMessage) and self._on_ike is not None:
+                self.totals.ike_relayed += 1
+                self._on_ike(data, addr, self.udp.getsockname()[1])
+
+    def _drain_raw_esp(self) -> None:
+        assert self.esp is not None
+        recv = self.esp.recvfrom
+        receive = self.table.receive_esp
+        now = time.monotonic()
+        for _ in range(BATCH):
+            try:
+                data, (host, _) = recv(MAX_PACKET)
+            except BlockingIOError:
+                return
+            ihl = (data[0] & 0x0F) * 4
+            ev = receive(data[ihl:], now)
+            if isinstance(ev, Decrypted):
+                try:
+                    os.write(self.tun_fd, ev.inner)
+                except OSError:
+                    self.totals.tun_errors += 1
+                if (host, 0) != ev.sa.peer:  # type: ignore[attr-defined]
+                    self._rebind(ev.sa, (host, 0))  # type: ignore[arg-type]
+            elif isinstance(ev, Dropped) and ev.reason is DropReason.UNKNOWN_SPI and ev.spi:
+                self._on_unknown_spi(ev.spi)
+
+    def _rebind(self, sa: NodeSa, addr: Address) -> None:
+        """The client's address changed (NAT rebinding, RFC 3948 / RFC 7296 §2.23); only ever
+        called after the packet authenticated, so a spoofed source cannot move the SA."""
+        for o in self.table.by_spi.values():
+            if o.ike_sa_id == sa.ike_sa_id:
+                o.peer = addr
+        sa.rebinds += 1
+        self.totals.rebinds += 1
+
+    def _drain_tun(self) -> None:
+        read = os.read
+        tun = self.tun_fd
+        out = self.outbound
+        drops = self.drops
+        now = time.monotonic()
+        for _ in range(BATCH):
+            try:
+                pkt = read(tun, MAX_PACKET)
+            except BlockingIOError:
+                return
+            if len(pkt) < 20:
+                drops[DropReason.MALFORMED] += 1
+                continue
+            sa = out.get(pkt[16:20] if pkt[0] >> 4 == 4 else pkt[24:40])
+            if sa is None:
+                drops[DropReason.NOT_OWNER] += 1
+                continue
+            if sa.out_seq + 1 >= sa.send_limit:
+                drops[DropReason.CHECKPOINT_LAG] += 1
+                continue
+            if self.detached and (sa.last_in_s is None
+                                  or now - sa.last_in_s > self.fence_grace_s):
+                drops[DropReason.NOT_OWNER] += 1
+                continue
+            try:
+                esp = sa.seal(pkt, now)
+            except LocalProtocolError as e:
+                drops[DropReason.EXHAUSTED] += 1
+                log.error("cannot send on SA %08x: %s", sa.spi_out, e)
+                continue
+            try:
+                if sa.record.udp_encap or self.esp is None:
+                    self.udp.sendto(esp, sa.peer)
+                else:
+                    self.esp.sendto(esp, (sa.peer[0], 0))
+            except OSError:
+                self.totals.send_errors += 1
+
+    def _drain_health(self) -> None:
+        assert self.health is not None
+        for _ in range(BATCH):
+            try:
+                data, addr = self.health.recvfrom(512)
+            except BlockingIOError:
+                return
+            reply = self._health_reply(data) if self._health_reply else None
+            if reply is not None:
+                self.totals.health_probes += 1
+                with contextlib.suppress(OSError):
+                    self.health.sendto(reply, addr)
+
+    def _drain_ike(self) -> None:
+        assert self.ike is not None
+        for _ in range(BATCH):
+            try:
+                data, addr = self.ike.recvfrom(MAX_PACKET)
+            except BlockingIOError:
+                return
+            if self._on_ike is not None:
+                self.totals.ike_relayed += 1
+                self._on_ike(data, addr, self.ike.getsockname()[1])
+
+    # -- counters for metrics and checkpoints (any thread: plain reads) ---------------------
+    def io_totals(self) -> Totals:
+        t = Totals(**{f: getattr(self.totals, f) for f in Totals.__dataclass_fields__})
+        for sa in list(self.table.by_spi.values()):
+            t.packets_in += sa.packets_in
+            t.bytes_in += sa.bytes_in
+            t.packets_out += sa.packets_out
+            t.bytes_out += sa.bytes_out
+        return t
+
+
+def _udp(host: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+    try:
+        s.bind((host, port))
+    except OSError as e:
+        s.close()
+        raise OSError(e.errno, f"cannot bind {host}:{port}: {e.strerror}") from None
+    s.setblocking(False)
+    return s

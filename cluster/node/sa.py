@@ -1,0 +1,48 @@
+"""A Child SA as a node holds it: the ESP core's `ChildSa` plus where and for whom it runs."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from cluster.esp import ChildSa, IvSource, SaKeys, TrafficSelector
+from cluster.store import ChildSaRecord
+
+Address = tuple[str, int]
+
+
+class NodeSa(ChildSa):
+    """A `ChildSa` with the node's bookkeeping. Touched by the data-path thread only."""
+
+    def __init__(self, record: ChildSaRecord, replay_window: int, iv_source: IvSource) -> None:
+        super().__init__(
+            spi_in=record.spi_in, spi_out=record.spi_out, encr=record.encr, integ=record.integ,
+            esn=record.esn,
+            keys=SaKeys(record.enc_key_in, record.enc_key_out, record.integ_key_in,
+                        record.integ_key_out),
+            ts_remote=tuple(TrafficSelector.from_network(n) for n in record.ts_remote),
+            replay_window=replay_window, iv_source=iv_source)
+        self.record = record
+        self.ike_sa_id = record.ike_sa_id
+        self.created_at = record.created_at
+        #: the client's current address; follows NAT rebinding on authenticated packets only
+        self.peer: Address = (record.peer_addr, record.peer_port)
+        #: packed addresses whose outbound traffic this SA carries (virtual IP, else ts_remote
+        #: host addresses)
+        self.client_addresses = client_addresses(record)
+        #: outbound sequence numbers at or above this are refused until etcd acknowledges a
+        #: newer checkpoint (0: this node does not send on the SA)
+        self.send_limit = 0
+        self.rebinds = 0
+
+
+def client_addresses(record: ChildSaRecord) -> tuple[bytes, ...]:
+    """Packed addresses the node routes to this SA: the virtual IP, or the /32 and /128
+    remote selectors when the client has none."""
+    if record.virtual_ip:
+        return (ipaddress.ip_address(record.virtual_ip).packed,)
+    out = []
+    for n in record.ts_remote:
+        net = ipaddress.ip_network(n, strict=False)
+        if net.num_addresses == 1:
+            out.append(net.network_address.packed)
+    return tuple(out)
