@@ -285,3 +285,24 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
     result = run(*argv)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
+
+
+def test_config_file_supplies_etcd_and_cluster(cluster: Cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[cluster]\nname = "{cluster.name}"\n\n[etcd]\n'
+                   f'endpoints = ["{cluster.endpoint}"]\n')
+    rows = json.loads(run("--config", str(cfg), "node", "list", "-o", "json").stdout)
+    assert [r["id"] for r in rows] == ["node-1", "node-2"]
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[etcd\n")
+    result = run("--config", str(broken), "status")
+    assert result.exit_code == 1 and str(broken) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_lab_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {"IPSEC_CLUSTER_LAB_ROOT": str(tmp_path)}
+    result = run("--lab", "nosuchlab", "status", env=env)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nosuchlab" in lines[0] and "Traceback" not in result.output
