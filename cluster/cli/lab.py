@@ -9,9 +9,11 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -24,6 +26,8 @@ from cluster.lab.strongswan import DEFAULT_ESP_PROPOSAL, DEFAULT_IKE_PROPOSAL
 P = ParamSpec("P")
 R = TypeVar("R")
 _err = Console(stderr=True)
+SAVE_LOGS = click.option("--save-logs", type=click.Path(file_okay=False, path_type=Path),
+                         help="copy the lab's logs and configuration here before removing it")
 
 
 def _checked(kind: str) -> Callable[[click.Context, click.Parameter, str], str]:
@@ -97,12 +101,14 @@ def lab() -> None:
               show_default=True,
               help="cluster: keyd + nodes + sprayer; strongswan: one charon responder at the "
                    "VIP (the baseline)")
+@SAVE_LOGS
 @operational
-def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str) -> None:
+def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
+       save_logs: Path | None) -> None:
     """Build a lab and return when it serves."""
     with progress(f"lab {lab_name}: starting") as step:
         the_lab = labmod.Lab.up(lab_name, nodes=nodes, keyd=keyd, clients=clients,
-                                gateway=gateway, progress=step)
+                                gateway=gateway, progress=step, save_logs_to=save_logs)
     click.echo(f"lab {the_lab.name} is up: VIP {the_lab.status()['vip']}, "
                f"etcd {the_lab.etcd_endpoint}")
 
@@ -210,10 +216,11 @@ def start(member: str, lab_name: str) -> None:
 
 @lab.command()
 @NAME
+@SAVE_LOGS
 @operational
-def down(lab_name: str) -> None:
+def down(lab_name: str, save_logs: Path | None) -> None:
     """Remove every namespace, process and file of a lab (also after a crash)."""
-    if labmod.down(lab_name):
+    if labmod.down(lab_name, save_logs):
         click.echo(f"lab {lab_name} is down")
     else:
         click.echo(f"no lab named {lab_name}: nothing to remove")
@@ -249,18 +256,19 @@ def demo(lab_name: str, nodes: int, keep: bool) -> None:
         if not keep:
             step("removing the lab")
             the_lab.down()
-    table = Table(title=f"{victim} killed (SIGKILL) while the clients pinged "
-                        f"{A.SERVER_IP} every "
-                        f"{demomod.PING_INTERVAL_S * 1000:g} ms")
-    for col in ("client", "node", "IKE SA SPIs before", "after", "Child SA in/out before",
-                "after", "same SAs", "gap", "lost"):
-        table.add_column(col)
+    table = Table(title=f"{victim} killed (SIGKILL) while the clients pinged {A.SERVER_IP} "
+                        f"every {demomod.PING_INTERVAL_S * 1000:g} ms", box=box.SIMPLE_HEAD,
+                  padding=(0, 1))
+    for col in ("client", "moved", "IKE SA (SPIi)", "Child SA in/out", "same SAs", "gap",
+                "lost"):
+        table.add_column(col, no_wrap=True)
     for o in outcomes:
-        table.add_row(o.client, f"{o.node_before} → {o.node_after}", o.ike_spis_before,
-                      o.ike_spis_after, o.child_spis_before, o.child_spis_after,
-                      "[green]yes[/]" if o.kept_sa else "[red]no[/]", f"{o.gap_s * 1000:.0f} ms",
-                      str(o.lost))
-    Console().print(table)
+        table.add_row(o.client, f"{o.node_before}→{o.node_after}",
+                      o.ike_spis_before.split("_")[0], o.child_spis_before,
+                      "[green]yes[/]" if o.kept_sa else f"[red]no[/]: {o.ike_spis_after}",
+                      f"{o.gap_s * 1000:.0f} ms", str(o.lost))
+    # piped (make demo into a log) rich would assume 80 columns and cut the SPIs
+    Console(width=None if sys.stdout.isatty() else 110).print(table)
     if keep:
         click.echo(f"the lab is still up: clusterctl lab down --name {lab_name}")
     if not all(o.kept_sa for o in outcomes):

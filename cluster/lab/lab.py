@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,18 +94,21 @@ class Lab:
 
     @classmethod
     def up(cls, name: str = "lab", nodes: int = 3, keyd: int = 1, clients: int = 0,
-           gateway: str = "cluster", progress: Progress = _quiet) -> Lab:
-        """Build the lab and return when it serves; on failure remove what was built."""
+           gateway: str = "cluster", progress: Progress = _quiet,
+           save_logs_to: Path | None = None) -> Lab:
+        """Build the lab and return when it serves; on failure remove what was built (after
+        copying its logs to save_logs_to, if given)."""
         _require_root()
         check_name(name)
         if gateway not in GATEWAYS:
             raise LabError(f"unknown gateway {gateway!r}: one of {', '.join(GATEWAYS)}")
         if not 1 <= keyd <= A.MAX_KEYD:
             raise LabError(f"--keyd must be 1..{A.MAX_KEYD}")
-        if not (0 if gateway == "strongswan" else 1) <= nodes <= A.MAX_NODES:
-            raise LabError(f"--nodes must be 1..{A.MAX_NODES}")
+        if not 0 <= nodes <= A.MAX_NODES:
+            raise LabError(f"--nodes must be 0..{A.MAX_NODES}")
         if gateway == "cluster":
-            for d in (daemons.KEYD, daemons.NODE, daemons.SPRAYER):
+            # nodes=0 is a cluster without a data plane: IKE against keyd only.
+            for d in (daemons.KEYD, daemons.SPRAYER, *([daemons.NODE] if nodes else [])):
                 why = d.missing()
                 if why:
                     raise LabError(f"cannot start the cluster: {why} "
@@ -123,7 +127,7 @@ class Lab:
             lab._build(clients)
         except BaseException:
             progress("failed: removing what was built")
-            lab.down()
+            lab.down(save_logs_to)
             raise
         return lab
 
@@ -571,9 +575,12 @@ class Lab:
 
     # ---- down ---------------------------------------------------------------------------
 
-    def down(self) -> None:
-        """Stop every process, delete every namespace, remove every file of this lab."""
+    def down(self, save_logs_to: Path | None = None) -> None:
+        """Stop every process, delete every namespace, remove every file of this lab; with
+        save_logs_to, its logs and configuration are copied there first (keys excluded)."""
         teardown(self.state.prefix, list(self.state.processes.values()))
+        if save_logs_to is not None:
+            save_logs(self.dir, save_logs_to)
         self.state.remove_files()
 
 
@@ -632,13 +639,25 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
-def down(name: str) -> bool:
+def save_logs(lab_dir: Path, target: Path) -> None:
+    """Copy a lab's logs, configuration and state (not its keys or secrets) to target."""
+    target.mkdir(parents=True, exist_ok=True)
+    for sub in ("logs", "config"):
+        if (lab_dir / sub).is_dir():
+            shutil.copytree(lab_dir / sub, target / sub, dirs_exist_ok=True)
+    for path in lab_dir.glob("*/strongswan.conf"):
+        shutil.copy(path, target / f"{path.parent.name}-strongswan.conf")
+    if (lab_dir / "state.json").exists():
+        shutil.copy(lab_dir / "state.json", target / "state.json")
+
+
+def down(name: str, save_logs_to: Path | None = None) -> bool:
     """Remove lab `name`; also works when its state is gone or unreadable. True if anything
     was found."""
     _require_root()
     check_name(name)
     try:
-        Lab.open(name).down()
+        Lab.open(name).down(save_logs_to)
         return True
     except LabError:
         pass
@@ -653,8 +672,6 @@ def down(name: str) -> bool:
                 found = True
     directory = labs_root() / name
     if directory.exists():
-        import shutil
-
         shutil.rmtree(directory, ignore_errors=True)
         found = True
     return found

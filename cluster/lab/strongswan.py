@@ -68,13 +68,14 @@ class ClientConfig:
 
 
 def client_swanctl_conf(c: ClientConfig) -> str:
+    # The gateway always proves itself with its certificate (keyd does whenever it has one);
+    # the client with the PSK or its own certificate.
+    remote = f"auth = pubkey\n      cacerts = {c.ca_cert}\n      id = {A.GATEWAY_ID}"
     if c.auth == "cert":
         local = f"auth = pubkey\n      certs = {c.cert}\n      id = {c.identity}"
-        remote = f"auth = pubkey\n      cacerts = {c.ca_cert}\n      id = {A.GATEWAY_ID}"
         secrets = ""   # the private key is loaded from the swanctl directory's private/
     else:
         local = f"auth = psk\n      id = {c.identity}"
-        remote = f"auth = psk\n      id = {A.GATEWAY_ID}"
         secrets = f"ike-lab {{\n    secret = {_quote(c.psk)}\n  }}"
     return f"""\
 connections {{
@@ -107,7 +108,8 @@ secrets {{
 
 
 def gateway_swanctl_conf(psk: str, cert: Path, ca_cert: Path) -> str:
-    """The baseline gateway: a charon responder at the VIP, PSK or certificate clients."""
+    """The baseline gateway: a charon responder at the VIP that proves itself with its
+    certificate, as keyd does, and accepts clients with the PSK or a lab certificate."""
     children = f"""children {{
       lab {{
         local_ts = {A.PROTECTED_NETWORK}
@@ -127,7 +129,8 @@ connections {{
   lab-psk {{
     {common}
     local {{
-      auth = psk
+      auth = pubkey
+      certs = {cert}
       id = {A.GATEWAY_ID}
     }}
     remote {{

@@ -6,7 +6,8 @@ the test fails). Configure it with a marker:
     @pytest.mark.lab(nodes=2, keyd=1, clients=1, gateway="cluster")
     def test_x(lab): ...
 
-`make_lab(**kwargs)` builds further labs in one test; each is taken down at the end.
+`make_lab(**kwargs)` builds further labs in one test; each is taken down at the end, its logs
+and configuration kept in the test's tmp_path under lab-logs/<lab name>/.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,31 +46,37 @@ def unique_lab_name(stem: str = "e2e") -> str:
 
 
 @pytest.fixture
-def lab_name() -> Iterator[str]:
+def lab_logs(tmp_path: Path) -> Path:
+    """Where a test's labs leave their logs and configuration when they are taken down."""
+    return tmp_path / "lab-logs"
+
+
+@pytest.fixture
+def lab_name(lab_logs: Path) -> Iterator[str]:
     """A fresh lab name for a test that drives the lab itself (the CLI); downed afterwards."""
     _require_lab_tools()
     name = unique_lab_name()
     try:
         yield name
     finally:
-        labmod.down(name)
+        labmod.down(name, lab_logs / name)
 
 
 @pytest.fixture
-def make_lab() -> Iterator[Callable[..., Lab]]:
+def make_lab(lab_logs: Path) -> Iterator[Callable[..., Lab]]:
     _require_lab_tools()
     made: list[str] = []
 
     def make(**kwargs: Any) -> Lab:
         name = kwargs.pop("name", None) or unique_lab_name()
         made.append(name)
-        return Lab.up(name, **kwargs)
+        return Lab.up(name, save_logs_to=lab_logs / name, **kwargs)
 
     try:
         yield make
     finally:
         for name in made:
-            labmod.down(name)
+            labmod.down(name, lab_logs / name)
 
 
 @pytest.fixture
