@@ -98,6 +98,7 @@ class InitiatorConfig:
     natt_port: int = 4500
     child_lifetime_s: int = 3600
     initial_contact: bool = True
+    rfc7427: bool = True  # announce SIGNATURE_HASH_ALGORITHMS (else: classic auth methods)
     retransmit_timeout_s: float = 2.0
     retransmit_tries: int = 5
     ike_suites: tuple[IkeSuite, ...] = field(init=False)

@@ -172,6 +172,20 @@ class IkeEndpoint:
     def ike_sa_ids(self) -> list[str]:
         return list(self._sas)
 
+    def has_ike_sa(self, ike_sa_id: str) -> bool:
+        return ike_sa_id in self._sas
+
+    def forget_ike_sa(self, ike_sa_id: str) -> None:
+        """Drop an IKE SA from memory silently (no events, nothing sent): the shell undoes a
+        step it could not persist, or lets another instance continue the SA."""
+        sa = self._sas.pop(ike_sa_id, None)
+        if sa is not None:
+            self._forget(sa)
+
+    def busy(self, ike_sa_id: str) -> bool:
+        """True while a request of ours on that IKE SA waits for its answer."""
+        return bool(self._get(ike_sa_id).outstanding)
+
     def export_ike_sa(self, ike_sa_id: str) -> dict[str, Any]:
         """The IKE SA's state as a JSON-able dict (contains keys: seal it at rest)."""
         return export_sa(self._get(ike_sa_id))

@@ -22,11 +22,13 @@ MODP2048_P = int(
     "955817183995497CEA956AE515D2261898FA051015728E5A8AACAA68FFFFFFFFFFFFFFFF",
     16,
 )
-# group 14 is required for interop (strongSwan's "modp2048"); its deprecation notice is noise
-warnings.filterwarnings(
-    "ignore", category=CryptographyDeprecationWarning, message=".*Diffie-Hellman"
-)
-_MODP2048 = dh.DHParameterNumbers(MODP2048_P, 2).parameters()
+
+
+# group 14 is required for interop (strongSwan's "modp2048"): cryptography's notice that
+# finite-field DH is deprecated is silenced where it is used
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+    _MODP2048 = dh.DHParameterNumbers(MODP2048_P, 2).parameters()
 _CURVES: dict[int, tuple[ec.EllipticCurve, int]] = {
     19: (ec.SECP256R1(), 32),
     20: (ec.SECP384R1(), 48),
@@ -37,18 +39,25 @@ SUPPORTED_GROUPS = (14, 19, 20, 31)
 class KeyExchange:
     """One ephemeral DH key of `group`: `public` is the KE payload data."""
 
-    def __init__(self, group: int) -> None:
+    def __init__(self, group: int, private: bytes | None = None) -> None:
+        """`private` fixes the private value (ECP and x25519 only: test vectors)."""
         self.group = group
+        if private is not None and group == 14:
+            raise ValueError("a fixed private value is supported for ECP and x25519 only")
         if group == 14:
-            self._dh = _MODP2048.generate_private_key()
-            self.public = self._dh.public_key().public_numbers().y.to_bytes(256, "big")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                self._dh = _MODP2048.generate_private_key()
+                self.public = self._dh.public_key().public_numbers().y.to_bytes(256, "big")
         elif group in _CURVES:
             curve, size = _CURVES[group]
-            self._ec = ec.generate_private_key(curve)
+            self._ec = ec.derive_private_key(int.from_bytes(private, "big"), curve) \
+                if private is not None else ec.generate_private_key(curve)
             nums = self._ec.public_key().public_numbers()
             self.public = nums.x.to_bytes(size, "big") + nums.y.to_bytes(size, "big")
         elif group == 31:
-            self._x = x25519.X25519PrivateKey.generate()
+            self._x = x25519.X25519PrivateKey.from_private_bytes(private) \
+                if private is not None else x25519.X25519PrivateKey.generate()
             self.public = self._x.public_key().public_bytes_raw()
         else:
             raise ValueError(f"unsupported DH group {group}")
@@ -62,9 +71,11 @@ class KeyExchange:
                 y = int.from_bytes(peer_public, "big")
                 if not 1 < y < MODP2048_P - 1:
                     raise ValueError("range")
-                peer = dh.DHPublicNumbers(y, _MODP2048.parameter_numbers()).public_key()
-                # RFC 7296 §2.14: g^ir is padded with zeros to the length of the prime
-                return self._dh.exchange(peer).rjust(256, b"\0")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                    peer = dh.DHPublicNumbers(y, _MODP2048.parameter_numbers()).public_key()
+                    # RFC 7296 §2.14: g^ir is padded with zeros to the length of the prime
+                    return self._dh.exchange(peer).rjust(256, b"\0")
             if self.group in _CURVES:
                 curve, size = _CURVES[self.group]
                 if len(peer_public) != 2 * size:

@@ -109,8 +109,9 @@ class Initiator(IkeEndpoint):
             SaPayload(props), KePayload(dh.group, dh.public), NoncePayload(sa.ni),
             NotifyPayload(Notify.NAT_DETECTION_SOURCE_IP, nat_hash(sa.spi_i, 0, sa.local)),
             NotifyPayload(Notify.NAT_DETECTION_DESTINATION_IP, nat_hash(sa.spi_i, 0, sa.peer)),
-            hash_algorithms_notify(),
         ]
+        if self.config.rfc7427:
+            payloads.append(hash_algorithms_notify())
         data = push_message(Header(sa.spi_i, 0, 0, ExchangeType.IKE_SA_INIT, Flag.INITIATOR, 0),
                             payloads)
         sa.init_request = data
