@@ -135,7 +135,7 @@ class Lab:
         s = self.state
         self.progress("generating PKI (CA, gateway certificate, PSK, data key)")
         self.pki.create()
-        self.pki.issue("gateway", [A.GATEWAY_ID], [A.VIP], server=True)
+        self.pki.issue("gateway", [A.GATEWAY_ID, A.VIP], server=True)
         self.progress("creating namespaces and links")
         self._topology()
         self.progress("starting etcd")
