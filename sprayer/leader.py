@@ -88,7 +88,8 @@ class Leadership:
 
     def _lapse(self, why: str) -> None:
         if self.mod_revision:
-            log.error("leadership lost: %s", why, extra={"sprayer": self.id})
+            (log.info if why == "resigned" else log.error)(
+                "leadership ended: %s", why, extra={"sprayer": self.id})
         self.mod_revision = 0
         self.lease_id = 0
 
