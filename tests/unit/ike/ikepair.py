@@ -16,7 +16,6 @@ from keyd.ike import (
     AddressRequested,
     Credentials,
     Datagram,
-    IkeEndpoint,
     IkeEvent,
     Initiator,
     InitiatorConfig,
@@ -42,7 +41,7 @@ class Clock:
 class Side:
     """An endpoint plus everything it emitted, in order."""
 
-    endpoint: IkeEndpoint
+    endpoint: Any  # a Responder or an Initiator
     events: list[IkeEvent] = field(default_factory=list)
     sent: list[Datagram] = field(default_factory=list)
 

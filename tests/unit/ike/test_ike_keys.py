@@ -133,7 +133,7 @@ def test_selection_and_invalid_ke() -> None:
     theirs = Proposal(1, ProtocolId.IKE, b"", (
         Transform(1, 12, 128), Transform(1, 12, 256), Transform(3, 12), Transform(3, 13),
         Transform(2, 5), Transform(2, 6), Transform(4, 31), Transform(4, 20)))
-    prop, suite = select_proposal([theirs], ours, ProtocolId.IKE, 20)
+    _prop, suite = select_proposal([theirs], ours, ProtocolId.IKE, 20)
     assert suite is ours[0]
     _, suite = select_proposal([theirs], ours, ProtocolId.IKE, 31)
     assert suite is ours[1]
