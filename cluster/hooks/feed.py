@@ -33,19 +33,30 @@ class ClusterFeed:
         self.deriver = EventDeriver(store.keyspace.cluster)
         self._on_events = on_events
         self._on_progress = on_progress or (lambda revision: None)
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
+        """Held while a change is applied and its events handed over."""
         self.stream: KeyspaceStream | None = None
 
-    def start(self, delivered: int | None = None) -> int:
+    def start(self, delivered: int | None = None,
+              fallback: Callable[[], tuple[int, list[Change]] | None] | None = None) -> int:
         """Start following. `delivered` is the revision already delivered (None: now, with no
-        events for what already exists). Returns the revision it started after."""
+        events for what already exists). When etcd no longer has that revision, `fallback`
+        may supply a saved state (revision, puts) at or before it. Returns the revision it
+        started after."""
         try:
             snapshot, base = read_at(self.store, delivered)
         except HistoryCompacted:
             assert delivered is not None
-            log.warning("revision %d is compacted: the state delivered up to then is gone; "
-                        "events since then may repeat", delivered)
-            snapshot, base = [], delivered
+            saved = fallback() if fallback else None
+            if saved is not None and saved[0] <= delivered:
+                log.warning("revision %d is compacted: starting from the state saved at "
+                            "revision %d; events since then may repeat", delivered, saved[0])
+                snapshot = saved[1]
+            else:
+                log.warning("revision %d is compacted and no saved state: clients and nodes "
+                            "that left meanwhile go unreported; others may repeat", delivered)
+                snapshot = []
+            base = delivered
         self.deriver.prime(snapshot)
         self.stream = KeyspaceStream(self.store, base + 1, self._change, self._progress,
                                      self._resync)
@@ -57,14 +68,14 @@ class ClusterFeed:
             self.stream.stop()
 
     def _change(self, change: Change) -> None:
-        with self._lock:
+        with self.lock:
             self._on_events(self.deriver.apply(change))
 
     def _progress(self, revision: int) -> None:
         self._on_progress(revision)
 
     def _resync(self, snapshot: list[Change], revision: int) -> None:
-        with self._lock:
+        with self.lock:
             events: list[HookEvent] = []
             for change in snapshot:
                 events += self.deriver.apply(Change(change.kind, change.name, change.record,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from cluster.hooks.dispatch import Dispatcher, RetryPolicy
 from cluster.hooks.event import HookEvent
 from cluster.hooks.feed import ClusterFeed
 from cluster.hooks.ledger import DeliveryLedger, RevisionFile
+from cluster.hooks.snapshot import SnapshotFile
 from cluster.store.client import Store
 
 log = logging.getLogger("cluster.hooks")
@@ -25,6 +27,7 @@ DELIVERED_REVISION = Gauge("cluster_hooks_delivered_revision",
                            "Highest etcd revision whose events every target has finished")
 
 SAVE_INTERVAL_S = 0.2
+SNAPSHOT_INTERVAL_S = 30.0
 SHUTDOWN_DRAIN_S = 5.0
 
 
@@ -48,6 +51,9 @@ class HookRunner:
         self.store = store
         self.settings = settings
         self.revision_file = RevisionFile(settings.state_file)
+        self.snapshot_file = SnapshotFile(settings.state_file.with_name(
+            settings.state_file.name + ".snapshot"))
+        self._snapshot_at = 0.0
         self.dispatcher = Dispatcher(
             settings.directory, settings.webhooks, settings.timeout_s,
             RetryPolicy(settings.retries, settings.backoff_s), settings.queue_size)
@@ -61,7 +67,7 @@ class HookRunner:
         saved = self.revision_file.load()
         if saved is None:
             log.info("no saved revision in %s: starting from now", self.revision_file.path)
-        started = self.feed.start(saved)
+        started = self.feed.start(saved, self.snapshot_file.load)
         self.ledger.observe(started)
         self.save()
         log.info("watching %s after revision %d", self.store.keyspace.root, started)
@@ -76,13 +82,20 @@ class HookRunner:
     def committed(self) -> int:
         return self.ledger.committed
 
-    def save(self) -> None:
-        """Persist the committed revision if it moved."""
+    def save(self, snapshot: bool = False) -> None:
+        """Persist the committed revision if it moved; every SNAPSHOT_INTERVAL_S (or when
+        asked) also the deriver's state, if nothing is in flight."""
         now = self.ledger.committed
         if now != self.saved:
             self.revision_file.save(now)
             self.saved = now
             DELIVERED_REVISION.set(now)
+        if snapshot or time.monotonic() - self._snapshot_at >= SNAPSHOT_INTERVAL_S:
+            with self.feed.lock:
+                # Nothing in flight: the held state is what has been delivered.
+                if self.ledger.in_flight == 0:
+                    self.snapshot_file.save(self.ledger.committed, self.feed.deriver)
+                    self._snapshot_at = time.monotonic()
 
     def run(self) -> None:
         """Save progress until stop() is called."""
@@ -99,4 +112,4 @@ class HookRunner:
         if not self.dispatcher.drain([self.ledger], SHUTDOWN_DRAIN_S):
             log.warning("stopping with deliveries in flight: they run again after a restart")
         self.dispatcher.stop()
-        self.save()
+        self.save(snapshot=True)

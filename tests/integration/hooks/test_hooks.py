@@ -268,3 +268,63 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr + missing.stderr
 
 
+
+
+def test_restart_after_compaction_reports_who_left(tmp_path: Path, store: Store,
+                                                   etcd_endpoint: str,
+                                                   receiver: Receiver) -> None:
+    """Runner stopped, a client leaves and a node arrives, etcd compacts the history: on
+    restart the runner still reports both (from its saved state), and nothing else twice."""
+    runner = Runner(tmp_path, etcd_endpoint, store.keyspace.cluster, tmp_path / "none",
+                    [receiver.url])
+    runner.start()
+    try:
+        store.put(node("node-1", "10.30.0.11"))
+        a, b = ike(8), ike(9)
+        for rec in (a, b):
+            store.put(rec)
+            store.put(Assignment(rec.ike_sa_id, "node-1", 1, "active", None, time.time()))
+        wait_until(lambda: len(receiver.bodies) == 3, 30, runner.log_text)
+    finally:
+        runner.stop()                                    # SIGTERM: saves its state
+    assert Path(str(runner.state_file) + ".snapshot").exists()
+    store.delete(IkeSaRecord, a.ike_sa_id)
+    store.delete(Assignment, a.ike_sa_id)
+    store.put(node("node-2", "10.30.0.12"))
+    store.raw.compact(store.revision())
+    before = len(receiver.bodies)
+    runner.start()
+    try:
+        wait_until(lambda: len(receiver.bodies) >= before + 2, 60, runner.log_text)
+        time.sleep(1.0)                                  # anything else would come now
+    finally:
+        runner.stop()
+    after = [(e["event"], e["client_id"] or e["node"]) for e in receiver.bodies[before:]]
+    assert sorted(after) == [("client-down", "user8@example.net"), ("node-up", "node-2")]
+    assert "starting from the state saved at revision" in runner.log_text()
+
+
+def test_runner_survives_an_etcd_restart(tmp_path: Path, receiver: Receiver) -> None:
+    from cluster.procs import EtcdServer
+    server = EtcdServer(tmp_path / "etcd")
+    server.start()
+    writer = Store([server.endpoint], Keyspace("restart"), DataKey(os.urandom(32), "k"))
+    runner = Runner(tmp_path, server.endpoint, "restart", tmp_path / "none", [receiver.url])
+    try:
+        runner.start()
+        writer.put(node("node-1", "10.30.0.11"))
+        wait_until(lambda: len(receiver.bodies) == 1, 30, runner.log_text)
+        server.stop()
+        time.sleep(2.0)                                  # the runner notices etcd is gone
+        server.start()
+        writer.close()
+        writer = Store([server.endpoint], Keyspace("restart"), DataKey(os.urandom(32), "k"))
+        writer.put(node("node-2", "10.30.0.12"))
+        wait_until(lambda: len(receiver.bodies) == 2, 60, runner.log_text)
+        assert receiver.bodies[1]["node"] == "node-2"
+        assert "watch interrupted" in runner.log_text()
+        assert "Traceback" not in runner.log_text()
+    finally:
+        runner.stop()
+        writer.close()
+        server.stop()
