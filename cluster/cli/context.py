@@ -130,6 +130,8 @@ def _lab_status(lab: str) -> dict[str, Any]:
         raise CliFailure(f"lab {lab!r}: `clusterctl lab status` did not answer") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        for tag in ("error:", "Error:"):
+            last = last.removeprefix(tag).strip()
         raise CliFailure(f"lab {lab!r}: {last}")
     try:
         status = json.loads(done.stdout)
@@ -139,6 +141,21 @@ def _lab_status(lab: str) -> dict[str, Any]:
     if not isinstance(status, dict) or not status.get("etcd_endpoints"):
         raise CliFailure(f"lab {lab!r}: its status names no etcd_endpoints")
     return status
+
+
+def from_lab_status(status: dict[str, Any]) -> dict[str, Any]:
+    """Connection settings from `clusterctl lab status -o json`: `etcd_endpoints` (reachable
+    from the root namespace), `cluster`, and `key_prefix` = "<prefix>/<cluster>/" (the
+    status's own `prefix` names the lab's network namespaces, not keys)."""
+    out: dict[str, Any] = {"endpoints": _as_list(status["etcd_endpoints"])}
+    if isinstance(status.get("cluster"), str):
+        out["cluster"] = status["cluster"]
+        key_prefix = status.get("key_prefix")
+        suffix = f"/{out['cluster']}/"
+        if isinstance(key_prefix, str) and key_prefix.endswith(suffix) \
+                and len(key_prefix) > len(suffix):
+            out["prefix"] = key_prefix[:-len(suffix)]
+    return out
 
 
 def _as_list(value: Any) -> list[str]:
@@ -161,11 +178,7 @@ def resolve(s: Settings) -> Connection:
                     key=cfg.etcd.key, timeout_s=cfg.etcd.timeout_s, cluster=cfg.cluster.name,
                     prefix=cfg.cluster.prefix)
     if s.get("lab"):
-        status = _lab_status(s.get("lab"))
-        base["endpoints"] = _as_list(status["etcd_endpoints"])
-        for name in ("cluster", "prefix"):
-            if isinstance(status.get(name), str):
-                base[name] = status[name]
+        base.update(from_lab_status(_lab_status(s.get("lab"))))
     for name in ("cacert", "cert", "key", "cluster", "prefix", "timeout_s"):
         if s.get(name) is not None:
             base[name] = s.get(name)
