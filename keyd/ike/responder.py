@@ -176,7 +176,7 @@ class Responder(IkeEndpoint):
             group = getattr(e, "group", None)
             self._init_error(h, e.notify, group.to_bytes(2, "big") if group else b"", src, dst)
             return
-        spi_r = self._new_ike_spi()
+        spi_r = self._new_ike_spi(h.spi_i)
         nr = self._random(NONCE_LEN)
         keys = derive_ike_keys(suite, skeyseed(suite, nonce.data, nr, g_ir), nonce.data, nr,
                                h.spi_i, spi_r)
@@ -230,10 +230,10 @@ class Responder(IkeEndpoint):
         self.counters.errors[notify_name(notify)] += 1
         self._init_reply(h, 0, [NotifyPayload(notify, data)], src, dst)
 
-    def _new_ike_spi(self) -> int:
+    def _new_ike_spi(self, spi_i: int) -> int:
         while True:
             spi = int.from_bytes(self._random(8), "big")
-            if spi and not any(sa.spi_r == spi for sa in self._sas.values()):
+            if spi and ike_sa_id(spi_i, spi) not in self._sas:
                 return spi
 
     def _index(self, sa: IkeSa) -> None:
@@ -437,7 +437,8 @@ class Responder(IkeEndpoint):
             raise RemoteProtocolError("IKE rekey without an 8-byte SPI", Notify.INVALID_SYNTAX)
         dh = KeyExchange(suite.dh)
         g_ir = dh.shared_secret(ke.data)
-        spi_i, spi_r = int.from_bytes(prop.spi, "big"), self._new_ike_spi()
+        spi_i = int.from_bytes(prop.spi, "big")
+        spi_r = self._new_ike_spi(spi_i)
         seed = rekey_skeyseed(sa.suite.prf, sa.keys.sk_d, g_ir, ni, nr)
         new = IkeSa(
             spi_i=spi_i, spi_r=spi_r, is_initiator=False, suite=suite,
