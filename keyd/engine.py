@@ -304,6 +304,13 @@ class Engine:
             self.metrics.etcd_available.set(1)
             log.info("etcd takes writes again: serving")
 
+    def use_store(self, store: Store) -> None:
+        """Continue on another connection to the same etcd (after an outage)."""
+        self.store = store
+        self.persister.store = store
+        if self.pool is not None:
+            self.pool.store = store
+
     def flush(self) -> None:
         """After an outage: write IKE SAs answered meanwhile, retry deferred removals."""
         now = self.clock()

@@ -211,21 +211,37 @@ class KeydServer:
             log.warning("registration lost; registering again when etcd answers")
 
     async def _etcd_probe(self) -> None:
-        """While etcd is away, look for it every second; when it answers, write what waited."""
-        probe = self.store.clone()
-        try:
-            while True:
-                await asyncio.sleep(1.0)
-                if self.engine.etcd_ok and not self.engine.needs_flush:
-                    continue
-                try:
-                    await asyncio.to_thread(probe.check)
-                    await self._in_worker(self.engine.flush)
-                except StoreError:
-                    continue
-        finally:
-            with contextlib.suppress(StoreError):
-                probe.close()
+        """While etcd is away, look for it every second on a fresh connection; when it
+        answers, move every user of the store onto that connection (the old one may sit in
+        gRPC's reconnect backoff for many seconds more) and write what waited."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.engine.etcd_ok and not self.engine.needs_flush:
+                continue
+            fresh = self.store.clone()
+            try:
+                await asyncio.to_thread(fresh.check)
+            except StoreError:
+                with contextlib.suppress(StoreError):
+                    fresh.close()
+                continue
+            old = self.store
+            self.store = fresh
+            self.pool.store = fresh
+            try:
+                await self._in_worker(self.engine.use_store, fresh)
+                await self._in_worker(self.engine.flush)
+            except StoreError:
+                continue
+            finally:
+                with contextlib.suppress(StoreError):
+                    old.close()
+            await self._restart_watch()
+
+    async def _restart_watch(self) -> None:
+        old, self._watcher = self._watcher, self.store.watch(IkeSaRecord, self._on_watch)
+        if old is not None:
+            await asyncio.to_thread(old.stop)
 
     async def _sweeper(self) -> None:
         interval = self.config.keyd.sweep_interval_s
