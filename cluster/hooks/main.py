@@ -91,6 +91,15 @@ def _metrics(listen: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        log.debug("fatal", exc_info=True)
+        print(f"cluster-hooks: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _main(argv: list[str] | None) -> None:
     args = _parser().parse_args(argv)
     try:
         cfg = _load(args)

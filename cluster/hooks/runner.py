@@ -64,6 +64,10 @@ class HookRunner:
 
     def start(self) -> None:
         """Resume after the saved revision (or start from now), and save where it starts."""
+        directory = self.settings.directory
+        if directory is not None and not directory.is_dir():
+            log.warning("hooks directory %s does not exist (yet): no hook runs until it does",
+                        directory)
         saved = self.revision_file.load()
         if saved is None:
             log.info("no saved revision in %s: starting from now", self.revision_file.path)
