@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +29,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 _err = Console(stderr=True)
 SAVE_LOGS = click.option("--save-logs", type=click.Path(file_okay=False, path_type=Path),
-                         help="copy the lab's logs and configuration here before removing it")
+                         help="copy the lab's logs and configuration here before removing it "
+                              "(up: if it fails; default then a directory in /tmp)")
 
 
 def _checked(kind: str) -> Callable[[click.Context, click.Parameter, str], str]:
@@ -106,6 +109,10 @@ def lab() -> None:
 def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
        save_logs: Path | None) -> None:
     """Build a lab and return when it serves."""
+    if save_logs is None:
+        # a failed `up` removes the lab; its logs stay here for the operator
+        save_logs = Path(tempfile.gettempdir()) / f"ipsec-cluster-lab-{lab_name}-failed-" \
+            f"{time.strftime('%Y%m%dT%H%M%S')}"
     with progress(f"lab {lab_name}: starting") as step:
         the_lab = labmod.Lab.up(lab_name, nodes=nodes, keyd=keyd, clients=clients,
                                 gateway=gateway, progress=step, save_logs_to=save_logs)
@@ -134,7 +141,7 @@ def status(lab_name: str, output: str) -> None:
     table = Table("member", "namespace", "address", "pid", "alive")
     rows: list[dict[str, Any]] = [{"name": "etcd", **st["etcd"]}]
     rows += st["keyd"] + st["nodes"]
-    rows += [{"name": "sprayer", "address": "", **st["router"]}] if st["router"]["pid"] else []
+    rows += [{"name": "sprayer", "address": "", **st["sprayer"]}] if st["sprayer"]["pid"] else []
     rows += st["clients"]
     for r in rows:
         table.add_row(r["name"], r["namespace"], r.get("address", ""), str(r["pid"] or "-"),

@@ -125,6 +125,12 @@ class Lab:
         lab = cls(state, progress)
         try:
             lab._build(clients)
+        except LabError as exc:
+            progress("failed: removing what was built")
+            lab.down(save_logs_to)
+            if save_logs_to is not None:
+                raise LabError(f"{exc} (logs: {save_logs_to})") from None
+            raise
         except BaseException:
             progress("failed: removing what was built")
             lab.down(save_logs_to)
@@ -332,7 +338,8 @@ class Lab:
     def _alive(self, role: str) -> bool:
         rec = self.state.processes.get(role)
         if rec is None or not rec.alive():
-            raise LabError(f"{role} exited; see {rec.log if rec else self.dir / 'logs'}")
+            log = Path(rec.log).name if rec else "logs/"
+            raise LabError(f"{role} exited (its output: {log})")
         return True
 
     def _alive_and_bound(self, role: str, port: int) -> bool:
@@ -542,8 +549,10 @@ class Lab:
 
         def proc(role: str) -> dict[str, Any]:
             rec = s.processes.get(role)
+            config = self.dir / "config" / f"{role}.toml"
             return {"pid": rec.pid if rec else None, "alive": bool(rec and rec.alive()),
-                    "log": rec.log if rec else None}
+                    "log": rec.log if rec else None,
+                    "config": str(config) if config.exists() else None}
 
         return {
             "name": s.name, "ready": s.ready, "gateway": s.gateway, "prefix": s.prefix,
@@ -557,7 +566,9 @@ class Lab:
             "back_network": A.BACK_NETWORK, "pool": A.POOL, "nat_network": A.NAT_NETWORK,
             "etcd_endpoints": [self.etcd_endpoint] if s.etcd_port else [],
             "etcd_endpoints_in_lab": [f"http://{A.ETCD_IP}:{A.ETCD_PORT}"],
-            "router": {"namespace": self.ns("router"), **proc("sprayer")},
+            "router": {"namespace": self.ns("router"), "front": A.FRONT_ROUTER,
+                       "back": A.BACK_ROUTER, "protected": A.PROTECTED_ROUTER},
+            "sprayer": {"namespace": self.ns("router"), **proc("sprayer")},
             "server": {"namespace": self.ns("server"), "address": A.SERVER_IP},
             "etcd": {"namespace": self.ns("etcd"), "address": A.ETCD_IP, **proc("etcd")},
             "keyd": [{"name": f"keyd-{i}", "namespace": self.ns(f"keyd-{i}"),

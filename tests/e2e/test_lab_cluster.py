@@ -46,7 +46,7 @@ def test_keyd_negotiates_with_strongswan_clients(lab: Lab) -> None:
     assert len(vips) == 3
     assert lab.etcd_json("keyd/keyd-1") is not None
     st = lab.status()
-    assert st["keyd"][0]["alive"] and st["router"]["alive"]    # keyd and the sprayer
+    assert st["keyd"][0]["alive"] and st["sprayer"]["alive"]
 
 
 @pytest.mark.lab(nodes=0)
