@@ -433,6 +433,7 @@ class NodeAgent:
         now = self.clock()
         window = self.cfg.replay_window
         plans = {}
+        persisted = {}
         for spi, seq in seqs.items():
             if spi not in self.records:
                 continue
@@ -442,6 +443,8 @@ class NodeAgent:
             else:
                 self.stats.takeovers_jump += 1
             plans[spi] = to
+            persisted[spi] = (None if seq is None else
+                              SaCounters(seq.out_seq, seq.in_highest, seq.in_bitmap))
 
         def apply() -> dict[int, SaCounters]:
             started = {}
@@ -455,7 +458,7 @@ class NodeAgent:
             return started
         started = dp.run(apply)
         for spi, start in started.items():
-            self.checkpointer.own(spi, k, a.epoch, start, now)
+            self.checkpointer.own(spi, k, a.epoch, start, persisted[spi], now)
         limits = {spi: self.checkpointer.send_limit(spi) for spi in started}
 
         def enable() -> None:
@@ -471,6 +474,7 @@ class NodeAgent:
         log.info("sending for %s at epoch %d (%s)", k, a.epoch,
                  ", ".join(f"{s:08x}:{'exact' if p.exact else 'jump'}"
                            for s, p in plans.items()))
+        self._tick()  # a jumped start is written before its first packet
 
     def _sync_routes(self) -> None:
         """Routes to the TUN for the client addresses of every client we send for."""

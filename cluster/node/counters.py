@@ -10,6 +10,10 @@ owner reads a checkpoint at least as new as the last one acknowledged to the old
 write etcd applied but whose answer was lost only makes it newer), and starts at its out_seq +
 J, so it sends above anything the old owner ever could — whatever the timing, even with etcd
 down (the old owner then stops at its limit instead of running into the new owner's range).
+A new owner's own start is not in etcd yet: it is written (forced checkpoint) before the
+first packet, because until then the acknowledged record is the one it started from and its
+limit is exactly its start. Only an exact take-over (the `final` record is the start) sends
+at once.
 Checkpoint writes are guarded by the assignment's mod_revision: a fenced owner cannot
 overwrite a newer owner's record with older numbers.
 
@@ -60,6 +64,7 @@ class _Track:
     acked: SaCounters  # last counters etcd acknowledged (or the take-over start)
     acked_at_s: float
     in_flight: SaCounters | None = None
+    force: bool = False  # write even if nothing moved (the take-over start is not in etcd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +87,14 @@ class Checkpointer:
         self.jump = jump
         self._tracks: dict[int, _Track] = {}
 
-    def own(self, spi: int, ike_sa_id: str, epoch: int, start: SaCounters, now: float) -> None:
-        """Start checkpointing `spi` from its take-over counters (treated as acknowledged:
-        they are above anything a previous owner sent)."""
-        self._tracks[spi] = _Track(ike_sa_id, epoch, start, now)
+    def own(self, spi: int, ike_sa_id: str, epoch: int, start: SaCounters,
+            persisted: SaCounters | None, now: float) -> None:
+        """Start checkpointing `spi`, which now sends from `start`; `persisted` is the record
+        in etcd it was derived from (None: there was none). Until `start` itself is
+        acknowledged the send limit stays at persisted + J, which is where `start` is when it
+        came from a jump: the SA waits for that first write."""
+        acked = persisted if persisted is not None else SaCounters(0, 0, 0)
+        self._tracks[spi] = _Track(ike_sa_id, epoch, acked, now, force=start != acked)
 
     def disown(self, spi: int) -> None:
         self._tracks.pop(spi, None)
@@ -123,10 +132,12 @@ class Checkpointer:
                 continue
             advanced = max(counters.out_seq - t.acked.out_seq,
                            counters.in_highest - t.acked.in_highest)
-            if advanced <= 0 and counters.in_bitmap == t.acked.in_bitmap:
+            if not t.force and advanced <= 0 and counters.in_bitmap == t.acked.in_bitmap:
                 continue
-            if advanced >= self.every_packets or now - t.acked_at_s >= self.every_s:
+            if (t.force or advanced >= self.every_packets
+                    or now - t.acked_at_s >= self.every_s):
                 t.in_flight = counters
+                t.force = False
                 out.append(Due(SeqRecord(spi, self.node_id, t.epoch, counters.out_seq,
                                          counters.in_highest, counters.in_bitmap,
                                          "checkpoint", wall), t.ike_sa_id))
@@ -145,5 +156,6 @@ class Checkpointer:
         """These writes failed (etcd down, guard lost): they are retried by a later `due`."""
         for r in records:
             t = self._tracks.get(r.spi)
-            if t is not None:
+            if t is not None and t.in_flight is not None:
+                t.force = True  # retry at the next tick, whatever moved
                 t.in_flight = None

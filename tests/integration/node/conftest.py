@@ -32,6 +32,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.ipsec import ESP, SecurityAssociation
 from scapy.packet import Raw, raw
+from tests_node_helpers import wait_until
 
 from cluster.lab import netns
 from cluster.procs import spawn, stop_pid
@@ -44,7 +45,6 @@ from cluster.store import (
     Store,
     write_data_key,
 )
-from tests_node_helpers import wait_until
 
 VIP = "203.0.113.10"
 CLIENT = "10.30.0.7"
@@ -262,10 +262,12 @@ class NodeLab:
         return netns.in_ns(self.ns(name), list(argv)).stdout
 
     def metrics(self, node_id: str) -> dict[str, float]:
+        """The node's Prometheus metrics ({} while it does not answer)."""
         short = node_id.replace("node-", "n")
-        text = self.in_ns(short, sys.executable, "-c",
-                          "import urllib.request;print(urllib.request.urlopen("
-                          "'http://127.0.0.1:9411/metrics',timeout=5).read().decode())")
+        proc = netns.in_ns(self.ns(short), [
+            sys.executable, "-c", "import urllib.request;print(urllib.request.urlopen("
+            "'http://127.0.0.1:9411/metrics',timeout=5).read().decode())"], check=False)
+        text = proc.stdout if proc.returncode == 0 else ""
         out = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):
