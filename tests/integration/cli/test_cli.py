@@ -306,3 +306,40 @@ def test_unknown_lab_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-d
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "nosuchlab" in lines[0] and "Traceback" not in result.output
+
+
+def test_tls_with_client_certificate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """etcdctl-style --cacert/--cert/--key against an etcd that requires client certificates."""
+    from cli_records import node
+
+    from cluster.pki import CertAuthority
+    from cluster.procs import EtcdServer
+    from cluster.store.client import Store
+    from cluster.store.keyspace import Keyspace
+
+    ca = CertAuthority.create("test etcd CA")
+    ca_pem = tmp_path / "ca.pem"
+    ca_pem.write_bytes(ca.cert_pem())
+    server_cert, server_key = ca.issue("etcd", ["localhost", "127.0.0.1"]).write_pem(
+        tmp_path / "server.pem", tmp_path / "server-key.pem")
+    cert, key = ca.issue("operator", ["operator.example.net"], server=False).write_pem(
+        tmp_path / "operator.pem", tmp_path / "operator-key.pem")
+    server = EtcdServer(tmp_path / "etcd", tls=(ca_pem, server_cert, server_key))
+    server.start()
+    try:
+        with Store([server.endpoint], Keyspace("tls"), cacert=str(ca_pem), cert=str(cert),
+                   key=str(key)) as writer:
+            writer.put(node("node-1", "10.30.0.11"))
+        tls = ["--endpoints", server.endpoint, "--cluster", "tls", "--cacert", str(ca_pem)]
+        ok = run(*tls, "--cert", str(cert), "--key", str(key), "node", "list", "-o", "json")
+        assert ok.exit_code == 0, ok.stderr
+        assert [r["id"] for r in json.loads(ok.stdout)] == ["node-1"]
+        refused = run(*tls, "--timeout", "2", "node", "list")   # no client certificate
+        assert refused.exit_code == 1
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert server.endpoint in refused.stderr and "Traceback" not in refused.output
+        missing = run(*tls, "--cert", str(tmp_path / "nope.pem"), "--key", str(key),
+                      "node", "list")
+        assert missing.exit_code == 1 and "nope.pem" in missing.stderr
+    finally:
+        server.stop()
