@@ -72,9 +72,18 @@ def identity_from_text(text: str, cert: x509.Certificate | None = None) -> Ident
     return Identity(IdType.FQDN, text.encode())
 
 
+def dn_text(name: x509.Name) -> str:
+    """A DN the way strongSwan writes it: "C=CH, O=Example, CN=client" (in RDN order)."""
+    short = {oid: key for key, oid in _DN_KEYS.items()}
+    return ", ".join(
+        f"{short.get(attr.oid, attr.oid.dotted_string)}={attr.value!s}"
+        for rdn in name.rdns for attr in rdn
+    )
+
+
 def identity_text(identity: Identity, cert: x509.Certificate | None = None) -> str:
     """Readable identity; a DN is spelled from the certificate that proves it when given."""
     dn = identity.id_type == IdType.DER_ASN1_DN
     if dn and cert is not None and cert.subject.public_bytes() == identity.data:
-        return cert.subject.rfc4514_string()
+        return dn_text(cert.subject)
     return str(identity)

@@ -98,7 +98,7 @@ def test_intermediate_ca_chain_and_dn_identity() -> None:
                            chain=(inter,), issuer=(inter, ikey))
     _go(client, server)
     est = server.of(IkeSaEstablished)
-    assert est and est[0].identity == "CN=client,O=ipsec-cluster test"
+    assert est and est[0].identity == "O=ipsec-cluster test, CN=client"
     # without the intermediate the chain is broken
     client, server = _pair(pki, "ecdsa", issuer=(inter, ikey))
     _go(client, server)
