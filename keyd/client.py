@@ -14,6 +14,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from cryptography import x509
+
 from .ike.config import Credentials, InitiatorConfig
 from .ike.events import (
     ChildSaEstablished,
@@ -51,8 +53,11 @@ class IkeClient:
     @classmethod
     def psk(cls, psk: bytes, identity: str, gateway_id: str | None, local_ip: str,
             remote: Address, natt_port: int, ike_proposal: str = "aes128gcm16-prfsha256-x25519",
-            esp_proposal: str = "aes128gcm16", **kwargs: object) -> IkeClient:
-        config = InitiatorConfig(identity=identity, credentials=Credentials(psk=psk),
+            esp_proposal: str = "aes128gcm16", cas: tuple[x509.Certificate, ...] = (),
+            **kwargs: object) -> IkeClient:
+        """A client that authenticates with a PSK; `cas` verify a gateway that answers with
+        a certificate."""
+        config = InitiatorConfig(identity=identity, credentials=Credentials(psk=psk, cas=cas),
                                  remote_identity=gateway_id, ike_proposals=(ike_proposal,),
                                  esp_proposals=(esp_proposal,), natt_port=natt_port,
                                  **kwargs)  # type: ignore[arg-type]
