@@ -20,7 +20,7 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import InvalidKePayload, LocalProtocolError, RemoteProtocolError
 from .events import (
     ChildSa,
     ChildSaDeleted,
@@ -476,8 +476,7 @@ class IkeEndpoint:
 
 
 def _notify_data(e: RemoteProtocolError) -> bytes:
-    group = getattr(e, "group", None)
-    return group.to_bytes(2, "big") if group is not None else b""
+    return e.group.to_bytes(2, "big") if isinstance(e, InvalidKePayload) else b""
 
 
 def move_children(children: dict[int, ChildSa], new_id: str) -> dict[int, ChildSa]:

@@ -22,5 +22,14 @@ class RemoteProtocolError(IkeError):
         self.notify = notify
 
 
+class InvalidKePayload(RemoteProtocolError):
+    """A proposal matched with another DH group than the KE payload's (RFC 7296 §1.3, §3.10.1):
+    answer INVALID_KE_PAYLOAD naming `group`, the one we want."""
+
+    def __init__(self, group: int) -> None:
+        super().__init__(f"KE payload is not of the selected group {group}", 17)
+        self.group = group
+
+
 class LocalProtocolError(IkeError):
     """The caller misused the core (unknown IKE SA, bad configuration, wrong state)."""

@@ -35,7 +35,14 @@ from .events import (
 )
 from .identity import Identity, identity_from_text
 from .ikesa import Address, IkeSa, ike_sa_id
-from .keys import IkeKeys, derive_child_keys, derive_ike_keys, rekey_skeyseed, skeyseed
+from .keys import (
+    NONCE_LEN,
+    IkeKeys,
+    derive_child_keys,
+    derive_ike_keys,
+    rekey_skeyseed,
+    skeyseed,
+)
 from .message import Header, Message, push_message
 from .payloads import (
     AuthPayload,
@@ -50,9 +57,10 @@ from .payloads import (
     SaPayload,
     TsiPayload,
     TsrPayload,
+    find,
+    notifies,
 )
-from .proof import check_proof, own_proof
-from .responder import NONCE_LEN, find, hash_algorithms, hash_algorithms_notify, notifies
+from .proof import check_proof, hash_algorithms, hash_algorithms_notify, own_proof
 from .selectors import selector_for, to_cidrs
 from .state import IkeState
 from .transforms import ChildSuite, IkeSuite, suite_from_proposal

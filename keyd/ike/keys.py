@@ -9,6 +9,8 @@ from cryptography.hazmat.primitives import hmac
 
 from .transforms import ChildSuite, IkeSuite, Prf
 
+NONCE_LEN = 32  # bytes of our nonces: at least half the PRF key size (§2.10)
+
 
 def prf(alg: Prf, key: bytes, data: bytes) -> bytes:
     h = hmac.HMAC(key, alg.hash())

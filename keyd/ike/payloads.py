@@ -6,8 +6,9 @@ error); the enums in `constants` name the ones the core acts on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from .constants import PayloadType
 
@@ -165,3 +166,16 @@ class UnknownPayload(Payload):
 
     type: int
     data: bytes
+
+
+P = TypeVar("P", bound=Payload)
+
+
+def find(payloads: Sequence[Payload], cls: type[P]) -> P | None:
+    """The first payload of class `cls`, or None."""
+    return next((p for p in payloads if isinstance(p, cls)), None)
+
+
+def notifies(payloads: Sequence[Payload], n_type: int) -> list[NotifyPayload]:
+    """Every Notify payload of type `n_type`, in order."""
+    return [p for p in payloads if isinstance(p, NotifyPayload) and p.type == n_type]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives import serialization
 
 from .auth import (
+    SUPPORTED_HASHES,
     cert_public_key,
     identity_matches_cert,
     load_certificate,
@@ -20,7 +21,7 @@ from .config import Credentials
 from .constants import AuthMethod, CertEncoding, Notify
 from .errors import RemoteProtocolError
 from .identity import Identity, identity_text
-from .payloads import AuthPayload, CertPayload, Payload
+from .payloads import AuthPayload, CertPayload, NotifyPayload, Payload, notifies
 from .transforms import Prf
 
 
@@ -59,3 +60,17 @@ def check_proof(creds: Credentials, prf_alg: Prf, octets: bytes, peer_id: Identi
                                   Notify.AUTHENTICATION_FAILED)
     verify_signature(cert_public_key(certs[0]), auth.method, auth.data, octets)
     return identity_text(peer_id, certs[0])
+
+
+def hash_algorithms(payloads: Sequence[Payload]) -> tuple[int, ...]:
+    """RFC 7427 §4: the SIGNATURE_HASH_ALGORITHMS notify is a list of 16-bit numbers."""
+    out: list[int] = []
+    for n in notifies(payloads, Notify.SIGNATURE_HASH_ALGORITHMS):
+        out += [int.from_bytes(n.data[i : i + 2], "big") for i in range(0, len(n.data) - 1, 2)]
+    return tuple(out)
+
+
+def hash_algorithms_notify() -> NotifyPayload:
+    """What we announce: the hashes we sign and verify with (RFC 7427 §4)."""
+    return NotifyPayload(Notify.SIGNATURE_HASH_ALGORITHMS,
+                         b"".join(h.to_bytes(2, "big") for h in SUPPORTED_HASHES))

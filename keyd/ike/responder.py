@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import constant_time
 
-from .auth import SUPPORTED_HASHES, ca_keyid, signed_octets
+from .auth import ca_keyid, signed_octets
 from .config import ResponderConfig
 from .constants import (
     CertEncoding,
@@ -22,7 +22,7 @@ from .constants import (
 )
 from .core import IkeEndpoint, RequestContext, move_children, nat_hash, notify_name
 from .dh import KeyExchange
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import InvalidKePayload, LocalProtocolError, RemoteProtocolError
 from .events import (
     AddressRequested,
     AuthenticationFailed,
@@ -33,7 +33,7 @@ from .events import (
 )
 from .identity import Identity, identity_from_text
 from .ikesa import Address, IkeSa, ike_sa_id
-from .keys import derive_child_keys, derive_ike_keys, prf, rekey_skeyseed, skeyseed
+from .keys import NONCE_LEN, derive_child_keys, derive_ike_keys, prf, rekey_skeyseed, skeyseed
 from .message import Header, Message, push_message
 from .payloads import (
     AuthPayload,
@@ -49,35 +49,15 @@ from .payloads import (
     SaPayload,
     TsiPayload,
     TsrPayload,
+    find,
+    notifies,
 )
-from .proof import check_proof, own_proof
+from .proof import check_proof, hash_algorithms, hash_algorithms_notify, own_proof
 from .selectors import narrow, selector_for, to_cidrs
 from .state import IkeState
 from .transforms import PRFS, ChildSuite, IkeSuite, select_proposal
 
-NONCE_LEN = 32
 COOKIE_LEN = 1 + 16  # version byte | truncated HMAC
-
-
-def find(payloads: list[Payload] | tuple[Payload, ...], cls: type[Payload]) -> Payload | None:
-    return next((p for p in payloads if isinstance(p, cls)), None)
-
-
-def notifies(payloads: list[Payload] | tuple[Payload, ...], n_type: int) -> list[NotifyPayload]:
-    return [p for p in payloads if isinstance(p, NotifyPayload) and p.type == n_type]
-
-
-def hash_algorithms(payloads: list[Payload] | tuple[Payload, ...]) -> tuple[int, ...]:
-    """RFC 7427 §4: the SIGNATURE_HASH_ALGORITHMS notify is a list of 16-bit numbers."""
-    out: list[int] = []
-    for n in notifies(payloads, Notify.SIGNATURE_HASH_ALGORITHMS):
-        out += [int.from_bytes(n.data[i : i + 2], "big") for i in range(0, len(n.data) - 1, 2)]
-    return tuple(out)
-
-
-def hash_algorithms_notify() -> NotifyPayload:
-    return NotifyPayload(Notify.SIGNATURE_HASH_ALGORITHMS,
-                         b"".join(h.to_bytes(2, "big") for h in SUPPORTED_HASHES))
 
 
 @dataclass(slots=True)
@@ -173,8 +153,8 @@ class Responder(IkeEndpoint):
             g_ir = dh.shared_secret(ke.data)
         except RemoteProtocolError as e:
             assert e.notify is not None
-            group = getattr(e, "group", None)
-            self._init_error(h, e.notify, group.to_bytes(2, "big") if group else b"", src, dst)
+            data = e.group.to_bytes(2, "big") if isinstance(e, InvalidKePayload) else b""
+            self._init_error(h, e.notify, data, src, dst)
             return
         spi_r = self._new_ike_spi(h.spi_i)
         nr = self._random(NONCE_LEN)

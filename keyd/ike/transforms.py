@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 
 from .constants import Notify, ProtocolId, TransformType
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import InvalidKePayload, LocalProtocolError, RemoteProtocolError
 from .payloads import Proposal, Transform
 
 
@@ -236,8 +236,7 @@ def select_proposal(
     """Pick our first suite the peer offers; return the peer's proposal and the suite.
 
     `ke_group` is the group of the peer's KE payload (None: no KE). If a suite matches but
-    with a different group, RemoteProtocolError(INVALID_KE_PAYLOAD) names our preferred one
-    in its `group` attribute (§1.3, §3.10.1).
+    with a different group, InvalidKePayload names our preferred one (§1.3, §3.10.1).
     """
     wrong_group: int | None = None
     for suite in ours:
@@ -263,9 +262,7 @@ def select_proposal(
                     continue
             return prop, suite
     if wrong_group is not None:
-        err = RemoteProtocolError("KE group is not the selected one", Notify.INVALID_KE_PAYLOAD)
-        err.group = wrong_group  # type: ignore[attr-defined]
-        raise err
+        raise InvalidKePayload(wrong_group)
     raise RemoteProtocolError("no acceptable proposal", Notify.NO_PROPOSAL_CHOSEN)
 
 
