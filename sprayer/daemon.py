@@ -70,6 +70,25 @@ class SprayerMetrics:
         self.spis = Gauge("sprayer_spis", "SPIs in the steering map", registry=r)
 
 
+class Trouble:
+    """Logs a recurring failure once when it starts (or changes) and once when it ends,
+    instead of on every tick."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.current: str | None = None
+
+    def failed(self, detail: str) -> None:
+        if detail != self.current:
+            log.warning("%s: %s", self.what, detail)
+            self.current = detail
+
+    def ok(self) -> None:
+        if self.current is not None:
+            log.info("%s: recovered", self.what)
+            self.current = None
+
+
 class Prober:
     """Sends `IPSC-PROBE` + nonce to each node, matches replies by nonce."""
 
@@ -140,6 +159,9 @@ class Sprayer:
         self._applied: tuple[int, tuple[str, ...]] | None = None
         self._planned: tuple[int, tuple[tuple[str, bool, str], ...]] | None = None
         self._was_leader = False
+        self._election_trouble = Trouble("leader election")
+        self._driver_trouble = Trouble("driver update (resyncing)")
+        self._write_trouble = Trouble("assignment writes (retrying)")
 
     # lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -196,9 +218,10 @@ class Sprayer:
         """Keep or seek leadership; return seconds until the next step."""
         try:
             leader = self.leadership.step()
+            self._election_trouble.ok()
         except StoreError as exc:
             self.metrics.etcd_errors.inc()
-            log.warning("leader election: %s", exc)
+            self._election_trouble.failed(str(exc))
             leader = self.leadership.is_leader
         self.metrics.leader.set(1 if leader else 0)
         if leader and not self._was_leader and self.applier is not None:
@@ -239,9 +262,10 @@ class Sprayer:
             self.applier.apply(targets)
         except DriverError as exc:
             self.metrics.driver_errors.inc()
-            log.error("driver update failed; resyncing next tick: %s", exc)
+            self._driver_trouble.failed(str(exc))
             self.applier.resync()
             return
+        self._driver_trouble.ok()
         self.metrics.spis.set(len(targets.spis))
         self._applied = key
 
@@ -285,8 +309,9 @@ class Sprayer:
                                    guards=[*guards, self.leadership.guard])
         except StoreError as exc:
             self.metrics.etcd_errors.inc()
-            log.warning("assignment write failed, retrying next tick: %s", exc)
+            self._write_trouble.failed(str(exc))
             return True  # nothing to split: etcd itself is the problem
+        self._write_trouble.ok()
         if not ok:
             self.metrics.write_conflicts.inc()
             return False

@@ -92,3 +92,7 @@ def main(config_path: str, sprayer_id: str | None, driver: str | None, netns: st
     finally:
         sprayer.stop()
     log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()

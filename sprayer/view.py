@@ -9,12 +9,16 @@ the traffic still goes to the previous owner until the sprayer flips the assignm
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cluster.store.records import Assignment, ChildSaRecord, NodeRecord, SeqRecord
 from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent, WatchResynced
 from sprayer.plan import NodeState, NodeView, Phase, Placement
+
+log = logging.getLogger("sprayer.view")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,19 +149,36 @@ class ClusterView:
                 return a.previous_node
             return a.node
 
+        # the drivers steer IPv4 only: a node or client with another address is left out
+        # (and logged once) rather than failing every batch it would be part of
+        nodes = {n.id: n for n in self.nodes.values() if _ipv4(n.address, f"node {n.id}")}
         owner = {k: receiver(a) for k, (a, _) in self.assigns.items()}
         spis: dict[int, str] = {}
         clients: dict[str, str] = {}
         for spi, c in self.children.items():
             node = owner.get(c.ike_sa_id)
-            if node is None or node not in self.nodes:
+            if node is None or node not in nodes:
                 continue
             spis[spi] = node
-            if c.virtual_ip:
+            if c.virtual_ip and _ipv4(c.virtual_ip, f"client {c.ike_sa_id}"):
                 clients[c.virtual_ip] = node
-        fallback = sorted(n.id for n in self.nodes.values()
+        fallback = sorted(n.id for n in nodes.values()
                           if n.state == "ready" and n.capacity > 0 and alive(n.id))
         return Targets(
-            nodes={n.id: n.address for n in self.nodes.values()},
+            nodes={n.id: n.address for n in nodes.values()},
             fallback=fallback, spis=spis, clients=clients,
-            weights={n.id: (n.capacity, n.state == "draining") for n in self.nodes.values()})
+            weights={n.id: (n.capacity, n.state == "draining") for n in nodes.values()})
+
+
+_warned: set[str] = set()
+
+
+def _ipv4(address: str, what: str) -> bool:
+    try:
+        ipaddress.IPv4Address(address)
+        return True
+    except ValueError:
+        if what not in _warned:
+            _warned.add(what)
+            log.warning("not steered: %s has a non-IPv4 address %s", what, address)
+        return False

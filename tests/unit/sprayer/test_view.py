@@ -75,3 +75,14 @@ def test_checkpoints_do_not_churn_and_dead_nodes_leave_the_fallback() -> None:
     v.apply("nodes", RecordDeleted("k", "n1", 9))
     assert gone == ["n1"] and "n1" not in v.nodes
     v.apply("sa", RecordDeleted("k", "not-hex", 9))          # junk names are ignored
+
+
+def test_non_ipv4_nodes_and_clients_are_left_out_not_fatal() -> None:
+    v = ClusterView()
+    put(v, "nodes", NodeRecord("n6", "2001:db8::1", 10, "ready", 4501, "t", 0.0))
+    put(v, "nodes", node("n1"))
+    put(v, "sa", child(0x1000, vip="fd00::7"))
+    put(v, "assign", Assignment(IKE, "n1", 1, "active", None, 0.0), 5)
+    t = v.targets(lambda n: True)
+    assert t.nodes == {"n1": "10.30.0.1"} and t.fallback == ["n1"]
+    assert t.spis == {0x1000: "n1"} and t.clients == {}
