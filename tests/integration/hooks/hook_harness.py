@@ -94,7 +94,8 @@ class Runner:
     """`cluster-hooks` as a real subprocess with a TOML config."""
 
     def __init__(self, tmp: Path, endpoint: str, cluster: str, hooks_dir: Path,
-                 webhooks: list[str], timeout_s: float = 5.0, retries: int = 1) -> None:
+                 webhooks: list[str], timeout_s: float = 5.0, retries: int = 1,
+                 metrics: str = "") -> None:
         self.config = tmp / "cluster-hooks.toml"
         self.state_file = tmp / "hooks.revision"
         self.log = tmp / "cluster-hooks.log"
@@ -109,7 +110,7 @@ endpoints = ["{endpoint}"]
 level = "info"
 
 [metrics]
-listen = ""
+listen = "{metrics}"
 
 [hooks]
 directory = "{hooks_dir}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from hook_harness import HANGER, RECORDER, Receiver, Runner, recorded, wait_until, write_hook
 
+from cluster.procs import free_port
 from cluster.store.client import Store
 from cluster.store.keyspace import Keyspace, ike_sa_id
 from cluster.store.records import (
@@ -177,8 +180,9 @@ def test_hanging_hook_is_killed_and_blocks_nothing(tmp_path: Path, store: Store,
     hooks = tmp_path / "hooks.d"
     write_hook(hooks, "10-hang", HANGER.format(out=out))
     write_hook(hooks, "20-record", RECORDER.format(out=out))
+    metrics_port = free_port()
     runner = Runner(tmp_path, etcd_endpoint, store.keyspace.cluster, hooks, [receiver.url],
-                    timeout_s=3.0, retries=0)
+                    timeout_s=3.0, retries=0, metrics=f"127.0.0.1:{metrics_port}")
     runner.start()
     try:
         store.put(node("node-1", "10.30.0.11"))                       # the hanger hangs here
@@ -197,6 +201,11 @@ def test_hanging_hook_is_killed_and_blocks_nothing(tmp_path: Path, store: Store,
         wait_until(lambda: len(recorded(out)) == 2, 30)
         assert events_of(recorded(out)) == ["node-up", "node-draining"]
         assert "timed out after 3s" in runner.log_text()
+        exposition = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert re.search(r'cluster_hooks_deliveries_total\{result="timeout",'
+                         r'target="exec:10-hang"\} 1\.0', exposition), exposition
+        assert re.search(r'cluster_hooks_deliveries_total\{result="ok",'
+                         r'target="exec:20-record"\} 2\.0', exposition), exposition
     finally:
         runner.stop()
 
