@@ -115,7 +115,7 @@ class IkeClient:
     def _idle(self) -> bool:
         """No request of ours is waiting for its answer, on any IKE SA (after an IKE rekey
         the DELETE of the old one is in flight on the old one)."""
-        return not any(sa.outstanding for sa in self.core._sas.values())
+        return not any(self.core.busy(i) for i in self.core.ike_sa_ids())
 
     def _failed(self) -> ExchangeFailed | None:
         return next((e for e in self.events if isinstance(e, ExchangeFailed)), None)

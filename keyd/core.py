@@ -13,23 +13,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from .config import ConfigError, KeydConfig, read_psk, read_public, read_secret
 from .ike.config import Credentials, ResponderConfig
 from .ike.errors import LocalProtocolError
-from .ike.ikesa import IkeSa
 from .ike.responder import Responder
-
-
-class ClusterResponder(Responder):
-    """The responder plus what a clustered shell needs to manage the SAs it holds."""
-
-    def has_ike_sa(self, ike_sa_id: str) -> bool:
-        return ike_sa_id in self._sas
-
-    def forget_ike_sa(self, ike_sa_id: str) -> None:
-        """Drop an IKE SA from memory without a word to the peer and without events: its
-        durable state in etcd stays the truth (a step that could not be persisted is undone
-        this way; an SA another instance continued is dropped this way)."""
-        sa: IkeSa | None = self._sas.pop(ike_sa_id, None)
-        if sa is not None:
-            self._forget(sa)
 
 
 def _certificates(path: str, what: str) -> list[x509.Certificate]:
@@ -81,6 +65,6 @@ def responder_config(config: KeydConfig, natt_port: int | None = None) -> Respon
         raise ConfigError(f"{config.source}: keyd proposals: {exc}") from None
 
 
-def build_core(config: KeydConfig, natt_port: int | None = None) -> ClusterResponder:
+def build_core(config: KeydConfig, natt_port: int | None = None) -> Responder:
     """The responder for `config`; ConfigError for unreadable or unusable credentials."""
-    return ClusterResponder(responder_config(config, natt_port))
+    return Responder(responder_config(config, natt_port))

@@ -32,9 +32,9 @@ from cluster.store.client import Store
 from cluster.store.errors import MalformedRecord, StoreError, StoreUnavailable, WrongDataKey
 from cluster.store.records import ChildSaRecord, IkeSaRecord
 
-from .core import ClusterResponder
 from .ike import events as ike
 from .ike.errors import IkeError, LocalProtocolError
+from .ike.responder import Responder
 from .metrics import KeydMetrics
 from .persist import Changes, IkeRekeyed, Persister, SpiCollision
 from .pool import AddressPool, PoolExhausted
@@ -82,7 +82,7 @@ class _Step:
 
 
 class Engine:
-    def __init__(self, core: ClusterResponder, store: Store, pool: AddressPool | None, keyd_id: str,
+    def __init__(self, core: Responder, store: Store, pool: AddressPool | None, keyd_id: str,
                  metrics: KeydMetrics, clock: Callable[[], float] = time.time) -> None:
         self.core = core
         self.store = store

@@ -29,8 +29,9 @@ from cluster.store.seal import DataKey, DataKeyError, load_data_key
 from cluster.store.watch import RecordPut, WatchEvent
 
 from .config import DEFAULT_PATH, ConfigError, KeydConfig, load_config, parse_listen
-from .core import ClusterResponder, build_core, responder_config
+from .core import build_core, responder_config
 from .engine import Engine, Outbound
+from .ike.responder import Responder
 from .logs import setup_logging
 from .metrics import KeydMetrics
 from .pool import AddressPool
@@ -54,7 +55,7 @@ class KeydServer:
         self.metrics = KeydMetrics()
         self.pool = AddressPool(self.store, k.pool, k.id)
         responder_config(config)  # credentials and proposals: fail now, before binding
-        self.core: ClusterResponder | None = None
+        self.core: Responder | None = None
         self._engine: Engine | None = None
         self.endpoints = IkeEndpoints(k.vip, k.ike_port, k.natt_port, self._enqueue,
                                       self._dropped, self._sent)
