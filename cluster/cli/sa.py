@@ -8,7 +8,7 @@ import click
 
 from cluster.cli.context import CliFailure, connect, connection_options
 from cluster.cli.output import age, emit, key_value_table, make_table
-from cluster.cli.view import read_snapshot, sa_row, sa_rows
+from cluster.cli.view import read_sa, read_snapshot, sa_rows
 from cluster.store.keyspace import BadKey, parse_spi
 
 
@@ -47,9 +47,8 @@ def sa_show(spi: str) -> None:
         spi_in = parse_spi(spi.lower().removeprefix("0x").rjust(8, "0"))
     except BadKey as exc:
         raise click.BadParameter(str(exc), param_hint="SPI") from None
-    snap = read_snapshot(connect())
-    child = next((v.record for v in snap.child if v.record.spi_in == spi_in), None)
-    if child is None:
+    row = read_sa(connect(), spi_in)
+    if row is None:
         raise CliFailure(f"no Child SA with inbound SPI {spi_in:08x}")
 
     def table(r: dict[str, Any]) -> Any:
@@ -68,4 +67,4 @@ def sa_show(spi: str) -> None:
              if s else None),
         ], title=f"Child SA {r['spi_in']}")
 
-    emit(sa_row(snap, child), table)
+    emit(row, table)

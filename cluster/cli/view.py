@@ -48,12 +48,6 @@ class Snapshot:
     def node_ids(self) -> set[str]:
         return {v.record.id for v in self.nodes}
 
-    def assignment(self, ike_sa_id: str) -> Assignment | None:
-        for v in self.assign:
-            if v.record.ike_sa_id == ike_sa_id:
-                return v.record
-        return None
-
 
 def read_snapshot(store: Store) -> Snapshot:
     listings = [store.list(cls) for cls in (NodeRecord, KeydRecord, IkeSaRecord,
@@ -106,10 +100,11 @@ def client_rows(snap: Snapshot) -> list[dict[str, Any]]:
     for v in snap.child:
         children.setdefault(v.record.ike_sa_id, []).append(v.record)
     ike = {v.record.ike_sa_id: v.record for v in snap.ike}
+    owners = {v.record.ike_sa_id: v.record for v in snap.assign}
     rows = []
-    for ike_sa_id in sorted(set(ike) | {v.record.ike_sa_id for v in snap.assign}):
+    for ike_sa_id in sorted(set(ike) | set(owners)):
         sa = ike.get(ike_sa_id)
-        a = snap.assignment(ike_sa_id)
+        a = owners.get(ike_sa_id)
         mine = sorted(children.get(ike_sa_id, []), key=lambda c: c.created_at)
         counters = [seq[c.spi_in] for c in mine if c.spi_in in seq]
         rows.append({
@@ -132,10 +127,8 @@ def client_rows(snap: Snapshot) -> list[dict[str, Any]]:
     return rows
 
 
-def sa_row(snap: Snapshot, child: ChildSaRecord) -> dict[str, Any]:
+def sa_row(child: ChildSaRecord, a: Assignment | None, s: SeqRecord | None) -> dict[str, Any]:
     """A Child SA's public fields, its owner and its last sequence record. Never keys."""
-    a = snap.assignment(child.ike_sa_id)
-    s = _seq_by_spi(snap).get(child.spi_in)
     return {
         "spi_in": spi_text(child.spi_in), "spi_out": spi_text(child.spi_out),
         "ike_sa_id": child.ike_sa_id, "identity": child.identity,
@@ -152,7 +145,20 @@ def sa_row(snap: Snapshot, child: ChildSaRecord) -> dict[str, Any]:
 
 
 def sa_rows(snap: Snapshot) -> list[dict[str, Any]]:
-    return [sa_row(snap, v.record) for v in sorted(snap.child, key=lambda v: v.record.spi_in)]
+    seq = _seq_by_spi(snap)
+    owners = {v.record.ike_sa_id: v.record for v in snap.assign}
+    return [sa_row(v.record, owners.get(v.record.ike_sa_id), seq.get(v.record.spi_in))
+            for v in sorted(snap.child, key=lambda v: v.record.spi_in)]
+
+
+def read_sa(store: Store, spi_in: int) -> dict[str, Any] | None:
+    """One Child SA's row, read by key (no full listing), or None if there is none."""
+    child = store.get(ChildSaRecord, spi_in)
+    if child is None:
+        return None
+    a = store.get(Assignment, child.record.ike_sa_id)
+    s = store.get(SeqRecord, spi_in)
+    return sa_row(child.record, a.record if a else None, s.record if s else None)
 
 
 # -- health ----------------------------------------------------------------------------------
