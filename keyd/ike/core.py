@@ -4,6 +4,7 @@ export/import. `Responder` and `Initiator` add their exchanges on top."""
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import os
 from collections import deque
@@ -111,6 +112,7 @@ class IkeEndpoint:
         self._sas: dict[str, IkeSa] = {}
         self._events: deque[IkeEvent] = deque()
         self._out: deque[Datagram] = deque()
+        self._timers: list[tuple[float, str]] = []  # heap of (due, ike_sa_id), lazily pruned
 
     # ---- the API the shell drives ---------------------------------------------------------
 
@@ -139,7 +141,11 @@ class IkeEndpoint:
 
     def handle_timer(self, now: float) -> None:
         """Retransmit our requests, give up on silent peers, expire half-open / rekeyed SAs."""
-        for sa in list(self._sas.values()):
+        while self._timers and self._timers[0][0] <= now:
+            due, sa_id = heapq.heappop(self._timers)
+            sa = self._sas.get(sa_id)
+            if sa is None or _due(sa) != due:
+                continue  # stale entry: the SA is gone or was rescheduled
             if sa.outstanding and sa.retransmit_at is not None and now >= sa.retransmit_at:
                 if sa.retransmits >= self._retransmit_tries:
                     self._events.append(ExchangeFailed(sa.id, 0, None, "peer does not answer"))
@@ -151,12 +157,18 @@ class IkeEndpoint:
                 self._send(sa.outstanding, sa.local, sa.peer)
             if sa.expires_at is not None and now >= sa.expires_at:
                 self._remove_sa(sa, f"{sa.state.value} timed out")
+                continue
+            self._schedule(sa)
 
     def get_timer(self) -> float | None:
         """When `handle_timer` should next run (None: nothing scheduled)."""
-        times = [t for sa in self._sas.values() for t in (sa.retransmit_at, sa.expires_at)
-                 if t is not None]
-        return min(times) if times else None
+        while self._timers:
+            due, sa_id = self._timers[0]
+            sa = self._sas.get(sa_id)
+            if sa is not None and _due(sa) == due:
+                return due
+            heapq.heappop(self._timers)
+        return None
 
     def next_event(self) -> IkeEvent | None:
         return self._events.popleft() if self._events else None
@@ -194,6 +206,7 @@ class IkeEndpoint:
         """Take over an IKE SA exported by another instance; returns its id."""
         sa = import_sa(record)
         self._sas[sa.id] = sa
+        self._schedule(sa)
         self._imported(sa)
         return sa.id
 
@@ -235,6 +248,12 @@ class IkeEndpoint:
 
     def _imported(self, sa: IkeSa) -> None:
         """Hook for subclasses to index an imported SA."""
+
+    def _schedule(self, sa: IkeSa) -> None:
+        """Call after changing `retransmit_at` or `expires_at` (stale heap entries are skipped)."""
+        due = _due(sa)
+        if due is not None:
+            heapq.heappush(self._timers, (due, sa.id))
 
     def _drop(self, reason: str) -> None:
         self.counters.drops[reason] += 1
@@ -401,6 +420,7 @@ class IkeEndpoint:
         sa.outstanding, sa.outstanding_kind, sa.outstanding_ctx = data, kind, ctx
         sa.retransmit_at = now + self._retransmit_timeout_s
         sa.retransmits = 0
+        self._schedule(sa)
         self._events.append(IkeSaUpdated(sa.id))
         self._send(data, sa.local, sa.peer)
 
@@ -473,6 +493,12 @@ class IkeEndpoint:
         self, sa: IkeSa, payloads: list[Payload], ctx: dict[str, Any], now: float
     ) -> None:
         self._events.append(IkeSaUpdated(sa.id))
+
+
+def _due(sa: IkeSa) -> float | None:
+    times = [t for t in (sa.retransmit_at if sa.outstanding else None, sa.expires_at)
+             if t is not None]
+    return min(times) if times else None
 
 
 def _notify_data(e: RemoteProtocolError) -> bytes:

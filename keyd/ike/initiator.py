@@ -125,6 +125,7 @@ class Initiator(IkeEndpoint):
         sa.init_request = data
         sa.outstanding, sa.outstanding_kind, sa.outstanding_ctx = data, "init", {"dh": dh}
         sa.retransmit_at, sa.retransmits = now + self._retransmit_timeout_s, 0
+        self._schedule(sa)
         sa.my_next_id = 1
         self._send(data, sa.local, sa.peer)
 

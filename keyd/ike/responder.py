@@ -95,7 +95,9 @@ class Responder(IkeEndpoint):
         self._my_id: Identity = identity_from_text(config.identity, creds.cert)
         self._protected = [selector_for(n) for n in config.protected_networks]
         self._half_open: set[str] = set()
+        # half-open SAs by (SPIi, peer address): retransmitted IKE_SA_INIT requests (§2.1)
         self._init_index: dict[tuple[int, Address], str] = {}
+        self._init_key: dict[str, tuple[int, Address]] = {}
         self._pending: dict[str, _PendingAuth] = {}
         self._cookie_secrets: list[tuple[int, bytes]] = [(0, random(32))]
         self._cookie_rotate_at: float | None = None
@@ -194,6 +196,7 @@ class Responder(IkeEndpoint):
         )
         self._sas[sa.id] = sa
         self._index(sa)
+        self._schedule(sa)
         self._events.append(IkeSaUpdated(sa.id))
         self._send(data, dst, src)
 
@@ -220,17 +223,22 @@ class Responder(IkeEndpoint):
         if sa.state == IkeState.HALF_OPEN:
             self._half_open.add(sa.id)
             self._init_index[(sa.spi_i, sa.peer)] = sa.id
+            self._init_key[sa.id] = (sa.spi_i, sa.peer)
+        self.counters.half_open = len(self._half_open)
+
+    def _leave_half_open(self, sa: IkeSa) -> None:
+        self._half_open.discard(sa.id)
+        key = self._init_key.pop(sa.id, None)
+        if key is not None:
+            self._init_index.pop(key, None)
         self.counters.half_open = len(self._half_open)
 
     def _imported(self, sa: IkeSa) -> None:
         self._index(sa)
 
     def _forget(self, sa: IkeSa) -> None:
-        self._half_open.discard(sa.id)
         self._pending.pop(sa.id, None)
-        for key in [k for k, v in self._init_index.items() if v == sa.id]:
-            del self._init_index[key]
-        self.counters.half_open = len(self._half_open)
+        self._leave_half_open(sa)
 
     # §2.6: Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)
     def _cookie(self, ni: bytes, src: Address, spi_i: int, now: float) -> bytes:
@@ -324,8 +332,7 @@ class Responder(IkeEndpoint):
         sa.virtual_ip = address
         sa.state = IkeState.ESTABLISHED
         sa.expires_at = None
-        self._half_open.discard(sa.id)
-        self.counters.half_open = len(self._half_open)
+        self._leave_half_open(sa)
         self.counters.handshakes["ok"] += 1
         self._events.append(IkeSaEstablished(sa.id, sa.peer_identity, sa.peer[0], sa.peer[1],
                                              address, pending.initial_contact))
@@ -435,6 +442,7 @@ class Responder(IkeEndpoint):
         sa.state = IkeState.REKEYED
         sa.rekeyed_to = new.id
         sa.expires_at = now + self.config.rekeyed_grace_s
+        self._schedule(sa)
         self._sas[new.id] = new
         self._events.append(IkeSaUpdated(new.id))
         self._events.append(IkeSaRekeyed(sa.id, new.id, tuple(new.children.values())))

@@ -424,3 +424,21 @@ def test_api_misuse_is_local_protocol_error() -> None:
     client.endpoint.liveness(clock.now)
     with pytest.raises(LocalProtocolError):
         client.endpoint.liveness(clock.now)
+
+
+def test_rekeyed_ike_sa_expires_when_the_peer_never_deletes_it() -> None:
+    client, server, clock = established()
+    old_id = server.of(IkeSaEstablished)[0].ike_sa_id
+    client.endpoint.rekey_ike(clock.now)
+    transfer(client, server, clock.now)
+    transfer(server, client, clock.now)  # the answer arrives; the client sends DELETE ...
+    client.drain()  # ... which is lost
+    assert server.endpoint.export_ike_sa(old_id)["state"] == "rekeyed"
+    assert server.endpoint.get_timer() == pytest.approx(clock.now + 60)
+    server.endpoint.handle_timer(clock.advance(59))
+    assert server.endpoint.has_ike_sa(old_id)
+    server.endpoint.handle_timer(clock.advance(2))
+    server.drain()
+    assert not server.endpoint.has_ike_sa(old_id) and len(server.endpoint.ike_sa_ids()) == 1
+    assert server.of(IkeSaDeleted)[-1].ike_sa_id == old_id and not server.of(ChildSaDeleted)
+    assert server.endpoint.get_timer() is None
