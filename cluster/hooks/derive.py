@@ -90,6 +90,7 @@ class EventDeriver:
         self.nodes: dict[str, NodeLike] = {}
         self.ike: dict[str, IkeSaLike] = {}
         self.child: dict[int, ChildSaLike] = {}
+        self._children: dict[str, set[int]] = {}   # ike_sa_id -> spi_in of its Child SAs
         self.assign: dict[str, AssignmentLike] = {}
 
     # -- state --------------------------------------------------------------------------
@@ -99,6 +100,9 @@ class EventDeriver:
         for change in changes:
             if change.kind in WATCHED_KINDS and change.record is not None:
                 self._table(change.kind)[self._key(change)] = change.record
+                if change.kind == "sa":
+                    self._children.setdefault(change.record.ike_sa_id, set()).add(
+                        change.record.spi_in)
 
     def names(self, kind: str) -> set[str]:
         """The key names of `kind` the deriver holds (SPIs as 8 hex digits)."""
@@ -160,10 +164,13 @@ class EventDeriver:
         spi = int(change.name, 16)
         child: ChildSaLike | None = change.record
         if child is None:
-            self.child.pop(spi, None)
+            gone = self.child.pop(spi, None)
+            if gone is not None:
+                self._children.get(gone.ike_sa_id, set()).discard(spi)
             return []
         before = self.child.get(spi)
         self.child[spi] = child
+        self._children.setdefault(child.ike_sa_id, set()).add(spi)
         if before is not None or child.replaces is None:
             return []
         ike = self.ike.get(child.ike_sa_id)
@@ -202,7 +209,8 @@ class EventDeriver:
 
     def _newest_child(self, ike_id: str) -> ChildSaLike | None:
         """The Child SA of this IKE SA that no other one replaces (the one in use)."""
-        mine = [c for c in self.child.values() if c.ike_sa_id == ike_id]
+        mine = [self.child[spi] for spi in sorted(self._children.get(ike_id, ()))
+                if spi in self.child]
         replaced = {c.replaces for c in mine}
         current = [c for c in mine if c.spi_in not in replaced]
         pick = current or mine
