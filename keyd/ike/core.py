@@ -21,7 +21,7 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .errors import InvalidKePayload, LocalProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
     ChildSa,
     ChildSaDeleted,
@@ -346,7 +346,13 @@ class IkeEndpoint:
         try:
             payloads = open_sk(msg, sk, self._keys_in(sa))
         except RemoteProtocolError as e:
-            self._drop("integrity" if e.notify is None else "malformed")
+            if e.notify is None:
+                self._drop("integrity")
+                return
+            # authentic but unreadable inside (§2.21.2): answer with the error notify
+            self.counters.exchanges[exchange_name(h.exchange)] += 1
+            self.counters.errors[notify_name(e.notify)] += 1
+            self._respond(sa, RequestContext(h, src, dst), [NotifyPayload(e.notify, e.data)])
             return
         handler = REQUEST_HANDLERS.get((sa.state, h.exchange))
         self.counters.exchanges[exchange_name(h.exchange)] += 1
@@ -363,7 +369,7 @@ class IkeEndpoint:
                 self._drop("silent")
                 return
             self.counters.errors[notify_name(e.notify)] += 1
-            response = [NotifyPayload(e.notify, _notify_data(e))]
+            response = [NotifyPayload(e.notify, e.data)]
         if response is not None:
             self._respond(sa, ctx, response)
 
@@ -499,10 +505,6 @@ def _due(sa: IkeSa) -> float | None:
     times = [t for t in (sa.retransmit_at if sa.outstanding else None, sa.expires_at)
              if t is not None]
     return min(times) if times else None
-
-
-def _notify_data(e: RemoteProtocolError) -> bytes:
-    return e.group.to_bytes(2, "big") if isinstance(e, InvalidKePayload) else b""
 
 
 def move_children(children: dict[int, ChildSa], new_id: str) -> dict[int, ChildSa]:

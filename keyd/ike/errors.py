@@ -17,9 +17,10 @@ class IkeError(Exception):
 class RemoteProtocolError(IkeError):
     """The peer misbehaved. `notify` is the IKE notify type to answer with, or None (silence)."""
 
-    def __init__(self, message: str, notify: int | None = None) -> None:
+    def __init__(self, message: str, notify: int | None = None, data: bytes = b"") -> None:
         super().__init__(message)
         self.notify = notify
+        self.data = data  # Notification Data of the answer (§3.10.1)
 
 
 class InvalidKePayload(RemoteProtocolError):
@@ -27,7 +28,8 @@ class InvalidKePayload(RemoteProtocolError):
     answer INVALID_KE_PAYLOAD naming `group`, the one we want."""
 
     def __init__(self, group: int) -> None:
-        super().__init__(f"KE payload is not of the selected group {group}", 17)
+        super().__init__(f"KE payload is not of the selected group {group}", 17,
+                         group.to_bytes(2, "big"))
         self.group = group
 
 

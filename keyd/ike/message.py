@@ -320,8 +320,9 @@ def pull_payloads(buf: Buffer, first: int) -> tuple[list[Payload], SkPayload | N
         payload = pull_payload_body(p_type, body)
         if isinstance(payload, UnknownPayload):
             if critical:
-                raise RemoteProtocolError(
-                    f"unsupported critical payload {p_type}", Notify.UNSUPPORTED_CRITICAL_PAYLOAD
+                raise RemoteProtocolError(  # §2.5: the answer names the payload type
+                    f"unsupported critical payload {p_type}",
+                    Notify.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([p_type]),
                 )
         elif not body.eof():
             raise _syntax(f"payload {p_type} has trailing bytes")

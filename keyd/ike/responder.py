@@ -22,7 +22,7 @@ from .constants import (
 )
 from .core import IkeEndpoint, RequestContext, move_children, nat_hash, notify_name
 from .dh import KeyExchange
-from .errors import InvalidKePayload, LocalProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
     AddressRequested,
     AuthenticationFailed,
@@ -155,8 +155,7 @@ class Responder(IkeEndpoint):
             g_ir = dh.shared_secret(ke.data)
         except RemoteProtocolError as e:
             assert e.notify is not None
-            data = e.group.to_bytes(2, "big") if isinstance(e, InvalidKePayload) else b""
-            self._init_error(h, e.notify, data, src, dst)
+            self._init_error(h, e.notify, e.data, src, dst)
             return
         spi_r = self._new_ike_spi(h.spi_i)
         nr = self._random(NONCE_LEN)

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ikepair import CLIENT, PSK, VIP, Clock, Side, psk_pair, run, transfer
 
 from keyd.ike import (
@@ -26,7 +27,10 @@ from keyd.ike import (
     LocalProtocolError,
     Responder,
 )
-from keyd.ike.constants import NON_ESP_MARKER, Notify
+from keyd.ike.buffer import Buffer
+from keyd.ike.constants import NON_ESP_MARKER, ExchangeType, Flag, Notify, PayloadType
+from keyd.ike.message import Header, pull_message, push_header
+from keyd.ike.protect import open_sk
 
 PAIRS = [
     ("aes128gcm16-prfsha256-x25519", "aes128gcm16"),
@@ -442,3 +446,28 @@ def test_rekeyed_ike_sa_expires_when_the_peer_never_deletes_it() -> None:
     assert not server.endpoint.has_ike_sa(old_id) and len(server.endpoint.ike_sa_ids()) == 1
     assert server.of(IkeSaDeleted)[-1].ike_sa_id == old_id and not server.of(ChildSaDeleted)
     assert server.endpoint.get_timer() is None
+
+
+def test_authentic_request_with_unknown_critical_payload_is_answered() -> None:
+    """§2.5: an authenticated request with an unknown critical payload gets
+    UNSUPPORTED_CRITICAL_PAYLOAD naming the type; the message ID advances."""
+    _client, server, clock = established()
+    ep, sa_id = server.endpoint, server.of(IkeSaEstablished)[0].ike_sa_id
+    sa = ep._sas[sa_id]
+    keys = ep._keys_in(sa)  # the client's direction (AES-GCM)
+    plain = bytes([0, 0x80, 0, 5]) + b"x" + b"\0"  # payload type 120, critical; pad length 0
+    total = 28 + 4 + 8 + len(plain) + 16
+    hdr = Header(sa.spi_i, sa.spi_r, PayloadType.SK, ExchangeType.INFORMATIONAL,
+                 Flag.INITIATOR, 2, length=total)
+    buf = Buffer()
+    push_header(buf, hdr)
+    aad = buf.data() + bytes([120, 0]) + (total - 28).to_bytes(2, "big")
+    iv = bytes(8)
+    ct = AESGCM(keys.enc_key[:-4]).encrypt(keys.enc_key[-4:] + iv, plain, aad)
+    ep.receive_datagram(NON_ESP_MARKER + aad + iv + ct, sa.peer, sa.local, clock.now)
+    server.pull_events()
+    out = ep.datagrams_to_send()
+    assert len(out) == 1 and ep.export_ike_sa(sa_id)["peer_next_id"] == 3
+    msg, sk = pull_message(out[0].data[4:])
+    answer = open_sk(msg, sk, ep._keys_out(sa))
+    assert answer[0].type == Notify.UNSUPPORTED_CRITICAL_PAYLOAD and answer[0].data == b"\x78"
