@@ -33,6 +33,11 @@ Driving it (aioquic style)::
   the edge of the core and becomes the RFC's answer or silence plus a counter in
   `core.counters` (IkeCounters: exchanges, errors, drops, handshakes, retransmits, cookies,
   half_open). LocalProtocolError is the caller's misuse (unknown IKE SA, wrong state).
+- `now` is seconds (float). Exported state carries absolute times (created_at, expires_at),
+  so instances that continue each other's IKE SAs must pass the same clock: wall-clock time.
+- Shell helpers: `has_ike_sa(id)`, `ike_sa_ids()`, `forget_ike_sa(id)` (drop from memory
+  silently, e.g. to undo a step that could not be persisted), `busy(id)` (a request of ours
+  is in flight), `get_timer()`.
 - Our own requests: `delete_ike_sa(id, now)`, `delete_child_sa(id, spi_in, now)`,
   `check_liveness(id, now)`; retransmitted by `handle_timer`, the IKE SA is dropped when the
   peer never answers.
