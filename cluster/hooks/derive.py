@@ -9,13 +9,19 @@ Which change means what:
 
 | change                                         | event          |
 | ---------------------------------------------- | -------------- |
-| `assign/<ike>` appears                          | client-up      |
+| `assign/<ike>` appears                          | client-up (1)  |
 | `assign/<ike>` names another node               | client-moved   |
-| `ike/<ike>` deleted                             | client-down    |
+| `ike/<ike>` deleted                             | client-down (1)|
 | `sa/<spi>` appears with `replaces` set          | sa-rekeyed     |
 | `nodes/<id>` appears                            | node-up (+ node-draining)  |
 | `nodes/<id>` state ready → draining             | node-draining  |
 | `nodes/<id>` deleted (lease expired or removed) | node-down      |
+
+(1) Not for an IKE SA rekey: keyd writes the client's new IKE SA and its assignment, then
+deletes the old ones. An IKE SA of the same client (same identity and virtual IP, or same
+identity and outer address without one) that is still assigned makes the new assignment a
+continuation (client-moved if the node differs, else nothing) and the old IKE SA's delete
+silent: a hook that announces a client's route must not withdraw it on a rekey.
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ class EventDeriver:
         self.ike: dict[str, IkeSaLike] = {}
         self.child: dict[int, ChildSaLike] = {}
         self._children: dict[str, set[int]] = {}   # ike_sa_id -> spi_in of its Child SAs
+        self._by_client: dict[tuple[str, ...], set[str]] = {}   # client key -> ike_sa_ids
         self.assign: dict[str, AssignmentLike] = {}
 
     # -- state --------------------------------------------------------------------------
@@ -103,6 +110,9 @@ class EventDeriver:
                 if change.kind == "sa":
                     self._children.setdefault(change.record.ike_sa_id, set()).add(
                         change.record.spi_in)
+                elif change.kind == "ike":
+                    self._by_client.setdefault(self._client_key(change.record), set()).add(
+                        change.name)
 
     def names(self, kind: str) -> set[str]:
         """The key names of `kind` the deriver holds (SPIs as 8 hex digits)."""
@@ -142,6 +152,15 @@ class EventDeriver:
             return []
         self.assign[change.name] = assignment
         if before is None:
+            twin = self._twin(change.name)
+            if twin is not None:
+                # An IKE SA rekey (RFC 7296 §2.8): the same client under a new IKE SA id.
+                # Not a new client; at most it changed node.
+                old_node = self.assign[twin].node
+                if old_node == assignment.node:
+                    return []
+                return [self._client_event(CLIENT_MOVED, change.name, change.revision,
+                                           old_node=old_node)]
             return [self._client_event(CLIENT_UP, change.name, change.revision)]
         if before.node != assignment.node:
             return [self._client_event(CLIENT_MOVED, change.name, change.revision,
@@ -150,15 +169,24 @@ class EventDeriver:
 
     def _ike(self, change: Change) -> list[HookEvent]:
         if change.record is not None:
+            before = self.ike.get(change.name)
+            if before is not None:
+                self._by_client.get(self._client_key(before), set()).discard(change.name)
             self.ike[change.name] = change.record
+            self._by_client.setdefault(self._client_key(change.record), set()).add(change.name)
             return []
         if change.name not in self.ike and change.name not in self.assign:
             # Never seen: nothing to tell beyond the id, but still at-least-once.
             return [HookEvent(CLIENT_DOWN, change.revision, self.cluster,
                               ike_sa_id=change.name)]
-        event = self._client_event(CLIENT_DOWN, change.name, change.revision)
-        self.ike.pop(change.name, None)
-        return [event]
+        twin = self._twin(change.name)
+        event = None if twin is not None else self._client_event(
+            CLIENT_DOWN, change.name, change.revision)
+        gone = self.ike.pop(change.name, None)
+        if gone is not None:
+            self._by_client.get(self._client_key(gone), set()).discard(change.name)
+        # The old IKE SA of a rekey going away is silent: its client stays, under the new one.
+        return [event] if event is not None else []
 
     def _child(self, change: Change) -> list[HookEvent]:
         spi = int(change.name, 16)
@@ -170,6 +198,8 @@ class EventDeriver:
             return []
         before = self.child.get(spi)
         self.child[spi] = child
+        if before is not None and before.ike_sa_id != child.ike_sa_id:  # re-parented
+            self._children.get(before.ike_sa_id, set()).discard(spi)
         self._children.setdefault(child.ike_sa_id, set()).add(spi)
         if before is not None or child.replaces is None:
             return []
@@ -187,6 +217,24 @@ class EventDeriver:
         )]
 
     # -- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _client_key(ike: IkeSaLike) -> tuple[str, ...]:
+        """Who the client is across IKE SAs: its identity and virtual IP (unique in the
+        pool), or its identity and outer address when it has no virtual IP."""
+        if ike.virtual_ip:
+            return (ike.identity, ike.virtual_ip)
+        return (ike.identity, ike.peer_addr, str(ike.peer_port))
+
+    def _twin(self, ike_id: str) -> str | None:
+        """Another assigned IKE SA of the same client (the other side of an IKE SA rekey)."""
+        ike = self.ike.get(ike_id)
+        if ike is None:
+            return None
+        for other_id in sorted(self._by_client.get(self._client_key(ike), ())):
+            if other_id != ike_id and other_id in self.assign:
+                return other_id
+        return None
 
     def _client_event(self, kind: str, ike_id: str, revision: int,
                       old_node: str | None = None) -> HookEvent:

@@ -122,3 +122,44 @@ def test_prime_sets_state_without_events() -> None:
 
 def test_other_kinds_are_ignored() -> None:
     assert EventDeriver().apply(Change("pool", "10.99.0.1", object(), 1)) == []
+
+
+IKE2 = "b" * 32
+
+
+def test_ike_sa_rekey_is_neither_up_nor_down() -> None:
+    """keyd's order on an IKE SA rekey: new ike/ (+ re-parented Child SA), new assign/ on
+    the same node, then the old ike/ and assign/ deleted."""
+    d = EventDeriver()
+    feed(d, Change("ike", IKE, Ike(IKE, "alice", "10.99.0.7"), 1),
+         Change("sa", "c0000001", Child(0xC0000001, 0xD0000001, IKE), 2),
+         Change("assign", IKE, Assign(IKE, "n1", 1), 3))
+    events = feed(d, Change("ike", IKE2, Ike(IKE2, "alice", "10.99.0.7"), 4),
+                  Change("sa", "c0000001", Child(0xC0000001, 0xD0000001, IKE2), 4),
+                  Change("assign", IKE2, Assign(IKE2, "n1", 1), 5),
+                  Change("ike", IKE, None, 6), Change("assign", IKE, None, 6))
+    assert events == []
+    (down,) = feed(d, Change("ike", IKE2, None, 7))   # the client really leaves later
+    assert (down.event, down.client_id, down.ike_sa_id, down.spi_in) == (
+        "client-down", "alice", IKE2, 0xC0000001)
+
+
+def test_ike_sa_rekey_onto_another_node_is_a_move() -> None:
+    d = EventDeriver()
+    feed(d, Change("ike", IKE, Ike(IKE, "alice", None), 1),
+         Change("assign", IKE, Assign(IKE, "n1", 1), 2),
+         Change("ike", IKE2, Ike(IKE2, "alice", None), 3))
+    (moved,) = feed(d, Change("assign", IKE2, Assign(IKE2, "n2", 1), 4))
+    assert (moved.event, moved.node, moved.old_node) == ("client-moved", "n2", "n1")
+    assert feed(d, Change("ike", IKE, None, 5)) == []
+
+
+def test_two_clients_with_one_identity_are_two_clients() -> None:
+    d = EventDeriver()
+    feed(d, Change("ike", IKE, Ike(IKE, "alice", "10.99.0.7"), 1),
+         Change("assign", IKE, Assign(IKE, "n1", 1), 2),
+         Change("ike", IKE2, Ike(IKE2, "alice", "10.99.0.8"), 3))
+    (up,) = feed(d, Change("assign", IKE2, Assign(IKE2, "n1", 1), 4))
+    assert (up.event, up.virtual_ip) == ("client-up", "10.99.0.8")
+    (down,) = feed(d, Change("ike", IKE, None, 5))
+    assert (down.event, down.virtual_ip) == ("client-down", "10.99.0.7")
