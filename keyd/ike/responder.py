@@ -281,8 +281,8 @@ class Responder(IkeEndpoint):
             self.counters.handshakes["failed"] += 1
             self.counters.errors["AUTHENTICATION_FAILED"] += 1
             self._events.append(AuthenticationFailed(sa.id, name, str(e)))
+            self._remove_sa(sa, "authentication failed")  # gone before the answer leaves
             self._respond(sa, ctx, [NotifyPayload(Notify.AUTHENTICATION_FAILED)])
-            self._remove_sa(sa, "authentication failed")
             return None
         sa.peer_identity = identity
         cp = find(payloads, CpPayload)

@@ -245,6 +245,8 @@ def test_wrong_psk_is_authentication_failed() -> None:
     client.endpoint.connect(CLIENT, VIP, clock.now)
     run(client, server, clock)
     assert server.of(AuthenticationFailed) and server.of(IkeSaDeleted)
+    kinds = [type(e) for e in server.events]
+    assert kinds[-2:] == [AuthenticationFailed, IkeSaDeleted]  # no IkeSaUpdated in between
     assert client.of(ExchangeFailed)[0].notify == Notify.AUTHENTICATION_FAILED
     assert server.endpoint.counters.handshakes["failed"] == 1
     assert not server.endpoint.ike_sa_ids()
