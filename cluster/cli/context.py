@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 
@@ -186,6 +187,14 @@ def resolve(s: Settings) -> Connection:
         base["endpoints"] = _as_list(s.get("endpoints"))
     if not base["endpoints"]:
         raise click.UsageError("--endpoints is empty")
+    for url in base["endpoints"]:
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port:
+            raise click.UsageError(f"bad etcd endpoint {url!r}: expected http(s)://host:port")
     if (base.get("cert") is None) != (base.get("key") is None):
         raise click.UsageError("--cert and --key go together")
     return Connection(base["endpoints"], base["cluster"], base["prefix"], base.get("cacert"),

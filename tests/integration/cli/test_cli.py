@@ -279,7 +279,8 @@ def test_unreachable_etcd_from_the_console_script() -> None:
 @pytest.mark.parametrize("argv", [
     ["node", "list", "--bogus"], ["node", "list", "-o", "yaml"], ["node"], ["nosuchcommand"],
     ["rebalance", "--limit", "0"], ["--cluster", "bad/name", "status"],
-    ["--cert", "/tmp/x.pem", "status"],
+    ["--cert", "/tmp/x.pem", "status"], ["--endpoints", "foo", "status"],
+    ["--endpoints", "ftp://h:1", "status"],
 ], ids=lambda a: " ".join(a))
 def test_usage_errors_exit_2(argv: list[str]) -> None:
     result = run(*argv)
