@@ -215,9 +215,10 @@ def test_node_remove(cluster: Cluster) -> None:
 # -- watch -----------------------------------------------------------------------------------
 
 
-def test_watch_streams_events(cluster: Cluster) -> None:
+@pytest.mark.parametrize("fmt", ["json", "table"])
+def test_watch_streams_events(cluster: Cluster, fmt: str) -> None:
     argv = [sys.executable, "-m", "cluster.cli", *cluster.args("watch", "--count", "2",
-                                                               "-o", "json")]
+                                                               "-o", fmt)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -234,6 +235,12 @@ def test_watch_streams_events(cluster: Cluster) -> None:
             os.killpg(proc.pid, 9)
             proc.wait()
     assert proc.returncode == 0, err
+    if fmt == "table":
+        lines = out.splitlines()
+        assert lines[0].startswith("node-draining rev ") and "node=node-2" in lines[0]
+        assert lines[1].startswith("client-up rev ")
+        assert "client=new@example.net" in lines[1] and "node=node-1" in lines[1]
+        return
     events = [json.loads(line) for line in out.splitlines()]
     assert [e["event"] for e in events] == ["node-draining", "client-up"]
     assert events[1]["client_id"] == "new@example.net" and events[1]["node"] == "node-1"
