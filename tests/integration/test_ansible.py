@@ -1,0 +1,362 @@
+"""The Ansible deployment: lint, syntax, and converge runs that render every file.
+
+The converge runs use the example inventory (3 etcd, 2 keyd, 3 nodes, 2 sprayers) with
+`connection: local` and `ipsec_cluster_render_only`, each host rendering into its own
+directory under a temporary root: nothing on this machine is installed, started or changed.
+The rendered configuration is read back by the daemons' own loaders, and the rendered etcd
+users-and-roles script is run against a real etcd with TLS.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.config import load_config
+from cluster.procs import EtcdServer
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE_DIR = REPO / "ansible"
+INVENTORY = ANSIBLE_DIR / "inventories" / "example"
+BIN = Path(sys.executable).parent
+PLAYBOOKS = ("site.yml", "rolling-upgrade.yml", "add-node.yml")
+TIMEOUT_S = 600
+
+ETCD = ("etcd-1", "etcd-2", "etcd-3")
+KEYD = ("keyd-1", "keyd-2")
+NODES = ("node-1", "node-2", "node-3")
+SPRAYERS = ("sprayer-1", "sprayer-2")
+DAEMON = {**dict.fromkeys(KEYD, "keyd"), **dict.fromkeys(NODES, "cluster-node"),
+          **dict.fromkeys(SPRAYERS, "sprayer")}
+SECTION = {"keyd": "keyd", "cluster-node": "node", "sprayer": "sprayer"}
+
+
+def ansible_env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
+        "ANSIBLE_REMOTE_TEMP": str(tmp / "ansible-tmp"),
+        "ANSIBLE_FORKS": "10",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    })
+    return env
+
+
+def run(argv: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=ANSIBLE_DIR, env=ansible_env(tmp), capture_output=True,
+                          text=True, timeout=TIMEOUT_S, check=False)
+
+
+@dataclass
+class Converge:
+    tmp: Path
+    root: Path
+    credentials: Path
+
+    def playbook(self, playbook: str, *extra: str,
+                 inventory: Path = INVENTORY / "hosts.yml") -> subprocess.CompletedProcess[str]:
+        return run([
+            str(BIN / "ansible-playbook"), "-i", str(inventory), playbook,
+            "-e", "ipsec_cluster_render_only=true",
+            "-e", f"ipsec_cluster_root={self.root}/{{{{ inventory_hostname }}}}",
+            "-e", f"ipsec_cluster_credentials_dir={self.credentials}",
+            "-e", "ansible_connection=local",
+            "-e", f'{{"ansible_python_interpreter": "{sys.executable}"}}',
+            *extra,
+        ], self.tmp)
+
+    def host(self, name: str) -> Path:
+        return self.root / name
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP lines: host → {ok: n, changed: n, failed: n, ...}."""
+    hosts: dict[str, dict[str, int]] = {}
+    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
+        m = re.match(r"^(\S+)\s+:\s+(.*)$", line)
+        if m:
+            hosts[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return hosts
+
+
+def assert_ran(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]]:
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    result = recap(done.stdout)
+    assert result, done.stdout[-2000:]
+    assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in result.values())
+    return result
+
+
+@pytest.fixture(scope="module")
+def converged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Converge]:
+    tmp = tmp_path_factory.mktemp("ansible")
+    c = Converge(tmp, tmp / "root", tmp / "credentials")
+    result = assert_ran(c.playbook("site.yml"))
+    assert set(result) == {*ETCD, *KEYD, *NODES, *SPRAYERS}
+    yield c
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def doc_contract() -> dict[str, dict[str, object]]:
+    """Every TOML block of docs/configuration.md, merged: section → documented keys."""
+    text = (REPO / "docs" / "configuration.md").read_text()
+    merged: dict[str, dict[str, object]] = {}
+    for block in re.findall(r"```toml\n(.*?)```", text, re.S):
+        for section, table in tomllib.loads(block).items():
+            merged.setdefault(section, {}).update(table)
+    return merged
+
+
+# -- static checks ---------------------------------------------------------------------------
+
+def test_ansible_lint_production_profile(tmp_path: Path) -> None:
+    done = run([str(BIN / "ansible-lint"), "--offline", "--profile", "production", "--nocolor"],
+               tmp_path)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_syntax_check(playbook: str, tmp_path: Path) -> None:
+    done = run([str(BIN / "ansible-playbook"), "--syntax-check", playbook], tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+# -- converge --------------------------------------------------------------------------------
+
+def test_every_file_is_rendered_with_its_mode(converged: Converge) -> None:
+    for host, daemon in DAEMON.items():
+        etc = converged.host(host) / "etc" / "ipsec-cluster"
+        expected = {
+            etc / f"{daemon}.toml": 0o640,
+            etc / "data.key": 0o600,
+            etc / "etcd" / "ca.pem": 0o644,
+            etc / "etcd" / f"{host}.pem": 0o644,
+            etc / "etcd" / f"{host}-key.pem": 0o600,
+            converged.host(host) / "etc" / "systemd" / "system" / f"{daemon}.service": 0o644,
+        }
+        if daemon == "keyd":
+            expected[etc / "psk"] = 0o600
+        for path, want in expected.items():
+            assert path.is_file(), path
+            assert mode(path) == want, (path, oct(mode(path)))
+        # Only this host's own credentials.
+        assert sorted(p.name for p in (etc / "etcd").iterdir()) == \
+            sorted(["ca.pem", f"{host}.pem", f"{host}-key.pem"])
+    for host in ETCD:
+        pki = converged.host(host) / "etc" / "etcd" / "pki"
+        for name, want in (("ca.pem", 0o644), (f"{host}.pem", 0o644),
+                           (f"{host}-key.pem", 0o600), ("root.pem", 0o644),
+                           ("root-key.pem", 0o600)):
+            assert mode(pki / name) == want, pki / name
+        assert (converged.host(host) / "etc" / "default" / "etcd").is_file()
+        rbac = converged.host(host) / "usr" / "local" / "sbin" / "ipsec-cluster-etcd-rbac"
+        assert mode(rbac) == 0o700
+    # The controller keeps the secrets private too.
+    assert mode(converged.credentials / "data.key") == 0o600
+    assert mode(converged.credentials / "etcd" / "ca-key.pem") == 0o600
+
+
+def test_every_host_shares_one_data_key_and_ca(converged: Converge) -> None:
+    keys = {(converged.host(h) / "etc/ipsec-cluster/data.key").read_text() for h in DAEMON}
+    assert len(keys) == 1
+    assert re.fullmatch(r"[0-9a-f]{64}\n", keys.pop())
+    cas = {(converged.host(h) / "etc/ipsec-cluster/etcd/ca.pem").read_bytes() for h in DAEMON}
+    cas |= {(converged.host(h) / "etc/etcd/pki/ca.pem").read_bytes() for h in ETCD}
+    assert len(cas) == 1
+
+
+def test_configuration_follows_the_documented_contract(converged: Converge) -> None:
+    contract = doc_contract()
+    optional = {"keyd": {"cert_file", "key_file", "ca_file"},
+                "sprayer": {"haproxy_socket", "haproxy_backend"}}
+    for host, daemon in DAEMON.items():
+        path = converged.host(host) / "etc" / "ipsec-cluster" / f"{daemon}.toml"
+        rendered = tomllib.loads(path.read_text())
+        own = SECTION[daemon]
+        assert set(rendered) == {"cluster", "etcd", "log", "metrics", own}, path
+        for section, table in rendered.items():
+            documented = set(contract[section])
+            assert set(table) <= documented, (path, section, set(table) - documented)
+            missing = documented - set(table) - optional.get(section, set())
+            assert not missing, (path, section, missing)
+        assert rendered[own]["id"] == host
+        assert rendered["etcd"]["cert"] == f"/etc/ipsec-cluster/etcd/{host}.pem"
+        assert rendered["etcd"]["endpoints"] == [
+            "https://10.10.0.11:2379", "https://10.10.0.12:2379", "https://10.10.0.13:2379"]
+        assert rendered["cluster"]["name"] == "prod"
+
+
+def test_daemons_accept_their_rendered_configuration(converged: Converge) -> None:
+    from cluster.node.config import load_node_config
+    from keyd.config import load_config as load_keyd_config
+    from sprayer.settings import settings_from
+
+    for host in KEYD:
+        keyd = load_keyd_config(converged.host(host) / "etc/ipsec-cluster/keyd.toml")
+        assert keyd.keyd.id == host
+        assert keyd.keyd.vip == "203.0.113.10"
+    capacities = {}
+    for host in NODES:
+        node = load_node_config(converged.host(host) / "etc/ipsec-cluster/cluster-node.toml")
+        capacities[host] = node.node.capacity
+    assert capacities == {"node-1": 100, "node-2": 100, "node-3": 200}  # host_vars/node-3.yml
+    for host in SPRAYERS:
+        sprayer = settings_from(load_config(
+            converged.host(host) / "etc/ipsec-cluster/sprayer.toml"))
+        assert sprayer.id == host
+        assert sprayer.keyd == ["10.30.0.5", "10.30.0.6"]
+
+
+def test_units_are_notify_with_a_watchdog(converged: Converge) -> None:
+    for host, daemon in DAEMON.items():
+        unit = (converged.host(host) / f"etc/systemd/system/{daemon}.service").read_text()
+        assert "Type=notify" in unit
+        assert re.search(r"^WatchdogSec=\d+$", unit, re.M)
+        assert f"--config /etc/ipsec-cluster/{daemon}.toml" in unit
+        holds_vip = "ExecStartPre=+/sbin/ip address replace 203.0.113.10/32 dev lo" in unit
+        assert holds_vip == (daemon != "sprayer")
+
+
+def test_etcd_members_form_one_tls_cluster(converged: Converge) -> None:
+    envs = {}
+    for host in ETCD:
+        text = (converged.host(host) / "etc" / "default" / "etcd").read_text()
+        envs[host] = dict(line.split("=", 1) for line in text.splitlines()
+                          if line and not line.startswith("#"))
+    initial = {env["ETCD_INITIAL_CLUSTER"] for env in envs.values()}
+    assert initial == {"etcd-1=https://10.10.0.11:2380,etcd-2=https://10.10.0.12:2380,"
+                       "etcd-3=https://10.10.0.13:2380"}
+    for host, env in envs.items():
+        assert env["ETCD_NAME"] == host
+        assert env["ETCD_CLIENT_CERT_AUTH"] == env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
+        assert env["ETCD_CERT_FILE"] == f"/etc/etcd/pki/{host}.pem"
+
+
+def test_second_run_changes_nothing(converged: Converge) -> None:
+    result = assert_ran(converged.playbook("site.yml"))
+    changed = {host: r["changed"] for host, r in result.items() if r["changed"]}
+    assert changed == {}
+
+
+# -- etcd users and roles --------------------------------------------------------------------
+
+def etcdctl(endpoint: str, credentials: Path, user: str, *args: str,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", ""), "ETCDCTL_API": "3",
+           "ETCDCTL_ENDPOINTS": endpoint,
+           "ETCDCTL_CACERT": str(credentials / "etcd" / "ca.pem"),
+           "ETCDCTL_CERT": str(credentials / "etcd" / f"{user}.pem"),
+           "ETCDCTL_KEY": str(credentials / "etcd" / f"{user}-key.pem")}
+    done = subprocess.run(["etcdctl", *args], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_rendered_rbac_script_against_a_real_tls_etcd(converged: Converge,
+                                                      tmp_path: Path) -> None:
+    if shutil.which("etcd") is None or shutil.which("etcdctl") is None:
+        pytest.fail("etcd/etcdctl are not installed: run `make bootstrap`")
+    pki = converged.credentials / "etcd"
+    server = EtcdServer(tmp_path / "etcd", tls=(pki / "ca.pem", pki / "etcd-1.pem",
+                                                pki / "etcd-1-key.pem"))
+    server.start()
+    try:
+        script = converged.host("etcd-1") / "usr/local/sbin/ipsec-cluster-etcd-rbac"
+        env = {"PATH": os.environ.get("PATH", ""), "ETCDCTL_ENDPOINTS": server.endpoint,
+               "ETCDCTL_CACERT": str(pki / "ca.pem"), "ETCDCTL_CERT": str(pki / "root.pem"),
+               "ETCDCTL_KEY": str(pki / "root-key.pem")}
+        first = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True,
+                               timeout=300, check=False)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.split() == ["changed"]
+        again = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True,
+                               timeout=300, check=False)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.split() == ["unchanged"]
+
+        root = "/ipsec-cluster/prod/"
+
+        def can_put(user: str, key: str) -> bool:
+            done = etcdctl(server.endpoint, converged.credentials, user, "put", root + key, "x",
+                           check=False)
+            if done.returncode != 0:
+                assert "permission denied" in done.stderr, done.stderr
+            return done.returncode == 0
+
+        # Authentication is on: the certificate's CN is the user, each with its own grants.
+        assert can_put("keyd-1", "sa/1234")
+        assert can_put("keyd-1", "keyd/keyd-1")
+        assert not can_put("keyd-1", "seq/1234")
+        assert can_put("node-1", "seq/1234")
+        assert can_put("node-1", "nodes/node-1")
+        assert not can_put("node-1", "nodes/node-2")
+        assert not can_put("node-1", "sa/1234")
+        assert can_put("sprayer-1", "assign/abc")
+        assert not can_put("sprayer-1", "sa/1234")
+        read = etcdctl(server.endpoint, converged.credentials, "node-2", "get", root + "sa/1234",
+                       "--print-value-only")
+        assert read.stdout.strip() == "x"
+        assert can_put("root", "policy/guest")
+    finally:
+        server.stop()
+
+
+# -- adding a node ---------------------------------------------------------------------------
+
+def test_add_node_issues_credentials_and_renders_only_what_it_needs(converged: Converge,
+                                                                    tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory"
+    shutil.copytree(INVENTORY, inventory, ignore=shutil.ignore_patterns("credentials"))
+    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
+    hosts["all"]["children"]["ipsec_cluster"]["children"]["nodes"]["hosts"]["node-4"] = None
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    (inventory / "host_vars" / "node-4.yml").write_text(
+        "---\nansible_host: 10.30.0.14\nipsec_cluster_address: 10.30.0.14\n")
+    c = Converge(tmp_path, tmp_path / "root", tmp_path / "credentials")
+    shutil.copytree(converged.credentials, c.credentials)
+    ca_before = (c.credentials / "etcd" / "ca.pem").read_bytes()
+
+    result = assert_ran(c.playbook("add-node.yml", "-e", "new_node=node-4",
+                                   inventory=inventory / "hosts.yml"))
+    assert set(result) == {*ETCD, "node-4"}
+
+    assert (c.credentials / "etcd" / "ca.pem").read_bytes() == ca_before
+    assert (c.credentials / "etcd" / "node-4.pem").is_file()
+    config = tomllib.loads((c.host("node-4") / "etc/ipsec-cluster/cluster-node.toml").read_text())
+    assert config["node"]["id"] == "node-4"
+    assert config["node"]["address"] == "10.30.0.14"
+    assert (c.host("node-4") / "etc/ipsec-cluster/data.key").read_text() == \
+        (converged.host("node-1") / "etc/ipsec-cluster/data.key").read_text()
+    rbac = (c.host("etcd-1") / "usr/local/sbin/ipsec-cluster-etcd-rbac").read_text()
+    assert "role node-4" in rbac
+    assert "grant node-4 readwrite /ipsec-cluster/prod/nodes/node-4" in rbac
+    # Nothing else was deployed.
+    assert sorted(p.name for p in c.root.iterdir()) == sorted([*ETCD, "node-4"])
+
+
+def test_add_node_refuses_a_host_outside_the_inventory(converged: Converge,
+                                                       tmp_path: Path) -> None:
+    c = Converge(tmp_path, tmp_path / "root", converged.credentials)
+    done = c.playbook("add-node.yml", "-e", "new_node=node-9")
+    assert done.returncode != 0
+    assert "new_node=NAME" in done.stdout
+    assert not c.root.exists()
