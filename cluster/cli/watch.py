@@ -50,8 +50,10 @@ def watch(count: int | None) -> None:
                 if count is not None and seen >= count:
                     done.set()
 
-    feed = ClusterFeed(connect(), on_events)
-    feed.start()
+    store = connect()
+    feed = ClusterFeed(store, on_events)
+    started = feed.start()
+    click.echo(f"watching {store.keyspace.root} after revision {started}", err=True)
     try:
         while not done.wait(0.2):
             pass

@@ -222,7 +222,8 @@ def test_watch_streams_events(cluster: Cluster, fmt: str) -> None:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        time.sleep(2.0)  # let it start watching (events before that are not streamed)
+        assert proc.stderr is not None  # it says when it watches; earlier events are not shown
+        assert proc.stderr.readline().startswith(f"watching /ipsec-cluster/{cluster.name}/")
         cluster.store.update_if(
             NodeRecord("node-2", "10.30.0.12", 100, "draining", 4501, "0.1.0", 1.0),
             cluster.store.get(NodeRecord, "node-2").mod_revision)  # type: ignore[union-attr]
