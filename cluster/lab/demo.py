@@ -19,6 +19,7 @@ from cluster.lab.lab import Lab
 from cluster.lab.strongswan import IkeSaView
 
 PING_INTERVAL_S = 0.1
+STEERED_TIMEOUT_S = 20.0
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from [\d.]+: icmp_seq=(\d+)", re.M)
 
 
@@ -97,8 +98,21 @@ def run(lab: Lab, clients: tuple[str, ...] = ("alice", "bob"), settle_s: float =
         rec = lab.spawn_in(c, f"ping:{c}", ["ping", "-D", "-n", "-i", str(PING_INTERVAL_S),
                                             "-W", "1", A.SERVER_IP])
         logs[c] = Path(rec.log)
-    time.sleep(settle_s)
     sas = {c: _one_sa(lab, c) for c in clients}
+    # The sprayer steers a new client within a moment: wait until every client has a node
+    # and its pings are answered, then let them run a little before the kill.
+    deadline = time.monotonic() + STEERED_TIMEOUT_S
+    while True:
+        route = owners(lab)
+        waiting = [c for c in clients
+                   if (sas[c].virtual_ip or "") not in route or not replies(logs[c])]
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            raise LabError(f"{', '.join(waiting)}: no node steered to or no ping answered "
+                           f"after {STEERED_TIMEOUT_S:g}s")
+        time.sleep(0.2)
+    time.sleep(settle_s)
     route = owners(lab)
     before = {c: route.get(sas[c].virtual_ip or "", "?") for c in clients}
     counts: dict[str, int] = {}

@@ -15,6 +15,7 @@ The root namespace gets no lab address: it reaches etcd through a loopback forwa
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -26,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import requests
 
@@ -48,11 +49,45 @@ Progress = Callable[[str], None]
 GATEWAYS = ("cluster", "strongswan")
 RESERVED = {"router", "server", "etcd", "nat", "sprayer", "gateway", "forwarder"}
 CLIENT_DOMAIN = "clients.lab.example"
+IPERF_PORTS = (5201, 5202, 5203, 5204)
 SPRAYER_TABLE = "ipsec_cluster"   # the nftables table the sprayer's kernel driver keeps
 
 
 def _quiet(_: str) -> None:
     pass
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _mutating(method: Callable[Concatenate[Lab, P], R]) -> Callable[Concatenate[Lab, P], R]:
+    """Run a method that changes the lab under the lab's lock, on its latest state.
+
+    Several processes may drive one lab (a test and `clusterctl lab add-client`, say): each
+    change re-reads state.json under an exclusive flock and writes it back before unlocking.
+    """
+
+    @functools.wraps(method)
+    def locked(self: Lab, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._lock_depth:
+            return method(self, *args, **kwargs)
+        fd = os.open(self.dir / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_depth += 1
+            if self.state.path.exists():
+                self.state.__dict__.update(LabState.load(self.name).__dict__)
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._lock_depth -= 1
+                if self.dir.exists():
+                    self.state.save()
+        finally:
+            os.close(fd)
+
+    return locked
 
 
 def _require_root() -> None:
@@ -67,6 +102,7 @@ class Lab:
         self.state = state
         self.progress = progress
         self.pki = LabPki(self.dir / "pki")
+        self._lock_depth = 0
 
     # ---- naming -------------------------------------------------------------------------
 
@@ -253,8 +289,11 @@ class Lab:
             return False
 
     def _start_server(self) -> None:
+        """iperf3 servers on 5201.. (one test at a time each, so several for parallel runs)."""
         ns = self.ns("server")
-        self._spawn("server-iperf3", netns.exec_argv(ns, ["iperf3", "-s"]), ns)
+        for port in IPERF_PORTS:
+            self._spawn(f"server-iperf3-{port}",
+                        netns.exec_argv(ns, ["iperf3", "-s", "-p", str(port)]), ns)
 
     def _start_baseline_gateway(self) -> None:
         ns = self.ns("keyd-1")
@@ -342,9 +381,14 @@ class Lab:
             raise LabError(f"{role} exited (its output: {log})")
         return True
 
+    def listening(self, member: str, port: int) -> bool:
+        """member's daemon runs and something in its namespace has bound UDP `port`."""
+        return self._alive_and_bound(self._process_role(member), port)
+
     def _alive_and_bound(self, role: str, port: int) -> bool:
         self._alive(role)
-        out = netns.in_ns(self.ns(role), ["ss", "-Hlun", f"sport = :{port}"], check=False)
+        ns = self.state.processes[role].netns or self.ns(role)
+        out = netns.in_ns(ns, ["ss", "-Hlun", f"sport = :{port}"], check=False)
         return bool(out.stdout.strip())
 
     def _nft_applied(self) -> bool:
@@ -361,6 +405,7 @@ class Lab:
 
     # ---- clients --------------------------------------------------------------------------
 
+    @_mutating
     def add_client(self, name: str, auth: str = "psk", behind_nat: bool = False,
                    ike: bool = True, ike_proposal: str = strongswan.DEFAULT_IKE_PROPOSAL,
                    esp_proposal: str = strongswan.DEFAULT_ESP_PROPOSAL,
@@ -449,6 +494,10 @@ class Lab:
         """The IKE SAs a client's charon holds."""
         return strongswan.list_sas(self._client_pid(name))
 
+    def client_pid(self, name: str) -> int:
+        """The PID of a client's charon (for strongswan.swanctl and friends)."""
+        return self._client_pid(name)
+
     def _client_pid(self, name: str) -> int:
         rec = self.state.processes.get(f"client:{name}")
         if name not in self.state.clients:
@@ -483,6 +532,7 @@ class Lab:
             return strongswan.in_charon(rec.pid, argv)
         return netns.exec_argv(ns, argv)
 
+    @_mutating
     def spawn_in(self, member: str, role: str, argv: list[str]) -> ProcessRecord:
         """Start argv in the background in member's namespace, recorded as `role` (so `kill`
         and `down` know it); its output goes to logs/<role>.log."""
@@ -506,9 +556,11 @@ class Lab:
                        f"{', '.join(self._killable())})")
 
     def _killable(self) -> list[str]:
-        roles = [r for r in self.state.processes if r not in ("forwarder", "server-iperf3")]
+        roles = [r for r in self.state.processes
+                 if r != "forwarder" and not r.startswith("server-iperf3")]
         return [r.removeprefix("client:") for r in roles]
 
+    @_mutating
     def kill(self, member: str, sig: signal.Signals = signal.SIGTERM) -> int:
         """Signal member's daemon; for TERM/KILL wait until it is gone. Returns its PID."""
         rec = self.state.processes[self._process_role(member)]
@@ -524,6 +576,7 @@ class Lab:
             self._wait(f"{member} (pid {rec.pid}) to exit", lambda: _reaped(rec), 10)
         return rec.pid
 
+    @_mutating
     def start(self, member: str) -> int:
         """Start member's daemon again with the argv it had; returns the new PID."""
         role = self._process_role(member)

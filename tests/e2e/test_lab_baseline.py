@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,8 +49,10 @@ def test_psk_client_reaches_the_server_only_through_its_tunnel(lab: Lab) -> None
     assert not ping_ok(lab, "bare", count=1)
     out = lab.run("alice", ["swanctl", "--list-sas"], check=True).stdout
     assert f"in  {sa.child_spis[0][0]}" in out and " 0 packets" not in out
-    # the server runs iperf3 -s for throughput runs
-    assert lab.run("server", ["ss", "-Hltn", "sport = :5201"]).stdout.strip()
+    # the server runs iperf3 servers for throughput runs
+    for port in labmod.IPERF_PORTS:
+        assert lab.run("server", ["ss", "-Hltn", f"sport = :{port}"]).stdout.strip()
+    assert lab.listening("keyd-1", 500)     # the baseline charon, in keyd-1's place
 
 
 @BASELINE
@@ -75,7 +78,7 @@ def test_cert_and_nat_clients_with_other_proposals(lab: Lab) -> None:
 def test_kill_and_start_a_client(lab: Lab) -> None:
     lab.add_client("dave")
     first = the_sa(lab, "dave")
-    old_pid = lab.kill("dave", labmod.signal.SIGKILL)
+    old_pid = lab.kill("dave", signal.SIGKILL)
     assert not lab.state.processes["client:dave"].alive()
     new_pid = lab.start("dave")
     assert new_pid != old_pid
