@@ -119,7 +119,8 @@ class LabState:
             raw["clients"] = {k: ClientRecord(**v) for k, v in raw["clients"].items()}
             return cls(**raw)
         except (KeyError, TypeError, AttributeError) as exc:
-            raise LabError(f"lab state {path} is malformed ({exc}); remove it by hand") from None
+            raise LabError(f"lab state {path} is malformed ({exc}); `clusterctl lab down "
+                           f"--name {name}` still removes the lab") from None
 
     def remove_files(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
