@@ -101,7 +101,8 @@ class ChildSa:
         seq = _U32.unpack_from(esp, 4)[0]
         if self.esn:
             seq = infer_seq(seq, window.highest, window.size, True)
-        window.check(seq)  # before the ICV: cheap rejection (RFC 4303 §3.4.3)
+        if seq <= window.highest or not seq:
+            window.check(seq)  # before the ICV: cheap rejection (RFC 4303 §3.4.3)
         inner = pull_inner(self._decrypt(esp[:8], esp[8:], seq >> 32 if self.esn else None))
         if not self.selectors.allows_source(inner):
             raise RemoteProtocolError(DropReason.SELECTOR, "inner source outside selectors")

@@ -54,7 +54,8 @@ class SaTable(Generic[S]):
 
     def __init__(self) -> None:
         self.by_spi: dict[int, S] = {}
-        self._by_wire_spi: dict[bytes, S] = {}  # the same, keyed as the SPI is sent
+        #: the same, keyed by the SPI as sent (4 bytes): what a hot path looks up
+        self.by_wire_spi: dict[bytes, S] = {}
         self.drops: Counter[DropReason] = Counter()
 
     def __len__(self) -> int:
@@ -64,11 +65,11 @@ class SaTable(Generic[S]):
         """Hold `sa`; returns the SA it replaces, if any."""
         old = self.by_spi.get(sa.spi_in)
         self.by_spi[sa.spi_in] = sa
-        self._by_wire_spi[sa.spi_in.to_bytes(4)] = sa
+        self.by_wire_spi[sa.spi_in.to_bytes(4)] = sa
         return old
 
     def remove(self, spi_in: int) -> S | None:
-        self._by_wire_spi.pop(spi_in.to_bytes(4), None)
+        self.by_wire_spi.pop(spi_in.to_bytes(4), None)
         return self.by_spi.pop(spi_in, None)
 
     def get(self, spi_in: int) -> S | None:
@@ -76,14 +77,12 @@ class SaTable(Generic[S]):
 
     def receive(self, payload: bytes, now: float) -> EspEvent:
         """One UDP/4500 payload in, one event out (never raises for peer input)."""
-        sa = self._by_wire_spi.get(payload[:4])
+        sa = self.by_wire_spi.get(payload[:4])
         if sa is not None:  # ESP for an SA we hold: the hot path (an SPI is never zero)
             try:
                 return Decrypted(sa, sa.open(payload, now))
             except RemoteProtocolError as e:
-                sa.drops[e.reason] += 1
-                self.drops[e.reason] += 1
-                return Dropped(e.reason, sa.spi_in)
+                return self.dropped(sa, e.reason)
         try:
             kind = classify_udp(payload)
         except RemoteProtocolError as e:
@@ -106,6 +105,10 @@ class SaTable(Generic[S]):
         try:
             return Decrypted(sa, sa.open(esp, now))
         except RemoteProtocolError as e:
-            sa.drops[e.reason] += 1
-            self.drops[e.reason] += 1
-            return Dropped(e.reason, spi)
+            return self.dropped(sa, e.reason)
+
+    def dropped(self, sa: S, reason: DropReason) -> Dropped:
+        """Count a packet `sa` refused (its counter and the table's)."""
+        sa.drops[reason] += 1
+        self.drops[reason] += 1
+        return Dropped(reason, sa.spi_in)

@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cluster.esp import DropReason, LocalProtocolError, SaTable
+from cluster.esp import DropReason, LocalProtocolError, RemoteProtocolError, SaTable
 from cluster.esp.table import Decrypted, Dropped, IkeMessage
 from cluster.node.sa import Address, NodeSa
 
@@ -228,7 +228,9 @@ class Datapath:
 
     def _drain_udp(self) -> None:
         recv = self.udp.recvfrom
-        receive = self.table.receive
+        table = self.table
+        by_wire = table.by_wire_spi
+        receive = table.receive
         write = os.write
         tun = self.tun_fd
         now = time.monotonic()
@@ -241,7 +243,22 @@ class Datapath:
                 if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                     continue
                 raise
-            ev = receive(data, now)
+            sa = by_wire.get(data[:4])
+            if sa is not None:
+                # the hot path: ESP for an SA we hold, without an event object per packet
+                try:
+                    inner = sa.open(data, now)
+                except RemoteProtocolError as e:
+                    table.dropped(sa, e.reason)
+                    continue
+                try:
+                    write(tun, inner)
+                except OSError:
+                    self.totals.tun_errors += 1
+                if addr != sa.peer:
+                    self._rebind(sa, addr)
+                continue
+            ev = receive(data, now)  # IKE, keepalives, unknown SPIs
             if isinstance(ev, Decrypted):
                 try:
                     write(tun, ev.inner)
