@@ -34,7 +34,7 @@ from .events import (
 from .ikesa import Address, IkeSa, export_sa, ike_sa_id, import_sa
 from .keys import ChildKeys
 from .message import Header, Message, pull_message
-from .payloads import DeletePayload, NotifyPayload, Payload, SkPayload
+from .payloads import AuthPayload, DeletePayload, NotifyPayload, Payload, SkPayload, find
 from .protect import SkKeys, open_sk, seal
 from .state import CAN_REQUEST, REQUEST_HANDLERS, IkeState
 from .transforms import ChildSuite
@@ -459,7 +459,9 @@ class IkeEndpoint:
         sa.outstanding, sa.outstanding_kind, sa.outstanding_ctx = b"", "", {}
         sa.retransmit_at, sa.retransmits = None, 0
         errors = [p for p in payloads if isinstance(p, NotifyPayload) and p.type < 16384]
-        if errors and kind != "delete_ike":
+        # an IKE_AUTH answer with AUTH made the IKE SA even if its Child SA failed (§1.2)
+        ike_sa_made = kind == "auth" and find(payloads, AuthPayload) is not None
+        if errors and kind != "delete_ike" and not ike_sa_made:
             n = errors[0].type
             self.counters.errors["received_" + notify_name(n)] += 1
             self._events.append(ExchangeFailed(sa.id, h.exchange, n, "peer answered with an error"))

@@ -243,6 +243,11 @@ class Initiator(IkeEndpoint):
                 and isinstance(tsr, TsrPayload):
             self._child_from_reply(sa, sa_p, tsi, tsr, ctx["spi_in"], sa.ni, sa.nr, b"", None,
                                    now)
+        else:
+            errors = [p.type for p in payloads if isinstance(p, NotifyPayload) and p.type < 16384]
+            self._events.append(ExchangeFailed(sa.id, ExchangeType.IKE_AUTH,
+                                               errors[0] if errors else None,
+                                               "IKE SA made without a Child SA"))
         sa.init_request = sa.init_response = b""
         self._events.append(IkeSaUpdated(sa.id))
 

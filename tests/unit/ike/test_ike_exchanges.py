@@ -271,6 +271,9 @@ def test_ts_unacceptable() -> None:
     run(client, server, clock)
     assert server.endpoint.counters.errors["TS_UNACCEPTABLE"] == 1
     assert not server.of(ChildSaEstablished)
+    # the IKE SA stands on both sides; the initiator reports the missing Child SA
+    assert client.of(IkeSaEstablished) and client.endpoint.ike_sa_ids()
+    assert client.of(ExchangeFailed)[0].notify == Notify.TS_UNACCEPTABLE
 
 
 @pytest.mark.parametrize("pfs", [False, True])
