@@ -29,15 +29,16 @@ from .events import (
     IkeCounters,
     IkeEvent,
     IkeSaDeleted,
+    IkeSaRekeyed,
     IkeSaUpdated,
 )
 from .ikesa import Address, IkeSa, export_sa, ike_sa_id, import_sa
-from .keys import ChildKeys
+from .keys import ChildKeys, derive_ike_keys, rekey_skeyseed
 from .message import Header, Message, pull_message
 from .payloads import AuthPayload, DeletePayload, NotifyPayload, Payload, SkPayload, find
 from .protect import SkKeys, open_sk, seal
 from .state import CAN_REQUEST, REQUEST_HANDLERS, IkeState
-from .transforms import ChildSuite
+from .transforms import ChildSuite, IkeSuite
 
 NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3
 
@@ -287,6 +288,36 @@ class IkeEndpoint:
     def _forget(self, sa: IkeSa) -> None:
         """Hook for subclasses to drop their indexes of a removed SA."""
 
+    def _replace_ike_sa(
+        self, sa: IkeSa, spi_i: int, spi_r: int, suite: IkeSuite, ni: bytes, nr: bytes,
+        g_ir: bytes, we_initiated: bool, grace_s: float | None, now: float,
+    ) -> IkeSa:
+        """§2.18: the rekeyed IKE SA inherits the old one's peer, identity, virtual IP and
+        Child SAs; its initiator is whoever started the rekey. The old SA waits (up to
+        `grace_s`) for its DELETE."""
+        seed = rekey_skeyseed(sa.suite.prf, sa.keys.sk_d, g_ir, ni, nr)
+        new = IkeSa(
+            spi_i=spi_i, spi_r=spi_r, is_initiator=we_initiated, suite=suite,
+            keys=derive_ike_keys(suite, seed, ni, nr, spi_i, spi_r),
+            state=IkeState.ESTABLISHED, peer=sa.peer, local=sa.local, created_at=now,
+            udp_encap=sa.udp_encap, peer_behind_nat=sa.peer_behind_nat,
+            peer_identity=sa.peer_identity, virtual_ip=sa.virtual_ip,
+            peer_hashes=sa.peer_hashes,
+        )
+        if new.id in self._sas:
+            raise RemoteProtocolError("IKE SPI collision", Notify.INVALID_SYNTAX)
+        new.children = {spi: replace(c, ike_sa_id=new.id) for spi, c in sa.children.items()}
+        sa.children = {}
+        sa.state = IkeState.REKEYED
+        sa.rekeyed_to = new.id
+        if grace_s is not None:
+            sa.expires_at = now + grace_s
+            self._schedule(sa)
+        self._sas[new.id] = new
+        self._events.append(IkeSaUpdated(new.id))
+        self._events.append(IkeSaRekeyed(sa.id, new.id, tuple(new.children.values())))
+        return new
+
     def _make_child(
         self, sa: IkeSa, suite: ChildSuite, keys: ChildKeys, spi_in: int, spi_out: int,
         ts_local: tuple[str, ...], ts_remote: tuple[str, ...], we_initiated: bool,
@@ -508,6 +539,3 @@ def _due(sa: IkeSa) -> float | None:
              if t is not None]
     return min(times) if times else None
 
-
-def move_children(children: dict[int, ChildSa], new_id: str) -> dict[int, ChildSa]:
-    return {spi: replace(c, ike_sa_id=new_id) for spi, c in children.items()}

@@ -23,14 +23,13 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .core import IkeEndpoint, move_children, nat_hash
+from .core import IkeEndpoint, nat_hash
 from .dh import KeyExchange
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
     ChildSaEstablished,
     ExchangeFailed,
     IkeSaEstablished,
-    IkeSaRekeyed,
     IkeSaUpdated,
 )
 from .identity import Identity, identity_from_text
@@ -40,7 +39,6 @@ from .keys import (
     IkeKeys,
     derive_child_keys,
     derive_ike_keys,
-    rekey_skeyseed,
     skeyseed,
 )
 from .message import Header, Message, push_message
@@ -333,21 +331,9 @@ class Initiator(IkeEndpoint):
         assert isinstance(suite, IkeSuite)
         g_ir = ctx["dh"].shared_secret(ke.data)
         spi_i, spi_r = ctx["spi_i"], int.from_bytes(sa_p.proposals[0].spi, "big")
-        seed = rekey_skeyseed(sa.suite.prf, sa.keys.sk_d, g_ir, ctx["ni"], nonce.data)
-        new = IkeSa(spi_i=spi_i, spi_r=spi_r, is_initiator=True, suite=suite,
-                    keys=derive_ike_keys(suite, seed, ctx["ni"], nonce.data, spi_i, spi_r),
-                    state=IkeState.ESTABLISHED, peer=sa.peer, local=sa.local, created_at=now,
-                    udp_encap=sa.udp_encap, peer_behind_nat=sa.peer_behind_nat,
-                    peer_identity=sa.peer_identity, virtual_ip=sa.virtual_ip,
-                    peer_hashes=sa.peer_hashes)
-        new.children = move_children(sa.children, new.id)
-        sa.children = {}
-        sa.state = IkeState.REKEYED
-        sa.rekeyed_to = new.id
-        self._sas[new.id] = new
+        new = self._replace_ike_sa(sa, spi_i, spi_r, suite, ctx["ni"], nonce.data, g_ir, True,
+                                   None, now)
         self.ike_sa_id = new.id
-        self._events.append(IkeSaUpdated(new.id))
-        self._events.append(IkeSaRekeyed(sa.id, new.id, tuple(new.children.values())))
         self.delete_ike_sa(sa.id, now)
 
     def delete(self, now: float) -> None:

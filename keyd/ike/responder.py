@@ -20,7 +20,7 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .core import IkeEndpoint, RequestContext, move_children, nat_hash, notify_name
+from .core import IkeEndpoint, RequestContext, nat_hash, notify_name
 from .dh import KeyExchange
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
@@ -28,12 +28,11 @@ from .events import (
     AuthenticationFailed,
     ChildSaEstablished,
     IkeSaEstablished,
-    IkeSaRekeyed,
     IkeSaUpdated,
 )
 from .identity import Identity, identity_from_text
 from .ikesa import Address, IkeSa, ike_sa_id
-from .keys import NONCE_LEN, derive_child_keys, derive_ike_keys, prf, rekey_skeyseed, skeyseed
+from .keys import NONCE_LEN, derive_child_keys, derive_ike_keys, prf, skeyseed
 from .message import Header, Message, push_message
 from .payloads import (
     AuthPayload,
@@ -425,26 +424,8 @@ class Responder(IkeEndpoint):
         g_ir = dh.shared_secret(ke.data)
         spi_i = int.from_bytes(prop.spi, "big")
         spi_r = self._new_ike_spi(spi_i)
-        seed = rekey_skeyseed(sa.suite.prf, sa.keys.sk_d, g_ir, ni, nr)
-        new = IkeSa(
-            spi_i=spi_i, spi_r=spi_r, is_initiator=False, suite=suite,
-            keys=derive_ike_keys(suite, seed, ni, nr, spi_i, spi_r),
-            state=IkeState.ESTABLISHED, peer=sa.peer, local=sa.local, created_at=now,
-            udp_encap=sa.udp_encap, peer_behind_nat=sa.peer_behind_nat,
-            peer_identity=sa.peer_identity, virtual_ip=sa.virtual_ip,
-            peer_hashes=sa.peer_hashes,
-        )
-        if new.id in self._sas or ike_sa_id(spi_i, spi_r) == sa.id:
-            raise RemoteProtocolError("IKE SPI collision", Notify.INVALID_SYNTAX)
-        new.children = move_children(sa.children, new.id)
-        sa.children = {}
-        sa.state = IkeState.REKEYED
-        sa.rekeyed_to = new.id
-        sa.expires_at = now + self.config.rekeyed_grace_s
-        self._schedule(sa)
-        self._sas[new.id] = new
-        self._events.append(IkeSaUpdated(new.id))
-        self._events.append(IkeSaRekeyed(sa.id, new.id, tuple(new.children.values())))
+        self._replace_ike_sa(sa, spi_i, spi_r, suite, ni, nr, g_ir, False,
+                             self.config.rekeyed_grace_s, now)
         chosen = Proposal(prop.num, ProtocolId.IKE, spi_r.to_bytes(8, "big"),
                           suite.to_proposal().transforms)
         return [SaPayload((chosen,)), NoncePayload(nr), KePayload(suite.dh, dh.public)]
