@@ -20,6 +20,7 @@ established clients are not cut off by an etcd outage.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import struct
@@ -36,9 +37,10 @@ from .ike import events as ike
 from .ike.errors import IkeError, LocalProtocolError
 from .ike.responder import Responder
 from .metrics import KeydMetrics
-from .persist import Changes, IkeRekeyed, Persister, SpiCollision
+from .persist import Changes, IkeRekeyed, Persister, WriteConflict
 from .pool import AddressPool, PoolExhausted
 from .udp import Address, Inbound
+from .view import ClusterView
 
 log = logging.getLogger("keyd.engine")
 
@@ -83,14 +85,15 @@ class _Step:
 
 class Engine:
     def __init__(self, core: Responder, store: Store, pool: AddressPool | None, keyd_id: str,
-                 metrics: KeydMetrics, clock: Callable[[], float] = time.time) -> None:
+                 metrics: KeydMetrics, clock: Callable[[], float] = time.time,
+                 view: ClusterView | None = None) -> None:
         self.core = core
         self.store = store
         self.pool = pool
         self.keyd_id = keyd_id
         self.metrics = metrics
         self.clock = clock
-        self.persister = Persister(store, pool, metrics, clock)
+        self.persister = Persister(store, pool, metrics, clock, view)
         self.etcd_ok = True
         # last durable state of each IKE SA held: what a failed step is rolled back to
         self._durable: dict[str, dict[str, Any]] = {}
@@ -140,7 +143,7 @@ class Engine:
     def _event(self, event: ike.IkeEvent, step: _Step, now: float) -> None:
         c = step.changes
         if isinstance(event, ike.AddressRequested):
-            self._assign_address(event, now)
+            self._assign_address(event, step, now)
         elif isinstance(event, ike.IkeSaUpdated):
             ike_sa_id = event.ike_sa_id
             if ike_sa_id not in self._durable:
@@ -158,6 +161,11 @@ class Engine:
             c.rekeyed.append(IkeRekeyed(event.old_ike_sa_id, event.new_ike_sa_id,
                                         old.virtual_ip if old else None))
             step.touched.add(event.old_ike_sa_id)
+            if old is not None:
+                # its Child SAs and address now belong to the new IKE SA: deleting the old
+                # one later must not take them along
+                self._records[event.old_ike_sa_id] = dataclasses.replace(
+                    old, child_spis=[], virtual_ip=None)
         elif isinstance(event, ike.IkeSaDeleted):
             ike_sa_id = event.ike_sa_id
             c.deleted_ike[ike_sa_id] = self._records.get(ike_sa_id)
@@ -165,6 +173,7 @@ class Engine:
             step.touched.discard(ike_sa_id)
             log.info("IKE SA deleted", extra={"ike_sa": ike_sa_id, "reason": event.reason})
         elif isinstance(event, ike.IkeSaEstablished):
+            c.established.add(event.ike_sa_id)
             log.info("IKE SA established", extra={
                 "ike_sa": event.ike_sa_id, "identity": event.identity,
                 "peer": f"{event.peer_addr}:{event.peer_port}",
@@ -173,31 +182,37 @@ class Engine:
             log.warning("authentication failed", extra={
                 "ike_sa": event.ike_sa_id, "identity": event.identity, "reason": event.reason})
 
-    def _assign_address(self, event: ike.AddressRequested, now: float) -> None:
+    def _assign_address(self, event: ike.AddressRequested, step: _Step, now: float) -> None:
         if self.pool is None:
             self.core.assign_address(event.ike_sa_id, None, now)
             return
         try:
-            ip = self.pool.allocate(event.ike_sa_id, event.identity, event.requested)
+            claim = self.pool.claim(event.ike_sa_id, event.identity, event.requested)
         except PoolExhausted as exc:
             log.warning("no address for client", extra={"ike_sa": event.ike_sa_id,
                                                          "error": str(exc)})
             self.metrics.pool_exhausted.inc()
-            ip = None
-        # StoreError propagates: the step is rolled back, the client's retransmit asks again
-        self.core.assign_address(event.ike_sa_id, ip, now)
+            self.core.assign_address(event.ike_sa_id, None, now)
+            return
+        # StoreError propagates: the step is rolled back, the client's retransmit asks again.
+        # The lease is written with the IKE SA, in the step's one transaction.
+        step.changes.leases.append(claim)
+        self.core.assign_address(event.ike_sa_id, claim.lease.ip, now)
 
     # -- records ---------------------------------------------------------------------------
     def _ike_record(self, ike_sa_id: str, now: float) -> IkeSaRecord:
         """The ike/ record of an IKE SA the core holds: its exported state, sealed at rest,
         plus the clear fields operators and other components read."""
         state = self.core.export_ike_sa(ike_sa_id)
+        # an IKE SA replaced by a rekey has handed its address and Child SAs to the new one:
+        # its record must not claim them (deleting it later must not take them along)
+        replaced = bool(state.get("rekeyed_to"))
         return IkeSaRecord(
             ike_sa_id=ike_sa_id, spi_i=int(state["spi_i"], 16), spi_r=int(state["spi_r"], 16),
             peer_addr=str(state["peer"][0]), peer_port=int(state["peer"][1]),
             local_port=int(state["local"][1]), identity=str(state.get("peer_identity") or ""),
-            virtual_ip=state.get("virtual_ip"),
-            child_spis=[int(c["spi_in"]) for c in state.get("children", [])],
+            virtual_ip=None if replaced else state.get("virtual_ip"),
+            child_spis=[] if replaced else [int(c["spi_in"]) for c in state.get("children", [])],
             keyd_id=self.keyd_id, updated_at=now,
             state=json.dumps(state, separators=(",", ":")).encode())
 
@@ -220,12 +235,13 @@ class Engine:
 
     def _not_durable(self, step: _Step, out: list[Outbound], exc: StoreError,
                      liveness_only: bool) -> list[Outbound]:
-        if isinstance(exc, SpiCollision):
-            log.warning("inbound SPI collision; the client's retransmission gets a new one",
+        if isinstance(exc, WriteConflict):
+            log.warning("SPI or address taken meanwhile; the client's retransmission is "
+                        "negotiated again",
                         extra={"error": str(exc)})
         else:
             self._etcd_lost(exc)
-        if liveness_only and not isinstance(exc, SpiCollision):
+        if liveness_only and not isinstance(exc, WriteConflict):
             # only message IDs moved: answer now, write when etcd returns
             self._dirty.update(step.changes.ike_puts)
             return out

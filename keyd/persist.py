@@ -1,17 +1,22 @@
 """What keyd writes to etcd, and in which order, before a reply may leave.
 
-A `Changes` collects what one step of the IKE core did (IKE SAs updated, Child SAs created or
-deleted, IKE SAs deleted or rekeyed). `Persister.write` makes it durable:
+A `Changes` collects what one step of the IKE core did. `Persister.write` makes it durable,
+in as few etcd round trips as the step allows — one for IKE_SA_INIT, IKE_AUTH, a Child SA
+rekey or a DELETE:
 
-1. one transaction: every updated `ike/<id>` (sealed state), every new `sa/<spi_in>` (sealed
-   keys) and every Child SA an IKE rekey moved; each new SA is guarded by create-if-absent,
-   which is what makes inbound SPIs cluster-unique: a collision fails the whole step
-   (`SpiCollision`), the caller forgets the step and the client's retransmission is
-   negotiated again with a fresh SPI;
-2. the client's owner: `assign/<ike_sa_id>` create-if-absent, epoch 1, the node chosen by the
-   planner's rendezvous hash over ready nodes (no ready node: left to the sprayer);
-3. removals: `sa/` of deleted Child SAs; for a deleted IKE SA its `ike/`, `assign/`, remaining
-   `sa/` and its pool lease.
+1. one transaction with everything the reply stands for: every updated `ike/<id>` (sealed
+   state); every new `sa/<spi_in>` (sealed keys), guarded by create-if-absent — what makes
+   inbound SPIs cluster-unique; the client's address lease `pool/<ip>`, guarded likewise (or
+   by the exact version it takes over); for a newly established IKE SA its owner
+   `assign/<ike_sa_id>` (epoch 1, the node the planner's weighted rendezvous hash picks
+   over ready nodes; no ready node: left to the sprayer), guarded by create-if-absent; and
+   the Child SAs an IKE rekey moved to the new IKE SA id. If a guard fails the step is not
+   durable (`WriteConflict`): the caller forgets it and the client's retransmission is
+   negotiated again, with a fresh SPI or address. (An owner the sprayer wrote first is not a
+   conflict: the transaction is repeated without it.)
+2. after an IKE SA rekey: the owner (same node, same epoch) and the lease follow the new id;
+3. removals, in one transaction: `sa/` of deleted Child SAs; for a deleted IKE SA its
+   `ike/`, `assign/`, Child SAs and lease.
 
 Only when `write` returns may the step's datagrams be sent. Any StoreError propagates: the
 caller withholds the reply. Removals that fail are kept and retried (`retry_removals`): a
@@ -27,23 +32,26 @@ from dataclasses import dataclass, field
 
 from cluster.store.client import Guard, Store
 from cluster.store.errors import StoreError
-from cluster.store.records import Assignment, ChildSaRecord, IkeSaRecord, NodeRecord
+from cluster.store.records import Assignment, ChildSaRecord, IkeSaRecord, NodeRecord, Record
 from sprayer.plan import NodeState, NodeView, candidates, choose
 
 from .metrics import KeydMetrics
-from .pool import AddressPool
+from .pool import AddressPool, LeaseClaim
+from .view import ClusterView
 
 log = logging.getLogger("keyd.persist")
 
 
-class SpiCollision(StoreError):
-    """An inbound SPI chosen for a new Child SA is already in sa/ (another instance has it)."""
+class WriteConflict(StoreError):
+    """A guarded create or takeover lost: an inbound SPI or an address is taken already."""
+
+
+SpiCollision = WriteConflict  # the common case of a conflict
 
 
 @dataclass(slots=True)
 class IkeRekeyed:
-    """IKE SA `old` was replaced by `new` (RFC 7296 §2.18): its Child SAs, owner and address
-    move to the new IKE SA id."""
+    """IKE SA `old` was replaced by `new` (RFC 7296 §2.18): owner and address follow."""
 
     old: str
     new: str
@@ -57,134 +65,143 @@ class Changes:
     ike_puts: dict[str, IkeSaRecord] = field(default_factory=dict)
     new_children: list[ChildSaRecord] = field(default_factory=list)
     moved_children: list[ChildSaRecord] = field(default_factory=list)  # new ike_sa_id
+    leases: list[LeaseClaim] = field(default_factory=list)
+    established: set[str] = field(default_factory=set)   # IKE SAs that need an owner
     deleted_children: list[int] = field(default_factory=list)
     deleted_ike: dict[str, IkeSaRecord | None] = field(default_factory=dict)
     rekeyed: list[IkeRekeyed] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not (self.ike_puts or self.new_children or self.deleted_children
-                    or self.deleted_ike or self.rekeyed)
+        return not (self.ike_puts or self.new_children or self.moved_children or self.leases
+                    or self.deleted_children or self.deleted_ike or self.rekeyed)
 
     def completes_something(self) -> bool:
         """True when the step creates or removes SAs (not just a message-ID advance)."""
         return bool(self.new_children or self.deleted_children or self.deleted_ike
-                    or self.rekeyed)
-
-
-@dataclass(slots=True)
-class _Removal:
-    kind: str                 # "sa" | "ike"
-    name: str | int
-    ike_sa_id: str = ""
-    virtual_ip: str | None = None
+                    or self.rekeyed or self.leases)
 
 
 class Persister:
     def __init__(self, store: Store, pool: AddressPool | None, metrics: KeydMetrics,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 view: ClusterView | None = None) -> None:
         self.store = store
         self.pool = pool
         self.metrics = metrics
         self.clock = clock
-        self._pending: list[_Removal] = []
+        self.view = view
+        self._pending: list[list[str]] = []   # removal transactions that failed
 
     # -- the ordered write ------------------------------------------------------------------
     def write(self, changes: Changes) -> None:
         """Make `changes` durable in the order of the module docstring; raise StoreError."""
-        if changes.ike_puts or changes.new_children or changes.moved_children:
+        if changes.ike_puts or changes.new_children or changes.moved_children or changes.leases:
             self._write_state(changes)
         for rekey in changes.rekeyed:
             self._move_owner(rekey)
-        owners = {c.ike_sa_id for c in changes.new_children}
-        for ike_sa_id in sorted(owners):
-            self._assign(ike_sa_id)
-        for spi in changes.deleted_children:
-            self._remove(_Removal("sa", spi))
-        for ike_sa_id, last in changes.deleted_ike.items():
-            self._remove_ike(ike_sa_id, last)
+        self._remove(changes)
 
     def _write_state(self, changes: Changes) -> None:
-        puts = [*changes.ike_puts.values(), *changes.new_children, *changes.moved_children]
+        puts: list[Record] = [*changes.ike_puts.values(), *changes.new_children,
+                              *changes.moved_children]
         guards = [Guard(self.store.key_of(c), 0) for c in changes.new_children]
-        with self.metrics.etcd_write("ike_sa+child_sa" if changes.new_children else "ike_sa"):
-            ok = self.store.commit(puts=puts, guards=guards)
+        fresh = [c for c in changes.leases if not c.held]
+        puts += [c.lease for c in fresh]
+        guards += [Guard(self.store.key_of(c.lease), c.mod_revision) for c in fresh]
+        owners = [a for a in (self._owner(i) for i in sorted(changes.established)) if a]
+        label = "ike_sa+child_sa" if changes.new_children else "ike_sa"
+        with self.metrics.etcd_write(label):
+            ok = self.store.commit(
+                puts=[*puts, *owners],
+                guards=[*guards, *(Guard(self.store.key_of(a), 0) for a in owners)])
+            if not ok and owners:
+                # maybe only an owner was there already (the sprayer was quicker): fine
+                ok = self.store.commit(puts=puts, guards=guards)
         if not ok:
-            spis = ", ".join(f"{c.spi_in:08x}" for c in changes.new_children)
-            raise SpiCollision(f"inbound SPI already in use in the cluster: {spis}")
+            what = [f"sa/{c.spi_in:08x}" for c in changes.new_children]
+            what += [f"pool/{c.lease.ip}" for c in fresh]
+            raise WriteConflict(f"taken already in the cluster: {', '.join(what)}")
+        if self.pool is not None:
+            for c in fresh:
+                self.pool.written(c)
+        for a in owners:
+            log.info("client assigned", extra={"ike_sa": a.ike_sa_id, "node": a.node})
 
-    def _assign(self, ike_sa_id: str) -> None:
-        nodes = [NodeView(n.record.id, float(n.record.capacity), NodeState(n.record.state))
-                 for n in self.store.list(NodeRecord).items]
+    def _nodes(self) -> list[NodeRecord]:
+        if self.view is not None and self.view.nodes_synced:
+            return self.view.nodes()
+        return [v.record for v in self.store.list(NodeRecord).items]
+
+    def _owner(self, ike_sa_id: str) -> Assignment | None:
+        nodes = [NodeView(n.id, float(n.capacity), NodeState(n.state)) for n in self._nodes()]
         node = choose(ike_sa_id, candidates(nodes))
         if node is None:
             log.warning("no ready node to own the client; the sprayer will assign it",
                         extra={"ike_sa": ike_sa_id})
-            return
-        record = Assignment(ike_sa_id=ike_sa_id, node=node, epoch=1, phase="active",
-                            previous_node=None, updated_at=self.clock())
-        with self.metrics.etcd_write("assignment"):
-            created = self.store.create(record)
-        if created:
-            log.info("client assigned", extra={"ike_sa": ike_sa_id, "node": node})
+            return None
+        return Assignment(ike_sa_id=ike_sa_id, node=node, epoch=1, phase="active",
+                          previous_node=None, updated_at=self.clock())
 
     def _move_owner(self, rekey: IkeRekeyed) -> None:
-        """After an IKE SA rekey the client keeps its Child SAs, its owner (same node, same
-        epoch) and its address under the new IKE SA id; the old id's records go with it."""
+        """After an IKE SA rekey the client keeps its owner (same node, same epoch) and its
+        address under the new IKE SA id; the old id's records go with the old IKE SA."""
         old = self.store.get(Assignment, rekey.old)
         if old is not None:
             moved = Assignment(ike_sa_id=rekey.new, node=old.record.node, epoch=old.record.epoch,
                                phase=old.record.phase, previous_node=old.record.previous_node,
                                updated_at=self.clock())
             with self.metrics.etcd_write("assignment"):
-                self.store.commit(puts=[moved], guards=[Guard(self.store.key_of(moved), 0)])
+                self.store.create(moved)
         if self.pool is not None and rekey.virtual_ip:
             self.pool.transfer(rekey.virtual_ip, rekey.old, rekey.new)
 
     # -- removals ---------------------------------------------------------------------------
-    def _remove_ike(self, ike_sa_id: str, last: IkeSaRecord | None) -> None:
-        for spi in (last.child_spis if last else []):
-            self._remove(_Removal("sa", spi, ike_sa_id))
-        self._remove(_Removal("ike", ike_sa_id, ike_sa_id,
-                              last.virtual_ip if last else None))
+    def _removal_keys(self, changes: Changes) -> tuple[list[str], list[tuple[str, str]]]:
+        """The keys to delete, and the (address, IKE SA) leases among them."""
+        ks = self.store.keyspace
+        keys = [ks.sa(spi) for spi in changes.deleted_children]
+        released: list[tuple[str, str]] = []
+        for ike_sa_id, last in changes.deleted_ike.items():
+            if last is None:   # not ours in memory: read what it had
+                held = self.store.get(IkeSaRecord, ike_sa_id)
+                last = held.record if held else None
+            keys += [ks.ike(ike_sa_id), ks.assign(ike_sa_id)]
+            if last is not None:
+                keys += [ks.sa(spi) for spi in last.child_spis]
+                if last.virtual_ip:
+                    keys.append(ks.pool(last.virtual_ip))
+                    released.append((last.virtual_ip, ike_sa_id))
+        return list(dict.fromkeys(keys)), released
 
-    def _remove(self, removal: _Removal) -> None:
-        try:
-            self._do_remove(removal)
-        except StoreError as exc:
-            log.warning("removal deferred until etcd answers",
-                        extra={"what": f"{removal.kind}/{removal.name}", "error": str(exc)})
-            self._pending.append(removal)
-
-    def _do_remove(self, removal: _Removal) -> None:
-        if removal.kind == "sa":
-            assert isinstance(removal.name, int)
-            if removal.ike_sa_id:
-                # only while it still belongs to that IKE SA (an IKE rekey re-parents it)
-                held = self.store.get(ChildSaRecord, removal.name)
-                if held is None or held.record.ike_sa_id != removal.ike_sa_id:
-                    return
-                with self.metrics.etcd_write("delete"):
-                    self.store.delete_if(ChildSaRecord, removal.name, held.mod_revision)
-                return
-            with self.metrics.etcd_write("delete"):
-                self.store.delete(ChildSaRecord, removal.name)
+    def _remove(self, changes: Changes) -> None:
+        if not (changes.deleted_children or changes.deleted_ike):
             return
-        ike_sa_id = str(removal.name)
+        try:
+            keys, released = self._removal_keys(changes)
+            self._delete(keys)
+            if self.pool is not None:
+                for ip, ike_sa_id in released:
+                    self.pool.released(ip, ike_sa_id)
+        except StoreError as exc:
+            log.warning("removal deferred until etcd answers", extra={"error": str(exc)})
+            ks = self.store.keyspace
+            self._pending.append(
+                [ks.sa(s) for s in changes.deleted_children]
+                + [k for i in changes.deleted_ike for k in (ks.ike(i), ks.assign(i))]
+                + [ks.sa(s) for r in changes.deleted_ike.values() if r for s in r.child_spis]
+                + [ks.pool(r.virtual_ip) for r in changes.deleted_ike.values()
+                   if r and r.virtual_ip])
+
+    def _delete(self, keys: list[str]) -> None:
         with self.metrics.etcd_write("delete"):
-            self.store.commit(deletes=[self.store.keyspace.ike(ike_sa_id),
-                                       self.store.keyspace.assign(ike_sa_id)])
-        if self.pool is not None:
-            if removal.virtual_ip:
-                self.pool.release(removal.virtual_ip, ike_sa_id)
-            else:
-                self.pool.release_ike_sa(ike_sa_id)
+            self.store.commit(deletes=keys)
 
     def retry_removals(self) -> int:
         """Retry removals that failed while etcd was away; return how many are left."""
         pending, self._pending = self._pending, []
-        for i, removal in enumerate(pending):
+        for i, keys in enumerate(pending):
             try:
-                self._do_remove(removal)
+                self._delete(keys)
             except StoreError:
                 self._pending.extend(pending[i:])
                 break
@@ -194,11 +211,12 @@ class Persister:
     def pending_removals(self) -> int:
         return len(self._pending)
 
-    # -- expiry of IKE SAs nobody holds -----------------------------------------------------
-    def sweep_expired(self, max_age_s: float) -> list[str]:
-        """Remove IKE SAs (and their Child SAs, owner and address) not updated for
-        `max_age_s`: left behind by an instance that died, for a client that never returned.
-        Any live IKE SA is updated at least once per lifetime (rekey or reauthentication)."""
+    # -- expiry of what nobody holds --------------------------------------------------------
+    def sweep_expired(self, max_age_s: float, grace_s: float = 60.0) -> list[str]:
+        """Remove IKE SAs (with their Child SAs, owner and address) not updated for
+        `max_age_s` — left behind by an instance that died, for a client that never came
+        back; any live IKE SA is updated at least once per lifetime (rekey or
+        reauthentication) — and Child SAs past their hard lifetime plus `grace_s`."""
         now = self.clock()
         gone: list[str] = []
         for v in self.store.list(IkeSaRecord).items:
@@ -207,7 +225,12 @@ class Persister:
                 continue
             # compare-and-delete: an instance that just continued it wins
             if self.store.delete_if(IkeSaRecord, record.ike_sa_id, v.mod_revision):
-                self._remove_ike(record.ike_sa_id, record)
+                self._remove(Changes(deleted_ike={record.ike_sa_id: record}))
                 gone.append(record.ike_sa_id)
                 self.metrics.swept.inc()
+        for c in self.store.list(ChildSaRecord).items:
+            child = c.record
+            if now > child.created_at + child.hard_lifetime_s + grace_s and \
+                    self.store.delete_if(ChildSaRecord, child.spi_in, c.mod_revision):
+                log.info("expired Child SA removed", extra={"spi": f"{child.spi_in:08x}"})
         return gone

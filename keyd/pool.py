@@ -11,8 +11,12 @@ Choice of address, in order:
    client that disconnected and returns gets its previous address back when nobody took it;
 4. the first free address after the home address.
 
-A lease is released when its IKE SA is deleted or expires (compare-and-delete: only while it
-still names that IKE SA).
+`claim` only decides: the caller writes the lease in the same etcd transaction as the IKE SA
+that gets it, guarded (create-if-absent, or the exact version taken over), so a stale choice
+fails the whole step instead of sharing an address. The leases are read from a
+`ClusterView` that follows etcd when one is given, else from etcd. `allocate` claims and
+writes at once. A lease is released when its IKE SA is deleted or expires (with it, or by
+compare-and-delete while it still names that IKE SA).
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from cluster.store.client import Store, Versioned
+from cluster.store.client import Store
 from cluster.store.records import IkeSaRecord, PoolLease
+
+from .view import ClusterView, HeldLease
 
 log = logging.getLogger("keyd.pool")
 
@@ -33,12 +40,25 @@ class PoolExhausted(Exception):
     """No free address is left in the pool."""
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseClaim:
+    """An address chosen for an IKE SA. Write `lease` guarded by `mod_revision` (0: the key
+    must not exist; else: the version taken over); `held` means the IKE SA has it already
+    and there is nothing to write."""
+
+    lease: PoolLease
+    mod_revision: int
+    held: bool = False
+
+
 class AddressPool:
     """Virtual IP leases in `network` (network and broadcast addresses excluded)."""
 
     def __init__(self, store: Store, network: str, keyd_id: str,
-                 clock: Callable[[], float] = time.time, attempts: int = 16) -> None:
+                 clock: Callable[[], float] = time.time, attempts: int = 16,
+                 view: ClusterView | None = None) -> None:
         self.store = store
+        self.view = view
         self.network = ipaddress.IPv4Network(network)
         self.keyd_id = keyd_id
         self.clock = clock
@@ -58,32 +78,53 @@ class AddressPool:
         digest = hashlib.blake2b(identity.encode(), digest_size=8).digest()
         return str(ipaddress.IPv4Address(self._first + int.from_bytes(digest) % self._size))
 
+    def _leases(self, from_etcd: bool = False) -> dict[str, HeldLease]:
+        if self.view is not None and self.view.leases_synced and not from_etcd:
+            return self.view.leases()
+        return {v.record.ip: HeldLease(v.record, v.mod_revision)
+                for v in self.store.list(PoolLease).items}
+
+    def claim(self, ike_sa_id: str, identity: str, requested: str | None = None,
+              from_etcd: bool = False) -> LeaseClaim:
+        """Choose an address for the IKE SA (nothing written); PoolExhausted if none is free,
+        StoreError if etcd must be asked and does not answer. `from_etcd`: do not trust the
+        view (it was behind a moment ago)."""
+        leases = self._leases(from_etcd)
+        for held in leases.values():
+            if held.record.ike_sa_id == ike_sa_id:
+                return LeaseClaim(held.record, held.mod_revision, held=True)
+        for ip, taken in self._candidates(identity, requested, leases):
+            lease = PoolLease(ip=ip, ike_sa_id=ike_sa_id, identity=identity,
+                              keyd_id=self.keyd_id, leased_at=self.clock())
+            return LeaseClaim(lease, taken.mod_revision if taken else 0)
+        raise PoolExhausted(f"address pool {self.network} is exhausted")
+
     def allocate(self, ike_sa_id: str, identity: str, requested: str | None = None) -> str:
-        """Lease an address to the IKE SA; StoreError if etcd fails, PoolExhausted if full.
-        Idempotent: an address already leased to this IKE SA is returned again."""
+        """Lease an address to the IKE SA now; StoreError if etcd fails, PoolExhausted if
+        full. Idempotent: an address already leased to this IKE SA is returned again."""
+        from_etcd = False
         for _ in range(self.attempts):
-            leases = {v.record.ip: v for v in self.store.list(PoolLease).items}
-            for v in leases.values():
-                if v.record.ike_sa_id == ike_sa_id:
-                    return v.record.ip
-            for ip, held in self._candidates(identity, requested, leases):
-                lease = PoolLease(ip=ip, ike_sa_id=ike_sa_id, identity=identity,
-                                  keyd_id=self.keyd_id, leased_at=self.clock())
-                ok = (self.store.create(lease) if held is None
-                      else self.store.update_if(lease, held.mod_revision))
-                if ok:
-                    log.info("address leased", extra={"ip": ip, "ike_sa": ike_sa_id,
-                                                       "identity": identity})
-                    return ip
-                break  # lost a race: read the pool again
-            else:
-                raise PoolExhausted(f"address pool {self.network} is exhausted")
+            c = self.claim(ike_sa_id, identity, requested, from_etcd)
+            if c.held:
+                return c.lease.ip
+            ok = (self.store.create(c.lease) if c.mod_revision == 0
+                  else self.store.update_if(c.lease, c.mod_revision))
+            if ok:
+                self.written(c)
+                return c.lease.ip
+            from_etcd = True  # lost a race: the view is behind; ask etcd itself
         raise PoolExhausted(f"address pool {self.network}: no lease after {self.attempts} tries")
 
+    def written(self, claim: LeaseClaim) -> None:
+        """The claim's lease is in etcd now (keep the view in step until its watch says so)."""
+        log.info("address leased", extra={"ip": claim.lease.ip, "ike_sa": claim.lease.ike_sa_id,
+                                          "identity": claim.lease.identity})
+        if self.view is not None:
+            self.view.note_lease(claim.lease, claim.lease.ip)
+
     def _candidates(self, identity: str, requested: str | None,
-                    leases: dict[str, Versioned[PoolLease]]
-                    ) -> list[tuple[str, Versioned[PoolLease] | None]]:
-        out: list[tuple[str, Versioned[PoolLease] | None]] = []
+                    leases: dict[str, HeldLease]) -> list[tuple[str, HeldLease | None]]:
+        out: list[tuple[str, HeldLease | None]] = []
         stale_own = [v for v in leases.values()
                      if v.record.identity == identity and self._stale(v.record)]
         if requested and self.contains(requested) and requested != "0.0.0.0":
@@ -112,8 +153,13 @@ class AddressPool:
             return False
         done = self.store.delete_if(PoolLease, ip, held.mod_revision)
         if done:
-            log.info("address released", extra={"ip": ip, "ike_sa": ike_sa_id})
+            self.released(ip, ike_sa_id)
         return done
+
+    def released(self, ip: str, ike_sa_id: str) -> None:
+        log.info("address released", extra={"ip": ip, "ike_sa": ike_sa_id})
+        if self.view is not None:
+            self.view.note_lease(None, ip)
 
     def transfer(self, ip: str, old_ike_sa_id: str, new_ike_sa_id: str) -> bool:
         """Hand the lease on `ip` from an IKE SA to the one that rekeyed it."""

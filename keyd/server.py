@@ -36,6 +36,7 @@ from .logs import setup_logging
 from .metrics import KeydMetrics
 from .pool import AddressPool
 from .udp import IkeEndpoints, Inbound
+from .view import ClusterView
 
 log = logging.getLogger("keyd")
 
@@ -53,7 +54,8 @@ class KeydServer:
         self.store = Store(e.endpoints, keyspace, data_key, cacert=e.cacert, cert=e.cert,
                            key=e.key, timeout_s=e.timeout_s)
         self.metrics = KeydMetrics()
-        self.pool = AddressPool(self.store, k.pool, k.id)
+        self.view = ClusterView()
+        self.pool = AddressPool(self.store, k.pool, k.id, view=self.view)
         responder_config(config)  # credentials and proposals: fail now, before binding
         self.core: Responder | None = None
         self._engine: Engine | None = None
@@ -76,7 +78,7 @@ class KeydServer:
         # the core frames NAT-T datagrams by port: give it the port actually bound
         self.core = build_core(self.config, natt_port)
         self._engine = Engine(self.core, self.store, self.pool, self.config.keyd.id,
-                              self.metrics)
+                              self.metrics, view=self.view)
         log.info("listening", extra={"vip": self.config.keyd.vip, "ike_port": ike_port,
                                      "natt_port": natt_port, "id": self.config.keyd.id})
         if self.config.metrics.listen:
@@ -87,6 +89,7 @@ class KeydServer:
                 log.error("metrics endpoint not served", extra={
                     "listen": self.config.metrics.listen, "error": exc.strerror})
         self._watcher = self.store.watch(IkeSaRecord, self._on_watch)
+        self.view.start(self.store)
         self._tasks = [
             asyncio.create_task(self._consume(), name="keyd-consume"),
             asyncio.create_task(self._timers(), name="keyd-timers"),
@@ -105,6 +108,7 @@ class KeydServer:
                 await task
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.stop)
+        await asyncio.to_thread(self.view.stop)
         if self._membership is not None:
             await asyncio.to_thread(self._membership.stop)
         self._worker.shutdown(wait=True)
@@ -243,6 +247,7 @@ class KeydServer:
         old, self._watcher = self._watcher, self.store.watch(IkeSaRecord, self._on_watch)
         if old is not None:
             await asyncio.to_thread(old.stop)
+        await asyncio.to_thread(self.view.start, self.store)
 
     async def _sweeper(self) -> None:
         interval = self.config.keyd.sweep_interval_s
