@@ -109,7 +109,7 @@ class NodeAgent:
         self.routed: set[bytes] = set()
         self._fetched: dict[int, float] = {}
         self._control: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._writes: queue.SimpleQueue[list[tuple[SeqRecord, Guard | None]] | None] = \
+        self._writes: queue.SimpleQueue[list[tuple[SeqRecord, Guard]] | None] = \
             queue.SimpleQueue()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="node-etcd")
         self._threads: list[threading.Thread] = []
@@ -564,9 +564,12 @@ class NodeAgent:
         current = dp.run(lambda: {s: sa.counters() for s in owned
                                   if (sa := dp.table.get(s)) is not None})
         due = self.checkpointer.due(current, self.clock(), self.wall())
-        if due:
+        batch = [(d.record, g) for d in due if (g := self._guard(d)) is not None]
+        # never unguarded: a checkpoint is only valid under the assignment it was made for
+        self.checkpointer.failed([d.record for d in due if self._guard(d) is None])
+        if batch:
             self._writer_busy = True
-            self._writes.put([(d.record, self._guard(d)) for d in due])
+            self._writes.put(batch)
 
     def _guard(self, d: Due) -> Guard | None:
         a = self.assigns.get(d.ike_sa_id)
@@ -582,7 +585,7 @@ class NodeAgent:
             for i in range(0, len(batch), 100):
                 chunk = batch[i:i + 100]
                 records = [r for r, _ in chunk]
-                guards = list({g.key: g for _, g in chunk if g is not None}.values())
+                guards = list({g.key: g for _, g in chunk}.values())
                 try:
                     ok = self.store.commit(records, guards=guards)
                 except StoreError as e:
@@ -595,7 +598,7 @@ class NodeAgent:
                 # one client's assignment moved: write the others one by one
                 for r, g in chunk:
                     try:
-                        single = self.store.commit([r], guards=[g] if g else [])
+                        single = self.store.commit([r], guards=[g])
                     except StoreError:
                         single = False
                     (done if single else failed).append(r)

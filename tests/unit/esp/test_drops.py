@@ -37,7 +37,7 @@ def setup(request: pytest.FixtureRequest):
     encr, integ = request.param
     peer = make_peer(encr, integ, esn=True, udp=True)
     sa = peer.node_sa(window=64)
-    table = SaTable()
+    table = SaTable[ChildSa]()
     table.install(sa)
     return peer, sa, table
 
@@ -54,7 +54,7 @@ def test_replayed(setup) -> None:
 def test_too_old(encr: str, integ: str | None) -> None:
     peer = make_peer(encr, integ, esn=False, udp=True)
     sa = peer.node_sa(window=64)
-    table = SaTable()
+    table = SaTable[ChildSa]()
     table.install(sa)
     _, old = peer.client_packet(seq=5)
     _, new = peer.client_packet(seq=5 + 64)
@@ -132,7 +132,7 @@ def test_spoofed_inner_source(setup) -> None:
 
 
 def test_udp_demux() -> None:
-    table = SaTable()
+    table = SaTable[ChildSa]()
     assert type(table.receive(b"\xff", 0.0)).__name__ == "Keepalive"
     ike = b"\x00" * 4 + b"I" * 28
     event = table.receive(ike, 0.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from scapy_peer import SUITES, make_peer
 
-from cluster.esp import SaCounters, SaTable
+from cluster.esp import ChildSa, SaCounters, SaTable
 from cluster.esp.table import Decrypted
 
 MATRIX = [(e, i, esn, udp) for e, i in SUITES for esn in (False, True) for udp in (False, True)]
@@ -21,7 +21,7 @@ IDS = [f"{e}-{i or 'aead'}-{'esn' if esn else 'seq32'}-{'udp' if udp else 'esp'}
 def test_scapy_to_core(encr: str, integ: str | None, esn: bool, udp: bool) -> None:
     peer = make_peer(encr, integ, esn, udp)
     sa = peer.node_sa()
-    table = SaTable()
+    table = SaTable[ChildSa]()
     table.install(sa)
     for n in range(1, 6):
         inner, esp = peer.client_packet(payload=b"x" * (n * 37))
@@ -50,7 +50,7 @@ def test_esn_wrap_both_directions(encr: str, integ: str | None) -> None:
     """RFC 4304 / RFC 4303 Appendix A: across the 2**32 boundary the high bits are inferred."""
     peer = make_peer(encr, integ, esn=True, udp=True)
     sa = peer.node_sa(window=64)
-    table = SaTable()
+    table = SaTable[ChildSa]()
     table.install(sa)
     start = (1 << 32) - 3
     sa.restore(SaCounters(0, start - 1, 1))  # as a hand-off near the wrap would leave it
@@ -78,7 +78,7 @@ def test_esn_high_bits_are_authenticated() -> None:
     peer = make_peer("aes128gcm16", None, esn=True, udp=True)
     sa = peer.node_sa()
     _, esp = peer.client_packet(seq=(1 << 32) + 5)
-    table = SaTable()
+    table = SaTable[ChildSa]()
     table.install(sa)
     event = table.receive(esp, 0.0)
     assert not isinstance(event, Decrypted)

@@ -42,7 +42,7 @@ def test_two_cores_ipv6_inner(encr: str, integ: str | None) -> None:
     client = ChildSa(spi_in=SPI_OUT, spi_out=SPI_IN, encr=encr, integ=integ, esn=True,
                      keys=mirror(peer.keys), iv_source=IvSource(b"\x00\x00\x00\x02"),
                      ts_remote=(TrafficSelector.from_network("::/0"),))
-    at_node, at_client = SaTable(), SaTable()
+    at_node, at_client = SaTable[ChildSa](), SaTable[ChildSa]()
     at_node.install(node)
     at_client.install(client)
     up = raw(IPv6(src="2001:db8:99::7", dst="2001:db8:20::10") / UDP(sport=5, dport=53)
