@@ -3,28 +3,36 @@
 The converge runs use the example inventory (3 etcd, 2 keyd, 3 nodes, 2 sprayers) with
 `connection: local` and `ipsec_cluster_render_only`, each host rendering into its own
 directory under a temporary root: nothing on this machine is installed, started or changed.
-The rendered configuration is read back by the daemons' own loaders, and the rendered etcd
-users-and-roles script is run against a real etcd with TLS.
+The rendered configuration is read back by the daemons' own loaders, the rendered etcd
+users-and-roles script is run against a real etcd with TLS, and (as root) a lab cluster is
+restarted from configuration files the playbook rendered and carries a strongSwan client.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 
 from cluster.config import load_config
 from cluster.procs import EtcdServer
+
+if TYPE_CHECKING:
+    from cluster.lab.lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
@@ -360,3 +368,100 @@ def test_add_node_refuses_a_host_outside_the_inventory(converged: Converge,
     assert done.returncode != 0
     assert "new_node=NAME" in done.stdout
     assert not c.root.exists()
+
+
+# -- a lab cluster running on what the playbook rendered -------------------------------------
+
+def ping_through(lab: Lab, member: str, target: str, settle_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + settle_s
+    while lab.run(member, ["ping", "-c", "1", "-W", "1", target]).returncode != 0:
+        if time.monotonic() > deadline:
+            return False
+    done = lab.run(member, ["ping", "-c", "3", "-i", "0.2", "-W", "2", target])
+    return done.returncode == 0 and "3 received" in done.stdout
+
+
+@pytest.mark.e2e
+def test_lab_cluster_runs_on_rendered_configuration(tmp_path: Path) -> None:
+    """The lab's keyd, nodes and sprayer are restarted with the files site.yml rendered for
+    an inventory of the lab's hosts; a strongSwan client then connects and reaches the server.
+
+    Only the lab's own secrets are carried over (its data key and PSK are put in the
+    controller's credentials directory first, which the playbook keeps), and keyd is given the
+    lab's gateway certificate, which its clients verify. etcd is the lab's (no TLS).
+    """
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces)")
+    for tool in ("ip", "nft", "etcd", "swanctl", "nsenter", "unshare"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: run `make bootstrap`")
+    from cluster.lab import addresses as A
+    from cluster.lab.lab import Lab
+
+    lab = Lab.up(f"ans-{secrets.token_hex(3)}", nodes=2, keyd=1)
+    try:
+        members = {"keyd-1": "keyd", "node-1": "cluster-node", "node-2": "cluster-node",
+                   "sprayer": "sprayer"}
+        inventory = {"all": {"children": {"ipsec_cluster": {"children": {
+            "etcd": {"hosts": {"etcd-1": {"ipsec_cluster_address": A.ETCD_IP}}},
+            "keyd": {"hosts": {"keyd-1": {"ipsec_cluster_address": A.keyd_ip(1)}}},
+            "nodes": {"hosts": {f"node-{i}": {"ipsec_cluster_address": A.node_ip(i)}
+                                for i in (1, 2)}},
+            "sprayers": {"hosts": {"sprayer": {"ipsec_cluster_address": A.BACK_ROUTER}}},
+        }}}}}
+        (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+        credentials = tmp_path / "credentials"
+        credentials.mkdir()
+        shutil.copy(lab.pki.data_key_file, credentials / "data.key")
+        shutil.copy(lab.pki.psk_file, credentials / "psk")
+        per_host = str(tmp_path / "hosts") + "/{{ inventory_hostname }}"
+        extra = {
+            # Rendered straight to their final paths, all under tmp_path; the etcd play
+            # (which writes /etc/default, /etc/etcd) is left out with --limit.
+            "ipsec_cluster_render_only": True, "ipsec_cluster_root": "",
+            "ipsec_cluster_etc": per_host + "/etc", "ipsec_cluster_state_dir": per_host + "/state",
+            "ipsec_cluster_unit_dir": per_host + "/units",
+            "ipsec_cluster_credentials_dir": str(credentials),
+            "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+            "ipsec_cluster_name": lab.name, "ipsec_cluster_vip": A.VIP,
+            "ipsec_cluster_identity": A.GATEWAY_ID, "ipsec_cluster_pool": A.POOL,
+            "ipsec_cluster_dns": [A.SERVER_IP],
+            "ipsec_cluster_protected_networks": [A.PROTECTED_NETWORK],
+            "ipsec_cluster_etcd_endpoints": [f"http://{A.ETCD_IP}:{A.ETCD_PORT}"],
+            "ipsec_cluster_etcd_tls": False,
+            "keyd_cert_file": str(lab.pki.cert("gateway")),
+            "keyd_key_file": str(lab.pki.key("gateway")), "keyd_ca_file": str(lab.pki.ca_cert),
+        }
+        (tmp_path / "extra.json").write_text(json.dumps(extra))
+        done = run([str(BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.yml"), "site.yml",
+                    "--limit", "keyd,nodes,sprayers", "-e", f"@{tmp_path / 'extra.json'}"],
+                   tmp_path)
+        assert set(assert_ran(done)) == set(members)
+
+        old_pids = {}
+        for member, daemon in members.items():
+            rendered = tmp_path / "hosts" / member / "etc" / f"{daemon}.toml"
+            target = Path(lab.state.processes[member].argv[-1])
+            assert target.name == f"{member}.toml"
+            old_pids[member] = lab.kill(member)
+            shutil.copy(rendered, target)
+            assert lab.start(member) != old_pids[member]
+        for i in (1, 2):
+            deadline = time.monotonic() + 60
+            while (lab.etcd_json(f"nodes/node-{i}") or {}).get("state") != "ready":
+                assert time.monotonic() < deadline, f"node-{i} is not ready"
+                time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while not lab.listening("keyd-1", 500):
+            assert time.monotonic() < deadline, "keyd-1 does not listen"
+            time.sleep(0.5)
+
+        lab.add_client("alice")
+        (sa,) = lab.client_sas("alice")
+        assert sa.state == "ESTABLISHED"
+        assert ping_through(lab, "alice", A.SERVER_IP)
+        for member, daemon in members.items():
+            running = Path(lab.state.processes[member].argv[-1]).read_text()
+            assert running == (tmp_path / "hosts" / member / "etc" / f"{daemon}.toml").read_text()
+    finally:
+        lab.down(save_logs_to=tmp_path / "lab-logs")
