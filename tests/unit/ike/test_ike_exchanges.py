@@ -476,3 +476,19 @@ def test_authentic_request_with_unknown_critical_payload_is_answered() -> None:
     msg, sk = pull_message(out[0].data[4:])
     answer = open_sk(msg, sk, ep._keys_out(sa))
     assert answer[0].type == Notify.UNSUPPORTED_CRITICAL_PAYLOAD and answer[0].data == b"\x78"
+
+
+def test_responder_follows_the_peer_behind_a_nat() -> None:
+    """§2.23: with NAT-T in use, an authentic request from a new address:port moves the SA."""
+    client, server, clock = established()
+    sa_id = server.of(IkeSaEstablished)[0].ike_sa_id
+    client.endpoint.liveness(clock.now)
+    for d in client.drain():  # the NAT mapping changed: same client, new public port
+        server.endpoint.receive_datagram(d.data, ("198.51.100.7", 31000), d.dst, clock.now)
+    out = server.drain()
+    assert out and out[0].dst == ("198.51.100.7", 31000)
+    assert server.endpoint.export_ike_sa(sa_id)["peer"] == ["198.51.100.7", 31000]
+    # an unauthenticated datagram from elsewhere does not move it
+    server.endpoint.receive_datagram(NON_ESP_MARKER + bytes(60), ("192.0.2.66", 4500),
+                                     ("203.0.113.10", 4500), clock.now)
+    assert server.endpoint.export_ike_sa(sa_id)["peer"] == ["198.51.100.7", 31000]
