@@ -206,15 +206,17 @@ class NodeAgent:
                 return
             try:
                 fn()
-            except Exception:
-                log.exception("node control step failed")
+            except Exception as e:
+                log.error("node control step failed: %s: %s", type(e).__name__, e)
+                log.debug("node control step failed", exc_info=True)
             if self.clock() >= next_tick:
                 next_tick = self.clock() + tick_s
                 if fn is not self._tick:
                     try:
                         self._tick()
-                    except Exception:
-                        log.exception("node control tick failed")
+                    except Exception as e:
+                        log.error("node control tick failed: %s: %s", type(e).__name__, e)
+                        log.debug("node control tick failed", exc_info=True)
 
     def _on_watch(self, kind: str, ev: WatchEvent) -> None:
         if isinstance(ev, RecordPut):

@@ -208,8 +208,9 @@ class Datapath:
                 for fd, _ in ep.poll(0.1):
                     try:
                         handlers[fd]()
-                    except Exception:  # a bug must not stop forwarding: log, keep going
-                        log.exception("data path handler failed")
+                    except Exception as e:  # a bug must not stop forwarding: log, keep going
+                        log.error("data path handler failed: %s: %s", type(e).__name__, e)
+                        log.debug("data path handler failed", exc_info=True)
         finally:
             ep.close()
 
@@ -223,8 +224,9 @@ class Datapath:
                 return
             try:
                 fn()
-            except Exception:
-                log.exception("data path command failed")
+            except Exception as e:
+                log.error("data path command failed: %s: %s", type(e).__name__, e)
+                log.debug("data path command failed", exc_info=True)
 
     def _drain_udp(self) -> None:
         recv = self.udp.recvfrom
