@@ -34,7 +34,7 @@ from .events import (
 )
 from .ikesa import Address, IkeSa, export_sa, ike_sa_id, import_sa
 from .keys import ChildKeys, derive_ike_keys, rekey_skeyseed
-from .message import Header, Message, pull_message
+from .message import Header, Message, pull_message, push_message
 from .payloads import AuthPayload, DeletePayload, NotifyPayload, Payload, SkPayload, find
 from .protect import SkKeys, open_sk, seal
 from .state import CAN_REQUEST, REQUEST_HANDLERS, IkeState
@@ -130,7 +130,10 @@ class IkeEndpoint:
         try:
             msg, sk = pull_message(data)
         except RemoteProtocolError as e:
-            self._drop("malformed" if e.notify != Notify.INVALID_MAJOR_VERSION else "version")
+            if e.notify == Notify.INVALID_MAJOR_VERSION:
+                self._refuse_version(data, src, dst)
+            else:
+                self._drop("malformed")
             return
         try:
             if msg.header.is_response:
@@ -258,6 +261,18 @@ class IkeEndpoint:
 
     def _drop(self, reason: str) -> None:
         self.counters.drops[reason] += 1
+
+    def _refuse_version(self, data: bytes, src: Address, dst: Address) -> None:
+        """§1.5: an IKE_SA_INIT request of a higher major version gets an unauthenticated
+        INVALID_MAJOR_VERSION carrying ours; anything else of another version is dropped."""
+        self._drop("version")
+        if len(data) < 28 or data[18] != ExchangeType.IKE_SA_INIT or data[19] & Flag.RESPONSE:
+            return
+        h = Header(int.from_bytes(data[:8], "big"), 0, 0, ExchangeType.IKE_SA_INIT,
+                   Flag.RESPONSE, 0)
+        reply = push_message(h, [NotifyPayload(Notify.INVALID_MAJOR_VERSION, bytes([0x20]))])
+        self.counters.errors["INVALID_MAJOR_VERSION"] += 1
+        self._send(reply, dst, src)
 
     def _send(self, data: bytes, src: Address, dst: Address) -> None:
         if src[1] == self._natt_port:

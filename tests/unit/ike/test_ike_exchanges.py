@@ -492,3 +492,16 @@ def test_responder_follows_the_peer_behind_a_nat() -> None:
     server.endpoint.receive_datagram(NON_ESP_MARKER + bytes(60), ("192.0.2.66", 4500),
                                      ("203.0.113.10", 4500), clock.now)
     assert server.endpoint.export_ike_sa(sa_id)["peer"] == ["198.51.100.7", 31000]
+
+
+def test_higher_major_version_gets_invalid_major_version() -> None:
+    client, server = psk_pair()
+    client.endpoint.connect(CLIENT, VIP, 0.0)
+    init = bytearray(client.drain()[0].data)
+    init[17] = 0x30  # IKEv3
+    server.endpoint.receive_datagram(bytes(init), CLIENT, VIP, 0.0)
+    out = server.drain()
+    msg, _ = pull_message(out[0].data)
+    assert msg.payloads[0].type == Notify.INVALID_MAJOR_VERSION
+    assert msg.header.spi_i == int.from_bytes(init[:8], "big") and msg.header.is_response
+    assert not server.endpoint.ike_sa_ids() and server.endpoint.counters.drops["version"] == 1
