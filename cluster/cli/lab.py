@@ -104,10 +104,13 @@ def lab() -> None:
               show_default=True,
               help="cluster: keyd + nodes + sprayer; strongswan: one charon responder at the "
                    "VIP (the baseline)")
+@click.option("--hooks", "hooks_dir", type=click.Path(file_okay=False, exists=True,
+                                                       path_type=Path),
+              help="run cluster-hooks on the executables in this directory")
 @SAVE_LOGS
 @operational
 def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
-       save_logs: Path | None) -> None:
+       hooks_dir: Path | None, save_logs: Path | None) -> None:
     """Build a lab and return when it serves."""
     if save_logs is None:
         # a failed `up` removes the lab; its logs stay here for the operator
@@ -115,7 +118,8 @@ def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
             f"{time.strftime('%Y%m%dT%H%M%S')}"
     with progress(f"lab {lab_name}: starting") as step:
         the_lab = labmod.Lab.up(lab_name, nodes=nodes, keyd=keyd, clients=clients,
-                                gateway=gateway, progress=step, save_logs_to=save_logs)
+                                gateway=gateway, progress=step, save_logs_to=save_logs,
+                                hooks_dir=hooks_dir)
     click.echo(f"lab {the_lab.name} is up: VIP {the_lab.status()['vip']}, "
                f"etcd {the_lab.etcd_endpoint}")
 
@@ -142,6 +146,7 @@ def status(lab_name: str, output: str) -> None:
     rows: list[dict[str, Any]] = [{"name": "etcd", **st["etcd"]}]
     rows += st["keyd"] + st["nodes"]
     rows += [{"name": "sprayer", "address": "", **st["sprayer"]}] if st["sprayer"]["pid"] else []
+    rows += [{"name": "hooks", "address": "", **st["hooks"]}] if st["hooks"] else []
     rows += st["clients"]
     for r in rows:
         table.add_row(r["name"], r["namespace"], r.get("address", ""), str(r["pid"] or "-"),

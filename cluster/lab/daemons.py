@@ -44,6 +44,7 @@ class Daemon:
 KEYD = Daemon("keyd", "keyd.server")
 NODE = Daemon("cluster-node", "cluster.node.main")
 SPRAYER = Daemon("sprayer", "sprayer.main")
+HOOKS = Daemon("cluster-hooks", "cluster.hooks.main")
 
 
 def toml(sections: Mapping[str, Mapping[str, Value]]) -> str:
@@ -121,4 +122,11 @@ def sprayer_config(common: Common, keyd: int) -> str:
         "probe_misses": 3, "lease_ttl_s": 3, "rebalance_moves_per_s": 50,
         "handoff_timeout_ms": 1000,
     }
+    return toml(s)
+
+
+def hooks_config(common: Common, directory: Path, state_file: Path) -> str:
+    s = common.sections("127.0.0.1:9413")
+    s["hooks"] = {"directory": str(directory), "timeout_s": 10, "retries": 3,
+                  "queue_size": 1000, "state_file": str(state_file)}
     return toml(s)

@@ -131,9 +131,10 @@ class Lab:
     @classmethod
     def up(cls, name: str = "lab", nodes: int = 3, keyd: int = 1, clients: int = 0,
            gateway: str = "cluster", progress: Progress = _quiet,
-           save_logs_to: Path | None = None) -> Lab:
+           save_logs_to: Path | None = None, hooks_dir: Path | None = None) -> Lab:
         """Build the lab and return when it serves; on failure remove what was built (after
-        copying its logs to save_logs_to, if given)."""
+        copying its logs to save_logs_to, if given). With hooks_dir, cluster-hooks runs the
+        executables there on cluster events (in the router's namespace)."""
         _require_root()
         check_name(name)
         if gateway not in GATEWAYS:
@@ -142,9 +143,12 @@ class Lab:
             raise LabError(f"--keyd must be 1..{A.MAX_KEYD}")
         if not 0 <= nodes <= A.MAX_NODES:
             raise LabError(f"--nodes must be 0..{A.MAX_NODES}")
+        if hooks_dir is not None and (gateway != "cluster" or not hooks_dir.is_dir()):
+            raise LabError(f"--hooks needs the cluster gateway and a directory: {hooks_dir}")
         if gateway == "cluster":
             # nodes=0 is a cluster without a data plane: IKE against keyd only.
-            for d in (daemons.KEYD, daemons.SPRAYER, *([daemons.NODE] if nodes else [])):
+            for d in (daemons.KEYD, daemons.SPRAYER, *([daemons.NODE] if nodes else []),
+                      *([daemons.HOOKS] if hooks_dir else [])):
                 why = d.missing()
                 if why:
                     raise LabError(f"cannot start the cluster: {why} "
@@ -160,7 +164,7 @@ class Lab:
         state.save()
         lab = cls(state, progress)
         try:
-            lab._build(clients)
+            lab._build(clients, hooks_dir.resolve() if hooks_dir else None)
         except LabError as exc:
             progress("failed: removing what was built")
             lab.down(save_logs_to)
@@ -173,7 +177,7 @@ class Lab:
             raise
         return lab
 
-    def _build(self, clients: int) -> None:
+    def _build(self, clients: int, hooks_dir: Path | None) -> None:
         s = self.state
         self.progress("generating PKI (CA, gateway certificate, PSK, data key)")
         self.pki.create()
@@ -188,6 +192,8 @@ class Lab:
             self._start_baseline_gateway()
         else:
             self._start_cluster()
+        if hooks_dir is not None:
+            self._start_hooks(hooks_dir)
         for i in range(1, clients + 1):
             self.progress(f"adding client-{i}")
             self.add_client(f"client-{i}")
@@ -373,6 +379,16 @@ class Lab:
         except ValueError:
             return None
         return decoded if isinstance(decoded, dict) else None
+
+    def _start_hooks(self, directory: Path) -> None:
+        self.progress(f"starting cluster-hooks on {directory}")
+        common = daemons.Common(self.name, self.pki.data_key_file, self.dir / "logs")
+        path = self.dir / "config" / "hooks.toml"
+        path.write_text(daemons.hooks_config(common, directory, self.dir / "hooks.revision"))
+        self._spawn("hooks", netns.exec_argv(self.ns("router"), daemons.HOOKS.argv(path)),
+                    self.ns("router"))
+        time.sleep(0.5)
+        self._alive("hooks")
 
     def _alive(self, role: str) -> bool:
         rec = self.state.processes.get(role)
@@ -622,6 +638,8 @@ class Lab:
             "router": {"namespace": self.ns("router"), "front": A.FRONT_ROUTER,
                        "back": A.BACK_ROUTER, "protected": A.PROTECTED_ROUTER},
             "sprayer": {"namespace": self.ns("router"), **proc("sprayer")},
+            "hooks": {"namespace": self.ns("router"), **proc("hooks")}
+            if "hooks" in s.processes else None,
             "server": {"namespace": self.ns("server"), "address": A.SERVER_IP},
             "etcd": {"namespace": self.ns("etcd"), "address": A.ETCD_IP, **proc("etcd")},
             "keyd": [{"name": f"keyd-{i}", "namespace": self.ns(f"keyd-{i}"),

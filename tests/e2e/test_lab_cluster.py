@@ -95,3 +95,22 @@ def test_demo_keeps_the_clients_sas(make_lab) -> None:  # type: ignore[no-untype
     # the pings came back after the kill (how fast is measured in bench/, not asserted here)
     for c in ("alice", "bob"):
         assert ping_ok(lab, c)
+
+
+def test_hooks_run_on_lab_events(make_lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    hooks = tmp_path / "hooks.d"
+    hooks.mkdir()
+    seen = tmp_path / "events"
+    script = hooks / "10-record"
+    script.write_text(f'#!/bin/sh\necho "$HOOK_EVENT $HOOK_CLIENT_ID $HOOK_VIRTUAL_IP" >> {seen}\n')
+    script.chmod(0o755)
+    lab = make_lab(nodes=1, hooks_dir=hooks)   # a client is "up" once a node owns it
+    assert lab.status()["hooks"]["alive"]
+    lab.add_client("hanna")
+    (sa,) = lab.client_sas("hanna")
+    deadline = time.monotonic() + 30
+    while not (seen.exists() and "client-up" in seen.read_text()):
+        assert time.monotonic() < deadline, seen.read_text() if seen.exists() else "no events"
+        time.sleep(0.2)
+    line = next(ln for ln in seen.read_text().splitlines() if ln.startswith("client-up"))
+    assert "hanna.clients.lab.example" in line and str(sa.virtual_ip) in line
