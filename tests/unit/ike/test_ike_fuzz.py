@@ -120,3 +120,35 @@ def test_junk_ike_sa_init(payloads: list, spi_i: int) -> None:
     while server.next_event() is not None:  # type: ignore[attr-defined]
         pass
     server.datagrams_to_send()  # type: ignore[attr-defined]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(payload, max_size=6), st.integers(0, 2**64 - 1))
+def test_initiator_junk_ike_sa_init_response(payloads: list, spi_r: int) -> None:
+    client, _ = psk_pair()
+    ep = client.endpoint
+    ep.connect(CLIENT, VIP, 0.0)
+    sa = ep.sa
+    h = Header(sa.spi_i, spi_r, 0, ExchangeType.IKE_SA_INIT, Flag.RESPONSE, 0)
+    ep.receive_datagram(push_message(h, payloads), VIP, CLIENT, 0.0)
+    client.drain()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(["liveness", "rekey_child", "rekey_ike", "delete"]),
+       st.lists(payload, max_size=6))
+def test_initiator_sealed_junk_responses(request: str, payloads: list) -> None:
+    client, server, clock, _ = _established()
+    ep = client.endpoint  # type: ignore[attr-defined]
+    if request == "rekey_child":
+        ep.rekey_child(next(iter(ep.sa.children)), clock.now)
+    else:
+        getattr(ep, request)(clock.now)
+    client.drain()  # type: ignore[attr-defined]
+    sa = ep.sa
+    exchange = ExchangeType.INFORMATIONAL if request in ("liveness", "delete") \
+        else ExchangeType.CREATE_CHILD_SA
+    h = Header(sa.spi_i, sa.spi_r, 0, exchange, Flag.RESPONSE, sa.my_next_id - 1)
+    data = seal(h, payloads, ep._keys_in(sa), bytes)
+    ep.receive_datagram(b"\0\0\0\0" + data, sa.peer, sa.local, clock.now)
+    client.drain()  # type: ignore[attr-defined]
