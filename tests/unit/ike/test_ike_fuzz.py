@@ -138,7 +138,7 @@ def test_initiator_junk_ike_sa_init_response(payloads: list, spi_r: int) -> None
 @given(st.sampled_from(["liveness", "rekey_child", "rekey_ike", "delete"]),
        st.lists(payload, max_size=6))
 def test_initiator_sealed_junk_responses(request: str, payloads: list) -> None:
-    client, server, clock, _ = _established()
+    client, _server, clock, _ = _established()
     ep = client.endpoint  # type: ignore[attr-defined]
     if request == "rekey_child":
         ep.rekey_child(next(iter(ep.sa.children)), clock.now)
