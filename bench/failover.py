@@ -50,12 +50,11 @@ from cluster.store import (
     Store,
 )
 from sprayer.apply import KernelApplier
-from sprayer.backends import DriverError
+from sprayer.backends import DriverError, inside_netns
 from sprayer.daemon import Sprayer
 from sprayer.health import HealthResponder, HealthTracker
 from sprayer.plan import NodeView, Placement, Planner, choose
 from sprayer.settings import SprayerSettings
-from sprayer.userspace import inside_netns
 
 VIP = "203.0.113.10"
 NODES = ("node-1", "node-2", "node-3")

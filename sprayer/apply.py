@@ -40,7 +40,8 @@ class KernelApplier:
         self.routes.sync_clients({ip: targets.nodes[n] for ip, n in targets.clients.items()})
 
     def resync(self) -> None:
-        self.nft = NftDriver(self.nft.vip, table=self.nft.table, netns=self.nft.netns)
+        self.nft = NftDriver(self.nft.vip, table=self.nft.table, netns=self.nft.netns,
+                             nft=self.nft.nft)
         self.routes = RouteDriver(self.routes.vip, netns=self.routes.netns)
 
     def close(self) -> None:

@@ -8,15 +8,18 @@ sprayers), with linear probing when two names collide in the 16-bit space.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import ipaddress
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 #: high half of every mark / routing table id we own ("IP" in ASCII): easy to spot and clean up
 MARK_BASE = 0x4950_0000
 MARK_MASK = 0xFFFF_0000
+_CLONE_NEWNET = 0x40000000
 
 
 class DriverError(Exception):
@@ -95,6 +98,29 @@ def run(argv: Sequence[str], stdin: str | None = None, timeout_s: float = 30.0) 
         err = (r.stderr or r.stdout).strip().splitlines()
         raise DriverError(f"{' '.join(argv[:4])}: {' / '.join(err[:5])}")
     return r.stdout
+
+
+@contextlib.contextmanager
+def inside_netns(netns: str | None) -> Iterator[None]:
+    """Run the block (in this thread) inside network namespace `netns`: sockets and netlink
+    contexts created there stay bound to it afterwards, whichever thread uses them."""
+    if not netns:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        home = open("/proc/thread-self/ns/net")  # noqa: SIM115 - closed below
+        target = open(f"/run/netns/{netns}")  # noqa: SIM115
+    except OSError as e:
+        raise DriverError(f"network namespace {netns}: {e.strerror}") from None
+    with home, target:
+        if libc.setns(target.fileno(), _CLONE_NEWNET) != 0:
+            raise DriverError(f"cannot enter network namespace {netns}")
+        try:
+            yield
+        finally:
+            if libc.setns(home.fileno(), _CLONE_NEWNET) != 0:
+                raise DriverError(f"cannot return from network namespace {netns}")
 
 
 def in_netns(netns: str | None, argv: Sequence[str]) -> list[str]:

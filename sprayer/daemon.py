@@ -111,12 +111,19 @@ class Prober:
                 self.sock.sendto(push_probe(nonce), (addr, port))
 
     def receive(self, timeout_s: float, health: HealthTracker, clock: Callable[[], float],
-                metrics: SprayerMetrics) -> None:
+                metrics: SprayerMetrics, wake: socket.socket | None = None) -> None:
+        """Handle probe replies until the timeout, or until `wake` becomes readable (a watch
+        event arrived: the loop must act on it now, not at the next probe round)."""
         deadline = time.monotonic() + max(0.0, timeout_s)
+        watched = [self.sock] if wake is None else [self.sock, wake]
         while True:
             left = deadline - time.monotonic()
-            ready, _, _ = select.select([self.sock], [], [], max(0.0, left))
+            ready, _, _ = select.select(watched, [], [], max(0.0, left))
             if not ready:
+                return
+            if wake is not None and wake in ready:
+                with contextlib.suppress(BlockingIOError):
+                    wake.recv(4096)
                 return
             while True:
                 try:
@@ -159,6 +166,9 @@ class Sprayer:
         self._applied: tuple[int, tuple[str, ...]] | None = None
         self._planned: tuple[int, tuple[tuple[str, bool, str], ...]] | None = None
         self._was_leader = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._election_trouble = Trouble("leader election")
         self._driver_trouble = Trouble("driver update (resyncing)")
         self._write_trouble = Trouble("assignment writes (retrying)")
@@ -171,6 +181,8 @@ class Sprayer:
 
             def sink(ev: WatchEvent, kind: str = kind) -> None:
                 self._events.put((kind, ev))
+                with contextlib.suppress(OSError):    # full: a wake-up is pending anyway
+                    self._wake_w.send(b"\0")
             self._watchers.append(self.store.watch(cls, sink))
 
     def stop(self) -> None:
@@ -181,6 +193,8 @@ class Sprayer:
         if self.applier is not None:
             self.applier.close()
         self.prober.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def run(self, stop: threading.Event) -> None:
         interval = self.settings.probe_interval_s
@@ -197,7 +211,7 @@ class Sprayer:
             self._fold_events()
             self.tick()
             self.prober.receive(min(next_probe, next_leader) - time.monotonic(), self.health,
-                                self.clock, self.metrics)
+                                self.clock, self.metrics, wake=self._wake_r)
 
     # pieces of a tick ---------------------------------------------------------------------
     def _fold_events(self) -> None:
@@ -246,6 +260,8 @@ class Sprayer:
         actions = self.planner.plan(nodes, self.view.placements(), self.view.new_clients(), now,
                                     finals=self.view.handoffs_with_finals(),
                                     rebalance=self.settings.auto_rebalance)
+        if any(isinstance(a, CompleteHandoff) and a.exact for a in actions):
+            self.apply()    # flip the map first: the new owner already has the counters
         if actions:
             self.write(actions, now)
         self.apply()
@@ -322,5 +338,7 @@ class Sprayer:
             log.info("assignment", extra={"ike_sa": rec.ike_sa_id, "node": rec.node,
                                           "epoch": rec.epoch, "phase": rec.phase,
                                           "action": type(act).__name__,
-                                          "previous": rec.previous_node or "-"})
+                                          "previous": rec.previous_node or "-",
+                                          **({"exact": act.exact}
+                                             if isinstance(act, CompleteHandoff) else {})})
         return True

@@ -16,8 +16,9 @@ the packet, so the receiver sees the client's own source address and port.
 
 Every change is one atomic batch: a chain rebuild (flush + rules, `nft -f -`: the map's
 `typeof @th,64,32` key has no JSON form in nftables 1.0) when the set of back ends changes,
-and element deletes + adds for SPI changes (`nft -j -f -`, the faster parser for 100 k
-elements). A 100 k SPI full sync is a
+and element deletes + adds for SPI changes (JSON, the faster parser for 100 k elements).
+Batches go through libnftables in-process when it loads (no fork on the critical path of a
+move), else through the `nft` command (libnft.py). A 100 k SPI full sync is a
 single batch (measured in bench/failover.py).
 """
 
@@ -27,7 +28,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sprayer.backends import DriverError, in_netns, run
+from sprayer.backends import DriverError
+from sprayer.libnft import Nft
 
 TABLE = "ipsec_cluster"
 FAMILY = "inet"
@@ -76,10 +78,12 @@ class NftDriver:
     next `sync_spis` is a full, atomic resync.
     """
 
-    def __init__(self, vip: str, *, table: str = TABLE, netns: str | None = None) -> None:
+    def __init__(self, vip: str, *, table: str = TABLE, netns: str | None = None,
+                 nft: Nft | None = None) -> None:
         self.vip = vip
         self.table = table
         self.netns = netns
+        self.nft = nft if nft is not None else Nft(netns)
         self._spis: dict[int, int] | None = None
         self._chain: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
@@ -88,7 +92,7 @@ class NftDriver:
         if not commands:
             return
         doc = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]})
-        run(in_netns(self.netns, ["nft", "-j", "-f", "-"]), stdin=doc)
+        self.nft.run(doc, json_input=True)
 
     def _obj(self, **extra: Any) -> dict[str, Any]:
         return {"family": FAMILY, "table": self.table, **extra}
@@ -114,7 +118,7 @@ class NftDriver:
                                                                node_marks)),
         ]) + "\n"
         try:
-            run(in_netns(self.netns, ["nft", "-f", "-"]), stdin=script)
+            self.nft.run(script, json_input=False)
         except DriverError:
             self._chain = None
             raise
@@ -161,8 +165,7 @@ class NftDriver:
 
     def read_spis(self) -> dict[int, int]:
         """The SPI map as the kernel holds it (for status output and tests)."""
-        out = run(in_netns(self.netns, ["nft", "-j", "list", "map", FAMILY, self.table,
-                                        SPI_MAP]))
+        out = self.nft.list_json(f"map {FAMILY} {self.table} {SPI_MAP}")
         spis: dict[int, int] = {}
         for item in json.loads(out).get("nftables", []):
             for k, v in (item.get("map", {}).get("elem") or []):

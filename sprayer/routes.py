@@ -3,7 +3,8 @@
 For every back-end host (keyd instance or node) with mark M: `ip rule fwmark M lookup M` and,
 in routing table M, `VIP via <back-end address>`. For every client virtual IP: a /32 route
 via its owning node's back-end address, tagged with our route protocol number so that we
-only ever list, replace or delete our own routes. All changes go through one `ip -batch -`.
+only ever list, replace or delete our own routes. Rules and tables change through one
+`ip -batch -`; client routes, which flip with every move, through rtnetlink (netlink.py).
 Used by the nftables driver and by the userspace forwarder (which sets SO_MARK instead).
 """
 
@@ -14,6 +15,7 @@ import json
 from collections.abc import Mapping
 
 from sprayer.backends import MARK_BASE, MARK_MASK, Backend, DriverError, run
+from sprayer.netlink import RouteSocket, table_id
 
 #: route protocol number tagging the client routes we own (/etc/iproute2/rt_protos: unused)
 ROUTE_PROTO = 149
@@ -29,7 +31,9 @@ class RouteDriver:
         self.netns = netns
         self.client_table = client_table
         self._backends: dict[int, str] = {}
+        self._synced = False
         self._clients: dict[str, str] | None = None
+        self._netlink: RouteSocket | None = None
 
     def _ip(self, *args: str, stdin: str | None = None) -> str:
         ns = ["-n", self.netns] if self.netns else []
@@ -53,6 +57,8 @@ class RouteDriver:
 
     def sync_backends(self, backends: Mapping[int, Backend]) -> None:
         """One rule and one table per mark in `backends`; rules of gone marks are removed."""
+        if self._synced and self._backends == {m: b.address for m, b in backends.items()}:
+            return      # nothing changed since the last successful sync: no `ip` call
         lines: list[str] = []
         have = self._our_rules()
         for m, b in sorted(backends.items()):
@@ -66,6 +72,7 @@ class RouteDriver:
             self._batch(lines)
         except DriverError:
             self._backends = {}
+            self._synced = False
             raise
         if gone:
             # best effort: a table someone already flushed is no reason to fail
@@ -73,6 +80,7 @@ class RouteDriver:
             with contextlib.suppress(DriverError):
                 run(["ip", *ns, "-force", "-batch", "-"], stdin="\n".join(gone) + "\n")
         self._backends = {m: b.address for m, b in backends.items()}
+        self._synced = True
 
     # client virtual IPs ------------------------------------------------------------------
     def _our_client_routes(self) -> dict[str, str]:
@@ -84,20 +92,19 @@ class RouteDriver:
         """Make our /32 routes equal `desired` (virtual IP → back-end address)."""
         if self._clients is None:
             self._clients = self._our_client_routes()
-        lines: list[str] = []
-        for ip in sorted(self._clients.keys() - desired.keys()):
-            lines.append(f"route del {ip}/32 table {self.client_table} proto {ROUTE_PROTO}")
-        for ip, via in sorted(desired.items()):
-            if self._clients.get(ip) != via:
-                lines.append(f"route replace {ip}/32 via {via} table {self.client_table} "
-                             f"proto {ROUTE_PROTO}")
+        gone = sorted(self._clients.keys() - desired.keys())
+        changed = sorted((ip, via) for ip, via in desired.items() if self._clients.get(ip) != via)
+        if not gone and not changed:
+            return 0
         try:
-            self._batch(lines)
+            if self._netlink is None:
+                self._netlink = RouteSocket(self.netns)
+            self._netlink.apply(changed, gone, table_id(self.client_table), ROUTE_PROTO)
         except DriverError:
             self._clients = None
             raise
         self._clients = dict(desired)
-        return len(lines)
+        return len(gone) + len(changed)
 
     def remove(self) -> None:
         """Delete every rule, table and client route we own."""

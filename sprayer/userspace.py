@@ -22,18 +22,23 @@ What it cannot do, and what the host needs:
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
 import logging
 import select
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sprayer.backends import DriverError, MarkAllocator, backend_marks, keyd_backends, run
+from sprayer.backends import (
+    DriverError,
+    MarkAllocator,
+    backend_marks,
+    inside_netns,
+    keyd_backends,
+    run,
+)
 from sprayer.nft import IKE_PORT, NATT_PORT
 from sprayer.routes import RouteDriver
 from sprayer.view import Targets
@@ -41,23 +46,6 @@ from sprayer.view import Targets
 log = logging.getLogger("sprayer.userspace")
 
 LOCAL_RULE_PREF = 32000
-_CLONE_NEWNET = 0x40000000
-
-
-@contextlib.contextmanager
-def inside_netns(netns: str | None) -> Iterator[None]:
-    """Create sockets (in this thread) inside `netns`; they stay there afterwards."""
-    if not netns:
-        yield
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{netns}") as target:
-        if libc.setns(target.fileno(), _CLONE_NEWNET) != 0:
-            raise DriverError(f"cannot enter network namespace {netns}")
-        try:
-            yield
-        finally:
-            libc.setns(home.fileno(), _CLONE_NEWNET)
 
 
 def push_udp_ip(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:

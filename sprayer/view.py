@@ -3,8 +3,8 @@
 `ClusterView` holds nodes/, assign/, sa/ and final seq/ records as the watches deliver them.
 From it come the planner's inputs (`placements`, `new_clients`, `finals`) and the drivers'
 input (`Targets`: where each SPI and client virtual IP goes right now). During a hand-off
-the traffic still goes to the previous owner until the sprayer flips the assignment to
-`active`: only then does the map point at the new owner.
+the traffic still goes to the previous owner until the old owner's exact final counters are
+all in (then the sprayer flips the map and writes `active`), or until the hand-off times out.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class ClusterView:
     #: ike_sa_id → (assignment, mod_revision for compare-and-swap)
     assigns: dict[str, tuple[Assignment, int]] = field(default_factory=dict)
     children: dict[int, _Child] = field(default_factory=dict)
-    #: spi → final seq record (checkpoints are not kept)
+    #: spi → the last final seq record seen (checkpoints are not kept; a hand-off matches
+    #: a final by its epoch, so an older one is harmless)
     finals: dict[int, SeqRecord] = field(default_factory=dict)
     #: clients whose assignment is in phase `handoff`
     in_handoff: set[str] = field(default_factory=set)
@@ -66,8 +67,10 @@ class ClusterView:
     def apply(self, kind: str, ev: WatchEvent) -> None:
         """Fold one watch event of record kind `kind` into the view."""
         if isinstance(ev, RecordPut) and isinstance(ev.record, SeqRecord) \
-                and ev.record.kind != "final" and ev.record.spi not in self.finals:
-            return    # a routine checkpoint: changes nothing the sprayer decides on
+                and ev.record.kind != "final":
+            # a routine checkpoint changes nothing the sprayer decides on; in particular it
+            # must not hide a final just written (the new owner checkpoints at once)
+            return
         self.generation += 1
         if isinstance(ev, WatchResynced):
             self.synced.add(kind)
@@ -81,10 +84,7 @@ class ClusterView:
             elif isinstance(r, ChildSaRecord):
                 self.children[r.spi_in] = _Child(r.ike_sa_id, r.virtual_ip)
             elif isinstance(r, SeqRecord):
-                if r.kind == "final":
-                    self.finals[r.spi] = r
-                else:
-                    self.finals.pop(r.spi, None)
+                self.finals[r.spi] = r
         elif isinstance(ev, RecordDeleted):
             if kind == "nodes":
                 if self.nodes.pop(ev.name, None) is not None and self.on_node_gone:
@@ -144,8 +144,12 @@ class ClusterView:
 
     # driver input ------------------------------------------------------------------------
     def targets(self, alive: Callable[[str], bool]) -> Targets:
+        # a hand-off whose exact final counters are all in has flipped, even before the
+        # sprayer's `active` write lands: the new owner is taking over from those counters
+        flipped = self.handoffs_with_finals() if self.in_handoff else set()
+
         def receiver(a: Assignment) -> str:
-            if a.phase == "handoff" and a.previous_node:
+            if a.phase == "handoff" and a.previous_node and a.ike_sa_id not in flipped:
                 return a.previous_node
             return a.node
 

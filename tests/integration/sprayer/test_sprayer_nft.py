@@ -6,7 +6,10 @@ import struct
 import subprocess
 from typing import Any
 
-from sprayer.backends import Backend, MarkAllocator, keyd_backends
+import pytest
+
+from sprayer.backends import Backend, DriverError, MarkAllocator, keyd_backends
+from sprayer.libnft import Nft
 from sprayer.nft import NftDriver
 from sprayer.routes import RouteDriver
 
@@ -121,3 +124,25 @@ def socket_route(lab: Any, ip: str) -> str:
                        capture_output=True, text=True)
     return r.stdout + r.stderr
 
+
+
+def test_the_nft_command_path_behaves_like_the_library(lab: Any) -> None:
+    marks = MarkAllocator()
+    r = lab.ns("router")
+    by_library = NftDriver(VIP, netns=r)
+    by_command = NftDriver(VIP, netns=r, nft=Nft(r, use_library=False))
+    assert by_library.nft.in_process and not by_command.nft.in_process
+    by_command.install([marks.mark("keyd:x")], [marks.mark("node-1")])
+    by_command.sync_spis({0x1001: marks.mark("node-1")})
+    assert by_library.read_spis() == by_command.read_spis() == {0x1001: marks.mark("node-1")}
+    natt = listeners(lab, 4500)
+    RouteDriver(VIP, netns=r).sync_backends(
+        {marks.mark("keyd:x"): Backend("keyd:x", lab.addresses["keyd"]),
+         marks.mark("node-1"): Backend("node-1", lab.addresses["node-1"])})
+    send(lab, 4500, esp(0x1001))
+    assert lab.receive_any(natt).keys() == {"node-1"}
+    by_library.remove()
+    with pytest.raises(DriverError):
+        by_command.read_spis()
+    for s in natt.values():
+        s.close()

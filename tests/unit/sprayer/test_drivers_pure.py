@@ -90,3 +90,22 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
                     '[sprayer]\nkeyd = ["10.30.0.5"]\n')
     r = runner.invoke(main, ["--config", str(good)], env={"IPSEC_CLUSTER_DATA_KEY": ""})
     assert r.exit_code == 2 and "Traceback" not in r.output and r.output.count("\n") == 1
+
+
+def test_netlink_route_messages_and_acks() -> None:
+    import struct
+
+    from sprayer.netlink import NLMSG_ERROR, RTM_DELROUTE, RTM_NEWROUTE, pull_acks, push_route
+
+    new = push_route(7, False, "10.99.0.1", "10.30.0.11", 254, 149)
+    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", new)
+    assert (length, kind, seq) == (len(new), RTM_NEWROUTE, 7) and flags & 0x100  # REPLACE
+    assert new[16:18] == bytes([2, 32]) and new[21] == 149       # AF_INET, /32, protocol
+    assert bytes([10, 99, 0, 1]) in new and bytes([10, 30, 0, 11]) in new
+    gone = push_route(8, True, "10.99.0.1", None, 1000, 149)
+    assert struct.unpack_from("=H", gone, 4)[0] == RTM_DELROUTE and gone[20] == 0  # table attr
+    ack = struct.pack("=IHHII", 36, NLMSG_ERROR, 0, 7, 0) + struct.pack("=i", 0) + new[:16]
+    err = struct.pack("=IHHII", 36, NLMSG_ERROR, 0, 8, 0) + struct.pack("=i", -3) + gone[:16]
+    assert pull_acks(ack + err) == [(7, 0), (8, 3)]
+    with pytest.raises(DriverError):
+        pull_acks(struct.pack("=IHHII", 99, NLMSG_ERROR, 0, 1, 0))

@@ -55,7 +55,11 @@ def test_targets_follow_the_previous_owner_until_the_flip() -> None:
     put(v, "seq", SeqRecord(0x2000, "n1", 1, 10, 9, 0, "final", 0.0))
     assert v.handoffs_with_finals() == set()          # final of an older epoch: not this one
     put(v, "seq", SeqRecord(0x2000, "n1", 2, 10, 9, 0, "final", 0.0))
+    # the new owner checkpoints at once: that must not hide the final it started from
+    put(v, "seq", SeqRecord(0x2000, "n2", 2, 11, 9, 0, "checkpoint", 0.0))
     assert v.handoffs_with_finals() == {IKE}
+    # every exact final is in: traffic flips to the new owner before `active` is written
+    assert v.targets(lambda n: True).spis == {0x1000: "n2", 0x2000: "n2"}
 
     put(v, "assign", Assignment(IKE, "n2", 2, "active", "n1", 0.0), 7)
     assert v.targets(lambda n: True).spis == {0x1000: "n2", 0x2000: "n2"}

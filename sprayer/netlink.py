@@ -1,0 +1,130 @@
+"""Client /32 routes through rtnetlink directly (RFC 3549; linux/rtnetlink.h).
+
+The client routes flip with every move, on the path of the client's return traffic; forking
+`ip` for each flip costs milliseconds on a busy host. This sends RTM_NEWROUTE (replace) and
+RTM_DELROUTE messages in batches on one NETLINK_ROUTE socket, opened in the router's network
+namespace, and reads one acknowledgement per message. Only what the sprayer needs: IPv4 /32
+unicast routes via a gateway, in one table, tagged with one route protocol number.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterable
+
+from sprayer.backends import DriverError, inside_netns
+
+NETLINK_ROUTE = 0
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
+RTA_DST, RTA_GATEWAY, RTA_TABLE = 1, 5, 15
+RT_TABLE_MAIN, RT_TABLE_UNSPEC = 254, 0
+RTN_UNICAST = 1
+RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
+#: messages per send: acknowledgements of a batch must fit the receive buffer
+BATCH = 256
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_NLMSGERR = struct.Struct("=i")
+
+
+def _rta(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+
+
+def push_route(seq: int, delete: bool, dst: str, gateway: str | None, table: int,
+               proto: int) -> bytes:
+    """One RTM_NEWROUTE (create or replace) / RTM_DELROUTE message for dst/32."""
+    rt_table = table if table < 256 else RT_TABLE_UNSPEC
+    body = _RTMSG.pack(socket.AF_INET, 32, 0, 0, rt_table, proto,
+                       RT_SCOPE_NOWHERE if delete else RT_SCOPE_UNIVERSE,
+                       0 if delete else RTN_UNICAST, 0)
+    body += _rta(RTA_DST, socket.inet_aton(dst)) + _rta(RTA_TABLE, struct.pack("=I", table))
+    if gateway is not None and not delete:
+        body += _rta(RTA_GATEWAY, socket.inet_aton(gateway))
+    flags = NLM_F_REQUEST | NLM_F_ACK
+    if not delete:
+        flags |= NLM_F_CREATE | NLM_F_REPLACE
+    kind = RTM_DELROUTE if delete else RTM_NEWROUTE
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
+
+
+def pull_acks(data: bytes) -> list[tuple[int, int]]:
+    """(seq, errno) of every NLMSG_ERROR in a datagram (errno 0 is an acknowledgement)."""
+    out = []
+    off = 0
+    while off + _NLMSGHDR.size <= len(data):
+        length, kind, _, seq, _ = _NLMSGHDR.unpack_from(data, off)
+        if length < _NLMSGHDR.size or off + length > len(data):
+            raise DriverError("netlink: truncated message")
+        if kind == NLMSG_ERROR:
+            (err,) = _NLMSGERR.unpack_from(data, off + _NLMSGHDR.size)
+            out.append((seq, -err))
+        off += (length + 3) & ~3
+    return out
+
+
+class RouteSocket:
+    """A NETLINK_ROUTE socket in one network namespace, for batches of /32 route changes."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        try:
+            with inside_netns(netns):
+                self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+            self.sock.bind((0, 0))
+            self.sock.settimeout(5.0)
+        except OSError as e:
+            raise DriverError(f"rtnetlink socket: {e}") from None
+        self._seq = 0
+
+    def apply(self, replace: Iterable[tuple[str, str]], delete: Iterable[str], table: int,
+              proto: int) -> None:
+        """Replace (dst, gateway) routes and delete dst routes; a delete of a route that is
+        already gone is fine; any other refusal is a DriverError naming the route."""
+        msgs: list[tuple[int, str, bytes]] = []
+        for dst in delete:
+            self._seq += 1
+            msgs.append((self._seq, f"del {dst}", push_route(self._seq, True, dst, None,
+                                                             table, proto)))
+        for dst, gw in replace:
+            self._seq += 1
+            msgs.append((self._seq, f"{dst} via {gw}", push_route(self._seq, False, dst, gw,
+                                                                  table, proto)))
+        failures = []
+        for i in range(0, len(msgs), BATCH):
+            chunk = msgs[i:i + BATCH]
+            what = {seq: text for seq, text, _ in chunk}
+            try:
+                self.sock.sendall(b"".join(m for _, _, m in chunk))
+                while what:
+                    for seq, err in pull_acks(self.sock.recv(1 << 20)):
+                        text = what.pop(seq, None)
+                        if text is None or err == 0:
+                            continue
+                        if err in (errno.ESRCH, errno.ENOENT) and text.startswith("del "):
+                            continue
+                        failures.append(f"{text}: {os.strerror(err)}")
+            except OSError as e:
+                raise DriverError(f"rtnetlink: {e}") from None
+        if failures:
+            raise DriverError(f"route changes refused: {'; '.join(failures[:5])}"
+                              + (f" (+{len(failures) - 5} more)" if len(failures) > 5 else ""))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def table_id(name: str) -> int:
+    """Routing table number for "main" or a number."""
+    if name == "main":
+        return RT_TABLE_MAIN
+    try:
+        return int(name)
+    except ValueError:
+        raise DriverError(f"routing table must be 'main' or a number: {name!r}") from None
