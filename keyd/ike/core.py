@@ -376,7 +376,7 @@ class IkeEndpoint:
             self._drop("initiator_flag")
             return
         if h.message_id == sa.peer_next_id - 1 and sa.last_response:
-            if sa.state != IkeState.WAIT_ADDRESS:
+            if sa.state != IkeState.WAIT_ADDRESS and self._authentic(msg, sk, sa):
                 self.counters.retransmits_answered += 1
                 self._send(sa.last_response, dst, src)  # §2.1: resend, do not reprocess
             return
@@ -418,6 +418,20 @@ class IkeEndpoint:
             response = [NotifyPayload(e.notify, e.data)]
         if response is not None:
             self._respond(sa, ctx, response)
+
+    def _authentic(self, msg: Message, sk: SkPayload | None, sa: IkeSa) -> bool:
+        """A retransmission is answered only if it passes the integrity check (no reflection
+        of cached answers for forged datagrams); IKE_SA_INIT has no SK to check."""
+        if msg.header.exchange == ExchangeType.IKE_SA_INIT:
+            return msg.raw == sa.init_request
+        if sk is None:
+            return False
+        try:
+            open_sk(msg, sk, self._keys_in(sa))
+        except RemoteProtocolError:
+            self._drop("integrity")
+            return False
+        return True
 
     def _respond(self, sa: IkeSa, ctx: RequestContext, payloads: list[Payload]) -> None:
         flags = Flag.RESPONSE | (Flag.INITIATOR if sa.is_initiator else 0)

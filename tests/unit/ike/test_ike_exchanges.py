@@ -505,3 +505,18 @@ def test_higher_major_version_gets_invalid_major_version() -> None:
     assert msg.payloads[0].type == Notify.INVALID_MAJOR_VERSION
     assert msg.header.spi_i == int.from_bytes(init[:8], "big") and msg.header.is_response
     assert not server.endpoint.ike_sa_ids() and server.endpoint.counters.drops["version"] == 1
+
+
+def test_forged_retransmission_is_not_answered() -> None:
+    """Only an authentic copy of the last request gets the cached answer again."""
+    client, server, clock = established()
+    client.endpoint.liveness(clock.now)
+    req = client.drain()[0]
+    server.endpoint.receive_datagram(req.data, req.src, req.dst, clock.now)
+    assert server.drain()
+    forged = bytearray(req.data)
+    forged[-3] ^= 0x40  # same SPIs and message ID, broken ICV
+    server.endpoint.receive_datagram(bytes(forged), ("192.0.2.200", 4500), req.dst, clock.now)
+    assert server.drain() == [] and server.endpoint.counters.drops["integrity"] == 1
+    server.endpoint.receive_datagram(req.data, req.src, req.dst, clock.now)
+    assert server.drain() and server.endpoint.counters.retransmits_answered == 1
