@@ -52,6 +52,7 @@ VERSION = "0.1.0"
 HANDOFF_WAIT_S = 1.0  # how long a new owner waits for the old owner's final record
 FETCH_RETRY_S = 5.0  # an unknown SPI is read from etcd at most once per this period
 RETRY_S = 0.5
+IV_RENEW_AT = 1 << 31  # IVs drawn under one prefix before a fresh one is taken
 
 
 @dataclass(slots=True)
@@ -118,6 +119,7 @@ class NodeAgent:
         self._stopping = False
         self._writer_busy = False
         self._synced: set[str] = set()
+        self._renewing = False
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -559,6 +561,10 @@ class NodeAgent:
     def _tick(self) -> None:
         if self.datapath is None:
             return
+        iv = self.iv_source
+        if iv is not None and iv.used > IV_RENEW_AT and not self._renewing:
+            self._renewing = True
+            self._pool.submit(self._renew_iv_prefix)
         owned = self.checkpointer.owned()
         if not owned or self._writer_busy:
             return
@@ -572,6 +578,24 @@ class NodeAgent:
         if batch:
             self._writer_busy = True
             self._writes.put(batch)
+
+    def _renew_iv_prefix(self) -> None:
+        """Half the IV counter is used: take a fresh prefix (the revision of a new write of
+        our own record) long before the counter could run out (cluster.esp.nonce)."""
+        try:
+            m = self.membership
+            if m is None:
+                return
+            revision = self.store.put(self._record(), lease=m.lease_id)
+            prefix = prefix_from_revision(revision)
+            assert self.datapath is not None and self.iv_source is not None
+            source = self.iv_source
+            self.datapath.call(lambda: source.renew(prefix))
+            log.info("IV prefix renewed: %s", prefix.hex())
+        except StoreError as e:
+            log.warning("IV prefix renewal waits for etcd: %s", e)
+        finally:
+            self._renewing = False
 
     def _guard(self, d: Due) -> Guard | None:
         a = self.assigns.get(d.ike_sa_id)
