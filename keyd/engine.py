@@ -45,6 +45,7 @@ from .view import ClusterView
 log = logging.getLogger("keyd.engine")
 
 INFORMATIONAL = 37
+EXCHANGES = {34: "IKE_SA_INIT", 35: "IKE_AUTH", 36: "CREATE_CHILD_SA", 37: "INFORMATIONAL"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +100,19 @@ class Engine:
         self._durable: dict[str, dict[str, Any]] = {}
         self._records: dict[str, IkeSaRecord] = {}
         self._dirty: set[str] = set()   # answered while etcd was away; write when it returns
+        # identity → IKE SAs in the cluster (from the ike/ watch): for INITIAL_CONTACT
+        self._by_identity: dict[str, set[str]] = {}
 
     # -- inbound -------------------------------------------------------------------------
     def handle(self, inbound: Inbound) -> list[Outbound]:
+        start = time.perf_counter()
+        try:
+            return self._handle(inbound)
+        finally:
+            exchange = EXCHANGES.get(inbound.ike_message[18], "other")
+            self.metrics.step_seconds.labels(exchange).observe(time.perf_counter() - start)
+
+    def _handle(self, inbound: Inbound) -> list[Outbound]:
         now = self.clock()
         ike_sa_id, spi_r, exchange, _flags = ike_sa_id_of(inbound.ike_message)
         if spi_r and not self.core.has_ike_sa(ike_sa_id):
@@ -174,6 +185,9 @@ class Engine:
             log.info("IKE SA deleted", extra={"ike_sa": ike_sa_id, "reason": event.reason})
         elif isinstance(event, ike.IkeSaEstablished):
             c.established.add(event.ike_sa_id)
+            self._by_identity.setdefault(event.identity, set()).add(event.ike_sa_id)
+            if event.initial_contact:
+                self._initial_contact(event, step)
             log.info("IKE SA established", extra={
                 "ike_sa": event.ike_sa_id, "identity": event.identity,
                 "peer": f"{event.peer_addr}:{event.peer_port}",
@@ -296,13 +310,37 @@ class Engine:
             "ike_sa": ike_sa_id, "written_by": held.record.keyd_id})
         return True
 
-    def drop_stale(self, ike_sa_id: str, writer: str) -> None:
-        """Another instance wrote this IKE SA: our copy is stale, read it again when needed."""
-        if writer != self.keyd_id and self.core.has_ike_sa(ike_sa_id):
-            self.core.forget_ike_sa(ike_sa_id)
-            self._forget(ike_sa_id)
+    def seen_ike_sa(self, record: IkeSaRecord) -> None:
+        """An ike/ record as etcd has it now (from the watch). If another instance wrote an
+        IKE SA this one holds, the local copy is stale: drop it (it is read again from etcd
+        if the client comes back here)."""
+        if record.identity:
+            self._by_identity.setdefault(record.identity, set()).add(record.ike_sa_id)
+        writer = record.keyd_id
+        if writer != self.keyd_id and self.core.has_ike_sa(record.ike_sa_id):
+            self.core.forget_ike_sa(record.ike_sa_id)
+            self._forget(record.ike_sa_id)
             log.info("IKE SA continued by another instance", extra={
-                "ike_sa": ike_sa_id, "by": writer})
+                "ike_sa": record.ike_sa_id, "by": writer})
+
+    def seen_ike_sa_deleted(self, ike_sa_id: str) -> None:
+        for ids in self._by_identity.values():
+            ids.discard(ike_sa_id)
+
+    def _initial_contact(self, event: ike.IkeSaEstablished, step: _Step) -> None:
+        """RFC 7296 §2.4: INITIAL_CONTACT — the peer has no other IKE SA with us any more;
+        remove every older one of the same identity (a client that restarted), with its
+        Child SAs, owner and address, wherever in the cluster it was negotiated."""
+        others = self._by_identity.get(event.identity, set()) - {event.ike_sa_id}
+        for other in sorted(others):
+            if other in step.changes.ike_puts or other in step.changes.deleted_ike:
+                continue
+            step.changes.deleted_ike[other] = self._records.get(other)
+            if self.core.has_ike_sa(other):
+                self.core.forget_ike_sa(other)
+            self._forget(other)
+            log.info("older IKE SA of a returning client removed (INITIAL_CONTACT)", extra={
+                "ike_sa": other, "identity": event.identity, "by": event.ike_sa_id})
 
     # -- etcd availability -----------------------------------------------------------------
     def _etcd_lost(self, exc: StoreError) -> None:

@@ -91,6 +91,7 @@ class Persister:
         self.clock = clock
         self.view = view
         self._pending: list[list[str]] = []   # removal transactions that failed
+        self._no_nodes_said = False
 
     # -- the ordered write ------------------------------------------------------------------
     def write(self, changes: Changes) -> None:
@@ -136,9 +137,14 @@ class Persister:
         nodes = [NodeView(n.id, float(n.capacity), NodeState(n.state)) for n in self._nodes()]
         node = choose(ike_sa_id, candidates(nodes))
         if node is None:
-            log.warning("no ready node to own the client; the sprayer will assign it",
-                        extra={"ike_sa": ike_sa_id})
+            if not self._no_nodes_said:
+                log.warning("no ready node to own new clients; the sprayer will assign them",
+                            extra={"ike_sa": ike_sa_id})
+                self._no_nodes_said = True
             return None
+        if self._no_nodes_said:
+            log.info("ready nodes again: new clients get an owner", extra={"node": node})
+            self._no_nodes_said = False
         return Assignment(ike_sa_id=ike_sa_id, node=node, epoch=1, phase="active",
                           previous_node=None, updated_at=self.clock())
 

@@ -26,7 +26,7 @@ from cluster.store.keyspace import Keyspace
 from cluster.store.membership import LeaseLost, Membership
 from cluster.store.records import IkeSaRecord, KeydRecord
 from cluster.store.seal import DataKey, DataKeyError, load_data_key
-from cluster.store.watch import RecordPut, WatchEvent
+from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent
 
 from .config import DEFAULT_PATH, ConfigError, KeydConfig, load_config, parse_listen
 from .core import build_core, responder_config
@@ -182,9 +182,9 @@ class KeydServer:
     def _on_watch(self, event: WatchEvent) -> None:
         # watcher thread → worker thread, in order with the engine's own steps
         if isinstance(event, RecordPut) and isinstance(event.record, IkeSaRecord):
-            record = event.record
-            if record.keyd_id != self.config.keyd.id:
-                self._worker.submit(self.engine.drop_stale, record.ike_sa_id, record.keyd_id)
+            self._worker.submit(self.engine.seen_ike_sa, event.record)
+        elif isinstance(event, RecordDeleted):
+            self._worker.submit(self.engine.seen_ike_sa_deleted, event.name)
 
     async def _register(self) -> None:
         """Hold keyd/<id> on a lease; after a loss (etcd away for a TTL), register again."""

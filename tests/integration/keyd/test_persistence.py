@@ -145,3 +145,30 @@ def test_two_clients_get_distinct_spis_and_addresses(keyd_setup: KeydSetup,
     # no ready node: no owner written (the sprayer assigns later), and it says so
     assert store.list(Assignment).items == []
     assert "no ready node" in k.log.read_text()
+
+
+def test_initial_contact_removes_the_older_ike_sa_of_the_identity(
+        keyd_setup: KeydSetup, store: Store) -> None:
+    ready_node(store)
+    k = keyd_setup.start("keyd-1")
+    with client_for(k, "frank@clients.test", "127.0.0.5") as before:
+        old = before.connect()
+        old_spi = before.children()[0].child.spi_out
+    # the client restarted: it knows nothing of its old IKE SA and says so (INITIAL_CONTACT)
+    with client_for(k, "frank@clients.test", "127.0.0.6") as after:
+        new = after.connect()
+        new_spi = after.children()[0].child.spi_out
+        assert store.get(IkeSaRecord, old.ike_sa_id) is None
+        assert store.get(ChildSaRecord, old_spi) is None
+        assert store.get(Assignment, old.ike_sa_id) is None
+        assert store.get(PoolLease, old.virtual_ip or "") is None or old.virtual_ip == \
+            new.virtual_ip
+        assert store.get(IkeSaRecord, new.ike_sa_id) is not None
+        assert store.get(ChildSaRecord, new_spi) is not None
+    # a client that does not say INITIAL_CONTACT (a second device) keeps the first one
+    with client_for(k, "gina@clients.test", "127.0.0.7") as one, \
+            client_for(k, "gina@clients.test", "127.0.0.8", initial_contact=False) as two:
+        first, second = one.connect(), two.connect()
+        assert store.get(IkeSaRecord, first.ike_sa_id) is not None
+        assert store.get(IkeSaRecord, second.ike_sa_id) is not None
+    assert "INITIAL_CONTACT" in k.log.read_text()
