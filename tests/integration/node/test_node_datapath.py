@@ -245,3 +245,36 @@ def test_stray_ike_is_relayed_to_keyd_unchanged(node_lab: NodeLab) -> None:
     assert lab.metrics("node-1")["ipsec_cluster_node_ike_relayed_total"] == 2
     for s in (keyd, keyd_natt, sender):
         s.close()
+
+
+def test_junk_in_etcd_loses_nothing_established(node_lab: NodeLab) -> None:
+    lab = node_lab
+    record, client = up(lab, "node-1")
+    ks = lab.keyspace
+    lab.store.raw_put(ks.sa(0x0BAD0001), b"{not json")  # skipped by the watch, counted
+    lab.store.raw_put(ks.sa(0x0BAD0002), b'{"v": 99}')  # a codec version we do not read
+    from dataclasses import replace
+    # decodes, but the ESP core cannot run it (a 5-byte AES-GCM key): refused, old SA kept
+    lab.store.put(replace(record, enc_key_in=b"short"))
+    lab.store.raw_put(ks.assign("f" * 32), b"[]")
+    for _ in range(3):
+        assert client.ping() is not None
+    assert "cannot install SA c0de0001" in lab.log("node-1")
+    assert "Traceback" not in lab.log("node-1")
+
+
+def test_unreachable_etcd_at_start_is_one_line_and_exit_1(node_lab: NodeLab) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+    lab = node_lab
+    cfg = lab.config("node-1").read_text().replace("10.30.0.2:2379", "10.30.0.2:2")
+    path = lab.tmp / "unreachable.toml"
+    path.write_text(cfg)
+    r = subprocess.run(["ip", "netns", "exec", lab.ns("n1"),
+                        str(Path(sys.executable).parent / "cluster-node"), "--config",
+                        str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    lines = [x for x in r.stderr.splitlines() if x.startswith("cluster-node:")]
+    assert len(lines) == 1 and "etcd" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
