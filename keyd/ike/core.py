@@ -37,7 +37,7 @@ from .keys import ChildKeys, derive_ike_keys, rekey_skeyseed
 from .message import Header, Message, pull_message, push_message
 from .payloads import AuthPayload, DeletePayload, NotifyPayload, Payload, SkPayload, find
 from .protect import SkKeys, open_sk, seal
-from .state import CAN_REQUEST, REQUEST_HANDLERS, IkeState
+from .state import CAN_REQUEST, REQUEST_HANDLERS, IkeState, advance
 from .transforms import ChildSuite, IkeSuite
 
 NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3
@@ -142,6 +142,9 @@ class IkeEndpoint:
                 self._on_request(msg, sk, src, dst, now)
         except RemoteProtocolError as e:
             self._drop(notify_name(e.notify) if e.notify is not None else "silent")
+        except LocalProtocolError:
+            # a state the tables do not allow: a defect, counted; the daemon keeps serving
+            self._drop("internal_error")
 
     def handle_timer(self, now: float) -> None:
         """Retransmit our requests, give up on silent peers, expire half-open / rekeyed SAs."""
@@ -295,7 +298,7 @@ class IkeEndpoint:
         for child in sa.children.values():
             self._events.append(ChildSaDeleted(sa.id, child.spi_in))
         sa.children = {}
-        sa.state = IkeState.DELETED
+        sa.state = advance(sa.state, "deleted")
         self._sas.pop(sa.id, None)
         self._forget(sa)
         self._events.append(IkeSaDeleted(sa.id, reason))
@@ -323,7 +326,7 @@ class IkeEndpoint:
             raise RemoteProtocolError("IKE SPI collision", Notify.INVALID_SYNTAX)
         new.children = {spi: replace(c, ike_sa_id=new.id) for spi, c in sa.children.items()}
         sa.children = {}
-        sa.state = IkeState.REKEYED
+        sa.state = advance(sa.state, "rekeyed")
         sa.rekeyed_to = new.id
         if grace_s is not None:
             sa.expires_at = now + grace_s

@@ -60,7 +60,7 @@ from .payloads import (
 )
 from .proof import check_proof, hash_algorithms, hash_algorithms_notify, own_proof
 from .selectors import selector_for, to_cidrs
-from .state import IkeState
+from .state import IkeState, advance
 from .transforms import ChildSuite, IkeSuite, suite_from_proposal
 
 _NO_KEYS = IkeKeys(b"", b"", b"", b"", b"", b"", b"")
@@ -183,7 +183,7 @@ class Initiator(IkeEndpoint):
                 sa.peer = (sa.peer[0], self._natt_port)
         sa.peer_hashes = hash_algorithms(ps)
         sa.outstanding = b""
-        sa.state = IkeState.AUTH_SENT
+        sa.state = advance(sa.state, "init_answered")
         self._send_auth(sa, now)
 
     # ---- IKE_AUTH ------------------------------------------------------------------------
@@ -231,7 +231,7 @@ class Initiator(IkeEndpoint):
                 if t == CfgAttr.INTERNAL_IP4_ADDRESS and len(v) == 4:
                     sa.virtual_ip = str(ipaddress.IPv4Address(v))
         self.virtual_ip = sa.virtual_ip
-        sa.state = IkeState.ESTABLISHED
+        sa.state = advance(sa.state, "auth_answered")
         sa.peer_next_id = 0
         self._events.append(IkeSaEstablished(sa.id, sa.peer_identity, sa.peer[0], sa.peer[1],
                                              sa.virtual_ip, False))

@@ -53,7 +53,7 @@ from .payloads import (
 )
 from .proof import check_proof, hash_algorithms, hash_algorithms_notify, own_proof
 from .selectors import narrow, selector_for, to_cidrs
-from .state import IkeState
+from .state import IkeState, advance
 from .transforms import PRFS, ChildSuite, IkeSuite, select_proposal
 
 COOKIE_LEN = 1 + 16  # version byte | truncated HMAC
@@ -292,7 +292,7 @@ class Responder(IkeEndpoint):
             wanted = next(v for t, v in cp.attributes if t == CfgAttr.INTERNAL_IP4_ADDRESS)
             requested = str(ipaddress.IPv4Address(wanted)) \
                 if len(wanted) == 4 and any(wanted) else None
-            sa.state = IkeState.WAIT_ADDRESS
+            sa.state = advance(sa.state, "address_requested")
             self._pending[sa.id] = pending
             self._events.append(AddressRequested(sa.id, identity, requested))
             return None
@@ -328,7 +328,7 @@ class Responder(IkeEndpoint):
             if attrs:
                 reply.append(CpPayload(CfgType.REPLY, tuple(attrs)))
         sa.virtual_ip = address
-        sa.state = IkeState.ESTABLISHED
+        sa.state = advance(sa.state, "authenticated")
         sa.expires_at = None
         self._leave_half_open(sa)
         self.counters.handshakes["ok"] += 1

@@ -1,6 +1,8 @@
-"""IKE SA states and the one table of which request each state accepts (as h11's _state.py).
+"""IKE SA states and the tables that govern them (as h11's _state.py does).
 
-A request whose (state, exchange) pair is not in REQUEST_HANDLERS is dropped and counted.
+TRANSITIONS: every state change, keyed by (state, what happened); `advance` is the only way
+the core changes an IKE SA's state. REQUEST_HANDLERS: which incoming request each state
+accepts; a request whose (state, exchange) pair is not there is dropped and counted.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from .constants import ExchangeType
+from .errors import LocalProtocolError
 
 
 class IkeState(StrEnum):
@@ -20,13 +23,32 @@ class IkeState(StrEnum):
     DELETED = "deleted"
 
 
+S = IkeState
+TRANSITIONS: dict[tuple[IkeState, str], IkeState] = {
+    (S.INIT_SENT, "init_answered"): S.AUTH_SENT,
+    (S.AUTH_SENT, "auth_answered"): S.ESTABLISHED,
+    (S.HALF_OPEN, "address_requested"): S.WAIT_ADDRESS,
+    (S.HALF_OPEN, "authenticated"): S.ESTABLISHED,
+    (S.WAIT_ADDRESS, "authenticated"): S.ESTABLISHED,
+    (S.ESTABLISHED, "rekeyed"): S.REKEYED,
+    **{(state, "deleted"): S.DELETED for state in S},
+}
+
 # (state, exchange of an incoming request) -> name of the handler method
 REQUEST_HANDLERS: dict[tuple[IkeState, int], str] = {
-    (IkeState.HALF_OPEN, ExchangeType.IKE_AUTH): "_on_auth_request",
-    (IkeState.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): "_on_create_child_request",
-    (IkeState.ESTABLISHED, ExchangeType.INFORMATIONAL): "_on_informational_request",
-    (IkeState.REKEYED, ExchangeType.INFORMATIONAL): "_on_informational_request",
+    (S.HALF_OPEN, ExchangeType.IKE_AUTH): "_on_auth_request",
+    (S.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): "_on_create_child_request",
+    (S.ESTABLISHED, ExchangeType.INFORMATIONAL): "_on_informational_request",
+    (S.REKEYED, ExchangeType.INFORMATIONAL): "_on_informational_request",
 }
 
 # states in which we may start an exchange of our own (DELETE, liveness, rekeys)
-CAN_REQUEST = frozenset({IkeState.ESTABLISHED, IkeState.REKEYED})
+CAN_REQUEST = frozenset({S.ESTABLISHED, S.REKEYED})
+
+
+def advance(state: IkeState, what: str) -> IkeState:
+    """The state after `what` happened in `state`; anything not in the table is a bug."""
+    try:
+        return TRANSITIONS[(state, what)]
+    except KeyError:
+        raise LocalProtocolError(f"no transition from {state.value} on {what}") from None

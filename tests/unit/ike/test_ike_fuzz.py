@@ -108,6 +108,7 @@ def test_sealed_junk_requests(exchange: int, payloads: list, half_open: bool) ->
     while server.next_event() is not None:  # type: ignore[attr-defined]
         pass
     server.datagrams_to_send()  # type: ignore[attr-defined]
+    assert not server.counters.drops["internal_error"]  # type: ignore[attr-defined]
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
@@ -120,6 +121,7 @@ def test_junk_ike_sa_init(payloads: list, spi_i: int) -> None:
     while server.next_event() is not None:  # type: ignore[attr-defined]
         pass
     server.datagrams_to_send()  # type: ignore[attr-defined]
+    assert not server.counters.drops["internal_error"]  # type: ignore[attr-defined]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -132,6 +134,7 @@ def test_initiator_junk_ike_sa_init_response(payloads: list, spi_r: int) -> None
     h = Header(sa.spi_i, spi_r, 0, ExchangeType.IKE_SA_INIT, Flag.RESPONSE, 0)
     ep.receive_datagram(push_message(h, payloads), VIP, CLIENT, 0.0)
     client.drain()
+    assert not ep.counters.drops["internal_error"]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -152,3 +155,4 @@ def test_initiator_sealed_junk_responses(request: str, payloads: list) -> None:
     data = seal(h, payloads, ep._keys_in(sa), bytes)
     ep.receive_datagram(b"\0\0\0\0" + data, sa.peer, sa.local, clock.now)
     client.drain()  # type: ignore[attr-defined]
+    assert not ep.counters.drops["internal_error"]
