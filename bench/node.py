@@ -14,7 +14,7 @@ Reported: packets the node forwarded per second of the node's own CPU time (utim
 from /proc, all threads: "per core", whatever else the shared machine does), beside the
 one-core AES-128-GCM limit of `cryptography` measured in the same run (decrypt only), and the
 outbound direction (TUN → encrypt → UDP) the same way. strongSwan's kernel-libipsec baseline
-is DESIGN.md's figure (3.6–4 k packets/s), not re-measured here.
+is DESIGN.md's figure (3.6-4 k packets/s), not re-measured here.
 
 `python -m bench node` runs it (root). `python -m bench.node serve|generate ...` are the
 node and the generator it starts inside the namespaces.
@@ -45,7 +45,7 @@ GEN, NODE_GEN, NODE_SINK, SINK = "10.50.0.1", "10.50.0.2", "10.40.0.1", "10.40.0
 CLIENT_VIP, SERVER = "10.99.0.7", "10.20.0.10"
 KEY_IN = bytes(range(20))
 KEY_OUT = bytes(range(20, 40))
-LIBIPSEC_PPS = 4000.0  # DESIGN.md: strongSwan kernel-libipsec as a gateway, 3.6–4 k packets/s
+LIBIPSEC_PPS = 4000.0  # DESIGN.md: strongSwan kernel-libipsec as a gateway, 3.6-4 k packets/s
 
 
 def _inner(n: int, src: str, dst: str) -> bytes:
@@ -266,7 +266,7 @@ def run() -> list[Row]:
             "unit": "packets/s", "baseline": LIBIPSEC_PPS,
             "baseline_name": "strongSwan kernel-libipsec, DESIGN.md",
             "ratio": r["per_core"] / LIBIPSEC_PPS,
-            "goal": "≥ 10× libipsec, ≥ 25 % of crypto limit",
+            "goal": "≥ 10x libipsec, ≥ 25 % of crypto limit",
             "note": (f"{r['per_core'] / limit:.0%} of the crypto limit; {r['carried']:,} of "
                      f"{r['sent']:,} packets carried, node CPU {r['node_cpu']:.2f} s "
                      f"({r['user'] / r['node_cpu']:.0%} user)" if r["node_cpu"] else ""),
