@@ -55,8 +55,8 @@ def _inner(n: int, src: str, dst: str) -> bytes:
     udp = struct.pack("!HHHH", 40000, 9, 8 + len(payload), 0) + payload
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, n, 0, 0x4000, 64, 17, 0,
                          socket.inet_aton(src), socket.inet_aton(dst))
-    from cluster.node.relay import _checksum
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    from cluster.node.relay import internet_checksum
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
     return header + udp
 
 
@@ -126,7 +126,7 @@ def generate(count: int) -> None:
 
 def sink_outbound(count: int, seconds: float) -> None:
     """In the sink namespace: send `count` server → client packets towards the node."""
-    inner = _inner(PACKET_BYTES - 28, SERVER, CLIENT_VIP)[28:]  # the UDP payload
+    inner = bytes(PACKET_BYTES - 28)  # the UDP payload of a 1400-byte IP packet
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((SERVER, 9))
     t0 = time.perf_counter()

@@ -28,7 +28,8 @@ ETH_P_IP = 0x0800
 Address = tuple[str, int]
 
 
-def _checksum(data: bytes) -> int:
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071 ones'-complement checksum."""
     if len(data) % 2:
         data += b"\x00"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -43,11 +44,11 @@ def ipv4_udp(src: Address, dst: Address, payload: bytes) -> bytes:
     udp_len = 8 + len(payload)
     pseudo = s + d + struct.pack("!BBH", 0, socket.IPPROTO_UDP, udp_len)
     udp = struct.pack("!HHHH", src[1], dst[1], udp_len, 0) + payload
-    csum = _checksum(pseudo + udp) or 0xFFFF
+    csum = internet_checksum(pseudo + udp) or 0xFFFF
     udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0x4000, 64,
                          socket.IPPROTO_UDP, 0, s, d)
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
     return header + udp
 
 
