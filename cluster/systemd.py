@@ -11,12 +11,13 @@ things in the environment:
 
 What a daemon does with it:
 
+    watchdog = start_watchdog()       # in the running event loop; None without a watchdog
+    ...
     notify_ready("serving")           # after its lease exists and its first sync is done
-    interval_s = watchdog_interval_s()
-    if interval_s is not None:
-        asyncio.create_task(feed_watchdog(interval_s))
     ...
     notify_stopping()
+    if watchdog is not None:
+        watchdog.cancel()
 
 Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op that returns False. A broken
 `NOTIFY_SOCKET` or a failed send is logged once and reported as False: telling systemd is
@@ -155,3 +156,16 @@ async def feed_watchdog(interval_s: float, env: Mapping[str, str] | None = None)
     while True:
         notify_watchdog(env=env)
         await asyncio.sleep(interval_s)
+
+
+def start_watchdog(env: Mapping[str, str] | None = None) -> asyncio.Task[None] | None:
+    """Start `feed_watchdog` on the running event loop when systemd asked for a watchdog.
+
+    Returns the task (cancel it on shutdown), or None when the watchdog is off. Must be
+    called from inside the loop (a coroutine or callback).
+    """
+    interval_s = watchdog_interval_s(env)
+    if interval_s is None:
+        return None
+    return asyncio.get_running_loop().create_task(feed_watchdog(interval_s, env=env),
+                                                  name="systemd-watchdog")

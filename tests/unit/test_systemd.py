@@ -146,3 +146,19 @@ def test_feed_watchdog_pings_until_cancelled(
             break
     assert len(pings) >= 2
     assert set(pings) == {b"WATCHDOG=1"}
+
+
+def test_start_watchdog_only_when_asked(
+        notify_socket: tuple[socket.socket, dict[str, str]]) -> None:
+    sock, env = notify_socket
+
+    async def run() -> None:
+        assert systemd.start_watchdog(env=env) is None  # no WATCHDOG_USEC
+        task = systemd.start_watchdog(env={**env, "WATCHDOG_USEC": "100000"})
+        assert task is not None
+        await asyncio.sleep(0.12)
+        task.cancel()
+
+    asyncio.run(run())
+    assert sock.recv(64) == b"WATCHDOG=1"
+    assert sock.recv(64) == b"WATCHDOG=1"
