@@ -7,6 +7,8 @@ padding) its own ESP building blocks are used with the padding altered before en
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.layers.ipsec import _ESPPlain
 from scapy.packet import Raw, raw
@@ -140,3 +142,31 @@ def test_udp_demux() -> None:
     for junk in (b"", b"\x01", b"\x00\x00\x00\x00ab", b"\x01\x02\x03"):
         event = table.receive(junk, 0.0)
         assert isinstance(event, Dropped) and event.reason is DropReason.MALFORMED
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=300), suite_index=st.integers(0, len(SUITES) - 1),
+       esn=st.booleans(), flips=st.lists(st.integers(0, 2000), max_size=3))
+def test_fuzzed_packets_only_ever_drop(body: bytes, suite_index: int, esn: bool,
+                                       flips: list[int]) -> None:
+    """Junk after a valid SPI, and valid packets with flipped bits: always a counted drop with
+    a reason, never another exception, never a state change."""
+    encr, integ = SUITES[suite_index]
+    peer = make_peer(encr, integ, esn=esn, udp=True)
+    sa = peer.node_sa(window=64)
+    table = SaTable[ChildSa]()
+    table.install(sa)
+    _, valid = peer.client_packet()
+    candidates = [SPI_IN.to_bytes(4) + body]
+    if flips:
+        bad = bytearray(valid)
+        for f in flips:
+            bad[f % len(bad)] ^= 1 << (f % 8)
+        if bytes(bad) != valid and bad[:4] == valid[:4]:
+            candidates.append(bytes(bad))
+    for packet in candidates:
+        before = snapshot(sa)
+        event = table.receive(packet, 1.0)
+        assert isinstance(event, Dropped)
+        assert snapshot(sa) == before
+    assert isinstance(table.receive(valid, 1.0), Decrypted)
