@@ -3,13 +3,19 @@
     from cluster.store import Store, Keyspace, ChildSaRecord, load_data_key
 
 keyspace.py builds keys, records.py the typed records and codecs, seal.py seals key material,
-client.py is the `Store` facade, watch.py prefix watches, membership.py lease-held records,
+client.py is the `Store` facade, watch.py watches (one kind, or several under the cluster
+root in one revision order), membership.py lease-held records, rbac.py etcd users and roles,
 errors.py the exceptions (the only place etcd/gRPC failures are translated).
+
+Without the data key: `Store(endpoints, keyspace, PublicView())` reads public fields only.
+Key rotation: a `DataKey` is a ring (current key seals, retired keys open); `Store.reseal()`
+rewrites values sealed under a retired key; `python -m cluster.store.rotate` runs it.
 """
 
-from .client import Guard, Listing, Store, Versioned, key_for, record_name
+from .client import Guard, Listing, ResealReport, Store, Versioned, key_for, record_name
 from .errors import (
     CompactedError,
+    FutureRevision,
     PermissionDenied,
     StoreError,
     StoreUnavailable,
@@ -31,13 +37,22 @@ from .records import (
     decode_record,
     encode_record,
 )
-from .seal import DataKey, DataKeyError, WrongDataKey, load_data_key, write_data_key
+from .seal import (
+    DataKey,
+    DataKeyError,
+    PublicView,
+    WrongDataKey,
+    load_data_key,
+    write_data_key,
+)
 from .watch import (
+    KeyspaceWatcher,
     PrefixWatcher,
     RecordDeleted,
     RecordPut,
     WatchDisconnected,
     WatchEvent,
+    WatchProgress,
     WatchResynced,
     asyncio_sink,
     in_loop,
@@ -50,10 +65,12 @@ __all__ = [
     "CompactedError",
     "DataKey",
     "DataKeyError",
+    "FutureRevision",
     "Guard",
     "IkeSaRecord",
     "KeydRecord",
     "Keyspace",
+    "KeyspaceWatcher",
     "LeaseLost",
     "Listing",
     "MalformedRecord",
@@ -63,9 +80,11 @@ __all__ = [
     "Policy",
     "PoolLease",
     "PrefixWatcher",
+    "PublicView",
     "Record",
     "RecordDeleted",
     "RecordPut",
+    "ResealReport",
     "SeqRecord",
     "Store",
     "StoreError",
@@ -74,6 +93,7 @@ __all__ = [
     "Versioned",
     "WatchDisconnected",
     "WatchEvent",
+    "WatchProgress",
     "WatchResynced",
     "WrongDataKey",
     "asyncio_sink",

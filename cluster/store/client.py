@@ -6,6 +6,7 @@ Every etcd/gRPC failure surfaces as a StoreError (errors.py) naming the endpoint
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +33,12 @@ from .records import (
     decode_record,
     encode_record,
 )
-from .seal import DataKey, WrongDataKey
+from .seal import DataKey, PublicView, WrongDataKey, sealed_key_id
 
 if TYPE_CHECKING:
     from cluster.config import Config
 
-    from .watch import PrefixWatcher, WatchEvent
+    from .watch import KeyspaceWatcher, PrefixWatcher, WatchEvent
 
 R = TypeVar("R", bound=Record)
 T = TypeVar("T")
@@ -127,11 +128,26 @@ def _endpoint(url: str, cacert: str | None, cert: str | None, key: str | None,
         parts.hostname, parts.port, secure=secure, creds=creds, time_retry=time_retry_s)
 
 
+@dataclass(frozen=True, slots=True)
+class ResealReport:
+    """What `Store.reseal` did: values re-sealed under the current key, values already under
+    it, and keys left under another key (a concurrent writer kept changing them, or no key
+    of the ring opens them: listed in `failed` with the reason)."""
+
+    resealed: int
+    current: int
+    failed: dict[str, str]
+
+
 class Store:
-    """Typed access to the cluster's keyspace in etcd."""
+    """Typed access to the cluster's keyspace in etcd.
+
+    `data_key`: a DataKey (ring) to seal and open key material; a PublicView to read public
+    fields only (sealed fields decode as b"", nothing sealed can be written); None for
+    components that never touch sealed kinds (reading one is a MalformedRecord)."""
 
     def __init__(self, endpoints: Sequence[str], keyspace: Keyspace | None = None,
-                 data_key: DataKey | None = None, *, cacert: str | None = None,
+                 data_key: DataKey | PublicView | None = None, *, cacert: str | None = None,
                  cert: str | None = None, key: str | None = None,
                  timeout_s: float = 2.0) -> None:
         if not endpoints:
@@ -150,7 +166,7 @@ class Store:
             endpoints=eps, timeout=timeout_s, failover=True)
 
     @classmethod
-    def from_config(cls, config: Config, data_key: DataKey | None = None) -> Store:
+    def from_config(cls, config: Config, data_key: DataKey | PublicView | None = None) -> Store:
         """A store for a loaded configuration ([cluster] and [etcd])."""
         e = config.etcd
         return cls(e.endpoints, Keyspace(config.cluster.name, config.cluster.prefix), data_key,
@@ -225,14 +241,16 @@ class Store:
         return Versioned(self.decode(cls, kv.value, k), k, kv.mod_revision, kv.create_revision,
                          kv.lease)
 
-    def scan(self, prefix: str, page: int = SCAN_PAGE) -> tuple[list[Any], int]:
-        """Every raw key-value under `prefix` at one revision, read in pages (one Range
-        response must stay under gRPC's 4 MiB message limit). Returns (kvs, revision)."""
+    def scan(self, prefix: str, page: int = SCAN_PAGE,
+             revision: int | None = None) -> tuple[list[Any], int]:
+        """Every raw key-value under `prefix` at one revision (None: the current one), read
+        in pages pinned to that revision (one Range response must stay under gRPC's 4 MiB
+        message limit). Returns (kvs, revision). CompactedError if etcd no longer has
+        `revision`, FutureRevision if it has not reached it."""
         start = prefix.encode()
         end = etcd3.utils.prefix_range_end(start)
         kvs: list[Any] = []
-        revision: int | None = None
-        with translated(self.endpoint):
+        with translated(self.endpoint, revision):
             while True:
                 resp = self._client.get_range_response(
                     start, end, sort_order="ascend", limit=page, revision=revision)
@@ -243,9 +261,21 @@ class Store:
                     return kvs, revision
                 start = resp.kvs[-1].key + b"\0"
 
-    def list(self, cls: type[R]) -> Listing[R]:
-        """Every record of one kind, at one revision. Malformed values are returned apart."""
-        kvs, revision = self.scan(self.keyspace.kind_prefix(cls.KIND))
+    def scan_many(self, prefixes: Iterable[str], page: int = SCAN_PAGE,
+                  revision: int | None = None) -> tuple[list[Any], int]:
+        """`scan` of several prefixes, all at one revision (the first read's, if None)."""
+        kvs: list[Any] = []
+        for prefix in prefixes:
+            more, revision = self.scan(prefix, page, revision)
+            kvs.extend(more)
+        if revision is None:
+            revision = self.revision()
+        return kvs, revision
+
+    def list(self, cls: type[R], revision: int | None = None) -> Listing[R]:
+        """Every record of one kind, at `revision` (None: the current one). Malformed values
+        are returned apart. CompactedError if etcd no longer has `revision`."""
+        kvs, revision = self.scan(self.keyspace.kind_prefix(cls.KIND), revision=revision)
         items: list[Versioned[R]] = []
         bad: list[MalformedRecord] = []
         for kv in kvs:
@@ -360,6 +390,67 @@ class Store:
             raise StoreUnavailable(self.endpoint, "no keepalive answer")
         return int(responses[-1].TTL)
 
+    # -- key rotation ---------------------------------------------------------------------
+    def reseal(self, kinds: Iterable[type[Record]] = (IkeSaRecord, ChildSaRecord),
+               passes: int = 3) -> ResealReport:
+        """Rewrite every sealed value that is not under the data key's current key, sealed
+        under it (each a compare-and-swap on its mod_revision, keeping its lease), so the
+        retired keys can be dropped. A value changed meanwhile is read again, up to `passes`
+        times. Values that open under no key of the ring are reported, never touched."""
+        if not isinstance(self.data_key, DataKey):
+            raise StoreError("re-sealing needs the data key (current and retired keys)")
+        resealed = current = 0
+        failed: dict[str, str] = {}
+        for cls in kinds:
+            if not cls.SECRET_FIELDS:
+                continue
+            todo: set[str] | None = None
+            for _ in range(passes):
+                kvs, _rev = self.scan(self.keyspace.kind_prefix(cls.KIND))
+                raced: set[str] = set()
+                for kv in kvs:
+                    k = kv.key.decode("utf-8", "replace")
+                    if todo is not None and k not in todo:
+                        continue
+                    try:
+                        token = json.loads(kv.value).get("sealed")
+                        if self.data_key.is_current(token):
+                            current += 1
+                            failed.pop(k, None)
+                            continue
+                        record = self.decode(cls, kv.value, k)
+                    except (ValueError, AttributeError, TypeError, WrongDataKey) as exc:
+                        failed[k] = str(exc)
+                        continue
+                    lease = int(kv.lease) or None
+                    if self.update_if(record, int(kv.mod_revision), lease=lease):
+                        resealed += 1
+                        failed.pop(k, None)
+                    else:
+                        raced.add(k)
+                        failed[k] = "changed while being re-sealed"
+                if not raced:
+                    break
+                todo = raced
+        return ResealReport(resealed, current, failed)
+
+    def sealed_key_ids(self, kinds: Iterable[type[Record]] = (IkeSaRecord, ChildSaRecord)
+                       ) -> dict[str, int]:
+        """How many stored values each data key id sealed (a value that is not a sealed
+        record counts under "unreadable"). Needs no data key."""
+        counts: dict[str, int] = {}
+        for cls in kinds:
+            if not cls.SECRET_FIELDS:
+                continue
+            kvs, _rev = self.scan(self.keyspace.kind_prefix(cls.KIND))
+            for kv in kvs:
+                try:
+                    key_id = sealed_key_id(json.loads(kv.value)["sealed"])
+                except (ValueError, KeyError, TypeError):
+                    key_id = "unreadable"
+                counts[key_id] = counts.get(key_id, 0) + 1
+        return counts
+
     # -- watches --------------------------------------------------------------------------
     def watch(self, cls: type[R], on_event: Callable[[WatchEvent], None],
               start_revision: int | None = None) -> PrefixWatcher:
@@ -369,5 +460,15 @@ class Store:
         w.start()
         return w
 
+    def watch_keyspace(self, on_event: Callable[[WatchEvent], None],
+                       kinds: Iterable[str] | None = None,
+                       start_revision: int | None = None) -> KeyspaceWatcher:
+        """Start one watcher on several kinds (None: all) in one revision order (watch.py)."""
+        from .watch import KeyspaceWatcher
+        w = KeyspaceWatcher(self, on_event, kinds, start_revision=start_revision)
+        w.start()
+        return w
 
-__all__ = ["Guard", "Listing", "Store", "Versioned", "WrongDataKey", "key_for", "record_name"]
+
+__all__ = ["Guard", "Listing", "ResealReport", "Store", "Versioned", "WrongDataKey", "key_for",
+           "record_name"]

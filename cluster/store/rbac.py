@@ -1,4 +1,10 @@
-"""etcd users, roles and auth enable, through the etcd Auth API (gRPC stays in the store)."""
+"""etcd users, roles and auth enable, through the etcd Auth API (gRPC stays in the store).
+
+`apply_rbac` converges: it reads the roles and users etcd already has and only adds what is
+missing, grants what is missing or different and revokes what is no longer wanted, so running
+it again on an etcd it already set up (auth enabled, connected as root) succeeds and changes
+nothing. Existing users keep their passwords (they authenticate by certificate CN).
+"""
 
 from __future__ import annotations
 
@@ -27,20 +33,52 @@ def _call(store: Store, method: str, request: Any) -> Any:
             metadata=client.metadata)
 
 
-def apply_rbac(store: Store, users: Sequence[tuple[str, Iterable[Grant]]]) -> None:
-    """For each (user, grants): a role of the same name with those grants, and the user
-    (random password; it authenticates by certificate CN). Then `root` and auth enable."""
-    for user, grants in users:
-        _call(store, "RoleAdd", rpc.AuthRoleAddRequest(name=user))
-        for g in grants:
-            key = etcd3.utils.to_bytes(g.key)
-            end = etcd3.utils.prefix_range_end(key) if g.prefix else b""
-            perm = rpc.auth_pb2.Permission(permType=_PERM[g.perm], key=key, range_end=end)
-            _call(store, "RoleGrantPermission",
-                  rpc.AuthRoleGrantPermissionRequest(name=user, perm=perm))
+def _wanted(grants: Iterable[Grant]) -> dict[tuple[bytes, bytes], int]:
+    """(key, range_end) -> permission type, as etcd stores a role's permissions."""
+    out: dict[tuple[bytes, bytes], int] = {}
+    for g in grants:
+        key = etcd3.utils.to_bytes(g.key)
+        end = etcd3.utils.prefix_range_end(key) if g.prefix else b""
+        out[(key, end)] = _PERM[g.perm]
+    return out
+
+
+def _role(store: Store, role: str, grants: Iterable[Grant], roles: set[str]) -> None:
+    want = _wanted(grants)
+    have: dict[tuple[bytes, bytes], int] = {}
+    if role in roles:
+        for p in _call(store, "RoleGet", rpc.AuthRoleGetRequest(role=role)).perm:
+            have[(bytes(p.key), bytes(p.range_end))] = int(p.permType)
+    else:
+        _call(store, "RoleAdd", rpc.AuthRoleAddRequest(name=role))
+    for (key, end), perm in want.items():
+        if have.get((key, end)) != perm:
+            _call(store, "RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(
+                name=role, perm=rpc.auth_pb2.Permission(permType=perm, key=key, range_end=end)))
+    for key, end in have.keys() - want.keys():
+        _call(store, "RoleRevokePermission",
+              rpc.AuthRoleRevokePermissionRequest(role=role, key=key, range_end=end))
+
+
+def _user(store: Store, user: str, role: str, users: set[str]) -> None:
+    if user in users:
+        held = set(_call(store, "UserGet", rpc.AuthUserGetRequest(name=user)).roles)
+        if role in held:
+            return
+    else:
         _call(store, "UserAdd", rpc.AuthUserAddRequest(name=user,
                                                        password=secrets.token_urlsafe(24)))
-        _call(store, "UserGrantRole", rpc.AuthUserGrantRoleRequest(user=user, role=user))
-    _call(store, "UserAdd", rpc.AuthUserAddRequest(name="root", password=secrets.token_urlsafe(24)))
-    _call(store, "UserGrantRole", rpc.AuthUserGrantRoleRequest(user="root", role="root"))
-    _call(store, "AuthEnable", rpc.AuthEnableRequest())
+    _call(store, "UserGrantRole", rpc.AuthUserGrantRoleRequest(user=user, role=role))
+
+
+def apply_rbac(store: Store, users: Sequence[tuple[str, Iterable[Grant]]]) -> None:
+    """For each (user, grants): a role of the same name with exactly those grants, and the
+    user (random password; it authenticates by certificate CN). Then `root` and auth enable.
+    Idempotent: safe to run again on an etcd it set up (as root)."""
+    roles = set(_call(store, "RoleList", rpc.AuthRoleListRequest()).roles)
+    names = set(_call(store, "UserList", rpc.AuthUserListRequest()).users)
+    for user, grants in users:
+        _role(store, user, grants, roles)
+        _user(store, user, user, names)
+    _user(store, "root", "root", names)
+    _call(store, "AuthEnable", rpc.AuthEnableRequest())  # etcd ignores it when enabled

@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
-from .seal import DataKey, WrongDataKey
+from .seal import DataKey, PublicView, WrongDataKey
 
 VERSION = 1
 
@@ -319,8 +319,10 @@ def _conform(value: Any, tp: Any, name: str) -> Any:
     raise ValueError(f"{name}: unsupported type {tp!r}")
 
 
-def encode_record(record: Record, etcd_key: str, data_key: DataKey | None = None) -> bytes:
-    """Versioned JSON bytes of a record; secret fields sealed under `data_key`."""
+def encode_record(record: Record, etcd_key: str,
+                  data_key: DataKey | PublicView | None = None) -> bytes:
+    """Versioned JSON bytes of a record; secret fields sealed under `data_key` (its current
+    key). ValueError for a record with secret fields and no data key (or a PublicView)."""
     record.validate()
     body: dict[str, Any] = {"v": VERSION}
     secrets: dict[str, str] = {}
@@ -339,9 +341,10 @@ def encode_record(record: Record, etcd_key: str, data_key: DataKey | None = None
 
 
 def decode_record(cls: type[R], raw: bytes, etcd_key: str,
-                  data_key: DataKey | None = None) -> R:
+                  data_key: DataKey | PublicView | None = None) -> R:
     """The record stored at etcd_key. MalformedRecord if it is not a valid `cls` value;
-    WrongDataKey if its secrets do not open with `data_key`."""
+    WrongDataKey if its secrets open under no key of `data_key`'s ring. With a PublicView
+    the sealed value is checked for form only and every secret field decodes as b""."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -360,7 +363,11 @@ def decode_record(cls: type[R], raw: bytes, etcd_key: str,
         if data_key is None:
             raise MalformedRecord(etcd_key, "sealed fields but no data key to open them")
         try:
-            secrets = json.loads(data_key.open(token, etcd_key))
+            if isinstance(data_key, PublicView):
+                data_key.check(token, etcd_key)
+                secrets = {name: "" for name in cls.SECRET_FIELDS}
+            else:
+                secrets = json.loads(data_key.open(token, etcd_key))
         except WrongDataKey:
             raise
         except ValueError as exc:

@@ -1,12 +1,17 @@
-"""Prefix watches with typed events that resume from a revision and survive compaction.
+"""Watches with typed events that resume from a revision and survive compaction.
 
-A `PrefixWatcher` runs one thread. It delivers, in revision order, `RecordPut` and
-`RecordDeleted` events for one record kind to a callback. It remembers the last revision it
-delivered; when the stream breaks (etcd restart, network) it reconnects with backoff and
-resumes from that revision + 1. When etcd has compacted that revision away it re-reads the
-prefix at head, delivers the current state (a put for every key, a delete for every key it
-had delivered that is gone), then `WatchResynced`, and continues from the read's revision + 1:
-nothing is skipped silently. Values that do not decode are logged, counted and skipped.
+A `PrefixWatcher` (one record kind) or a `KeyspaceWatcher` (several kinds, or all, under the
+cluster root, with one etcd watch so that changes of different kinds arrive in the order they
+happened) runs one thread. It delivers, in revision order, `RecordPut` and `RecordDeleted`
+events to a callback. It remembers the last revision it delivered; when the stream breaks
+(etcd restart, network) it reconnects with backoff and resumes from that revision + 1. When
+etcd has compacted that revision away it re-reads the watched prefixes at head (all at one
+revision), delivers the current state (a put for every key, a delete for every key it had
+delivered that is gone, each marked `resync=True`), then `WatchResynced`, and continues from
+the read's revision + 1: nothing is skipped silently. Values that do not decode are logged,
+counted and skipped. A KeyspaceWatcher also says `WatchProgress(revision)` after each
+response: every change up to `revision` has been delivered (including revisions that only
+touched kinds it does not watch).
 """
 
 from __future__ import annotations
@@ -17,17 +22,16 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import etcd3.events
-import etcd3.exceptions as etcd_exc
 from prometheus_client import Counter
 
-from .errors import StoreError, translate
-from .keyspace import BadKey
-from .records import MalformedRecord, Record
+from .errors import CompactedError, StoreError, translate, translated
+from .keyspace import KINDS, BadKey
+from .records import RECORD_TYPES, MalformedRecord, Record
 from .seal import WrongDataKey
 
 if TYPE_CHECKING:
@@ -54,6 +58,8 @@ class RecordPut(WatchEvent):
     name: str           # last key component (id, SPI hex, IKE SA id, IP, name)
     record: Record      # the decoded record
     revision: int       # the put's mod_revision
+    kind: str = ""      # the key kind ("sa", "nodes", ...)
+    resync: bool = False  # part of a re-read after compaction (WatchResynced follows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,15 @@ class RecordDeleted(WatchEvent):
     key: str
     name: str
     revision: int       # the delete's revision (or the re-read's, after a resync)
+    kind: str = ""
+    resync: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WatchProgress(WatchEvent):
+    """Every change up to `revision` has been delivered (KeyspaceWatcher only)."""
+
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +95,25 @@ class WatchDisconnected(WatchEvent):
     last_revision: int
 
 
-class PrefixWatcher:
-    """Watch every record of one kind. `start_revision=None` starts with a full read of the
-    current state (then `WatchResynced(reason="initial")`); an int resumes from it."""
+class _Watcher:
+    """The worker both watchers share: one etcd prefix watch over `watch_prefix`, events of
+    `kinds` only, re-reads of `read_prefixes` at one revision."""
 
-    def __init__(self, store: Store, cls: type[Record], on_event: Callable[[WatchEvent], None],
-                 start_revision: int | None = None, backoff_max_s: float = 5.0) -> None:
+    _label = ""
+    _thread_name = "watch"
+
+    def __init__(self, store: Store, kinds: tuple[str, ...], watch_prefix: str,
+                 on_event: Callable[[WatchEvent], None], start_revision: int | None,
+                 backoff_max_s: float, progress: bool) -> None:
         self._parent = store
         self._store: Store | None = None
-        self.cls = cls
-        self.prefix = store.keyspace.kind_prefix(cls.KIND)
+        self.kinds = kinds
+        self._kinds = frozenset(kinds)
+        self.prefix = watch_prefix
+        self._read_prefixes = ([watch_prefix] if len(kinds) == len(KINDS) or len(kinds) == 1
+                               else [store.keyspace.kind_prefix(k) for k in kinds])
         self._on_event = on_event
+        self._progress = progress
         self._need_read = start_revision is None
         self.last_revision = 0 if start_revision is None else start_revision - 1
         self.malformed = 0
@@ -106,7 +129,7 @@ class PrefixWatcher:
         self._stop.clear()
         self._store = self._parent.clone()
         self._thread = threading.Thread(target=self._run, args=(self._store,),
-                                        name=f"watch-{self.cls.KIND}", daemon=True)
+                                        name=self._thread_name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -141,10 +164,9 @@ class PrefixWatcher:
                     self._need_read = False
                 self._stream(store)
                 return
-            except etcd_exc.RevisionCompactedError as exc:
-                log.warning("watch %s: revision %d compacted (oldest %s): re-reading",
-                            self.prefix, self.last_revision + 1, exc.compacted_revision)
-                RESYNCS.labels(self.cls.KIND).inc()
+            except CompactedError as exc:
+                log.warning("watch %s: %s: re-reading", self.prefix, exc)
+                RESYNCS.labels(self._label).inc()
                 self._need_read = True
             except Exception as exc:
                 err = translate(exc, store.endpoint)
@@ -156,28 +178,35 @@ class PrefixWatcher:
                 backoff = min(backoff * 2, self._backoff_max_s)
                 continue
             if disconnected:
-                RECONNECTS.labels(self.cls.KIND).inc()
+                RECONNECTS.labels(self._label).inc()
                 disconnected = False
             backoff = 0.1
 
     def _read_all(self, store: Store, reason: str) -> None:
-        kvs, revision = store.scan(self.prefix)
+        kvs, revision = store.scan_many(self._read_prefixes)
         present: set[str] = set()
         for kv in kvs:
             key = kv.key.decode("utf-8", "replace")
+            kind = self._kind_of(store, key)
+            if kind is None:
+                continue
             present.add(key)
-            self._put(store, key, kv.value, kv.mod_revision)
+            self._put(store, kind, key, kv.value, kv.mod_revision, resync=True)
         for key in sorted(self._known - present):
             self._known.discard(key)
-            self._emit(RecordDeleted(key, key[len(self.prefix):], revision))
+            kind, name = self._split(store, key)
+            self._emit(RecordDeleted(key, name, revision, kind, resync=True))
         self.last_revision = revision
         self._emit(WatchResynced(revision, reason, frozenset(present)))
+        if self._progress:
+            self._emit(WatchProgress(revision))
 
     def _stream(self, store: Store) -> None:
         client = store.raw
         inbox: queue.Queue[Any] = queue.Queue()
-        watch_id = client.add_watch_prefix_callback(
-            self.prefix, inbox.put, start_revision=self.last_revision + 1)
+        with translated(store.endpoint):
+            watch_id = client.add_watch_prefix_callback(
+                self.prefix, inbox.put, start_revision=self.last_revision + 1)
         try:
             while not self._stop.is_set():
                 try:
@@ -185,36 +214,93 @@ class PrefixWatcher:
                 except queue.Empty:
                     continue
                 if isinstance(item, BaseException):
-                    raise item
+                    raise translate(item, store.endpoint, self.last_revision + 1)
                 if item is None:
                     raise StoreError("watch stream closed")
                 for ev in item.events:
                     self._event(store, ev)
+                # etcd never splits one revision across the responses of a prefix watch
+                if self._progress and item.events:
+                    self._emit(WatchProgress(self.last_revision))
         finally:
             with contextlib.suppress(Exception):  # the stream may already be gone
                 client.cancel_watch(watch_id)
 
+    def _split(self, store: Store, key: str) -> tuple[str, str]:
+        try:
+            return store.keyspace.split(key)
+        except BadKey:
+            return "", key[len(self.prefix):]
+
+    def _kind_of(self, store: Store, key: str) -> str | None:
+        """The kind of a watched key, or None for a key of another kind (or no kind)."""
+        kind, _ = self._split(store, key)
+        if kind in self._kinds:
+            return kind
+        for k in self.kinds:  # a bad key under a watched kind: counted as malformed
+            if key.startswith(store.keyspace.kind_prefix(k)):
+                return k
+        return None
+
     def _event(self, store: Store, ev: Any) -> None:
         key = ev.key.decode("utf-8", "replace")
-        if isinstance(ev, etcd3.events.DeleteEvent):
-            self._known.discard(key)
-            self.last_revision = int(ev.mod_revision)
-            self._emit(RecordDeleted(key, key[len(self.prefix):], int(ev.mod_revision)))
-        else:
-            self._put(store, key, ev.value, int(ev.mod_revision))
-            self.last_revision = int(ev.mod_revision)
+        revision = int(ev.mod_revision)
+        kind = self._kind_of(store, key)
+        if kind is not None:
+            if isinstance(ev, etcd3.events.DeleteEvent):
+                self._known.discard(key)
+                self.last_revision = revision
+                self._emit(RecordDeleted(key, self._split(store, key)[1], revision, kind))
+            else:
+                self._put(store, kind, key, ev.value, revision)
+        self.last_revision = max(self.last_revision, revision)
 
-    def _put(self, store: Store, key: str, value: bytes, revision: int) -> None:
+    def _put(self, store: Store, kind: str, key: str, value: bytes, revision: int,
+             resync: bool = False) -> None:
         try:
-            store.keyspace.split(key)
-            record = store.decode(self.cls, value, key)
+            _, name = store.keyspace.split(key)
+            record = store.decode(RECORD_TYPES[kind], value, key)
         except (MalformedRecord, WrongDataKey, BadKey) as exc:
             self.malformed += 1
-            MALFORMED.labels(self.cls.KIND).inc()
+            MALFORMED.labels(kind).inc()
             log.warning("watch %s: skipped %s", self.prefix, exc)
             return
         self._known.add(key)
-        self._emit(RecordPut(key, key[len(self.prefix):], record, int(revision)))
+        self._emit(RecordPut(key, name, record, int(revision), kind, resync))
+
+
+class PrefixWatcher(_Watcher):
+    """Watch every record of one kind. `start_revision=None` starts with a full read of the
+    current state (then `WatchResynced(reason="initial")`); an int resumes from it."""
+
+    def __init__(self, store: Store, cls: type[Record], on_event: Callable[[WatchEvent], None],
+                 start_revision: int | None = None, backoff_max_s: float = 5.0) -> None:
+        super().__init__(store, (cls.KIND,), store.keyspace.kind_prefix(cls.KIND), on_event,
+                         start_revision, backoff_max_s, progress=False)
+        self.cls = cls
+        self._label = cls.KIND
+        self._thread_name = f"watch-{cls.KIND}"
+
+
+class KeyspaceWatcher(_Watcher):
+    """Watch several record kinds (`kinds`, None: every kind) of the cluster with one etcd
+    watch on the cluster root, so their changes arrive in one revision order. Keys of other
+    kinds are skipped before decoding. `start_revision=None` starts with a full read of the
+    watched kinds at one revision (then `WatchResynced(reason="initial")`); an int resumes
+    from it. After each response: `WatchProgress`."""
+
+    def __init__(self, store: Store, on_event: Callable[[WatchEvent], None],
+                 kinds: Iterable[str] | None = None, start_revision: int | None = None,
+                 backoff_max_s: float = 5.0) -> None:
+        chosen = tuple(KINDS if kinds is None else dict.fromkeys(kinds))
+        for kind in chosen:
+            store.keyspace.kind_prefix(kind)  # BadKey for an unknown kind
+        if not chosen:
+            raise BadKey("a keyspace watch needs at least one kind")
+        super().__init__(store, chosen, store.keyspace.root, on_event, start_revision,
+                         backoff_max_s, progress=True)
+        self._label = "all" if len(chosen) == len(KINDS) else ",".join(sorted(chosen))
+        self._thread_name = "watch-keyspace"
 
 
 def asyncio_sink(loop: asyncio.AbstractEventLoop,
