@@ -181,6 +181,16 @@ def add_client(client: str, lab_name: str, auth: str, behind_nat: bool, no_ike: 
         click.echo(f"{client}: namespace {rec.netns}, address {rec.address}")
 
 
+@lab.command("remove-client")
+@click.argument("client", callback=_checked("client name"))
+@NAME
+@operational
+def remove_client(client: str, lab_name: str) -> None:
+    """Stop a client and delete its namespace."""
+    labmod.Lab.open(lab_name).remove_client(client)
+    click.echo(f"{client}: removed")
+
+
 @lab.command("exec", context_settings={"ignore_unknown_options": True,
                                        "allow_interspersed_args": True})
 @click.argument("member")

@@ -14,7 +14,6 @@ The root namespace gets no lab address: it reaches etcd through a loopback forwa
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import json
@@ -32,7 +31,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import requests
 
 from cluster.lab import addresses as A
-from cluster.lab import daemons, netns, strongswan
+from cluster.lab import daemons, netns, strongswan, teardown, topology
 from cluster.lab.errors import LabError
 from cluster.lab.pki import LabPki
 from cluster.lab.state import (
@@ -183,7 +182,7 @@ class Lab:
         self.pki.create()
         self.pki.issue("gateway", [A.GATEWAY_ID, A.VIP], server=True)
         self.progress("creating namespaces and links")
-        self._topology()
+        topology.core(self._add_ns, s.keyd, s.nodes, baseline=s.gateway == "strongswan")
         self.progress("starting etcd")
         self._start_etcd()
         self._start_server()
@@ -206,56 +205,6 @@ class Lab:
         self.state.namespaces.append(ns)
         self.state.save()
         netns.add(ns)
-        return ns
-
-    def _topology(self) -> None:
-        router = self._add_ns("router")
-        netns.sysctl(router, "net.ipv4.ip_forward", "1")
-        for key in ("all", "default"):
-            netns.sysctl(router, f"net.ipv4.conf.{key}.rp_filter", "0")
-        netns.bridge(router, "br-front")
-        netns.address(router, "br-front", f"{A.FRONT_ROUTER}/24")
-        netns.bridge(router, "br-back")
-        netns.address(router, "br-back", f"{A.BACK_ROUTER}/24")
-
-        server = self._add_ns("server")
-        netns.veth(router, "prot", server, "eth0")
-        netns.address(router, "prot", f"{A.PROTECTED_ROUTER}/24")
-        netns.address(server, "eth0", f"{A.SERVER_IP}/24")
-        netns.route(server, "default", "via", A.PROTECTED_ROUTER)
-        # The protected network is reached through the gateway only: the router forwards
-        # nothing from the front network (clients, the NAT) to it directly.
-        netns.run(["ip", "netns", "exec", router, "nft", "-f", "-"], input_text=(
-            "table inet lab_filter {\n"
-            "  chain forward {\n"
-            "    type filter hook forward priority filter; policy accept;\n"
-            '    iifname "br-front" oifname "prot" counter drop\n'
-            "  }\n"
-            "}\n"))
-
-        self._back_host("etcd", A.ETCD_IP, vip=False)
-        for i in range(1, self.state.keyd + 1):
-            self._back_host(f"keyd-{i}", A.keyd_ip(i), vip=True)
-        for i in range(1, self.state.nodes + 1):
-            self._back_host(f"node-{i}", A.node_ip(i), vip=True)
-        # Until the sprayer steers by mark, the VIP is routed to keyd-1 so IKE works.
-        netns.route(router, f"{A.VIP}/32", "via", A.keyd_ip(1))
-        if self.state.gateway == "strongswan":
-            netns.route(router, A.POOL, "via", A.keyd_ip(1))
-
-    def _back_host(self, role: str, ip: str, vip: bool) -> str:
-        ns = self._add_ns(role)
-        router = self.ns("router")
-        link = f"b-{role}"[:15]
-        netns.veth(router, link, ns, "eth0")
-        netns.enslave(router, link, "br-back")
-        netns.address(ns, "eth0", f"{ip}/24")
-        netns.route(ns, "default", "via", A.BACK_ROUTER)
-        if vip:
-            netns.address(ns, "lo", f"{A.VIP}/32")
-            netns.sysctl(ns, "net.ipv4.ip_forward", "1")
-            for key in ("all", "default"):
-                netns.sysctl(ns, f"net.ipv4.conf.{key}.rp_filter", "0")
         return ns
 
     # ---- processes ------------------------------------------------------------------------
@@ -385,10 +334,13 @@ class Lab:
         common = daemons.Common(self.name, self.pki.data_key_file, self.dir / "logs")
         path = self.dir / "config" / "hooks.toml"
         path.write_text(daemons.hooks_config(common, directory, self.dir / "hooks.revision"))
-        self._spawn("hooks", netns.exec_argv(self.ns("router"), daemons.HOOKS.argv(path)),
-                    self.ns("router"))
-        time.sleep(0.5)
-        self._alive("hooks")
+        rec = self._spawn("hooks", netns.exec_argv(self.ns("router"),
+                                                   daemons.HOOKS.argv(path)), self.ns("router"))
+        # It starts from the revision current when its watch begins (no saved revision yet):
+        # events before that line in its log would not reach the hooks.
+        self._wait("cluster-hooks to watch the keyspace",
+                   lambda: self._alive("hooks") and "watching " in Path(rec.log).read_text(
+                       errors="replace"), 30)
 
     def _alive(self, role: str) -> bool:
         rec = self.state.processes.get(role)
@@ -443,19 +395,12 @@ class Lab:
         rec = ClientRecord(name=name, slot=slot, netns=self.ns(f"c-{name}"),
                            address=address, auth=auth, behind_nat=behind_nat, ike=ike,
                            identity=identity)
-        if behind_nat:
-            self._ensure_nat()
+        if behind_nat and self.ns("nat") not in self.state.namespaces:
+            topology.nat(self._add_ns, self.ns("router"))
         self.state.clients[name] = rec
         ns = self._add_ns(f"c-{name}")
-        if behind_nat:
-            upstream, bridge_name, gateway = self.ns("nat"), "br-in", A.NAT_INSIDE
-        else:
-            upstream, bridge_name, gateway = self.ns("router"), "br-front", A.FRONT_ROUTER
-        link = f"c{slot}"
-        netns.veth(upstream, link, ns, "eth0")
-        netns.enslave(upstream, link, bridge_name)
-        netns.address(ns, "eth0", f"{address}/24")
-        netns.route(ns, "default", "via", gateway)
+        topology.client(ns, self.ns("nat" if behind_nat else "router"), slot, address,
+                        behind_nat)
         if ike:
             self._start_client_charon(rec, strongswan.ClientConfig(
                 identity=identity, auth=auth, psk=self.pki.psk(), ca_cert=self.pki.ca_cert,
@@ -485,26 +430,17 @@ class Lab:
         strongswan.load(proc.pid, Path(rec.swanctl_conf))
         strongswan.initiate(proc.pid)
 
-    def _ensure_nat(self) -> None:
-        ns = self.ns("nat")
-        if ns in self.state.namespaces:
-            return
-        self._add_ns("nat")
-        router = self.ns("router")
-        netns.veth(router, "nat", ns, "out")
-        netns.enslave(router, "nat", "br-front")
-        netns.address(ns, "out", f"{A.NAT_OUTSIDE}/24")
-        netns.route(ns, "default", "via", A.FRONT_ROUTER)
-        netns.bridge(ns, "br-in")
-        netns.address(ns, "br-in", f"{A.NAT_INSIDE}/24")
-        netns.sysctl(ns, "net.ipv4.ip_forward", "1")
-        netns.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input_text=(
-            "table ip lab_nat {\n"
-            "  chain postrouting {\n"
-            "    type nat hook postrouting priority srcnat; policy accept;\n"
-            '    oifname "out" masquerade\n'
-            "  }\n"
-            "}\n"))
+    @_mutating
+    def remove_client(self, name: str) -> None:
+        """Stop a client's processes and delete its namespace (its logs stay)."""
+        rec = self.state.clients.get(name)
+        if rec is None:
+            raise LabError(f"no client {name!r} in lab {self.name!r}")
+        procs = [p for p in self.state.processes.values() if p.netns == rec.netns]
+        teardown.teardown([rec.netns], procs)
+        del self.state.clients[name]
+        self.state.namespaces.remove(rec.netns)
+        shutil.rmtree(self.dir / "clients" / name, ignore_errors=True)
 
     def client_sas(self, name: str) -> list[strongswan.IkeSaView]:
         """The IKE SAs a client's charon holds."""
@@ -589,7 +525,7 @@ class Lab:
         except PermissionError:
             os.kill(rec.pid, sig)
         if sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGINT):
-            self._wait(f"{member} (pid {rec.pid}) to exit", lambda: _reaped(rec), 10)
+            self._wait(f"{member} (pid {rec.pid}) to exit", lambda: teardown.reaped(rec), 10)
         return rec.pid
 
     @_mutating
@@ -660,77 +596,14 @@ class Lab:
     def down(self, save_logs_to: Path | None = None) -> None:
         """Stop every process, delete every namespace, remove every file of this lab; with
         save_logs_to, its logs and configuration are copied there first (keys excluded)."""
-        teardown(self.state.prefix, list(self.state.processes.values()))
+        teardown.teardown(netns.listed(self.state.prefix), list(self.state.processes.values()))
         if save_logs_to is not None:
-            save_logs(self.dir, save_logs_to)
+            teardown.save_logs(self.dir, save_logs_to)
         self.state.remove_files()
 
 
 def _fields(cfg: strongswan.ClientConfig) -> dict[str, Any]:
     return {f: getattr(cfg, f) for f in cfg.__slots__}
-
-
-def _reaped(rec: ProcessRecord) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(rec.pid, os.WNOHANG)
-    return not rec.alive()
-
-
-def teardown(prefix: str, processes: list[ProcessRecord]) -> None:
-    """Kill the recorded processes (if still the same ones) and everything left in the lab's
-    namespaces, then delete the namespaces (their /run/netns mounts go with them)."""
-    namespaces = netns.listed(prefix)
-    for _ in range(3):
-        groups = [rec.pid for rec in processes if rec.alive()]
-        loose = [pid for ns in namespaces for pid in netns.pids(ns)]
-        if not groups and not loose:
-            break
-        _terminate(groups, loose)
-    for ns in namespaces:
-        netns.delete(ns)
-
-
-def _terminate(groups: list[int], loose: list[int], timeout_s: float = 3.0) -> None:
-    """TERM, then KILL: whole process groups (processes the lab started) and single processes
-    (whatever else runs in a lab namespace). All at once, so a slow one costs its own wait."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in groups:
-            try:
-                os.killpg(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                loose.append(pid)
-        for pid in loose:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            groups = [p for p in groups if _running(p)]
-            loose = [p for p in loose if _running(p)]
-            if not groups and not loose:
-                return
-            time.sleep(0.05)
-
-
-def _running(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def save_logs(lab_dir: Path, target: Path) -> None:
-    """Copy a lab's logs, configuration and state (not its keys or secrets) to target."""
-    target.mkdir(parents=True, exist_ok=True)
-    for sub in ("logs", "config"):
-        if (lab_dir / sub).is_dir():
-            shutil.copytree(lab_dir / sub, target / sub, dirs_exist_ok=True)
-    for path in lab_dir.glob("*/strongswan.conf"):
-        shutil.copy(path, target / f"{path.parent.name}-strongswan.conf")
-    if (lab_dir / "state.json").exists():
-        shutil.copy(lab_dir / "state.json", target / "state.json")
 
 
 def down(name: str, save_logs_to: Path | None = None) -> bool:
@@ -750,7 +623,7 @@ def down(name: str, save_logs_to: Path | None = None) -> bool:
         for p in root.iterdir():
             head, sep, tail = p.name.partition("_")
             if sep and head == f"ipsc-{name}" and len(tail) > 5 and tail[4] == "-":
-                teardown(f"{head}_{tail[:5]}", [])
+                teardown.teardown(netns.listed(f"{head}_{tail[:5]}"), [])
                 found = True
     directory = labs_root() / name
     if directory.exists():

@@ -102,6 +102,11 @@ def sysctl(ns: str, key: str, value: str) -> None:
     in_ns(ns, ["sysctl", "-q", "-w", f"{key}={value}"])
 
 
+def nft(ns: str, ruleset: str) -> None:
+    """Load an nftables ruleset (nft -f syntax) in namespace ns."""
+    run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input_text=ruleset)
+
+
 def enter(ns: str) -> None:
     """Move the calling thread into namespace ns (sockets it opens afterwards live there)."""
     libc = ctypes.CDLL(None, use_errno=True)

@@ -15,6 +15,7 @@ import requests
 
 from cluster.lab import addresses as A
 from cluster.lab import lab as labmod
+from cluster.lab import teardown
 from cluster.lab.lab import Lab
 from cluster.procs import spawn
 
@@ -85,13 +86,19 @@ def test_kill_and_start_a_client(lab: Lab) -> None:
     second = the_sa(lab, "dave")
     assert second.spi_i != first.spi_i
     assert ping_ok(lab, "dave")
+    ns, pid = lab.state.clients["dave"].netns, lab.client_pid("dave")
+    lab.remove_client("dave")
+    assert not Path(f"/run/netns/{ns}").exists() and not teardown.running(pid)
+    assert "dave" not in lab.status()["clients"]
+    lab.add_client("dave")       # the name is free again
+    assert ping_ok(lab, "dave")
 
 
 def _leftovers(prefix: str, pids: list[int]) -> list[str]:
     found = [f"namespace {p.name}" for p in Path("/run/netns").glob(f"{prefix}*")]
     found += [f"mount {ln.split()[1]}" for ln in Path("/proc/mounts").read_text().splitlines()
               if prefix in ln]
-    found += [f"pid {pid}" for pid in pids if labmod._running(pid)]
+    found += [f"pid {pid}" for pid in pids if teardown.running(pid)]
     return found
 
 
