@@ -94,6 +94,17 @@ def _require_root() -> None:
         raise LabError("the lab needs root (network namespaces)")
 
 
+TOOLS = ("ip", "nft", "ss", "etcd", "iperf3", "nsenter", "unshare", "swanctl")
+
+
+def _require_tools() -> None:
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if not Path(strongswan.CHARON).exists():
+        missing.append(strongswan.CHARON)
+    if missing:
+        raise LabError(f"not installed: {', '.join(missing)} (run `make bootstrap`)")
+
+
 class Lab:
     """A running (or half-built) lab, backed by its state.json."""
 
@@ -136,6 +147,7 @@ class Lab:
         executables there on cluster events (in the router's namespace)."""
         _require_root()
         check_name(name)
+        _require_tools()
         if gateway not in GATEWAYS:
             raise LabError(f"unknown gateway {gateway!r}: one of {', '.join(GATEWAYS)}")
         if not 1 <= keyd <= A.MAX_KEYD:
@@ -238,6 +250,8 @@ class Lab:
         self._wait("etcd answering through the loopback forwarder", self._etcd_answers, 20)
 
     def _etcd_answers(self) -> bool:
+        self._alive("etcd")
+        self._alive("forwarder")
         try:
             return requests.get(f"{self.etcd_endpoint}/version", timeout=2).ok
         except requests.RequestException:
