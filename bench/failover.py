@@ -53,6 +53,8 @@ from sprayer.apply import KernelApplier
 from sprayer.backends import DriverError, inside_netns
 from sprayer.daemon import Sprayer
 from sprayer.health import HealthResponder, HealthTracker
+from sprayer.libnft import Nft
+from sprayer.nft import NftDriver
 from sprayer.plan import NodeView, Placement, Planner, choose
 from sprayer.settings import SprayerSettings
 
@@ -155,13 +157,42 @@ def bench_map(lab: Netlab) -> list[Row]:
         t = time.perf_counter()
         applier.nft.sync_spis(want)
         moved.append(time.perf_counter() - t)
+    flips = one_client_flips(lab, applier)
     applier.remove()
     return [
+        *flips,
         row("nft map: full sync of 100k SPIs (one atomic batch), median of 5",
             round(sorted(full)[2] * 1000), "ms"),
         row("nft map: move 10k of 100k SPIs (one batch), median of 5",
             round(sorted(moved)[2] * 1000), "ms"),
     ]
+
+
+def one_client_flips(lab: Netlab, applier: KernelApplier) -> list[Row]:
+    """One client moves: its SPI in the map and its /32 route, as the daemon flips them —
+    through libnftables + rtnetlink, and through the `nft` and `ip` commands."""
+    r = lab.ns("router")
+    marks = [applier.marks.mark(n) for n in NODES]
+    by_command = NftDriver(VIP, netns=r, nft=Nft(r, use_library=False))
+    rows = []
+    for label, nft in (("libnftables + rtnetlink", applier.nft), ("nft + ip commands", None)):
+        times = []
+        for i in range(50):
+            node = NODES[i % 2]
+            t = time.perf_counter()
+            if nft is not None:
+                nft.sync_spis({0x2000_0001: marks[i % 2]})
+                applier.routes.sync_clients({"10.99.0.1": lab.addr[node]})
+            else:
+                by_command._spis = None
+                by_command.sync_spis({0x2000_0001: marks[i % 2]})
+                sh("ip", "-n", r, "route", "replace", "10.99.0.1/32", "via", lab.addr[node],
+                   "proto", "149")
+            times.append(time.perf_counter() - t)
+        rows.append(row(f"one client flip (SPI + /32 route), {label}, median of 50",
+                        round(percentile([x * 1000 for x in times], 50), 2), "ms"))
+    applier.routes.sync_clients({})
+    return rows
 
 
 def bench_planner() -> list[Row]:
