@@ -16,7 +16,8 @@ rekey or a DELETE:
    conflict: the transaction is repeated without it.)
 2. after an IKE SA rekey: the owner (same node, same epoch) and the lease follow the new id;
 3. removals, in one transaction: `sa/` of deleted Child SAs; for a deleted IKE SA its
-   `ike/`, `assign/`, Child SAs and lease.
+   `ike/`, Child SAs and lease — then its `assign/` in a second one, so that no watcher
+   sees a client with Child SAs but without an owner.
 
 Only when `write` returns may the step's datagrams be sent. Any StoreError propagates: the
 caller withholds the reply. Removals that fail are kept and retried (`retry_removals`): a
@@ -199,8 +200,15 @@ class Persister:
                    if r and r.virtual_ip])
 
     def _delete(self, keys: list[str]) -> None:
+        # owners last, in a later revision: a sprayer that sees a client without an owner
+        # but with Child SAs assigns it, so the Child SAs must be seen gone first
+        owners = [k for k in keys if k.startswith(self.store.keyspace.kind_prefix("assign"))]
+        rest = [k for k in keys if k not in owners]
         with self.metrics.etcd_write("delete"):
-            self.store.commit(deletes=keys)
+            if rest:
+                self.store.commit(deletes=rest)
+            if owners:
+                self.store.commit(deletes=owners)
 
     def retry_removals(self) -> int:
         """Retry removals that failed while etcd was away; return how many are left."""
@@ -222,7 +230,8 @@ class Persister:
         """Remove IKE SAs (with their Child SAs, owner and address) not updated for
         `max_age_s` — left behind by an instance that died, for a client that never came
         back; any live IKE SA is updated at least once per lifetime (rekey or
-        reauthentication) — and Child SAs past their hard lifetime plus `grace_s`."""
+        reauthentication) — Child SAs past their hard lifetime plus `grace_s`, and owners
+        of IKE SAs that are gone."""
         now = self.clock()
         gone: list[str] = []
         for v in self.store.list(IkeSaRecord).items:
@@ -234,6 +243,12 @@ class Persister:
                 self._remove(Changes(deleted_ike={record.ike_sa_id: record}))
                 gone.append(record.ike_sa_id)
                 self.metrics.swept.inc()
+        held = {v.record.ike_sa_id for v in self.store.list(IkeSaRecord).items}
+        for a in self.store.list(Assignment).items:
+            # an owner whose IKE SA is gone (written by a watcher that lagged behind a delete)
+            if a.record.ike_sa_id not in held and now - a.record.updated_at > grace_s and \
+                    self.store.delete_if(Assignment, a.record.ike_sa_id, a.mod_revision):
+                log.info("owner of a gone IKE SA removed", extra={"ike_sa": a.record.ike_sa_id})
         for c in self.store.list(ChildSaRecord).items:
             child = c.record
             if now > child.created_at + child.hard_lifetime_s + grace_s and \
