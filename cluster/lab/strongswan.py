@@ -18,6 +18,7 @@ from pathlib import Path
 from cluster.lab import addresses as A
 from cluster.lab.errors import LabError
 from cluster.lab.netns import run
+from cluster.lab.teardown import running
 
 CHARON = "/usr/lib/ipsec/charon"
 PLUGINS = ("openssl nonce random x509 pem pkcs1 pkcs8 pubkey revocation constraints curve25519 "
@@ -215,6 +216,8 @@ def wait_vici(pid: int, timeout_s: float = 15.0) -> None:
         r = run(in_charon(pid, ["swanctl", "--stats"]), check=False, timeout_s=10)
         if r.returncode == 0:
             return
+        if not running(pid):
+            raise LabError(f"charon (pid {pid}) exited before it answered on VICI")
         if time.monotonic() > deadline:
             raise LabError(f"charon (pid {pid}) does not answer on VICI after {timeout_s:g}s: "
                            f"{(r.stderr or r.stdout).strip()[-200:]}")
