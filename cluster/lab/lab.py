@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -241,13 +242,24 @@ class Lab:
         etcd.data_dir.mkdir(parents=True)
         # Readiness is checked through the forwarder below, the way clusterctl will reach it.
         self._spawn("etcd", etcd.argv(), ns)
-        self.state.etcd_port = free_port()
-        self.state.save()
-        self._spawn("forwarder", [
-            sys.executable, "-m", "cluster.lab.forwarder",
-            "--listen", f"127.0.0.1:{self.state.etcd_port}", "--netns", ns,
-            "--target", f"{A.ETCD_IP}:{A.ETCD_PORT}"], None)
+        self.start_forwarder()
         self._wait("etcd answering through the loopback forwarder", self._etcd_answers, 20)
+
+    def start_forwarder(self, attempts: int = 5) -> None:
+        """The root namespace's loopback port into etcd (a free port, taken by the time the
+        forwarder binds it now and then: then another)."""
+        for _ in range(attempts):
+            self.state.etcd_port = free_port()
+            rec = self._spawn("forwarder", [
+                sys.executable, "-m", "cluster.lab.forwarder",
+                "--listen", f"127.0.0.1:{self.state.etcd_port}", "--netns", self.ns("etcd"),
+                "--target", f"{A.ETCD_IP}:{A.ETCD_PORT}"], None)
+            deadline = time.monotonic() + 10
+            while rec.alive() and time.monotonic() < deadline:
+                if _listens(self.state.etcd_port):
+                    return
+                time.sleep(0.05)
+        raise LabError(f"the etcd forwarder did not start (see {rec.log})")
 
     def _etcd_answers(self) -> bool:
         self._alive("etcd")
@@ -614,6 +626,14 @@ class Lab:
         if save_logs_to is not None:
             teardown.save_logs(self.dir, save_logs_to)
         self.state.remove_files()
+
+
+def _listens(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _fields(cfg: strongswan.ClientConfig) -> dict[str, Any]:
