@@ -67,8 +67,8 @@ class ResponderConfig:
     half_open_cookie_threshold: int = 100
     half_open_timeout_s: float = 30.0
     rekeyed_grace_s: float = 60.0  # an old IKE SA the peer never deletes goes after this
-    ike_lifetime_s: int = 14400
-    child_lifetime_s: int = 3600
+    ike_lifetime_s: int = 14400  # for the shell's sweeper: the core never expires IKE SAs
+    child_lifetime_s: int = 3600  # soft lifetime in ChildSa events (hard: +10 %)
     # Fake a NAT (§2.23 NAT_DETECTION_DESTINATION_IP mismatch) so clients always float to
     # 4500 and encapsulate ESP in UDP: the cluster's data plane steers ESP-in-UDP by SPI.
     force_udp_encap: bool = True
