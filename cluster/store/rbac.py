@@ -43,6 +43,13 @@ def _wanted(grants: Iterable[Grant]) -> dict[tuple[bytes, bytes], int]:
     return out
 
 
+def role_grants(store: Store, role: str) -> dict[tuple[bytes, bytes], str]:
+    """What etcd holds for `role`: (key, range_end) -> "read" / "write" / "readwrite"."""
+    names = {v: k for k, v in _PERM.items()}
+    return {(bytes(p.key), bytes(p.range_end)): names[int(p.permType)]
+            for p in _call(store, "RoleGet", rpc.AuthRoleGetRequest(role=role)).perm}
+
+
 def _role(store: Store, role: str, grants: Iterable[Grant], roles: set[str]) -> None:
     want = _wanted(grants)
     have: dict[tuple[bytes, bytes], int] = {}
