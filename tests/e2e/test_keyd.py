@@ -217,10 +217,12 @@ def test_etcd_stopped_new_client_waits_established_unaffected(lab: Lab) -> None:
     try:
         with pytest.raises(Exception, match="could not connect"):
             lab.add_client("late")
-        # the established client keeps its SAs
+        # the established client keeps its SAs, and its traffic flows (nodes hold its SA)
         still = only_sa(lab, "early")
         assert (still.spi_i, still.spi_r, still.child_spis) == \
             (early.spi_i, early.spi_r, early.child_spis)
+        ping = lab.run("early", ["ping", "-c", "3", "-i", "0.2", "-W", "2", A.SERVER_IP])
+        assert ping.returncode == 0, ping.stdout
     finally:
         lab.start("etcd")
     late_pid = lab._client_pid("late")
