@@ -230,6 +230,8 @@ class Planner:
         cands = candidates(by_id.values())
         actions: list[PlanAction] = []
         table = self._desired_table(cands)
+        if len(table) > 2 * len(placements) + 1024:
+            table.clear()   # clients that left: do not keep their choices forever
 
         def desired(key: str) -> str | None:
             owner = table.get(key, "")

@@ -49,6 +49,8 @@ class ClusterView:
     #: ike_sa_id → (assignment, mod_revision for compare-and-swap)
     assigns: dict[str, tuple[Assignment, int]] = field(default_factory=dict)
     children: dict[int, _Child] = field(default_factory=dict)
+    #: ike_sa_id → spi_in of its Child SAs (index over `children`)
+    by_ike: dict[str, set[int]] = field(default_factory=dict)
     #: spi → the last final seq record seen (checkpoints are not kept; a hand-off matches
     #: a final by its epoch, so an older one is harmless)
     finals: dict[int, SeqRecord] = field(default_factory=dict)
@@ -82,7 +84,11 @@ class ClusterView:
             elif isinstance(r, Assignment):
                 self.set_assignment(r, ev.revision)
             elif isinstance(r, ChildSaRecord):
+                old = self.children.get(r.spi_in)
+                if old is not None:
+                    self._unindex(r.spi_in, old.ike_sa_id)
                 self.children[r.spi_in] = _Child(r.ike_sa_id, r.virtual_ip)
+                self.by_ike.setdefault(r.ike_sa_id, set()).add(r.spi_in)
             elif isinstance(r, SeqRecord):
                 self.finals[r.spi] = r
         elif isinstance(ev, RecordDeleted):
@@ -97,7 +103,19 @@ class ClusterView:
                     spi = int(ev.name, 16)
                 except ValueError:
                     return
-                (self.children if kind == "sa" else self.finals).pop(spi, None)
+                if kind == "sa":
+                    gone = self.children.pop(spi, None)
+                    if gone is not None:
+                        self._unindex(spi, gone.ike_sa_id)
+                else:
+                    self.finals.pop(spi, None)
+
+    def _unindex(self, spi: int, ike_sa_id: str) -> None:
+        spis = self.by_ike.get(ike_sa_id)
+        if spis is not None:
+            spis.discard(spi)
+            if not spis:
+                del self.by_ike[ike_sa_id]
 
     def set_assignment(self, a: Assignment, revision: int) -> None:
         """Record an assignment (revision -1: written by us, not yet seen back)."""
@@ -123,22 +141,15 @@ class ClusterView:
                 for k, (a, _) in self.assigns.items()}
 
     def new_clients(self) -> set[str]:
-        return {c.ike_sa_id for c in self.children.values()} - self.assigns.keys()
-
-    def spis_of(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for spi, c in self.children.items():
-            out.setdefault(c.ike_sa_id, []).append(spi)
-        return out
+        return self.by_ike.keys() - self.assigns.keys()
 
     def handoffs_with_finals(self) -> set[str]:
         """Clients in hand-off whose old owner wrote final counters for every Child SA."""
-        spis = self.spis_of()
         done = set()
         for k in self.in_handoff:
             a = self.assigns[k][0]
             if all((f := self.finals.get(s)) is not None and f.epoch == a.epoch
-                   and f.owner == a.previous_node for s in spis.get(k, [])):
+                   and f.owner == a.previous_node for s in self.by_ike.get(k, ())):
                 done.add(k)
         return done
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from cluster.store.records import Assignment, ChildSaRecord, NodeRecord, SeqRecord
@@ -90,3 +91,14 @@ def test_non_ipv4_nodes_and_clients_are_left_out_not_fatal() -> None:
     t = v.targets(lambda n: True)
     assert t.nodes == {"n1": "10.30.0.1"} and t.fallback == ["n1"]
     assert t.spis == {0x1000: "n1"} and t.clients == {}
+
+
+def test_child_sa_index_follows_ike_rekey_and_delete() -> None:
+    v = ClusterView()
+    put(v, "sa", child(0x1000))
+    other = "0000000000000003" + "0000000000000004"
+    # an IKE SA rekey moves the Child SA to the new IKE SA id (RFC 7296 §2.18)
+    put(v, "sa", dataclasses.replace(child(0x1000), ike_sa_id=other))
+    assert v.by_ike == {other: {0x1000}} and v.new_clients() == {other}
+    v.apply("sa", RecordDeleted("k", "00001000", 9))
+    assert v.by_ike == {} and v.new_clients() == set()
