@@ -15,7 +15,6 @@ from cluster.procs import EtcdServer
 from cluster.store import (
     Assignment,
     BadKey,
-    ChildSaRecord,
     DataKey,
     IkeSaRecord,
     Keyspace,
@@ -72,7 +71,7 @@ def test_kinds_in_one_revision_order(store: Store, child_sa: Factory, ike_sa: Fa
     c = Collector()
     w = store.watch_keyspace(c, kinds=["nodes", "assign", "ike", "sa"])
     try:
-        assert wait_for(lambda: c.of(WatchResynced), TIMEOUT_S)
+        assert wait_for(lambda: bool(c.of(WatchResynced)), TIMEOUT_S)
         assert c.of(WatchResynced)[0].reason == "initial"
         store.put(node("n1"))
         store.put(ike_sa())
@@ -105,7 +104,7 @@ def test_initial_read_of_several_kinds_is_one_revision(store: Store, child_sa: F
     w = KeyspaceWatcher(store, c, kinds=["sa", "nodes"])
     w.start()
     try:
-        assert wait_for(lambda: c.of(WatchResynced), TIMEOUT_S)
+        assert wait_for(lambda: bool(c.of(WatchResynced)), TIMEOUT_S)
         resync = c.of(WatchResynced)[0]
         assert sorted(c.changes()) == [("put", "nodes", "n1"), ("put", "sa", "b2000001")]
         assert all(e.resync for e in c.of(RecordPut))
@@ -121,7 +120,7 @@ def test_every_kind_by_default_and_unknown_kinds_refused(store: Store) -> None:
     c = Collector()
     w = store.watch_keyspace(c)
     try:
-        assert wait_for(lambda: c.of(WatchResynced), TIMEOUT_S)
+        assert wait_for(lambda: bool(c.of(WatchResynced)), TIMEOUT_S)
         store.raw_put(store.keyspace.root + "leader", b"not a record")   # no kind: ignored
         rev = store.put(PoolLease("10.99.0.10", IKE_ID, "dave@example.net", "keyd-1", 0.0))
         assert wait_for(lambda: c.progress() >= rev, TIMEOUT_S)
@@ -156,7 +155,7 @@ def test_stopped_across_compaction_delivers_current_state(store: Store,
     store.put(child_sa(0xB4000001))
     c = Collector()
     w = store.watch_keyspace(c, kinds=["nodes", "sa"])
-    assert wait_for(lambda: c.of(WatchResynced), TIMEOUT_S)
+    assert wait_for(lambda: bool(c.of(WatchResynced)), TIMEOUT_S)
     w.stop()
     store.delete(NodeRecord, "n1")
     store.put(node("n2", "draining"))
@@ -167,17 +166,17 @@ def test_stopped_across_compaction_delivers_current_state(store: Store,
     c.events.clear()
     w.start()
     try:
-        assert wait_for(lambda: c.of(WatchResynced), TIMEOUT_S)
+        assert wait_for(lambda: bool(c.of(WatchResynced)), TIMEOUT_S)
         resync = c.of(WatchResynced)[0]
         assert resync.reason == "compacted" and resync.revision >= head
         assert sorted(c.changes()) == [("del", "nodes", "n1"), ("put", "nodes", "n2"),
                                        ("put", "sa", "b4000001"), ("put", "sa", "b4000002")]
         assert all(e.resync for e in c.of(RecordPut, RecordDeleted))
-        n2 = [e for e in c.of(RecordPut) if e.name == "n2"][0]
+        n2 = next(e for e in c.of(RecordPut) if e.name == "n2")
         assert n2.record.state == "draining"
         rev = store.put(node("n3"))
         assert wait_for(lambda: ("put", "nodes", "n3") in c.changes(), TIMEOUT_S)
-        assert not [e for e in c.of(RecordPut) if e.name == "n3"][0].resync
+        assert not next(e for e in c.of(RecordPut) if e.name == "n3").resync
         assert wait_for(lambda: c.progress() >= rev, TIMEOUT_S)
     finally:
         w.stop()
@@ -191,7 +190,7 @@ def test_public_view_watches_sealed_kinds(etcd_endpoint: str, store: Store,
     try:
         sa = child_sa(0xB5000001)
         store.put(sa)
-        assert wait_for(lambda: c.of(RecordPut), TIMEOUT_S)
+        assert wait_for(lambda: bool(c.of(RecordPut)), TIMEOUT_S)
         got = c.of(RecordPut)[0].record
         assert got.identity == sa.identity and got.enc_key_in == b""
         with pytest.raises(ValueError, match="no data key"):
@@ -208,11 +207,11 @@ def test_survives_etcd_restart(tmp_path: Path, keyspace: Keyspace, data_key: Dat
     c = Collector()
     w = store.watch_keyspace(c, kinds=["nodes", "assign"], start_revision=None)
     try:
-        assert wait_for(lambda: c.of(WatchResynced), TIMEOUT_S)
+        assert wait_for(lambda: bool(c.of(WatchResynced)), TIMEOUT_S)
         store.put(node("n1"))
         assert wait_for(lambda: len(c.changes()) == 1, TIMEOUT_S)
         server.stop()
-        assert wait_for(lambda: c.of(WatchDisconnected), TIMEOUT_S)
+        assert wait_for(lambda: bool(c.of(WatchDisconnected)), TIMEOUT_S)
         server.start()
         store.close()
         store = Store([server.endpoint], keyspace, data_key, timeout_s=2.0)
