@@ -90,3 +90,28 @@ def test_root_administers(tls_cluster: Any) -> None:
 def test_no_client_certificate_is_refused(tls_cluster: Any) -> None:
     with tls_cluster.store(None) as anon, pytest.raises(StoreError):
         anon.get(ChildSaRecord, 0xF0000002)
+
+
+def test_rbac_setup_runs_again_and_converges(tls_cluster: Any, child_sa: Factory) -> None:
+    from cluster.pki import Grant, setup_etcd_rbac
+    from cluster.store.rbac import apply_rbac, role_grants
+
+    root_key = tls_cluster.keyspace.root
+    with tls_cluster.store("root") as root:
+        before = role_grants(root, "node-1")
+        # auth is on and everything exists: a second (and third) run succeeds unchanged
+        for _ in range(2):
+            setup_etcd_rbac(root, [("keyd", "keyd-1"), ("node", "node-1"),
+                                   ("node", "node-2"), ("sprayer", "sprayer-1")])
+        assert role_grants(root, "node-1") == before
+        # a changed grant list: what is no longer wanted is revoked, a new perm replaces
+        apply_rbac(root, [("extra-1", [Grant(f"{root_key}seq/", "read"),
+                                       Grant(f"{root_key}policy/", "read")])])
+        apply_rbac(root, [("extra-1", [Grant(f"{root_key}seq/", "readwrite")])])
+        grants = role_grants(root, "extra-1")
+        assert list(grants.values()) == ["readwrite"]
+        assert [k for k, _ in grants] == [f"{root_key}seq/".encode()]
+    with tls_cluster.store("node-1") as node:                 # still confined as before
+        with pytest.raises(PermissionDenied):
+            node.put(child_sa(0xF0000031))
+        node.put(SeqRecord(0xF0000031, "node-1", 1, 1, 0, 0, "checkpoint", time.time()))
