@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import ipaddress
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from cluster.lab import addresses as A
 from cluster.lab import daemons, demo
 from cluster.lab.lab import Lab
+from cluster.lab.state import labs_root
 
 POOL = ipaddress.ip_network(A.POOL)
 
@@ -114,3 +118,17 @@ def test_hooks_run_on_lab_events(make_lab, tmp_path) -> None:  # type: ignore[no
         time.sleep(0.2)
     line = next(ln for ln in seen.read_text().splitlines() if ln.startswith("client-up"))
     assert "hanna.clients.lab.example" in line and str(sa.virtual_ip) in line
+
+
+def test_demo_command_prints_the_table_and_cleans_up(lab_name: str) -> None:
+    needs_nodes()
+    clusterctl = Path(sys.executable).parent / "clusterctl"
+    r = subprocess.run([str(clusterctl), "lab", "demo", "--name", lab_name, "--nodes", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "killed (SIGKILL)" in r.stdout and "same SAs" in r.stdout
+    rows = [ln.split() for ln in r.stdout.splitlines() if ln.split()[:1] in (["alice"], ["bob"])]
+    assert len(rows) == 2 and all("yes" in row for row in rows), r.stdout
+    assert "Traceback" not in r.stderr
+    assert not (labs_root() / lab_name).exists()
+    assert not list(Path("/run/netns").glob(f"ipsc-{lab_name}_*"))
