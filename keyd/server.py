@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from cluster import systemd
 from cluster.store.client import Store
 from cluster.store.errors import StoreError
 from cluster.store.keyspace import Keyspace
@@ -69,6 +70,8 @@ class KeydServer:
         self._watcher: Any = None
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._systemd_watchdog: asyncio.Task[None] | None = None
+        self._ready_said = False
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -90,6 +93,7 @@ class KeydServer:
                     "listen": self.config.metrics.listen, "error": exc.strerror})
         self._watcher = self.store.watch(IkeSaRecord, self._on_watch)
         self.view.start(self.store)
+        self._systemd_watchdog = systemd.start_watchdog()
         self._tasks = [
             asyncio.create_task(self._consume(), name="keyd-consume"),
             asyncio.create_task(self._timers(), name="keyd-timers"),
@@ -100,6 +104,9 @@ class KeydServer:
 
     async def stop(self) -> None:
         self._stopping.set()
+        systemd.notify_stopping()
+        if self._systemd_watchdog is not None:
+            self._systemd_watchdog.cancel()
         self.endpoints.close()
         for task in self._tasks:
             task.cancel()
@@ -210,6 +217,10 @@ class KeydServer:
             backoff = 0.5
             self._membership = membership
             log.info("registered", extra={"key": membership.key, "lease": membership.lease_id})
+            if not self._ready_said:   # systemd Type=notify: the lease exists, we serve
+                ike_port, _ = self.endpoints.ports
+                systemd.notify_ready(f"serving IKE on {self.config.keyd.vip}:{ike_port}")
+                self._ready_said = True
             await self._lease_lost.wait()
             self._membership = None
             await asyncio.to_thread(membership.stop, False)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -104,17 +105,19 @@ protected_networks = ["10.20.0.0/24"]
 """)
         return path
 
-    def start(self, keyd_id: str, ike_port: int | None = None,
-              natt_port: int | None = None) -> KeydInstance:
+    def start(self, keyd_id: str, ike_port: int | None = None, natt_port: int | None = None,
+              env: dict[str, str] | None = None, wait: bool = True) -> KeydInstance:
         ike_port = ike_port or free_udp_port()
         natt_port = natt_port or free_udp_port()
         metrics_port = free_port()
         conf = self.config(keyd_id, ike_port, natt_port, metrics_port)
         log = self.directory / f"{keyd_id}.log"
-        proc = spawn([str(KEYD_BIN), "--config", str(conf)], log)
+        proc = spawn([str(KEYD_BIN), "--config", str(conf)], log,
+                     env={**os.environ, **(env or {})})
         self.procs.append(proc)
         inst = KeydInstance(keyd_id, proc, ike_port, natt_port, metrics_port, log)
-        inst.wait_ready()
+        if wait:
+            inst.wait_ready()
         return inst
 
     def stop_all(self) -> None:
