@@ -22,6 +22,7 @@ Damping is shortened (hold-down 0.2 s) so runs can repeat; detection uses the de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -57,6 +58,8 @@ from sprayer.libnft import Nft
 from sprayer.nft import NftDriver
 from sprayer.plan import NodeView, Placement, Planner, choose
 from sprayer.settings import SprayerSettings
+from sprayer.userspace import UserspaceApplier
+from sprayer.view import Targets
 
 VIP = "203.0.113.10"
 NODES = ("node-1", "node-2", "node-3")
@@ -448,6 +451,76 @@ def bench_gaps(lab: Netlab, store: Store) -> list[Row]:
     ]
 
 
+def bench_userspace(lab: Netlab) -> list[Row]:
+    """The slow path: share of ESP-in-UDP datagrams the Python forwarder delivers at a given
+    offered rate, against the kernel (nftables) path with the same sender."""
+    r = lab.ns("router")
+    rx = lab.udp("node-1", VIP, 4500)
+    rx.settimeout(0.5)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    targets = Targets(nodes=dict(lab.addr), fallback=list(NODES), spis={0x3000_0001: "node-1"},
+                      clients={})
+    rows = []
+    for label in ("nftables (kernel)", "userspace forwarder"):
+        applier: Any
+        if label.startswith("nft"):
+            applier = KernelApplier(VIP, [KEYD], netns=r)
+        else:
+            sh("ip", "-n", r, "addr", "add", f"{VIP}/32", "dev", "lo")
+            applier = UserspaceApplier(VIP, [KEYD], netns=r)
+        try:
+            applier.apply(targets)
+            for rate in (5_000, 20_000, 80_000):
+                sent, got, took = _blast(lab, rx, rate, 1.0)
+                rows.append(row(f"ESP-in-UDP offered at {rate:,}/s, {label}: delivered",
+                                round(100 * got / sent, 1), "%",
+                                f"achieved offer {sent / took:,.0f}/s; sender and receiver "
+                                "are Python threads of this process"))
+        finally:
+            applier.close()
+            if isinstance(applier, KernelApplier):
+                applier.remove()
+            else:
+                applier.routes.remove()
+                sh("ip", "-n", r, "addr", "del", f"{VIP}/32", "dev", "lo")
+    rx.close()
+    return rows
+
+
+def _blast(lab: Netlab, rx: socket.socket, rate: int,
+           seconds: float) -> tuple[int, int, float]:
+    """Offer `rate` datagrams/s for `seconds` (paced in bursts of 100) while a thread counts
+    arrivals; return (sent, arrived, seconds the sending took)."""
+    arrivals = 0
+    done = threading.Event()
+
+    def count() -> None:
+        nonlocal arrivals
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                rx.recv(2048)
+                arrivals += 1
+    counter = threading.Thread(target=count, daemon=True)
+    counter.start()
+    tx = lab.udp("sender", "0.0.0.0", 0)
+    pkt = struct.pack("!II", 0x3000_0001, 1) + b"p" * 100
+    sent = 0
+    t0 = time.monotonic()
+    while sent < rate * seconds:
+        for _ in range(100):
+            tx.sendto(pkt, (VIP, 4500))
+        sent += 100
+        ahead = t0 + sent / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    took = time.monotonic() - t0
+    tx.close()
+    time.sleep(0.5)
+    done.set()
+    counter.join(2)
+    return sent, arrivals, took
+
+
 def run() -> list[Row]:
     if os.geteuid() != 0:
         raise SystemExit("bench failover needs root (network namespaces, nftables)")
@@ -460,6 +533,7 @@ def run() -> list[Row]:
             server.start()
             rows += bench_map(lab)
             rows += bench_planner()
+            rows += bench_userspace(lab)
             for part in (bench_move_10k, bench_gaps):
                 store = Store([server.endpoint], Keyspace("bf" + uuid.uuid4().hex[:8]),
                               DataKey(os.urandom(32), "bench"), timeout_s=30.0)
