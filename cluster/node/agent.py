@@ -120,6 +120,8 @@ class NodeAgent:
         self._writer_busy = False
         self._synced: set[str] = set()
         self._renewing = False
+        self._store_lock = threading.Lock()
+        self._write_failures = 0
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -172,6 +174,16 @@ class NodeAgent:
         if self._tun_fd >= 0:
             os.close(self._tun_fd)
             self._tun_fd = -1
+
+    def _reconnect(self, failed: Store) -> None:
+        """Replace a connection that keeps failing with a fresh one: after an etcd outage a
+        gRPC channel can sit in reconnect back-off for tens of seconds after etcd is back."""
+        with self._store_lock:
+            if self.store is not failed:
+                return  # another thread did it already
+            self.store = failed.clone()
+        with contextlib.suppress(Exception):
+            failed.close()
 
     def post(self, fn: Callable[[], None]) -> None:
         """Run `fn` on the control thread."""
@@ -410,11 +422,13 @@ class NodeAgent:
         def read() -> None:
             deadline = self.clock() + wait_s
             while not self._stopping:
+                store = self.store
                 try:
-                    seqs = {s: (v.record if (v := self.store.get(SeqRecord, s)) else None)
+                    seqs = {s: (v.record if (v := store.get(SeqRecord, s)) else None)
                             for s in wanted}
                 except StoreError as e:
                     log.warning("take-over of %s waits for etcd: %s", k, e)
+                    self._reconnect(store)
                     time.sleep(RETRY_S)
                     continue
                 except Exception as e:  # a malformed seq record: treat as absent
@@ -528,14 +542,17 @@ class NodeAgent:
 
     def _reregister(self) -> None:
         while not self._stopping:
+            store = self.store
             try:
                 if self.membership is not None:
                     with contextlib.suppress(Exception):
                         self.membership.stop(revoke=False)
+                    self.membership = None
                 self._register()
                 listing = self.store.list(Assignment)
             except StoreError as e:
                 log.warning("re-registration waits for etcd: %s", e)
+                self._reconnect(store)
                 time.sleep(RETRY_S)
                 continue
             self.post(functools.partial(self._rejoined, listing.items))
@@ -612,12 +629,17 @@ class NodeAgent:
                 chunk = batch[i:i + 100]
                 records = [r for r, _ in chunk]
                 guards = list({g.key: g for _, g in chunk}.values())
+                store = self.store
                 try:
-                    ok = self.store.commit(records, guards=guards)
+                    ok = store.commit(records, guards=guards)
                 except StoreError as e:
                     log.warning("checkpoints queued, etcd unavailable: %s", e)
                     failed.extend(records)
+                    self._write_failures += 1
+                    if self._write_failures % 5 == 0:
+                        self._reconnect(store)
                     continue
+                self._write_failures = 0
                 if ok:
                     done.extend(records)
                     continue
