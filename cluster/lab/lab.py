@@ -518,6 +518,17 @@ class Lab:
             raise LabError(f"{role} is already running")
         return self._spawn(role, self.exec_argv(member, argv), self.members()[member])
 
+    def ping(self, member: str, count: int = 3, settle_s: float = 0.0) -> bool:
+        """member gets `count` answers in a row from the protected server — after a first
+        answer, waited for up to settle_s (a new client is steered within a moment)."""
+        deadline = time.monotonic() + settle_s
+        while self.run(member, ["ping", "-c", "1", "-W", "1", A.SERVER_IP]).returncode != 0:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+        r = self.run(member, ["ping", "-c", str(count), "-i", "0.2", "-W", "2", A.SERVER_IP])
+        return r.returncode == 0 and f" {count} received" in r.stdout
+
     def run(self, member: str, argv: list[str], check: bool = False,
             timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run argv in member's namespace and wait for it (see exec_argv)."""

@@ -35,13 +35,26 @@ def check_name(name: str, what: str = "lab name") -> str:
     return name
 
 
+def _stat(pid: int) -> list[str] | None:
+    """/proc/pid/stat's fields after the command name, None if pid is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def proc_start_ticks(pid: int) -> int | None:
     """The kernel's start time of pid (field 22 of /proc/pid/stat), None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def proc_running(pid: int, start_ticks: int | None = None) -> bool:
+    """pid exists, is no zombie and (if given) started at start_ticks: the same process."""
+    fields = _stat(pid)
+    if fields is None or fields[0] == "Z":
+        return False
+    return start_ticks is None or int(fields[19]) == start_ticks
 
 
 @dataclass
@@ -56,14 +69,7 @@ class ProcessRecord:
     netns: str | None        # None: the root namespace
 
     def alive(self) -> bool:
-        ticks = proc_start_ticks(self.pid)
-        if ticks is None or (self.start_ticks is not None and ticks != self.start_ticks):
-            return False
-        try:
-            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return False
-        return state != "Z"
+        return proc_running(self.pid, self.start_ticks)
 
 
 @dataclass

@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 from cluster.lab import netns
-from cluster.lab.state import ProcessRecord
+from cluster.lab.state import ProcessRecord, proc_running
 
 
 def reaped(rec: ProcessRecord) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(rec.pid, os.WNOHANG)
-    return not rec.alive()
+    """rec's process is gone (reaped if it was our child)."""
+    return not running(rec.pid) or not rec.alive()
 
 
 def teardown(namespaces: list[str], processes: list[ProcessRecord]) -> None:
@@ -54,13 +53,10 @@ def terminate(groups: list[int], loose: list[int], timeout_s: float = 3.0) -> No
 
 
 def running(pid: int) -> bool:
+    """pid runs (reaping it first if it is our own exited child)."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    return proc_running(pid)
 
 
 def save_logs(lab_dir: Path, target: Path) -> None:

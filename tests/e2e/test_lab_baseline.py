@@ -23,11 +23,6 @@ BASELINE = pytest.mark.lab(gateway="strongswan", nodes=0)
 POOL = ipaddress.ip_network(A.POOL)
 
 
-def ping_ok(lab: Lab, member: str, count: int = 3) -> bool:
-    r = lab.run(member, ["ping", "-c", str(count), "-i", "0.2", "-W", "2", A.SERVER_IP])
-    return r.returncode == 0 and f"{count} received" in r.stdout
-
-
 def the_sa(lab: Lab, client: str) -> labmod.strongswan.IkeSaView:
     sas = lab.client_sas(client)
     assert len(sas) == 1, sas
@@ -44,10 +39,10 @@ def test_psk_client_reaches_the_server_only_through_its_tunnel(lab: Lab) -> None
     lab.add_client("alice")
     lab.add_client("bare", ike=False)
     sa = the_sa(lab, "alice")
-    assert ping_ok(lab, "alice")
+    assert lab.ping("alice", settle_s=15)
     # The router forwards nothing from the front network to the protected one: a client
     # without a tunnel gets no answer, so alice's answers came through her tunnel.
-    assert not ping_ok(lab, "bare", count=1)
+    assert not lab.ping("bare", count=1, settle_s=2)
     out = lab.run("alice", ["swanctl", "--list-sas"], check=True).stdout
     assert f"in  {sa.child_spis[0][0]}" in out and " 0 packets" not in out
     # the server runs iperf3 servers for throughput runs
@@ -67,7 +62,7 @@ def test_cert_and_nat_clients_with_other_proposals(lab: Lab) -> None:
     b, c = the_sa(lab, "bob"), the_sa(lab, "carol")
     assert b.virtual_ip != c.virtual_ip
     assert c.local.startswith(f"{carol.address}["), c.local
-    assert ping_ok(lab, "bob") and ping_ok(lab, "carol")
+    assert lab.ping("bob", settle_s=15) and lab.ping("carol", settle_s=15)
     # the gateway saw carol from the NAT's outside address, not her own
     gw_sas = labmod.netns.run(labmod.strongswan.in_charon(
         lab.state.processes["gateway"].pid, ["swanctl", "--list-sas"]), check=True).stdout
@@ -85,13 +80,13 @@ def test_kill_and_start_a_client(lab: Lab) -> None:
     assert new_pid != old_pid
     second = the_sa(lab, "dave")
     assert second.spi_i != first.spi_i
-    assert ping_ok(lab, "dave")
+    assert lab.ping("dave", settle_s=15)
     ns, pid = lab.state.clients["dave"].netns, lab.client_pid("dave")
     lab.remove_client("dave")
     assert not Path(f"/run/netns/{ns}").exists() and not teardown.running(pid)
     assert "dave" not in lab.status()["clients"]
     lab.add_client("dave")       # the name is free again
-    assert ping_ok(lab, "dave")
+    assert lab.ping("dave", settle_s=15)
 
 
 def _leftovers(prefix: str, pids: list[int]) -> list[str]:

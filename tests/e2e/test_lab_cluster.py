@@ -29,17 +29,6 @@ def needs_nodes() -> None:
         pytest.skip(why)
 
 
-def ping_ok(lab: Lab, member: str, count: int = 3, settle_s: float = 15.0) -> bool:
-    """Once a first ping is answered (the sprayer steers a new client within a moment, not
-    instantly), `count` pings in a row are."""
-    deadline = time.monotonic() + settle_s
-    while lab.run(member, ["ping", "-c", "1", "-W", "1", A.SERVER_IP]).returncode != 0:
-        if time.monotonic() > deadline:
-            return False
-    r = lab.run(member, ["ping", "-c", str(count), "-i", "0.2", "-W", "2", A.SERVER_IP])
-    return r.returncode == 0 and f"{count} received" in r.stdout
-
-
 @pytest.mark.lab(nodes=0)
 def test_keyd_negotiates_with_strongswan_clients(lab: Lab) -> None:
     lab.add_client("alice")
@@ -83,8 +72,8 @@ def test_clients_reach_the_server_through_the_cluster(make_lab) -> None:  # type
     lab.add_client("erin")
     lab.add_client("frank", behind_nat=True)
     lab.add_client("bare", ike=False)
-    assert ping_ok(lab, "erin") and ping_ok(lab, "frank")
-    assert not ping_ok(lab, "bare", count=1, settle_s=2)
+    assert lab.ping("erin", settle_s=15) and lab.ping("frank", settle_s=15)
+    assert not lab.ping("bare", count=1, settle_s=2)
 
 
 def test_demo_keeps_the_clients_sas(make_lab) -> None:  # type: ignore[no-untyped-def]
@@ -98,7 +87,7 @@ def test_demo_keeps_the_clients_sas(make_lab) -> None:  # type: ignore[no-untype
         assert o.node_after not in (victim, "?"), o
     # the pings came back after the kill (how fast is measured in bench/, not asserted here)
     for c in ("alice", "bob"):
-        assert ping_ok(lab, c)
+        assert lab.ping(c, settle_s=15)
 
 
 def test_hooks_run_on_lab_events(make_lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
