@@ -1,8 +1,9 @@
 """keyd's configuration: the TOML file of docs/configuration.md, overridden by flags.
 
-Every problem is a `ConfigError` with one line that names the file and the field; the daemon
-prints it and exits 2. Secrets are read from files (never inlined) and those files must not be
-readable by group or others.
+The common sections ([cluster], [etcd], [log], [metrics]) are read by `cluster.config`, as
+every daemon reads them; `[keyd]` is typed here. Every problem is a `ConfigError` with one
+line that names the file and the field; the daemon prints it and exits 2. Secrets are read
+from files (never inlined) and those files must not be readable by group or others.
 """
 
 from __future__ import annotations
@@ -10,45 +11,25 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from cluster.config import (
+    ClusterSection,
+    Config,
+    ConfigError,
+    EtcdSection,
+    LogSection,
+    MetricsSection,
+    parse_config,
+)
+from cluster.config import (
+    load_config as load_common,
+)
+
 DEFAULT_PATH = Path("/etc/ipsec-cluster/keyd.toml")
-DATA_KEY_ENV = "IPSEC_CLUSTER_DATA_KEY"
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message says where and why."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterSection:
-    name: str = "default"
-    prefix: str = "/ipsec-cluster"
-    data_key_file: str | None = None  # or env IPSEC_CLUSTER_DATA_KEY (hex)
-
-
-@dataclass(frozen=True, slots=True)
-class EtcdSection:
-    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
-    cacert: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    timeout_s: float = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class LogSection:
-    level: str = "info"
-    json: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsSection:
-    listen: str = "127.0.0.1:9410"  # "" disables
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,55 +65,60 @@ class KeydSection:
 
 @dataclass(frozen=True, slots=True)
 class KeydConfig:
-    cluster: ClusterSection = field(default_factory=ClusterSection)
-    etcd: EtcdSection = field(default_factory=EtcdSection)
-    log: LogSection = field(default_factory=LogSection)
-    metrics: MetricsSection = field(default_factory=MetricsSection)
-    keyd: KeydSection = field(default_factory=KeydSection)
-    source: str = "<defaults>"
+    common: Config
+    keyd: KeydSection
+
+    @property
+    def source(self) -> str:
+        return self.common.source
+
+    @property
+    def cluster(self) -> ClusterSection:
+        return self.common.cluster
+
+    @property
+    def etcd(self) -> EtcdSection:
+        return self.common.etcd
+
+    @property
+    def log(self) -> LogSection:
+        return self.common.log
+
+    @property
+    def metrics(self) -> MetricsSection:
+        return self.common.metrics
 
     @property
     def address(self) -> str:
         return self.keyd.address or self.keyd.vip
 
 
-_SECTIONS: dict[str, type] = {
-    "cluster": ClusterSection, "etcd": EtcdSection, "log": LogSection,
-    "metrics": MetricsSection, "keyd": KeydSection,
-}
+_COMMON = {"cluster": ClusterSection, "etcd": EtcdSection, "log": LogSection,
+           "metrics": MetricsSection}
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> KeydConfig:
     """Read the TOML file (None: defaults only), apply `overrides` ("section.field" → value,
     None values ignored), and validate. Raises ConfigError."""
-    raw: dict[str, Any] = {}
-    source = "<defaults>"
-    if path is not None:
-        source = str(path)
-        try:
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: no such file") from None
-        except PermissionError:
-            raise ConfigError(f"{source}: permission denied") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{source}: is a directory") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    common = load_common(path) if path is not None else parse_config("", "<defaults>")
+    source = common.source
+    keyd_table = common.raw.get("keyd", {})
+    if not isinstance(keyd_table, dict):
+        raise ConfigError(f"{source}: [keyd] must be a table")
+    keyd_table = dict(keyd_table)
+    sections: dict[str, Any] = {n: getattr(common, n) for n in _COMMON}
     for dotted, value in (overrides or {}).items():
         if value is None or value == ():
             continue
         section, _, name = dotted.partition(".")
-        raw.setdefault(section, {})[name] = value
-    sections: dict[str, Any] = {}
-    for name, table in raw.items():
-        if name not in _SECTIONS:
-            continue  # other daemons' sections may share the file
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: [{name}] must be a table")
-        sections[name] = _build(source, name, _SECTIONS[name], table)
-    config = KeydConfig(**sections, source=source)
+        if section == "keyd":
+            keyd_table[name] = value
+        else:
+            if isinstance(value, tuple):
+                value = list(value)
+            sections[section] = replace(sections[section], **{name: value})
+    common = replace(common, **sections)
+    config = KeydConfig(common, _build(source, "keyd", KeydSection, keyd_table))
     _validate(config)
     return config
 
@@ -222,11 +208,9 @@ def _validate(config: KeydConfig) -> None:
     if k.half_open_cookie_threshold < 0 or k.ike_lifetime_s <= 0 or k.child_lifetime_s <= 0:
         raise fail("keyd thresholds and lifetimes must be positive")
     if not config.etcd.endpoints:
-        raise fail("etcd.endpoints must not be empty")
-    if config.etcd.timeout_s <= 0:
-        raise fail("etcd.timeout_s must be positive")
+        raise fail("[etcd] endpoints must not be empty")
     if config.log.level.lower() not in ("debug", "info", "warning", "error"):
-        raise fail(f"log.level must be debug|info|warning|error, not {config.log.level!r}")
+        raise fail(f"[log] level must be debug|info|warning|error, not {config.log.level!r}")
     if config.metrics.listen:
         parse_listen(config.metrics.listen, src)
 
@@ -278,6 +262,3 @@ def read_public(path: str, what: str) -> bytes:
         raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
 
 
-def with_overrides(config: KeydConfig, **keyd_fields: Any) -> KeydConfig:
-    """A copy with some [keyd] fields replaced (tests and the benchmark use this)."""
-    return replace(config, keyd=replace(config.keyd, **keyd_fields))
