@@ -110,7 +110,7 @@ class _Watcher:
         self.kinds = kinds
         self._kinds = frozenset(kinds)
         self.prefix = watch_prefix
-        self._read_prefixes = ([watch_prefix] if len(kinds) == len(KINDS) or len(kinds) == 1
+        self._read_prefixes = ([store.keyspace.root] if len(set(kinds)) == len(KINDS)
                                else [store.keyspace.kind_prefix(k) for k in kinds])
         self._on_event = on_event
         self._progress = progress
