@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from cluster.store.client import Store
+from cluster.store.client import Guard, Store
 from cluster.store.keyspace import Keyspace
 from cluster.store.membership import Membership
 from cluster.store.records import Assignment, ChildSaRecord, NodeRecord, SeqRecord
@@ -28,6 +28,7 @@ from sprayer.apply import KernelApplier
 from sprayer.backends import DriverError
 from sprayer.daemon import Sprayer
 from sprayer.health import HealthResponder
+from sprayer.leader import Leadership
 from sprayer.settings import SprayerSettings
 
 VIP = "203.0.113.10"
@@ -223,3 +224,21 @@ def _run(lab: Any, store: Store, nodes: dict[str, Node], clients: list[ChildSaRe
          what="map after takeover")
     for s in (send, *natt.values()):
         s.close()
+
+
+def test_a_deposed_leader_cannot_write_assignments(store: Store) -> None:
+    a, b = Leadership(store, "sprayer-a", 2), Leadership(store, "sprayer-b", 2)
+    assert a.step() and not b.step()
+    assert a.holder() == "sprayer-a"
+    stale_guard = a.guard
+    store.revoke_lease(a.lease_id)          # as if a had been partitioned past its TTL
+    wait(lambda: b.step(), timeout_s=10.0, what="b to take over")
+    assert b.holder() == "sprayer-b"
+    record = Assignment("00000000000000aa00000000000000bb", "node-1", 1, "active", None, 0.0)
+    key = store.key_of(record)
+    assert not store.commit([record], guards=[Guard(key, 0), stale_guard])
+    assert store.commit([record], guards=[Guard(key, 0), b.guard])
+    assert not a.step()                      # a learns it lost the lease
+    assert not a.is_leader
+    b.resign()
+    assert store.raw_get(b.key) is None      # a clean stop frees the key at once
