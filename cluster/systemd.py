@@ -169,3 +169,21 @@ def start_watchdog(env: Mapping[str, str] | None = None) -> asyncio.Task[None] |
         return None
     return asyncio.get_running_loop().create_task(feed_watchdog(interval_s, env=env),
                                                   name="systemd-watchdog")
+
+
+class WatchdogTicker:
+    """The watchdog for a daemon whose main loop is a plain thread, not an event loop.
+
+    Call `tick(now_s)` (a monotonic time) on every turn of the loop; it sends WATCHDOG=1 when
+    half the watchdog time passed since the last one. If the loop stalls, the pings stop.
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.interval_s = watchdog_interval_s(env)
+        self._env = env
+        self._next_s = 0.0
+
+    def tick(self, now_s: float) -> None:
+        if self.interval_s is not None and now_s >= self._next_s:
+            notify_watchdog(env=self._env)
+            self._next_s = now_s + self.interval_s

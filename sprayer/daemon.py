@@ -30,6 +30,7 @@ from cluster.store.client import Guard, Store
 from cluster.store.errors import StoreError
 from cluster.store.records import Assignment, ChildSaRecord, NodeRecord, Record, SeqRecord
 from cluster.store.watch import PrefixWatcher, WatchEvent
+from cluster.systemd import WatchdogTicker, notify_ready
 from sprayer.apply import Applier
 from sprayer.backends import DriverError
 from sprayer.health import HealthTracker, RemoteProtocolError, pull_reply, push_probe
@@ -200,8 +201,15 @@ class Sprayer:
         interval = self.settings.probe_interval_s
         next_probe = time.monotonic()
         next_leader = 0.0
+        watchdog = WatchdogTicker()
+        ready_told = False
         while not stop.is_set():
             now_m = time.monotonic()
+            watchdog.tick(now_m)
+            if not ready_told and self.view.ready:
+                # systemd Type=notify: the first sync of the view is done
+                notify_ready("leader" if self.leadership.is_leader else "standby")
+                ready_told = True
             if now_m >= next_leader:
                 next_leader = now_m + self._leadership_step()
             if now_m >= next_probe:

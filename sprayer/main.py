@@ -17,6 +17,7 @@ from cluster.config import ConfigError, load_config
 from cluster.store.client import Store
 from cluster.store.errors import StoreError
 from cluster.store.seal import DataKeyError, load_data_key
+from cluster.systemd import notify_stopping
 from keyd.logs import setup_logging
 from sprayer.apply import Applier, HAProxyApplier, KernelApplier
 from sprayer.backends import DriverError
@@ -90,6 +91,7 @@ def main(config_path: str, sprayer_id: str | None, driver: str | None, netns: st
         log.error("stopped by an unexpected error: %s: %s", type(exc).__name__, exc)
         sys.exit(1)
     finally:
+        notify_stopping()
         sprayer.stop()
     log.info("stopped")
 

@@ -162,3 +162,36 @@ def test_start_watchdog_only_when_asked(
     asyncio.run(run())
     assert sock.recv(64) == b"WATCHDOG=1"
     assert sock.recv(64) == b"WATCHDOG=1"
+
+
+def test_watchdog_ticker_pings_at_half_the_timeout() -> None:
+    import socket as _socket
+    import tempfile
+
+    from cluster.systemd import WatchdogTicker
+
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/notify"
+        with _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM) as rx:
+            rx.bind(path)
+            rx.setblocking(False)
+            env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"}
+            ticker = WatchdogTicker(env)
+            assert ticker.interval_s == 1.0
+            got = []
+            for now in (0.0, 0.5, 0.99, 1.0, 1.5, 2.1):
+                ticker.tick(now)
+                try:
+                    while True:
+                        got.append((now, rx.recv(64)))
+                except BlockingIOError:
+                    pass
+            assert got == [(0.0, b"WATCHDOG=1"), (1.0, b"WATCHDOG=1"), (2.1, b"WATCHDOG=1")]
+
+
+def test_watchdog_ticker_is_silent_without_a_watchdog() -> None:
+    from cluster.systemd import WatchdogTicker
+
+    ticker = WatchdogTicker({"NOTIFY_SOCKET": "/nonexistent"})
+    assert ticker.interval_s is None
+    ticker.tick(100.0)  # nothing to send, nothing raised
