@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -107,7 +108,10 @@ class NodeAgent:
         self.assigns: dict[str, tuple[Assignment, int]] = {}
         self.sending: dict[str, int] = {}  # ike_sa_id -> epoch this node sends under
         self.acquiring: dict[str, int] = {}  # ike_sa_id -> epoch being taken over
-        self.routed: set[bytes] = set()
+        self.routed: set[bytes] = set()  # client addresses routed to the TUN
+        self._client_routes: dict[str, set[bytes]] = {}
+        self._route_refs: Counter[bytes] = Counter()
+        self._routes: queue.SimpleQueue[tuple[bytes, bool] | None] = queue.SimpleQueue()
         self._fetched: dict[int, float] = {}
         self._control: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._writes: queue.SimpleQueue[list[tuple[SeqRecord, Guard]] | None] = \
@@ -140,7 +144,8 @@ class NodeAgent:
         self._register()
         self.datapath.start()
         for target, name in ((self._control_loop, "node-control"),
-                             (self._writer_loop, "node-checkpoints")):
+                             (self._writer_loop, "node-checkpoints"),
+                             (self._route_loop, "node-routes")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -159,6 +164,7 @@ class NodeAgent:
                 w.stop()  # type: ignore[attr-defined]
         self._control.put(None)
         self._writes.put(None)
+        self._routes.put(None)
         for t in self._threads:
             t.join(5)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -291,6 +297,8 @@ class NodeAgent:
                 dp.send_on(sa)
         dp.call(install)
         k = r.ike_sa_id
+        if old is not None and k in self.sending:
+            self._route_client(k)  # the record may name other client addresses now
         if old is None and k in self.sending:
             # a new Child SA (rekey) of a client we send for
             a, _ = self.assigns[k]
@@ -315,7 +323,7 @@ class NodeAgent:
                 spis.discard(spi)
                 if not spis:
                     del self.by_ike[r.ike_sa_id]
-            self._sync_routes()
+            self._route_client(r.ike_sa_id)
 
     def _unknown_spi(self, spi: int) -> None:
         """The seed's on-demand retrieval: read sa/<spi> once (per FETCH_RETRY_S)."""
@@ -379,7 +387,7 @@ class NodeAgent:
                     dp.stop_sending(sa)
         dp.run(fence)
         self.stats.fenced += 1
-        self._sync_routes()
+        self._route_client(k)
 
     def _write_final(self, k: str, a: Assignment, revision: int) -> None:
         """Planned hand-off away from us: our exact counters as `final` records, guarded by
@@ -488,35 +496,49 @@ class NodeAgent:
         dp.run(enable)
         self.acquiring.pop(k, None)
         self.sending[k] = a.epoch
-        self._sync_routes()
+        self._route_client(k)
         log.info("sending for %s at epoch %d (%s)", k, a.epoch,
                  ", ".join(f"{s:08x}:{'exact' if p.exact else 'jump'}"
                            for s, p in plans.items()))
         self._tick()  # a jumped start is written before its first packet
 
-    def _sync_routes(self) -> None:
-        """Routes to the TUN for the client addresses of every client we send for."""
+    def _route_client(self, k: str) -> None:
+        """Routes to the TUN for the addresses of client k while we send for it; the
+        address routes are reference-counted over clients (two may share a selector)."""
         want: set[bytes] = set()
-        for k in self.sending:
+        if k in self.sending:
             for spi in self.by_ike.get(k, ()):
                 r = self.records.get(spi)
                 if r is not None:
                     want.update(client_addresses(r))
-        add, gone = want - self.routed, self.routed - want
-        if not add and not gone:
-            return
-        self.routed = want
-        tun = self.cfg.tun
+        had = self._client_routes.pop(k, set())
+        if want:
+            self._client_routes[k] = want
+        for addr in want - had:
+            self._route_refs[addr] += 1
+            if self._route_refs[addr] == 1:
+                self.routed.add(addr)
+                self._routes.put((addr, True))
+        for addr in had - want:
+            self._route_refs[addr] -= 1
+            if self._route_refs[addr] <= 0:
+                del self._route_refs[addr]
+                self.routed.discard(addr)
+                self._routes.put((addr, False))
 
-        def apply() -> None:
-            for addr in add:
-                try:
+    def _route_loop(self) -> None:
+        """Applies route changes in the order they were decided (one thread: no reordering
+        of an add and a delete of the same address)."""
+        tun = self.cfg.tun
+        while (item := self._routes.get()) is not None:
+            addr, add = item
+            try:
+                if add:
                     tunmod.route_to_tun(addr, tun)
-                except tunmod.TunError as e:
-                    log.error("%s", e)
-            for addr in gone:
-                tunmod.unroute(addr, tun)
-        self._pool.submit(apply)
+                else:
+                    tunmod.unroute(addr, tun)
+            except tunmod.TunError as e:
+                log.error("%s", e)
 
     # membership ---------------------------------------------------------------------------
     def _lease_lost(self, ev: LeaseLost) -> None:
