@@ -278,3 +278,39 @@ def test_unreachable_etcd_at_start_is_one_line_and_exit_1(node_lab: NodeLab) -> 
     lines = [x for x in r.stderr.splitlines() if x.startswith("cluster-node:")]
     assert len(lines) == 1 and "etcd" in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_partitioned_owner_stops_sending_once_the_client_moves(node_lab: NodeLab) -> None:
+    """node-1 loses etcd (not the others): its lease goes unconfirmed, node-2 takes over at a
+    newer epoch and the client's ESP is steered there, while a stale route still brings the
+    client's return traffic to node-1. node-1 must not send it; when it reaches etcd again
+    it sees the newer epoch and stays fenced."""
+    lab = node_lab
+    _, client = up(lab, "node-1", "node-2")
+    before = client.ping()
+    assert before is not None
+    n1 = lab.ns("n1")
+    rules = ("table inet partition {\n chain out {\n  type filter hook output priority 0;\n"
+             "  tcp dport 2379 drop\n }\n}\n")
+    netns.run(["ip", "netns", "exec", n1, "nft", "-f", "-"], input_text=rules)
+    try:
+        assert wait_until(lambda: lab.metrics("node-1").get(
+            "ipsec_cluster_node_lease_ok") == 0, 15)
+        assert client.ping() is not None  # still forwarding: the client is heard from
+        lab.assign("node-2", 2)  # the sprayer's failover (etcd itself is up)
+        netns.route(lab.ns("cli"), f"{VIP}/32", "via", NODE_IPS["node-2"])  # ESP moves
+        time.sleep(1.5)  # > fence_grace_ms since node-1 last heard from the client
+        sent = lab.metrics("node-1")['ipsec_cluster_node_packets_total{direction="out"}']
+        for _ in range(5):
+            client.ping(0.5)  # replies still routed to node-1 (stale /32 route)
+        m = lab.metrics("node-1")
+        assert m['ipsec_cluster_node_packets_total{direction="out"}'] == sent
+        assert m['ipsec_cluster_node_drops_total{reason="not_owner"}'] >= 5
+        netns.route(lab.ns("srv"), f"{VIRTUAL_IP}/32", "via", NODE_IPS["node-2"])
+        after = ping_until(client, 10)
+        assert after[0] > before[0] + JUMP - 16
+    finally:
+        netns.in_ns(n1, ["nft", "delete", "table", "inet", "partition"], check=False)
+    assert wait_until(lambda: lab.metrics("node-1").get("ipsec_cluster_node_lease_ok") == 1,
+                      30)
+    assert lab.metrics("node-1")["ipsec_cluster_node_sas_owned"] == 0
