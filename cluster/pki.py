@@ -157,7 +157,8 @@ def component_grants(root: str, component: str, ident: str) -> list[Grant]:
 
     keyd: rw ike/ sa/ pool/ assign/ and its own keyd/<id>; read nodes/ keyd/ policy/ seq/.
     node: read sa/ assign/ policy/ nodes/ ike/ keyd/; rw seq/ and its own nodes/<id>.
-    sprayer: rw assign/; read everything else of the cluster.
+    sprayer: rw assign/ and the election key sprayer/leader; read everything else.
+    hooks: read everything of the cluster.
     """
     def kind(k: str, perm: Literal["read", "write", "readwrite"]) -> Grant:
         return Grant(f"{root}{k}/", perm)
@@ -171,13 +172,17 @@ def component_grants(root: str, component: str, ident: str) -> list[Grant]:
                [kind("seq", "readwrite"),
                 Grant(f"{root}nodes/{ident}", "readwrite", prefix=False)]
     if component == "sprayer":
-        return [Grant(root, "read"), kind("assign", "readwrite")]
-    raise ValueError(f"unknown component {component!r}: keyd, node or sprayer")
+        return [Grant(root, "read"), kind("assign", "readwrite"),
+                Grant(f"{root}sprayer/leader", "readwrite", prefix=False)]
+    if component == "hooks":
+        return [Grant(root, "read")]
+    raise ValueError(f"unknown component {component!r}: keyd, node, sprayer or hooks")
 
 
 def setup_etcd_rbac(store: Store, users: Iterable[tuple[str, str]]) -> None:
     """Create a role and user per (component, id) — user name = the id, which is the CN of
-    its client certificate — plus `root`, then enable auth. Idempotent on a fresh etcd only.
+    its client certificate — plus `root`, then enable auth. Safe to re-run: it adds what is missing and revokes
+    grants no longer wanted.
     `store` is a cluster.store.Store connected as root (or before auth is enabled)."""
     from cluster.store.rbac import apply_rbac
     apply_rbac(store, [(ident, component_grants(store.keyspace.root, comp, ident))

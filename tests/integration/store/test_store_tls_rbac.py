@@ -73,6 +73,18 @@ def test_sprayer_writes_assign_only(tls_cluster: Any, child_sa: Factory) -> None
             sprayer.put(Policy("guest", ["*@guest.example.net"], "guest", [], []))
 
 
+def test_sprayer_can_hold_the_leader_key_under_rbac(tls_cluster: Any) -> None:
+    from sprayer.leader import Leadership
+
+    with tls_cluster.store("sprayer-1") as sprayer:
+        leadership = Leadership(sprayer, "sprayer-1", 5)
+        try:
+            assert leadership.step()
+            assert leadership.holder() == "sprayer-1"
+        finally:
+            leadership.resign()
+
+
 def test_keyd_cannot_write_policy_or_seq(tls_cluster: Any) -> None:
     with tls_cluster.store("keyd-1") as keyd:
         with pytest.raises(PermissionDenied):
