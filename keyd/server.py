@@ -27,7 +27,7 @@ from cluster.store.keyspace import Keyspace
 from cluster.store.membership import LeaseLost, Membership
 from cluster.store.records import IkeSaRecord, KeydRecord
 from cluster.store.seal import DataKey, DataKeyError, load_data_key
-from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent
+from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent, WatchResynced
 
 from .config import DEFAULT_PATH, ConfigError, KeydConfig, load_config, parse_listen
 from .core import build_core, responder_config
@@ -67,7 +67,11 @@ class KeydServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._membership: Membership | None = None
         self._lease_lost = asyncio.Event()
-        self._watcher: Any = None
+        self._watcher: Any = None          # ike/: only while other instances exist
+        self._keyd_watcher: Any = None
+        self._peers: set[str] = set()       # other keyd instances registered
+        self._peers_synced = False
+        self._ike_synced = False
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._systemd_watchdog: asyncio.Task[None] | None = None
@@ -91,7 +95,8 @@ class KeydServer:
             except OSError as exc:
                 log.error("metrics endpoint not served", extra={
                     "listen": self.config.metrics.listen, "error": exc.strerror})
-        self._watcher = self.store.watch(IkeSaRecord, self._on_watch)
+        self._start_ike_watch()
+        self._keyd_watcher = self.store.watch(KeydRecord, self._on_keyd)
         self.view.start(self.store)
         self._systemd_watchdog = systemd.start_watchdog()
         self._tasks = [
@@ -113,8 +118,9 @@ class KeydServer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._watcher is not None:
-            await asyncio.to_thread(self._watcher.stop)
+        for w in (self._watcher, self._keyd_watcher):
+            if w is not None:
+                await asyncio.to_thread(w.stop)
         await asyncio.to_thread(self.view.stop)
         if self._membership is not None:
             await asyncio.to_thread(self._membership.stop)
@@ -186,12 +192,48 @@ class KeydServer:
             self._send(out)
 
     # -- etcd ------------------------------------------------------------------------------
+    # Another instance may continue an IKE SA this one holds; then this one's copy is stale.
+    # keyd watches ike/ for that — but only while other instances are registered (the watch
+    # costs every instance a decode per IKE SA write). It always runs until its first full
+    # read is done: that read fills the identity index INITIAL_CONTACT needs; on its own,
+    # an instance keeps the index up to date from its own events.
+    def _start_ike_watch(self) -> None:
+        self._ike_synced = False
+        self._watcher = self.store.watch(IkeSaRecord, self._on_watch)
+
     def _on_watch(self, event: WatchEvent) -> None:
         # watcher thread → worker thread, in order with the engine's own steps
         if isinstance(event, RecordPut) and isinstance(event.record, IkeSaRecord):
             self._worker.submit(self.engine.seen_ike_sa, event.record)
         elif isinstance(event, RecordDeleted):
             self._worker.submit(self.engine.seen_ike_sa_deleted, event.name)
+        elif isinstance(event, WatchResynced):
+            self._ike_synced = True
+            self._call_in_loop(self._ike_watch_check)
+
+    def _on_keyd(self, event: WatchEvent) -> None:
+        if isinstance(event, RecordPut) and event.name != self.config.keyd.id:
+            self._peers.add(event.name)
+        elif isinstance(event, RecordDeleted):
+            self._peers.discard(event.name)
+        elif isinstance(event, WatchResynced):
+            self._peers_synced = True
+        self._call_in_loop(self._ike_watch_check)
+
+    def _call_in_loop(self, fn: Any) -> None:
+        if self._loop is not None and not self._stopping.is_set():
+            with contextlib.suppress(RuntimeError):   # loop closed: shutting down
+                self._loop.call_soon_threadsafe(fn)
+
+    def _ike_watch_check(self) -> None:
+        need = bool(self._peers) or not self._peers_synced or not self._ike_synced
+        if need and self._watcher is None:
+            log.info("other keyd instances registered: following ike/",
+                     extra={"peers": ",".join(sorted(self._peers))})
+            self._start_ike_watch()
+        elif not need and self._watcher is not None:
+            old, self._watcher = self._watcher, None
+            self._tasks.append(asyncio.create_task(asyncio.to_thread(old.stop)))
 
     async def _register(self) -> None:
         """Hold keyd/<id> on a lease; after a loss (etcd away for a TTL), register again."""
@@ -255,9 +297,13 @@ class KeydServer:
             await self._restart_watch()
 
     async def _restart_watch(self) -> None:
-        old, self._watcher = self._watcher, self.store.watch(IkeSaRecord, self._on_watch)
-        if old is not None:
-            await asyncio.to_thread(old.stop)
+        for attr in ("_watcher", "_keyd_watcher"):
+            old = getattr(self, attr)
+            if old is not None:
+                await asyncio.to_thread(old.stop)
+        self._peers_synced = False
+        self._start_ike_watch()
+        self._keyd_watcher = self.store.watch(KeydRecord, self._on_keyd)
         await asyncio.to_thread(self.view.start, self.store)
 
     async def _sweeper(self) -> None:

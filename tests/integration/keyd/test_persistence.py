@@ -172,3 +172,33 @@ def test_initial_contact_removes_the_older_ike_sa_of_the_identity(
         assert store.get(IkeSaRecord, first.ike_sa_id) is not None
         assert store.get(IkeSaRecord, second.ike_sa_id) is not None
     assert "INITIAL_CONTACT" in k.log.read_text()
+
+
+def test_client_moves_to_another_instance_and_back(keyd_setup: KeydSetup,
+                                                   store: Store) -> None:
+    """Two live instances on the same ports: Linux hands a UDP port's datagrams to the socket
+    bound last, so starting keyd-2 moves the client there and stopping it moves the client
+    back to keyd-1, whose copy of the IKE SA is stale by then."""
+    from cluster.store.watch import wait_for
+
+    one = keyd_setup.start("keyd-1")
+    with client_for(one, "hana@clients.test") as c:
+        c.connect()
+        two = keyd_setup.start("keyd-2", one.ike_port, one.natt_port)
+        assert wait_for(lambda: "other keyd instances registered" in one.log.read_text(),
+                        timeout_s=20)
+        c.liveness()
+        c.rekey_child(c.children()[-1].child.spi_in)
+        assert two.metric("keyd_ike_sas_imported_total") == 1
+        assert wait_for(lambda: "continued by another instance" in one.log.read_text(),
+                        timeout_s=20)
+        two.proc.terminate()
+        assert two.proc.wait(30) == 0
+        c.liveness()                                 # keyd-1 again: reads the SA afresh
+        c.rekey_child(c.children()[-1].child.spi_in)
+        assert one.metric("keyd_ike_sas_imported_total") == 1
+        ike = store.get(IkeSaRecord, c.core.ike_sa_id or "")
+        assert ike is not None and ike.record.keyd_id == "keyd-1"
+        assert ike.record.child_spis == [c.children()[-1].child.spi_out]
+        c.delete()
+    assert store.list(ChildSaRecord).items == []
