@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from conftest import CLIENT, NODE_IPS, SERVER, SPI_IN, VIP, VIRTUAL_IP, Client, NodeLab, socket_in
+from node_lab import CLIENT, NODE_IPS, SERVER, SPI_IN, VIP, VIRTUAL_IP, Client, NodeLab, socket_in
 from scapy.layers.inet import ICMP, IP
 from scapy.packet import raw
 from tests_node_helpers import wait_until
