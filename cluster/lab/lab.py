@@ -567,7 +567,8 @@ class Lab:
 
     @_mutating
     def start(self, member: str) -> int:
-        """Start member's daemon again with the argv it had; returns the new PID."""
+        """Start member's daemon again with the argv it had; returns the new PID once it
+        serves (a client: once it has connected again)."""
         role = self._process_role(member)
         rec = self.state.processes[role]
         if rec.alive():
@@ -581,7 +582,23 @@ class Lab:
                             self.dir / "gateway" / "swanctl.conf")
         else:
             self._spawn(role, rec.argv, rec.netns)
+            self._wait_started(role)
         return self.state.processes[role].pid
+
+    def _wait_started(self, role: str, timeout_s: float = 30.0) -> None:
+        """Until a restarted daemon serves its socket (not its etcd record: a daemon may be
+        started while etcd is away, and serve from what it holds)."""
+        if role == "etcd":
+            self._wait("etcd answering", self._etcd_answers, timeout_s)
+        elif role.startswith("keyd-"):
+            self._wait(f"{role} listening on {A.VIP}:500",
+                       functools.partial(self._alive_and_bound, role, 500), timeout_s)
+        elif role.startswith("node-"):
+            self._wait(f"{role} listening on {A.VIP}:4500",
+                       functools.partial(self._alive_and_bound, role, 4500), timeout_s)
+        else:
+            time.sleep(0.3)
+            self._alive(role)
 
     # ---- status ---------------------------------------------------------------------------
 

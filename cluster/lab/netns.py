@@ -82,7 +82,11 @@ def veth(a_ns: str, a_name: str, b_ns: str, b_name: str) -> None:
 
 
 def bridge(ns: str, name: str) -> None:
-    in_ns(ns, ["ip", "link", "add", name, "type", "bridge"])
+    """A bridge with an address of its own: left to itself, a bridge takes the lowest
+    address of its ports and changes it as ports come and go, which leaves every neighbour
+    with a stale ARP entry for the router for a while."""
+    mac = "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))
+    in_ns(ns, ["ip", "link", "add", name, "address", mac, "type", "bridge"])
     in_ns(ns, ["ip", "link", "set", name, "up"])
 
 

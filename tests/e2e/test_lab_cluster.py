@@ -74,6 +74,14 @@ def test_clients_reach_the_server_through_the_cluster(make_lab) -> None:  # type
     lab.add_client("bare", ike=False)
     assert lab.ping("erin", settle_s=15) and lab.ping("frank", settle_s=15)
     assert not lab.ping("bare", count=1, settle_s=2)
+    # a node stopped and started again serves and registers again
+    old = lab.kill("node-2")
+    assert lab.start("node-2") != old and lab.listening("node-2", 4500)
+    deadline = time.monotonic() + 30
+    while (lab.etcd_json("nodes/node-2") or {}).get("state") != "ready":
+        assert time.monotonic() < deadline, "node-2 did not register again"
+        time.sleep(0.2)
+    assert lab.ping("erin", settle_s=15) and lab.ping("frank", settle_s=15)
 
 
 def test_demo_keeps_the_clients_sas(make_lab) -> None:  # type: ignore[no-untyped-def]
