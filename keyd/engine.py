@@ -171,6 +171,8 @@ class Engine:
             c.moved_children.extend(child_record(child) for child in event.children)
             c.rekeyed.append(IkeRekeyed(event.old_ike_sa_id, event.new_ike_sa_id,
                                         old.virtual_ip if old else None))
+            if old is not None and old.identity:
+                self._by_identity.setdefault(old.identity, set()).add(event.new_ike_sa_id)
             step.touched.add(event.old_ike_sa_id)
             if old is not None:
                 # its Child SAs and address now belong to the new IKE SA: deleting the old
@@ -179,6 +181,7 @@ class Engine:
                     old, child_spis=[], virtual_ip=None)
         elif isinstance(event, ike.IkeSaDeleted):
             ike_sa_id = event.ike_sa_id
+            self.seen_ike_sa_deleted(ike_sa_id)
             c.deleted_ike[ike_sa_id] = self._records.get(ike_sa_id)
             c.ike_puts.pop(ike_sa_id, None)
             step.touched.discard(ike_sa_id)
@@ -324,8 +327,27 @@ class Engine:
                 "ike_sa": record.ike_sa_id, "by": writer})
 
     def seen_ike_sa_deleted(self, ike_sa_id: str) -> None:
-        for ids in self._by_identity.values():
+        record = self._records.get(ike_sa_id)
+        if record is not None and record.identity:
+            ids = self._by_identity.get(record.identity, set())
             ids.discard(ike_sa_id)
+            if not ids:
+                self._by_identity.pop(record.identity, None)
+            return
+        for identity, ids in list(self._by_identity.items()):
+            ids.discard(ike_sa_id)
+            if not ids:
+                del self._by_identity[identity]
+
+    def sweep(self, max_age_s: float) -> list[str]:
+        """Run the sweeper (persist.Persister.sweep_expired) and forget what it removed."""
+        gone = self.persister.sweep_expired(max_age_s)
+        for ike_sa_id in gone:
+            self.seen_ike_sa_deleted(ike_sa_id)
+            if self.core.has_ike_sa(ike_sa_id):
+                self.core.forget_ike_sa(ike_sa_id)
+            self._forget(ike_sa_id)
+        return gone
 
     def _initial_contact(self, event: ike.IkeSaEstablished, step: _Step) -> None:
         """RFC 7296 §2.4: INITIAL_CONTACT — the peer has no other IKE SA with us any more;
@@ -336,6 +358,7 @@ class Engine:
             if other in step.changes.ike_puts or other in step.changes.deleted_ike:
                 continue
             step.changes.deleted_ike[other] = self._records.get(other)
+            self.seen_ike_sa_deleted(other)
             if self.core.has_ike_sa(other):
                 self.core.forget_ike_sa(other)
             self._forget(other)

@@ -315,7 +315,7 @@ class KeydServer:
         while True:
             await asyncio.sleep(interval)
             try:
-                gone = await self._in_worker(self.engine.persister.sweep_expired, max_age)
+                gone = await self._in_worker(self.engine.sweep, max_age)
             except StoreError:
                 continue
             if gone:

@@ -172,6 +172,13 @@ def test_initial_contact_removes_the_older_ike_sa_of_the_identity(
         assert store.get(IkeSaRecord, first.ike_sa_id) is not None
         assert store.get(IkeSaRecord, second.ike_sa_id) is not None
     assert "INITIAL_CONTACT" in k.log.read_text()
+    # a client that comes and goes: each visit one removal, however many visits before
+    deletes = k.metric("keyd_etcd_write_seconds_count", record="delete")
+    for _ in range(4):
+        with client_for(k, "ivan@clients.test", "127.0.0.9") as visit:
+            visit.connect()
+            visit.delete()
+    assert k.metric("keyd_etcd_write_seconds_count", record="delete") - deletes == 4
 
 
 def test_client_moves_to_another_instance_and_back(keyd_setup: KeydSetup,
