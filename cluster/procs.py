@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,10 +135,11 @@ class EtcdServer:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 break
+            probe = (f"import socket; socket.create_connection(({self.host!r}, "
+                     f"{self.client_port}), timeout=0.5).close()")
             r = subprocess.run(
-                ["ip", "netns", "exec", str(self.netns), "sh", "-c",
-                 f"exec 3<>/dev/tcp/{self.host}/{self.client_port}"],
-                capture_output=True, executable=None,
+                ["ip", "netns", "exec", str(self.netns), sys.executable, "-c", probe],
+                capture_output=True,
             )
             if r.returncode == 0:
                 return
