@@ -100,6 +100,8 @@ class Engine:
         self._durable: dict[str, dict[str, Any]] = {}
         self._records: dict[str, IkeSaRecord] = {}
         self._dirty: set[str] = set()   # answered while etcd was away; write when it returns
+        # etcd revision of the state held, as far as known: older foreign writes are old news
+        self._held_revision: dict[str, int] = {}
         # identity → IKE SAs in the cluster (from the ike/ watch): for INITIAL_CONTACT
         self._by_identity: dict[str, set[str]] = {}
 
@@ -280,6 +282,7 @@ class Engine:
         self._records[ike_sa_id] = record
 
     def _forget(self, ike_sa_id: str) -> None:
+        self._held_revision.pop(ike_sa_id, None)
         self._durable.pop(ike_sa_id, None)
         self._records.pop(ike_sa_id, None)
         self._dirty.discard(ike_sa_id)
@@ -308,23 +311,29 @@ class Engine:
             self.metrics.dropped.labels("bad_ike_state").inc()
             return False
         self._remember(ike_sa_id, held.record)
+        self._held_revision[ike_sa_id] = held.mod_revision
         self.metrics.imported.inc()
         log.info("continuing IKE SA from etcd", extra={
             "ike_sa": ike_sa_id, "written_by": held.record.keyd_id})
         return True
 
-    def seen_ike_sa(self, record: IkeSaRecord) -> None:
-        """An ike/ record as etcd has it now (from the watch). If another instance wrote an
-        IKE SA this one holds, the local copy is stale: drop it (it is read again from etcd
-        if the client comes back here)."""
+    def seen_ike_sa(self, record: IkeSaRecord, revision: int) -> None:
+        """An ike/ record as etcd has it at `revision` (from the watch). If another
+        instance wrote an IKE SA this one holds, after the state held here, the local copy
+        is stale: drop it (it is read again from etcd if the client comes back here)."""
+        ike_sa_id = record.ike_sa_id
         if record.identity:
-            self._by_identity.setdefault(record.identity, set()).add(record.ike_sa_id)
-        writer = record.keyd_id
-        if writer != self.keyd_id and self.core.has_ike_sa(record.ike_sa_id):
-            self.core.forget_ike_sa(record.ike_sa_id)
-            self._forget(record.ike_sa_id)
+            self._by_identity.setdefault(record.identity, set()).add(ike_sa_id)
+        if record.keyd_id == self.keyd_id:
+            self._held_revision[ike_sa_id] = max(self._held_revision.get(ike_sa_id, 0),
+                                                 revision)
+            return
+        # a write older than what is held (e.g. the one it was imported from) says nothing
+        if self.core.has_ike_sa(ike_sa_id) and revision > self._held_revision.get(ike_sa_id, 0):
+            self.core.forget_ike_sa(ike_sa_id)
+            self._forget(ike_sa_id)
             log.info("IKE SA continued by another instance", extra={
-                "ike_sa": record.ike_sa_id, "by": writer})
+                "ike_sa": ike_sa_id, "by": record.keyd_id})
 
     def seen_ike_sa_deleted(self, ike_sa_id: str) -> None:
         record = self._records.get(ike_sa_id)

@@ -204,7 +204,7 @@ class KeydServer:
     def _on_watch(self, event: WatchEvent) -> None:
         # watcher thread → worker thread, in order with the engine's own steps
         if isinstance(event, RecordPut) and isinstance(event.record, IkeSaRecord):
-            self._worker.submit(self.engine.seen_ike_sa, event.record)
+            self._worker.submit(self.engine.seen_ike_sa, event.record, event.revision)
         elif isinstance(event, RecordDeleted):
             self._worker.submit(self.engine.seen_ike_sa_deleted, event.name)
         elif isinstance(event, WatchResynced):
