@@ -291,7 +291,8 @@ def test_partitioned_owner_stops_sending_once_the_client_moves(node_lab: NodeLab
     assert before is not None
     n1 = lab.ns("n1")
     rules = ("table inet partition {\n chain out {\n  type filter hook output priority 0;\n"
-             "  tcp dport 2379 drop\n }\n}\n")
+             "  tcp dport 2379 drop\n }\n chain in {\n  type filter hook input priority 0;\n"
+             "  tcp sport 2379 drop\n }\n}\n")
     netns.run(["ip", "netns", "exec", n1, "nft", "-f", "-"], input_text=rules)
     try:
         assert wait_until(lambda: lab.metrics("node-1").get(
