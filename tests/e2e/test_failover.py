@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +222,27 @@ def test_node_killed_clients_resume_with_the_same_sas(cluster: Cluster) -> None:
     cluster.assert_sas_kept()
 
 
+_ASSIGNMENT = re.compile(r"^(\S+)Z info sprayer assignment ike_sa=(\w+) .*action=(Start|Complete)"
+                         r"Handoff", re.M)
+
+
+def handoff_ms(cluster: Cluster, since: float) -> list[float]:
+    """Each hand-off the sprayer logged after `since`: from writing phase=handoff to writing
+    phase=active (the old owner's final counters arrived in between)."""
+    text = Path(cluster.lab.state.processes["sprayer"].log).read_text(errors="replace")
+    started: dict[str, float] = {}
+    out = []
+    for stamp, ike_sa, what in _ASSIGNMENT.findall(text):
+        t = datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
+        if t < since:
+            continue
+        if what == "Start":
+            started[ike_sa] = t
+        elif ike_sa in started:
+            out.append((t - started.pop(ike_sa)) * 1000)
+    return out
+
+
 def test_drain_moves_clients_with_exact_counters_and_undrain_spreads_back(
         cluster: Cluster) -> None:
     before = cluster.settled()
@@ -261,7 +284,9 @@ def test_drain_moves_clients_with_exact_counters_and_undrain_spreads_back(
                      - exact_before.get(n, {}).get(
                          'ipsec_cluster_node_takeovers_total{how="exact"}', 0))
     child_sas = sum(len(cluster.sas[c].child_spis) for c in moving)
-    print(f"  exact take-overs: {exact} of {child_sas} Child SA(s) moved")
+    print(f"  exact take-overs: {exact} of {child_sas} Child SA(s) moved; hand-offs in the "
+          f"sprayer's log (start → complete): "
+          f"{', '.join(f'{ms:.0f} ms' for ms in handoff_ms(cluster, since=started))}")
     assert exact >= child_sas
     for c in moving:
         assert losses[c] <= 3, f"{c} lost {losses[c]} pings in a planned hand-off"
