@@ -257,9 +257,9 @@ def test_junk_in_etcd_loses_nothing_established(node_lab: NodeLab) -> None:
     # decodes, but the ESP core cannot run it (a 5-byte AES-GCM key): refused, old SA kept
     lab.store.put(replace(record, enc_key_in=b"short"))
     lab.store.raw_put(ks.assign("f" * 32), b"[]")
+    assert wait_until(lambda: "cannot install SA c0de0001" in lab.log("node-1"), 10)
     for _ in range(3):
         assert client.ping() is not None
-    assert "cannot install SA c0de0001" in lab.log("node-1")
     assert "Traceback" not in lab.log("node-1")
 
 
