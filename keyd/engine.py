@@ -348,15 +348,13 @@ class Engine:
             if not ids:
                 del self._by_identity[identity]
 
-    def sweep(self, max_age_s: float) -> list[str]:
-        """Run the sweeper (persist.Persister.sweep_expired) and forget what it removed."""
-        gone = self.persister.sweep_expired(max_age_s)
+    def swept(self, gone: list[str]) -> None:
+        """The sweeper (persist.Persister.sweep_expired) removed these IKE SAs: forget them."""
         for ike_sa_id in gone:
             self.seen_ike_sa_deleted(ike_sa_id)
             if self.core.has_ike_sa(ike_sa_id):
                 self.core.forget_ike_sa(ike_sa_id)
             self._forget(ike_sa_id)
-        return gone
 
     def _initial_contact(self, event: ike.IkeSaEstablished, step: _Step) -> None:
         """RFC 7296 §2.4: INITIAL_CONTACT — the peer has no other IKE SA with us any more;

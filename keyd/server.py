@@ -1,21 +1,27 @@
 """The `keyd` daemon: asyncio glue around the IKE core, the etcd store and the UDP endpoints.
 
-Bytes in from the sockets → one worker thread (`Engine`: core + persistence, in order) →
-bytes out. Around that: registration in `keyd/<id>` on a lease (re-registered after a loss),
-a watch on `ike/` so an IKE SA continued by another instance is dropped here, the core's
-timers, a sweeper for IKE SAs left behind by dead instances, an etcd probe while etcd is away,
-and the Prometheus endpoint.
+Bytes in from the sockets → `Engine` (core + persistence, one step at a time) → bytes out.
+The engine runs on the event loop's own thread: its steps are sequential anyway (each waits
+for its etcd write), and handing every datagram to a worker thread and back cost two thread
+wake-ups per message — milliseconds on a busy machine. While a step waits for etcd, further
+datagrams wait in the socket's receive buffer. Watch callbacks (their own threads) are
+handed to the loop, so the engine is only ever entered from it.
+
+Around that: registration in `keyd/<id>` on a lease (re-registered after a loss), a watch on
+`ike/` so an IKE SA continued by another instance is dropped here, the core's timers, a
+sweeper for what dead instances left behind, an etcd probe while etcd is away, and the
+Prometheus endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import click
@@ -43,7 +49,6 @@ log = logging.getLogger("keyd")
 
 VERSION = "0.1.0"
 LEASE_TTL_S = 5
-QUEUE_LIMIT = 4096
 
 
 class KeydServer:
@@ -62,8 +67,6 @@ class KeydServer:
         self._engine: Engine | None = None
         self.endpoints = IkeEndpoints(k.vip, k.ike_port, k.natt_port, self._enqueue,
                                       self._dropped, self._sent)
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="keyd-engine")
-        self._queue: asyncio.Queue[Inbound] = asyncio.Queue(QUEUE_LIMIT)
         self._tasks: list[asyncio.Task[None]] = []
         self._membership: Membership | None = None
         self._lease_lost = asyncio.Event()
@@ -100,7 +103,6 @@ class KeydServer:
         self.view.start(self.store)
         self._systemd_watchdog = systemd.start_watchdog()
         self._tasks = [
-            asyncio.create_task(self._consume(), name="keyd-consume"),
             asyncio.create_task(self._timers(), name="keyd-timers"),
             asyncio.create_task(self._register(), name="keyd-register"),
             asyncio.create_task(self._etcd_probe(), name="keyd-etcd-probe"),
@@ -124,7 +126,6 @@ class KeydServer:
         await asyncio.to_thread(self.view.stop)
         if self._membership is not None:
             await asyncio.to_thread(self._membership.stop)
-        self._worker.shutdown(wait=True)
         with contextlib.suppress(StoreError):
             self.store.close()
 
@@ -149,9 +150,13 @@ class KeydServer:
     def _enqueue(self, inbound: Inbound) -> None:
         self.metrics.datagrams_in.labels(str(inbound.dst[1])).inc()
         try:
-            self._queue.put_nowait(inbound)
-        except asyncio.QueueFull:
-            self.metrics.dropped.labels("overload").inc()
+            out = self.engine.handle(inbound)
+        except Exception as exc:  # the edge: a bug must cost one message, not the daemon
+            log.error("message not handled", extra={"error": f"{type(exc).__name__}: {exc}",
+                                                    "peer": f"{inbound.src[0]}"})
+            self.metrics.dropped.labels("internal_error").inc()
+            return
+        self._send(out)
 
     def _dropped(self, reason: str) -> None:
         self.metrics.dropped.labels(reason).inc()
@@ -159,33 +164,17 @@ class KeydServer:
     def _sent(self, port: int) -> None:
         self.metrics.datagrams_out.labels(str(port)).inc()
 
-    async def _in_worker(self, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, fn, *args)
-
     def _send(self, out: list[Outbound]) -> None:
         for o in out:
             self.endpoints.send(o.data, o.local_port, o.remote)
 
-    async def _consume(self) -> None:
-        while True:
-            inbound = await self._queue.get()
-            try:
-                out = await self._in_worker(self.engine.handle, inbound)
-            except Exception as exc:  # the edge: a bug must cost one message, not the daemon
-                log.error("message not handled", extra={"error": f"{type(exc).__name__}: {exc}",
-                                                        "peer": f"{inbound.src[0]}"})
-                self.metrics.dropped.labels("internal_error").inc()
-                continue
-            self._send(out)
-
     async def _timers(self) -> None:
         while True:
-            deadline = await self._in_worker(self.engine.next_timer)
+            deadline = self.engine.next_timer()
             delay = 1.0 if deadline is None else min(max(deadline - time.time(), 0.0), 1.0)
             await asyncio.sleep(delay)
             try:
-                out = await self._in_worker(self.engine.tick)
+                out = self.engine.tick()
             except Exception as exc:
                 log.error("timer step failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                 continue
@@ -202,11 +191,12 @@ class KeydServer:
         self._watcher = self.store.watch(IkeSaRecord, self._on_watch)
 
     def _on_watch(self, event: WatchEvent) -> None:
-        # watcher thread → worker thread, in order with the engine's own steps
+        # watcher thread → the loop, in order with the engine's own steps
         if isinstance(event, RecordPut) and isinstance(event.record, IkeSaRecord):
-            self._worker.submit(self.engine.seen_ike_sa, event.record, event.revision)
+            self._call_in_loop(functools.partial(self.engine.seen_ike_sa, event.record,
+                                                 event.revision))
         elif isinstance(event, RecordDeleted):
-            self._worker.submit(self.engine.seen_ike_sa_deleted, event.name)
+            self._call_in_loop(functools.partial(self.engine.seen_ike_sa_deleted, event.name))
         elif isinstance(event, WatchResynced):
             self._ike_synced = True
             self._call_in_loop(self._ike_watch_check)
@@ -287,8 +277,8 @@ class KeydServer:
             self.store = fresh
             self.pool.store = fresh
             try:
-                await self._in_worker(self.engine.use_store, fresh)
-                await self._in_worker(self.engine.flush)
+                self.engine.use_store(fresh)
+                self.engine.flush()
             except StoreError:
                 continue
             finally:
@@ -315,7 +305,10 @@ class KeydServer:
         while True:
             await asyncio.sleep(interval)
             try:
-                gone = await self._in_worker(self.engine.sweep, max_age)
+                # the reading and removing in a thread (it lists every IKE SA); what the
+                # engine holds is updated on the loop
+                gone = await asyncio.to_thread(self.engine.persister.sweep_expired, max_age)
+                self.engine.swept(gone)
             except StoreError:
                 continue
             if gone:
