@@ -103,10 +103,10 @@ class KeydServer:
         self.view.start(self.store)
         self._systemd_watchdog = systemd.start_watchdog()
         self._tasks = [
-            asyncio.create_task(self._timers(), name="keyd-timers"),
-            asyncio.create_task(self._register(), name="keyd-register"),
-            asyncio.create_task(self._etcd_probe(), name="keyd-etcd-probe"),
-            asyncio.create_task(self._sweeper(), name="keyd-sweeper"),
+            asyncio.create_task(self._supervised(self._timers), name="keyd-timers"),
+            asyncio.create_task(self._supervised(self._register), name="keyd-register"),
+            asyncio.create_task(self._supervised(self._etcd_probe), name="keyd-etcd-probe"),
+            asyncio.create_task(self._supervised(self._sweeper), name="keyd-sweeper"),
         ]
 
     async def stop(self) -> None:
@@ -129,8 +129,30 @@ class KeydServer:
         with contextlib.suppress(StoreError):
             self.store.close()
 
+    async def _supervised(self, body: Any) -> None:
+        """Run a background duty; if it fails unexpectedly, say so in one line and run it
+        again a second later — a bug in a side duty must not stop the daemon quietly."""
+        while True:
+            try:
+                await body()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("background task failed; restarting it", extra={
+                    "task": body.__name__, "error": f"{type(exc).__name__}: {exc}"})
+                log.debug("background task failure", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    @staticmethod
+    def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        log.error("unexpected error in the event loop", extra={
+            "error": f"{type(exc).__name__}: {exc}" if exc else context.get("message", "?")})
+
     async def run_until_signalled(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_exception)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         await self.start()
@@ -211,9 +233,16 @@ class KeydServer:
         self._call_in_loop(self._ike_watch_check)
 
     def _call_in_loop(self, fn: Any) -> None:
+        def guarded() -> None:
+            try:
+                fn()
+            except Exception as exc:
+                log.error("watch event not handled", extra={
+                    "error": f"{type(exc).__name__}: {exc}"})
+
         if self._loop is not None and not self._stopping.is_set():
             with contextlib.suppress(RuntimeError):   # loop closed: shutting down
-                self._loop.call_soon_threadsafe(fn)
+                self._loop.call_soon_threadsafe(guarded)
 
     def _ike_watch_check(self) -> None:
         need = bool(self._peers) or not self._peers_synced or not self._ike_synced
