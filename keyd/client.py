@@ -17,6 +17,7 @@ from collections.abc import Callable
 from cryptography import x509
 
 from .ike.config import Credentials, InitiatorConfig
+from .ike.core import Datagram
 from .ike.events import (
     ChildSaEstablished,
     ExchangeFailed,
@@ -38,6 +39,8 @@ class IkeClient:
         self.remote = remote
         self.core = Initiator(config)
         self.events: list[IkeEvent] = []
+        self.sent: list[Datagram] = []           # every datagram sent, in order
+        self.received: list[bytes] = []          # every datagram received, in order
         self._sel = selectors.DefaultSelector()
         self._socks: dict[int, socket.socket] = {}
         for port in (ike_port, natt_port):
@@ -63,6 +66,20 @@ class IkeClient:
                                  **kwargs)  # type: ignore[arg-type]
         return cls(config, local_ip, remote, natt_port)
 
+    def resend(self, datagram: Datagram, timeout_s: float = 10.0) -> bytes:
+        """Send a datagram again as it was (a retransmission) and return the next datagram
+        that comes back, without handing it to the core."""
+        sock = self._socks[datagram.src[1]]
+        sock.sendto(datagram.data, datagram.dst)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for key, _ in self._sel.select(0.2):
+                conn = key.fileobj
+                assert isinstance(conn, socket.socket)
+                with contextlib.suppress(BlockingIOError):
+                    return conn.recvfrom(65535)[0]
+        raise ExchangeTimeout(f"no answer to the retransmission in {timeout_s:g}s")
+
     def close(self) -> None:
         for sock in self._socks.values():
             with contextlib.suppress(OSError):
@@ -86,6 +103,7 @@ class IkeClient:
                 raise RuntimeError(f"no socket bound to port {d.src[1]}")
             with contextlib.suppress(BlockingIOError):
                 sock.sendto(d.data, d.dst)
+            self.sent.append(d)
 
     def pump(self, done: Callable[[], bool], timeout_s: float) -> None:
         """Move datagrams (and the core's timers) until `done()` or the timeout."""
@@ -106,6 +124,7 @@ class IkeClient:
                         data, src = sock.recvfrom(65535)
                     except BlockingIOError:
                         break
+                    self.received.append(data)
                     self.core.receive_datagram(data, (src[0], src[1]),
                                                (self.local[0], port), time.time())
             if timer is not None and time.time() >= timer:

@@ -209,3 +209,21 @@ def test_client_moves_to_another_instance_and_back(keyd_setup: KeydSetup,
         assert ike.record.child_spis == [c.children()[-1].child.spi_out]
         c.delete()
     assert store.list(ChildSaRecord).items == []
+
+
+def test_retransmission_answered_by_the_next_instance_from_the_cached_response(
+        keyd_setup: KeydSetup, store: Store) -> None:
+    """RFC 7296 §2.1: a retransmitted request gets the very same response. The response is
+    part of the state in etcd, so an instance that never saw the request can give it."""
+    first = keyd_setup.start("keyd-1")
+    with client_for(first, "jane@clients.test") as c:
+        c.connect()
+        c.liveness()
+        request = c.sent[-1]
+        answer = c.received[-1]
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        keyd_setup.start("keyd-2", first.ike_port, first.natt_port)
+        assert c.resend(request) == answer          # byte for byte
+        c.liveness()                                # and the next request is answered too
+        c.delete()
