@@ -604,12 +604,19 @@ class NodeAgent:
         if iv is not None and iv.used > IV_RENEW_AT and not self._renewing:
             self._renewing = True
             self._pool.submit(self._renew_iv_prefix)
-        owned = self.checkpointer.owned()
-        if not owned or self._writer_busy:
+        marks = self.checkpointer.marks
+        if not marks or self._writer_busy:
             return
         dp = self.datapath
-        current = dp.run(lambda: {s: sa.counters() for s in owned
-                                  if (sa := dp.table.get(s)) is not None})
+        forced = self.checkpointer.forced()
+
+        def moved() -> dict[int, SaCounters]:
+            # only SAs that moved since their acknowledged checkpoint (or must be written)
+            get = dp.table.by_spi.get
+            return {s: sa.counters() for s, mark in list(marks.items())
+                    if (sa := get(s)) is not None
+                    and (s in forced or mark != (sa.out_seq, sa.window.highest))}
+        current = dp.run(moved)
         due = self.checkpointer.due(current, self.clock(), self.wall())
         batch = [(d.record, g) for d in due if (g := self._guard(d)) is not None]
         # never unguarded: a checkpoint is only valid under the assignment it was made for

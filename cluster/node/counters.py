@@ -86,6 +86,9 @@ class Checkpointer:
         self.every_s = every_ms / 1000
         self.jump = jump
         self._tracks: dict[int, _Track] = {}
+        #: spi -> (out_seq, in_highest) last acknowledged; lets the data path skip SAs that
+        #: did not move without building their counters (one tuple per SA and tick)
+        self.marks: dict[int, tuple[int, int]] = {}
 
     def own(self, spi: int, ike_sa_id: str, epoch: int, start: SaCounters,
             persisted: SaCounters | None, now: float) -> None:
@@ -95,9 +98,15 @@ class Checkpointer:
         came from a jump: the SA waits for that first write."""
         acked = persisted if persisted is not None else SaCounters(0, 0, 0)
         self._tracks[spi] = _Track(ike_sa_id, epoch, acked, now, force=start != acked)
+        self.marks[spi] = (acked.out_seq, acked.in_highest)
 
     def disown(self, spi: int) -> None:
         self._tracks.pop(spi, None)
+        self.marks.pop(spi, None)
+
+    def forced(self) -> set[int]:
+        """SAs whose next checkpoint is due whether or not they moved."""
+        return {spi for spi, t in self._tracks.items() if t.force}
 
     def owned(self) -> set[int]:
         return set(self._tracks)
@@ -151,6 +160,7 @@ class Checkpointer:
                 t.acked = t.in_flight
                 t.acked_at_s = now
                 t.in_flight = None
+                self.marks[r.spi] = (t.acked.out_seq, t.acked.in_highest)
 
     def failed(self, records: list[SeqRecord]) -> None:
         """These writes failed (etcd down, guard lost): they are retried by a later `due`."""
