@@ -84,3 +84,35 @@ def test_no_completion_while_etcd_is_down_and_completion_after(
     assert "etcd takes writes again" in log
     assert "Traceback" not in log
     time.sleep(0)  # keep the instance up until here: the fixture stops it
+
+
+def test_reply_waits_for_the_etcd_write(keyd_setup: KeydSetup, own_etcd: EtcdServer) -> None:
+    """Persist first, then reply: with etcd frozen (SIGSTOP) for less than keyd's etcd
+    timeout, the answer to IKE_SA_INIT can only come after etcd is thawed."""
+    import os
+    import signal
+    import threading
+
+    keyd_setup.etcd_endpoint = own_etcd.endpoint
+    k = keyd_setup.start("keyd-1")
+    assert own_etcd.pid is not None
+    thawed_at: list[float] = []
+
+    def thaw() -> None:
+        time.sleep(0.5)
+        thawed_at.append(time.monotonic())
+        os.kill(own_etcd.pid, signal.SIGCONT)  # type: ignore[arg-type]
+
+    with quick_client(k, "orderly@clients.test", "127.0.0.2") as c:
+        os.kill(own_etcd.pid, signal.SIGSTOP)
+        t = threading.Thread(target=thaw)
+        t.start()
+        try:
+            c.core.connect(c.local, c.remote, time.time())
+            c.pump(lambda: len(c.received) >= 1, timeout_s=20)
+            first_answer_at = time.monotonic()
+        finally:
+            t.join()
+        assert thawed_at and first_answer_at > thawed_at[0]
+        c.pump(lambda: c.core.ike_sa_id is not None
+               and c.core.sa.state.value == "established", timeout_s=20)
