@@ -73,6 +73,12 @@ def test_reply_implies_state_in_etcd(keyd_setup: KeydSetup, store: Store) -> Non
     assert registered is not None and registered.lease_id != 0
     assert k.metric("keyd_handshakes_total", result="established") == 1
     assert k.metric("keyd_exchanges_total", type="IKE_AUTH") == 1
+    # the log (at debug level here) names the IKE SA and never shows a key
+    log = k.log.read_text()
+    assert est.ike_sa_id in log
+    for key in (r.enc_key_in, r.enc_key_out):
+        assert key.hex() not in log and key.hex().upper() not in log
+    assert PSK.decode() not in log
 
 
 def test_rekeys_and_delete_followed_in_etcd(keyd_setup: KeydSetup, store: Store) -> None:
