@@ -106,11 +106,12 @@ protected_networks = ["10.20.0.0/24"]
         return path
 
     def start(self, keyd_id: str, ike_port: int | None = None, natt_port: int | None = None,
-              env: dict[str, str] | None = None, wait: bool = True) -> KeydInstance:
+              env: dict[str, str] | None = None, wait: bool = True,
+              extra: str = "") -> KeydInstance:
         ike_port = ike_port or free_udp_port()
         natt_port = natt_port or free_udp_port()
         metrics_port = free_port()
-        conf = self.config(keyd_id, ike_port, natt_port, metrics_port)
+        conf = self.config(keyd_id, ike_port, natt_port, metrics_port, extra=extra)
         log = self.directory / f"{keyd_id}.log"
         proc = spawn([str(KEYD_BIN), "--config", str(conf)], log,
                      env={**os.environ, **(env or {})})

@@ -77,3 +77,19 @@ def test_no_etcd_at_start_serves_once_it_appears(keyd_setup: KeydSetup, tmp_path
             etcd.stop()
     assert "Traceback" not in k.log.read_text()
     time.sleep(0)
+
+
+def test_cookies_under_load_and_metrics_by_type(keyd_setup: KeydSetup, store: Store) -> None:
+    """With the half-open threshold at 0 every IKE_SA_INIT is answered with a COOKIE first
+    (RFC 7296 §2.6); the client repeats it with the cookie and gets in. The metrics say so."""
+    k = keyd_setup.start("keyd-1", extra="half_open_cookie_threshold = 0")
+    with client_for(k, "cookie-eater@clients.test") as c:
+        est = c.connect()
+        c.liveness()
+    assert store.get(IkeSaRecord, est.ike_sa_id) is not None
+    assert k.metric("keyd_cookies_sent_total") >= 1
+    assert k.metric("keyd_exchanges_total", type="IKE_SA_INIT") >= 2
+    assert k.metric("keyd_exchanges_total", type="INFORMATIONAL") == 1
+    assert k.metric("keyd_handshakes_total", result="established") == 1
+    assert k.metric("keyd_etcd_write_seconds_count", record="ike_sa+child_sa") == 1
+    assert k.metric("keyd_etcd_available") == 1
