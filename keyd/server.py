@@ -270,7 +270,9 @@ class KeydServer:
             try:
                 await asyncio.to_thread(membership.start)
             except StoreError as exc:
-                log.debug("registration failed; retrying", extra={"error": str(exc)})
+                if backoff == 0.5:   # once per outage, not per retry
+                    log.warning("cannot register in etcd yet; retrying",
+                                extra={"error": str(exc)})
                 await asyncio.to_thread(membership.stop, False)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
