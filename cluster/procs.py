@@ -6,12 +6,15 @@ stopped — with its children — even when the caller failed half way.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -124,11 +127,33 @@ class EtcdServer:
             if self.netns:
                 self._wait_in_netns(timeout_s)
             else:
+                deadline = time.monotonic() + timeout_s
                 wait_tcp(self.host, self.client_port, timeout_s)
+                self._wait_healthy(deadline)
         except TimeoutError:
             self.stop()
             log = (self.data_dir / "etcd.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"etcd did not start on {self.endpoint}:\n{log}") from None
+
+    def _wait_healthy(self, deadline: float) -> None:
+        """Wait until etcd says it is healthy (it has a leader and serves requests): a
+        listening port alone is not enough after a restart."""
+        context = None
+        if self.tls:
+            ca, cert, key = self.tls
+            context = ssl.create_default_context(cafile=str(ca))
+            context.load_cert_chain(str(cert), str(key))
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1.0,
+                                            context=context) as r:
+                    if json.loads(r.read()).get("health") == "true":
+                        return
+            except (OSError, ValueError, ssl.SSLError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            time.sleep(0.05)
 
     def _wait_in_netns(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
