@@ -30,7 +30,11 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
     echo "bootstrap: preparing .venv"
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
-    .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e '.[test]'
+    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]'; } \
+            >.venv/bootstrap.log 2>&1; then
+        cat .venv/bootstrap.log >&2
+        echo "bootstrap: pip install failed (log above, also in .venv/bootstrap.log)" >&2
+        exit 1
+    fi
     echo "$want" > $stamp
 fi
