@@ -11,6 +11,7 @@ from typing import Protocol
 
 from sprayer.backends import MarkAllocator, backend_marks, keyd_backends
 from sprayer.haproxy import DesiredServer, HAProxyDriver, HAProxyRuntime
+from sprayer.keyd import keyd_bucket_marks, keyd_for
 from sprayer.nft import NftDriver
 from sprayer.routes import RouteDriver
 from sprayer.view import Targets
@@ -23,18 +24,23 @@ class Applier(Protocol):
 
 
 class KernelApplier:
-    """nftables table + policy routes + client /32 routes (the fast path)."""
+    """nftables table + policy routes + client /32 routes (the fast path).
+
+    `keyd` is the configured seed: IKE goes to the live keyd instances of `Targets.keyd`, and
+    to the seed only while none is registered."""
 
     def __init__(self, vip: str, keyd: list[str], *, netns: str | None = None,
                  table: str = "ipsec_cluster") -> None:
         self.marks = MarkAllocator()
-        self.keyd = keyd_backends(keyd)
+        self.seed = keyd_backends(keyd)
+        self.keyd = self.seed
         self.nft = NftDriver(vip, table=table, netns=netns)
         self.routes = RouteDriver(vip, netns=netns)
 
     def apply(self, targets: Targets) -> None:
+        self.keyd = keyd_for(targets, self.seed)
         self.routes.sync_backends(backend_marks(self.marks, self.keyd, targets.nodes))
-        self.nft.install([self.marks.mark(k.name) for k in self.keyd],
+        self.nft.install(keyd_bucket_marks(self.marks, self.keyd),
                          [self.marks.mark(n) for n in targets.fallback])
         self.nft.sync_spis({spi: self.marks.mark(n) for spi, n in targets.spis.items()})
         self.routes.sync_clients({ip: targets.nodes[n] for ip, n in targets.clients.items()})

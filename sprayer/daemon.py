@@ -4,8 +4,10 @@ One thread runs the loop; the store's watchers run their own threads and hand ev
 queue. Every tick (the probe interval): fold watch events into the view, probe the nodes,
 keep or seek leadership, and — as leader, once the initial reads are in — run the planner,
 write its actions to assign/ (compare-and-swap on each assignment and on the leader key, in
-batched transactions) and bring the driver in line with the view. A standby does everything
-but write and apply, so its view is warm when it takes over.
+batched transactions) and bring the driver in line with the view. IKE goes to the keyd
+instances registered in keyd/ (the configured list only while none is); the leader also
+probes them (sprayer/keyd.py) and takes out at once an instance whose port is refused.
+A standby does everything but write and apply, so its view is warm when it takes over.
 
 etcd trouble never stops the loop: writes wait for the next tick, the kernel keeps forwarding
 with the last map, and the watches resume where they stopped.
@@ -28,12 +30,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cluster.store.client import Guard, Store
 from cluster.store.errors import StoreError
-from cluster.store.records import Assignment, ChildSaRecord, NodeRecord, Record, SeqRecord
-from cluster.store.watch import PrefixWatcher, WatchEvent
+from cluster.store.records import (
+    Assignment,
+    ChildSaRecord,
+    KeydRecord,
+    NodeRecord,
+    Record,
+    SeqRecord,
+)
+from cluster.store.watch import PrefixWatcher, RecordPut, WatchEvent
 from cluster.systemd import WatchdogTicker, notify_ready
 from sprayer.apply import Applier
 from sprayer.backends import DriverError
 from sprayer.health import HealthTracker, RemoteProtocolError, pull_reply, push_probe
+from sprayer.keyd import RefusalProbe, Refusals, keyd_for
 from sprayer.leader import Leadership
 from sprayer.plan import (
     Assign,
@@ -44,7 +54,7 @@ from sprayer.plan import (
     StartHandoff,
 )
 from sprayer.settings import SprayerSettings
-from sprayer.view import ClusterView
+from sprayer.view import ClusterView, Targets
 
 log = logging.getLogger("sprayer")
 
@@ -69,6 +79,11 @@ class SprayerMetrics:
         self.leader = Gauge("sprayer_leader", "1 while this sprayer is the leader", registry=r)
         self.nodes_alive = Gauge("sprayer_nodes_alive", "Nodes that answer probes", registry=r)
         self.spis = Gauge("sprayer_spis", "SPIs in the steering map", registry=r)
+        self.keyd_live = Gauge("sprayer_keyd_live", "keyd instances IKE is steered to",
+                               registry=r)
+        self.keyd_refused = Counter("sprayer_keyd_refused",
+                                    "keyd instances taken out because their port was refused",
+                                    registry=r)
 
 
 class Trouble:
@@ -162,9 +177,14 @@ class Sprayer:
         self.planner = Planner(settings.rebalance_moves_per_s, settings.handoff_timeout_s)
         self.leadership = Leadership(store, settings.id, settings.lease_ttl_s)
         self.prober = Prober()
+        self.refusals = Refusals()
+        # the keyd probe follows the mark routes the applier keeps: no applier, no probe
+        self.keyd_probe = RefusalProbe(settings.vip, netns=settings.netns) \
+            if applier is not None and settings.driver != "haproxy" else None
+        self._keyd_steered: tuple[str, ...] | None = None
         self._events: queue.Queue[tuple[str, WatchEvent]] = queue.Queue()
         self._watchers: list[PrefixWatcher] = []
-        self._applied: tuple[int, tuple[str, ...]] | None = None
+        self._applied: tuple[int, tuple[str, ...], tuple[str, ...]] | None = None
         self._planned: tuple[int, tuple[tuple[str, bool, str], ...]] | None = None
         self._was_leader = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -176,7 +196,8 @@ class Sprayer:
 
     # lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        kinds: list[type[Record]] = [NodeRecord, Assignment, ChildSaRecord, SeqRecord]
+        kinds: list[type[Record]] = [NodeRecord, KeydRecord, Assignment, ChildSaRecord,
+                                     SeqRecord]
         for cls in kinds:
             kind = cls.KIND
 
@@ -194,6 +215,8 @@ class Sprayer:
         if self.applier is not None:
             self.applier.close()
         self.prober.close()
+        if self.keyd_probe is not None:
+            self.keyd_probe.close()
         self._wake_r.close()
         self._wake_w.close()
 
@@ -215,6 +238,7 @@ class Sprayer:
             if now_m >= next_probe:
                 self._fold_events()
                 self.prober.round(self._probe_targets(), self.health, self.clock())
+                self._probe_keyd()
                 next_probe = max(next_probe + interval, now_m)
             self._fold_events()
             self.tick()
@@ -229,12 +253,32 @@ class Sprayer:
             except queue.Empty:
                 return
             self.view.apply(kind, ev)
+            if isinstance(ev, RecordPut) and isinstance(ev.record, KeydRecord) \
+                    and self.refusals.registered(ev.record.id):
+                log.info("keyd instance registered again: back in",
+                         extra={"keyd": ev.record.id})
             if kind == "nodes":
                 for n in self.view.nodes:
                     self.health.add(n)
 
     def _probe_targets(self) -> dict[str, tuple[str, int]]:
         return {n.id: (n.address, n.health_port) for n in self.view.nodes.values()}
+
+    def _probe_keyd(self) -> None:
+        """As leader: a NAT keepalive to each registered keyd instance along its mark route;
+        one whose port is refused is out until it registers again (or the hold ends)."""
+        if self.keyd_probe is None or self.applier is None or not self.leadership.is_leader:
+            return
+        marks = getattr(self.applier, "marks", None)
+        if marks is None:
+            return
+        targets = {r.id: marks.mark(f"keyd:{r.address}") for r in self.view.keyd.values()}
+        now = self.clock()
+        for keyd_id in self.keyd_probe.round(targets):
+            if keyd_id in self.view.keyd and self.refusals.refused(keyd_id, now):
+                self.metrics.keyd_refused.inc()
+                log.warning("keyd instance refuses IKE (port unreachable): taken out", extra={
+                    "keyd": keyd_id, "address": self.view.keyd[keyd_id].address})
 
     def _leadership_step(self) -> float:
         """Keep or seek leadership; return seconds until the next step."""
@@ -249,6 +293,7 @@ class Sprayer:
         if leader and not self._was_leader and self.applier is not None:
             self.applier.resync()   # rebuild the kernel state from etcd, atomically
             self._applied = None
+            self.refusals.clear()   # probed afresh from now on
         self._was_leader = leader
         return self.leadership.ttl_s / 3 if leader else min(0.5, self.leadership.ttl_s / 4)
 
@@ -278,10 +323,11 @@ class Sprayer:
         if self.applier is None:
             return
         alive = tuple(sorted(n for n in self.view.nodes if self.health.alive(n)))
-        key = (self.view.generation, alive)
+        out = self.refusals.out(self.clock())
+        key = (self.view.generation, alive, tuple(sorted(out)))
         if key == self._applied:
             return
-        targets = self.view.targets(self.health.alive)
+        targets = self.view.targets(self.health.alive, keyd_out=out)
         try:
             self.applier.apply(targets)
         except DriverError as exc:
@@ -292,6 +338,20 @@ class Sprayer:
         self._driver_trouble.ok()
         self.metrics.spis.set(len(targets.spis))
         self._applied = key
+        self._note_keyd(targets)
+
+    def _note_keyd(self, targets: Targets) -> None:
+        """Log (once per change) which keyd instances IKE now goes to."""
+        seed = getattr(self.applier, "seed", None)
+        if seed is None:
+            return
+        steered = tuple(b.address for b in keyd_for(targets, seed))
+        self.metrics.keyd_live.set(len(targets.keyd))
+        if steered != self._keyd_steered:
+            self._keyd_steered = steered
+            log.info("IKE steered to keyd", extra={
+                "keyd": ",".join(steered),
+                "source": "keyd/ records" if targets.keyd else "configured seed"})
 
     # writing assignments -------------------------------------------------------------------
     def _record_for(self, action: PlanAction, now: float) -> tuple[Assignment, int] | None:

@@ -3,9 +3,11 @@
 One table (`inet ipsec_cluster`), one prerouting chain at mangle priority, for packets to the
 VIP (which is *not* a local address of the router; it is routed to the back ends):
 
-1. UDP dport 500 (IKE) → a keyd instance's mark;
+1. UDP dport 500 (IKE) → a keyd instance's mark: with several live instances, jhash over the
+   client's address and port picks one of 64 buckets, each owned by one instance
+   (sprayer/keyd.py: rendezvous, so an instance leaving moves only its own clients);
 2. UDP dport 4500 whose first 4 payload bytes are zero (the non-ESP marker, RFC 3948 §2.2)
-   → a keyd instance's mark;
+   → the same keyd choice;
 3. UDP dport 4500 otherwise (ESP in UDP): mark = spi_mark[first 4 payload bytes], the SPI
    (`@th,64,32`: 32 bits at bit offset 64 of the transport header, just past the UDP header);
 4. an SPI the map does not know: mark = jhash(client address . port) over the ready nodes;
@@ -47,15 +49,17 @@ HASH_SEED = 0x49504353
 
 
 def _hashed_mark(marks: Sequence[int]) -> str:
-    """A mark chosen by jhash over the client's address and port among `marks`."""
-    if len(marks) == 1:
+    """A mark chosen by jhash over the client's address and port among `marks` (bucket i of
+    `len(marks)` → marks[i]); a plain mark when they are all the same."""
+    if len(set(marks)) == 1:
         return f"{marks[0]:#x}"
     pairs = ", ".join(f"{i} : {m:#x}" for i, m in enumerate(marks))
     return f"jhash ip saddr . udp sport mod {len(marks)} seed {HASH_SEED:#x} map {{ {pairs} }}"
 
 
 def chain_rules(vip: str, keyd_marks: Sequence[int], node_marks: Sequence[int]) -> list[str]:
-    """The prerouting rules (nft syntax) for this VIP, keyd instances and ready nodes (pure)."""
+    """The prerouting rules (nft syntax) for this VIP, keyd (one mark per IKE hash bucket, or
+    per instance) and ready nodes (pure)."""
     if not keyd_marks:
         raise DriverError("no keyd back end: IKE would have nowhere to go")
     to_vip = f"ip daddr {vip} udp dport"

@@ -39,6 +39,7 @@ from sprayer.backends import (
     keyd_backends,
     run,
 )
+from sprayer.keyd import keyd_bucket_marks, keyd_for
 from sprayer.nft import IKE_PORT, NATT_PORT
 from sprayer.routes import RouteDriver
 from sprayer.view import Targets
@@ -147,7 +148,8 @@ class UserspaceApplier:
     def __init__(self, vip: str, keyd: list[str], *, netns: str | None = None) -> None:
         self.netns = netns
         self.marks = MarkAllocator()
-        self.keyd = keyd_backends(keyd)
+        self.seed = keyd_backends(keyd)
+        self.keyd = self.seed
         self.routes = RouteDriver(vip, netns=netns)
         self._move_local_rule()
         self.forwarder = UserspaceForwarder(vip, netns=netns)
@@ -165,9 +167,10 @@ class UserspaceApplier:
             self._ip("rule", "del", "pref", "0", "lookup", "local")
 
     def apply(self, targets: Targets) -> None:
+        self.keyd = keyd_for(targets, self.seed)
         self.routes.sync_backends(backend_marks(self.marks, self.keyd, targets.nodes))
         self.forwarder.steering = Steering(
-            keyd=[self.marks.mark(k.name) for k in self.keyd],
+            keyd=keyd_bucket_marks(self.marks, self.keyd),
             spis={spi: self.marks.mark(n) for spi, n in targets.spis.items()},
             fallback=[self.marks.mark(n) for n in targets.fallback])
         self.routes.sync_clients({ip: targets.nodes[n] for ip, n in targets.clients.items()})

@@ -1,8 +1,9 @@
 """The sprayer's picture of the cluster, kept from etcd watches, and what follows from it.
 
-`ClusterView` holds nodes/, assign/, sa/ and final seq/ records as the watches deliver them.
-From it come the planner's inputs (`placements`, `new_clients`, `finals`) and the drivers'
-input (`Targets`: where each SPI and client virtual IP goes right now). During a hand-off
+`ClusterView` holds nodes/, keyd/, assign/, sa/ and final seq/ records as the watches deliver
+them. From it come the planner's inputs (`placements`, `new_clients`, `finals`) and the
+drivers' input (`Targets`: which keyd instances take IKE, where each SPI and client virtual IP
+goes right now). During a hand-off
 the traffic still goes to the previous owner until the old owner's exact final counters are
 all in (then the sprayer flips the map and writes `active`), or until the hand-off times out.
 """
@@ -14,7 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cluster.store.records import Assignment, ChildSaRecord, NodeRecord, SeqRecord
+from cluster.store.records import Assignment, ChildSaRecord, KeydRecord, NodeRecord, SeqRecord
 from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent, WatchResynced
 from sprayer.plan import NodeState, NodeView, Phase, Placement
 
@@ -35,6 +36,9 @@ class Targets:
     clients: dict[str, str]
     #: node id → (capacity, draining) for drivers that balance by weight (HAProxy)
     weights: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    #: back-end addresses of the live keyd instances, sorted (empty: none registered; the
+    #: appliers then use their configured seed list)
+    keyd: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -46,6 +50,8 @@ class _Child:
 @dataclass(slots=True)
 class ClusterView:
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    #: keyd id → its record (present while the instance holds its lease)
+    keyd: dict[str, KeydRecord] = field(default_factory=dict)
     #: ike_sa_id → (assignment, mod_revision for compare-and-swap)
     assigns: dict[str, tuple[Assignment, int]] = field(default_factory=dict)
     children: dict[int, _Child] = field(default_factory=dict)
@@ -64,7 +70,7 @@ class ClusterView:
 
     @property
     def ready(self) -> bool:
-        return {"nodes", "assign", "sa", "seq"} <= self.synced
+        return {"nodes", "keyd", "assign", "sa", "seq"} <= self.synced
 
     def apply(self, kind: str, ev: WatchEvent) -> None:
         """Fold one watch event of record kind `kind` into the view."""
@@ -81,6 +87,8 @@ class ClusterView:
             r = ev.record
             if isinstance(r, NodeRecord):
                 self.nodes[r.id] = r
+            elif isinstance(r, KeydRecord):
+                self.keyd[r.id] = r
             elif isinstance(r, Assignment):
                 self.set_assignment(r, ev.revision)
             elif isinstance(r, ChildSaRecord):
@@ -95,6 +103,8 @@ class ClusterView:
             if kind == "nodes":
                 if self.nodes.pop(ev.name, None) is not None and self.on_node_gone:
                     self.on_node_gone(ev.name)
+            elif kind == "keyd":
+                self.keyd.pop(ev.name, None)
             elif kind == "assign":
                 self.assigns.pop(ev.name, None)
                 self.in_handoff.discard(ev.name)
@@ -154,7 +164,14 @@ class ClusterView:
         return done
 
     # driver input ------------------------------------------------------------------------
-    def targets(self, alive: Callable[[str], bool]) -> Targets:
+    def keyd_addresses(self, out: frozenset[str] = frozenset()) -> list[str]:
+        """Back-end addresses of the registered keyd instances not in `out`, sorted (IPv4
+        only, like everything the drivers steer)."""
+        return sorted({r.address for r in self.keyd.values()
+                       if r.id not in out and _ipv4(r.address, f"keyd {r.id}")})
+
+    def targets(self, alive: Callable[[str], bool],
+                keyd_out: frozenset[str] = frozenset()) -> Targets:
         # a hand-off whose exact final counters are all in has flipped, even before the
         # sprayer's `active` write lands: the new owner is taking over from those counters
         flipped = self.handoffs_with_finals() if self.in_handoff else set()
@@ -182,7 +199,8 @@ class ClusterView:
         return Targets(
             nodes={n.id: n.address for n in nodes.values()},
             fallback=fallback, spis=spis, clients=clients,
-            weights={n.id: (n.capacity, n.state == "draining") for n in nodes.values()})
+            weights={n.id: (n.capacity, n.state == "draining") for n in nodes.values()},
+            keyd=self.keyd_addresses(keyd_out))
 
 
 _warned: set[str] = set()

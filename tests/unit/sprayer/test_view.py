@@ -28,7 +28,7 @@ def node(nid: str, state: str = "ready") -> NodeRecord:
 
 def test_ready_only_after_every_initial_read() -> None:
     v = ClusterView()
-    for kind in ("nodes", "assign", "sa"):
+    for kind in ("nodes", "keyd", "assign", "sa"):
         v.apply(kind, WatchResynced(1, "initial", frozenset()))
     assert not v.ready
     v.apply("seq", WatchResynced(1, "initial", frozenset()))
