@@ -283,13 +283,18 @@ class NodeAgent:
             self.by_ike.get(old.ike_sa_id, set()).discard(r.spi_in)
         self.by_ike.setdefault(r.ike_sa_id, set()).add(r.spi_in)
         peer_moved = old is None or (old.peer_addr, old.peer_port) != (r.peer_addr, r.peer_port)
+        # an IKE SA rekey moves its Child SAs to the new IKE SA id: ownership is per IKE SA,
+        # so the SA is sent on again only once taken over under the new id's assignment
+        moved = old is not None and old.ike_sa_id != r.ike_sa_id
+        if moved:
+            self.checkpointer.disown(r.spi_in)
         dp = self.datapath
 
         def install() -> None:
             prev = dp.table.get(r.spi_in)
             if prev is not None:  # an update: the SA's sequence state carries over
                 sa.restore(prev.counters())
-                sa.send_limit = prev.send_limit
+                sa.send_limit = 0 if moved else prev.send_limit
                 if not peer_moved:
                     sa.peer = prev.peer
             dp.install(sa)
@@ -297,13 +302,16 @@ class NodeAgent:
                 dp.send_on(sa)
         dp.call(install)
         k = r.ike_sa_id
-        if old is not None and k in self.sending:
-            self._route_client(k)  # the record may name other client addresses now
-        if old is None and k in self.sending:
-            # a new Child SA (rekey) of a client we send for
+        if moved and old is not None:
+            self._route_client(old.ike_sa_id)
+        if old is not None and not moved:
+            if k in self.sending:
+                self._route_client(k)  # the record may name other client addresses now
+        elif k in self.sending:
+            # a new Child SA (rekey) of a client we send for, or one moved to it
             a, _ = self.assigns[k]
             self._acquire(k, a, spis={r.spi_in})
-        elif old is None:
+        else:
             a_rev = self.assigns.get(k)
             if a_rev is not None and a_rev[0].node == self.cfg.id and k not in self.acquiring:
                 self._acquire(k, a_rev[0])

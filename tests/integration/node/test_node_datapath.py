@@ -315,3 +315,30 @@ def test_partitioned_owner_stops_sending_once_the_client_moves(node_lab: NodeLab
     assert wait_until(lambda: lab.metrics("node-1").get("ipsec_cluster_node_lease_ok") == 1,
                       30)
     assert lab.metrics("node-1")["ipsec_cluster_node_sas_owned"] == 0
+
+
+def test_ike_rekey_moves_child_sa_to_the_new_ike_sa(node_lab: NodeLab) -> None:
+    """keyd's IKE SA rekey: the Child SA record names the new IKE SA id, the assignment is
+    copied to that id and the old one removed. The node takes the SA over under the new id
+    (with the jump: ownership is per IKE SA) and keeps carrying the client."""
+    from dataclasses import replace
+
+    from node_lab import IKE_SA_ID
+
+    from cluster.store import Assignment
+    lab = node_lab
+    record, client = up(lab, "node-1")
+    before = client.ping()
+    assert before is not None
+    new_id = "1" * 16 + "2" * 16
+    lab.store.put(replace(record, ike_sa_id=new_id))
+    lab.store.put(Assignment(new_id, "node-1", 1, "active", None, time.time()))
+    lab.store.delete(Assignment, IKE_SA_ID)
+    jump = 'ipsec_cluster_node_takeovers_total{how="jump"}'
+    assert wait_until(lambda: lab.metrics("node-1").get(jump) == 2, 10)
+    after = ping_until(client, 10)
+    assert after[0] > before[0] + JUMP - 16
+    for _ in range(3):
+        assert client.ping() is not None
+    assert lab.metrics("node-1")["ipsec_cluster_node_sas_owned"] == 1
+    assert wait_until(lambda: (s := lab.seq()) is not None and s.out_seq >= after[0], 5)
