@@ -270,9 +270,13 @@ class Sprayer:
         if self.keyd_probe is None or self.applier is None or not self.leadership.is_leader:
             return
         marks = getattr(self.applier, "marks", None)
+        steered = {b.address for b in getattr(self.applier, "keyd", ())}
         if marks is None:
             return
-        targets = {r.id: marks.mark(f"keyd:{r.address}") for r in self.view.keyd.values()}
+        # only instances IKE goes to now: their mark routes are installed (an instance that
+        # is out has none; its probe would follow some other route)
+        targets = {r.id: marks.mark(f"keyd:{r.address}") for r in self.view.keyd.values()
+                   if r.address in steered}
         now = self.clock()
         for keyd_id in self.keyd_probe.round(targets):
             if keyd_id in self.view.keyd and self.refusals.refused(keyd_id, now):
