@@ -63,6 +63,11 @@ class ClusterFeed:
         self.stream.start()
         return base
 
+    @property
+    def running(self) -> bool:
+        """Started and its watch thread is alive."""
+        return self.stream is not None and self.stream.running
+
     def stop(self) -> None:
         if self.stream is not None:
             self.stream.stop()

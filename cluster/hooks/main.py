@@ -1,7 +1,13 @@
 """`cluster-hooks --config FILE`: run hooks on cluster events (docs/operator-guide.md).
 
 Flags override the file's [hooks], [cluster] and [etcd] values. Exit 0 on SIGTERM/SIGINT,
-1 on an operational failure (bad config, unreadable revision file), 2 on bad usage.
+1 on an operational failure (bad config, unreadable revision file, a stopped watch), 2 on bad
+usage.
+
+Under systemd (`Type=notify`, cluster/systemd.py): READY=1 once the watch is primed — the
+keyspace read at the saved revision (or now) and the watch following etcd from there;
+WATCHDOG=1 from the main loop while the watch and save threads are alive (also while it waits
+for etcd at start-up); STOPPING=1 when it shuts down.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from cluster.cli.public import open_store
 from cluster.config import Config, ConfigError, load_config, parse_config
 from cluster.hooks.runner import HookRunner, HooksSettings
 from cluster.store.errors import StoreError
+from cluster.systemd import WatchdogTicker, notify_ready, notify_status, notify_stopping
 
 log = logging.getLogger("cluster.hooks")
 
@@ -126,6 +133,20 @@ def _main(argv: list[str] | None) -> None:
         print(f"cluster-hooks: {exc}", file=sys.stderr)
         sys.exit(1)
     runner = HookRunner(store, settings)
+    watchdog = WatchdogTicker()
+
+    def wait(seconds: float) -> bool:
+        """Sleep up to `seconds`, feeding the watchdog; True once asked to stop."""
+        deadline = time.monotonic() + seconds
+        while True:
+            now = time.monotonic()
+            watchdog.tick(now)
+            left = deadline - now
+            if left <= 0:
+                return stopping.is_set()
+            if stopping.wait(min(left, _tick_s(watchdog))):
+                return True
+
     backoff = 0.5
     while not stopping.is_set():
         try:
@@ -133,23 +154,44 @@ def _main(argv: list[str] | None) -> None:
             break
         except StoreError as exc:
             log.error("%s; retrying in %.1fs", exc, backoff)
-            stopping.wait(backoff)
+            notify_status(f"waiting for etcd: {exc}")
+            if wait(backoff):
+                break
             backoff = min(backoff * 2, ETCD_RETRY_MAX_S)
         except ValueError as exc:  # unreadable revision file
             log.error("%s", exc)
             sys.exit(1)
     if stopping.is_set():
+        notify_stopping()
+        store.close()
         return
     saver = threading.Thread(target=runner.run, name="hooks-save", daemon=True)
     saver.start()
-    while not stopping.wait(1.0):
-        pass
+    # The watch is primed (read at the saved revision, or now) and following etcd.
+    notify_ready(f"watching after revision {runner.committed}")
+    failed = False
+    while not wait(1.0):
+        if not (runner.feed.running and saver.is_alive()):
+            log.error("the %s thread stopped; exiting so the service is restarted",
+                      "watch" if not runner.feed.running else "save")
+            failed = True
+            break
     log.info("stopping")
+    notify_stopping()
     started = time.monotonic()
     runner.stop()
     store.close()
     log.info("stopped in %.1fs; delivered up to %s", time.monotonic() - started,
              runner.committed)
+    if failed:
+        sys.exit(1)
+
+
+def _tick_s(watchdog: WatchdogTicker) -> float:
+    """How long the main loop may sleep between two looks at the watchdog."""
+    if watchdog.interval_s is None:
+        return 1.0
+    return max(0.01, min(1.0, watchdog.interval_s / 2))
 
 
 if __name__ == "__main__":

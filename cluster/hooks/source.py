@@ -101,6 +101,11 @@ class KeyspaceStream:
         """The last revision whose changes were handed over."""
         return self._watcher.last_revision
 
+    @property
+    def running(self) -> bool:
+        """The watch thread is alive (it follows etcd, reconnecting as needed)."""
+        return self._watcher.running
+
     def start(self) -> None:
         self._watcher.start()
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -95,7 +98,8 @@ class Runner:
 
     def __init__(self, tmp: Path, endpoint: str, cluster: str, hooks_dir: Path,
                  webhooks: list[str], timeout_s: float = 5.0, retries: int = 1,
-                 metrics: str = "") -> None:
+                 metrics: str = "", env: dict[str, str] | None = None) -> None:
+        self.cluster = cluster
         self.config = tmp / "cluster-hooks.toml"
         self.state_file = tmp / "hooks.revision"
         self.log = tmp / "cluster-hooks.log"
@@ -121,13 +125,18 @@ backoff_s = 0.2
 queue_size = 100
 state_file = "{self.state_file}"
 """)
+        self.env = env or {}
         self.pid: int | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Spawn the daemon; with `wait`, return once it watches (it saved its revision)."""
         before = self.state_file.stat().st_mtime_ns if self.state_file.exists() else None
-        proc = spawn([sys.executable, "-m", "cluster.hooks.main", "--config", str(self.config)],
-                     self.log, env=dict(os.environ))
-        self.pid = proc.pid
+        self.proc = spawn([sys.executable, "-m", "cluster.hooks.main", "--config",
+                           str(self.config)], self.log, env={**os.environ, **self.env})
+        self.pid = self.proc.pid
+        if not wait:
+            return
         # started = it wrote its state file (it does so once it watches)
         wait_until(lambda: self.state_file.exists()
                    and self.state_file.stat().st_mtime_ns != before, 30,
@@ -138,6 +147,15 @@ state_file = "{self.state_file}"
         os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)
         self.pid = None
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, wait for the exit, return its status."""
+        assert self.proc is not None and self.pid is not None
+        os.kill(self.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         if self.pid is not None:
@@ -155,3 +173,45 @@ def wait_until(pred: Callable[[], bool], timeout_s: float,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s. {why()}")
         time.sleep(0.05)
+
+
+class NotifyListener:
+    """A real AF_UNIX datagram socket to pass as NOTIFY_SOCKET: keeps every datagram that
+    arrives, as (monotonic time, {KEY: value})."""
+
+    def __init__(self) -> None:
+        # sun_path holds 108 bytes: a short directory of its own, not the test's tmp_path.
+        self.directory = Path(tempfile.mkdtemp(prefix="hk-notify-"))
+        self.path = self.directory / "notify"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self.thread = threading.Thread(target=self._receive, daemon=True)
+        self.thread.start()
+
+    def _receive(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            with self._lock:
+                self.messages.append((time.monotonic(), fields))
+
+    def received(self, key: str | None = None) -> list[tuple[float, dict[str, str]]]:
+        """The datagrams so far (only those that assign `key`)."""
+        with self._lock:
+            return [m for m in self.messages if key is None or key in m[1]]
+
+    def close(self) -> None:
+        self._closed.set()
+        self.thread.join(2.0)
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+        self.directory.rmdir()
