@@ -20,6 +20,18 @@ def _owner(row: dict[str, Any]) -> str:
     return owner
 
 
+def _bytes(n: int | None) -> str | None:
+    """Bytes for people: 1536 -> 1.5 KiB (JSON keeps the exact count)."""
+    if n is None:
+        return None
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return None
+
+
 @click.group()
 def client() -> None:
     """Connected clients (IKE SAs)."""
@@ -33,8 +45,9 @@ def client_list() -> None:
     def table(rows: list[dict[str, Any]]) -> Any:
         return make_table(
             ["identity", "virtual IP", "peer", "owner", "epoch", "child SAs", "pkts in",
-             "pkts out"],
+             "pkts out", "bytes"],
             [(r["identity"], r["virtual_ip"], r["peer"], _owner(r), r["epoch"],
-              r["child_sas"], r["packets_in"], r["packets_out"]) for r in rows])
+              r["child_sas"], r["packets_in"], r["packets_out"], _bytes(r["bytes"]))
+             for r in rows])
 
     emit(client_rows(read_snapshot(connect())), table)

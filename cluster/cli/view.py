@@ -92,8 +92,11 @@ def _seq_by_spi(snap: Snapshot) -> dict[int, SeqRecord]:
 def client_rows(snap: Snapshot) -> list[dict[str, Any]]:
     """One row per IKE SA (a connected client), joined with its assignment and Child SAs.
 
-    `packets_in`/`packets_out` come from the owner's last sequence checkpoint (ESP sequence
-    numbers count packets); `bytes` is null: no component records byte counts yet.
+    `packets_in`/`packets_out`/`bytes_in`/`bytes_out` are the inner traffic the owner
+    published with its last checkpoint (`seq/`), summed over the client's Child SAs; `bytes`
+    is in + out. Each is null while any of those Child SAs has no such count (no checkpoint
+    yet, or one written by a node that did not record traffic): never the sequence numbers,
+    which include the jump of every unplanned move.
     """
     seq = _seq_by_spi(snap)
     children: dict[str, list[ChildSaRecord]] = {}
@@ -106,7 +109,10 @@ def client_rows(snap: Snapshot) -> list[dict[str, Any]]:
         sa = ike.get(ike_sa_id)
         a = owners.get(ike_sa_id)
         mine = sorted(children.get(ike_sa_id, []), key=lambda c: c.created_at)
-        counters = [seq[c.spi_in] for c in mine if c.spi_in in seq]
+        counters = [seq.get(c.spi_in) for c in mine]
+        traffic = {f: _total(counters, f)
+                   for f in ("packets_in", "packets_out", "bytes_in", "bytes_out")}
+        b_in, b_out = traffic["bytes_in"], traffic["bytes_out"]
         rows.append({
             "ike_sa_id": ike_sa_id,
             "identity": sa.identity if sa else None,
@@ -119,12 +125,25 @@ def client_rows(snap: Snapshot) -> list[dict[str, Any]]:
             "previous_node": a.previous_node if a else None,
             "child_sas": [spi_text(c.spi_in) for c in mine],
             "keyd": sa.keyd_id if sa else None,
-            "packets_in": sum(s.in_highest for s in counters) if counters else None,
-            "packets_out": sum(s.out_seq for s in counters) if counters else None,
-            "bytes": None,
+            "packets_in": traffic["packets_in"],
+            "packets_out": traffic["packets_out"],
+            "bytes": None if b_in is None or b_out is None else b_in + b_out,
+            "bytes_in": b_in,
+            "bytes_out": b_out,
             "updated_at": sa.updated_at if sa else None,
         })
     return rows
+
+
+def _total(records: list[SeqRecord | None], field: str) -> int | None:
+    """The sum of one traffic count over a client's Child SAs; None if any does not say."""
+    total = 0
+    for r in records:
+        value = None if r is None else getattr(r, field)
+        if not isinstance(value, int):
+            return None
+        total += value
+    return total if records else None
 
 
 def sa_row(child: ChildSaRecord, a: Assignment | None, s: SeqRecord | None) -> dict[str, Any]:
@@ -140,7 +159,9 @@ def sa_row(child: ChildSaRecord, a: Assignment | None, s: SeqRecord | None) -> d
         "owner": a.node if a else None, "epoch": a.epoch if a else None,
         "seq": None if s is None else {
             "owner": s.owner, "epoch": s.epoch, "out_seq": s.out_seq,
-            "in_highest": s.in_highest, "kind": s.kind, "written_at": s.written_at},
+            "in_highest": s.in_highest, "kind": s.kind, "written_at": s.written_at,
+            "packets_in": s.packets_in, "packets_out": s.packets_out,
+            "bytes_in": s.bytes_in, "bytes_out": s.bytes_out},
     }
 
 

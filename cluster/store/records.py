@@ -227,11 +227,21 @@ class SeqRecord(Record):
     in_bitmap: int                    # anti-replay window bitmap below in_highest
     kind: Literal["checkpoint", "final"]
     written_at: float
+    # Traffic the SA carried over its life (added in codec version 1 as optional fields;
+    # None where the writer did not record them, as in records written before): inner
+    # packets and bytes, decrypted (in) and encrypted (out), summed over its owners.
+    packets_in: int | None = None
+    packets_out: int | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
 
     def validate(self) -> None:
         _check_spi(self.spi, "spi")
         if min(self.out_seq, self.in_highest, self.in_bitmap, self.epoch) < 0:
             raise ValueError("counters must be >= 0")
+        traffic = (self.packets_in, self.packets_out, self.bytes_in, self.bytes_out)
+        if any(n is not None and n < 0 for n in traffic):
+            raise ValueError("traffic counts must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,9 @@ def cluster(writer: Store, etcd_endpoint: str) -> Cluster:
         writer.put(rec)
         writer.put(sa)
         writer.put(assignment(rec, "node-1" if i < 2 else "node-2"))
+        # client3's owner publishes traffic (sequence numbers above it: a jump); the other
+        # two records are as a node that did not record traffic wrote them
+        traffic = (40, 90, 4000, 9 << 20) if i == 2 else (None, None, None, None)
         writer.put(SeqRecord(sa.spi_in, "node-1" if i < 2 else "node-2", 1, 100 + i, 50 + i, 0,
-                             "checkpoint", time.time()))
+                             "checkpoint", time.time(), *traffic))
     return Cluster(writer, etcd_endpoint, writer.keyspace.cluster, lease, ikes, children)

@@ -72,9 +72,16 @@ def test_client_list(cluster: Cluster) -> None:
     assert c3["peer"] == "198.51.100.13:4500"
     assert c3["owner"] == "node-2"
     assert c3["child_sas"] == ["c0000003"]
-    assert (c3["packets_out"], c3["packets_in"]) == (102, 52)
+    # the owner's published traffic, not its sequence numbers (102 / 52, with a jump)
+    assert (c3["packets_out"], c3["packets_in"]) == (90, 40)
+    assert (c3["bytes_in"], c3["bytes_out"], c3["bytes"]) == (4000, 9 << 20, 4000 + (9 << 20))
+    c1 = by_identity["client1@example.net"]
+    # a record without traffic counts: unknown, never the sequence numbers
+    assert (c1["packets_in"], c1["packets_out"], c1["bytes"], c1["bytes_in"]) == (
+        None, None, None, None)
     table = run(*cluster.args("client", "list")).stdout
     assert "client1@example.net" in table and "10.99.0.2" in table
+    assert "bytes" in table and "9.0 MiB" in table
 
 
 def test_sa_list_and_show_never_print_keys(cluster: Cluster) -> None:
