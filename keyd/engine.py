@@ -25,7 +25,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,8 @@ from .view import ClusterView
 
 log = logging.getLogger("keyd.engine")
 
+IKE_SA_INIT = 34
+IKE_AUTH = 35
 INFORMATIONAL = 37
 EXCHANGES = {34: "IKE_SA_INIT", 35: "IKE_AUTH", 36: "CREATE_CHILD_SA", 37: "INFORMATIONAL"}
 
@@ -78,10 +80,36 @@ def child_record(child: ike.ChildSa) -> ChildSaRecord:
 
 
 @dataclass(slots=True)
-class _Step:
+class Step:
+    """What one step of the core did: the changes to make durable, the datagrams that may
+    leave only once they are, and the IKE SAs whose state it changed."""
+
     changes: Changes = field(default_factory=Changes)
     touched: set[str] = field(default_factory=set)   # IKE SAs whose state this step changed
     created: set[str] = field(default_factory=set)   # IKE SAs first seen in this step
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)  # exported, by IKE SA
+    out: list[Outbound] = field(default_factory=list)
+    exchange: str = "other"
+    liveness_only: bool = False
+    # a new half-open IKE SA (IKE_SA_INIT): its answer leaves at once, its write follows
+    half_open: bool = False
+    # the message names an IKE SA held nowhere (yet): the core has not seen it
+    waiting_for: str | None = None
+    started: float = 0.0
+
+    @property
+    def needs_write(self) -> bool:
+        return not self.changes.empty()
+
+    def holds(self) -> set[str]:
+        """The IKE SAs no other step may change until this one is settled."""
+        return self.touched | set(self.changes.ike_puts) | set(self.changes.deleted_ike)
+
+    def release_now(self) -> list[Outbound]:
+        """The datagrams that may leave before the write: all of them when there is nothing
+        to write, the IKE_SA_INIT answer of a half-open IKE SA, else none."""
+        return self.out if (not self.needs_write or self.half_open) else []
+
 
 
 class Engine:
@@ -107,38 +135,88 @@ class Engine:
 
     # -- inbound -------------------------------------------------------------------------
     def handle(self, inbound: Inbound) -> list[Outbound]:
-        start = time.perf_counter()
-        try:
-            return self._handle(inbound)
-        finally:
-            exchange = EXCHANGES.get(inbound.ike_message[18], "other")
-            self.metrics.step_seconds.labels(exchange).observe(time.perf_counter() - start)
+        """One step, written on its own before its replies are returned."""
+        step = self.step(inbound)
+        out = step.release_now()
+        if step.needs_write:
+            out = out + self.write_now(step)
+        return out
 
-    def _handle(self, inbound: Inbound) -> list[Outbound]:
+    def step(self, inbound: Inbound, may_wait: bool = False) -> Step:
+        """Run the core on one message; nothing is written. `may_wait`: an IKE_AUTH for an
+        IKE SA held nowhere is not handed to the core — `waiting_for` names it, and the
+        caller tries again a moment later (its IKE_SA_INIT answer may have come from
+        another instance whose write of the half-open IKE SA is still on its way)."""
+        start = time.perf_counter()
         now = self.clock()
         ike_sa_id, spi_r, exchange, _flags = ike_sa_id_of(inbound.ike_message)
-        if spi_r and not self.core.has_ike_sa(ike_sa_id):
-            # unknown here: continue it from etcd if it is there; if not, the core answers
-            # or ignores the message as for any unknown SPI (RFC 7296 §2.21.4)
-            self._continue_from_etcd(ike_sa_id)
+        name = EXCHANGES.get(exchange, "other")
+        # unknown here: continue it from etcd if it is there; if not, the core answers or
+        # ignores the message as for any unknown SPI (RFC 7296 §2.21.4)
+        if spi_r and not self.core.has_ike_sa(ike_sa_id) and \
+                not self._continue_from_etcd(ike_sa_id) and may_wait and exchange == IKE_AUTH:
+            return Step(exchange=name, waiting_for=ike_sa_id, started=start)
         try:
             self.core.receive_datagram(inbound.data, inbound.src, inbound.dst, now)
         except LocalProtocolError as exc:  # a bug of ours, not the peer's
             log.error("IKE core refused the message", extra={"ike_sa": ike_sa_id,
                                                              "error": str(exc)})
             self.metrics.dropped.labels("core_error").inc()
-            return []
-        step = self._collect(now)
-        liveness_only = (exchange == INFORMATIONAL and not step.changes.completes_something()
-                         and not step.created)
-        return self._commit(step, liveness_only)
+            return Step(exchange=name, started=start)
+        try:
+            step = self._collect(now)
+        except StoreError as exc:   # the pool had to ask etcd, which did not answer
+            self._etcd_lost(exc)
+            while self.core.next_event() is not None:
+                pass
+            self.core.datagrams_to_send()
+            self._roll_back(ike_sa_id)
+            self.metrics.not_persisted.inc()
+            return Step(exchange=name, started=start)
+        step.exchange, step.started = name, start
+        step.out = [Outbound(d.data, d.src[1], d.dst) for d in self.core.datagrams_to_send()]
+        step.liveness_only = (exchange == INFORMATIONAL
+                              and not step.changes.completes_something() and not step.created)
+        if exchange == IKE_SA_INIT and step.created and not step.changes.completes_something():
+            # A half-open IKE SA is answered at once and written right after (docs/keyd.md):
+            # what a later step that fails returns to is this state, durable or not.
+            step.half_open = True
+            for ike_sa_id in step.created:
+                record = step.changes.ike_puts.get(ike_sa_id)
+                if record is not None:
+                    self._remember(ike_sa_id, record, step.states.get(ike_sa_id))
+        if not step.needs_write or step.half_open:
+            self._observe(step)
+        return step
+
+    def write_now(self, step: Step) -> list[Outbound]:
+        """Write one step's changes (blocking) and settle it."""
+        [error] = self.persister.write_batch([step.changes])
+        return self.settle(step, error)
+
+    def settle(self, step: Step, error: StoreError | None) -> list[Outbound]:
+        """The step's write is done (`error` None) or failed: remember what is durable, or
+        roll back; return the datagrams that may leave now."""
+        try:
+            if error is None:
+                return self._durable_now(step)
+            return self._not_durable(step, error)
+        finally:
+            if not step.half_open:
+                self._observe(step)
+
+    def _observe(self, step: Step) -> None:
+        self.metrics.step_seconds.labels(step.exchange).observe(
+            time.perf_counter() - step.started)
 
     def tick(self) -> list[Outbound]:
         """The core's timers (retransmits, expiry): persist what they changed, best effort."""
         now = self.clock()
         self.core.handle_timer(now)
         step = self._collect(now)
-        out = self._commit(step, liveness_only=True)
+        step.out = [Outbound(d.data, d.src[1], d.dst) for d in self.core.datagrams_to_send()]
+        step.liveness_only = True
+        out = self.write_now(step) if step.needs_write else step.out
         self.metrics.ike_sas.set(len(self._durable))
         return out
 
@@ -146,14 +224,14 @@ class Engine:
         return self.core.get_timer()
 
     # -- events → changes ----------------------------------------------------------------
-    def _collect(self, now: float) -> _Step:
-        step = _Step()
+    def _collect(self, now: float) -> Step:
+        step = Step()
         while (event := self.core.next_event()) is not None:
             self._event(event, step, now)
         self.metrics.sync_core_counters(self.core.counters)
         return step
 
-    def _event(self, event: ike.IkeEvent, step: _Step, now: float) -> None:
+    def _event(self, event: ike.IkeEvent, step: Step, now: float) -> None:
         c = step.changes
         if isinstance(event, ike.AddressRequested):
             self._assign_address(event, step, now)
@@ -162,7 +240,7 @@ class Engine:
             if ike_sa_id not in self._durable:
                 step.created.add(ike_sa_id)
             step.touched.add(ike_sa_id)
-            c.ike_puts[ike_sa_id] = self._ike_record(ike_sa_id, now)
+            c.ike_puts[ike_sa_id], step.states[ike_sa_id] = self._ike_record(ike_sa_id, now)
         elif isinstance(event, ike.ChildSaEstablished):
             c.new_children.append(child_record(event.child))
             step.touched.add(event.child.ike_sa_id)
@@ -201,7 +279,7 @@ class Engine:
             log.warning("authentication failed", extra={
                 "ike_sa": event.ike_sa_id, "identity": event.identity, "reason": event.reason})
 
-    def _assign_address(self, event: ike.AddressRequested, step: _Step, now: float) -> None:
+    def _assign_address(self, event: ike.AddressRequested, step: Step, now: float) -> None:
         if self.pool is None:
             self.core.assign_address(event.ike_sa_id, None, now)
             return
@@ -219,7 +297,7 @@ class Engine:
         self.core.assign_address(event.ike_sa_id, claim.lease.ip, now)
 
     # -- records ---------------------------------------------------------------------------
-    def _ike_record(self, ike_sa_id: str, now: float) -> IkeSaRecord:
+    def _ike_record(self, ike_sa_id: str, now: float) -> tuple[IkeSaRecord, dict[str, Any]]:
         """The ike/ record of an IKE SA the core holds: its exported state, sealed at rest,
         plus the clear fields operators and other components read."""
         state = self.core.export_ike_sa(ike_sa_id)
@@ -233,41 +311,37 @@ class Engine:
             virtual_ip=None if replaced else state.get("virtual_ip"),
             child_spis=[] if replaced else [int(c["spi_in"]) for c in state.get("children", [])],
             keyd_id=self.keyd_id, updated_at=now,
-            state=json.dumps(state, separators=(",", ":")).encode())
+            state=json.dumps(state, separators=(",", ":")).encode()), state
 
     # -- commit or roll back ---------------------------------------------------------------
-    def _commit(self, step: _Step, liveness_only: bool) -> list[Outbound]:
-        out = [Outbound(d.data, d.src[1], d.dst) for d in self.core.datagrams_to_send()]
-        if step.changes.empty():
-            return out
-        try:
-            self.persister.write(step.changes)
-        except StoreError as exc:
-            return self._not_durable(step, out, exc, liveness_only)
+    def _durable_now(self, step: Step) -> list[Outbound]:
         self._etcd_back()
         for ike_sa_id, record in step.changes.ike_puts.items():
-            self._remember(ike_sa_id, record)
+            self._remember(ike_sa_id, record, step.states.get(ike_sa_id))
             self._dirty.discard(ike_sa_id)
         for ike_sa_id in step.changes.deleted_ike:
             self._forget(ike_sa_id)
-        return out
+        return [] if step.half_open else step.out
 
-    def _not_durable(self, step: _Step, out: list[Outbound], exc: StoreError,
-                     liveness_only: bool) -> list[Outbound]:
+    def _not_durable(self, step: Step, exc: StoreError) -> list[Outbound]:
         if isinstance(exc, WriteConflict):
             log.warning("SPI or address taken meanwhile; the client's retransmission is "
                         "negotiated again",
                         extra={"error": str(exc)})
         else:
             self._etcd_lost(exc)
-        if liveness_only and not isinstance(exc, WriteConflict):
+        if step.half_open:
+            # answered already; written when etcd returns (or with its IKE_AUTH)
+            self._dirty.update(i for i in step.created if self.core.has_ike_sa(i))
+            return []
+        if step.liveness_only and not isinstance(exc, WriteConflict):
             # only message IDs moved: answer now, write when etcd returns
             self._dirty.update(step.changes.ike_puts)
-            return out
+            return step.out
         for ike_sa_id in step.touched | set(step.changes.ike_puts):
             self._roll_back(ike_sa_id)
-        self.metrics.not_persisted.inc(len(out) or 1)
-        if step.created:
+        self.metrics.not_persisted.inc(len(step.out) or 1)
+        if step.created or step.changes.established:
             self.metrics.handshakes.labels("not_persisted").inc()
         return []
 
@@ -277,8 +351,9 @@ class Engine:
         if state is not None:
             self.core.import_ike_sa(state)
 
-    def _remember(self, ike_sa_id: str, record: IkeSaRecord) -> None:
-        self._durable[ike_sa_id] = json.loads(record.state)
+    def _remember(self, ike_sa_id: str, record: IkeSaRecord,
+                  state: dict[str, Any] | None = None) -> None:
+        self._durable[ike_sa_id] = json.loads(record.state) if state is None else state
         self._records[ike_sa_id] = record
 
     def _forget(self, ike_sa_id: str) -> None:
@@ -356,7 +431,7 @@ class Engine:
                 self.core.forget_ike_sa(ike_sa_id)
             self._forget(ike_sa_id)
 
-    def _initial_contact(self, event: ike.IkeSaEstablished, step: _Step) -> None:
+    def _initial_contact(self, event: ike.IkeSaEstablished, step: Step) -> None:
         """RFC 7296 §2.4: INITIAL_CONTACT — the peer has no other IKE SA with us any more;
         remove every older one of the same identity (a client that restarted), with its
         Child SAs, owner and address, wherever in the cluster it was negotiated."""
@@ -395,16 +470,17 @@ class Engine:
         if self.pool is not None:
             self.pool.store = store
 
-    def flush(self) -> None:
-        """After an outage: write IKE SAs answered meanwhile, retry deferred removals."""
+    def flush(self, busy: Collection[str] = ()) -> None:
+        """After an outage: write IKE SAs answered meanwhile (but those a step in flight
+        is writing anyway: `busy`), retry deferred removals."""
         now = self.clock()
-        for ike_sa_id in sorted(self._dirty):
+        for ike_sa_id in sorted(self._dirty - set(busy)):
             if not self.core.has_ike_sa(ike_sa_id):
                 self._dirty.discard(ike_sa_id)
                 continue
-            record = self._ike_record(ike_sa_id, now)
+            record, state = self._ike_record(ike_sa_id, now)
             self.persister.write(Changes(ike_puts={ike_sa_id: record}))
-            self._remember(ike_sa_id, record)
+            self._remember(ike_sa_id, record, state)
             self._dirty.discard(ike_sa_id)
         self.persister.retry_removals()
         self._etcd_back()

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cluster.store.client import Guard, Store
+from cluster.store.client import TXN_MAX_OPS, Guard, Store
 from cluster.store.errors import StoreError
 from cluster.store.records import Assignment, ChildSaRecord, IkeSaRecord, NodeRecord, Record
 from sprayer.plan import NodeState, NodeView, candidates, choose
@@ -76,6 +76,14 @@ class Changes:
         return not (self.ike_puts or self.new_children or self.moved_children or self.leases
                     or self.deleted_children or self.deleted_ike or self.rekeyed)
 
+    def has_state(self) -> bool:
+        return bool(self.ike_puts or self.new_children or self.moved_children or self.leases)
+
+    def state_records(self) -> list[Record]:
+        """The records the step's state transaction puts (owners aside)."""
+        return [*self.ike_puts.values(), *self.new_children, *self.moved_children,
+                *(c.lease for c in self.leases if not c.held)]
+
     def completes_something(self) -> bool:
         """True when the step creates or removes SAs (not just a message-ID advance)."""
         return bool(self.new_children or self.deleted_children or self.deleted_ike
@@ -97,19 +105,111 @@ class Persister:
     # -- the ordered write ------------------------------------------------------------------
     def write(self, changes: Changes) -> None:
         """Make `changes` durable in the order of the module docstring; raise StoreError."""
-        if changes.ike_puts or changes.new_children or changes.moved_children or changes.leases:
+        if changes.has_state():
             self._write_state(changes)
         for rekey in changes.rekeyed:
             self._move_owner(rekey)
         self._remove(changes)
 
-    def _write_state(self, changes: Changes) -> None:
-        puts: list[Record] = [*changes.ike_puts.values(), *changes.new_children,
-                              *changes.moved_children]
+    def write_batch(self, batch: list[Changes]) -> list[StoreError | None]:
+        """Make several steps durable at once (group commit): what each step writes before
+        its reply goes into shared transactions — one for the state of every step whose
+        keys do not overlap (up to TXN_MAX_OPS operations), then one for their removals
+        (and one for their owners' removals) — instead of one round trip per step. Returns
+        per step None (durable) or the StoreError that kept it from being durable. A lost
+        guard in a shared transaction does not fail the others: that group is written again
+        step by step, which names the step whose guard lost. A step with an IKE SA rekey is
+        written on its own (`write`)."""
+        results: list[StoreError | None] = [None] * len(batch)
+        simple = [i for i, c in enumerate(batch) if not c.rekeyed]
+        for group in self._groups(batch, simple):
+            try:
+                ok = self._write_states([batch[i] for i in group])
+            except StoreError as exc:
+                for i in group:
+                    results[i] = exc
+                continue
+            if not ok:   # someone's guard lost: find whose
+                for i in group:
+                    try:
+                        self._write_state(batch[i])
+                    except StoreError as exc:
+                        results[i] = exc
+        for i, c in enumerate(batch):
+            if c.rekeyed:
+                try:
+                    self.write(c)
+                except StoreError as exc:
+                    results[i] = exc
+        self._remove_many([batch[i] for i in simple if results[i] is None])
+        return results
+
+    def _groups(self, batch: list[Changes], indices: list[int]) -> list[list[int]]:
+        """Steps whose state writes share one transaction: disjoint keys, at most
+        TXN_MAX_OPS operations each."""
+        groups: list[list[int]] = []
+        keys: set[str] = set()
+        ops = 0
+        for i in indices:
+            c = batch[i]
+            if not c.has_state():
+                continue
+            mine = {self.store.key_of(r) for r in c.state_records()}
+            mine |= {self.store.keyspace.assign(a) for a in c.established}
+            if groups and (mine & keys or ops + len(mine) > TXN_MAX_OPS):
+                groups.append([])
+                keys, ops = set(), 0
+            if not groups:
+                groups.append([])
+            groups[-1].append(i)
+            keys |= mine
+            ops += len(mine)
+        return [g for g in groups if g]
+
+    def _state_ops(self, changes: Changes) -> tuple[list[Record], list[Guard], list[LeaseClaim]]:
+        puts: list[Record] = list(changes.state_records())
         guards = [Guard(self.store.key_of(c), 0) for c in changes.new_children]
         fresh = [c for c in changes.leases if not c.held]
-        puts += [c.lease for c in fresh]
         guards += [Guard(self.store.key_of(c.lease), c.mod_revision) for c in fresh]
+        return puts, guards, fresh
+
+    def _write_states(self, group: list[Changes]) -> bool:
+        """The state of several steps in one transaction, owners included; False if a
+        guard lost (nothing written)."""
+        if len(group) == 1:
+            try:
+                self._write_state(group[0])
+            except WriteConflict:
+                return False
+            return True
+        puts: list[Record] = []
+        guards: list[Guard] = []
+        fresh: list[LeaseClaim] = []
+        owners: list[Assignment] = []
+        for c in group:
+            p, g, f = self._state_ops(c)
+            puts += p
+            guards += g
+            fresh += f
+            owners += [a for a in (self._owner(i) for i in sorted(c.established)) if a]
+        label = "ike_sa+child_sa" if any(c.new_children for c in group) else "ike_sa"
+        with self.metrics.etcd_write(label):
+            ok = self.store.commit(
+                puts=[*puts, *owners],
+                guards=[*guards, *(Guard(self.store.key_of(a), 0) for a in owners)])
+        if ok:
+            self._written(fresh, owners)
+        return ok
+
+    def _written(self, fresh: list[LeaseClaim], owners: list[Assignment]) -> None:
+        if self.pool is not None:
+            for c in fresh:
+                self.pool.written(c)
+        for a in owners:
+            log.info("client assigned", extra={"ike_sa": a.ike_sa_id, "node": a.node})
+
+    def _write_state(self, changes: Changes) -> None:
+        puts, guards, fresh = self._state_ops(changes)
         owners = [a for a in (self._owner(i) for i in sorted(changes.established)) if a]
         label = "ike_sa+child_sa" if changes.new_children else "ike_sa"
         with self.metrics.etcd_write(label):
@@ -119,15 +219,12 @@ class Persister:
             if not ok and owners:
                 # maybe only an owner was there already (the sprayer was quicker): fine
                 ok = self.store.commit(puts=puts, guards=guards)
+                owners = []
         if not ok:
             what = [f"sa/{c.spi_in:08x}" for c in changes.new_children]
             what += [f"pool/{c.lease.ip}" for c in fresh]
             raise WriteConflict(f"taken already in the cluster: {', '.join(what)}")
-        if self.pool is not None:
-            for c in fresh:
-                self.pool.written(c)
-        for a in owners:
-            log.info("client assigned", extra={"ike_sa": a.ike_sa_id, "node": a.node})
+        self._written(fresh, owners)
 
     def _nodes(self) -> list[NodeRecord]:
         if self.view is not None and self.view.nodes_synced:
@@ -181,23 +278,36 @@ class Persister:
         return list(dict.fromkeys(keys)), released
 
     def _remove(self, changes: Changes) -> None:
-        if not (changes.deleted_children or changes.deleted_ike):
+        self._remove_many([changes])
+
+    def _remove_many(self, batch: list[Changes]) -> None:
+        """The removals of several steps together (sa/, ike/, pool/ in one transaction,
+        then the owners); deferred and retried if etcd fails."""
+        batch = [c for c in batch if c.deleted_children or c.deleted_ike]
+        if not batch:
             return
         try:
-            keys, released = self._removal_keys(changes)
-            self._delete(keys)
+            keys: list[str] = []
+            released: list[tuple[str, str]] = []
+            for changes in batch:
+                k, r = self._removal_keys(changes)
+                keys += k
+                released += r
+            self._delete(list(dict.fromkeys(keys)))
             if self.pool is not None:
                 for ip, ike_sa_id in released:
                     self.pool.released(ip, ike_sa_id)
         except StoreError as exc:
             log.warning("removal deferred until etcd answers", extra={"error": str(exc)})
             ks = self.store.keyspace
-            self._pending.append(
-                [ks.sa(s) for s in changes.deleted_children]
-                + [k for i in changes.deleted_ike for k in (ks.ike(i), ks.assign(i))]
-                + [ks.sa(s) for r in changes.deleted_ike.values() if r for s in r.child_spis]
-                + [ks.pool(r.virtual_ip) for r in changes.deleted_ike.values()
-                   if r and r.virtual_ip])
+            for changes in batch:
+                self._pending.append(
+                    [ks.sa(s) for s in changes.deleted_children]
+                    + [k for i in changes.deleted_ike for k in (ks.ike(i), ks.assign(i))]
+                    + [ks.sa(s) for r in changes.deleted_ike.values() if r
+                       for s in r.child_spis]
+                    + [ks.pool(r.virtual_ip) for r in changes.deleted_ike.values()
+                       if r and r.virtual_ip])
 
     def _delete(self, keys: list[str]) -> None:
         # owners last, in a later revision: a sprayer that sees a client without an owner
@@ -205,10 +315,10 @@ class Persister:
         owners = [k for k in keys if k.startswith(self.store.keyspace.kind_prefix("assign"))]
         rest = [k for k in keys if k not in owners]
         with self.metrics.etcd_write("delete"):
-            if rest:
-                self.store.commit(deletes=rest)
-            if owners:
-                self.store.commit(deletes=owners)
+            for i in range(0, len(rest), TXN_MAX_OPS):
+                self.store.commit(deletes=rest[i:i + TXN_MAX_OPS])
+            for i in range(0, len(owners), TXN_MAX_OPS):
+                self.store.commit(deletes=owners[i:i + TXN_MAX_OPS])
 
     def retry_removals(self) -> int:
         """Retry removals that failed while etcd was away; return how many are left."""

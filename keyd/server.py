@@ -37,7 +37,7 @@ from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent, WatchResyn
 
 from .config import DEFAULT_PATH, ConfigError, KeydConfig, load_config, parse_listen
 from .core import build_core, responder_config
-from .engine import Engine, Outbound
+from .engine import Engine, Outbound, Step, ike_sa_id_of
 from .ike.responder import Responder
 from .logs import setup_logging
 from .metrics import KeydMetrics
@@ -49,6 +49,11 @@ log = logging.getLogger("keyd")
 
 VERSION = "0.1.0"
 LEASE_TTL_S = 5
+#: steps written together at most (each transaction stays under etcd's 128 operations)
+COMMIT_BATCH_MAX = 64
+#: an IKE_AUTH for an IKE SA held nowhere is tried again after these delays (its half-open
+#: state may be on its way to etcd from the instance that answered IKE_SA_INIT)
+HALF_OPEN_RETRY_S = (0.01, 0.05, 0.2, 0.5)
 
 
 class KeydServer:
@@ -79,6 +84,11 @@ class KeydServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._systemd_watchdog: asyncio.Task[None] | None = None
         self._ready_said = False
+        # steps waiting for their write (group commit), and the messages that wait for them
+        self._commits: asyncio.Queue[Step] = asyncio.Queue()
+        self._held: dict[str, list[Inbound]] = {}
+        self._held_count: dict[str, int] = {}
+        self._writing = False
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,6 +117,7 @@ class KeydServer:
             asyncio.create_task(self._supervised(self._register), name="keyd-register"),
             asyncio.create_task(self._supervised(self._etcd_probe), name="keyd-etcd-probe"),
             asyncio.create_task(self._supervised(self._sweeper), name="keyd-sweeper"),
+            asyncio.create_task(self._supervised(self._committer), name="keyd-committer"),
         ]
 
     async def stop(self) -> None:
@@ -169,16 +180,75 @@ class KeydServer:
         return self._engine
 
     # -- datagrams -------------------------------------------------------------------------
-    def _enqueue(self, inbound: Inbound) -> None:
-        self.metrics.datagrams_in.labels(str(inbound.dst[1])).inc()
+    # A step runs the core at once; what it must write goes to the committer, which writes
+    # every step waiting for it in shared transactions (group commit) and releases each
+    # step's replies when its write is done. Until then, further messages for the IKE SAs
+    # the step changed wait here (in order), so each IKE SA has at most one step in flight.
+    def _enqueue(self, inbound: Inbound, attempt: int = 0) -> None:
+        if not attempt:
+            self.metrics.datagrams_in.labels(str(inbound.dst[1])).inc()
+        ike_sa_id = ike_sa_id_of(inbound.ike_message)[0]
+        waiting = self._held.get(ike_sa_id)
+        if waiting is not None:
+            waiting.append(inbound)
+            return
         try:
-            out = self.engine.handle(inbound)
+            step = self.engine.step(inbound, may_wait=attempt < len(HALF_OPEN_RETRY_S))
         except Exception as exc:  # the edge: a bug must cost one message, not the daemon
             log.error("message not handled", extra={"error": f"{type(exc).__name__}: {exc}",
                                                     "peer": f"{inbound.src[0]}"})
             self.metrics.dropped.labels("internal_error").inc()
             return
-        self._send(out)
+        if step.waiting_for is not None and self._loop is not None:
+            # maybe another instance's write of this half-open IKE SA is on its way
+            self._loop.call_later(HALF_OPEN_RETRY_S[attempt], self._enqueue, inbound,
+                                  attempt + 1)
+            return
+        self._send(step.release_now())
+        if step.needs_write:
+            for held in step.holds():
+                self._held.setdefault(held, [])
+                self._held_count[held] = self._held_count.get(held, 0) + 1
+            self._commits.put_nowait(step)
+
+    async def _committer(self) -> None:
+        """Group commit: every step queued meanwhile goes into the next write."""
+        while True:
+            batch = [await self._commits.get()]
+            while len(batch) < COMMIT_BATCH_MAX and not self._commits.empty():
+                batch.append(self._commits.get_nowait())
+            self._writing = True
+            try:
+                results: list[StoreError | None] = await asyncio.to_thread(
+                    self.engine.persister.write_batch, [s.changes for s in batch])
+            except Exception as exc:   # not etcd's: the steps are not durable either
+                log.error("write failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                results = [StoreError(str(exc))] * len(batch)
+            finally:
+                self._writing = False
+            for step, error in zip(batch, results, strict=True):
+                try:
+                    self._send(self.engine.settle(step, error))
+                except Exception as exc:
+                    log.error("step not settled", extra={
+                        "error": f"{type(exc).__name__}: {exc}"})
+                self._release(step)
+
+    def _release(self, step: Step) -> None:
+        """The step is settled: messages that waited for its IKE SAs go on, in order."""
+        for held in step.holds():
+            left = self._held_count.get(held, 1) - 1
+            if left > 0:
+                self._held_count[held] = left
+                continue
+            self._held_count.pop(held, None)
+            for inbound in self._held.pop(held, []):
+                self._enqueue(inbound, attempt=len(HALF_OPEN_RETRY_S))
+
+    @property
+    def _quiet(self) -> bool:
+        """No step in flight: the timers and the flush may touch any IKE SA."""
+        return not self._held_count and not self._writing and self._commits.empty()
 
     def _dropped(self, reason: str) -> None:
         self.metrics.dropped.labels(reason).inc()
@@ -195,6 +265,8 @@ class KeydServer:
             deadline = self.engine.next_timer()
             delay = 1.0 if deadline is None else min(max(deadline - time.time(), 0.0), 1.0)
             await asyncio.sleep(delay)
+            while not self._quiet:
+                await asyncio.sleep(0.01)
             try:
                 out = self.engine.tick()
             except Exception as exc:
@@ -309,7 +381,7 @@ class KeydServer:
             self.pool.store = fresh
             try:
                 self.engine.use_store(fresh)
-                self.engine.flush()
+                self.engine.flush(busy=set(self._held_count))
             except StoreError:
                 continue
             finally:
