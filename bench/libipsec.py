@@ -24,7 +24,8 @@ keys, exactly as it does for the node.
 
 Public API: `swanctl_conf`, `strongswan_conf`, `start_gateway`, `stop_gateway`,
 `establish` (the subcommand's body), `client_sa` (the sealing side from the file),
-`forwarded_by_charon` (the Child SA's inbound packet count `swanctl --list-sas` shows).
+`forwarded_by_charon` (the Child SAs' inbound packet count `swanctl --list-sas` shows,
+`in_packets` parses it).
 """
 
 from __future__ import annotations
@@ -160,8 +161,17 @@ def forwarded_by_charon(pid: int) -> int:
     """Packets charon's installed Child SAs received and decrypted (the `in` counter of
     `swanctl --list-sas`): the gateway's own count, as the node's `packets_in` is."""
     from cluster.lab import strongswan
-    text = strongswan.swanctl(pid, "--list-sas", timeout_s=15)
-    return sum(int(m.group(3)) for m in _CHILD_IN.finditer(text))
+    from cluster.lab.errors import LabError
+    try:
+        text = strongswan.swanctl(pid, "--list-sas", timeout_s=15)
+    except LabError as exc:
+        raise RuntimeError(f"charon's SA counters unreadable: {exc}") from None
+    return in_packets(text)
+
+
+def in_packets(list_sas: str) -> int:
+    """The inbound packet counts of every Child SA in `swanctl --list-sas` output, summed."""
+    return sum(int(m.group(3)) for m in _CHILD_IN.finditer(list_sas))
 
 
 # -- inside the generator's namespace --------------------------------------------------------
