@@ -20,10 +20,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from cluster import systemd
 from cluster.esp import IvSource, SaCounters, prefix_from_revision
 from cluster.node import tun as tunmod
 from cluster.node.config import NodeConfig, NodeSection
-from cluster.node.counters import Checkpointer, Due, is_final_for, take_over
+from cluster.node.counters import (
+    Checkpointer,
+    Due,
+    Traffic,
+    is_final_for,
+    seq_record,
+    take_over,
+)
 from cluster.node.datapath import Datapath
 from cluster.node.metrics import Snapshot
 from cluster.node.relay import IkeRelay
@@ -51,6 +59,8 @@ log = logging.getLogger("cluster.node")
 
 VERSION = "0.1.0"
 HANDOFF_WAIT_S = 1.0  # how long a new owner waits for the old owner's final record
+HOLD_S = 2.0  # outbound packets of a client in hand-off are held this long at most
+FORWARD_S = 5.0  # an old owner forwards a handed-off client's traffic this long
 FETCH_RETRY_S = 5.0  # an unknown SPI is read from etcd at most once per this period
 RETRY_S = 0.5
 IV_RENEW_AT = 1 << 31  # IVs drawn under one prefix before a fresh one is taken
@@ -77,6 +87,12 @@ def merge_window(a: SaCounters, b: SaCounters, size: int) -> SaCounters:
         if shift < size:
             bitmap |= (c.in_bitmap << shift) & mask
     return SaCounters(max(a.out_seq, b.out_seq), top, bitmap)
+
+
+def _reinject(dp: Datapath, addr: bytes) -> None:
+    n = dp.reinject({addr})
+    if n:
+        log.debug("%d held packet(s) for %s forwarded to the new owner", n, addr.hex())
 
 
 class NodeAgent:
@@ -109,9 +125,13 @@ class NodeAgent:
         self.sending: dict[str, int] = {}  # ike_sa_id -> epoch this node sends under
         self.acquiring: dict[str, int] = {}  # ike_sa_id -> epoch being taken over
         self.routed: set[bytes] = set()  # client addresses routed to the TUN
+        #: node id -> back-end address, from nodes/ (where a handed-off client is forwarded)
+        self.node_addresses: dict[str, str] = {}
+        #: client address -> (new owner's address, until): routed there after a hand-off away
+        self.forwarded: dict[bytes, tuple[str, float]] = {}
         self._client_routes: dict[str, set[bytes]] = {}
         self._route_refs: Counter[bytes] = Counter()
-        self._routes: queue.SimpleQueue[tuple[bytes, bool] | None] = queue.SimpleQueue()
+        self._routes: queue.SimpleQueue[tuple[bytes, str, str] | None] = queue.SimpleQueue()
         self._fetched: dict[int, float] = {}
         self._control: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._writes: queue.SimpleQueue[list[tuple[SeqRecord, Guard]] | None] = \
@@ -177,6 +197,8 @@ class NodeAgent:
             self.relay.stop()
         for addr in list(self.routed):
             tunmod.unroute(addr, self.cfg.tun)
+        for addr, (via, _) in list(self.forwarded.items()):
+            tunmod.unroute_via(addr, via)
         if self._tun_fd >= 0:
             os.close(self._tun_fd)
             self._tun_fd = -1
@@ -217,7 +239,11 @@ class NodeAgent:
     def _control_loop(self) -> None:
         tick_s = min(0.05, self.cfg.checkpoint_ms / 4000)
         next_tick = self.clock()
+        # systemd's watchdog is fed from this loop: if ownership logic stalls, systemd
+        # restarts the node (the data path alone would keep sending unfenced)
+        watchdog = systemd.WatchdogTicker()
         while True:
+            watchdog.tick(time.monotonic())
             try:
                 fn = self._control.get(timeout=max(0.0, next_tick - self.clock()))
             except queue.Empty:
@@ -245,14 +271,18 @@ class NodeAgent:
                 self._sa_put(r)
             elif isinstance(r, Assignment):
                 self._assignment(r, ev.revision)
-            elif isinstance(r, NodeRecord) and r.id == self.cfg.id:
-                self.draining = r.state == "draining"
+            elif isinstance(r, NodeRecord):
+                self.node_addresses[r.id] = r.address
+                if r.id == self.cfg.id:
+                    self.draining = r.state == "draining"
         elif isinstance(ev, RecordDeleted):
             if kind == "sa":
                 with contextlib.suppress(ValueError):
                     self._sa_deleted(int(ev.name, 16))
             elif kind == "assign":
                 self._assignment_gone(ev.name)
+            elif kind == "nodes":
+                self.node_addresses.pop(ev.name, None)
         elif isinstance(ev, WatchResynced):
             if kind == "sa":
                 # the full list at a revision: anything else we hold is gone
@@ -266,8 +296,12 @@ class NodeAgent:
                 for k in [k for k in self.assigns if k not in present]:
                     self._assignment_gone(k)
             self._synced.add(kind)
-            if len(self._synced) == 3:
+            if len(self._synced) == 3 and not self.ready.is_set():
                 self.ready.set()
+                # the lease exists (start() registered before watching) and SAs, assignments
+                # and nodes are synced: tell systemd (Type=notify) once
+                systemd.notify_ready(f"node {self.cfg.id}: lease held, {len(self.records)} "
+                                     f"SAs loaded, sending for {len(self.sending)} clients")
 
     # SAs ----------------------------------------------------------------------------------
     def _sa_put(self, r: ChildSaRecord) -> None:
@@ -294,6 +328,7 @@ class NodeAgent:
             prev = dp.table.get(r.spi_in)
             if prev is not None:  # an update: the SA's sequence state carries over
                 sa.restore(prev.counters())
+                sa.traffic_base = prev.traffic()
                 sa.send_limit = 0 if moved else prev.send_limit
                 if not peer_moved:
                     sa.peer = prev.peer
@@ -369,8 +404,9 @@ class NodeAgent:
             self._acquire(k, a)
             return
         if k in self.sending or k in self.acquiring:
-            self._fence(k)
-            if a.phase == "handoff" and a.previous_node == me:
+            planned = a.phase == "handoff" and a.previous_node == me
+            self._fence(k, forward_to=self.node_addresses.get(a.node) if planned else None)
+            if planned:
                 self._write_final(k, a, revision)
 
     def _assignment_gone(self, k: str) -> None:
@@ -378,8 +414,13 @@ class NodeAgent:
         if k in self.sending or k in self.acquiring:
             self._fence(k)
 
-    def _fence(self, k: str) -> None:
-        """Stop sending for client k now (a newer epoch, or no assignment)."""
+    def _fence(self, k: str, forward_to: str | None = None) -> None:
+        """Stop sending for client k now (a newer epoch, or no assignment).
+
+        `forward_to`: a planned hand-off to the node at that back-end address. The router
+        keeps sending the client's return traffic here until the sprayer flips its route, so
+        the client's addresses are routed to the new owner instead of dropped (held in the
+        data path for the moment the route takes to change, then given back to the kernel)."""
         assert self.datapath is not None
         self.sending.pop(k, None)
         self.acquiring.pop(k, None)
@@ -387,15 +428,21 @@ class NodeAgent:
         for spi in spis:
             self.checkpointer.disown(spi)
         dp = self.datapath
+        addrs = set(self._client_routes.get(k, ())) if forward_to else set()
 
         def fence() -> None:
             for spi in spis:
                 sa = dp.table.get(spi)
                 if sa is not None:
                     dp.stop_sending(sa)
+            if addrs:
+                dp.hold(addrs, HOLD_S)
+            else:
+                dp.release({a for spi in spis if (sa := dp.table.get(spi)) is not None
+                            for a in sa.client_addresses})
         dp.run(fence)
         self.stats.fenced += 1
-        self._route_client(k)
+        self._route_client(k, forward_to=forward_to)
 
     def _write_final(self, k: str, a: Assignment, revision: int) -> None:
         """Planned hand-off away from us: our exact counters as `final` records, guarded by
@@ -403,11 +450,11 @@ class NodeAgent:
         assert self.datapath is not None
         dp = self.datapath
         spis = set(self.by_ike.get(k, ()))
-        counters = dp.run(lambda: {s: sa.counters() for s in spis
+        counters = dp.run(lambda: {s: (sa.counters(), sa.traffic()) for s in spis
                                    if (sa := dp.table.get(s)) is not None})
         wall = self.wall()
-        records = [SeqRecord(s, self.cfg.id, a.epoch, c.out_seq, c.in_highest, c.in_bitmap,
-                             "final", wall) for s, c in counters.items()]
+        records = [seq_record(s, self.cfg.id, a.epoch, c, "final", wall, t)
+                   for s, (c, t) in counters.items()]
         guard = Guard(self.store.keyspace.assign(k), revision)
 
         def write() -> None:
@@ -434,27 +481,64 @@ class NodeAgent:
             self.sending[k] = a.epoch
             return
         wait_s = HANDOFF_WAIT_S if a.phase == "handoff" and a.previous_node else 0.0
+        # the client's return traffic may reach us before we send (the old owner forwards
+        # it, or the router flips first): route it here and hold it until we do
+        assert self.datapath is not None
+        dp = self.datapath
+        addrs = {addr for s in wanted if (r := self.records.get(s)) is not None
+                 for addr in client_addresses(r)}
+        dp.call(functools.partial(dp.hold, addrs, HOLD_S))
+        self._route_client(k)
 
         def read() -> None:
             deadline = self.clock() + wait_s
-            while not self._stopping:
-                store = self.store
-                try:
-                    seqs = {s: (v.record if (v := store.get(SeqRecord, s)) else None)
-                            for s in wanted}
-                except StoreError as e:
-                    log.warning("take-over of %s waits for etcd: %s", k, e)
-                    self._reconnect(store)
-                    time.sleep(RETRY_S)
-                    continue
-                except Exception as e:  # a malformed seq record: treat as absent
-                    log.warning("take-over of %s: unreadable seq record (%s)", k, e)
-                    seqs = dict.fromkeys(wanted)
-                if all(is_final_for(r, a) for r in seqs.values()) or self.clock() >= deadline:
-                    self.post(functools.partial(self._acquired, k, a, seqs))
-                    return
-                time.sleep(0.02)
+            changed = threading.Event()
+            watches = self._watch_seq(wanted, changed) if wait_s else []
+            try:
+                while not self._stopping:
+                    store = self.store
+                    changed.clear()
+                    try:
+                        seqs = {s: (v.record if (v := store.get(SeqRecord, s)) else None)
+                                for s in wanted}
+                    except StoreError as e:
+                        log.warning("take-over of %s waits for etcd: %s", k, e)
+                        self._reconnect(store)
+                        time.sleep(RETRY_S)
+                        continue
+                    except Exception as e:  # a malformed seq record: treat as absent
+                        log.warning("take-over of %s: unreadable seq record (%s)", k, e)
+                        seqs = dict.fromkeys(wanted)
+                    left = deadline - self.clock()
+                    if all(is_final_for(r, a) for r in seqs.values()) or left <= 0:
+                        self.post(functools.partial(self._acquired, k, a, seqs))
+                        return
+                    # the final record arrives by the watch; a slow poll covers a lost watch
+                    changed.wait(min(left, 0.2 if watches else 0.02))
+            finally:
+                self._unwatch(watches)
         self._pool.submit(read)
+
+    def _watch_seq(self, spis: set[int], changed: threading.Event) -> list[tuple[Store, int]]:
+        """Watch seq/<spi> of these SAs (a hand-off: the old owner's final record), setting
+        `changed` on any write. Empty if etcd cannot set the watch up (the caller polls)."""
+        store = self.store
+        out: list[tuple[Store, int]] = []
+        try:
+            for spi in spis:
+                key = store.keyspace.seq(spi)
+                out.append((store, store.raw.add_watch_callback(
+                    key, lambda _resp: changed.set())))
+        except Exception as e:
+            log.info("watching seq records failed (%s): polling", e)
+            self._unwatch(out)
+            return []
+        return out
+
+    def _unwatch(self, watches: list[tuple[Store, int]]) -> None:
+        for store, watch_id in watches:
+            with contextlib.suppress(Exception):
+                store.raw.cancel_watch(watch_id)
 
     def _acquired(self, k: str, a: Assignment, seqs: dict[int, SeqRecord | None]) -> None:
         assert self.datapath is not None
@@ -468,6 +552,7 @@ class NodeAgent:
         window = self.cfg.replay_window
         plans = {}
         persisted = {}
+        carried = {spi: Traffic.of(seq) for spi, seq in seqs.items()}
         for spi, seq in seqs.items():
             if spi not in self.records:
                 continue
@@ -488,6 +573,8 @@ class NodeAgent:
                     continue
                 start = merge_window(sa.counters(), to.counters, window)
                 sa.restore(start)
+                # the record's traffic is the SA's life so far; this node counts on from it
+                sa.traffic_base = carried[spi] - sa.local_traffic()
                 started[spi] = start
             return started
         started = dp.run(apply)
@@ -510,11 +597,13 @@ class NodeAgent:
                            for s, p in plans.items()))
         self._tick()  # a jumped start is written before its first packet
 
-    def _route_client(self, k: str) -> None:
-        """Routes to the TUN for the addresses of client k while we send for it; the
-        address routes are reference-counted over clients (two may share a selector)."""
+    def _route_client(self, k: str, forward_to: str | None = None) -> None:
+        """Routes to the TUN for the addresses of client k while we send for it (or are
+        taking it over); the address routes are reference-counted over clients (two may share
+        a selector). An address no longer ours is routed `forward_to` (the new owner's
+        back-end address) for FORWARD_S when given, else its route is removed."""
         want: set[bytes] = set()
-        if k in self.sending:
+        if k in self.sending or k in self.acquiring:
             for spi in self.by_ike.get(k, ()):
                 r = self.records.get(spi)
                 if r is not None:
@@ -526,27 +615,49 @@ class NodeAgent:
             self._route_refs[addr] += 1
             if self._route_refs[addr] == 1:
                 self.routed.add(addr)
-                self._routes.put((addr, True))
+                self.forwarded.pop(addr, None)
+                self._routes.put((addr, "tun", ""))
         for addr in had - want:
             self._route_refs[addr] -= 1
             if self._route_refs[addr] <= 0:
                 del self._route_refs[addr]
                 self.routed.discard(addr)
-                self._routes.put((addr, False))
+                if forward_to:
+                    self.forwarded[addr] = (forward_to, self.clock() + FORWARD_S)
+                    self._routes.put((addr, "via", forward_to))
+                else:
+                    self._routes.put((addr, "del", ""))
+
+    def _unforward(self, now: float) -> None:
+        """Forwarding routes of handed-off clients expire (the router has long flipped)."""
+        for addr, (via, until) in list(self.forwarded.items()):
+            if now >= until:
+                del self.forwarded[addr]
+                if addr not in self._route_refs:
+                    self._routes.put((addr, "unvia", via))
 
     def _route_loop(self) -> None:
         """Applies route changes in the order they were decided (one thread: no reordering
         of an add and a delete of the same address)."""
         tun = self.cfg.tun
         while (item := self._routes.get()) is not None:
-            addr, add = item
+            addr, action, via = item
             try:
-                if add:
+                if action == "tun":
                     tunmod.route_to_tun(addr, tun)
+                elif action == "via":
+                    tunmod.route_via(addr, via)
+                elif action == "unvia":
+                    tunmod.unroute_via(addr, via)
                 else:
                     tunmod.unroute(addr, tun)
             except tunmod.TunError as e:
                 log.error("%s", e)
+            if action == "via":
+                # what arrived while the route changed goes to the new owner too
+                dp = self.datapath
+                if dp is not None:
+                    dp.call(functools.partial(_reinject, dp, addr))
 
     # membership ---------------------------------------------------------------------------
     def _lease_lost(self, ev: LeaseLost) -> None:
@@ -608,6 +719,8 @@ class NodeAgent:
     def _tick(self) -> None:
         if self.datapath is None:
             return
+        if self.forwarded:
+            self._unforward(self.clock())
         iv = self.iv_source
         if iv is not None and iv.used > IV_RENEW_AT and not self._renewing:
             self._renewing = True
@@ -618,14 +731,15 @@ class NodeAgent:
         dp = self.datapath
         forced = self.checkpointer.forced()
 
-        def moved() -> dict[int, SaCounters]:
+        def moved() -> dict[int, tuple[SaCounters, Traffic]]:
             # only SAs that moved since their acknowledged checkpoint (or must be written)
             get = dp.table.by_spi.get
-            return {s: sa.counters() for s, mark in list(marks.items())
+            return {s: (sa.counters(), sa.traffic()) for s, mark in list(marks.items())
                     if (sa := get(s)) is not None
                     and (s in forced or mark != (sa.out_seq, sa.window.highest))}
         current = dp.run(moved)
-        due = self.checkpointer.due(current, self.clock(), self.wall())
+        due = self.checkpointer.due({s: c for s, (c, _) in current.items()}, self.clock(),
+                                    self.wall(), {s: t for s, (_, t) in current.items()})
         batch = [(d.record, g) for d in due if (g := self._guard(d)) is not None]
         # never unguarded: a checkpoint is only valid under the assignment it was made for
         self.checkpointer.failed([d.record for d in due if self._guard(d) is None])
@@ -709,6 +823,8 @@ class NodeAgent:
                 sa = dp.table.get(spi)
                 if sa is not None and sa.send_limit:
                     sa.send_limit = limit
+                    if dp.held:
+                        dp.flush(sa)  # packets held at the take-over's limit go out now
         dp.call(raise_limits)
 
     # health and metrics -------------------------------------------------------------------

@@ -34,6 +34,46 @@ from cluster.store import Assignment, SeqRecord
 
 
 @dataclass(frozen=True, slots=True)
+class Traffic:
+    """Inner packets and bytes an SA carried, decrypted (in) and encrypted (out)."""
+
+    packets_in: int = 0
+    packets_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def __add__(self, other: Traffic) -> Traffic:
+        return Traffic(self.packets_in + other.packets_in, self.packets_out + other.packets_out,
+                       self.bytes_in + other.bytes_in, self.bytes_out + other.bytes_out)
+
+    def __sub__(self, other: Traffic) -> Traffic:
+        return Traffic(self.packets_in - other.packets_in, self.packets_out - other.packets_out,
+                       self.bytes_in - other.bytes_in, self.bytes_out - other.bytes_out)
+
+    @classmethod
+    def of(cls, seq: SeqRecord | None) -> Traffic:
+        """What a seq record says the SA carried before (zero if it does not say)."""
+        if seq is None:
+            return cls()
+        return cls(seq.packets_in or 0, seq.packets_out or 0, seq.bytes_in or 0,
+                   seq.bytes_out or 0)
+
+    def clamped(self) -> Traffic:
+        return Traffic(*(max(0, n) for n in (self.packets_in, self.packets_out,
+                                             self.bytes_in, self.bytes_out)))
+
+
+def seq_record(spi: int, node_id: str, epoch: int, counters: SaCounters, kind: str,
+               wall: float, traffic: Traffic | None) -> SeqRecord:
+    """The `seq/<spi>` record of these counters (and traffic, when known)."""
+    t = traffic.clamped() if traffic is not None else None
+    return SeqRecord(spi, node_id, epoch, counters.out_seq, counters.in_highest,
+                     counters.in_bitmap, "final" if kind == "final" else "checkpoint", wall,
+                     t.packets_in if t else None, t.packets_out if t else None,
+                     t.bytes_in if t else None, t.bytes_out if t else None)
+
+
+@dataclass(frozen=True, slots=True)
 class TakeOver:
     """Where a new owner starts one SA."""
 
@@ -131,9 +171,11 @@ class Checkpointer:
         """Checkpoints written but not yet acknowledged."""
         return sum(1 for t in self._tracks.values() if t.in_flight is not None)
 
-    def due(self, current: dict[int, SaCounters], now: float, wall: float) -> list[Due]:
+    def due(self, current: dict[int, SaCounters], now: float, wall: float,
+            traffic: dict[int, Traffic] | None = None) -> list[Due]:
         """Checkpoints to write now, given each owned SA's current counters; `now` is the
-        monotonic clock, `wall` the time written into the records."""
+        monotonic clock, `wall` the time written into the records; `traffic`, each SA's
+        traffic over its life, goes into the records as it is."""
         out = []
         for spi, counters in current.items():
             t = self._tracks.get(spi)
@@ -147,9 +189,9 @@ class Checkpointer:
                     or now - t.acked_at_s >= self.every_s):
                 t.in_flight = counters
                 t.force = False
-                out.append(Due(SeqRecord(spi, self.node_id, t.epoch, counters.out_seq,
-                                         counters.in_highest, counters.in_bitmap,
-                                         "checkpoint", wall), t.ike_sa_id))
+                out.append(Due(seq_record(spi, self.node_id, t.epoch, counters, "checkpoint",
+                                          wall, traffic.get(spi) if traffic else None),
+                               t.ike_sa_id))
         return out
 
     def acked(self, records: list[SeqRecord], now: float) -> None:

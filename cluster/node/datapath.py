@@ -36,6 +36,7 @@ log = logging.getLogger("cluster.node.datapath")
 
 T = TypeVar("T")
 BATCH = 256  # packets handled per readiness event before looking at the other fds
+HOLD_PACKETS = 256  # packets held per client address while its hand-off completes
 MAX_PACKET = 65535
 SOCKET_BUFFER = 4 << 20
 
@@ -53,6 +54,7 @@ class Totals:
     send_errors: int = 0
     health_probes: int = 0
     ike_relayed: int = 0
+    reinjected: int = 0  # held packets given back to the kernel after a hand-off away
 
 
 class Datapath:
@@ -69,6 +71,9 @@ class Datapath:
         #: packed client address → the SA this node sends to it on (owned, not fenced)
         self.outbound: dict[bytes, NodeSa] = {}
         self.drops: Counter[DropReason] = Counter()  # outbound and socket-level drops
+        #: packed client address → (deadline, packets): outbound packets kept, not dropped,
+        #: while a hand-off of that client completes (see `hold`)
+        self.held: dict[bytes, tuple[float, list[bytes]]] = {}
         self.totals = Totals()
         #: set while the lease is unconfirmed (etcd silent): send only on SAs whose client was
         #: heard from within `fence_grace_s` (docs/node.md, "Fencing")
@@ -164,6 +169,7 @@ class Datapath:
             cur = self.outbound.get(addr)
             if cur is None or cur.created_at <= sa.created_at:  # newest Child SA wins (rekey)
                 self.outbound[addr] = sa
+        self.flush(sa)
 
     def stop_sending(self, sa: NodeSa) -> None:
         sa.send_limit = 0
@@ -180,6 +186,68 @@ class Datapath:
                 best = o
         if best is not None:
             self.outbound[addr] = best
+
+    def hold(self, addresses: tuple[bytes, ...] | set[bytes], for_s: float) -> None:
+        """Keep (up to HOLD_PACKETS each, for `for_s`) the outbound packets for these client
+        addresses that have no SA to go out on, instead of dropping them: a client in
+        hand-off. `send_on` sends them once this node sends for the client; `reinject`
+        gives them back to the kernel once the address is routed elsewhere; `release`
+        drops them."""
+        deadline = time.monotonic() + for_s
+        for addr in addresses:
+            cur = self.held.get(addr)
+            self.held[addr] = (deadline, cur[1] if cur else [])
+
+    def release(self, addresses: tuple[bytes, ...] | set[bytes]) -> None:
+        """Stop holding; what was held is dropped (`not_owner`)."""
+        for addr in addresses:
+            cur = self.held.pop(addr, None)
+            if cur is not None and cur[1]:
+                self.drops[DropReason.NOT_OWNER] += len(cur[1])
+
+    def reinject(self, addresses: tuple[bytes, ...] | set[bytes]) -> int:
+        """Stop holding and write what was held back into the TUN device: the kernel routes
+        it again, now along the client's new route (the new owner). Returns the count."""
+        n = 0
+        for addr in addresses:
+            cur = self.held.pop(addr, None)
+            if cur is None:
+                continue
+            for pkt in cur[1]:
+                try:
+                    os.write(self.tun_fd, pkt)
+                    n += 1
+                except OSError:
+                    self.totals.tun_errors += 1
+        self.totals.reinjected += n
+        return n
+
+    def flush(self, sa: NodeSa) -> None:
+        """Send the packets held for `sa`'s client addresses, as far as its send limit
+        allows (the rest stay held until `flush` is called again after a new limit)."""
+        now = time.monotonic()
+        for addr in sa.client_addresses:
+            cur = self.held.get(addr)
+            if cur is None or self.outbound.get(addr) is not sa:
+                continue
+            pending = cur[1]
+            while pending and sa.out_seq + 1 < sa.send_limit:
+                self._send(sa, pending.pop(0), now)
+            if not pending:
+                del self.held[addr]
+
+    def _keep(self, addr: bytes, pkt: bytes, now: float) -> bool:
+        cur = self.held.get(addr)
+        if cur is None:
+            return False
+        if now > cur[0]:
+            del self.held[addr]
+            self.drops[DropReason.NOT_OWNER] += len(cur[1])
+            return False
+        if len(cur[1]) >= HOLD_PACKETS:
+            return False
+        cur[1].append(pkt)
+        return True
 
     def fence_all(self) -> None:
         for sa in list(self.table.by_spi.values()):
@@ -311,6 +379,7 @@ class Datapath:
         tun = self.tun_fd
         out = self.outbound
         drops = self.drops
+        held = self.held
         now = time.monotonic()
         for _ in range(BATCH):
             try:
@@ -320,30 +389,36 @@ class Datapath:
             if len(pkt) < 20:
                 drops[DropReason.MALFORMED] += 1
                 continue
-            sa = out.get(pkt[16:20] if pkt[0] >> 4 == 4 else pkt[24:40])
+            dst = pkt[16:20] if pkt[0] >> 4 == 4 else pkt[24:40]
+            sa = out.get(dst)
             if sa is None:
-                drops[DropReason.NOT_OWNER] += 1
+                if not (held and self._keep(dst, pkt, now)):
+                    drops[DropReason.NOT_OWNER] += 1
                 continue
             if sa.out_seq + 1 >= sa.send_limit:
-                drops[DropReason.CHECKPOINT_LAG] += 1
+                if not (held and self._keep(dst, pkt, now)):
+                    drops[DropReason.CHECKPOINT_LAG] += 1
                 continue
             if self.detached and (sa.last_in_s is None
                                   or now - sa.last_in_s > self.fence_grace_s):
                 drops[DropReason.NOT_OWNER] += 1
                 continue
-            try:
-                esp = sa.seal(pkt, now)
-            except LocalProtocolError as e:
-                drops[DropReason.EXHAUSTED] += 1
-                log.error("cannot send on SA %08x: %s", sa.spi_out, e)
-                continue
-            try:
-                if sa.record.udp_encap or self.esp is None:
-                    self.udp.sendto(esp, sa.peer)
-                else:
-                    self.esp.sendto(esp, (sa.peer[0], 0))
-            except OSError:
-                self.totals.send_errors += 1
+            self._send(sa, pkt, now)
+
+    def _send(self, sa: NodeSa, pkt: bytes, now: float) -> None:
+        try:
+            esp = sa.seal(pkt, now)
+        except LocalProtocolError as e:
+            self.drops[DropReason.EXHAUSTED] += 1
+            log.error("cannot send on SA %08x: %s", sa.spi_out, e)
+            return
+        try:
+            if sa.record.udp_encap or self.esp is None:
+                self.udp.sendto(esp, sa.peer)
+            else:
+                self.esp.sendto(esp, (sa.peer[0], 0))
+        except OSError:
+            self.totals.send_errors += 1
 
     def _drain_health(self) -> None:
         assert self.health is not None

@@ -10,6 +10,7 @@ import threading
 
 import click
 
+from cluster import systemd
 from cluster.config import ConfigError
 from cluster.node.agent import NodeAgent
 from cluster.node.config import DEFAULT_PATH, load_node_config
@@ -68,6 +69,7 @@ def main(config_path: str, node_id: str | None, vip: str | None, address: str | 
     try:
         stop.wait()
     finally:
+        systemd.notify_stopping(f"node {cfg.node.id} leaving the cluster")
         agent.stop()
     log.info("node %s stopped", cfg.node.id)
 

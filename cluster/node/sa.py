@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from cluster.esp import ChildSa, IvSource, SaKeys, TrafficSelector
+from cluster.node.counters import Traffic
 from cluster.store import ChildSaRecord
 
 Address = tuple[str, int]
@@ -33,6 +34,17 @@ class NodeSa(ChildSa):
         #: newer checkpoint (0: this node does not send on the SA)
         self.send_limit = 0
         self.rebinds = 0
+        #: traffic the SA carried before this object counted (other owners, earlier
+        #: versions of its record), so that `traffic()` is over the SA's whole life
+        self.traffic_base = Traffic()
+
+    def local_traffic(self) -> Traffic:
+        """What this object counted (this node, this version of the record)."""
+        return Traffic(self.packets_in, self.packets_out, self.bytes_in, self.bytes_out)
+
+    def traffic(self) -> Traffic:
+        """Inner packets and bytes over the SA's life, as far as this node knows."""
+        return self.traffic_base + self.local_traffic()
 
 
 def client_addresses(record: ChildSaRecord) -> tuple[bytes, ...]:

@@ -68,3 +68,14 @@ def _host(address: bytes) -> str:
 
     ip = ipaddress.ip_address(address)
     return f"{ip}/{ip.max_prefixlen}"
+
+
+def route_via(address: bytes, gateway: str) -> None:
+    """Route one client address to another host (the client's new owner after a hand-off)."""
+    _ip("route", "replace", _host(address), "via", gateway)
+
+
+def unroute_via(address: bytes, gateway: str) -> None:
+    """Remove a `route_via` route; quiet if the address is routed otherwise by now."""
+    with contextlib.suppress(TunError):
+        _ip("route", "del", _host(address), "via", gateway)

@@ -229,12 +229,14 @@ class NodeLab:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def start_node(self, node_id: str, **extra: object) -> None:
+    def start_node(self, node_id: str, env: dict[str, str] | None = None,
+                   **extra: object) -> None:
         short = node_id.replace("node-", "n")
         argv = ["ip", "netns", "exec", self.ns(short),
                 str(Path(sys.executable).parent / "cluster-node"), "--config",
                 str(self.config(node_id, **extra))]
-        self.procs[node_id] = spawn(argv, self.tmp / f"{node_id}.log")
+        self.procs[node_id] = spawn(argv, self.tmp / f"{node_id}.log",
+                                    env={**os.environ, **env} if env else None)
         ok = wait_until(lambda: self.registered(node_id), 20)
         assert ok, f"{node_id} did not register:\n{self.log(node_id)}"
 

@@ -1,0 +1,69 @@
+"""A planned hand-off with the router still steering the client to the old owner: the old
+owner forwards the client's return traffic to the new one, which answers with the exact
+counters; traffic counts travel in the seq records across owners."""
+
+from __future__ import annotations
+
+from node_lab import VIRTUAL_IP, NodeLab
+from test_node_datapath import ping_until, up
+from tests_node_helpers import wait_until
+
+OUT = 'ipsec_cluster_node_packets_total{direction="out"}'
+NOT_OWNER = 'ipsec_cluster_node_drops_total{reason="not_owner"}'
+
+
+def test_old_owner_forwards_return_traffic_until_the_router_flips(node_lab: NodeLab) -> None:
+    lab = node_lab
+    _, client = up(lab, "node-1", "node-2")
+    last = 0
+    for _ in range(5):
+        got = client.ping()
+        assert got is not None
+        last = got[0]
+    sent_by_1 = lab.metrics("node-1")[OUT]
+    dropped_by_1 = lab.metrics("node-1").get(NOT_OWNER, 0)
+    lab.assign("node-2", 2, "handoff", "node-1")
+    assert wait_until(lambda: (s := lab.seq()) is not None and s.kind == "final", 5)
+    # nothing flipped: the client's ESP and the server's replies still go to node-1
+    assert wait_until(lambda: "via" in lab.in_ns("n1", "ip", "route", "show", VIRTUAL_IP), 5)
+    got = ping_until(client, 10)
+    assert got[0] == last + 1  # sent by node-2 from the final counters: exact, no jump
+    for _ in range(3):
+        nxt = client.ping()
+        assert nxt is not None  # every ping answered while the router still steers to node-1
+        assert nxt[0] == got[0] + 1
+        got = nxt
+    m1 = lab.metrics("node-1")
+    assert m1[OUT] == sent_by_1  # the old owner sent nothing after its final record
+    assert m1.get(NOT_OWNER, 0) == dropped_by_1  # and dropped nothing: it forwarded
+    assert lab.metrics("node-2")[OUT] >= 4
+    # the forwarding route goes away by itself (the router has flipped long before)
+    assert wait_until(
+        lambda: VIRTUAL_IP not in lab.in_ns("n1", "ip", "route", "show", VIRTUAL_IP), 15)
+
+
+def test_traffic_counts_are_published_and_carried_over(node_lab: NodeLab) -> None:
+    lab = node_lab
+    _, client = up(lab, "node-1", "node-2")
+    for _ in range(6):
+        assert client.ping() is not None
+    # the owner checkpoints within T (the lab's checkpoint_ms) with its traffic
+    assert wait_until(lambda: (s := lab.seq()) is not None and (s.packets_out or 0) >= 6, 10)
+    s = lab.seq()
+    assert s is not None and s.packets_in is not None and s.bytes_in is not None
+    assert s.packets_in >= 6 and s.bytes_out is not None and s.bytes_out > 0
+    assert s.packets_out is not None
+    assert s.packets_out <= s.out_seq  # real counts, never above the sequence number
+    lab.assign("node-2", 2, "handoff", "node-1")
+    assert wait_until(lambda: (f := lab.seq()) is not None and f.kind == "final", 5)
+    final = lab.seq()
+    assert final is not None and final.packets_out is not None
+    carried = final.packets_out
+    assert carried >= 6
+    lab.steer("node-2")
+    lab.assign("node-2", 2, "active", "node-1")
+    for _ in range(4):
+        ping_until(client, 10)
+    # node-2 counts on from node-1's final numbers
+    assert wait_until(lambda: (c := lab.seq()) is not None and c.owner == "node-2"
+                      and (c.packets_out or 0) >= carried + 4, 10), lab.seq()
