@@ -18,6 +18,12 @@ of the probe) each; a sender namespace plays the clients' ESP. Clients are Child
 
 Damping is shortened (hold-down 0.2 s) so runs can repeat; detection uses the defaults
 (probe every 100 ms, down after 3 misses).
+
+Then the whole path (bench/failover_lab.py): a lab with real keyd, cluster-node agents and the
+sprayer; clients made by the project's IKE initiator through keyd ping the protected server in
+userspace ESP; unplanned gap (SIGKILL of the owner) and hand-off gap (`clusterctl node drain`)
+from their decrypted replies, ≥ 20 runs each; and as many initiator-made clients as fit in the
+handshake budget moved off a SIGKILLed node.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import select
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -38,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import Row, percentile, row
+from bench.failover_lab import run_lab
 from cluster.procs import EtcdServer
 from cluster.store import (
     Assignment,
@@ -544,6 +552,7 @@ def run() -> list[Row]:
         finally:
             server.stop()
             lab.down()
+    rows += run_lab(lambda m: print(f"bench failover: {m}", file=sys.stderr, flush=True))
     return rows
 
 

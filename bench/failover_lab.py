@@ -231,6 +231,20 @@ def make_mass(lab: Lab) -> tuple[int, int, float]:
     return ok, failed, time.monotonic() - t0
 
 
+def sprayer_metrics(lab: Lab) -> dict[str, float]:
+    """The sprayer's counters (its metrics endpoint in the router's namespace)."""
+    code = ("import urllib.request;print(urllib.request.urlopen("
+            "'http://127.0.0.1:9412/metrics', timeout=5).read().decode())")
+    r = lab.run("router", [sys.executable, "-c", code], timeout_s=30)
+    out: dict[str, float] = {}
+    for line in r.stdout.splitlines():
+        if line.startswith(("sprayer_write_conflicts_total", "sprayer_moves_total",
+                            "sprayer_etcd_errors_total")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 class AssignWatch:
     """assign/ as etcd holds it, kept current by a watch."""
 
@@ -274,6 +288,7 @@ def mass_rows(lab: Lab, b: Bench) -> list[Row]:
             set_node_state(lab, n, drain=False)
         time.sleep(1.0)     # the sprayer sees them ready
         on_victim = watch.count(victim)
+        before = sprayer_metrics(lab)
         t0 = time.monotonic()
         lab.kill(victim, signal.SIGKILL)
         wait(lambda: watch.count(victim) == 0, 300, "re-assigned in etcd", 0.02)
@@ -281,8 +296,11 @@ def mass_rows(lab: Lab, b: Bench) -> list[Row]:
         wait(lambda: victim_mark not in set(nft.read_spis().values()), 300,
              "out of the SPI map", 0.02)
         t_map = time.monotonic() - t0
+        after = sprayer_metrics(lab)
     finally:
         watch.close()
+    delta = {k.removeprefix("sprayer_"): v - before.get(k, 0.0) for k, v in after.items()
+             if v != before.get(k, 0.0)}
     note = (f"clients made by the project's initiator through keyd: {ok:,} handshakes "
             f"({failed} failed) in {took:.0f} s wall, {MASS_GENERATORS} generator processes"
             + (f" (the {MASS_BUDGET_S:g} s budget stopped them short of {MASS_CLIENTS:,})"
@@ -293,7 +311,9 @@ def mass_rows(lab: Lab, b: Bench) -> list[Row]:
          "baseline": CISCO_DEFAULT_S, "baseline_name": "Cisco ASA unit failover, default",
          "ratio": round(t_etcd / CISCO_DEFAULT_S, 2)},
         row(f"{on_victim:,} clients off a SIGKILLed node, whole lab: SPI map steering none "
-            "to it", round(t_map, 2), "s", "read back from the router's kernel"),
+            "to it", round(t_map, 2), "s", "read back from the router's kernel; the "
+            "sprayer's counters over the move: "
+            + ", ".join(f"{k} +{v:g}" for k, v in sorted(delta.items()))),
     ]
 
 
@@ -312,5 +332,7 @@ def run_lab(progress: Callable[[str], None] = lambda _: None) -> list[Row]:
         rows += mass_rows(lab, b)
         return rows
     finally:
-        b.close()
-        lab.down()
+        try:
+            b.close()
+        finally:
+            lab.down()
