@@ -23,7 +23,7 @@ unknown to the new one: an attacker who recorded them can replay them once to th
 at most the packets of one checkpoint period (< D packets or T ms of traffic; more while etcd
 writes failed). The window cannot be jumped like the outbound counter: that would drop the
 client's genuine packets. A planned hand-off (`final` record) has it only for the packets
-the old owner still decrypts after writing its final record (until the router flips, 15–35
+the old owner still decrypts after writing its final record (until the router flips, 15-35
 ms of traffic): they are above the final's in_highest, so each can be replayed once to the
 new owner (docs/node.md, "Replay exposure").
 """

@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from cluster.esp import DropReason, LocalProtocolError, RemoteProtocolError, SaTable
 from cluster.esp.table import Decrypted, Dropped, IkeMessage
+from cluster.node.outbound import OutboundTable, is_network
 from cluster.node.sa import Address, NodeSa
 
 log = logging.getLogger("cluster.node.datapath")
@@ -68,8 +69,9 @@ class Datapath:
                  on_ike: Callable[[bytes, Address, int], None] | None = None,
                  fence_grace_s: float = 1.0) -> None:
         self.table: SaTable[NodeSa] = SaTable()
-        #: packed client address → the SA this node sends to it on (owned, not fenced)
-        self.outbound: dict[bytes, NodeSa] = {}
+        #: client key (packed address, or a subnet) → the SA this node sends to it on (owned,
+        #: not fenced); hosts by exact match, subnets by longest prefix
+        self.outbound: OutboundTable[NodeSa] = OutboundTable()
         self.drops: Counter[DropReason] = Counter()  # outbound and socket-level drops
         #: packed client address → (deadline, packets): outbound packets kept, not dropped,
         #: while a hand-off of that client completes (see `hold`)
@@ -160,7 +162,7 @@ class Datapath:
         t.bytes_out += sa.bytes_out
         for addr in sa.client_addresses:
             if self.outbound.get(addr) is sa:
-                del self.outbound[addr]
+                self.outbound.pop(addr)
                 self._reselect(addr)
 
     def send_on(self, sa: NodeSa) -> None:
@@ -168,14 +170,14 @@ class Datapath:
         for addr in sa.client_addresses:
             cur = self.outbound.get(addr)
             if cur is None or cur.created_at <= sa.created_at:  # newest Child SA wins (rekey)
-                self.outbound[addr] = sa
+                self.outbound.set(addr, sa)
         self.flush(sa)
 
     def stop_sending(self, sa: NodeSa) -> None:
         sa.send_limit = 0
         for addr in sa.client_addresses:
             if self.outbound.get(addr) is sa:
-                del self.outbound[addr]
+                self.outbound.pop(addr)
                 self._reselect(addr)
 
     def _reselect(self, addr: bytes) -> None:
@@ -185,7 +187,7 @@ class Datapath:
                     best is None or o.created_at > best.created_at):
                 best = o
         if best is not None:
-            self.outbound[addr] = best
+            self.outbound.set(addr, best)
 
     def hold(self, addresses: tuple[bytes, ...] | set[bytes], for_s: float) -> None:
         """Keep (up to HOLD_PACKETS each, for `for_s`) the outbound packets for these client
@@ -238,6 +240,10 @@ class Datapath:
 
     def _keep(self, addr: bytes, pkt: bytes, now: float) -> bool:
         cur = self.held.get(addr)
+        if cur is None:
+            # a client reached by a subnet selector is held under its network's key
+            addr = next((k for k in self.held if is_network(k) and _within(addr, k)), b"")
+            cur = self.held.get(addr)
         if cur is None:
             return False
         if now > cur[0]:
@@ -377,7 +383,8 @@ class Datapath:
     def _drain_tun(self) -> None:
         read = os.read
         tun = self.tun_fd
-        out = self.outbound
+        out = self.outbound.hosts
+        subnets = self.outbound
         drops = self.drops
         held = self.held
         now = time.monotonic()
@@ -391,6 +398,8 @@ class Datapath:
                 continue
             dst = pkt[16:20] if pkt[0] >> 4 == 4 else pkt[24:40]
             sa = out.get(dst)
+            if sa is None and subnets.networks:
+                sa = subnets.longest_prefix(dst)  # a site behind the client (its selector)
             if sa is None:
                 if not (held and self._keep(dst, pkt, now)):
                     drops[DropReason.NOT_OWNER] += 1
@@ -453,6 +462,15 @@ class Datapath:
             t.packets_out += sa.packets_out
             t.bytes_out += sa.bytes_out
         return t
+
+
+def _within(address: bytes, network: bytes) -> bool:
+    """Whether a packed address lies in a network key (packed network + prefix length)."""
+    base, plen = network[:-1], network[-1]
+    if len(address) != len(base):
+        return False
+    bits = len(base) * 8
+    return int.from_bytes(address) >> (bits - plen) == int.from_bytes(base) >> (bits - plen)
 
 
 def _udp(host: str, port: int) -> socket.socket:

@@ -6,6 +6,7 @@ import ipaddress
 
 from cluster.esp import ChildSa, IvSource, SaKeys, TrafficSelector
 from cluster.node.counters import Traffic
+from cluster.node.outbound import host_key, network_key
 from cluster.store import ChildSaRecord
 
 Address = tuple[str, int]
@@ -48,13 +49,15 @@ class NodeSa(ChildSa):
 
 
 def client_addresses(record: ChildSaRecord) -> tuple[bytes, ...]:
-    """Packed addresses the node routes to this SA: the virtual IP, or the /32 and /128
-    remote selectors when the client has none."""
+    """Keys (cluster.node.outbound) the node routes to this SA: the virtual IP, or, when the
+    client has none, its remote selectors — hosts, and subnets (a site behind the client;
+    found by longest prefix). A /0 selector is never routed: it would take the node's
+    default route."""
     if record.virtual_ip:
-        return (ipaddress.ip_address(record.virtual_ip).packed,)
+        return (host_key(record.virtual_ip),)
     out = []
     for n in record.ts_remote:
-        net = ipaddress.ip_network(n, strict=False)
-        if net.num_addresses == 1:
-            out.append(net.network_address.packed)
+        if ipaddress.ip_network(n, strict=False).prefixlen == 0:
+            continue
+        out.append(network_key(n))
     return tuple(out)

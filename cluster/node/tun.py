@@ -64,10 +64,10 @@ def unroute(address: bytes, tun: str) -> None:
 
 
 def _host(address: bytes) -> str:
-    import ipaddress
+    """A client key (packed host address, or packed network + prefix length) for `ip`."""
+    from cluster.node.outbound import key_text
 
-    ip = ipaddress.ip_address(address)
-    return f"{ip}/{ip.max_prefixlen}"
+    return key_text(address)
 
 
 def route_via(address: bytes, gateway: str) -> None:

@@ -158,10 +158,12 @@ class Client:
     to_node: SecurityAssociation
     from_node: SecurityAssociation
     icmp_seq: int = 0
+    inner_src: str = VIRTUAL_IP  # the source of the pings inside the tunnel
 
     def send_ping(self, payload: bytes = b"ping") -> int:
         self.icmp_seq += 1
-        inner = IP(src=VIRTUAL_IP, dst=SERVER) / ICMP(id=0x4242, seq=self.icmp_seq) / Raw(payload)
+        inner = (IP(src=self.inner_src, dst=SERVER) / ICMP(id=0x4242, seq=self.icmp_seq)
+                 / Raw(payload))
         wire = raw(self.to_node.encrypt(inner))
         self.sock.sendto(wire[28:], (VIP, 4500))  # the UDP payload: ESP after IP + UDP
         return self.icmp_seq

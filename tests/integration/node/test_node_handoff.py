@@ -1,14 +1,20 @@
 """A planned hand-off with the router still steering the client to the old owner: the old
 owner forwards the client's return traffic to the new one, which answers with the exact
-counters; traffic counts travel in the seq records across owners."""
+counters; traffic counts travel in the seq records across owners; a subnet selector is
+routed by longest prefix."""
 
 from __future__ import annotations
 
-from node_lab import VIRTUAL_IP, NodeLab
+import dataclasses
+
+from node_lab import NODE_IPS, VIRTUAL_IP, NodeLab
 from test_node_datapath import ping_until, up
 from tests_node_helpers import wait_until
 
+from cluster.lab import netns
+
 OUT = 'ipsec_cluster_node_packets_total{direction="out"}'
+SITE = "10.50.0.0/24"
 NOT_OWNER = 'ipsec_cluster_node_drops_total{reason="not_owner"}'
 
 
@@ -67,3 +73,22 @@ def test_traffic_counts_are_published_and_carried_over(node_lab: NodeLab) -> Non
     # node-2 counts on from node-1's final numbers
     assert wait_until(lambda: (c := lab.seq()) is not None and c.owner == "node-2"
                       and (c.packets_out or 0) >= carried + 4, 10), lab.seq()
+
+
+def test_subnet_selector_is_routed_by_longest_prefix(node_lab: NodeLab) -> None:
+    """A client without a virtual IP whose remote selector is a subnet (a site behind it):
+    the node routes the subnet to its TUN and finds the SA by longest prefix."""
+    lab = node_lab
+    lab.start_node("node-1")
+    record = dataclasses.replace(lab.child_sa(), virtual_ip=None, ts_remote=[SITE])
+    lab.store.put(record)
+    lab.assign("node-1", 1)
+    lab.steer("node-1")
+    netns.route(lab.ns("srv"), SITE, "via", NODE_IPS["node-1"])
+    client = lab.client(record)
+    client.inner_src = "10.50.0.5"
+    assert wait_until(lambda: client.ping(1.0) is not None, 15), lab.log("node-1")
+    assert "dev" in lab.in_ns("n1", "ip", "route", "show", SITE)
+    client.inner_src = "10.51.0.5"  # outside the selector: dropped inbound, never answered
+    assert client.ping(1.0) is None
+    assert lab.metrics("node-1")['ipsec_cluster_node_drops_total{reason="selector"}'] >= 1
