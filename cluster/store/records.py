@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,14 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 from .seal import DataKey, PublicView, WrongDataKey
 
 VERSION = 1
+
+# Bounds of numbers a record may carry. JSON numbers have no limit, and a value no writer
+# could produce (a capacity of 10**400, a time of NaN) must be a malformed record, never a
+# crash in whoever reads it (float() overflows, JSON output of NaN is not JSON).
+MAX_CAPACITY = (1 << 32) - 1          # planner weight
+MAX_COUNTER = (1 << 64) - 1           # ESP sequence numbers (64-bit ESN), traffic counts
+MAX_EPOCH = (1 << 63) - 1             # assignment epoch (fencing token)
+MAX_BITMAP_BITS = 4096                # the largest anti-replay window (cluster.esp.MAX_WINDOW)
 
 
 class MalformedRecord(ValueError):
@@ -101,8 +110,8 @@ class NodeRecord(Record):
     def validate(self) -> None:
         _check_ip(self.address, "address")
         _check_port(self.health_port, "health_port")
-        if self.capacity < 0:
-            raise ValueError("capacity must be >= 0")
+        if not 0 <= self.capacity <= MAX_CAPACITY:
+            raise ValueError(f"capacity must be 0..{MAX_CAPACITY}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +204,9 @@ class ChildSaRecord(Record):
         _check_ip(self.peer_addr, "peer_addr")
         _check_ip(self.virtual_ip, "virtual_ip")
         _check_port(self.peer_port, "peer_port")
+        if not 0 <= self.soft_lifetime_s <= MAX_COUNTER or \
+                not 0 <= self.hard_lifetime_s <= MAX_COUNTER:
+            raise ValueError("lifetimes must be 0..2**64-1 seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +222,8 @@ class Assignment(Record):
     updated_at: float
 
     def validate(self) -> None:
-        if self.epoch < 0:
-            raise ValueError("epoch must be >= 0")
+        if not 0 <= self.epoch <= MAX_EPOCH:
+            raise ValueError(f"epoch must be 0..{MAX_EPOCH}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,9 +251,15 @@ class SeqRecord(Record):
         _check_spi(self.spi, "spi")
         if min(self.out_seq, self.in_highest, self.in_bitmap, self.epoch) < 0:
             raise ValueError("counters must be >= 0")
+        if max(self.out_seq, self.in_highest) > MAX_COUNTER:
+            raise ValueError("sequence numbers must fit in 64 bits")
+        if self.epoch > MAX_EPOCH:
+            raise ValueError(f"epoch must be 0..{MAX_EPOCH}")
+        if self.in_bitmap.bit_length() > MAX_BITMAP_BITS:
+            raise ValueError(f"in_bitmap wider than {MAX_BITMAP_BITS} bits")
         traffic = (self.packets_in, self.packets_out, self.bytes_in, self.bytes_out)
-        if any(n is not None and n < 0 for n in traffic):
-            raise ValueError("traffic counts must be >= 0")
+        if any(n is not None and not 0 <= n <= MAX_COUNTER for n in traffic):
+            raise ValueError("traffic counts must be 0..2**64-1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +339,13 @@ def _conform(value: Any, tp: Any, name: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{name}: expected a number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ValueError(f"{name}: number out of range") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{name}: not a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ValueError(f"{name}: expected a string")

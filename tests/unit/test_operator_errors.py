@@ -1,0 +1,86 @@
+"""Operator-facing robustness: values no writer produces, read by everyone, are typed errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cluster.store.records import (
+    Assignment,
+    KeydRecord,
+    MalformedRecord,
+    NodeRecord,
+    SeqRecord,
+    decode_record,
+)
+
+NODE_KEY = "/ipsec-cluster/t/nodes/n1"
+
+
+def _node(**over: object) -> bytes:
+    body: dict[str, object] = {"v": 1, "id": "n1", "address": "10.0.0.1", "capacity": 5,
+                               "state": "ready", "health_port": 4501, "version": "1",
+                               "started_at": 1}
+    body.update(over)
+    return json.dumps(body).encode()
+
+
+def _seq(**over: object) -> bytes:
+    body: dict[str, object] = {"v": 1, "spi": 256, "owner": "n1", "epoch": 1, "out_seq": 10,
+                               "in_highest": 5, "in_bitmap": 31, "kind": "checkpoint",
+                               "written_at": 1.0}
+    body.update(over)
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("raw", [
+    # a capacity float() cannot hold killed the sprayer and `clusterctl rebalance`
+    _node(capacity=10 ** 400),
+    _node(capacity=1 << 32),
+    # json.loads reads NaN/Infinity, and 1e400 as inf; `-o json` then printed non-JSON
+    b'{"v":1,"id":"n1","address":"10.0.0.1","capacity":5,"state":"ready",'
+    b'"health_port":4501,"version":"1","started_at":NaN}',
+    b'{"v":1,"id":"n1","address":"10.0.0.1","capacity":5,"state":"ready",'
+    b'"health_port":4501,"version":"1","started_at":Infinity}',
+    b'{"v":1,"id":"n1","address":"10.0.0.1","capacity":5,"state":"ready",'
+    b'"health_port":4501,"version":"1","started_at":-1e400}',
+    _node(started_at=10 ** 400),
+])
+def test_node_numbers_out_of_range_are_malformed(raw: bytes) -> None:
+    with pytest.raises(MalformedRecord):
+        decode_record(NodeRecord, raw, NODE_KEY)
+
+
+def test_largest_capacity_still_reads_and_converts() -> None:
+    record = decode_record(NodeRecord, _node(capacity=(1 << 32) - 1), NODE_KEY)
+    assert float(record.capacity) == (1 << 32) - 1
+
+
+def test_keyd_time_must_be_finite() -> None:
+    raw = b'{"v":1,"id":"k1","address":"10.0.0.5","version":"1","started_at":Infinity}'
+    with pytest.raises(MalformedRecord, match="finite"):
+        decode_record(KeydRecord, raw, "/ipsec-cluster/t/keyd/k1")
+
+
+@pytest.mark.parametrize("over", [
+    {"out_seq": 1 << 64}, {"in_highest": 10 ** 30}, {"in_bitmap": 1 << 4096},
+    {"epoch": 1 << 63}, {"packets_in": 1 << 64},
+])
+def test_seq_counters_out_of_range_are_malformed(over: dict[str, object]) -> None:
+    with pytest.raises(MalformedRecord):
+        decode_record(SeqRecord, _seq(**over), "/ipsec-cluster/t/seq/00000100")
+
+
+def test_seq_counters_at_their_limits_read() -> None:
+    record = decode_record(SeqRecord, _seq(out_seq=(1 << 64) - 1, in_bitmap=(1 << 4096) - 1),
+                           "/ipsec-cluster/t/seq/00000100")
+    assert record.out_seq == (1 << 64) - 1
+
+
+def test_assignment_epoch_out_of_range_is_malformed() -> None:
+    ike = "0123456789abcdef0123456789abcdef"
+    raw = json.dumps({"v": 1, "ike_sa_id": ike, "node": "n1", "epoch": 10 ** 40,
+                      "phase": "active", "previous_node": None, "updated_at": 1.0}).encode()
+    with pytest.raises(MalformedRecord, match="epoch"):
+        decode_record(Assignment, raw, f"/ipsec-cluster/t/assign/{ike}")
