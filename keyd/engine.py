@@ -192,6 +192,8 @@ class Engine:
     def write_now(self, step: Step) -> list[Outbound]:
         """Write one step's changes (blocking) and settle it."""
         [error] = self.persister.write_batch([step.changes])
+        if error is None and self.persister.owners_due:
+            self.persister.flush_owner_deletes()
         return self.settle(step, error)
 
     def settle(self, step: Step, error: StoreError | None) -> list[Outbound]:

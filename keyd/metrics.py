@@ -56,6 +56,9 @@ class KeydMetrics:
             "keyd_step_seconds", "Time from a request's arrival at the worker to its reply "
             "being released (core + etcd), by exchange", ["exchange"], registry=r,
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.commit_steps = Histogram(
+            "keyd_commit_steps", "Steps made durable together by one group commit",
+            registry=r, buckets=(1, 2, 4, 8, 16, 32, 64))
         self.etcd_available = Gauge(
             "keyd_etcd_available", "1 while etcd takes keyd's writes, 0 while it does not",
             registry=r)

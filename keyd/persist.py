@@ -100,6 +100,7 @@ class Persister:
         self.clock = clock
         self.view = view
         self._pending: list[list[str]] = []   # removal transactions that failed
+        self._owners_due: list[str] = []      # assign/ keys for the next transaction
         self._no_nodes_said = False
 
     # -- the ordered write ------------------------------------------------------------------
@@ -115,17 +116,25 @@ class Persister:
         """Make several steps durable at once (group commit): what each step writes before
         its reply goes into shared transactions — one for the state of every step whose
         keys do not overlap (up to TXN_MAX_OPS operations), then one for their removals
-        (and one for their owners' removals) — instead of one round trip per step. Returns
+        — instead of one round trip per step. Owners of removed IKE SAs go with the next
+        transaction (in a later revision, as they must). Returns
         per step None (durable) or the StoreError that kept it from being durable. A lost
         guard in a shared transaction does not fail the others: that group is written again
         step by step, which names the step whose guard lost. A step with an IKE SA rekey is
         written on its own (`write`)."""
         results: list[StoreError | None] = [None] * len(batch)
         simple = [i for i, c in enumerate(batch) if not c.rekeyed]
-        for group in self._groups(batch, simple):
+        for n, group in enumerate(self._groups(batch, simple)):
+            due: list[str] = []
+            if n == 0 and not any(batch[i].deleted_children or batch[i].deleted_ike
+                                  for i in simple):
+                due, self._owners_due = self._owners_due, []   # owners removed earlier
             try:
-                ok = self._write_states([batch[i] for i in group])
+                ok = self._write_states([batch[i] for i in group], due)
+                if not ok:
+                    self._owners_due = due + self._owners_due
             except StoreError as exc:
+                self._owners_due = due + self._owners_due
                 for i in group:
                     results[i] = exc
                 continue
@@ -141,7 +150,7 @@ class Persister:
                     self.write(c)
                 except StoreError as exc:
                     results[i] = exc
-        self._remove_many([batch[i] for i in simple if results[i] is None])
+        self._remove_many([batch[i] for i in simple if results[i] is None], defer_owners=True)
         return results
 
     def _groups(self, batch: list[Changes], indices: list[int]) -> list[list[int]]:
@@ -173,12 +182,12 @@ class Persister:
         guards += [Guard(self.store.key_of(c.lease), c.mod_revision) for c in fresh]
         return puts, guards, fresh
 
-    def _write_states(self, group: list[Changes]) -> bool:
-        """The state of several steps in one transaction, owners included; False if a
-        guard lost (nothing written)."""
+    def _write_states(self, group: list[Changes], deletes: list[str]) -> bool:
+        """The state of several steps in one transaction, owners included, and `deletes`;
+        False if a guard lost (nothing written)."""
         if len(group) == 1:
             try:
-                self._write_state(group[0])
+                self._write_state(group[0], deletes)
             except WriteConflict:
                 return False
             return True
@@ -195,7 +204,7 @@ class Persister:
         label = "ike_sa+child_sa" if any(c.new_children for c in group) else "ike_sa"
         with self.metrics.etcd_write(label):
             ok = self.store.commit(
-                puts=[*puts, *owners],
+                puts=[*puts, *owners], deletes=deletes,
                 guards=[*guards, *(Guard(self.store.key_of(a), 0) for a in owners)])
         if ok:
             self._written(fresh, owners)
@@ -208,17 +217,17 @@ class Persister:
         for a in owners:
             log.info("client assigned", extra={"ike_sa": a.ike_sa_id, "node": a.node})
 
-    def _write_state(self, changes: Changes) -> None:
+    def _write_state(self, changes: Changes, deletes: list[str] | None = None) -> None:
         puts, guards, fresh = self._state_ops(changes)
         owners = [a for a in (self._owner(i) for i in sorted(changes.established)) if a]
         label = "ike_sa+child_sa" if changes.new_children else "ike_sa"
         with self.metrics.etcd_write(label):
             ok = self.store.commit(
-                puts=[*puts, *owners],
+                puts=[*puts, *owners], deletes=deletes or [],
                 guards=[*guards, *(Guard(self.store.key_of(a), 0) for a in owners)])
             if not ok and owners:
                 # maybe only an owner was there already (the sprayer was quicker): fine
-                ok = self.store.commit(puts=puts, guards=guards)
+                ok = self.store.commit(puts=puts, guards=guards, deletes=deletes or [])
                 owners = []
         if not ok:
             what = [f"sa/{c.spi_in:08x}" for c in changes.new_children]
@@ -280,7 +289,7 @@ class Persister:
     def _remove(self, changes: Changes) -> None:
         self._remove_many([changes])
 
-    def _remove_many(self, batch: list[Changes]) -> None:
+    def _remove_many(self, batch: list[Changes], defer_owners: bool = False) -> None:
         """The removals of several steps together (sa/, ike/, pool/ in one transaction,
         then the owners); deferred and retried if etcd fails."""
         batch = [c for c in batch if c.deleted_children or c.deleted_ike]
@@ -293,7 +302,7 @@ class Persister:
                 k, r = self._removal_keys(changes)
                 keys += k
                 released += r
-            self._delete(list(dict.fromkeys(keys)))
+            self._delete(list(dict.fromkeys(keys)), owners_now=not defer_owners)
             if self.pool is not None:
                 for ip, ike_sa_id in released:
                     self.pool.released(ip, ike_sa_id)
@@ -309,16 +318,44 @@ class Persister:
                     + [ks.pool(r.virtual_ip) for r in changes.deleted_ike.values()
                        if r and r.virtual_ip])
 
-    def _delete(self, keys: list[str]) -> None:
+    def _delete(self, keys: list[str], owners_now: bool = True) -> None:
         # owners last, in a later revision: a sprayer that sees a client without an owner
-        # but with Child SAs assigns it, so the Child SAs must be seen gone first
-        owners = [k for k in keys if k.startswith(self.store.keyspace.kind_prefix("assign"))]
-        rest = [k for k in keys if k not in owners]
-        with self.metrics.etcd_write("delete"):
-            for i in range(0, len(rest), TXN_MAX_OPS):
-                self.store.commit(deletes=rest[i:i + TXN_MAX_OPS])
-            for i in range(0, len(owners), TXN_MAX_OPS):
-                self.store.commit(deletes=owners[i:i + TXN_MAX_OPS])
+        # but with Child SAs assigns it, so the Child SAs must be seen gone first. The
+        # owners may go with the next transaction (group commit: the next step's, or
+        # `flush_owner_deletes` when none comes): one round trip less per DELETE.
+        prefix = self.store.keyspace.kind_prefix("assign")
+        owners = [k for k in keys if k.startswith(prefix)]
+        rest = [k for k in keys if not k.startswith(prefix)]
+        due, self._owners_due = self._owners_due, []
+        rest += [k for k in due if k not in owners]
+        try:
+            with self.metrics.etcd_write("delete"):
+                for i in range(0, len(rest), TXN_MAX_OPS):
+                    self.store.commit(deletes=rest[i:i + TXN_MAX_OPS])
+                if owners_now:
+                    for i in range(0, len(owners), TXN_MAX_OPS):
+                        self.store.commit(deletes=owners[i:i + TXN_MAX_OPS])
+                    owners = []
+        except StoreError:
+            self._owners_due = due + self._owners_due
+            raise
+        self._owners_due += owners
+
+    @property
+    def owners_due(self) -> bool:
+        """Owners of removed IKE SAs wait for the next transaction."""
+        return bool(self._owners_due)
+
+    def flush_owner_deletes(self) -> None:
+        """Remove the owners that wait, now (no other write came along)."""
+        due, self._owners_due = self._owners_due, []
+        try:
+            with self.metrics.etcd_write("delete"):
+                for i in range(0, len(due), TXN_MAX_OPS):
+                    self.store.commit(deletes=due[i:i + TXN_MAX_OPS])
+        except StoreError as exc:
+            log.warning("removal deferred until etcd answers", extra={"error": str(exc)})
+            self._pending.append(due)
 
     def retry_removals(self) -> int:
         """Retry removals that failed while etcd was away; return how many are left."""

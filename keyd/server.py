@@ -51,9 +51,15 @@ VERSION = "0.1.0"
 LEASE_TTL_S = 5
 #: steps written together at most (each transaction stays under etcd's 128 operations)
 COMMIT_BATCH_MAX = 64
-#: an IKE_AUTH for an IKE SA held nowhere is tried again after these delays (its half-open
-#: state may be on its way to etcd from the instance that answered IKE_SA_INIT)
-HALF_OPEN_RETRY_S = (0.01, 0.05, 0.2, 0.5)
+#: a half-open IKE SA is written this long after its IKE_SA_INIT answer — unless its
+#: IKE_AUTH reaches this instance first: then the IKE_AUTH step writes it whole, in one
+#: round trip instead of two (docs/keyd.md, "Half-open IKE SAs")
+HALF_OPEN_WRITE_DELAY_S = 0.05
+#: owners of removed IKE SAs ride with the next write; if none comes, this much later
+OWNER_DELETE_DELAY_S = 0.05
+#: an IKE_AUTH for an IKE SA held nowhere is tried again after these delays (the instance
+#: that answered its IKE_SA_INIT writes the half-open state a moment later)
+HALF_OPEN_RETRY_S = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class KeydServer:
@@ -89,6 +95,7 @@ class KeydServer:
         self._held: dict[str, list[Inbound]] = {}
         self._held_count: dict[str, int] = {}
         self._writing = False
+        self._half_open: dict[str, asyncio.TimerHandle] = {}   # IKE SA → its write, later
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -205,22 +212,51 @@ class KeydServer:
                                   attempt + 1)
             return
         self._send(step.release_now())
-        if step.needs_write:
-            for held in step.holds():
-                self._held.setdefault(held, [])
-                self._held_count[held] = self._held_count.get(held, 0) + 1
-            self._commits.put_nowait(step)
+        # a half-open IKE SA whose state this step wrote anew (or removed) needs no write
+        # of its own any more
+        for ike_sa_id in (*step.changes.ike_puts, *step.changes.deleted_ike):
+            later = self._half_open.pop(ike_sa_id, None)
+            if later is not None:
+                later.cancel()
+        if step.half_open and self._loop is not None:
+            # written a moment later, unless its IKE_AUTH (which writes it whole) comes first
+            handle = self._loop.call_later(HALF_OPEN_WRITE_DELAY_S, self._write_half_open, step)
+            for ike_sa_id in step.created:
+                self._half_open[ike_sa_id] = handle
+        elif step.needs_write:
+            self._submit(step)
+
+    def _write_half_open(self, step: Step) -> None:
+        for ike_sa_id in step.created:
+            self._half_open.pop(ike_sa_id, None)
+        self._submit(step)
+
+    def _submit(self, step: Step) -> None:
+        for held in step.holds():
+            self._held.setdefault(held, [])
+            self._held_count[held] = self._held_count.get(held, 0) + 1
+        self._commits.put_nowait(step)
 
     async def _committer(self) -> None:
         """Group commit: every step queued meanwhile goes into the next write."""
+        persister = self.engine.persister
         while True:
-            batch = [await self._commits.get()]
+            if persister.owners_due:
+                try:
+                    first = await asyncio.wait_for(self._commits.get(), OWNER_DELETE_DELAY_S)
+                except TimeoutError:
+                    await asyncio.to_thread(persister.flush_owner_deletes)
+                    continue
+            else:
+                first = await self._commits.get()
+            batch = [first]
             while len(batch) < COMMIT_BATCH_MAX and not self._commits.empty():
                 batch.append(self._commits.get_nowait())
             self._writing = True
+            self.metrics.commit_steps.observe(len(batch))
             try:
                 results: list[StoreError | None] = await asyncio.to_thread(
-                    self.engine.persister.write_batch, [s.changes for s in batch])
+                    persister.write_batch, [s.changes for s in batch])
             except Exception as exc:   # not etcd's: the steps are not durable either
                 log.error("write failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                 results = [StoreError(str(exc))] * len(batch)

@@ -303,18 +303,38 @@ class Store:
                guards: Iterable[Guard] = (), lease: int | None = None) -> bool:
         """One etcd transaction: if every guard holds, write `puts` and delete the keys in
         `deletes`; return whether it did. At most TXN_MAX_OPS operations."""
-        t = self._client.transactions
+        return self.commit_revision(puts, deletes, guards, lease) is not None
+
+    def commit_revision(self, puts: Iterable[Record] = (), deletes: Iterable[str] = (),
+                        guards: Iterable[Guard] = (), lease: int | None = None) -> int | None:
+        """`commit`, returning the revision the transaction wrote (None: a guard did not
+        hold, nothing written). The request is built directly from the records (no
+        intermediate operation objects: this is the write path of every handshake)."""
+        rpc = etcd3.etcdrpc
         ops: list[Any] = []
         for record in puts:
             k, v = self.encode(record)
-            ops.append(t.put(k, v, lease=lease))
-        ops.extend(t.delete(k) for k in deletes)
+            ops.append(rpc.RequestOp(request_put=rpc.PutRequest(
+                key=k.encode(), value=v, lease=lease or 0)))
+        for k in deletes:
+            ops.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
+                key=k.encode())))
         if len(ops) > TXN_MAX_OPS:
             raise StoreError(f"transaction of {len(ops)} operations exceeds {TXN_MAX_OPS}")
-        compare = [t.mod(g.key) == g.mod_revision for g in guards]
+        compare = [rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD,
+                               key=g.key.encode(), mod_revision=g.mod_revision)
+                   for g in guards]
+        client = self._client
         with translated(self.endpoint):
-            ok, _ = self._client.transaction(compare=compare, success=ops, failure=[])
-        return bool(ok)
+            try:
+                resp = client.kvstub.Txn(
+                    rpc.TxnRequest(compare=compare, success=ops, failure=[]),
+                    client.timeout, credentials=client.call_credentials,
+                    metadata=client.metadata)
+            except grpc.RpcError as exc:
+                client._manage_grpc_errors(exc)   # marks a failed endpoint, then raises
+                raise
+        return int(resp.header.revision) if resp.succeeded else None
 
     def put_many(self, records: Iterable[Record], lease: int | None = None) -> int:
         """Write many records in transactions of up to TXN_MAX_OPS; return the last revision.
