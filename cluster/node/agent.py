@@ -736,7 +736,8 @@ class NodeAgent:
             get = dp.table.by_spi.get
             return {s: (sa.counters(), sa.traffic()) for s, mark in list(marks.items())
                     if (sa := get(s)) is not None
-                    and (s in forced or mark != (sa.out_seq, sa.window.highest))}
+                    and (s in forced
+                         or mark != (sa.out_seq, sa.window.highest, sa.window.bitmap))}
         current = dp.run(moved)
         due = self.checkpointer.due({s: c for s, (c, _) in current.items()}, self.clock(),
                                     self.wall(), {s: t for s, (_, t) in current.items()})

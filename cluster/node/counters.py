@@ -129,9 +129,11 @@ class Checkpointer:
         self.every_s = every_ms / 1000
         self.jump = jump
         self._tracks: dict[int, _Track] = {}
-        #: spi -> (out_seq, in_highest) last acknowledged; lets the data path skip SAs that
-        #: did not move without building their counters (one tuple per SA and tick)
-        self.marks: dict[int, tuple[int, int]] = {}
+        #: spi -> (out_seq, in_highest, in_bitmap) last acknowledged; lets the data path skip
+        #: SAs that did not change without building their counters (one tuple per SA and
+        #: tick). The bitmap is in it so that a change of the window alone (a packet that
+        #: arrived out of order, below in_highest) is still written, after T (`due`).
+        self.marks: dict[int, tuple[int, int, int]] = {}
 
     def own(self, spi: int, ike_sa_id: str, epoch: int, start: SaCounters,
             persisted: SaCounters | None, now: float) -> None:
@@ -141,7 +143,7 @@ class Checkpointer:
         came from a jump: the SA waits for that first write."""
         acked = persisted if persisted is not None else SaCounters(0, 0, 0)
         self._tracks[spi] = _Track(ike_sa_id, epoch, acked, now, force=start != acked)
-        self.marks[spi] = (acked.out_seq, acked.in_highest)
+        self.marks[spi] = (acked.out_seq, acked.in_highest, acked.in_bitmap)
 
     def disown(self, spi: int) -> None:
         self._tracks.pop(spi, None)
@@ -205,7 +207,7 @@ class Checkpointer:
                 t.acked = t.in_flight
                 t.acked_at_s = now
                 t.in_flight = None
-                self.marks[r.spi] = (t.acked.out_seq, t.acked.in_highest)
+                self.marks[r.spi] = (t.acked.out_seq, t.acked.in_highest, t.acked.in_bitmap)
 
     def failed(self, records: list[SeqRecord]) -> None:
         """These writes failed (etcd down, guard lost): they are retried by a later `due`."""

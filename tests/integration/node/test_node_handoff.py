@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from node_lab import NODE_IPS, VIRTUAL_IP, NodeLab
+from node_lab import NODE_IPS, SERVER, VIP, VIRTUAL_IP, NodeLab
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.packet import raw
 from test_node_datapath import ping_until, up
 from tests_node_helpers import wait_until
 
@@ -92,3 +94,21 @@ def test_subnet_selector_is_routed_by_longest_prefix(node_lab: NodeLab) -> None:
     client.inner_src = "10.51.0.5"  # outside the selector: dropped inbound, never answered
     assert client.ping(1.0) is None
     assert lab.metrics("node-1")['ipsec_cluster_node_drops_total{reason="selector"}'] >= 1
+
+
+def test_a_late_packet_alone_reaches_the_checkpoint(node_lab: NodeLab) -> None:
+    """An ESP packet that arrives after a later one changes only the replay bitmap: the
+    owner still writes it (after T), so a new owner's window knows that number."""
+    lab = node_lab
+    _, client = up(lab, "node-1")
+    early = raw(client.to_node.encrypt(IP(src=VIRTUAL_IP, dst=SERVER) / ICMP(seq=900)))
+    late = raw(client.to_node.encrypt(IP(src=VIRTUAL_IP, dst=SERVER) / ICMP(seq=901)))
+    client.sock.sendto(late[28:], (VIP, 4500))
+    top = IP(late)[UDP].payload.seq
+    assert wait_until(lambda: (s := lab.seq()) is not None and s.in_highest == top, 10)
+    s = lab.seq()
+    assert s is not None and not s.in_bitmap & 0b10  # top - 1 not seen yet
+    client.sock.sendto(early[28:], (VIP, 4500))
+    assert wait_until(lambda: (s := lab.seq()) is not None and s.in_bitmap & 0b10, 10), \
+        lab.seq()
+    assert lab.seq().in_highest == top  # type: ignore[union-attr]

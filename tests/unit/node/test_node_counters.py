@@ -128,3 +128,19 @@ def test_no_sequence_number_is_ever_sent_twice(script: list[tuple[str, int]]) ->
         for k in sent:
             if i < k:
                 assert not sent[i] & sent[k], (i, k)
+
+
+def test_a_window_change_alone_is_checkpointed_after_t() -> None:
+    """A packet that arrives out of order (below in_highest) changes only the bitmap: it is
+    written once T passed, and the mark the data path compares against includes it."""
+    cp = Checkpointer("n1", 16, 1000, 1024 * 16)
+    start = SaCounters(100, 50, 0b1101)
+    cp.own(7, "ike", 1, start, start, 0.0)
+    assert cp.marks[7] == (100, 50, 0b1101)
+    filled = SaCounters(100, 50, 0b1111)
+    assert cp.due({7: filled}, 0.5, 0.0) == []  # before T: not yet
+    (d,) = cp.due({7: filled}, 1.0, 0.0)  # after T: written
+    assert (d.record.in_highest, d.record.in_bitmap) == (50, 0b1111)
+    cp.acked([d.record], 1.0)
+    assert cp.marks[7] == (100, 50, 0b1111)
+    assert cp.due({7: filled}, 5.0, 0.0) == []  # nothing changed since: nothing written
