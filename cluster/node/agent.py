@@ -405,22 +405,24 @@ class NodeAgent:
             return
         if k in self.sending or k in self.acquiring:
             planned = a.phase == "handoff" and a.previous_node == me
-            self._fence(k, forward_to=self.node_addresses.get(a.node) if planned else None)
+            to = self.node_addresses.get(a.node) if planned else None
+            kept = self._fence(k, forward_to=to)
             if planned:
-                self._write_final(k, a, revision)
+                self._write_final(k, a, revision, kept, to)
 
     def _assignment_gone(self, k: str) -> None:
         self.assigns.pop(k, None)
         if k in self.sending or k in self.acquiring:
             self._fence(k)
 
-    def _fence(self, k: str, forward_to: str | None = None) -> None:
+    def _fence(self, k: str, forward_to: str | None = None) -> set[bytes]:
         """Stop sending for client k now (a newer epoch, or no assignment).
 
         `forward_to`: a planned hand-off to the node at that back-end address. The router
         keeps sending the client's return traffic here until the sprayer flips its route, so
-        the client's addresses are routed to the new owner instead of dropped (held in the
-        data path for the moment the route takes to change, then given back to the kernel)."""
+        the client's addresses stay routed to the TUN, where the data path holds what arrives,
+        until the final record is written (`_forward`); then they are routed to the new owner
+        and what was held is given back to the kernel. Returns those addresses."""
         assert self.datapath is not None
         self.sending.pop(k, None)
         self.acquiring.pop(k, None)
@@ -442,11 +444,31 @@ class NodeAgent:
                             for a in sa.client_addresses})
         dp.run(fence)
         self.stats.fenced += 1
-        self._route_client(k, forward_to=forward_to)
+        return self._route_client(k, forward_to=forward_to)
 
-    def _write_final(self, k: str, a: Assignment, revision: int) -> None:
+    def _forward(self, addrs: set[bytes], to: str | None, final_written: bool) -> None:
+        """After the final record (or its failure): route the handed-off client's addresses
+        to the new owner (the new owner has routed them to its own TUN by now: it started its
+        take-over from the same watch event, and the final is what it waits for), or, with
+        no final or no address for the new owner, remove them and drop what was held."""
+        assert self.datapath is not None
+        dp = self.datapath
+        for addr in addrs:
+            if addr in self._route_refs:
+                continue  # ours again meanwhile
+            self.routed.discard(addr)
+            if final_written and to:
+                self.forwarded[addr] = (to, self.clock() + FORWARD_S)
+                self._routes.put((addr, "via", to))
+            else:
+                self._routes.put((addr, "del", ""))
+                dp.call(functools.partial(dp.release, {addr}))
+
+    def _write_final(self, k: str, a: Assignment, revision: int,
+                     kept: set[bytes] | None = None, to: str | None = None) -> None:
         """Planned hand-off away from us: our exact counters as `final` records, guarded by
-        the hand-off assignment (DESIGN.md, "Moving a client without rekeying")."""
+        the hand-off assignment (DESIGN.md, "Moving a client without rekeying"); then the
+        addresses `kept` routed to our TUN are forwarded `to` the new owner."""
         assert self.datapath is not None
         dp = self.datapath
         spis = set(self.by_ike.get(k, ()))
@@ -458,16 +480,21 @@ class NodeAgent:
         guard = Guard(self.store.keyspace.assign(k), revision)
 
         def write() -> None:
-            for attempt in range(10):
-                try:
-                    ok = self.store.commit(records, guards=[guard])
-                    log.info("final counters for %s at epoch %d: %s", k, a.epoch,
-                             "written" if ok else "assignment changed, not written")
-                    return
-                except StoreError as e:
-                    log.warning("final counters for %s not written (%s), retry %d", k, e,
-                                attempt)
-                    time.sleep(RETRY_S)
+            ok = False
+            try:
+                for attempt in range(10):
+                    try:
+                        ok = self.store.commit(records, guards=[guard])
+                        log.info("final counters for %s at epoch %d: %s", k, a.epoch,
+                                 "written" if ok else "assignment changed, not written")
+                        return
+                    except StoreError as e:
+                        log.warning("final counters for %s not written (%s), retry %d", k, e,
+                                    attempt)
+                        time.sleep(RETRY_S)
+            finally:
+                if kept:
+                    self.post(functools.partial(self._forward, kept, to, ok))
         self._pool.submit(write)
 
     def _acquire(self, k: str, a: Assignment, spis: set[int] | None = None) -> None:
@@ -597,11 +624,12 @@ class NodeAgent:
                            for s, p in plans.items()))
         self._tick()  # a jumped start is written before its first packet
 
-    def _route_client(self, k: str, forward_to: str | None = None) -> None:
+    def _route_client(self, k: str, forward_to: str | None = None) -> set[bytes]:
         """Routes to the TUN for the addresses of client k while we send for it (or are
         taking it over); the address routes are reference-counted over clients (two may share
-        a selector). An address no longer ours is routed `forward_to` (the new owner's
-        back-end address) for FORWARD_S when given, else its route is removed."""
+        a selector). An address no longer ours loses its route, except with `forward_to`
+        (a planned hand-off away): then it stays routed to the TUN, and is returned, for
+        `_forward` to route it to the new owner once the final record is written."""
         want: set[bytes] = set()
         if k in self.sending or k in self.acquiring:
             for spi in self.by_ike.get(k, ()):
@@ -617,16 +645,17 @@ class NodeAgent:
                 self.routed.add(addr)
                 self.forwarded.pop(addr, None)
                 self._routes.put((addr, "tun", ""))
+        kept: set[bytes] = set()
         for addr in had - want:
             self._route_refs[addr] -= 1
             if self._route_refs[addr] <= 0:
                 del self._route_refs[addr]
-                self.routed.discard(addr)
                 if forward_to:
-                    self.forwarded[addr] = (forward_to, self.clock() + FORWARD_S)
-                    self._routes.put((addr, "via", forward_to))
+                    kept.add(addr)
                 else:
+                    self.routed.discard(addr)
                     self._routes.put((addr, "del", ""))
+        return kept
 
     def _unforward(self, now: float) -> None:
         """Forwarding routes of handed-off clients expire (the router has long flipped)."""
