@@ -289,8 +289,9 @@ def test_drain_moves_clients_with_exact_counters_and_undrain_spreads_back(
           f"{', '.join(f'{ms:.0f} ms' for ms in handoff_ms(cluster, since=started))}")
     assert exact >= child_sas
     for c in moving:
-        # ≤ 1 is the goal; not reliable at a 10 ms interval (docs/failover.md): ≤ 50 ms of pings
-        assert losses[c] <= 5, f"{c} lost {losses[c]} pings in a planned hand-off"
+        # the old owner forwards the client's return traffic to the new owner until the
+        # router flips (docs/node.md, "Ownership and hand-off"): at most 1 lost ping
+        assert losses[c] <= 1, f"{c} lost {losses[c]} pings in a planned hand-off"
     cluster.assert_sas_kept()
 
     # undrain + rebalance: the rendezvous choice over the ready nodes again
