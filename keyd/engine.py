@@ -286,7 +286,8 @@ class Engine:
             self.core.assign_address(event.ike_sa_id, None, now)
             return
         try:
-            claim = self.pool.claim(event.ike_sa_id, event.identity, event.requested)
+            claim = self.pool.claim(event.ike_sa_id, event.identity, event.requested,
+                                    initial_contact=event.initial_contact)
         except PoolExhausted as exc:
             log.warning("no address for client", extra={"ike_sa": event.ike_sa_id,
                                                          "error": str(exc)})

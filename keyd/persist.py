@@ -215,7 +215,7 @@ class Persister:
             for c in fresh:
                 self.pool.written(c)
         for a in owners:
-            log.info("client assigned", extra={"ike_sa": a.ike_sa_id, "node": a.node})
+            log.debug("client assigned", extra={"ike_sa": a.ike_sa_id, "node": a.node})
 
     def _write_state(self, changes: Changes, deletes: list[str] | None = None) -> None:
         puts, guards, fresh = self._state_ops(changes)
@@ -269,8 +269,11 @@ class Persister:
             self.pool.transfer(rekey.virtual_ip, rekey.old, rekey.new)
 
     # -- removals ---------------------------------------------------------------------------
-    def _removal_keys(self, changes: Changes) -> tuple[list[str], list[tuple[str, str]]]:
-        """The keys to delete, and the (address, IKE SA) leases among them."""
+    def _removal_keys(self, changes: Changes, claimed: frozenset[str] = frozenset()
+                      ) -> tuple[list[str], list[tuple[str, str]]]:
+        """The keys to delete, and the (address, IKE SA) leases among them — but not the
+        leases of `claimed` addresses, just taken over by another IKE SA (a returning
+        client's INITIAL_CONTACT gets its old address back)."""
         ks = self.store.keyspace
         keys = [ks.sa(spi) for spi in changes.deleted_children]
         released: list[tuple[str, str]] = []
@@ -281,7 +284,7 @@ class Persister:
             keys += [ks.ike(ike_sa_id), ks.assign(ike_sa_id)]
             if last is not None:
                 keys += [ks.sa(spi) for spi in last.child_spis]
-                if last.virtual_ip:
+                if last.virtual_ip and last.virtual_ip not in claimed:
                     keys.append(ks.pool(last.virtual_ip))
                     released.append((last.virtual_ip, ike_sa_id))
         return list(dict.fromkeys(keys)), released
@@ -298,8 +301,9 @@ class Persister:
         try:
             keys: list[str] = []
             released: list[tuple[str, str]] = []
+            claimed = frozenset(c.lease.ip for ch in batch for c in ch.leases)
             for changes in batch:
-                k, r = self._removal_keys(changes)
+                k, r = self._removal_keys(changes, claimed)
                 keys += k
                 released += r
             self._delete(list(dict.fromkeys(keys)), owners_now=not defer_owners)
@@ -350,7 +354,7 @@ class Persister:
         """Remove the owners that wait, now (no other write came along)."""
         due, self._owners_due = self._owners_due, []
         try:
-            with self.metrics.etcd_write("delete"):
+            with self.metrics.etcd_write("owner"):
                 for i in range(0, len(due), TXN_MAX_OPS):
                     self.store.commit(deletes=due[i:i + TXN_MAX_OPS])
         except StoreError as exc:

@@ -85,15 +85,17 @@ class AddressPool:
                 for v in self.store.list(PoolLease).items}
 
     def claim(self, ike_sa_id: str, identity: str, requested: str | None = None,
-              from_etcd: bool = False) -> LeaseClaim:
+              from_etcd: bool = False, initial_contact: bool = False) -> LeaseClaim:
         """Choose an address for the IKE SA (nothing written); PoolExhausted if none is free,
         StoreError if etcd must be asked and does not answer. `from_etcd`: do not trust the
-        view (it was behind a moment ago)."""
+        view (it was behind a moment ago). `initial_contact`: the client says it holds no
+        other IKE SA with us (it restarted; RFC 7296 §2.4), so the addresses leased to its
+        identity are free for it again, whether or not their old IKE SA is gone yet."""
         leases = self._leases(from_etcd)
         for held in leases.values():
             if held.record.ike_sa_id == ike_sa_id:
                 return LeaseClaim(held.record, held.mod_revision, held=True)
-        for ip, taken in self._candidates(identity, requested, leases):
+        for ip, taken in self._candidates(identity, requested, leases, initial_contact):
             lease = PoolLease(ip=ip, ike_sa_id=ike_sa_id, identity=identity,
                               keyd_id=self.keyd_id, leased_at=self.clock())
             return LeaseClaim(lease, taken.mod_revision if taken else 0)
@@ -117,16 +119,18 @@ class AddressPool:
 
     def written(self, claim: LeaseClaim) -> None:
         """The claim's lease is in etcd now (keep the view in step until its watch says so)."""
-        log.info("address leased", extra={"ip": claim.lease.ip, "ike_sa": claim.lease.ike_sa_id,
+        log.debug("address leased", extra={"ip": claim.lease.ip, "ike_sa": claim.lease.ike_sa_id,
                                           "identity": claim.lease.identity})
         if self.view is not None:
             self.view.note_lease(claim.lease, claim.lease.ip)
 
     def _candidates(self, identity: str, requested: str | None,
-                    leases: dict[str, HeldLease]) -> list[tuple[str, HeldLease | None]]:
+                    leases: dict[str, HeldLease],
+                    initial_contact: bool = False) -> list[tuple[str, HeldLease | None]]:
         out: list[tuple[str, HeldLease | None]] = []
         stale_own = [v for v in leases.values()
-                     if v.record.identity == identity and self._stale(v.record)]
+                     if v.record.identity == identity
+                     and (initial_contact or self._stale(v.record))]
         if requested and self.contains(requested) and requested != "0.0.0.0":
             held = leases.get(requested)
             if held is None:
@@ -157,7 +161,7 @@ class AddressPool:
         return done
 
     def released(self, ip: str, ike_sa_id: str) -> None:
-        log.info("address released", extra={"ip": ip, "ike_sa": ike_sa_id})
+        log.debug("address released", extra={"ip": ip, "ike_sa": ike_sa_id})
         if self.view is not None:
             self.view.note_lease(None, ip)
 

@@ -91,10 +91,12 @@ class KeydServer:
         self._systemd_watchdog: asyncio.Task[None] | None = None
         self._ready_said = False
         # steps waiting for their write (group commit), and the messages that wait for them
-        self._commits: asyncio.Queue[Step] = asyncio.Queue()
+        self._pending: list[Step] = []
+        self._commit_scheduled = False
+        self._arrivals = 0                  # datagrams received so far
+        self._owners_timer: asyncio.TimerHandle | None = None
         self._held: dict[str, list[Inbound]] = {}
         self._held_count: dict[str, int] = {}
-        self._writing = False
         self._half_open: dict[str, asyncio.TimerHandle] = {}   # IKE SA → its write, later
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -124,7 +126,6 @@ class KeydServer:
             asyncio.create_task(self._supervised(self._register), name="keyd-register"),
             asyncio.create_task(self._supervised(self._etcd_probe), name="keyd-etcd-probe"),
             asyncio.create_task(self._supervised(self._sweeper), name="keyd-sweeper"),
-            asyncio.create_task(self._supervised(self._committer), name="keyd-committer"),
         ]
 
     async def stop(self) -> None:
@@ -193,6 +194,7 @@ class KeydServer:
     # the step changed wait here (in order), so each IKE SA has at most one step in flight.
     def _enqueue(self, inbound: Inbound, attempt: int = 0) -> None:
         if not attempt:
+            self._arrivals += 1
             self.metrics.datagrams_in.labels(str(inbound.dst[1])).inc()
         ike_sa_id = ike_sa_id_of(inbound.ike_message)[0]
         waiting = self._held.get(ike_sa_id)
@@ -235,40 +237,50 @@ class KeydServer:
         for held in step.holds():
             self._held.setdefault(held, [])
             self._held_count[held] = self._held_count.get(held, 0) + 1
-        self._commits.put_nowait(step)
+        self._pending.append(step)
+        if not self._commit_scheduled and self._loop is not None:
+            self._commit_scheduled = True
+            self._loop.call_soon(self._commit, self._arrivals)
 
-    async def _committer(self) -> None:
-        """Group commit: every step queued meanwhile goes into the next write."""
+    def _commit(self, seen: int) -> None:
+        """Group commit, on the loop's thread (no hand-over to another thread and back):
+        while datagrams keep arriving, let the loop read them (each may add a step), then
+        write every waiting step at once and release their replies."""
+        assert self._loop is not None
+        if self._arrivals != seen and len(self._pending) < COMMIT_BATCH_MAX:
+            self._loop.call_soon(self._commit, self._arrivals)
+            return
+        self._commit_scheduled = False
+        batch, self._pending = self._pending[:COMMIT_BATCH_MAX], self._pending[COMMIT_BATCH_MAX:]
         persister = self.engine.persister
-        while True:
-            if persister.owners_due:
-                try:
-                    first = await asyncio.wait_for(self._commits.get(), OWNER_DELETE_DELAY_S)
-                except TimeoutError:
-                    await asyncio.to_thread(persister.flush_owner_deletes)
-                    continue
-            else:
-                first = await self._commits.get()
-            batch = [first]
-            while len(batch) < COMMIT_BATCH_MAX and not self._commits.empty():
-                batch.append(self._commits.get_nowait())
-            self._writing = True
-            self.metrics.commit_steps.observe(len(batch))
+        self.metrics.commit_steps.observe(len(batch))
+        try:
+            results = persister.write_batch([s.changes for s in batch])
+        except Exception as exc:   # not etcd's: the steps are not durable either
+            log.error("write failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            results = [StoreError(str(exc))] * len(batch)
+        for step, error in zip(batch, results, strict=True):
             try:
-                results: list[StoreError | None] = await asyncio.to_thread(
-                    persister.write_batch, [s.changes for s in batch])
-            except Exception as exc:   # not etcd's: the steps are not durable either
-                log.error("write failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-                results = [StoreError(str(exc))] * len(batch)
-            finally:
-                self._writing = False
-            for step, error in zip(batch, results, strict=True):
-                try:
-                    self._send(self.engine.settle(step, error))
-                except Exception as exc:
-                    log.error("step not settled", extra={
-                        "error": f"{type(exc).__name__}: {exc}"})
-                self._release(step)
+                self._send(self.engine.settle(step, error))
+            except Exception as exc:
+                log.error("step not settled", extra={"error": f"{type(exc).__name__}: {exc}"})
+            self._release(step)
+        if self._pending and not self._commit_scheduled:
+            self._commit_scheduled = True
+            self._loop.call_soon(self._commit, self._arrivals)
+        if persister.owners_due and self._owners_timer is None:
+            self._owners_timer = self._loop.call_later(OWNER_DELETE_DELAY_S,
+                                                       self._remove_owners)
+
+    def _remove_owners(self) -> None:
+        """Owners of removed IKE SAs waited for a write that did not come: remove them."""
+        self._owners_timer = None
+        if self._commit_scheduled or not self.engine.persister.owners_due:
+            return   # the next write takes them along
+        try:
+            self.engine.persister.flush_owner_deletes()
+        except Exception as exc:
+            log.error("owner removal failed", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     def _release(self, step: Step) -> None:
         """The step is settled: messages that waited for its IKE SAs go on, in order."""
@@ -284,7 +296,7 @@ class KeydServer:
     @property
     def _quiet(self) -> bool:
         """No step in flight: the timers and the flush may touch any IKE SA."""
-        return not self._held_count and not self._writing and self._commits.empty()
+        return not self._held_count and not self._pending
 
     def _dropped(self, reason: str) -> None:
         self.metrics.dropped.labels(reason).inc()

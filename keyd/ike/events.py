@@ -106,6 +106,9 @@ class AddressRequested(IkeEvent):
     ike_sa_id: str
     identity: str
     requested: str | None
+    # the peer sent INITIAL_CONTACT (RFC 7296 §2.4): it holds no other IKE SA with us, so
+    # an address still leased to its identity may be given to it again
+    initial_contact: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ imports the SA simply answers the peer's retransmitted request afresh).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import LocalProtocolError
@@ -72,8 +72,13 @@ class IkeSa:
 _BYTES_CHILD = ("enc_key_in", "integ_key_in", "enc_key_out", "integ_key_out")
 
 
+_CHILD_FIELDS = tuple(f.name for f in fields(ChildSa))
+_KEY_FIELDS = tuple(f.name for f in fields(IkeKeys))
+
+
 def _child_to_dict(c: ChildSa) -> dict[str, Any]:
-    d = asdict(c)
+    # field by field: dataclasses.asdict deep-copies, and this runs for every write
+    d = {name: getattr(c, name) for name in _CHILD_FIELDS}
     for k in _BYTES_CHILD:
         d[k] = d[k].hex()
     d["ts_local"], d["ts_remote"] = list(c.ts_local), list(c.ts_remote)
@@ -97,7 +102,7 @@ def export_sa(sa: IkeSa) -> dict[str, Any]:
         "spi_r": f"{sa.spi_r:016x}",
         "is_initiator": sa.is_initiator,
         "suite": sa.suite.name,
-        "keys": {k: v.hex() for k, v in asdict(sa.keys).items()},
+        "keys": {k: getattr(sa.keys, k).hex() for k in _KEY_FIELDS},
         "state": sa.state.value,
         "peer": list(sa.peer),
         "local": list(sa.local),

@@ -13,9 +13,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .auth import signed_octets
+from .auth import ca_keyid, signed_octets
 from .config import InitiatorConfig
 from .constants import (
+    CertEncoding,
     CfgAttr,
     CfgType,
     ExchangeType,
@@ -44,6 +45,7 @@ from .keys import (
 from .message import Header, Message, push_message
 from .payloads import (
     AuthPayload,
+    CertReqPayload,
     CpPayload,
     IdiPayload,
     IdrPayload,
@@ -206,6 +208,11 @@ class Initiator(IkeEndpoint):
                                                         (CfgAttr.INTERNAL_IP4_DNS, b""))))
         if cfg.initial_contact:
             payloads.append(NotifyPayload(Notify.INITIAL_CONTACT))
+        if cfg.credentials.cas:
+            # §3.7: ask for the responder's certificate (a responder may leave it out
+            # unless asked), naming the CAs we trust
+            payloads.append(CertReqPayload(CertEncoding.X509_SIGNATURE,
+                                           b"".join(ca_keyid(ca) for ca in cfg.credentials.cas)))
         spi_in = self._allocate_spi()
         props = tuple(s.to_proposal(i + 1, spi_in.to_bytes(4, "big"), with_dh=False)
                       for i, s in enumerate(cfg.esp_suites))

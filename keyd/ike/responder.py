@@ -294,7 +294,8 @@ class Responder(IkeEndpoint):
                 if len(wanted) == 4 and any(wanted) else None
             sa.state = advance(sa.state, "address_requested")
             self._pending[sa.id] = pending
-            self._events.append(AddressRequested(sa.id, identity, requested))
+            self._events.append(AddressRequested(sa.id, identity, requested,
+                                                 pending.initial_contact))
             return None
         return self._finish_auth(sa, pending, None, now)
 

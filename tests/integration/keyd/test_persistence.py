@@ -170,8 +170,10 @@ def test_initial_contact_removes_the_older_ike_sa_of_the_identity(
         assert store.get(IkeSaRecord, old.ike_sa_id) is None
         assert store.get(ChildSaRecord, old_spi) is None
         assert wait_for(lambda: store.get(Assignment, old.ike_sa_id) is None, timeout_s=5)
-        assert store.get(PoolLease, old.virtual_ip or "") is None or old.virtual_ip == \
-            new.virtual_ip
+        # and it gets its old address back (the lease is taken over, not released)
+        assert new.virtual_ip == old.virtual_ip
+        lease = store.get(PoolLease, new.virtual_ip or "")
+        assert lease is not None and lease.record.ike_sa_id == new.ike_sa_id
         assert store.get(IkeSaRecord, new.ike_sa_id) is not None
         assert store.get(ChildSaRecord, new_spi) is not None
     # a client that does not say INITIAL_CONTACT (a second device) keeps the first one

@@ -96,6 +96,8 @@ def test_events_come_before_datagrams_and_float_to_4500() -> None:
     assert kinds == [AddressRequested]
     assert server.endpoint.datagrams_to_send() == []  # IKE_AUTH waits for the address
     sa_id = server.of(AddressRequested)[0].ike_sa_id
+    # the client said INITIAL_CONTACT: the pool may give it its old address again
+    assert server.of(AddressRequested)[0].initial_contact
     # a retransmitted IKE_AUTH while the decision is pending is ignored
     for d in auth:
         server.endpoint.receive_datagram(d.data, d.src, d.dst, clock.now)
@@ -108,6 +110,31 @@ def test_events_come_before_datagrams_and_float_to_4500() -> None:
     for d in out:
         client.endpoint.receive_datagram(d.data, d.src, d.dst, clock.now)
     assert client.pull_events() and client.endpoint.virtual_ip == "10.99.0.7"
+
+
+def test_initiator_with_cas_sends_certreq_in_ike_auth() -> None:
+    """RFC 7296 §3.7: an initiator that trusts CAs asks for the responder's certificate
+    (a charon responder sends it only when asked), naming each CA by its key hash."""
+    from ikepair import make_pki
+
+    from keyd.ike import Initiator, InitiatorConfig
+    from keyd.ike.auth import ca_keyid
+    from keyd.ike.payloads import CertReqPayload
+    pki = make_pki()
+    client = Side(Initiator(InitiatorConfig(identity="client@example.net",
+                                            credentials=Credentials(psk=PSK, cas=(pki.ca,)))))
+    _, server = psk_pair()
+    clock = Clock()
+    client.endpoint.connect(CLIENT, VIP, clock.now)
+    transfer(client, server, clock.now)
+    server.pull_events()
+    transfer(server, client, clock.now)
+    auth = client.drain()[0].data[len(NON_ESP_MARKER):]
+    ep = server.endpoint
+    msg, sk = pull_message(auth)
+    inner = open_sk(msg, sk, ep._keys_in(ep._sas[client.endpoint.ike_sa_id]))
+    certreqs = [p for p in inner if isinstance(p, CertReqPayload)]
+    assert len(certreqs) == 1 and certreqs[0].data == ca_keyid(pki.ca)
 
 
 def test_no_fake_nat_when_not_forced() -> None:
