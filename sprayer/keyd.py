@@ -1,7 +1,8 @@
 """keyd instances as the target of IKE: which of them are live, and which one a client reaches.
 
 IKE (UDP 500, and 4500 behind the zero non-ESP marker) goes to one keyd instance chosen by a
-hash of the client's address and port. Any instance can continue any IKE SA (its state is in
+hash of the client's address (not its port, which changes when the client floats from 500 to
+4500 after IKE_SA_INIT). Any instance can continue any IKE SA (its state is in
 etcd), so a move is safe; but an exchange should stay on one instance while that instance
 lives. The hash therefore does not pick among the N instances directly (`mod N` would move
 almost every client whenever N changes): it picks one of `BUCKETS` buckets, and each bucket

@@ -4,7 +4,9 @@ One table (`inet ipsec_cluster`), one prerouting chain at mangle priority, for p
 VIP (which is *not* a local address of the router; it is routed to the back ends):
 
 1. UDP dport 500 (IKE) → a keyd instance's mark: with several live instances, jhash over the
-   client's address and port picks one of 64 buckets, each owned by one instance
+   client's address (not its port: a client that floats from 500 to 4500 after IKE_SA_INIT,
+   RFC 7296 §2.23, keeps reaching the instance that answered it) picks one of 64 buckets,
+   each owned by one instance
    (sprayer/keyd.py: rendezvous, so an instance leaving moves only its own clients);
 2. UDP dport 4500 whose first 4 payload bytes are zero (the non-ESP marker, RFC 3948 §2.2)
    → the same keyd choice;
@@ -48,13 +50,19 @@ PAYLOAD32 = "@th,64,32"
 HASH_SEED = 0x49504353
 
 
-def _hashed_mark(marks: Sequence[int]) -> str:
-    """A mark chosen by jhash over the client's address and port among `marks` (bucket i of
-    `len(marks)` → marks[i]); a plain mark when they are all the same."""
+#: what IKE is hashed on: the client's address only (see 1. above)
+IKE_HASH_KEY = "ip saddr"
+#: what an unknown SPI is hashed on: the client's address and port
+ESP_HASH_KEY = "ip saddr . udp sport"
+
+
+def _hashed_mark(marks: Sequence[int], key: str) -> str:
+    """A mark chosen by jhash over `key` among `marks` (bucket i of `len(marks)` →
+    marks[i]); a plain mark when they are all the same."""
     if len(set(marks)) == 1:
         return f"{marks[0]:#x}"
     pairs = ", ".join(f"{i} : {m:#x}" for i, m in enumerate(marks))
-    return f"jhash ip saddr . udp sport mod {len(marks)} seed {HASH_SEED:#x} map {{ {pairs} }}"
+    return f"jhash {key} mod {len(marks)} seed {HASH_SEED:#x} map {{ {pairs} }}"
 
 
 def chain_rules(vip: str, keyd_marks: Sequence[int], node_marks: Sequence[int]) -> list[str]:
@@ -63,14 +71,15 @@ def chain_rules(vip: str, keyd_marks: Sequence[int], node_marks: Sequence[int]) 
     if not keyd_marks:
         raise DriverError("no keyd back end: IKE would have nowhere to go")
     to_vip = f"ip daddr {vip} udp dport"
-    ike = _hashed_mark(keyd_marks)
+    ike = _hashed_mark(keyd_marks, IKE_HASH_KEY)
     rules = [
         f"{to_vip} {IKE_PORT} meta mark set {ike} accept",
         f"{to_vip} {NATT_PORT} {PAYLOAD32} 0 meta mark set {ike} accept",
         f"{to_vip} {NATT_PORT} meta mark set {PAYLOAD32} map @{SPI_MAP} accept",
     ]
     if node_marks:
-        rules.append(f"{to_vip} {NATT_PORT} meta mark set {_hashed_mark(node_marks)} accept")
+        unknown_spi = _hashed_mark(node_marks, ESP_HASH_KEY)
+        rules.append(f"{to_vip} {NATT_PORT} meta mark set {unknown_spi} accept")
     return rules
 
 

@@ -66,19 +66,23 @@ class Steering:
     fallback: list[int] = field(default_factory=list)
 
 
-def pick(marks: Sequence[int], client: tuple[str, int]) -> int | None:
+def pick(marks: Sequence[int], client: tuple[str, int], with_port: bool = True) -> int | None:
+    """One of `marks` by a stable hash of the client's address (and port, `with_port`)."""
     if not marks:
         return None
-    h = hashlib.blake2b(f"{client[0]}:{client[1]}".encode(), digest_size=4).digest()
+    text = f"{client[0]}:{client[1]}" if with_port else client[0]
+    h = hashlib.blake2b(text.encode(), digest_size=4).digest()
     return marks[int.from_bytes(h, "big") % len(marks)]
 
 
 def steer(steering: Steering, port: int, payload: bytes, client: tuple[str, int]) -> int | None:
     """The mark for one datagram to the VIP, as the nftables rules would choose it."""
+    # IKE by the client's address only, as the nftables rules: the float from 500 to 4500
+    # (RFC 7296 §2.23) keeps a client on the keyd that answered its IKE_SA_INIT
     if port == IKE_PORT or payload[:4] == b"\x00\x00\x00\x00":
-        return pick(steering.keyd, client)
+        return pick(steering.keyd, client, with_port=False)
     if len(payload) < 8:      # not ESP (RFC 3948 §2.2: 1-byte NAT-keepalive): to keyd
-        return pick(steering.keyd, client)
+        return pick(steering.keyd, client, with_port=False)
     spi = int.from_bytes(payload[:4], "big")
     mark = steering.spis.get(spi)
     return mark if mark is not None else pick(steering.fallback, client)

@@ -3,8 +3,9 @@ driver lab's router, and two keyd stand-ins (UDP sockets on VIP:500 and VIP:4500
 namespaces, registered in keyd/ on real leases).
 
 - no keyd registered: IKE goes to the configured seed;
-- two registered: IKE is spread over both by client address and port, each client always to
-  the same instance, the chain in one table rebuild;
+- two registered: IKE is spread over both by client address, each client always to the same
+  instance — from port 500 and, after the NAT-T float, from 4500 — the chain in one table
+  rebuild;
 - an instance whose sockets close (its process died, its lease still alive): the probe takes it
   out while its record is still there; the survivor keeps its clients, the dead one's move;
 - registered again: back in, its old clients back on it;
@@ -34,7 +35,7 @@ from sprayer.settings import SprayerSettings
 
 VIP = "203.0.113.10"
 KEYD2 = "10.30.4.5"
-PORTS = range(21000, 21040)   # client source ports: 40 "clients" from one address
+CLIENTS = [f"198.51.100.{i}" for i in range(100, 140)]   # 40 clients, one address each
 
 
 def wait(pred: Callable[[], bool], timeout_s: float = 20.0, what: str = "") -> None:
@@ -109,31 +110,51 @@ class Instance:
             self.membership = None
 
 
-def where_ike_goes(lab: Any, instances: list[Instance]) -> dict[int, str]:
-    """Send one IKE datagram from each client port; which instance got it (or "-")."""
-    send = {p: lab.udp("sender", p, addr="0.0.0.0") for p in PORTS}
-    out: dict[int, str] = {}
+@pytest.fixture
+def clients(lab: Any) -> list[str]:
+    """The sender namespace speaks from 40 client addresses."""
+    for addr in CLIENTS:
+        lab.sh("ip", "-n", lab.ns("sender"), "addr", "add", f"{addr}/24", "dev", "eth0")
+    return CLIENTS
+
+
+def _drain(sock: Any, into: dict[int, set[str]], who: str) -> None:
+    while True:
+        try:
+            data = sock.recv(2048)
+        except (TimeoutError, BlockingIOError):
+            return
+        into.setdefault(int.from_bytes(data[-2:], "big"), set()).add(who)
+
+
+def where_ike_goes(lab: Any, instances: list[Instance]) -> dict[str, str]:
+    """Send one IKE datagram from each client address's port 500, and one with the non-ESP
+    marker from its port 4500 (the NAT-T float); which instance got both (or "-")."""
+    send = {a: (lab.udp("sender", 500, addr=a), lab.udp("sender", 4500, addr=a))
+            for a in CLIENTS}
+    got: dict[int, set[str]] = {}
     try:
-        for p, s in send.items():
-            s.sendto(b"\0" * 28 + p.to_bytes(2, "big"), (VIP, 500))
+        for i, (s500, s4500) in enumerate(send.values()):
+            s500.sendto(b"\0" * 28 + i.to_bytes(2, "big"), (VIP, 500))
+            s4500.sendto(b"\0" * 32 + i.to_bytes(2, "big"), (VIP, 4500))
         time.sleep(0.3)
         for inst in instances:
-            if not inst.socks:
-                continue
-            sock = inst.socks[0]
-            while True:
-                try:
-                    data = sock.recv(2048)
-                except (TimeoutError, BlockingIOError):
-                    break
-                out[int.from_bytes(data[28:30], "big")] = inst.id
+            for sock in inst.socks:
+                _drain(sock, got, inst.id)
     finally:
-        for s in send.values():
-            s.close()
-    return {p: out.get(p, "-") for p in PORTS}
+        for pair in send.values():
+            for s in pair:
+                s.close()
+    out = {}
+    for i, a in enumerate(CLIENTS):
+        seen = got.get(i, set())
+        assert len(seen) <= 1, f"{a}: IKE from 500 and 4500 went to {seen}"
+        out[a] = seen.pop() if seen else "-"
+    return out
 
 
-def test_ike_follows_live_keyd_instances(lab: Any, keyd2: str, store: Store) -> None:
+def test_ike_follows_live_keyd_instances(lab: Any, keyd2: str, store: Store,
+                                         clients: list[str]) -> None:
     k1 = Instance(lab, store, "keyd-1", "keyd", lab.addresses["keyd"])
     k2 = Instance(lab, store, "keyd-2", keyd2, KEYD2)
     settings = SprayerSettings(id="sprayer-k", vip=VIP, keyd=[lab.addresses["keyd"]],
@@ -170,7 +191,7 @@ def _run(lab: Any, store: Store, sprayer: Sprayer, applier: KernelApplier, k1: I
          what="the sprayer to lead and install its chain")
     assert set(where_ike_goes(lab, both).values()) == {"keyd-1"}
 
-    # 2. both registered: spread over both, each client port always to one instance
+    # 2. both registered: spread over both, each client always to one instance
     k1.register()
     k2.register()
     wait(lambda: set(applier.nft._chain[0]) == {mark1, mark2} if applier.nft._chain else False,
@@ -189,7 +210,7 @@ def _run(lab: Any, store: Store, sprayer: Sprayer, applier: KernelApplier, k1: I
     assert sprayer.metrics.keyd_refused._value.get() == refused + 1
     after = where_ike_goes(lab, both)
     assert set(after.values()) == {"keyd-1"}
-    assert all(after[p] == "keyd-1" for p in PORTS if p not in on2)   # survivor kept its own
+    assert all(after[a] == "keyd-1" for a in CLIENTS if a not in on2)   # survivor kept its own
 
     # 4. keyd-2 restarts and registers again: back at once, with the same clients
     k2.unregister(revoke=False)

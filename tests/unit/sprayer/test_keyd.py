@@ -111,7 +111,7 @@ def test_chain_hashes_ike_over_the_buckets() -> None:
     marks = MarkAllocator()
     two = keyd_bucket_marks(marks, keyd_backends(["10.30.0.5", "10.30.0.6"]))
     rules = chain_rules(VIP, two, [0x49500002])
-    hashed = (f"jhash ip saddr . udp sport mod {BUCKETS} seed {HASH_SEED:#x} map {{ 0 : "
+    hashed = (f"jhash ip saddr mod {BUCKETS} seed {HASH_SEED:#x} map {{ 0 : "
               f"{two[0]:#x}, 1 : {two[1]:#x}")
     assert rules[0].startswith(f"ip daddr {VIP} udp dport 500 meta mark set {hashed}")
     assert rules[1].startswith(f"ip daddr {VIP} udp dport 4500 @th,64,32 0 meta mark set "
@@ -130,12 +130,14 @@ def test_userspace_forwarder_keeps_a_client_on_its_instance() -> None:
     after = Steering(keyd=keyd_bucket_marks(marks, three[:2]))     # 10.30.0.7 died
     gone = marks.mark("keyd:10.30.0.7")
     moved = 0
-    for port in range(20000, 20400):
-        c = ("198.51.100.2", port)
+    for i in range(400):
+        c = (f"198.51.{100 + i // 200}.{i % 200}", 500)
         x, y = steer(before, 500, b"\0" * 30, c), steer(after, 500, b"\0" * 30, c)
         assert y != gone
         if x != gone:
             assert x == y
         else:
             moved += 1
+        # the NAT-T float (500 → 4500, zero marker) keeps the client on the same instance
+        assert steer(before, 4500, b"\0" * 34, (c[0], 4500)) == x
     assert 0 < moved < 400
