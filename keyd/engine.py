@@ -132,6 +132,7 @@ class Engine:
         self._held_revision: dict[str, int] = {}
         # identity → IKE SAs in the cluster (from the ike/ watch): for INITIAL_CONTACT
         self._by_identity: dict[str, set[str]] = {}
+        self._step_seconds: dict[str, Any] = {}   # labelled histograms, looked up once
 
     # -- inbound -------------------------------------------------------------------------
     def handle(self, inbound: Inbound) -> list[Outbound]:
@@ -208,8 +209,11 @@ class Engine:
                 self._observe(step)
 
     def _observe(self, step: Step) -> None:
-        self.metrics.step_seconds.labels(step.exchange).observe(
-            time.perf_counter() - step.started)
+        child = self._step_seconds.get(step.exchange)
+        if child is None:
+            child = self._step_seconds[step.exchange] = \
+                self.metrics.step_seconds.labels(step.exchange)
+        child.observe(time.perf_counter() - step.started)
 
     def tick(self) -> list[Outbound]:
         """The core's timers (retransmits, expiry): persist what they changed, best effort."""
