@@ -53,7 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _settings(cfg: Config, args: argparse.Namespace) -> HooksSettings:
+def settings_from(cfg: Config, args: argparse.Namespace | None = None) -> HooksSettings:
+    """The runner's settings from a loaded configuration, flags (`args`) first. ConfigError
+    when they are out of range or name neither a directory nor a webhook."""
+    if args is None:
+        args = _parser().parse_args([])
     sec = cfg.section("hooks")
     directory = args.directory if args.directory is not None else sec.path("directory", None)
     settings = HooksSettings(
@@ -110,7 +114,7 @@ def _main(argv: list[str] | None) -> None:
     args = _parser().parse_args(argv)
     try:
         cfg = _load(args)
-        settings = _settings(cfg, args)
+        settings = settings_from(cfg, args)
     except ConfigError as exc:
         print(f"cluster-hooks: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -1,6 +1,7 @@
 """The Ansible deployment: lint, syntax, and converge runs that render every file.
 
-The converge runs use the example inventory (3 etcd, 2 keyd, 3 nodes, 2 sprayers) with
+The converge runs use the example inventory (3 etcd, 2 keyd, 3 nodes, 2 sprayers, a hook runner
+on sprayer-1) with
 `connection: local` and `ipsec_cluster_render_only`, each host rendering into its own
 directory under a temporary root: nothing on this machine is installed, started or changed.
 The rendered configuration is read back by the daemons' own loaders, the rendered etcd
@@ -45,9 +46,18 @@ ETCD = ("etcd-1", "etcd-2", "etcd-3")
 KEYD = ("keyd-1", "keyd-2")
 NODES = ("node-1", "node-2", "node-3")
 SPRAYERS = ("sprayer-1", "sprayer-2")
+HOOKS = ("sprayer-1",)
 DAEMON = {**dict.fromkeys(KEYD, "keyd"), **dict.fromkeys(NODES, "cluster-node"),
           **dict.fromkeys(SPRAYERS, "sprayer")}
-SECTION = {"keyd": "keyd", "cluster-node": "node", "sprayer": "sprayer"}
+# Every (host, daemon) deployed; the hook runner shares sprayer-1.
+DEPLOYED = [*DAEMON.items(), *((h, "cluster-hooks") for h in HOOKS)]
+SECTION = {"keyd": "keyd", "cluster-node": "node", "sprayer": "sprayer",
+           "cluster-hooks": "hooks"}
+
+
+def etcd_user(host: str, daemon: str) -> str:
+    """The etcd user (certificate CN) of a daemon: its host, or <host>-hooks for the runner."""
+    return f"{host}-hooks" if daemon == "cluster-hooks" else host
 
 
 def ansible_env(tmp: Path) -> dict[str, str]:
@@ -114,7 +124,7 @@ def converged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Converge]:
     tmp = tmp_path_factory.mktemp("ansible")
     c = Converge(tmp, tmp / "root", tmp / "credentials")
     result = assert_ran(c.playbook("site.yml"))
-    assert set(result) == {*ETCD, *KEYD, *NODES, *SPRAYERS}
+    assert set(result) == {*ETCD, *KEYD, *NODES, *SPRAYERS, *HOOKS}
     yield c
 
 
@@ -149,24 +159,36 @@ def test_syntax_check(playbook: str, tmp_path: Path) -> None:
 # -- converge --------------------------------------------------------------------------------
 
 def test_every_file_is_rendered_with_its_mode(converged: Converge) -> None:
-    for host, daemon in DAEMON.items():
+    credentials: dict[str, set[str]] = {}
+    for host, daemon in DEPLOYED:
         etc = converged.host(host) / "etc" / "ipsec-cluster"
+        user = etcd_user(host, daemon)
         expected = {
             etc / f"{daemon}.toml": 0o640,
-            etc / "data.key": 0o600,
             etc / "etcd" / "ca.pem": 0o644,
-            etc / "etcd" / f"{host}.pem": 0o644,
-            etc / "etcd" / f"{host}-key.pem": 0o600,
+            etc / "etcd" / f"{user}.pem": 0o644,
+            etc / "etcd" / f"{user}-key.pem": 0o600,
             converged.host(host) / "etc" / "systemd" / "system" / f"{daemon}.service": 0o644,
         }
+        if daemon != "cluster-hooks":
+            expected[etc / "data.key"] = 0o600
         if daemon == "keyd":
             expected[etc / "psk"] = 0o600
+        if daemon == "cluster-hooks":
+            assert mode(etc / "hooks.d") == 0o750
+            expected[etc / "hooks.d" / "50-log"] = 0o750      # group_vars/hooks.yml
+            assert (etc / "hooks.d" / "50-log").read_bytes() == \
+                (INVENTORY / "files" / "hooks.d" / "50-log").read_bytes()
         for path, want in expected.items():
             assert path.is_file(), path
             assert mode(path) == want, (path, oct(mode(path)))
+        credentials.setdefault(host, {"ca.pem"}).update({f"{user}.pem", f"{user}-key.pem"})
+    for host, names in credentials.items():
         # Only this host's own credentials.
-        assert sorted(p.name for p in (etc / "etcd").iterdir()) == \
-            sorted(["ca.pem", f"{host}.pem", f"{host}-key.pem"])
+        etcd_dir = converged.host(host) / "etc" / "ipsec-cluster" / "etcd"
+        assert sorted(p.name for p in etcd_dir.iterdir()) == sorted(names)
+    assert credentials["sprayer-1"] == {"ca.pem", "sprayer-1.pem", "sprayer-1-key.pem",
+                                        "sprayer-1-hooks.pem", "sprayer-1-hooks-key.pem"}
     for host in ETCD:
         pki = converged.host(host) / "etc" / "etcd" / "pki"
         for name, want in (("ca.pem", 0o644), (f"{host}.pem", 0o644),
@@ -194,24 +216,36 @@ def test_configuration_follows_the_documented_contract(converged: Converge) -> N
     contract = doc_contract()
     optional = {"keyd": {"cert_file", "key_file", "ca_file"},
                 "sprayer": {"haproxy_socket", "haproxy_backend", "netns"}}
-    for host, daemon in DAEMON.items():
+    for host, daemon in DEPLOYED:
         path = converged.host(host) / "etc" / "ipsec-cluster" / f"{daemon}.toml"
         rendered = tomllib.loads(path.read_text())
         own = SECTION[daemon]
         assert set(rendered) == {"cluster", "etcd", "log", "metrics", own}, path
+        # cluster-hooks reads public fields only: no data key (docs/operator-guide.md).
+        hooks_optional = {"cluster": {"data_key_file"}} if daemon == "cluster-hooks" else {}
         for section, table in rendered.items():
             documented = set(contract[section])
             assert set(table) <= documented, (path, section, set(table) - documented)
-            missing = documented - set(table) - optional.get(section, set())
+            missing = (documented - set(table) - optional.get(section, set())
+                       - hooks_optional.get(section, set()))
             assert not missing, (path, section, missing)
-        assert rendered[own]["id"] == host
-        assert rendered["etcd"]["cert"] == f"/etc/ipsec-cluster/etcd/{host}.pem"
+        if daemon == "cluster-hooks":
+            assert "data_key_file" not in rendered["cluster"]
+            assert rendered["metrics"]["listen"] == "127.0.0.1:9411"   # not the sprayer's
+        else:
+            assert rendered[own]["id"] == host
+            assert rendered["metrics"]["listen"] == "127.0.0.1:9410"
+        user = etcd_user(host, daemon)
+        assert rendered["etcd"]["cert"] == f"/etc/ipsec-cluster/etcd/{user}.pem"
+        assert rendered["etcd"]["key"] == f"/etc/ipsec-cluster/etcd/{user}-key.pem"
         assert rendered["etcd"]["endpoints"] == [
             "https://10.10.0.11:2379", "https://10.10.0.12:2379", "https://10.10.0.13:2379"]
         assert rendered["cluster"]["name"] == "prod"
 
 
 def test_daemons_accept_their_rendered_configuration(converged: Converge) -> None:
+    from cluster.hooks.main import settings_from as hooks_settings_from
+    from cluster.hooks.runner import HooksSettings
     from cluster.node.config import load_node_config
     from keyd.config import load_config as load_keyd_config
     from sprayer.settings import settings_from
@@ -230,16 +264,29 @@ def test_daemons_accept_their_rendered_configuration(converged: Converge) -> Non
             converged.host(host) / "etc/ipsec-cluster/sprayer.toml"))
         assert sprayer.id == host
         assert sprayer.keyd == ["10.30.0.5", "10.30.0.6"]
+    for host in HOOKS:
+        hooks = hooks_settings_from(load_config(
+            converged.host(host) / "etc/ipsec-cluster/cluster-hooks.toml"))
+        assert hooks == HooksSettings(
+            directory=Path("/etc/ipsec-cluster/hooks.d"), webhooks=[], timeout_s=10.0,
+            retries=3, backoff_s=1.0, queue_size=1000,
+            state_file=Path("/var/lib/ipsec-cluster/hooks.revision"))
 
 
 def test_units_are_notify_with_a_watchdog(converged: Converge) -> None:
-    for host, daemon in DAEMON.items():
+    for host, daemon in DEPLOYED:
         unit = (converged.host(host) / f"etc/systemd/system/{daemon}.service").read_text()
         assert "Type=notify" in unit
-        assert re.search(r"^WatchdogSec=\d+$", unit, re.M)
-        assert f"--config /etc/ipsec-cluster/{daemon}.toml" in unit
+        assert re.search(r"^WatchdogSec=10$", unit, re.M)
+        assert f"ExecStart=/opt/ipsec-cluster/bin/{daemon} --config " \
+               f"/etc/ipsec-cluster/{daemon}.toml" in unit
         holds_vip = "ExecStartPre=+/sbin/ip address replace 203.0.113.10/32 dev lo" in unit
-        assert holds_vip == (daemon != "sprayer")
+        assert holds_vip == (daemon in ("keyd", "cluster-node"))
+        assert "ReadWritePaths=/var/lib/ipsec-cluster" in unit
+        if daemon == "cluster-hooks":
+            # No capability: hooks run as the service user in the unit's sandbox.
+            assert re.search(r"^CapabilityBoundingSet=$", unit, re.M)
+            assert "AmbientCapabilities" not in unit
 
 
 def test_etcd_members_form_one_tls_cluster(converged: Converge) -> None:
@@ -320,6 +367,16 @@ def test_rendered_rbac_script_against_a_real_tls_etcd(converged: Converge,
         assert not can_put("node-1", "sa/1234")
         assert can_put("sprayer-1", "assign/abc")
         assert not can_put("sprayer-1", "sa/1234")
+        # The hook runner reads the whole cluster and writes nothing.
+        for key in ("assign/abc", "nodes/sprayer-1", "sa/1234", "hooks/x"):
+            assert not can_put("sprayer-1-hooks", key)
+        everything = etcdctl(server.endpoint, converged.credentials, "sprayer-1-hooks", "get",
+                             root, "--prefix", "--keys-only")
+        assert {root + k for k in ("assign/abc", "sa/1234", "nodes/node-1")} <= \
+            set(everything.stdout.split())
+        outside = etcdctl(server.endpoint, converged.credentials, "sprayer-1-hooks", "get",
+                          "/ipsec-cluster/other/x", check=False)
+        assert outside.returncode != 0 and "permission denied" in outside.stderr
         read = etcdctl(server.endpoint, converged.credentials, "node-2", "get", root + "sa/1234",
                        "--print-value-only")
         assert read.stdout.strip() == "x"
