@@ -1,20 +1,23 @@
 """One step at a time: feed the IKE core, make what it decided durable, then release replies.
 
 `Engine` is keyd's synchronous middle: the asyncio shell (server.py) hands it each inbound
-IKE message and each timer tick, on one worker thread, so the core is never entered twice at
+IKE message and each timer tick on the loop's thread, so the core is never entered twice at
 once. For every step:
 
 1. an IKE SA this instance does not hold (unknown responder SPI) is read from `ike/<id>` and
    imported into the core first — this is how a second or restarted keyd continues it;
-2. the core runs; its events (which come before the step's datagrams) are collected into
-   `persist.Changes`; an address request is answered from the etcd pool;
-3. `Persister.write` makes the changes durable; only then are the datagrams returned to be
-   sent. If etcd fails, every IKE SA the step touched is put back to its last durable state
-   (forgotten, and re-imported from the last snapshot written) and the datagrams are dropped:
-   the client retransmits and the negotiation completes once etcd answers.
+2. `step` runs the core; its events (which come before the step's datagrams) are collected
+   into `persist.Changes`; an address request is answered from the etcd pool;
+3. the shell writes the changes of every waiting step at once (`Persister.write_batch`,
+   group commit) and hands each result to `settle`, which returns the datagrams that may
+   leave now. If etcd fails, every IKE SA the step touched is put back to its last state
+   (the last durable one, or the half-open state already answered) and the datagrams are
+   dropped: the client retransmits and the negotiation completes once etcd answers.
+   (`handle` does all three for one message.)
 
-Liveness checks (an empty INFORMATIONAL) while etcd is away are the one exception: answering
-only advances a message ID, so the reply goes out and the state is written when etcd returns —
+Two exceptions: the answer to IKE_SA_INIT leaves at once (a half-open IKE SA is written
+after it: docs/keyd.md), and liveness checks (an empty INFORMATIONAL) while etcd is away
+are answered — only a message ID moves — and their state is written when etcd returns, so
 established clients are not cut off by an etcd outage.
 """
 

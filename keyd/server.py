@@ -1,11 +1,14 @@
 """The `keyd` daemon: asyncio glue around the IKE core, the etcd store and the UDP endpoints.
 
-Bytes in from the sockets → `Engine` (core + persistence, one step at a time) → bytes out.
-The engine runs on the event loop's own thread: its steps are sequential anyway (each waits
-for its etcd write), and handing every datagram to a worker thread and back cost two thread
-wake-ups per message — milliseconds on a busy machine. While a step waits for etcd, further
-datagrams wait in the socket's receive buffer. Watch callbacks (their own threads) are
-handed to the loop, so the engine is only ever entered from it.
+Bytes in from the sockets → `Engine.step` (the core) → group commit → bytes out. Everything
+runs on the event loop's own thread: handing datagrams or writes to a worker thread and
+back cost thread wake-ups per message, milliseconds on a busy machine. A step's writes wait
+in a queue while the loop reads whatever else waits in the sockets; then one etcd
+transaction makes every waiting step durable (`Persister.write_batch`), and each step's
+replies are released. While a write waits for etcd, datagrams wait in the socket buffers
+and go into the next write together. Messages for an IKE SA with a step in flight wait
+behind it. Watch callbacks (their own threads) are handed to the loop, so the engine is
+only ever entered from it.
 
 Around that: registration in `keyd/<id>` on a lease (re-registered after a loss), a watch on
 `ike/` so an IKE SA continued by another instance is dropped here, the core's timers, a
