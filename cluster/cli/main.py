@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 from typing import Any
 
 import click
 
+from cluster.cli import EXIT_INTERRUPTED, interrupted_while_starting
 from cluster.cli.context import CliFailure, connection_options
 from cluster.config import ConfigError
 from cluster.store.errors import StoreError
@@ -31,8 +33,12 @@ class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit,
-                KeyboardInterrupt):
+        except KeyboardInterrupt:
+            # Ctrl-C (e.g. ending `watch`): not a failure of the command; click would print
+            # "Aborted!" and exit 1.
+            click.echo("interrupted", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except BadKey as exc:
             raise click.UsageError(str(exc)) from None
@@ -66,8 +72,10 @@ _register()
 
 
 def main() -> None:
+    if signal.getsignal(signal.SIGINT) is interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cli.main(standalone_mode=True)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)

@@ -84,3 +84,26 @@ def test_assignment_epoch_out_of_range_is_malformed() -> None:
                       "phase": "active", "previous_node": None, "updated_at": 1.0}).encode()
     with pytest.raises(MalformedRecord, match="epoch"):
         decode_record(Assignment, raw, f"/ipsec-cluster/t/assign/{ike}")
+
+
+def test_ctrl_c_while_clusterctl_starts_is_one_line_and_130() -> None:
+    """SIGINT while the console script still imports its commands: no traceback."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv[0] = '/usr/bin/clusterctl'\n"
+            "import cluster.cli, os, signal, time\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "time.sleep(10)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 130
+    assert done.stderr == "interrupted\n"
+
+
+def test_importing_the_cli_elsewhere_leaves_sigint_alone() -> None:
+    import signal
+
+    import cluster.cli
+
+    assert signal.getsignal(signal.SIGINT) is not cluster.cli.interrupted_while_starting
