@@ -91,6 +91,7 @@ class Step:
     touched: set[str] = field(default_factory=set)   # IKE SAs whose state this step changed
     created: set[str] = field(default_factory=set)   # IKE SAs first seen in this step
     states: dict[str, dict[str, Any]] = field(default_factory=dict)  # exported, by IKE SA
+    updated: dict[str, None] = field(default_factory=dict)   # IKE SAs to write, in order
     out: list[Outbound] = field(default_factory=list)
     exchange: str = "other"
     liveness_only: bool = False
@@ -237,6 +238,12 @@ class Engine:
         step = Step()
         while (event := self.core.next_event()) is not None:
             self._event(event, step, now)
+        # the records of the IKE SAs the step updated, built once each, from their final
+        # state (a DELETE updates an IKE SA and then removes it: no record at all)
+        for ike_sa_id in step.updated:
+            if self.core.has_ike_sa(ike_sa_id):
+                step.changes.ike_puts[ike_sa_id], step.states[ike_sa_id] = \
+                    self._ike_record(ike_sa_id, now)
         self.metrics.sync_core_counters(self.core.counters)
         return step
 
@@ -249,7 +256,7 @@ class Engine:
             if ike_sa_id not in self._durable:
                 step.created.add(ike_sa_id)
             step.touched.add(ike_sa_id)
-            c.ike_puts[ike_sa_id], step.states[ike_sa_id] = self._ike_record(ike_sa_id, now)
+            step.updated[ike_sa_id] = None
         elif isinstance(event, ike.ChildSaEstablished):
             c.new_children.append(child_record(event.child))
             step.touched.add(event.child.ike_sa_id)
@@ -272,7 +279,7 @@ class Engine:
             ike_sa_id = event.ike_sa_id
             self.seen_ike_sa_deleted(ike_sa_id)
             c.deleted_ike[ike_sa_id] = self._records.get(ike_sa_id)
-            c.ike_puts.pop(ike_sa_id, None)
+            step.updated.pop(ike_sa_id, None)
             step.touched.discard(ike_sa_id)
             log.info("IKE SA deleted", extra={"ike_sa": ike_sa_id, "reason": event.reason})
         elif isinstance(event, ike.IkeSaEstablished):
@@ -447,7 +454,7 @@ class Engine:
         Child SAs, owner and address, wherever in the cluster it was negotiated."""
         others = self._by_identity.get(event.identity, set()) - {event.ike_sa_id}
         for other in sorted(others):
-            if other in step.changes.ike_puts or other in step.changes.deleted_ike:
+            if other in step.updated or other in step.changes.deleted_ike:
                 continue
             step.changes.deleted_ike[other] = self._records.get(other)
             self.seen_ike_sa_deleted(other)

@@ -156,6 +156,9 @@ class Persister:
     def _groups(self, batch: list[Changes], indices: list[int]) -> list[list[int]]:
         """Steps whose state writes share one transaction: disjoint keys, at most
         TXN_MAX_OPS operations each."""
+        indices = [i for i in indices if batch[i].has_state()]
+        if len(indices) <= 1:
+            return [indices] if indices else []
         groups: list[list[int]] = []
         keys: set[str] = set()
         ops = 0

@@ -67,16 +67,18 @@ def record_name(record: Record) -> str:
     raise TypeError(f"not a store record: {type(record).__name__}")
 
 
+_BUILDERS: dict[str, Callable[[Keyspace, Any], str]] = {
+    "nodes": Keyspace.node, "keyd": Keyspace.keyd, "ike": Keyspace.ike,
+    "assign": Keyspace.assign, "pool": Keyspace.pool, "policy": Keyspace.policy,
+    "sa": lambda ks, n: ks.sa(int(n, 16)), "seq": lambda ks, n: ks.seq(int(n, 16)),
+}
+
+
 def key_for(keyspace: Keyspace, cls: type[Record], name: str | int) -> str:
     """The etcd key of the record of kind `cls` named `name` (an SPI may be an int)."""
     if isinstance(name, int):
         return keyspace.kind_prefix(cls.KIND) + f"{name:08x}"
-    builders: dict[str, Callable[[Any], str]] = {
-        "nodes": keyspace.node, "keyd": keyspace.keyd, "ike": keyspace.ike,
-        "assign": keyspace.assign, "pool": keyspace.pool, "policy": keyspace.policy,
-        "sa": lambda n: keyspace.sa(int(n, 16)), "seq": lambda n: keyspace.seq(int(n, 16)),
-    }
-    return builders[cls.KIND](name)
+    return _BUILDERS[cls.KIND](keyspace, name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ Layout under `<prefix>/<cluster>/` (DESIGN.md, "Keyspace"):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -61,11 +62,16 @@ def check_name(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=4096)
 def check_ip(ip: str) -> str:
     try:
         return str(ipaddress.ip_address(ip))
     except ValueError:
         raise BadKey(f"not an IP address: {ip!r}") from None
+
+
+# (prefix, cluster, kind) → key prefix: built on every key, so built once
+_PREFIXES: dict[tuple[str, str, str], str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +92,13 @@ class Keyspace:
 
     def kind_prefix(self, kind: str) -> str:
         """`<root><kind>/`: the prefix a watch or a list of one record kind uses."""
+        cached = _PREFIXES.get((self.prefix, self.cluster, kind))
+        if cached is not None:
+            return cached
         if kind not in KINDS:
             raise BadKey(f"unknown key kind {kind!r}")
-        return f"{self.root}{kind}/"
+        built = _PREFIXES[(self.prefix, self.cluster, kind)] = f"{self.root}{kind}/"
+        return built
 
     def node(self, node_id: str) -> str:
         return self.kind_prefix("nodes") + check_name(node_id)
