@@ -1,7 +1,12 @@
 """`sprayer`: the daemon's command line. Errors are one line on stderr, never a traceback:
 exit 2 for a bad configuration or flag, 1 for an operational failure."""
+# ruff: noqa: E402  (Ctrl-C is made quiet before the slow imports below)
 
 from __future__ import annotations
+
+from cluster.cli import quiet_interrupt_while_starting
+
+quiet_interrupt_while_starting("sprayer")
 
 import logging
 import signal

@@ -1,8 +1,10 @@
 """`clusterctl`, the operator CLI (`cluster.cli.main`).
 
-Importing the commands takes a while on a busy machine; a Ctrl-C in that time would print
-the traceback of whatever import it hit. So when this package is loaded by the `clusterctl`
-console script, SIGINT ends the process quietly (exit 130) until `main()` takes over.
+Importing a command's modules takes a while on a busy machine; a Ctrl-C in that time would
+print the traceback of whatever import it hit. `quiet_interrupt_while_starting(script)` makes
+SIGINT end the process quietly (one line, exit 130) when, and only when, the process is that
+console script — until its `main()` installs handlers of its own. `clusterctl` calls it here;
+the daemons call it first thing in their packages (`cluster-hooks`, `sprayer`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ def interrupted_while_starting(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(EXIT_INTERRUPTED)
 
 
-def _quiet_start() -> None:
-    if os.path.basename(sys.argv[0] if sys.argv else "") != "clusterctl":
+def quiet_interrupt_while_starting(script: str) -> None:
+    """In the console script `script` (by argv[0]), make SIGINT quiet until replaced."""
+    if os.path.basename(sys.argv[0] if sys.argv else "") != script:
         return
     if threading.current_thread() is not threading.main_thread():
         return
@@ -31,4 +34,4 @@ def _quiet_start() -> None:
         signal.signal(signal.SIGINT, interrupted_while_starting)
 
 
-_quiet_start()
+quiet_interrupt_while_starting("clusterctl")

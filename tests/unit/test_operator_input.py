@@ -86,13 +86,18 @@ def test_assignment_epoch_out_of_range_is_malformed() -> None:
         decode_record(Assignment, raw, f"/ipsec-cluster/t/assign/{ike}")
 
 
-def test_ctrl_c_while_clusterctl_starts_is_one_line_and_130() -> None:
-    """SIGINT while the console script still imports its commands: no traceback."""
+@pytest.mark.parametrize(("script", "module"), [
+    ("clusterctl", "cluster.cli.main"), ("sprayer", "sprayer.main"),
+    ("cluster-hooks", "cluster.hooks.main"),
+])
+def test_ctrl_c_while_a_console_script_starts_is_one_line_and_130(script: str,
+                                                                   module: str) -> None:
+    """SIGINT while the console script still imports its modules: no traceback."""
     import subprocess
     import sys
 
-    code = ("import sys; sys.argv[0] = '/usr/bin/clusterctl'\n"
-            "import cluster.cli, os, signal, time\n"
+    code = (f"import sys; sys.argv[0] = '/usr/bin/{script}'\n"
+            f"import {module}, os, signal, time\n"
             "os.kill(os.getpid(), signal.SIGINT)\n"
             "time.sleep(10)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
