@@ -67,21 +67,38 @@ def _redacted(self: Any) -> str:
     return f"{type(self).__name__}({', '.join(parts)})"
 
 
+# Values already found good (every record write and read validates its addresses; the
+# same few addresses and networks come back again and again). Bounded: cleared when full.
+_GOOD_CIDRS: set[str] = set()
+_GOOD_IPS: set[str] = set()
+_GOOD_MAX = 65536
+
+
 def _check_cidrs(values: list[str], what: str) -> None:
     for v in values:
+        if isinstance(v, str) and v in _GOOD_CIDRS:
+            continue
         try:
             ipaddress.ip_network(v, strict=False)
-        except ValueError:
+        except (ValueError, TypeError):
             raise ValueError(f"{what}: not a CIDR: {v!r}") from None
+        if isinstance(v, str):
+            if len(_GOOD_CIDRS) >= _GOOD_MAX:
+                _GOOD_CIDRS.clear()
+            _GOOD_CIDRS.add(v)
 
 
 def _check_ip(value: str | None, what: str) -> None:
-    if value is None:
+    if value is None or (isinstance(value, str) and value in _GOOD_IPS):
         return
     try:
         ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"{what}: not an IP address: {value!r}") from None
+    if isinstance(value, str):
+        if len(_GOOD_IPS) >= _GOOD_MAX:
+            _GOOD_IPS.clear()
+        _GOOD_IPS.add(value)
 
 
 def _check_spi(value: int, what: str) -> None:
