@@ -5,11 +5,17 @@ VIP via keyd, then pings the protected server in userspace ESP every PERIOD_S an
 the replies. Per run, gap = the longest silence in replies of the clients of the node that
 loses them:
 
-- unplanned: the node owning most clients is SIGKILLed (restarted before the next run);
+- unplanned: a node carrying clients is SIGKILLed (the one killed longest ago; restarted
+  after the run);
 - hand-off: `clusterctl node drain` on the node owning most clients (undrained after).
 
-Then MASS_CLIENTS more clients (handshakes only, within MASS_BUDGET_S) are made while node-2
-and node-3 are drained, so all land on node-1; both are undrained and node-1 is SIGKILLed:
+Each run starts from a steady cluster: the sprayer holds all NODES nodes alive (its damping
+holds a restarted node down for 1 s, doubled for each further flap within 120 s: killing the
+same few nodes every few seconds would otherwise leave clients nowhere to go), every client
+steered and answered.
+
+Then MASS_CLIENTS more clients (handshakes only, within MASS_BUDGET_S) are made while the
+other nodes are drained, so all land on node-1; they are undrained and node-1 is SIGKILLed:
 time until etcd assigns none of them to it and the router's SPI map steers none to it.
 
 The sprayer runs with the lab's settings (probe every 100 ms, down after 3 misses) except
@@ -25,6 +31,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -51,11 +58,12 @@ from sprayer.nft import NftDriver
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 20
+NODES = 5
 CLIENTS = 6
 PERIOD_S = 0.005
 RESUME_TIMEOUT_S = 20.0
 MASS_CLIENTS = 10_000
-MASS_BUDGET_S = 110.0
+MASS_BUDGET_S = 100.0
 MASS_NETWORK = "10.40.0.0/18"
 MASS_GENERATORS = 2
 STRONGSWAN_HA_S = 2.1
@@ -71,10 +79,13 @@ def wait(pred: Callable[[], bool], timeout_s: float, what: str, step_s: float = 
 
 
 class Bench:
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, progress: Callable[[str], None]) -> None:
         self.lab = lab
+        self.progress = progress
         self.clients: list[EspClient] = []
         self.pinger: Pinger | None = None
+        self.stuck_runs: list[str] = []
+        self.killed_at: dict[str, float] = {}
 
     # -- clients --------------------------------------------------------------------------
     def connect_clients(self) -> None:
@@ -107,9 +118,21 @@ class Bench:
         return node, [c for c in self.clients if own[c.name] == node]
 
     def settle(self) -> None:
+        """Every node alive in the sprayer's eyes (a restarted node is held down for a while,
+        longer after each flap), every client steered and answered."""
+        wait(lambda: sprayer_metrics(self.lab).get("sprayer_nodes_alive") == NODES, 120,
+             f"the sprayer to hold all {NODES} nodes alive", 0.3)
         wait(lambda: self.all_answering() and "?" not in self.owner_of().values(), 30,
              "every client answered and steered")
         time.sleep(0.3)
+
+    def least_recently_killed(self) -> tuple[str, list[EspClient]]:
+        """Among the nodes carrying clients, the one killed longest ago (never: first)."""
+        own = self.owner_of()
+        carrying = sorted({n for n in own.values() if n != "?"})
+        node = min(carrying, key=lambda n: (self.killed_at.get(n, 0.0),
+                                            -sum(1 for x in own.values() if x == n)))
+        return node, [c for c in self.clients if own[c.name] == node]
 
     def gap(self, moved: list[EspClient], t0: float) -> tuple[float, int]:
         """Wait until each moved client has answers again; (the longest silence, clients
@@ -130,10 +153,12 @@ class Bench:
     # -- runs -----------------------------------------------------------------------------
     def unplanned(self) -> tuple[float, int, int]:
         self.settle()
-        node, moved = self.busiest()
+        node, moved = self.least_recently_killed()
         t0 = time.monotonic()
+        self.killed_at[node] = t0
         self.lab.kill(node, signal.SIGKILL)
         gap, stuck = self.gap(moved, t0)
+        self.note("unplanned", node, moved, gap, stuck)
         self.lab.start(node)
         wait(lambda: (self.lab.etcd_json(f"nodes/{node}") or {}).get("state") == "ready",
              30, f"{node} ready again", 0.2)
@@ -146,8 +171,19 @@ class Bench:
         set_node_state(self.lab, node, drain=True)
         wait(lambda: node not in self.owner_of().values(), 30, f"{node} emptied")
         gap, stuck = self.gap(moved, t0)
+        self.note("hand-off", node, moved, gap, stuck)
         set_node_state(self.lab, node, drain=False)
         return gap, stuck, len(moved)
+
+    def note(self, kind: str, node: str, moved: list[EspClient], gap: float,
+             stuck: int) -> None:
+        after = self.owner_of()
+        where = ", ".join(f"{c.name}→{after[c.name]}" for c in moved)
+        line = f"{kind} run, {node}: gap {gap * 1000:.0f} ms ({where})"
+        if stuck:
+            line += f"; {stuck} client(s) not answered again within {RESUME_TIMEOUT_S:g}s"
+            self.stuck_runs.append(f"{time.strftime('%H:%M:%S')} {line}")
+        self.progress(line)
 
     def close(self) -> None:
         if self.pinger is not None:
@@ -239,7 +275,7 @@ def sprayer_metrics(lab: Lab) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in r.stdout.splitlines():
         if line.startswith(("sprayer_write_conflicts_total", "sprayer_moves_total",
-                            "sprayer_etcd_errors_total")):
+                            "sprayer_etcd_errors_total", "sprayer_nodes_alive")):
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
@@ -272,7 +308,7 @@ class AssignWatch:
 
 def mass_rows(lab: Lab, b: Bench) -> list[Row]:
     b.close()               # the pingers stop: this part measures the control plane
-    victim, others = "node-1", ("node-2", "node-3")
+    victim, others = "node-1", tuple(f"node-{i}" for i in range(2, NODES + 1))
     for n in others:
         set_node_state(lab, n, drain=True)
     ok, failed, took = make_mass(lab)
@@ -286,13 +322,19 @@ def mass_rows(lab: Lab, b: Bench) -> list[Row]:
         victim_mark = marks.most_common(1)[0][0]
         for n in others:
             set_node_state(lab, n, drain=False)
-        time.sleep(1.0)     # the sprayer sees them ready
+        wait(lambda: sprayer_metrics(lab).get("sprayer_nodes_alive") == NODES, 120,
+             f"the sprayer to hold all {NODES} nodes alive", 0.3)
+        time.sleep(1.0)
         on_victim = watch.count(victim)
         before = sprayer_metrics(lab)
+        b.progress(f"SIGKILL {victim}, which carries {on_victim} clients")
         t0 = time.monotonic()
         lab.kill(victim, signal.SIGKILL)
+        wait(lambda: watch.count(victim) < on_victim, 300, "a first re-assignment", 0.01)
+        t_first = time.monotonic() - t0
         wait(lambda: watch.count(victim) == 0, 300, "re-assigned in etcd", 0.02)
         t_etcd = time.monotonic() - t0
+        b.progress(f"all re-assigned after {t_etcd:.2f} s (the first after {t_first:.2f} s)")
         wait(lambda: victim_mark not in set(nft.read_spis().values()), 300,
              "out of the SPI map", 0.02)
         t_map = time.monotonic() - t0
@@ -307,7 +349,8 @@ def mass_rows(lab: Lab, b: Bench) -> list[Row]:
                if ok + failed < MASS_CLIENTS else ""))
     return [
         {**row(f"{on_victim:,} clients off a SIGKILLed node, whole lab: all re-assigned in etcd",
-               round(t_etcd, 2), "s", f"from the SIGKILL; {note}"),
+               round(t_etcd, 2), "s", f"from the SIGKILL (the first re-assigned after "
+               f"{t_first:.2f} s); {note}"),
          "baseline": CISCO_DEFAULT_S, "baseline_name": "Cisco ASA unit failover, default",
          "ratio": round(t_etcd / CISCO_DEFAULT_S, 2)},
         row(f"{on_victim:,} clients off a SIGKILLed node, whole lab: SPI map steering none "
@@ -317,11 +360,15 @@ def mass_rows(lab: Lab, b: Bench) -> list[Row]:
     ]
 
 
-def run_lab(progress: Callable[[str], None] = lambda _: None) -> list[Row]:
+def run_lab(progress: Callable[[str], None] = lambda _: None,
+            keep_logs: bool = False) -> list[Row]:
+    """The whole-path rows. The lab's logs are kept (under the system's temporary directory,
+    the path said through `progress`) when a client never answered again, or always with
+    keep_logs."""
     name = f"bf{secrets.token_hex(3)}"
-    progress(f"lab {name}: starting (3 nodes, 1 keyd)")
-    lab = Lab.up(name, nodes=3, keyd=1)
-    b = Bench(lab)
+    progress(f"lab {name}: starting ({NODES} nodes, 1 keyd)")
+    lab = Lab.up(name, nodes=NODES, keyd=1)
+    b = Bench(lab, progress)
     try:
         sprayer_settings(lab, auto_rebalance=False)
         progress("connecting the ESP clients")
@@ -335,4 +382,8 @@ def run_lab(progress: Callable[[str], None] = lambda _: None) -> list[Row]:
         try:
             b.close()
         finally:
-            lab.down()
+            logs = None
+            if keep_logs or b.stuck_runs:
+                logs = Path(tempfile.gettempdir()) / f"bench-failover-{name}"
+                progress(f"lab logs kept in {logs}")
+            lab.down(logs)
