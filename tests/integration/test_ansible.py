@@ -11,11 +11,13 @@ restarted from configuration files the playbook rendered and carries a strongSwa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -85,9 +87,9 @@ class Converge:
     root: Path
     credentials: Path
 
-    def playbook(self, playbook: str, *extra: str,
-                 inventory: Path = INVENTORY / "hosts.yml") -> subprocess.CompletedProcess[str]:
-        return run([
+    def argv(self, playbook: str, *extra: str, inventory: Path = INVENTORY / "hosts.yml",
+             ) -> list[str]:
+        return [
             str(BIN / "ansible-playbook"), "-i", str(inventory), playbook,
             "-e", "ipsec_cluster_render_only=true",
             "-e", f"ipsec_cluster_root={self.root}/{{{{ inventory_hostname }}}}",
@@ -95,7 +97,17 @@ class Converge:
             "-e", "ansible_connection=local",
             "-e", f'{{"ansible_python_interpreter": "{sys.executable}"}}',
             *extra,
-        ], self.tmp)
+        ]
+
+    def playbook(self, playbook: str, *extra: str,
+                 inventory: Path = INVENTORY / "hosts.yml") -> subprocess.CompletedProcess[str]:
+        return run(self.argv(playbook, *extra, inventory=inventory), self.tmp)
+
+    def start(self, playbook: str, *extra: str,
+              inventory: Path = INVENTORY / "hosts.yml") -> Started:
+        """The same run, in the background."""
+        return Started(self.argv(playbook, *extra, inventory=inventory),
+                       self.tmp / f"run-{secrets.token_hex(3)}")
 
     def host(self, name: str) -> Path:
         return self.root / name
@@ -119,13 +131,87 @@ def assert_ran(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, in
     return result
 
 
+class Started:
+    """An Ansible command running in the background (its own session); `result()` waits."""
+
+    def __init__(self, argv: list[str], tmp: Path) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.out, self.err = tmp / "stdout", tmp / "stderr"
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen(argv, cwd=ANSIBLE_DIR, env=ansible_env(tmp),
+                                         stdout=out, stderr=err, text=True,
+                                         start_new_session=True)
+
+    def result(self) -> subprocess.CompletedProcess[str]:
+        returncode = self.proc.wait(TIMEOUT_S)
+        return subprocess.CompletedProcess(self.proc.args, returncode, self.out.read_text(),
+                                           self.err.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@dataclass
+class Runs:
+    """What the converge tests look at. ansible-lint and the syntax check start first and
+    run while the first converge does; once it is done, the second run of site.yml and the
+    add-node run (into its own root) run side by side. Every check is still made, on the
+    machine's cores at once rather than one after the other."""
+
+    converge: Converge
+    lint: Started
+    syntax: Started
+    second: Started | None = None
+    add_node: Started | None = None
+    add_node_converge: Converge | None = None
+    add_node_ca_before: bytes = b""
+
+
+def add_node_inventory(tmp: Path) -> Path:
+    """The example inventory plus node-4 in `nodes`."""
+    inventory = tmp / "inventory"
+    shutil.copytree(INVENTORY, inventory, ignore=shutil.ignore_patterns("credentials"))
+    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
+    hosts["all"]["children"]["ipsec_cluster"]["children"]["nodes"]["hosts"]["node-4"] = None
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    (inventory / "host_vars" / "node-4.yml").write_text(
+        "---\nansible_host: 10.30.0.14\nipsec_cluster_address: 10.30.0.14\n")
+    return inventory / "hosts.yml"
+
+
 @pytest.fixture(scope="module")
-def converged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Converge]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     tmp = tmp_path_factory.mktemp("ansible")
-    c = Converge(tmp, tmp / "root", tmp / "credentials")
-    result = assert_ran(c.playbook("site.yml"))
-    assert set(result) == {*ETCD, *KEYD, *NODES, *SPRAYERS, *HOOKS}
-    yield c
+    r = Runs(Converge(tmp, tmp / "root", tmp / "credentials"),
+             Started([str(BIN / "ansible-lint"), "--offline", "--profile", "production",
+                      "--nocolor"], tmp / "lint"),
+             Started([str(BIN / "ansible-playbook"), "--syntax-check", *PLAYBOOKS],
+                     tmp / "syntax"))
+    try:
+        result = assert_ran(r.converge.playbook("site.yml"))
+        assert set(result) == {*ETCD, *KEYD, *NODES, *SPRAYERS, *HOOKS}
+        r.second = r.converge.start("site.yml")
+        add = tmp / "add-node"
+        add.mkdir()
+        inventory = add_node_inventory(add)
+        r.add_node_converge = Converge(add, add / "root", add / "credentials")
+        shutil.copytree(r.converge.credentials, r.add_node_converge.credentials)
+        r.add_node_ca_before = (r.add_node_converge.credentials / "etcd" / "ca.pem").read_bytes()
+        r.add_node = r.add_node_converge.start("add-node.yml", "-e", "new_node=node-4",
+                                               inventory=inventory)
+        yield r
+    finally:
+        for started in (r.lint, r.syntax, r.second, r.add_node):
+            if started is not None:
+                started.stop()
+
+
+@pytest.fixture(scope="module")
+def converged(runs: Runs) -> Converge:
+    return runs.converge
 
 
 def mode(path: Path) -> int:
@@ -140,20 +226,6 @@ def doc_contract() -> dict[str, dict[str, object]]:
         for section, table in tomllib.loads(block).items():
             merged.setdefault(section, {}).update(table)
     return merged
-
-
-# -- static checks ---------------------------------------------------------------------------
-
-def test_ansible_lint_production_profile(tmp_path: Path) -> None:
-    done = run([str(BIN / "ansible-lint"), "--offline", "--profile", "production", "--nocolor"],
-               tmp_path)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-
-
-@pytest.mark.parametrize("playbook", PLAYBOOKS)
-def test_syntax_check(playbook: str, tmp_path: Path) -> None:
-    done = run([str(BIN / "ansible-playbook"), "--syntax-check", playbook], tmp_path)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 # -- converge --------------------------------------------------------------------------------
@@ -304,10 +376,25 @@ def test_etcd_members_form_one_tls_cluster(converged: Converge) -> None:
         assert env["ETCD_CERT_FILE"] == f"/etc/etcd/pki/{host}.pem"
 
 
-def test_second_run_changes_nothing(converged: Converge) -> None:
-    result = assert_ran(converged.playbook("site.yml"))
+def test_second_run_changes_nothing(runs: Runs) -> None:
+    assert runs.second is not None
+    result = assert_ran(runs.second.result())
     changed = {host: r["changed"] for host, r in result.items() if r["changed"]}
     assert changed == {}
+
+
+# -- static checks (they ran while the first converge did) -----------------------------------
+
+def test_ansible_lint_production_profile(runs: Runs) -> None:
+    done = runs.lint.result()
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+def test_syntax_check(runs: Runs) -> None:
+    done = runs.syntax.result()
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    checked = re.findall(r"^playbook: (\S+)$", done.stdout, re.M)
+    assert checked == list(PLAYBOOKS), done.stdout
 
 
 # -- etcd users and roles --------------------------------------------------------------------
@@ -387,21 +474,11 @@ def test_rendered_rbac_script_against_a_real_tls_etcd(converged: Converge,
 
 # -- adding a node ---------------------------------------------------------------------------
 
-def test_add_node_issues_credentials_and_renders_only_what_it_needs(converged: Converge,
-                                                                    tmp_path: Path) -> None:
-    inventory = tmp_path / "inventory"
-    shutil.copytree(INVENTORY, inventory, ignore=shutil.ignore_patterns("credentials"))
-    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
-    hosts["all"]["children"]["ipsec_cluster"]["children"]["nodes"]["hosts"]["node-4"] = None
-    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    (inventory / "host_vars" / "node-4.yml").write_text(
-        "---\nansible_host: 10.30.0.14\nipsec_cluster_address: 10.30.0.14\n")
-    c = Converge(tmp_path, tmp_path / "root", tmp_path / "credentials")
-    shutil.copytree(converged.credentials, c.credentials)
-    ca_before = (c.credentials / "etcd" / "ca.pem").read_bytes()
-
-    result = assert_ran(c.playbook("add-node.yml", "-e", "new_node=node-4",
-                                   inventory=inventory / "hosts.yml"))
+def test_add_node_issues_credentials_and_renders_only_what_it_needs(runs: Runs) -> None:
+    assert runs.add_node is not None and runs.add_node_converge is not None
+    c = runs.add_node_converge
+    ca_before = runs.add_node_ca_before
+    result = assert_ran(runs.add_node.result())
     assert set(result) == {*ETCD, "node-4"}
 
     assert (c.credentials / "etcd" / "ca.pem").read_bytes() == ca_before
@@ -410,7 +487,7 @@ def test_add_node_issues_credentials_and_renders_only_what_it_needs(converged: C
     assert config["node"]["id"] == "node-4"
     assert config["node"]["address"] == "10.30.0.14"
     assert (c.host("node-4") / "etc/ipsec-cluster/data.key").read_text() == \
-        (converged.host("node-1") / "etc/ipsec-cluster/data.key").read_text()
+        (runs.converge.host("node-1") / "etc/ipsec-cluster/data.key").read_text()
     rbac = (c.host("etcd-1") / "usr/local/sbin/ipsec-cluster-etcd-rbac").read_text()
     assert "role node-4" in rbac
     assert "grant node-4 readwrite /ipsec-cluster/prod/nodes/node-4" in rbac
@@ -440,8 +517,9 @@ def ping_through(lab: Lab, member: str, target: str, settle_s: float = 20.0) -> 
 
 @pytest.mark.e2e
 def test_lab_cluster_runs_on_rendered_configuration(tmp_path: Path) -> None:
-    """The lab's keyd, nodes and sprayer are restarted with the files site.yml rendered for
-    an inventory of the lab's hosts; a strongSwan client then connects and reaches the server.
+    """The lab's keyd, nodes, sprayer and cluster-hooks are restarted with the files site.yml
+    rendered for an inventory of the lab's hosts; a strongSwan client then connects and
+    reaches the server, and the hook the playbook installed reports it.
 
     Only the lab's own secrets are carried over (its data key and PSK are put in the
     controller's credentials directory first, which the playbook keeps), and keyd is given the
@@ -455,16 +533,25 @@ def test_lab_cluster_runs_on_rendered_configuration(tmp_path: Path) -> None:
     from cluster.lab import addresses as A
     from cluster.lab.lab import Lab
 
-    lab = Lab.up(f"ans-{secrets.token_hex(3)}", nodes=2, keyd=1)
+    # The lab's own hook runner starts on an empty directory; the rendered configuration
+    # points it to the playbook's hooks directory, where hooks_scripts put this recorder.
+    (tmp_path / "lab-hooks.d").mkdir()
+    events = tmp_path / "hook-events"
+    recorder = tmp_path / "50-record"
+    recorder.write_text(f'#!/bin/sh\necho "$HOOK_EVENT $HOOK_CLIENT_ID $HOOK_NODE" >> {events}\n')
+    recorder.chmod(0o755)
+    lab = Lab.up(f"ans-{secrets.token_hex(3)}", nodes=2, keyd=1,
+                 hooks_dir=tmp_path / "lab-hooks.d")
     try:
         members = {"keyd-1": "keyd", "node-1": "cluster-node", "node-2": "cluster-node",
-                   "sprayer": "sprayer"}
+                   "sprayer": "sprayer", "hooks": "cluster-hooks"}
         inventory = {"all": {"children": {"ipsec_cluster": {"children": {
             "etcd": {"hosts": {"etcd-1": {"ipsec_cluster_address": A.ETCD_IP}}},
             "keyd": {"hosts": {"keyd-1": {"ipsec_cluster_address": A.keyd_ip(1)}}},
             "nodes": {"hosts": {f"node-{i}": {"ipsec_cluster_address": A.node_ip(i)}
                                 for i in (1, 2)}},
             "sprayers": {"hosts": {"sprayer": {"ipsec_cluster_address": A.BACK_ROUTER}}},
+            "hooks": {"hosts": {"hooks": {"ipsec_cluster_address": A.BACK_ROUTER}}},
         }}}}}
         (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
         credentials = tmp_path / "credentials"
@@ -488,10 +575,11 @@ def test_lab_cluster_runs_on_rendered_configuration(tmp_path: Path) -> None:
             "ipsec_cluster_etcd_tls": False,
             "keyd_cert_file": str(lab.pki.cert("gateway")),
             "keyd_key_file": str(lab.pki.key("gateway")), "keyd_ca_file": str(lab.pki.ca_cert),
+            "hooks_scripts": [str(recorder)],
         }
         (tmp_path / "extra.json").write_text(json.dumps(extra))
         done = run([str(BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.yml"), "site.yml",
-                    "--limit", "keyd,nodes,sprayers", "-e", f"@{tmp_path / 'extra.json'}"],
+                    "--limit", "keyd,nodes,sprayers,hooks", "-e", f"@{tmp_path / 'extra.json'}"],
                    tmp_path)
         assert set(assert_ran(done)) == set(members)
 
@@ -512,11 +600,24 @@ def test_lab_cluster_runs_on_rendered_configuration(tmp_path: Path) -> None:
         while not lab.listening("keyd-1", 500):
             assert time.monotonic() < deadline, "keyd-1 does not listen"
             time.sleep(0.5)
+        # The runner watches once it saved its first revision (in the rendered state_dir).
+        revision = tmp_path / "hosts" / "hooks" / "state" / "hooks.revision"
+        deadline = time.monotonic() + 60
+        while not revision.exists():
+            assert time.monotonic() < deadline, "cluster-hooks does not watch"
+            time.sleep(0.5)
 
         lab.add_client("alice")
         (sa,) = lab.client_sas("alice")
         assert sa.state == "ESTABLISHED"
         assert ping_through(lab, "alice", A.SERVER_IP)
+        deadline = time.monotonic() + 60
+        while not (events.exists() and "client-up" in events.read_text()):
+            assert time.monotonic() < deadline, "the installed hook saw no client-up"
+            time.sleep(0.5)
+        (up,) = [line.split() for line in events.read_text().splitlines()
+                 if line.startswith("client-up")]
+        assert len(up) == 3 and up[2] in ("node-1", "node-2"), up   # event, client, node
         for member, daemon in members.items():
             running = Path(lab.state.processes[member].argv[-1]).read_text()
             assert running == (tmp_path / "hosts" / member / "etc" / f"{daemon}.toml").read_text()
