@@ -35,14 +35,29 @@ class Buffer:
         self._pos += n
         return out
 
+    # the small integers are read in place (no bytes object per field: the codec reads
+    # hundreds per message)
     def pull_uint8(self) -> int:
-        return self.pull_bytes(1)[0]
+        pos = self._pos
+        if pos >= self._end:
+            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+        self._pos = pos + 1
+        return self._data[pos]
 
     def pull_uint16(self) -> int:
-        return int.from_bytes(self.pull_bytes(2), "big")
+        pos = self._pos
+        if pos + 2 > self._end:
+            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+        self._pos = pos + 2
+        d = self._data
+        return (d[pos] << 8) | d[pos + 1]
 
     def pull_uint32(self) -> int:
-        return int.from_bytes(self.pull_bytes(4), "big")
+        pos = self._pos
+        if pos + 4 > self._end:
+            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+        self._pos = pos + 4
+        return int.from_bytes(self._data[pos:pos + 4], "big")
 
     def pull_uint64(self) -> int:
         return int.from_bytes(self.pull_bytes(8), "big")
