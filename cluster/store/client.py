@@ -473,6 +473,22 @@ class Store:
                 counts[key_id] = counts.get(key_id, 0) + 1
         return counts
 
+    def check_data_key(self, data_key: DataKey) -> None:
+        """Refuse a data key that opens none of the stored key material: WrongDataKey naming
+        the key's source and the key ids that sealed what is stored. Nothing stored, or some
+        of it under a key of the ring (a rotation under way), passes. StoreError if etcd
+        cannot be read."""
+        counts = self.sealed_key_ids()
+        counts.pop("unreadable", None)
+        if not counts or set(counts) & set(data_key.key_ids):
+            return
+        total = sum(counts.values())
+        ids = ", ".join(sorted(counts))
+        raise WrongDataKey(
+            f"the data key from {data_key.source} (id {data_key.key_id}) opens none of the "
+            f"{total} sealed value(s) in {self.keyspace.root}: they were sealed under "
+            f"{ids}; is this the cluster's data key?")
+
     # -- watches --------------------------------------------------------------------------
     def watch(self, cls: type[R], on_event: Callable[[WatchEvent], None],
               start_revision: int | None = None) -> PrefixWatcher:

@@ -10,6 +10,13 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
+from cluster.store.client import Store
+from cluster.store.keyspace import Keyspace
+from cluster.store.records import ChildSaRecord
+from cluster.store.seal import DataKey, WrongDataKey
+
 CLUSTERCTL = str(Path(sys.executable).with_name("clusterctl"))
 
 
@@ -49,3 +56,50 @@ def test_ctrl_c_ends_watch_with_130_not_aborted(etcd_endpoint: str) -> None:
             proc.wait()
     assert proc.returncode == 130
     assert err.strip() == "interrupted"
+
+
+def _sealed_child(spi: int) -> ChildSaRecord:
+    return ChildSaRecord(spi, spi + 1, "00" * 16, "aes128gcm16", None, False, b"k" * 20, b"",
+                         b"o" * 20, b"", ["10.20.0.0/16"], ["10.99.0.1/32"], "192.0.2.1", 4500,
+                         True, "10.99.0.1", "a@example.net", time.time(), 3000, 3600)
+
+
+def test_check_data_key_refuses_a_key_that_opens_nothing(etcd_endpoint: str) -> None:
+    right_bytes = os.urandom(32)
+    right = DataKey(right_bytes, "/etc/ipsec-cluster/data.key")
+    wrong = DataKey(os.urandom(32), "/tmp/not-the-cluster.key")
+    ks = Keyspace("k" + uuid.uuid4().hex[:8])
+    with Store([etcd_endpoint], ks, right) as store:
+        store.check_data_key(wrong)               # nothing sealed yet: nothing to refuse
+        store.put(_sealed_child(0x1000))
+        store.check_data_key(right)
+        with pytest.raises(WrongDataKey, match=r"/tmp/not-the-cluster\.key.*1 sealed value"):
+            store.check_data_key(wrong)
+        # mid-rotation: the new key current, the old one retired, opens what is stored
+        rotated = DataKey(os.urandom(32), "/etc/ipsec-cluster/data.key",
+                          retired=[right_bytes])
+        store.check_data_key(rotated)
+
+
+def test_sprayer_with_a_wrong_data_key_exits_2_naming_the_file(etcd_endpoint: str,
+                                                               tmp_path: Path) -> None:
+    """It used to start and skip every SA (a warning each): no client's ESP was steered."""
+    cluster = "s" + uuid.uuid4().hex[:8]
+    with Store([etcd_endpoint], Keyspace(cluster), DataKey(os.urandom(32), "right")) as store:
+        store.put(_sealed_child(0x2000))
+    key_file = tmp_path / "wrong.key"
+    key_file.write_text(os.urandom(32).hex() + "\n")
+    key_file.chmod(0o600)
+    config = tmp_path / "sprayer.toml"
+    config.write_text(
+        f'[cluster]\nname = "{cluster}"\ndata_key_file = "{key_file}"\n'
+        f'[etcd]\nendpoints = ["{etcd_endpoint}"]\n[metrics]\nlisten = ""\n'
+        '[sprayer]\nid = "sprayer-t"\nvip = "203.0.113.10"\ndriver = "haproxy"\n'
+        'keyd = ["10.30.0.5"]\nhaproxy_socket = "/nonexistent/haproxy.sock"\n')
+    done = subprocess.run([str(Path(sys.executable).with_name("sprayer")), "--config",
+                           str(config)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 2, done.stderr
+    assert str(key_file) in done.stderr
+    assert "opens none of the 1 sealed value" in done.stderr
+    assert "Traceback" not in done.stderr
