@@ -78,6 +78,15 @@ class KeydMetrics:
             registry=r)
         self.etcd_available.set(1)
         self._core_seen: dict[tuple[str, str], float] = {}
+        self._children: dict[tuple[int, str], Any] = {}
+
+    def child(self, metric: Any, label: str) -> Any:
+        """`metric.labels(label)`, looked up once per label (labels() is slow)."""
+        key = (id(metric), label)
+        got = self._children.get(key)
+        if got is None:
+            got = self._children[key] = metric.labels(label)
+        return got
 
     @contextlib.contextmanager
     def etcd_write(self, record: str) -> Iterator[None]:
@@ -85,7 +94,7 @@ class KeydMetrics:
         try:
             yield
         finally:
-            self.etcd_write_seconds.labels(record).observe(time.perf_counter() - start)
+            self.child(self.etcd_write_seconds, record).observe(time.perf_counter() - start)
 
     def sync_core_counters(self, counters: Any) -> None:
         """Mirror the core's monotonic counters (keyd.ike's IkeCounters): only the increase

@@ -198,7 +198,7 @@ class KeydServer:
     def _enqueue(self, inbound: Inbound, attempt: int = 0) -> None:
         if not attempt:
             self._arrivals += 1
-            self.metrics.datagrams_in.labels(str(inbound.dst[1])).inc()
+            self.metrics.child(self.metrics.datagrams_in, str(inbound.dst[1])).inc()
         ike_sa_id = ike_sa_id_of(inbound.ike_message)[0]
         waiting = self._held.get(ike_sa_id)
         if waiting is not None:
@@ -305,7 +305,7 @@ class KeydServer:
         self.metrics.dropped.labels(reason).inc()
 
     def _sent(self, port: int) -> None:
-        self.metrics.datagrams_out.labels(str(port)).inc()
+        self.metrics.child(self.metrics.datagrams_out, str(port)).inc()
 
     def _send(self, out: list[Outbound]) -> None:
         for o in out:

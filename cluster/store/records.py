@@ -370,6 +370,17 @@ def _conform(value: Any, tp: Any, name: str) -> Any:
     raise ValueError(f"{name}: unsupported type {tp!r}")
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """A record class's field names, looked up once (every encode needs them)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def encode_record(record: Record, etcd_key: str,
                   data_key: DataKey | PublicView | None = None) -> bytes:
     """Versioned JSON bytes of a record; secret fields sealed under `data_key` (its current
@@ -377,12 +388,12 @@ def encode_record(record: Record, etcd_key: str,
     record.validate()
     body: dict[str, Any] = {"v": VERSION}
     secrets: dict[str, str] = {}
-    for f in dataclasses.fields(record):  # type: ignore[arg-type]
-        value = getattr(record, f.name)
-        if f.name in record.SECRET_FIELDS:
-            secrets[f.name] = value.hex()
+    for name in _field_names(type(record)):
+        value = getattr(record, name)
+        if name in record.SECRET_FIELDS:
+            secrets[name] = value.hex()
         else:
-            body[f.name] = value
+            body[name] = value
     if secrets:
         if data_key is None:
             raise ValueError(f"{type(record).__name__} carries key material: needs the data key")
