@@ -7,6 +7,7 @@ with a one-line message naming the file and the key.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,10 +69,13 @@ class Section:
             return default
         value = self.data[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)  # type: ignore[return-value]
+            value = float(value)
         if (kind is not bool and isinstance(value, bool)) or not isinstance(value, kind):
             raise ConfigError(
                 f"{self._where(key)} must be {kind.__name__}, not {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            # TOML has nan and inf; no time-out, interval or rate means either
+            raise ConfigError(f"{self._where(key)} must be a finite number, not {value}")
         return value
 
     def str_list(self, key: str, default: list[str] | None = None) -> list[str]:

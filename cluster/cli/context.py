@@ -10,6 +10,7 @@ later one wins. Precedence: flag > CLUSTERCTL_* variable > --lab > --config > de
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -70,6 +71,26 @@ def _option(*decls: str, envvar: str | None, **kw: Any) -> Callable[[F], F]:
                         is_eager=False, show_envvar=envvar is not None, **kw)
 
 
+class _Seconds(click.ParamType):
+    """A finite time-out in seconds, 0.1 to a day (FloatRange lets nan and inf through, and
+    etcd then times out at once)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or not 0.1 <= seconds <= 86400:
+            self.fail(f"{value!r} is not 0.1 to 86400 seconds", param, ctx)
+        return seconds
+
+
+SECONDS = _Seconds()
+
+
 def connection_options(with_env: bool = False) -> Callable[[F], F]:
     """The shared options; `with_env` on the top-level group only, so a flag given after the
     command is never overridden by the environment."""
@@ -93,7 +114,7 @@ def connection_options(with_env: bool = False) -> Callable[[F], F]:
                 help="take [cluster] and [etcd] from a daemon's TOML configuration"),
         _option("--lab", envvar=env("LAB"), metavar="LAB",
                 help="use the etcd of the one-machine lab LAB"),
-        _option("--timeout", "timeout_s", envvar=env("TIMEOUT"), type=click.FloatRange(0.1),
+        _option("--timeout", "timeout_s", envvar=env("TIMEOUT"), type=SECONDS,
                 metavar="SECONDS", help="etcd request timeout [default: 2]"),
         _option("-o", "--output", envvar=env("OUTPUT"), type=click.Choice(["table", "json"]),
                 help="output format [default: table]"),
@@ -183,7 +204,7 @@ def resolve(s: Settings) -> Connection:
     for name in ("cacert", "cert", "key", "cluster", "prefix", "timeout_s"):
         if s.get(name) is not None:
             base[name] = s.get(name)
-    if s.get("endpoints"):
+    if s.get("endpoints") is not None:
         base["endpoints"] = _as_list(s.get("endpoints"))
     if not base["endpoints"]:
         raise click.UsageError("--endpoints is empty")

@@ -112,3 +112,39 @@ def test_importing_the_cli_elsewhere_leaves_sigint_alone() -> None:
     import cluster.cli
 
     assert signal.getsignal(signal.SIGINT) is not cluster.cli.interrupted_while_starting
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "abc", "0.05", "1e9"])
+def test_clusterctl_timeout_must_be_finite_seconds(value: str) -> None:
+    """FloatRange(0.1) let nan and inf through; etcd then 'timed out' at once (exit 1)."""
+    from click.testing import CliRunner
+
+    from cluster.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["--timeout", value, "status"])
+    assert result.exit_code == 2
+    assert "--timeout" in result.output
+
+
+def test_clusterctl_empty_endpoints_is_a_usage_error() -> None:
+    """`--endpoints ""` used to fall back to the default endpoint silently."""
+    from click.testing import CliRunner
+
+    from cluster.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["--endpoints", "", "status"])
+    assert result.exit_code == 2
+    assert "--endpoints is empty" in result.output
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+inf"])
+def test_config_floats_must_be_finite(tmp_path: object, value: str) -> None:
+    """TOML has nan and inf; a time-out or rate of either is a configuration error."""
+    from pathlib import Path
+
+    from cluster.config import ConfigError, load_config
+
+    path = Path(str(tmp_path)) / "c.toml"
+    path.write_text(f"[etcd]\ntimeout_s = {value}\n")
+    with pytest.raises(ConfigError, match="finite"):
+        load_config(path)
