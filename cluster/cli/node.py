@@ -69,5 +69,9 @@ def node_undrain(node_id: str) -> None:
 def node_remove(node_id: str, force: bool) -> None:
     """Delete a node's record (refused while it owns clients unless --force)."""
     store = connect()
-    record = remove_node(store, read_snapshot(store), node_id, force)
-    emit({"id": record.id, "removed": True}, lambda d: f"node {d['id']} removed")
+    malformed = remove_node(store, read_snapshot(store), node_id, force)
+    doc: dict[str, object] = {"id": node_id, "removed": True}
+    if malformed is not None:
+        doc["malformed"] = malformed
+    emit(doc, lambda d: f"node {d['id']} removed"
+         + (f" (its record was malformed: {malformed})" if malformed else ""))

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from cluster.cli.context import CliFailure
 from cluster.cli.view import Snapshot
 from cluster.store.client import Store
-from cluster.store.records import Assignment, NodeRecord
+from cluster.store.records import Assignment, MalformedRecord, NodeRecord
 from sprayer.plan import NodeState, NodeView, Phase, Placement, Planner, StartHandoff
 
 CAS_ATTEMPTS = 5
@@ -42,18 +42,27 @@ def set_node_state(store: Store, node_id: str, state: Literal["ready", "draining
     raise CliFailure(f"node {node_id!r} changed {CAS_ATTEMPTS} times while writing; try again")
 
 
-def remove_node(store: Store, snap: Snapshot, node_id: str, force: bool) -> NodeRecord:
-    """Delete `nodes/<id>`. Refused while the node still owns clients, unless forced."""
-    current = store.get(NodeRecord, node_id)
-    if current is None:
+def remove_node(store: Store, snap: Snapshot, node_id: str, force: bool) -> str | None:
+    """Delete `nodes/<id>`. Refused while the node still owns clients, unless forced. A
+    record that does not decode is removed too (every reader skips it; this is how an
+    operator clears it): the reason it was malformed is returned, else None."""
+    malformed: str | None = None
+    try:
+        current = store.get(NodeRecord, node_id)
+        revision = None if current is None else current.mod_revision
+    except MalformedRecord as exc:
+        malformed = exc.reason
+        raw = store.raw_get_revision(store.keyspace.node(node_id))
+        revision = None if raw is None else raw[1]
+    if revision is None:
         raise CliFailure(f"no node {node_id!r} is registered")
     owned = sum(1 for v in snap.assign if v.record.node == node_id)
     if owned and not force:
         raise CliFailure(f"node {node_id!r} still owns {owned} client(s): "
                          f"`clusterctl node drain {node_id}` first, or --force")
-    if not store.delete_if(NodeRecord, node_id, current.mod_revision):
+    if not store.delete_if(NodeRecord, node_id, revision):
         raise CliFailure(f"node {node_id!r} changed while removing it; try again")
-    return current.record
+    return malformed
 
 
 @dataclass(frozen=True, slots=True)

@@ -226,6 +226,13 @@ class Store:
             value, _ = self._client.get(key)
         return None if value is None else bytes(value)
 
+    def raw_get_revision(self, key: str) -> tuple[bytes, int] | None:
+        """The raw value at `key` and its mod revision, or None: for removing a value that
+        does not decode, guarded against a concurrent rewrite."""
+        with translated(self.endpoint):
+            value, meta = self._client.get(key)
+        return None if value is None else (bytes(value), int(meta.mod_revision))
+
     def raw_put(self, key: str, value: bytes, lease: int | None = None) -> int:
         with translated(self.endpoint):
             return int(self._client.put(key, value, lease=lease).header.revision)

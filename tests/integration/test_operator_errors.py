@@ -103,3 +103,31 @@ def test_sprayer_with_a_wrong_data_key_exits_2_naming_the_file(etcd_endpoint: st
     assert str(key_file) in done.stderr
     assert "opens none of the 1 sealed value" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_node_remove_clears_a_malformed_node_record(etcd_endpoint: str) -> None:
+    """Every reader skips junk under nodes/, and `node remove` refused it ("malformed
+    record"): the operator had no way to clear it but etcdctl."""
+    from click.testing import CliRunner
+
+    from cluster.cli.main import cli
+
+    cluster = "r" + uuid.uuid4().hex[:8]
+    ks = Keyspace(cluster)
+    with Store([etcd_endpoint], ks) as store:
+        store.raw_put(ks.node("junk"), b"not json")
+        store.raw_put(ks.node("nan"), b'{"v":1,"id":"nan","address":"10.0.0.1","capacity":1,'
+                                      b'"state":"ready","health_port":1,"version":"x",'
+                                      b'"started_at":NaN}')
+        args = ["--endpoints", etcd_endpoint, "--cluster", cluster, "node", "remove"]
+        result = CliRunner().invoke(cli, [*args, "junk"])
+        assert result.exit_code == 0, result.output
+        assert "removed (its record was malformed: not JSON)" in result.output
+        assert store.raw_get(ks.node("junk")) is None
+        result = CliRunner().invoke(cli, [*args, "nan", "-o", "json"])
+        assert result.exit_code == 0, result.output
+        assert '"malformed": "started_at: not a finite number"' in result.output
+        assert store.raw_get(ks.node("nan")) is None
+        result = CliRunner().invoke(cli, [*args, "junk"])
+        assert result.exit_code == 1
+        assert "no node 'junk' is registered" in result.output
