@@ -206,17 +206,18 @@ class Persister:
             owners += [a for a in (self._owner(i) for i in sorted(c.established)) if a]
         label = "ike_sa+child_sa" if any(c.new_children for c in group) else "ike_sa"
         with self.metrics.etcd_write(label):
-            ok = self.store.commit(
+            revision = self.store.commit_revision(
                 puts=[*puts, *owners], deletes=deletes,
                 guards=[*guards, *(Guard(self.store.key_of(a), 0) for a in owners)])
-        if ok:
-            self._written(fresh, owners)
-        return ok
+        if revision is not None:
+            self._written(fresh, owners, revision)
+        return revision is not None
 
-    def _written(self, fresh: list[LeaseClaim], owners: list[Assignment]) -> None:
+    def _written(self, fresh: list[LeaseClaim], owners: list[Assignment],
+                 revision: int) -> None:
         if self.pool is not None:
             for c in fresh:
-                self.pool.written(c)
+                self.pool.written(c, revision)
         for a in owners:
             log.debug("client assigned", extra={"ike_sa": a.ike_sa_id, "node": a.node})
 
@@ -225,18 +226,19 @@ class Persister:
         owners = [a for a in (self._owner(i) for i in sorted(changes.established)) if a]
         label = "ike_sa+child_sa" if changes.new_children else "ike_sa"
         with self.metrics.etcd_write(label):
-            ok = self.store.commit(
+            revision = self.store.commit_revision(
                 puts=[*puts, *owners], deletes=deletes or [],
                 guards=[*guards, *(Guard(self.store.key_of(a), 0) for a in owners)])
-            if not ok and owners:
+            if revision is None and owners:
                 # maybe only an owner was there already (the sprayer was quicker): fine
-                ok = self.store.commit(puts=puts, guards=guards, deletes=deletes or [])
+                revision = self.store.commit_revision(puts=puts, guards=guards,
+                                                      deletes=deletes or [])
                 owners = []
-        if not ok:
+        if revision is None:
             what = [f"sa/{c.spi_in:08x}" for c in changes.new_children]
             what += [f"pool/{c.lease.ip}" for c in fresh]
             raise WriteConflict(f"taken already in the cluster: {', '.join(what)}")
-        self._written(fresh, owners)
+        self._written(fresh, owners, revision)
 
     def _nodes(self) -> list[NodeRecord]:
         if self.view is not None and self.view.nodes_synced:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster.store.client import Store
+from cluster.store.client import Guard, Store
 from cluster.store.records import IkeSaRecord, PoolLease
 
 from .view import ClusterView, HeldLease
@@ -109,20 +109,21 @@ class AddressPool:
             c = self.claim(ike_sa_id, identity, requested, from_etcd)
             if c.held:
                 return c.lease.ip
-            ok = (self.store.create(c.lease) if c.mod_revision == 0
-                  else self.store.update_if(c.lease, c.mod_revision))
-            if ok:
-                self.written(c)
+            revision = self.store.commit_revision(
+                [c.lease], guards=[Guard(self.store.key_of(c.lease), c.mod_revision)])
+            if revision is not None:
+                self.written(c, revision)
                 return c.lease.ip
             from_etcd = True  # lost a race: the view is behind; ask etcd itself
         raise PoolExhausted(f"address pool {self.network}: no lease after {self.attempts} tries")
 
-    def written(self, claim: LeaseClaim) -> None:
-        """The claim's lease is in etcd now (keep the view in step until its watch says so)."""
+    def written(self, claim: LeaseClaim, revision: int = 0) -> None:
+        """The claim's lease is in etcd now, written at `revision` (keep the view in step
+        until its watch says so: a takeover guard needs the exact revision)."""
         log.debug("address leased", extra={"ip": claim.lease.ip, "ike_sa": claim.lease.ike_sa_id,
                                           "identity": claim.lease.identity})
         if self.view is not None:
-            self.view.note_lease(claim.lease, claim.lease.ip)
+            self.view.note_lease(claim.lease, claim.lease.ip, revision)
 
     def _candidates(self, identity: str, requested: str | None,
                     leases: dict[str, HeldLease],

@@ -63,8 +63,14 @@ class ClusterView:
     def note_lease(self, lease: PoolLease | None, ip: str, mod_revision: int = 0) -> None:
         """Record our own write at once (the watch confirms it a moment later)."""
         with self._lock:
+            held = self._leases.get(ip)
+            if held is not None and held.mod_revision > mod_revision and mod_revision:
+                return   # the watch has told of a later write already
             if lease is None:
                 self._leases.pop(ip, None)
+            elif held is not None and held.mod_revision >= mod_revision and \
+                    held.record == lease:
+                return   # the watch delivered this very write first: keep its revision
             else:
                 self._leases[ip] = HeldLease(lease, mod_revision)
 
