@@ -20,6 +20,7 @@ from cluster.hooks.feed import ClusterFeed
 from cluster.hooks.ledger import DeliveryLedger, RevisionFile
 from cluster.hooks.snapshot import SnapshotFile
 from cluster.store.client import Store
+from cluster.store.errors import FutureRevision
 
 log = logging.getLogger("cluster.hooks")
 
@@ -71,7 +72,15 @@ class HookRunner:
         saved = self.revision_file.load()
         if saved is None:
             log.info("no saved revision in %s: starting from now", self.revision_file.path)
-        started = self.feed.start(saved, self.snapshot_file.load)
+        try:
+            started = self.feed.start(saved, self.snapshot_file.load)
+        except FutureRevision:
+            # etcd is behind what was delivered: restored from a backup or replaced. Waiting
+            # would resume, some day, after changes that have nothing to do with that number.
+            raise ValueError(
+                f"revision file {self.revision_file.path} holds {saved}, but etcd has not "
+                "reached that revision (restored or replaced?): remove the file to start "
+                "from now") from None
         self.ledger.observe(started)
         self.save()
         log.info("watching %s after revision %d", self.store.keyspace.root, started)

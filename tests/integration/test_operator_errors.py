@@ -131,3 +131,24 @@ def test_node_remove_clears_a_malformed_node_record(etcd_endpoint: str) -> None:
         result = CliRunner().invoke(cli, [*args, "junk"])
         assert result.exit_code == 1
         assert "no node 'junk' is registered" in result.output
+
+
+def test_hooks_with_a_saved_revision_etcd_never_reached_exit_1(etcd_endpoint: str,
+                                                                tmp_path: Path) -> None:
+    """A revision file from before etcd was restored or replaced: cluster-hooks used to retry
+    for ever ("in the future") and would have resumed, some day, at an unrelated change."""
+    hooks = tmp_path / "hooks.d"
+    hooks.mkdir()
+    state = tmp_path / "hooks.revision"
+    state.write_text("99999999999\n")
+    config = tmp_path / "hooks.toml"
+    config.write_text(f'[cluster]\nname = "h{uuid.uuid4().hex[:8]}"\n'
+                      f'[etcd]\nendpoints = ["{etcd_endpoint}"]\n[metrics]\nlisten = ""\n'
+                      f'[hooks]\ndirectory = "{hooks}"\nstate_file = "{state}"\n')
+    done = subprocess.run([str(Path(sys.executable).with_name("cluster-hooks")), "--config",
+                           str(config)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 1, done.stderr
+    assert f"revision file {state} holds 99999999999" in done.stderr
+    assert "remove the file to start from now" in done.stderr
+    assert state.read_text() == "99999999999\n"      # nothing overwritten
