@@ -35,6 +35,7 @@ from bench import Row, percentile
 ROOT = Path(__file__).resolve().parent.parent
 LATENCY_CONNECTS = 30
 HANDSHAKES = 400
+HANDSHAKES_ONE = 150   # the same with one client at a time
 PARALLEL = 8   # clients handshaking at once, each back to back
 IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
 ESP_PROPOSAL = "aes128gcm16"
@@ -183,6 +184,8 @@ def run() -> list[Row]:
         means = _keyd_means(labs["cluster"])
         _charon_sends_its_certificate(labs["strongswan"])
         rates = {g: _handshake_rate(lab, g, HANDSHAKES) for g, lab in labs.items()}
+        one = {g: _handshake_rate(lab, g, HANDSHAKES_ONE, parallel=1)
+               for g, lab in labs.items()}
     c = {"median_s": statistics.median(times["strongswan"]),
          "p90_s": percentile(times["strongswan"], 90), **rates["strongswan"]}
     k = {"median_s": statistics.median(times["cluster"]),
@@ -211,6 +214,16 @@ def run() -> list[Row]:
                  f"{c['wall_s']:.1f} s wall; keyd {k['cpu_s']:.2f} s CPU + etcd "
                  f"{k['etcd_cpu_s']:.2f} s ({with_etcd:.1f}/s/core with etcd); charon "
                  f"{c['cpu_s']:.2f} s CPU; failed {k['failed']}/{c['failed']}"},
+        {"metric": "handshakes per second per core, one client at a time",
+         "value": round(one["cluster"]["per_core"], 1), "unit": "handshakes/s/core",
+         "baseline": round(one["strongswan"]["per_core"], 1), "baseline_name": "→ charon",
+         "ratio": round(one["cluster"]["per_core"] / one["strongswan"]["per_core"], 2)
+         if one["strongswan"]["per_core"] else None,
+         "goal": "(information)",
+         "note": f"{one['cluster']['ok']}/{one['strongswan']['ok']} handshakes (+DELETE) back "
+                 f"to back; keyd {one['cluster']['cpu_s']:.2f} s CPU, charon "
+                 f"{one['strongswan']['cpu_s']:.2f} s; nothing to share an etcd round trip "
+                 "with: IKE_AUTH and DELETE one each"},
     ]
 
 
