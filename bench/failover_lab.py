@@ -26,6 +26,7 @@ runs (each run then moves exactly the clients its event concerns).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import secrets
 import signal
@@ -268,12 +269,18 @@ def make_mass(lab: Lab) -> tuple[int, int, float]:
 
 
 def sprayer_metrics(lab: Lab) -> dict[str, float]:
-    """The sprayer's counters (its metrics endpoint in the router's namespace)."""
-    code = ("import urllib.request;print(urllib.request.urlopen("
-            "'http://127.0.0.1:9412/metrics', timeout=5).read().decode())")
-    r = lab.run("router", [sys.executable, "-c", code], timeout_s=30)
+    """The sprayer's counters (its metrics endpoint, on loopback in the router's namespace:
+    this thread enters it for the request)."""
+    conn = http.client.HTTPConnection("127.0.0.1", 9412, timeout=5)
+    try:
+        with inside_netns(lab.ns("router")):
+            conn.connect()
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
     out: dict[str, float] = {}
-    for line in r.stdout.splitlines():
+    for line in text.splitlines():
         if line.startswith(("sprayer_write_conflicts_total", "sprayer_moves_total",
                             "sprayer_etcd_errors_total", "sprayer_nodes_alive")):
             name, value = line.rsplit(" ", 1)
@@ -356,7 +363,7 @@ def mass_rows(lab: Lab, b: Bench) -> list[Row]:
         row(f"{on_victim:,} clients off a SIGKILLed node, whole lab: SPI map steering none "
             "to it", round(t_map, 2), "s", "read back from the router's kernel; the "
             "sprayer's counters over the move: "
-            + ", ".join(f"{k} +{v:g}" for k, v in sorted(delta.items()))),
+            + ", ".join(f"{k} {v:+g}" for k, v in sorted(delta.items()))),
     ]
 
 
