@@ -11,7 +11,7 @@ of the probe) each; a sender namespace plays the clients' ESP. Clients are Child
 - unplanned gap (steering), ≥ 20 runs: ESP for one client every 2 ms; its node stops
   answering probes at t0; gap = first datagram at the new node - t0 (probe detection +
   compare-and-swap write + watch + map update). The node's own take-over (checkpoint + jump,
-  cluster/node) comes on top and is measured by the lab demo with real strongSwan clients;
+  cluster/node) comes on top: the whole-path part below measures both together;
 - hand-off gap (steering), ≥ 20 runs: the node is drained; a stand-in for the old owner's
   data plane writes exact `final` counters the moment it sees the hand-off (what cluster-node
   does); gap = first datagram at the new node - last datagram at the old one.
