@@ -21,6 +21,7 @@ from typing import Any, Literal
 from cluster.cli.context import CliFailure
 from cluster.cli.view import Snapshot
 from cluster.store.client import Store
+from cluster.store.errors import StoreError
 from cluster.store.records import Assignment, MalformedRecord, NodeRecord
 from sprayer.plan import NodeState, NodeView, Phase, Placement, Planner, StartHandoff
 
@@ -76,7 +77,8 @@ class Move:
     epoch: int
     reason: str
     result: str
-    """planned (dry run), written, or conflict (the assignment changed meanwhile)."""
+    """planned (dry run), written, conflict (the assignment changed meanwhile), or — when
+    etcd failed part way — unknown (the write that failed) and not written (those after)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"ike_sa_id": self.ike_sa_id, "identity": self.identity,
@@ -101,23 +103,46 @@ def plan_moves(snap: Snapshot, now: float, limit: int | None = None) -> list[Sta
     return moves if limit is None else moves[:limit]
 
 
+class RebalanceInterrupted(CliFailure):
+    """etcd failed part way: `moves` says which hand-offs were written before it did."""
+
+    def __init__(self, moves: list[Move], cause: StoreError) -> None:
+        written = sum(1 for m in moves if m.result == "written")
+        super().__init__(f"{cause}; stopped after {written} of {len(moves)} hand-off(s) "
+                         "were written (they complete on their own): run again when etcd is "
+                         "back")
+        self.moves = moves
+
+
 def rebalance(store: Store, snap: Snapshot, dry_run: bool, limit: int | None = None,
               now: float | None = None) -> list[Move]:
     """Start the hand-offs the planner asks for: each assignment becomes phase `handoff`
-    with epoch + 1 and previous_node = the old owner, by CAS (DESIGN.md, planned moves)."""
+    with epoch + 1 and previous_node = the old owner, by CAS (DESIGN.md, planned moves).
+    RebalanceInterrupted if etcd fails part way (the moves say what was written)."""
     now = time.time() if now is None else now
     identities = {v.record.ike_sa_id: v.record.identity for v in snap.ike}
     revisions = {v.record.ike_sa_id: v for v in snap.assign}
     moves = []
+    failure: StoreError | None = None
     for action in plan_moves(snap, now, limit):
         result = "planned"
-        if not dry_run:
+        if not dry_run and failure is not None:
+            result = "not written"
+        elif not dry_run:
             current = revisions[action.ike_sa_id]
             handoff = Assignment(action.ike_sa_id, action.to_node, action.epoch, "handoff",
                                  action.from_node, now)
-            ok = store.update_if(handoff, current.mod_revision)
-            result = "written" if ok else "conflict"
+            try:
+                ok = store.update_if(handoff, current.mod_revision)
+            except StoreError as exc:
+                # Unknown whether this one landed: a CAS on the old revision is safe to
+                # repeat, and the next run plans from what etcd then holds.
+                failure, result = exc, "unknown"
+            else:
+                result = "written" if ok else "conflict"
         moves.append(Move(action.ike_sa_id, identities.get(action.ike_sa_id),
                           action.from_node, action.to_node, action.epoch,
                           action.reason.value, result))
+    if failure is not None:
+        raise RebalanceInterrupted(moves, failure)
     return moves

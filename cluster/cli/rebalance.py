@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cluster.cli.context import connect, connection_options
+from cluster.cli.ops import RebalanceInterrupted
 from cluster.cli.ops import rebalance as run_rebalance
 from cluster.cli.output import emit, make_table
 from cluster.cli.view import read_snapshot
@@ -30,7 +31,13 @@ def rebalance(dry_run: bool, limit: int | None) -> None:
     """Move clients off draining nodes and onto their rendezvous-hash node: each becomes a
     hand-off (phase handoff, epoch + 1) the nodes and the sprayer complete."""
     store = connect()
-    moves = run_rebalance(store, read_snapshot(store), dry_run, limit)
+    try:
+        moves = run_rebalance(store, read_snapshot(store), dry_run, limit)
+    except RebalanceInterrupted as exc:
+        # what was written before etcd failed, then the error
+        emit({"dry_run": dry_run, "moves": [m.to_json() for m in exc.moves],
+              "conflicts": 0}, _table)
+        raise
     conflicts = sum(1 for m in moves if m.result == "conflict")
     emit({"dry_run": dry_run, "moves": [m.to_json() for m in moves],
           "conflicts": conflicts}, _table)

@@ -152,3 +152,38 @@ def test_hooks_with_a_saved_revision_etcd_never_reached_exit_1(etcd_endpoint: st
     assert f"revision file {state} holds 99999999999" in done.stderr
     assert "remove the file to start from now" in done.stderr
     assert state.read_text() == "99999999999\n"      # nothing overwritten
+
+
+def test_rebalance_when_etcd_dies_part_way_says_what_was_written(tmp_path: Path) -> None:
+    """etcd gone between the read and the writes: the moves come back with what became of
+    each (unknown for the write that failed, not written after it), not only an error."""
+    from cluster.cli.ops import RebalanceInterrupted, rebalance
+    from cluster.cli.view import read_snapshot
+    from cluster.procs import EtcdServer
+    from cluster.store.keyspace import ike_sa_id
+    from cluster.store.records import Assignment, IkeSaRecord, NodeRecord
+
+    etcd = EtcdServer(tmp_path / "etcd")
+    etcd.start()
+    try:
+        store = Store([etcd.endpoint], Keyspace("reb"), DataKey(os.urandom(32), "k"),
+                      timeout_s=1.0)
+        now = time.time()
+        store.put(NodeRecord("node-1", "10.30.0.11", 100, "draining", 4501, "0.1.0", now))
+        store.put(NodeRecord("node-2", "10.30.0.12", 100, "ready", 4501, "0.1.0", now))
+        for n in (1, 2, 3):
+            ike_id = ike_sa_id(0x1000 + n, 0x2000 + n)
+            store.put(IkeSaRecord(ike_id, 0x1000 + n, 0x2000 + n, "198.51.100.10", 4500, 4500,
+                                  f"c{n}@example.net", f"10.99.0.{n}", [], "keyd-1", now,
+                                  b"state"))
+            store.put(Assignment(ike_id, "node-1", 1, "active", None, now))
+        snap = read_snapshot(store)
+        etcd.stop()
+        with pytest.raises(RebalanceInterrupted, match="stopped after 0 of 3") as exc:
+            rebalance(store, snap, dry_run=False)
+        results = [m.result for m in exc.value.moves]
+        assert results == ["unknown", "not written", "not written"]
+        assert all(m.to_node == "node-2" for m in exc.value.moves)
+        store.close()
+    finally:
+        etcd.stop()
