@@ -49,6 +49,12 @@ def setup_logging(level: str, as_json: bool) -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # the lines show neither source file, thread nor process: do not look them up for every
+    # record (the logging HOWTO, "Optimization")
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # etcd3/grpc chatter below warning is not operator news
     for noisy in ("etcd3", "grpc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
