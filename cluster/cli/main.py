@@ -10,6 +10,7 @@ import importlib
 import logging
 import signal
 import sys
+from types import FrameType
 from typing import Any
 
 import click
@@ -71,9 +72,22 @@ def _register() -> None:
 _register()
 
 
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM: unwind like Ctrl-C, so what a command started is undone (`lab up` removes
+    the half-built lab, `watch` stops its watch); a second SIGTERM waits for that."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    click.echo("terminated", err=True)
+    raise SystemExit(EXIT_TERMINATED)
+
+
 def main() -> None:
     if signal.getsignal(signal.SIGINT) is interrupted_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         cli.main(standalone_mode=True)
     except KeyboardInterrupt:

@@ -58,6 +58,22 @@ def test_ctrl_c_ends_watch_with_130_not_aborted(etcd_endpoint: str) -> None:
     assert err.strip() == "interrupted"
 
 
+def test_sigterm_ends_watch_with_143_and_one_line(etcd_endpoint: str) -> None:
+    env = _env(etcd_endpoint, "w" + uuid.uuid4().hex[:8])
+    proc = subprocess.Popen([CLUSTERCTL, "watch"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_stderr(proc, "watching", 60)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143
+    assert err.strip() == "terminated"
+
+
 def _sealed_child(spi: int) -> ChildSaRecord:
     return ChildSaRecord(spi, spi + 1, "00" * 16, "aes128gcm16", None, False, b"k" * 20, b"",
                          b"o" * 20, b"", ["10.20.0.0/16"], ["10.99.0.1/32"], "192.0.2.1", 4500,
