@@ -173,7 +173,11 @@ class AddressPool:
             return False
         moved = PoolLease(ip=ip, ike_sa_id=new_ike_sa_id, identity=held.record.identity,
                           keyd_id=self.keyd_id, leased_at=held.record.leased_at)
-        return self.store.update_if(moved, held.mod_revision)
+        revision = self.store.commit_revision(
+            [moved], guards=[Guard(self.store.key_of(moved), held.mod_revision)])
+        if revision is not None and self.view is not None:
+            self.view.note_lease(moved, ip, revision)
+        return revision is not None
 
     def release_ike_sa(self, ike_sa_id: str) -> list[str]:
         """Release every lease of one IKE SA (used by the sweeper for expired IKE SAs)."""

@@ -318,6 +318,7 @@ class KeydServer:
             await asyncio.sleep(delay)
             while not self._quiet:
                 await asyncio.sleep(0.01)
+            self._ike_watch_check()   # e.g. pool/ read in full meanwhile: stop following it
             try:
                 out = self.engine.tick()
             except Exception as exc:
@@ -368,6 +369,10 @@ class KeydServer:
                 self._loop.call_soon_threadsafe(guarded)
 
     def _ike_watch_check(self) -> None:
+        alone = self._peers_synced and not self._peers
+        detached = self.view.follow_pool(not alone)
+        if detached is not None:
+            self._tasks.append(asyncio.create_task(asyncio.to_thread(detached.stop)))
         need = bool(self._peers) or not self._peers_synced or not self._ike_synced
         if need and self._watcher is None:
             log.info("other keyd instances registered: following ike/",

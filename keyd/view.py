@@ -1,7 +1,9 @@
 """What keyd keeps in view without asking etcd on every handshake: the nodes (for the owner
 of a new client) and the address leases (for a new client's virtual IP).
 
-Both follow etcd with prefix watches (cluster.store.watch). The view is only a hint: every
+Both follow etcd with prefix watches (cluster.store.watch) — the address leases only while
+other keyd instances are registered (`follow_pool`): alone, an instance is the only writer
+of `pool/` and keeps the view from its own writes. The view is only a hint: every
 decision taken from it is written with a compare-and-swap guard, so a stale view costs a
 retry, never a wrong record. Until a watch has delivered its first full read, `synced` is
 False and callers read etcd directly.
@@ -31,17 +33,32 @@ class ClusterView:
         self._nodes: dict[str, NodeRecord] = {}
         self._leases: dict[str, HeldLease] = {}
         self._synced = {"nodes": False, "pool": False}
-        self._watchers: list[PrefixWatcher] = []
+        self._watchers: dict[str, PrefixWatcher] = {}
+        self._store: Store | None = None
 
     def start(self, store: Store) -> None:
         self.stop()
-        self._watchers = [store.watch(NodeRecord, self._on_node),
-                          store.watch(PoolLease, self._on_lease)]
+        self._store = store
+        self._watchers = {"nodes": store.watch(NodeRecord, self._on_node),
+                          "pool": store.watch(PoolLease, self._on_lease)}
 
     def stop(self) -> None:
-        for w in self._watchers:
+        for w in self._watchers.values():
             w.stop()
-        self._watchers = []
+        self._watchers = {}
+
+    def follow_pool(self, follow: bool) -> PrefixWatcher | None:
+        """Follow `pool/` with a watch (other keyd instances lease addresses too), or — once
+        it has been read in full — keep the leases from this instance's own writes alone
+        (no other instance is registered: nobody else writes `pool/`, and every lease put
+        and delete would otherwise come back as a watch event). Returns a watcher to stop
+        (blocking: not on the event loop's thread)."""
+        w = self._watchers.get("pool")
+        if follow and w is None and self._store is not None:
+            self._watchers["pool"] = self._store.watch(PoolLease, self._on_lease)
+        elif not follow and w is not None and self._synced["pool"]:
+            return self._watchers.pop("pool")
+        return None
 
     # -- reads (any thread) ----------------------------------------------------------------
     @property
@@ -91,4 +108,8 @@ class ClusterView:
             elif isinstance(event, RecordDeleted):
                 self._leases.pop(event.name, None)
             elif isinstance(event, WatchResynced):
+                # a full read: whatever it did not find is gone (maybe while not followed)
+                names = {k.rsplit("/", 1)[-1] for k in event.keys}
+                for ip in [ip for ip in self._leases if ip not in names]:
+                    del self._leases[ip]
                 self._synced["pool"] = True
