@@ -7,13 +7,16 @@ every target has finished, and resumes the watch after it.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from prometheus_client import Gauge
 
+from cluster.config import ConfigError
 from cluster.hooks.dispatch import Dispatcher, RetryPolicy
 from cluster.hooks.event import HookEvent
 from cluster.hooks.feed import ClusterFeed
@@ -43,6 +46,19 @@ class HooksSettings:
     backoff_s: float = 1.0
     queue_size: int = 1000
     state_file: Path = Path("/var/lib/ipsec-cluster/hooks.revision")
+
+    def __post_init__(self) -> None:
+        """ConfigError for what no flag or file may say: a time-out or back-off of nan or
+        inf (argparse's float reads both), a webhook that is not an http(s) URL."""
+        for name in ("timeout_s", "backoff_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ConfigError(f"[hooks] {name} must be a finite number of seconds, "
+                                  f"not {value}")
+        for url in self.webhooks:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"[hooks] webhook {url!r} is not an http(s)://host/... URL")
 
 
 class HookRunner:

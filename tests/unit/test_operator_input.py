@@ -148,3 +148,27 @@ def test_config_floats_must_be_finite(tmp_path: object, value: str) -> None:
     path.write_text(f"[etcd]\ntimeout_s = {value}\n")
     with pytest.raises(ConfigError, match="finite"):
         load_config(path)
+
+
+@pytest.mark.parametrize(("over", "why"), [
+    ({"timeout_s": float("nan")}, "timeout_s must be a finite"),
+    ({"backoff_s": float("inf")}, "backoff_s must be a finite"),
+    ({"webhooks": ["notaurl"]}, "not an http"),
+    ({"webhooks": ["ftp://hooks.example.net/x"]}, "not an http"),
+    ({"webhooks": ["https:///nohost"]}, "not an http"),
+])
+def test_hooks_settings_refuse_what_no_flag_may_say(over: dict[str, object], why: str) -> None:
+    """`cluster-hooks --timeout-s nan` or `--webhook notaurl` used to start and fail on every
+    delivery."""
+    from cluster.config import ConfigError
+    from cluster.hooks.runner import HooksSettings
+
+    with pytest.raises(ConfigError, match=why):
+        HooksSettings(**over)  # type: ignore[arg-type]
+
+
+def test_hooks_settings_take_http_and_https_webhooks() -> None:
+    from cluster.hooks.runner import HooksSettings
+
+    s = HooksSettings(webhooks=["http://127.0.0.1:8080/h", "https://hooks.example.net/ipsec"])
+    assert len(s.webhooks) == 2
