@@ -27,7 +27,7 @@ from keyd.logs import setup_logging
 from sprayer.apply import Applier, HAProxyApplier, KernelApplier
 from sprayer.backends import DriverError
 from sprayer.daemon import Sprayer
-from sprayer.settings import SprayerSettings, settings_from
+from sprayer.settings import SprayerSettings, check, settings_from
 
 DEFAULT_CONFIG = "/etc/ipsec-cluster/sprayer.toml"
 log = logging.getLogger("sprayer")
@@ -64,7 +64,7 @@ def main(config_path: str, sprayer_id: str | None, driver: str | None, netns: st
         overrides: dict[str, Any] = {k: v for k, v in
                                      (("id", sprayer_id), ("driver", driver), ("netns", netns))
                                      if v is not None}
-        settings = replace(settings, **overrides)
+        settings = check(replace(settings, **overrides), "flags:")
         data_key = load_data_key(config.cluster.data_key_file)
         store = Store.from_config(config, data_key)
     except (ConfigError, DataKeyError, StoreError) as exc:

@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from cluster.config import Config, ConfigError
+from cluster.store.keyspace import BadKey, check_name
 
 DRIVERS = ("nft", "userspace", "haproxy")
 
@@ -53,7 +54,15 @@ def settings_from(config: Config) -> SprayerSettings:
         netns=s.get("netns", str, "") or None,
         auto_rebalance=s.get("auto_rebalance", bool, True),
     )
-    where = f"{config.source}: [sprayer]"
+    return check(out, f"{config.source}: [sprayer]")
+
+
+def check(out: SprayerSettings, where: str) -> SprayerSettings:
+    """ConfigError unless `out` (from a file, then flags) makes sense; `out` if it does."""
+    try:
+        check_name(out.id)
+    except BadKey as exc:
+        raise ConfigError(f"{where} id: {exc}") from None
     if out.driver not in DRIVERS:
         raise ConfigError(f"{where} driver must be one of {', '.join(DRIVERS)}: {out.driver!r}")
     for addr in [out.vip, *out.keyd]:

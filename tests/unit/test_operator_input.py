@@ -172,3 +172,36 @@ def test_hooks_settings_take_http_and_https_webhooks() -> None:
 
     s = HooksSettings(webhooks=["http://127.0.0.1:8080/h", "https://hooks.example.net/ipsec"])
     assert len(s.webhooks) == 2
+
+
+SPRAYER_TOML = ('[sprayer]\nid = "{id}"\nvip = "203.0.113.10"\nkeyd = ["10.30.0.5"]\n'
+                '[metrics]\nlisten = ""\n')
+
+
+@pytest.mark.parametrize("bad", ["../x", "", "a b", "x/y"])
+def test_sprayer_id_is_a_name_in_the_file(tmp_path: object, bad: str) -> None:
+    from pathlib import Path
+
+    from cluster.config import ConfigError, load_config
+    from sprayer.settings import settings_from
+
+    path = Path(str(tmp_path)) / "sprayer.toml"
+    path.write_text(SPRAYER_TOML.format(id=bad))
+    with pytest.raises(ConfigError, match="id: bad name"):
+        settings_from(load_config(path))
+
+
+@pytest.mark.parametrize("bad", ["../x", "", "a b"])
+def test_sprayer_id_flag_is_checked_too(tmp_path: object, bad: str) -> None:
+    """`--id` replaced the checked settings unchecked: `--id ../x` started a sprayer."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from sprayer.main import main
+
+    path = Path(str(tmp_path)) / "sprayer.toml"
+    path.write_text(SPRAYER_TOML.format(id="sprayer-1"))
+    result = CliRunner().invoke(main, ["--config", str(path), "--id", bad])
+    assert result.exit_code == 2
+    assert "flags: id: bad name" in result.output
