@@ -28,6 +28,14 @@ faster than they take it, at their UDP socket. The node asks for 4 MiB socket bu
 keeps the default (208 KiB: strongSwan has no setting for it, and net.core.rmem_default cannot
 be set inside a namespace), so it drops more and may wake up more often per packet.
 
+The generator hands the kernel 40 ESP datagrams per send (UDP GSO, `--gso`), paced at
+`--rate` packets/s. The veth carries such a send unsplit to the node, so the gateway's socket
+sees what a real NIC's GRO makes of back-to-back datagrams of one flow: a socket with UDP_GRO
+(the node) receives them several per call; one without (charon) gets them one by one, split
+by the kernel. A veth on its own never coalesces (its NAPI, when enabled, runs right after
+each single send on the sender's CPU), so without GSO here the bench would model a NIC without
+GRO.
+
 `python -m bench node` runs it (root). `python -m bench.node serve|generate|sink ...` are the
 node and the generators it starts inside the namespaces.
 """
@@ -40,6 +48,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -62,11 +71,13 @@ KEY_IN = bytes(range(20))
 KEY_OUT = bytes(range(20, 40))
 GATEWAY_INSIDE = "10.20.0.1"  # charon's address inside its local_ts (bench/libipsec.py)
 SINK_PORT = 9  # the inbound packets' destination port: the sink's nftables counter drops them
+GSO = 40  # ESP datagrams per generator send (UDP GSO), as a NIC's GRO would batch them
+SOL_UDP, UDP_SEGMENT = 17, 103
+RATE = 400_000  # packets/s the generator offers (paced): above what either gateway forwards
 
 
 def _inner(n: int, src: str, dst: str) -> bytes:
     """An IPv4/UDP packet of n bytes (the checksum left 0: nobody reads it)."""
-    import struct
     payload = bytes(n - 28)
     udp = struct.pack("!HHHH", 40000, SINK_PORT, 8 + len(payload), 0) + payload
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, n, 0, 0x4000, 64, 17, 0,
@@ -120,7 +131,8 @@ def serve(stats_file: str) -> None:
 
 
 # -- inside the generator namespace ---------------------------------------------------------
-def generate(count: int, sa_file: str | None = None, blast: int = 0) -> None:
+def generate(count: int, sa_file: str | None = None, blast: int = 0, gso: int = GSO,
+             rate: int = RATE) -> None:
     """Seal `count` packets (the node's bench SA, or the Child SA in `sa_file` that
     bench/libipsec established with charon), then send them as fast as the socket takes
     them. Prints what was sent, when the first packet left (wall clock, shared by every
@@ -143,17 +155,25 @@ def generate(count: int, sa_file: str | None = None, blast: int = 0) -> None:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
     s.bind((GEN, 4500))
-    send = s.sendto
     dst = (VIP, 4500)
+    sendmsg = s.sendmsg
+    # several equal-sized datagrams per call (UDP GSO); the veth carries them as one
+    # unsplit buffer (see the module docstring)
+    segment = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", len(packets[0])))] if gso > 1 else []
+    batches = [b"".join(packets[i:i + gso]) for i in range(0, len(packets), max(gso, 1))]
+    per = max(gso, 1)
     started = time.time()
     t0 = time.perf_counter()
     sent = 0
-    for p in packets:
+    clock = time.perf_counter
+    for i, batch in enumerate(batches):
         try:
-            send(p, dst)
-            sent += 1
+            sendmsg([batch], segment, 0, dst)
+            sent += min(per, count - i * per)
         except OSError:  # ENOBUFS: the generator outran the link; the node cannot see it
             time.sleep(0)
+        if rate and i % 16 == 15 and (ahead := sent / rate - (clock() - t0)) > 0:
+            time.sleep(ahead)
     print(json.dumps({"sent": sent, "seconds": time.perf_counter() - t0, "started": started}))
 
 
@@ -443,6 +463,8 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--count", type=int, default=PACKETS)
     g.add_argument("--sa", help="a Child SA bench/libipsec established (default: the node's)")
     g.add_argument("--blast", type=int, default=0, help="number in a series on one SA")
+    g.add_argument("--gso", type=int, default=GSO, help="datagrams per send (1: no GSO)")
+    g.add_argument("--rate", type=int, default=RATE, help="packets/s offered (0: no pacing)")
     k = sub.add_parser("sink")
     k.add_argument("--count", type=int, default=PACKETS)
     k.add_argument("--seconds", type=float, default=10)
@@ -450,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cmd == "serve":
         serve(args.stats)
     elif args.cmd == "generate":
-        generate(args.count, args.sa, args.blast)
+        generate(args.count, args.sa, args.blast, args.gso, args.rate)
     else:
         sink_outbound(args.count, args.seconds)
 

@@ -61,7 +61,13 @@ def pull_spi(esp: bytes) -> int:
 
 
 def pull_inner(plaintext: bytes) -> bytes:
-    """The inner IP packet of a decrypted ESP payload, its trailer stripped and checked.
+    """The inner IP packet of a decrypted ESP payload, its trailer stripped and checked
+    (`inner_length`)."""
+    return plaintext[:inner_length(plaintext)]
+
+
+def inner_length(plaintext: bytes) -> int:
+    """The length of the inner IP packet that starts a decrypted ESP payload.
 
     Checks the pad length and the padding bytes (RFC 4303 §2.4) and the next header of tunnel
     mode (4 or 41; 59 is a dummy packet, RFC 4303 §2.6); the inner packet is cut to the
@@ -82,14 +88,14 @@ def pull_inner(plaintext: bytes) -> bytes:
         total = (plaintext[2] << 8) | plaintext[3]
         if total < 20 or total > end:
             raise RemoteProtocolError(DropReason.MALFORMED, "inner IPv4 length")
-        return plaintext[:total]
+        return total
     if nh == NH_IPV6:
         if end < 40 or plaintext[0] >> 4 != 6:
             raise RemoteProtocolError(DropReason.MALFORMED, "next header 41 without IPv6")
         total = 40 + ((plaintext[4] << 8) | plaintext[5])
         if total > end:
             raise RemoteProtocolError(DropReason.MALFORMED, "inner IPv6 length")
-        return plaintext[:total]
+        return total
     if nh == NH_NONE:
         raise RemoteProtocolError(DropReason.DUMMY)
     raise RemoteProtocolError(DropReason.MALFORMED, f"next header {nh} in tunnel mode")

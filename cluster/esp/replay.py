@@ -34,9 +34,17 @@ def infer_seq(low: int, highest: int, window: int, esn: bool) -> int:
 
 
 class ReplayWindow:
-    """Anti-replay state of one inbound SA: `highest` seen and the bitmap below it."""
+    """Anti-replay state of one inbound SA: `highest` seen and the bitmap below it.
 
-    __slots__ = ("_mask", "bitmap", "highest", "size")
+    Kept as a ring of one byte per sequence number (RFC 6479's idea): accepting the next
+    number sets one byte instead of shifting a `size`-bit integer (which costs more than
+    the AES-GCM of a 1400-byte packet at 4096). The ring has a power-of-two length `R` ≥
+    `size`; number `n` lives at `n % R`. Entries for numbers `size` or more below `highest`
+    are stale and never read (such numbers are too old). `bitmap` (bit i: `highest - i` was
+    received) is built from the ring when read, and cached until the next accept.
+    """
+
+    __slots__ = ("_bitmap", "_mask", "_ring", "_rmask", "highest", "size")
 
     def __init__(self, size: int = 1024, highest: int = 0, bitmap: int = 0) -> None:
         if not MIN_WINDOW <= size <= MAX_WINDOW:
@@ -44,8 +52,24 @@ class ReplayWindow:
                 f"replay window must be {MIN_WINDOW}..{MAX_WINDOW} packets, not {size}")
         self.size = size
         self._mask = (1 << size) - 1
-        self.highest = highest
-        self.bitmap = bitmap & self._mask
+        ring_len = 1 << (size - 1).bit_length()
+        self._rmask = ring_len - 1
+        self._ring = bytearray(ring_len)
+        self.highest = 0
+        self._bitmap: int | None = 0
+        self.restore(highest, bitmap)
+
+    @property
+    def bitmap(self) -> int:
+        """Bit i set: sequence number `highest - i` was received and authenticated."""
+        b = self._bitmap
+        if b is None:
+            ring, size = self._ring, self.size
+            idx = self.highest & self._rmask
+            # numbers highest, highest - 1, ... are at idx, idx - 1, ... (wrapping)
+            rev = (ring[idx::-1] + ring[:idx:-1])[:size]
+            b = self._bitmap = int(rev[::-1].translate(_BITS), 2) if size else 0
+        return b
 
     def check(self, seq: int) -> None:
         """Raise REPLAY / TOO_OLD if `seq` must be dropped; changes nothing."""
@@ -54,22 +78,43 @@ class ReplayWindow:
             raise RemoteProtocolError(DropReason.TOO_OLD, "sequence number 0")
         if seq > self.highest:
             return
-        offset = self.highest - seq
-        if offset >= self.size:
+        if self.highest - seq >= self.size:
             raise RemoteProtocolError(DropReason.TOO_OLD, f"seq {seq} left of the window")
-        if (self.bitmap >> offset) & 1:
+        if self._ring[seq & self._rmask]:
             raise RemoteProtocolError(DropReason.REPLAY, f"seq {seq} already received")
 
     def accept(self, seq: int) -> None:
         """Record an authenticated `seq` (already `check`ed)."""
-        if seq > self.highest:
-            shift = seq - self.highest
-            self.bitmap = ((self.bitmap << shift) | 1) & self._mask if shift < self.size else 1
+        ring = self._ring
+        rmask = self._rmask
+        highest = self.highest
+        if seq > highest:
+            if seq - highest > 1:  # numbers skipped: their slots hold stale entries
+                if seq - highest > rmask:
+                    ring[:] = bytes(len(ring))
+                else:
+                    a, b = (highest + 1) & rmask, seq & rmask
+                    if a <= b:
+                        ring[a:b] = bytes(b - a)
+                    else:
+                        ring[a:] = bytes(len(ring) - a)
+                        ring[:b] = bytes(b)
             self.highest = seq
-        else:
-            self.bitmap |= 1 << (self.highest - seq)
+        ring[seq & rmask] = 1
+        self._bitmap = None
 
     def restore(self, highest: int, bitmap: int) -> None:
         """Install another node's counters (a hand-off or checkpoint)."""
+        bitmap &= self._mask
+        ring_len = len(self._ring)
+        # rev[i]: bit i of the bitmap, i.e. number highest - i
+        rev = format(bitmap, f"0{ring_len}b").encode().translate(_FROM_BITS)[::-1]
+        k = (highest + 1) & self._rmask
+        r = rev[::-1]  # r[j] is number highest - (ring_len - 1 - j)
+        self._ring[:] = r[-k:] + r[:-k] if k else r
         self.highest = highest
-        self.bitmap = bitmap & self._mask
+        self._bitmap = bitmap
+
+
+_BITS = bytes.maketrans(b"\x00\x01", b"01")
+_FROM_BITS = bytes.maketrans(b"01", b"\x00\x01")

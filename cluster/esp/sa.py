@@ -10,18 +10,31 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
 
 from cluster.esp.errors import DropReason, LocalProtocolError, RemoteProtocolError
 from cluster.esp.nonce import IvSource
-from cluster.esp.packet import ESP_HEADER_LEN, pull_inner, push_trailer
+from cluster.esp.packet import (
+    ESP_HEADER_LEN,
+    NH_IPV4,
+    NH_IPV6,
+    PADDING,
+    inner_length,
+    push_trailer,
+)
 from cluster.esp.replay import ReplayWindow, infer_seq
 from cluster.esp.selector import SelectorSet, TrafficSelector
-from cluster.esp.suites import Suite, make_cipher, suite
+from cluster.esp.suites import AeadCipher, Suite, make_cipher, suite
 
 _U32 = struct.Struct("!I")
 SEQ32_MAX = (1 << 32) - 1
 SEQ64_MAX = (1 << 64) - 1
+# padding | pad length | next header, by inner IP version and pad length (RFC 4303 §2.4)
+_TRAILERS = {v: tuple(PADDING[n] + bytes((n, nh)) for n in range(256))
+             for v, nh in ((4, NH_IPV4), (6, NH_IPV6))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +72,22 @@ class ChildSa:
         self._in = make_cipher(self.suite, keys.enc_key_in, keys.integ_key_in)
         self._decrypt = self._in.open
         self._out = make_cipher(self.suite, keys.enc_key_out, keys.integ_key_out)
+        # the AEADs are opened inline by `open` (the hot path): their decrypt and salt
+        self._aead_open: Callable[[bytes, bytes, bytes], bytes] | None = None
+        self._salt_in = b""
+        if isinstance(self._in, AeadCipher):
+            self._aead_open = self._in.aead.decrypt
+            self._salt_in = self._in.salt
+        self._aead_seal: Callable[[bytes, bytes, bytes], bytes] | None = None
+        self._salt_out = b""
+        if isinstance(self._out, AeadCipher):
+            self._aead_seal = self._out.aead.encrypt
+            self._salt_out = self._out.salt
         self._spi_in_bytes = spi_in.to_bytes(4)
         self._spi_out_bytes = spi_out.to_bytes(4)
         self.iv_source = iv_source  # needed to send on an AEAD SA (see cluster.esp.nonce)
         self.selectors = SelectorSet(ts_remote)
+        self._only_v4 = self.selectors.only_v4
         self.window = ReplayWindow(replay_window)
         self.out_seq = 0
         self._seq_max = SEQ64_MAX if esn else SEQ32_MAX
@@ -91,26 +116,47 @@ class ChildSa:
 
     def open(self, esp: bytes, now: float) -> bytes:
         """The inner IP packet of an ESP packet for this SA; RemoteProtocolError to drop."""
-        if len(esp) < self._min_len:
-            raise RemoteProtocolError(DropReason.MALFORMED, f"{len(esp)}-byte ESP packet")
-        if esp[:4] != self._spi_in_bytes:
+        n = len(esp)
+        if n < self._min_len:
+            raise RemoteProtocolError(DropReason.MALFORMED, f"{n}-byte ESP packet")
+        if not esp.startswith(self._spi_in_bytes):
             raise RemoteProtocolError(DropReason.UNKNOWN_SPI, f"SPI {esp[:4].hex()}")
-        if (len(esp) - self._overhead) % self._align:
+        if (n - self._overhead) % self._align:
             raise RemoteProtocolError(DropReason.MALFORMED, "payload not aligned")
         window = self.window
+        highest = window.highest
         seq = _U32.unpack_from(esp, 4)[0]
         if self.esn:
-            seq = infer_seq(seq, window.highest, window.size, True)
-        if seq <= window.highest or not seq:
+            top = highest & SEQ32_MAX
+            if top >= window.size - 1 and seq >= top - window.size + 1:
+                seq += highest - top  # RFC 4303 A2.2 case A, same subspace: the common case
+            else:
+                seq = infer_seq(seq, highest, window.size, True)
+        if seq <= highest or not seq:
             window.check(seq)  # before the ICV: cheap rejection (RFC 4303 §3.4.3)
-        inner = pull_inner(self._decrypt(esp[:8], esp[8:], seq >> 32 if self.esn else None))
-        if not self.selectors.allows_source(inner):
+        aead = self._aead_open
+        if aead is not None:
+            # AES-GCM / ChaCha20-Poly1305 inline: nonce = salt | explicit IV; AAD = SPI |
+            # seq, with the high-order bits in the middle under ESN (RFC 4106 §5)
+            aad = esp[:8] if not self.esn else esp[:4] + (seq >> 32).to_bytes(4) + esp[4:8]
+            try:
+                plain = aead(self._salt_in + esp[8:16], esp[16:], aad)
+            except InvalidTag:
+                raise RemoteProtocolError(DropReason.INTEGRITY) from None
+        else:
+            plain = self._decrypt(esp[:8], esp[8:], seq >> 32 if self.esn else None)
+        total = inner_length(plain)
+        only = self._only_v4
+        if only is not None and plain[0] >> 4 == 4:  # one IPv4 range: the common case
+            if not only[0] <= plain[12:16] <= only[1]:
+                raise RemoteProtocolError(DropReason.SELECTOR, "inner source outside selectors")
+        elif not self.selectors.allows_source(plain, total):  # the inner packet starts it
             raise RemoteProtocolError(DropReason.SELECTOR, "inner source outside selectors")
         window.accept(seq)
         self.packets_in += 1
-        self.bytes_in += len(inner)
+        self.bytes_in += total
         self.last_in_s = now
-        return inner
+        return plain[:total]
 
     def receive(self, esp: bytes, now: float) -> bytes | None:
         """`open`, with a drop counted instead of raised."""
@@ -128,12 +174,26 @@ class ChildSa:
         if seq > self._seq_max:
             # RFC 4303 §3.3.3: the counter must not cycle; the SA must be rekeyed
             raise LocalProtocolError(f"SA {self.spi_out:#x}: sequence space exhausted")
-        if self.suite.aead:
+        aead = self._aead_seal
+        if aead is not None:  # AES-GCM / ChaCha20-Poly1305 inline (the hot path)
             if self.iv_source is None:
                 raise LocalProtocolError("an AEAD SA needs an IvSource to send")
+            version = inner[0] >> 4 if inner else 0
+            if version != 4 and version != 6:
+                raise LocalProtocolError("tunnel mode carries IPv4 or IPv6 packets only")
             iv = self.iv_source.next_iv()
-        else:
-            iv = self._out.fresh_iv(b"")
+            padlen = -(len(inner) + 2) % self._align
+            header = self._spi_out_bytes + (seq & SEQ32_MAX).to_bytes(4)
+            aad = header if not self.esn else (
+                self._spi_out_bytes + (seq >> 32).to_bytes(4) + header[4:])
+            packet = header + iv + aead(
+                self._salt_out + iv, inner + _TRAILERS[version][padlen], aad)
+            self.out_seq = seq
+            self.packets_out += 1
+            self.bytes_out += len(inner)
+            self.last_out_s = now
+            return packet
+        iv = self._out.fresh_iv(b"")  # AES-CBC: random (RFC 3602 §2.3)
         try:
             payload = push_trailer(inner, self.suite.align)
         except ValueError as e:

@@ -39,7 +39,7 @@ class TrafficSelector:
         return self.start_port != 0 or self.end_port != 65535
 
 
-def _ports(inner: bytes, version: int) -> tuple[int, int, int]:
+def _ports(inner: bytes, version: int, length: int) -> tuple[int, int, int]:
     """(protocol, source port, destination port) of a TCP/UDP/SCTP packet, else protocol only."""
     if version == 4:
         proto = inner[9]
@@ -47,7 +47,7 @@ def _ports(inner: bytes, version: int) -> tuple[int, int, int]:
     else:
         proto = inner[6]  # extension headers are not walked: they then count as "no ports"
         off = 40
-    if proto in (6, 17, 132) and len(inner) >= off + 4:
+    if proto in (6, 17, 132) and length >= off + 4:
         return proto, int.from_bytes(inner[off:off + 2]), int.from_bytes(inner[off + 2:off + 4])
     return proto, -1, -1
 
@@ -58,7 +58,7 @@ class SelectorSet:
     Fails closed: an SA without remote selectors accepts no inner packet.
     """
 
-    __slots__ = ("_fast", "_narrow", "selectors")
+    __slots__ = ("_fast", "_narrow", "only_v4", "selectors")
 
     def __init__(self, selectors: tuple[TrafficSelector, ...]) -> None:
         self.selectors = selectors
@@ -67,9 +67,15 @@ class SelectorSet:
                            if s.protocol == ANY_PROTOCOL and not s.narrows_ports)
         self._narrow = tuple(s for s in selectors
                              if s.protocol != ANY_PROTOCOL or s.narrows_ports)
+        #: (first, last) packed when the set is one IPv4 address range and nothing else: a
+        #: hot path may then check `first <= inner[12:16] <= last` for an IPv4 packet itself
+        self.only_v4: tuple[bytes, bytes] | None = (
+            self._fast[0] if len(selectors) == 1 and len(self._fast) == 1
+            and len(self._fast[0][0]) == 4 else None)
 
-    def allows_source(self, inner: bytes) -> bool:
-        """Whether the inner IP packet `inner` may arrive on this SA (by its source)."""
+    def allows_source(self, inner: bytes, length: int | None = None) -> bool:
+        """Whether the inner IP packet `inner` may arrive on this SA (by its source);
+        `length`: the packet's length when `inner` goes on beyond it (ESP trailer)."""
         version = inner[0] >> 4
         packed = inner[12:16] if version == 4 else inner[8:24]
         for lo, hi in self._fast:
@@ -78,7 +84,7 @@ class SelectorSet:
         if not self._narrow:
             return False
         source = int.from_bytes(packed)
-        proto, sport, _ = _ports(inner, version)
+        proto, sport, _ = _ports(inner, version, len(inner) if length is None else length)
         for s in self._narrow:
             if s.version != version or not int(s.start) <= source <= int(s.end):
                 continue

@@ -103,11 +103,12 @@ class AeadCipher(Cipher):
 
     def __init__(self, s: Suite, key: bytes) -> None:
         self.suite = s
-        self._salt = key[-SALT_LEN:]
+        self.salt = self._salt = key[-SALT_LEN:]
         raw = key[:-SALT_LEN]
-        self._aead: AESGCM | ChaCha20Poly1305 = (
+        self.aead: AESGCM | ChaCha20Poly1305 = (
             ChaCha20Poly1305(raw) if s.encr == "chacha20poly1305" else AESGCM(raw)
         )
+        self._aead = self.aead
 
     def fresh_iv(self, counter_iv: bytes) -> bytes:
         return counter_iv

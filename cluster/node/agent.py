@@ -894,6 +894,7 @@ class NodeAgent:
         s.checkpoints_queued = self.checkpointer.queued()
         s.sa_fetches = self.stats.sa_fetches
         s.rebinds = t.rebinds
+        s.coalesced = t.coalesced
         s.ike_relayed = self.relay.relayed if self.relay else 0
         s.health_probes = t.health_probes
         s.takeovers_exact = self.stats.takeovers_exact

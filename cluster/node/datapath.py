@@ -20,6 +20,7 @@ import os
 import queue
 import select
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -40,6 +41,16 @@ BATCH = 256  # packets handled per readiness event before looking at the other f
 HOLD_PACKETS = 256  # packets held per client address while its hand-off completes
 MAX_PACKET = 65535
 SOCKET_BUFFER = 4 << 20
+# UDP GRO (Linux 5.0+): the kernel may hand several datagrams of one flow to one recvmsg;
+# a cmsg (SOL_UDP, UDP_GRO) then gives the size of each (the last may be shorter)
+_SOL_UDP = 17
+_UDP_GRO = 104
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+# UDP GSO (Linux 4.18+): one sendmsg, the kernel cuts it into datagrams of the given size
+_UDP_SEGMENT = 103
+_GSO_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS
+_GSO_BYTES = 65000  # a datagram's payload limit, with room for the headers
+_NATIVE = sys.byteorder
 
 
 @dataclass(slots=True)
@@ -56,6 +67,7 @@ class Totals:
     health_probes: int = 0
     ike_relayed: int = 0
     reinjected: int = 0  # held packets given back to the kernel after a hand-off away
+    coalesced: int = 0  # UDP datagrams that arrived several to one receive call (GRO)
 
 
 class Datapath:
@@ -90,6 +102,9 @@ class Datapath:
         self._thread: threading.Thread | None = None
         self.tun_fd = tun_fd
         self.udp = _udp(vip, natt_port)
+        with contextlib.suppress(OSError):  # a kernel without UDP GRO: one datagram per call
+            self.udp.setsockopt(_SOL_UDP, _UDP_GRO, 1)
+        self._gso = True  # until the kernel refuses UDP_SEGMENT once
         self.health = _udp(*health) if health else None
         self.ike = _udp(vip, ike_port) if ike_port else None
         self.esp: socket.socket | None = None
@@ -303,7 +318,7 @@ class Datapath:
                 log.debug("data path command failed", exc_info=True)
 
     def _drain_udp(self) -> None:
-        recv = self.udp.recvfrom
+        recv = self.udp.recvmsg
         table = self.table
         by_wire = table.by_wire_spi
         receive = table.receive
@@ -312,42 +327,55 @@ class Datapath:
         now = time.monotonic()
         for _ in range(BATCH):
             try:
-                data, addr = recv(MAX_PACKET)
+                buf, anc, _flags, addr = recv(MAX_PACKET, _GRO_CMSG_SPACE)
             except BlockingIOError:
                 return
             except OSError as e:  # e.g. ICMP errors surfacing as ECONNREFUSED
                 if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                     continue
                 raise
-            sa = by_wire.get(data[:4])
-            if sa is not None:
-                # the hot path: ESP for an SA we hold, without an event object per packet
-                try:
-                    inner = sa.open(data, now)
-                except RemoteProtocolError as e:
-                    table.dropped(sa, e.reason)
+            # UDP GRO: several datagrams of one flow in one buffer, each `size` bytes but
+            # the last (which may be shorter); without the cmsg, one datagram
+            size = len(buf)
+            for level, kind, value in anc:
+                if level == _SOL_UDP and kind == _UDP_GRO and len(value) >= 4:
+                    size = int.from_bytes(value[:4], _NATIVE) or size
+            if size < len(buf):
+                self.totals.coalesced += -(-len(buf) // size)
+            for off in range(0, len(buf), size) if size < len(buf) else (0,):
+                data = buf[off:off + size] if size < len(buf) else buf
+                sa = by_wire.get(data[:4])
+                if sa is not None:
+                    # the hot path: ESP for an SA we hold, no event object per packet
+                    try:
+                        inner = sa.open(data, now)
+                    except RemoteProtocolError as e:
+                        table.dropped(sa, e.reason)
+                        continue
+                    try:
+                        write(tun, inner)
+                    except OSError:
+                        self.totals.tun_errors += 1
+                    if addr != sa.peer:
+                        self._rebind(sa, addr)
                     continue
-                try:
-                    write(tun, inner)
-                except OSError:
-                    self.totals.tun_errors += 1
-                if addr != sa.peer:
-                    self._rebind(sa, addr)
-                continue
-            ev = receive(data, now)  # IKE, keepalives, unknown SPIs
-            if isinstance(ev, Decrypted):
-                try:
-                    write(tun, ev.inner)
-                except OSError:
-                    self.totals.tun_errors += 1
-                if addr != ev.sa.peer:  # type: ignore[attr-defined]
-                    self._rebind(ev.sa, addr)  # type: ignore[arg-type]
-            elif isinstance(ev, Dropped):
-                if ev.reason is DropReason.UNKNOWN_SPI and ev.spi:
-                    self._on_unknown_spi(ev.spi)
-            elif isinstance(ev, IkeMessage) and self._on_ike is not None:
-                self.totals.ike_relayed += 1
-                self._on_ike(data, addr, self.udp.getsockname()[1])
+                self._receive_other(receive(data, now), data, addr)
+
+    def _receive_other(self, ev: object, data: bytes, addr: Address) -> None:
+        """What `SaTable.receive` made of a UDP/4500 payload off the hot path."""
+        if isinstance(ev, Decrypted):
+            try:
+                os.write(self.tun_fd, ev.inner)
+            except OSError:
+                self.totals.tun_errors += 1
+            if addr != ev.sa.peer:  # type: ignore[attr-defined]
+                self._rebind(ev.sa, addr)  # type: ignore[arg-type]
+        elif isinstance(ev, Dropped):
+            if ev.reason is DropReason.UNKNOWN_SPI and ev.spi:
+                self._on_unknown_spi(ev.spi)
+        elif isinstance(ev, IkeMessage) and self._on_ike is not None:
+            self.totals.ike_relayed += 1
+            self._on_ike(data, addr, self.udp.getsockname()[1])
 
     def _drain_raw_esp(self) -> None:
         assert self.esp is not None
@@ -388,38 +416,89 @@ class Datapath:
         drops = self.drops
         held = self.held
         now = time.monotonic()
-        for _ in range(BATCH):
-            try:
-                pkt = read(tun, MAX_PACKET)
-            except BlockingIOError:
-                return
-            if len(pkt) < 20:
-                drops[DropReason.MALFORMED] += 1
-                continue
-            dst = pkt[16:20] if pkt[0] >> 4 == 4 else pkt[24:40]
-            sa = out.get(dst)
-            if sa is None and subnets.networks:
-                sa = subnets.longest_prefix(dst)  # a site behind the client (its selector)
-            if sa is None:
-                if not (held and self._keep(dst, pkt, now)):
-                    drops[DropReason.NOT_OWNER] += 1
-                continue
-            if sa.out_seq + 1 >= sa.send_limit:
-                if not (held and self._keep(dst, pkt, now)):
-                    drops[DropReason.CHECKPOINT_LAG] += 1
-                continue
-            if self.detached and (sa.last_in_s is None
-                                  or now - sa.last_in_s > self.fence_grace_s):
-                drops[DropReason.NOT_OWNER] += 1
-                continue
-            self._send(sa, pkt, now)
-
-    def _send(self, sa: NodeSa, pkt: bytes, now: float) -> None:
+        # UDP GSO: consecutive ESP packets to one client, all of one size but the last
+        # (which may be shorter), go out in one sendmsg (UDP_SEGMENT); `flush_batch` sends
+        batch: list[bytes] = []
+        batch_peer: Address | None = None
+        batch_size = 0
         try:
-            esp = sa.seal(pkt, now)
+            for _ in range(BATCH):
+                try:
+                    pkt = read(tun, MAX_PACKET)
+                except BlockingIOError:
+                    return
+                if len(pkt) < 20:
+                    drops[DropReason.MALFORMED] += 1
+                    continue
+                dst = pkt[16:20] if pkt[0] >> 4 == 4 else pkt[24:40]
+                sa = out.get(dst)
+                if sa is None and subnets.networks:
+                    sa = subnets.longest_prefix(dst)  # a site behind the client (its selector)
+                if sa is None:
+                    if not (held and self._keep(dst, pkt, now)):
+                        drops[DropReason.NOT_OWNER] += 1
+                    continue
+                if sa.out_seq + 1 >= sa.send_limit:
+                    if not (held and self._keep(dst, pkt, now)):
+                        drops[DropReason.CHECKPOINT_LAG] += 1
+                    continue
+                if self.detached and (sa.last_in_s is None
+                                      or now - sa.last_in_s > self.fence_grace_s):
+                    drops[DropReason.NOT_OWNER] += 1
+                    continue
+                if not (self._gso and sa.record.udp_encap):
+                    self._send(sa, pkt, now)
+                    continue
+                esp = self._seal(sa, pkt, now)
+                if esp is None:
+                    continue
+                n = len(esp)
+                if batch and (sa.peer != batch_peer or n > batch_size or batch_size > len(
+                        batch[-1]) or (len(batch) + 1) * batch_size > _GSO_BYTES
+                        or len(batch) >= _GSO_SEGMENTS):
+                    self._send_batch(batch, batch_peer, batch_size)  # type: ignore[arg-type]
+                    batch = []
+                if not batch:
+                    batch_peer, batch_size = sa.peer, n
+                batch.append(esp)
+        finally:
+            if batch:
+                self._send_batch(batch, batch_peer, batch_size)  # type: ignore[arg-type]
+
+    def _send_batch(self, batch: list[bytes], peer: Address, size: int) -> None:
+        """ESP-in-UDP packets to one client in one system call (UDP GSO) when there are
+        several; one by one if the kernel refuses GSO (then never again)."""
+        if len(batch) > 1:
+            try:
+                self.udp.sendmsg([b"".join(batch)], [(_SOL_UDP, _UDP_SEGMENT,
+                                                      size.to_bytes(2, _NATIVE))], 0, peer)
+                return
+            except OSError as e:
+                if e.errno in (errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    log.warning("UDP GSO refused (%s): sending one datagram per call",
+                                e.strerror)
+                    self._gso = False
+                elif e.errno != errno.EINVAL:  # EINVAL: e.g. too big for the path's MTU
+                    self.totals.send_errors += len(batch)
+                    return
+        sendto = self.udp.sendto
+        for esp in batch:
+            try:
+                sendto(esp, peer)
+            except OSError:
+                self.totals.send_errors += 1
+
+    def _seal(self, sa: NodeSa, pkt: bytes, now: float) -> bytes | None:
+        try:
+            return sa.seal(pkt, now)
         except LocalProtocolError as e:
             self.drops[DropReason.EXHAUSTED] += 1
             log.error("cannot send on SA %08x: %s", sa.spi_out, e)
+            return None
+
+    def _send(self, sa: NodeSa, pkt: bytes, now: float) -> None:
+        esp = self._seal(sa, pkt, now)
+        if esp is None:
             return
         try:
             if sa.record.udp_encap or self.esp is None:

@@ -35,6 +35,7 @@ class Snapshot:
     checkpoints_queued: int = 0
     sa_fetches: int = 0  # on-demand sa/<spi> reads for unknown SPIs
     rebinds: int = 0
+    coalesced: int = 0  # UDP/4500 datagrams received several per call (GRO)
     ike_relayed: int = 0
     health_probes: int = 0
     takeovers_exact: int = 0
@@ -77,6 +78,8 @@ class NodeCollector:
              s.checkpoint_failures),
             ("sa_fetches", "On-demand reads of sa/<spi> for unknown SPIs", s.sa_fetches),
             ("rebinds", "Client address changes followed (NAT rebinding)", s.rebinds),
+            ("udp_coalesced", "UDP/4500 datagrams received several per system call (GRO)",
+             s.coalesced),
             ("ike_relayed", "Stray IKE datagrams relayed to keyd", s.ike_relayed),
             ("health_probes", "Health probes answered", s.health_probes),
             ("fences", "Clients this node stopped sending for", s.fenced),

@@ -7,7 +7,7 @@ import os
 import time
 
 from node_lab import CLIENT, NODE_IPS, SERVER, SPI_IN, VIP, VIRTUAL_IP, Client, NodeLab, socket_in
-from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet import ICMP, IP, UDP
 from scapy.packet import raw
 from tests_node_helpers import wait_until
 
@@ -342,3 +342,66 @@ def test_ike_rekey_moves_child_sa_to_the_new_ike_sa(node_lab: NodeLab) -> None:
         assert client.ping() is not None
     assert lab.metrics("node-1")["ipsec_cluster_node_sas_owned"] == 1
     assert wait_until(lambda: (s := lab.seq()) is not None and s.out_seq >= after[0], 5)
+
+
+def test_coalesced_datagrams_are_split_and_each_checked(node_lab: NodeLab) -> None:
+    """Several ESP datagrams in one UDP GSO send reach the node's socket as one buffer (UDP
+    GRO): each is opened on its own, a bad one among them is dropped alone, and the last,
+    shorter one is read to its own end."""
+    lab = node_lab
+    _, client = up(lab, "node-1")
+    before = lab.metrics("node-1")
+    segments, seqs = [], []
+    for i in range(6):
+        client.icmp_seq += 1
+        seqs.append(client.icmp_seq)
+        payload = b"x" * 200 if i < 5 else b"y" * 40  # the last segment is shorter
+        inner = IP(src=VIRTUAL_IP, dst=SERVER) / ICMP(id=0x4242, seq=client.icmp_seq) / payload
+        segments.append(bytearray(raw(client.to_node.encrypt(inner))[28:]))
+    segments[2][-1] ^= 0x01  # its ICV fails
+    size = len(segments[0])
+    assert all(len(s) == size for s in segments[:5]) and len(segments[5]) < size
+    client.sock.sendmsg([b"".join(segments)],
+                        [(17, 103, size.to_bytes(2, "little"))],  # SOL_UDP, UDP_SEGMENT
+                        0, (VIP, 4500))
+    answered = set()
+    deadline = time.monotonic() + 10
+    while len(answered) < 5 and time.monotonic() < deadline:
+        got = client.receive(1.0)
+        if got is not None and IP(got[1]).haslayer(ICMP) and IP(got[1])[ICMP].type == 0:
+            answered.add(IP(got[1])[ICMP].seq)
+    assert answered == set(seqs) - {seqs[2]}
+    after = lab.metrics("node-1")
+    integrity = 'ipsec_cluster_node_drops_total{reason="integrity"}'
+    assert after[integrity] == before[integrity] + 1
+    coalesced = "ipsec_cluster_node_udp_coalesced_total"
+    assert after[coalesced] >= before[coalesced] + 6  # one buffer, split by the node
+
+
+def test_a_burst_to_one_client_goes_out_complete_and_in_order(node_lab: NodeLab) -> None:
+    """Server → client datagrams read off the TUN in one go leave as ESP to the client in
+    order, with consecutive sequence numbers (several per sendmsg with UDP GSO, the last of a
+    batch possibly shorter)."""
+    lab = node_lab
+    _, client = up(lab, "node-1")
+    server = socket_in(lab.ns("srv"))
+    try:
+        server.bind((SERVER, 7777))
+        sizes = [900] * 30 + [120] + [900] * 9  # a shorter one in the middle
+        for i, n in enumerate(sizes):
+            server.sendto(i.to_bytes(2) + bytes(n - 2), (VIRTUAL_IP, 7777))
+    finally:
+        server.close()
+    got: list[tuple[int, int, int]] = []  # (ESP seq, datagram number, its length)
+    deadline = time.monotonic() + 10
+    while len(got) < len(sizes) and time.monotonic() < deadline:
+        r = client.receive(1.0)
+        if r is None:
+            continue
+        pkt = IP(r[1])
+        if pkt.haslayer(UDP) and pkt[UDP].dport == 7777:
+            data = bytes(pkt[UDP].payload)
+            got.append((r[0], int.from_bytes(data[:2]), len(data)))
+    assert [(n, size) for _, n, size in got] == list(enumerate(sizes))
+    seqs = [s for s, _, _ in got]
+    assert seqs == list(range(seqs[0], seqs[0] + len(sizes)))

@@ -97,3 +97,34 @@ def test_infer_seq_before_first_subspace() -> None:
 def test_infer_seq_recovers_any_number_near_the_window(highest: int, delta: int) -> None:
     seq = highest + delta
     assert infer_seq(seq & 0xFFFFFFFF, highest, 64, esn=True) == seq
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.sampled_from([64, 65, 100, 1024, 4096]),
+       highest=st.integers(min_value=0, max_value=1 << 40),
+       bitmap=st.integers(min_value=0, max_value=(1 << 4096) - 1),
+       probes=st.lists(st.integers(min_value=0, max_value=5000), max_size=30))
+def test_restored_window_reads_back_and_judges_like_its_bitmap(
+        size: int, highest: int, bitmap: int, probes: list[int]) -> None:
+    """A window restored from (highest, bitmap) gives back the bitmap cut to its size, and
+    judges every number below the top by that bitmap (the ring it keeps is not a shift
+    register: this pins the conversion both ways)."""
+    w = ReplayWindow(size, highest, bitmap)
+    assert (w.highest, w.bitmap) == (highest, bitmap & ((1 << size) - 1))
+    for p in probes:
+        seq = highest - p
+        if seq <= 0:
+            continue
+        reason = None
+        if p >= size:
+            reason = DropReason.TOO_OLD
+        elif (bitmap >> p) & 1:
+            reason = DropReason.REPLAY
+        try:
+            w.check(seq)
+            got = None
+        except RemoteProtocolError as e:
+            got = e.reason
+        assert got is reason, (seq, p)
+    w.accept(highest + 3)  # a jump past two numbers clears their slots
+    assert w.bitmap == ((bitmap << 3) | 1) & ((1 << size) - 1)
