@@ -370,12 +370,14 @@ def mass_rows(lab: Lab, b: Bench) -> list[Row]:
 def run_lab(progress: Callable[[str], None] = lambda _: None,
             keep_logs: bool = False) -> list[Row]:
     """The whole-path rows. The lab's logs are kept (under the system's temporary directory,
-    the path said through `progress`) when a client never answered again, or always with
-    keep_logs."""
+    the path said through `progress`) when something failed or a client never answered
+    again, or always with keep_logs."""
     name = f"bf{secrets.token_hex(3)}"
     progress(f"lab {name}: starting ({NODES} nodes, 1 keyd)")
-    lab = Lab.up(name, nodes=NODES, keyd=1)
+    lab = Lab.up(name, nodes=NODES, keyd=1,
+                 save_logs_to=Path(tempfile.gettempdir()) / f"bench-failover-{name}")
     b = Bench(lab, progress)
+    failed = True
     try:
         sprayer_settings(lab, auto_rebalance=False)
         progress("connecting the ESP clients")
@@ -384,13 +386,14 @@ def run_lab(progress: Callable[[str], None] = lambda _: None,
         rows = gap_rows(b)
         progress("many clients off a dead node")
         rows += mass_rows(lab, b)
+        failed = False
         return rows
     finally:
         try:
             b.close()
         finally:
             logs = None
-            if keep_logs or b.stuck_runs:
+            if keep_logs or failed or b.stuck_runs:
                 logs = Path(tempfile.gettempdir()) / f"bench-failover-{name}"
                 progress(f"lab logs kept in {logs}")
             lab.down(logs)

@@ -14,6 +14,7 @@ import ipaddress
 import re
 import subprocess
 import sys
+import time
 
 from cluster.lab import netns
 from cluster.lab.daemons import Value, _toml_value
@@ -49,7 +50,14 @@ def sprayer_settings(lab: Lab, **values: Value) -> None:
             else line + "\n" + section
     path.write_text(head + sep + section)
     lab.kill("sprayer")
-    lab.start("sprayer")
+    for attempt in range(3):
+        try:
+            lab.start("sprayer")
+            return
+        except LabError:       # exited at once (seen once on a busy machine): again
+            if attempt == 2:
+                raise
+            time.sleep(1.0)
 
 
 def lab_store(lab: Lab) -> Store:
