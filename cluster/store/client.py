@@ -115,6 +115,10 @@ def _endpoint(url: str, cacert: str | None, cert: str | None, key: str | None,
     if not parts.hostname or not parts.port:
         raise StoreError(f"bad etcd endpoint {url!r}: expected http(s)://host:port")
     secure = parts.scheme == "https" or cacert is not None
+    if not secure and (cert is not None or key is not None):
+        # grpc would connect in plain text and never present the certificate
+        raise StoreError(f"etcd endpoint {url}: a client certificate needs TLS "
+                         "(an https:// endpoint or a CA certificate)")
     creds = None
     if secure:
         def read(path: str | None) -> bytes | None:

@@ -203,3 +203,19 @@ def test_rebalance_when_etcd_dies_part_way_says_what_was_written(tmp_path: Path)
         store.close()
     finally:
         etcd.stop()
+
+
+def test_client_certificate_over_plain_http_is_refused(etcd_endpoint: str,
+                                                       tmp_path: Path) -> None:
+    """`--cert/--key` with an http:// endpoint and no CA were silently unused: the operator
+    thought etcd saw their certificate."""
+    from click.testing import CliRunner
+
+    from cluster.cli.main import cli
+
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    result = CliRunner().invoke(cli, ["--endpoints", etcd_endpoint, "--cert", str(cert),
+                                      "--key", str(cert), "status"])
+    assert result.exit_code == 1
+    assert "a client certificate needs TLS" in result.output
