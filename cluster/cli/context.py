@@ -143,6 +143,12 @@ class Connection:
 
 def _lab_status(lab: str) -> dict[str, Any]:
     """The documented lab contract: `clusterctl lab status --name LAB -o json`."""
+    from cluster.lab.errors import LabError
+    from cluster.lab.state import check_name
+    try:
+        check_name(lab)
+    except LabError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--lab'") from None
     argv = [sys.executable, "-c", "from cluster.cli.main import main; main()",
             "lab", "status", "--name", lab, "-o", "json"]
     try:

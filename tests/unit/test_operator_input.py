@@ -205,3 +205,15 @@ def test_sprayer_id_flag_is_checked_too(tmp_path: object, bad: str) -> None:
     result = CliRunner().invoke(main, ["--config", str(path), "--id", bad])
     assert result.exit_code == 2
     assert "flags: id: bad name" in result.output
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "UPPER", "x" * 21])
+def test_clusterctl_bad_lab_name_is_a_usage_error(bad: str) -> None:
+    """It was exit 1 with the nested message of a `lab status` subprocess."""
+    from click.testing import CliRunner
+
+    from cluster.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["--lab", bad, "status"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--lab': bad lab name" in result.output
