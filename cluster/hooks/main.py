@@ -115,9 +115,9 @@ def _main(argv: list[str] | None) -> None:
     try:
         cfg = _load(args)
         settings = settings_from(cfg, args)
-    except ConfigError as exc:
+    except ConfigError as exc:   # a bad configuration is a usage error, as for every daemon
         print(f"cluster-hooks: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
     logging.basicConfig(level=(args.log_level or cfg.log.level).upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     endpoints = args.endpoints.split(",") if args.endpoints else cfg.etcd.endpoints

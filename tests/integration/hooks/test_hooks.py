@@ -268,12 +268,12 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
     bad.write_text("[hooks]\ntimeout_s = 'soon'\n")
     done = subprocess.run([sys.executable, "-m", "cluster.hooks.main", "--config", str(bad)],
                           capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and str(bad) in done.stderr
     missing = subprocess.run([sys.executable, "-m", "cluster.hooks.main", "--config",
                               str(tmp_path / "nope.toml")], capture_output=True, text=True,
                              timeout=60, check=False)
-    assert missing.returncode == 1 and "nope.toml" in missing.stderr
+    assert missing.returncode == 2 and "nope.toml" in missing.stderr
     assert "Traceback" not in done.stderr + missing.stderr
 
 
