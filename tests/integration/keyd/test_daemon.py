@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import time
@@ -93,3 +94,18 @@ def test_cookies_under_load_and_metrics_by_type(keyd_setup: KeydSetup, store: St
     assert k.metric("keyd_handshakes_total", result="established") == 1
     assert k.metric("keyd_etcd_write_seconds_count", record="ike_sa+child_sa") == 1
     assert k.metric("keyd_etcd_available") == 1
+
+
+def test_a_wrong_data_key_is_refused_at_start(keyd_setup: KeydSetup) -> None:
+    """A keyd with another data key would skip every stored SA and seal new ones under a key
+    no other component has: it refuses to start, naming its key file."""
+    k = keyd_setup.start("keyd-1")
+    with client_for(k, "sealed@clients.test") as c:
+        c.connect()                      # something sealed under the cluster's key
+    k.kill()
+    keyd_setup.data_key_file.write_text(os.urandom(32).hex() + "\n")
+    other = keyd_setup.start("keyd-2", wait=False)
+    assert other.proc.wait(60) == 2
+    log = other.log.read_text()
+    assert str(keyd_setup.data_key_file) in log and "opens none" in log
+    assert "Traceback" not in log
