@@ -405,3 +405,26 @@ def test_a_burst_to_one_client_goes_out_complete_and_in_order(node_lab: NodeLab)
     assert [(n, size) for _, n, size in got] == list(enumerate(sizes))
     seqs = [s for s, _, _ in got]
     assert seqs == list(range(seqs[0], seqs[0] + len(sizes)))
+
+
+def test_a_wrong_data_key_is_refused_at_start(node_lab: NodeLab) -> None:
+    """A node with another data key would skip every SA (no client's ESP carried): it refuses
+    to start, naming its key file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cluster.store import write_data_key
+    lab = node_lab
+    up(lab, "node-1")                        # an SA sealed under the cluster's key is stored
+    other = lab.tmp / "other.key"
+    write_data_key(other)
+    path = lab.tmp / "wrong-key.toml"
+    path.write_text(lab.config("node-2").read_text().replace(str(lab.data_key_file),
+                                                             str(other)))
+    r = subprocess.run(["ip", "netns", "exec", lab.ns("n2"),
+                        str(Path(sys.executable).parent / "cluster-node"), "--config",
+                        str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert str(other) in r.stderr and "opens none" in r.stderr
+    assert "Traceback" not in r.stderr
