@@ -181,8 +181,8 @@ def component_grants(root: str, component: str, ident: str) -> list[Grant]:
 
 def setup_etcd_rbac(store: Store, users: Iterable[tuple[str, str]]) -> None:
     """Create a role and user per (component, id) — user name = the id, which is the CN of
-    its client certificate — plus `root`, then enable auth. Safe to re-run: it adds what is missing and revokes
-    grants no longer wanted.
+    its client certificate — plus `root`, then enable auth. Safe to re-run: it adds what is
+    missing and revokes grants no longer wanted.
     `store` is a cluster.store.Store connected as root (or before auth is enabled)."""
     from cluster.store.rbac import apply_rbac
     apply_rbac(store, [(ident, component_grants(store.keyspace.root, comp, ident))
