@@ -34,6 +34,7 @@ from cryptography import x509
 from cluster.esp.nonce import PREFIX_LEN, IvSource
 from cluster.esp.sa import ChildSa, SaKeys
 from cluster.esp.selector import TrafficSelector
+from cluster.node.relay import internet_checksum
 from keyd.client import ExchangeTimeout, IkeClient
 
 IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
@@ -42,14 +43,8 @@ ICMP_ECHO, ICMP_REPLY = 8, 0
 _NON_ESP = b"\x00\x00\x00\x00"
 
 
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of data."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+#: The Internet checksum (RFC 1071): the node's own, for the ICMP and IPv4 headers built here
+checksum = internet_checksum
 
 
 def push_echo(src: str, dst: str, ident: int, seq: int, payload: bytes = b"b" * 32) -> bytes:

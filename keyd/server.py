@@ -35,7 +35,7 @@ from cluster.store.errors import StoreError
 from cluster.store.keyspace import Keyspace
 from cluster.store.membership import LeaseLost, Membership
 from cluster.store.records import IkeSaRecord, KeydRecord
-from cluster.store.seal import DataKey, DataKeyError, WrongDataKey, load_data_key
+from cluster.store.seal import DataKey, DataKeyError, load_data_key
 from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent, WatchResynced
 
 from .config import DEFAULT_PATH, ConfigError, KeydConfig, load_config, parse_listen
@@ -534,15 +534,12 @@ def cli(config_path: str | None, **flags: Any) -> None:
     except StoreError as exc:
         click.echo(f"keyd: {exc}", err=True)
         sys.exit(1)
-    try:
-        # A wrong key would skip every stored SA and seal new ones under a key nobody has.
-        server.store.check_data_key(data_key)
-    except WrongDataKey as exc:
+    # A wrong key would skip every stored SA and seal new ones under a key nobody has.
+    wrong = server.store.wrong_data_key(data_key)
+    if wrong is not None:
         server.store.close()
-        click.echo(f"keyd: {exc}", err=True)
+        click.echo(f"keyd: {wrong}", err=True)
         sys.exit(2)
-    except StoreError as exc:
-        log.warning("data key not checked against etcd: %s", exc)
     try:
         asyncio.run(server.run_until_signalled())
     except OSError as exc:

@@ -21,7 +21,7 @@ import click
 from cluster.config import ConfigError, load_config
 from cluster.store.client import Store
 from cluster.store.errors import StoreError
-from cluster.store.seal import DataKeyError, WrongDataKey, load_data_key
+from cluster.store.seal import DataKeyError, load_data_key
 from cluster.systemd import notify_stopping
 from keyd.logs import setup_logging
 from sprayer.apply import Applier, HAProxyApplier, KernelApplier
@@ -71,15 +71,12 @@ def main(config_path: str, sprayer_id: str | None, driver: str | None, netns: st
         fail(2, str(exc))
         return
     setup_logging(log_level or config.log.level, config.log.json)
-    try:
-        # A wrong key would only show as every SA skipped: no client's ESP steered.
-        store.check_data_key(data_key)
-    except WrongDataKey as exc:
+    # A wrong key would only show as every SA skipped: no client's ESP steered.
+    wrong = store.wrong_data_key(data_key)
+    if wrong is not None:
         store.close()
-        fail(2, str(exc))
+        fail(2, wrong)
         return
-    except StoreError as exc:
-        log.warning("data key not checked against etcd: %s", exc)
     try:
         applier = make_applier(settings)
         sprayer = Sprayer(settings, store, applier)

@@ -17,7 +17,6 @@ from cluster.node.config import DEFAULT_PATH, load_node_config
 from cluster.node.metrics import serve_metrics
 from cluster.node.tun import TunError
 from cluster.store import DataKeyError, Store, StoreError, load_data_key
-from cluster.store.seal import WrongDataKey
 from keyd.logs import setup_logging
 
 log = logging.getLogger("cluster.node")
@@ -49,15 +48,12 @@ def main(config_path: str, node_id: str | None, vip: str | None, address: str | 
         fail(2, str(exc))
         return
     setup_logging(log_level or cfg.common.log.level, cfg.common.log.json)
-    try:
-        # A wrong key would only show as every SA skipped: no client's ESP carried.
-        store.check_data_key(data_key)
-    except WrongDataKey as exc:
+    # A wrong key would only show as every SA skipped: no client's ESP carried.
+    wrong = store.wrong_data_key(data_key)
+    if wrong is not None:
         store.close()
-        fail(2, str(exc))
+        fail(2, wrong)
         return
-    except StoreError as exc:
-        log.warning("data key not checked against etcd: %s", exc)
     agent = NodeAgent(cfg, store)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

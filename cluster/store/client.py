@@ -7,6 +7,7 @@ Every etcd/gRPC failure surfaces as a StoreError (errors.py) naming the endpoint
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from cluster.config import Config
 
     from .watch import KeyspaceWatcher, PrefixWatcher, WatchEvent
+
+log = logging.getLogger("cluster.store")
 
 R = TypeVar("R", bound=Record)
 T = TypeVar("T")
@@ -499,6 +502,18 @@ class Store:
             f"the data key from {data_key.source} (id {data_key.key_id}) opens none of the "
             f"{total} sealed value(s) in {self.keyspace.root}: they were sealed under "
             f"{ids}; is this the cluster's data key?")
+
+    def wrong_data_key(self, data_key: DataKey) -> str | None:
+        """What a daemon checks at start: the WrongDataKey message if `data_key` opens none
+        of the stored key material (the daemon should exit 2 with it), else None. An etcd
+        that cannot be read is no reason to refuse: logged, None."""
+        try:
+            self.check_data_key(data_key)
+        except WrongDataKey as exc:
+            return str(exc)
+        except StoreError as exc:
+            log.warning("data key not checked against etcd: %s", exc)
+        return None
 
     # -- watches --------------------------------------------------------------------------
     def watch(self, cls: type[R], on_event: Callable[[WatchEvent], None],
