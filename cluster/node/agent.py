@@ -283,6 +283,12 @@ class NodeAgent:
                 self._assignment_gone(ev.name)
             elif kind == "nodes":
                 self.node_addresses.pop(ev.name, None)
+                if ev.name == self.cfg.id and not self._stopping and self.lease_ok.is_set():
+                    # `clusterctl node remove` on a live node: the sprayer no longer sees it,
+                    # so it gets no clients; it keeps carrying what still reaches it.
+                    log.error("this node's record %s was removed while its lease lives "
+                              "(clusterctl node remove?): no new clients will reach it; "
+                              "restart cluster-node to rejoin", ev.key)
         elif isinstance(ev, WatchResynced):
             if kind == "sa":
                 # the full list at a revision: anything else we hold is gone

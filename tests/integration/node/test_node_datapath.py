@@ -428,3 +428,13 @@ def test_a_wrong_data_key_is_refused_at_start(node_lab: NodeLab) -> None:
     assert r.returncode == 2, r.stderr
     assert str(other) in r.stderr and "opens none" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_removed_record_is_reported_by_the_live_node(node_lab: NodeLab) -> None:
+    """`clusterctl node remove` on a live node: it says so in its log instead of nothing."""
+    lab = node_lab
+    up(lab, "node-1")
+    from cluster.store import NodeRecord
+    assert lab.store.delete(NodeRecord, "node-1")
+    assert wait_until(lambda: "was removed while its lease lives" in lab.log("node-1"), 15)
+    assert "Traceback" not in lab.log("node-1")
