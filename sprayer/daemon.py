@@ -172,7 +172,9 @@ class Sprayer:
         self.applier = applier
         self.clock = clock
         self.metrics = SprayerMetrics()
-        self.health = HealthTracker(misses=settings.probe_misses)
+        self.health = HealthTracker(misses=settings.probe_misses,
+                                    hold_down_s=settings.hold_down_ms / 1000.0,
+                                    max_hold_down_s=settings.max_hold_down_ms / 1000.0)
         self.view = ClusterView(on_node_gone=lambda n: self.health.lease_lost(n, self.clock()))
         self.planner = Planner(settings.rebalance_moves_per_s, settings.handoff_timeout_s)
         self.leadership = Leadership(store, settings.id, settings.lease_ttl_s)

@@ -19,6 +19,9 @@ class SprayerSettings:
     keyd: list[str] = field(default_factory=list)
     probe_interval_ms: int = 100
     probe_misses: int = 3
+    #: a node that came back stays out at least this long; doubled per further flap
+    hold_down_ms: int = 1000
+    max_hold_down_ms: int = 30000
     lease_ttl_s: int = 3
     rebalance_moves_per_s: float = 50.0
     handoff_timeout_ms: int = 1000
@@ -46,6 +49,8 @@ def settings_from(config: Config) -> SprayerSettings:
         driver=s.get("driver", str, d.driver), keyd=s.str_list("keyd", []),
         probe_interval_ms=s.get("probe_interval_ms", int, d.probe_interval_ms),
         probe_misses=s.get("probe_misses", int, d.probe_misses),
+        hold_down_ms=s.get("hold_down_ms", int, d.hold_down_ms),
+        max_hold_down_ms=s.get("max_hold_down_ms", int, d.max_hold_down_ms),
         lease_ttl_s=s.get("lease_ttl_s", int, d.lease_ttl_s),
         rebalance_moves_per_s=s.get("rebalance_moves_per_s", float, d.rebalance_moves_per_s),
         handoff_timeout_ms=s.get("handoff_timeout_ms", int, d.handoff_timeout_ms),
@@ -75,6 +80,8 @@ def check(out: SprayerSettings, where: str) -> SprayerSettings:
     for name in ("probe_interval_ms", "probe_misses", "lease_ttl_s", "handoff_timeout_ms"):
         if getattr(out, name) <= 0:
             raise ConfigError(f"{where} {name} must be > 0")
+    if not 0 <= out.hold_down_ms <= out.max_hold_down_ms:
+        raise ConfigError(f"{where} hold_down_ms must be between 0 and max_hold_down_ms")
     if out.rebalance_moves_per_s <= 0:
         raise ConfigError(f"{where} rebalance_moves_per_s must be > 0")
     if out.lease_ttl_s < 2:

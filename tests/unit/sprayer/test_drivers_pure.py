@@ -65,10 +65,16 @@ def test_haproxy_weights_scale_into_range() -> None:
 def test_settings_validation() -> None:
     ok = parse_config('[sprayer]\nkeyd = ["10.30.0.5"]\n')
     assert settings_from(ok).probe_interval_ms == 100
+    assert (settings_from(ok).hold_down_ms, settings_from(ok).max_hold_down_ms) == (1000, 30000)
+    tuned = parse_config('[sprayer]\nkeyd = ["10.30.0.5"]\nhold_down_ms = 200\n'
+                         'max_hold_down_ms = 400\n')
+    assert (settings_from(tuned).hold_down_ms, settings_from(tuned).max_hold_down_ms) == (200, 400)
     for bad in ('[sprayer]\nkeyd = ["10.30.0.5"]\ndriver = "magic"\n',
                 '[sprayer]\nkeyd = ["nope"]\n',
                 '[sprayer]\nkeyd = []\n',
                 '[sprayer]\nkeyd = ["10.30.0.5"]\nprobe_misses = 0\n',
+                '[sprayer]\nkeyd = ["10.30.0.5"]\nhold_down_ms = -1\n',
+                '[sprayer]\nkeyd = ["10.30.0.5"]\nhold_down_ms = 5000\nmax_hold_down_ms = 10\n',
                 '[sprayer]\nkeyd = ["10.30.0.5"]\nlease_ttl_s = "3"\n'):
         with pytest.raises(ConfigError):
             settings_from(parse_config(bad))
