@@ -59,7 +59,8 @@ def lab_store(lab: Lab) -> Iterator[Store]:
         store.close()
 
 
-def wait_until(pred: Callable[[], Any], timeout_s: float = 20.0, what: str = "") -> Any:
+def wait_until(pred: Callable[[], Any], timeout_s: float = 20.0, what: str = "", *,
+               step_s: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         value = pred()
@@ -67,7 +68,7 @@ def wait_until(pred: Callable[[], Any], timeout_s: float = 20.0, what: str = "")
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or pred}")
-        time.sleep(0.2)
+        time.sleep(step_s)
 
 
 def only_sa(lab: Lab, client: str) -> strongswan.IkeSaView:

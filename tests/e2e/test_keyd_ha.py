@@ -11,57 +11,29 @@ go on throughout. The killed instance, started again, registers and is steered t
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_keyd import ike_id, lab_store, only_sa
+from test_keyd import wait_until as _wait_until
 
 from cluster.lab import addresses as A
 from cluster.lab import demo, strongswan
 from cluster.lab.lab import Lab
-from cluster.store.client import Store
-from cluster.store.keyspace import Keyspace
 from cluster.store.records import ChildSaRecord, IkeSaRecord, KeydRecord
-from cluster.store.seal import load_data_key
 from sprayer.backends import MarkAllocator, keyd_backends
 
 PING_INTERVAL = "0.02"
 KEYD_LEASE_TTL_S = 5.0     # keyd/server.py LEASE_TTL_S
 
 
-@contextlib.contextmanager
-def lab_store(lab: Lab) -> Iterator[Store]:
-    key = load_data_key(lab.pki.data_key_file, environ={})
-    store = Store([lab.etcd_endpoint], Keyspace(lab.name), key, timeout_s=5.0)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-def wait_until(pred: Callable[[], Any], timeout_s: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or pred}")
-        time.sleep(0.05)
-
-
-def only_sa(lab: Lab, client: str) -> strongswan.IkeSaView:
-    sas = [sa for sa in lab.client_sas(client) if sa.state == "ESTABLISHED"]
-    assert len(sas) == 1, sas
-    return sas[0]
-
-
-def ike_id(sa: strongswan.IkeSaView) -> str:
-    return f"{int(sa.spi_i, 16):016x}{int(sa.spi_r, 16):016x}"
+def wait_until(pred: Callable[[], Any], timeout_s: float, what: str = "") -> Any:
+    """test_keyd's, polling faster: the steering change is timed here."""
+    return _wait_until(pred, timeout_s, what, step_s=0.05)
 
 
 def keyd_marks() -> dict[str, int]:

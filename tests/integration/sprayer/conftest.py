@@ -23,6 +23,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from cluster.store.client import Store
+from cluster.store.keyspace import Keyspace
+from cluster.store.seal import DataKey
+
 VIP = "203.0.113.10"
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -127,3 +131,14 @@ def lab() -> Iterator[Lab]:
     finally:
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+@pytest.fixture
+def store(etcd_endpoint: str) -> Iterator[Store]:
+    """A store on the session's etcd, in a keyspace of its own, with a throwaway data key."""
+    s = Store([etcd_endpoint], Keyspace("sp" + uuid.uuid4().hex[:10]),
+              DataKey(os.urandom(32), "test"), timeout_s=5.0)
+    try:
+        yield s
+    finally:
+        s.close()

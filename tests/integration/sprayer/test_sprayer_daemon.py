@@ -8,22 +8,16 @@ records in sa/. The sprayer runs with the nftables driver in the router namespac
 
 from __future__ import annotations
 
-import os
 import struct
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
 from cluster.store.client import Guard, Store
-from cluster.store.keyspace import Keyspace
 from cluster.store.membership import Membership
 from cluster.store.records import Assignment, ChildSaRecord, NodeRecord, SeqRecord
-from cluster.store.seal import DataKey
 from sprayer.apply import KernelApplier
 from sprayer.backends import DriverError
 from sprayer.daemon import Sprayer
@@ -42,16 +36,6 @@ def wait(pred: Callable[[], bool], timeout_s: float = 20.0, what: str = "") -> N
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def store(etcd_endpoint: str) -> Iterator[Store]:
-    s = Store([etcd_endpoint], Keyspace("sp" + uuid.uuid4().hex[:10]),
-              DataKey(os.urandom(32), "test"), timeout_s=5.0)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def child(i: int) -> ChildSaRecord:

@@ -15,20 +15,17 @@ namespaces, registered in keyd/ on real leases).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from test_sprayer_daemon import wait
 
 from cluster.store.client import Store
-from cluster.store.keyspace import Keyspace
 from cluster.store.membership import Membership
 from cluster.store.records import KeydRecord
-from cluster.store.seal import DataKey
 from sprayer.apply import KernelApplier
 from sprayer.daemon import Sprayer
 from sprayer.settings import SprayerSettings
@@ -36,25 +33,6 @@ from sprayer.settings import SprayerSettings
 VIP = "203.0.113.10"
 KEYD2 = "10.30.4.5"
 CLIENTS = [f"198.51.100.{i}" for i in range(100, 140)]   # 40 clients, one address each
-
-
-def wait(pred: Callable[[], bool], timeout_s: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def store(etcd_endpoint: str) -> Iterator[Store]:
-    s = Store([etcd_endpoint], Keyspace("sk" + uuid.uuid4().hex[:10]),
-              DataKey(os.urandom(32), "test"), timeout_s=5.0)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture
