@@ -19,7 +19,8 @@ from cluster.lab.errors import LabError
 from cluster.lab.netns import enter
 
 
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
+def pipe(src: socket.socket, dst: socket.socket) -> None:
+    """Copy src → dst until either end closes; then shut both down (one relay direction)."""
     try:
         while data := src.recv(65536):
             dst.sendall(data)
@@ -38,9 +39,9 @@ def _serve(conn: socket.socket, target: tuple[str, int]) -> None:
         conn.close()
         return
     upstream.settimeout(None)
-    t = threading.Thread(target=_pipe, args=(upstream, conn), daemon=True)
+    t = threading.Thread(target=pipe, args=(upstream, conn), daemon=True)
     t.start()
-    _pipe(conn, upstream)
+    pipe(conn, upstream)
     t.join()
     conn.close()
     upstream.close()

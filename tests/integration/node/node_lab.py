@@ -35,6 +35,7 @@ from scapy.packet import Raw, raw
 from tests_node_helpers import wait_until
 
 from cluster.lab import netns
+from cluster.lab.forwarder import pipe
 from cluster.procs import spawn, stop_pid
 from cluster.store import (
     Assignment,
@@ -118,18 +119,7 @@ class Forwarder:
             with self.lock:
                 self.conns |= {conn, up}
             for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
 
     def pause(self) -> None:
         self.paused = True

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from cluster.lab.forwarder import pipe
 from cluster.procs import free_port
 from cluster.store import (
     DataKey,
@@ -63,18 +64,7 @@ class Partition:
             with self._lock:
                 self._conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
 
     def sever(self) -> None:
         self.cut.set()
