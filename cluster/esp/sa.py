@@ -72,8 +72,8 @@ class ChildSa:
         self._in = make_cipher(self.suite, keys.enc_key_in, keys.integ_key_in)
         self._decrypt = self._in.open
         self._out = make_cipher(self.suite, keys.enc_key_out, keys.integ_key_out)
-        # the AEADs are opened inline by `open` (the hot path): their decrypt and salt
-        self._aead_open: Callable[[bytes, bytes, bytes], bytes] | None = None
+        # the AEADs are opened inline by `open_run` (the hot path): their decrypt and salt
+        self._aead_open: Callable[[bytes, bytes | memoryview, bytes], bytes] | None = None
         self._salt_in = b""
         if isinstance(self._in, AeadCipher):
             self._aead_open = self._in.aead.decrypt
@@ -116,47 +116,134 @@ class ChildSa:
 
     def open(self, esp: bytes, now: float) -> bytes:
         """The inner IP packet of an ESP packet for this SA; RemoteProtocolError to drop."""
-        n = len(esp)
-        if n < self._min_len:
-            raise RemoteProtocolError(DropReason.MALFORMED, f"{n}-byte ESP packet")
         if not esp.startswith(self._spi_in_bytes):
+            if len(esp) < self._min_len:
+                raise RemoteProtocolError(DropReason.MALFORMED, f"{len(esp)}-byte ESP packet")
             raise RemoteProtocolError(DropReason.UNKNOWN_SPI, f"SPI {esp[:4].hex()}")
-        if (n - self._overhead) % self._align:
-            raise RemoteProtocolError(DropReason.MALFORMED, "payload not aligned")
+        inner: list[bytes] = []
+        drops: list[DropReason] = []
+        self.open_run(esp, 0, len(esp) or 1, now, inner, drops)
+        if drops:
+            raise RemoteProtocolError(drops[0])
+        return inner[0]
+
+    def open_run(self, buf: bytes, start: int, size: int, now: float, inner: list[bytes],
+                 drops: list[DropReason]) -> int:
+        """Open the ESP packets of `buf` from offset `start`, each `size` bytes but the last
+        (which may be shorter: the datagrams of one UDP GRO receive), as long as they carry
+        this SA's SPI. Appends each inner IP packet to `inner` and each refused packet's
+        reason to `drops` (the caller counts them); returns the offset it stopped at:
+        `len(buf)`, or the first packet of another SPI.
+
+        The per-packet work of `open`, with the SA's state held in locals for the run: this
+        is the data plane's hot path (one call per SA per receive, not one per packet). A
+        refused packet changes no sequence state, exactly as in `open`.
+        """
+        n = len(buf)
+        spi = self._spi_in_bytes
+        startswith = buf.startswith
+        view = memoryview(buf)
         window = self.window
+        wsize = window.size
+        ring = window._ring
+        rmask = window._rmask
         highest = window.highest
-        seq = _U32.unpack_from(esp, 4)[0]
-        if self.esn:
-            top = highest & SEQ32_MAX
-            if top >= window.size - 1 and seq >= top - window.size + 1:
-                seq += highest - top  # RFC 4303 A2.2 case A, same subspace: the common case
-            else:
-                seq = infer_seq(seq, highest, window.size, True)
-        if seq <= highest or not seq:
-            window.check(seq)  # before the ICV: cheap rejection (RFC 4303 §3.4.3)
+        esn = self.esn
+        min_len, overhead, align = self._min_len, self._overhead, self._align
         aead = self._aead_open
-        if aead is not None:
-            # AES-GCM / ChaCha20-Poly1305 inline: nonce = salt | explicit IV; AAD = SPI |
-            # seq, with the high-order bits in the middle under ESN (RFC 4106 §5)
-            aad = esp[:8] if not self.esn else esp[:4] + (seq >> 32).to_bytes(4) + esp[4:8]
-            try:
-                plain = aead(self._salt_in + esp[8:16], esp[16:], aad)
-            except InvalidTag:
-                raise RemoteProtocolError(DropReason.INTEGRITY) from None
-        else:
-            plain = self._decrypt(esp[:8], esp[8:], seq >> 32 if self.esn else None)
-        total = inner_length(plain)
+        salt = self._salt_in
         only = self._only_v4
-        if only is not None and plain[0] >> 4 == 4:  # one IPv4 range: the common case
-            if not only[0] <= plain[12:16] <= only[1]:
-                raise RemoteProtocolError(DropReason.SELECTOR, "inner source outside selectors")
-        elif not self.selectors.allows_source(plain, total):  # the inner packet starts it
-            raise RemoteProtocolError(DropReason.SELECTOR, "inner source outside selectors")
-        window.accept(seq)
-        self.packets_in += 1
-        self.bytes_in += total
-        self.last_in_s = now
-        return plain[:total]
+        lo, hi = only if only is not None else (b"", b"")
+        unpack = _U32.unpack_from
+        seq_high = -1  # the high-order bits the ESN AAD prefix below was made for
+        aad_prefix = b""
+        packets = total_bytes = 0
+        stop = n
+        for off in range(start, n, size):
+            if not startswith(spi, off):
+                stop = off
+                break
+            end = off + size if off + size < n else n
+            length = end - off
+            if length < min_len or (length - overhead) % align:
+                drops.append(DropReason.MALFORMED)
+                continue
+            seq = unpack(buf, off + 4)[0]
+            if esn:
+                top = highest & SEQ32_MAX
+                if top >= wsize - 1 and seq >= top - wsize + 1:
+                    seq += highest - top  # RFC 4303 A2.2 case A, same subspace: the common case
+                else:
+                    try:
+                        seq = infer_seq(seq, highest, wsize, True)
+                    except RemoteProtocolError as e:
+                        drops.append(e.reason)
+                        continue
+            if seq <= highest or not seq:
+                window.highest = highest
+                try:
+                    window.check(seq)  # before the ICV: cheap rejection (RFC 4303 §3.4.3)
+                except RemoteProtocolError as e:
+                    drops.append(e.reason)
+                    continue
+            if aead is not None:
+                # AES-GCM / ChaCha20-Poly1305 inline: nonce = salt | explicit IV; AAD = SPI |
+                # seq, with the high-order bits in the middle under ESN (RFC 4106 §5)
+                if esn:
+                    if seq >> 32 != seq_high:
+                        seq_high = seq >> 32
+                        aad_prefix = spi + seq_high.to_bytes(4)
+                    aad = aad_prefix + buf[off + 4:off + 8]
+                else:
+                    aad = buf[off:off + 8]
+                try:
+                    plain = aead(salt + buf[off + 8:off + 16], view[off + 16:end], aad)
+                except InvalidTag:
+                    drops.append(DropReason.INTEGRITY)
+                    continue
+            else:
+                try:
+                    plain = self._decrypt(buf[off:off + 8], buf[off + 8:end],
+                                          seq >> 32 if esn else None)
+                except RemoteProtocolError as e:
+                    drops.append(e.reason)
+                    continue
+            # the trailer and inner header, inline for IPv4 without TFC padding (the common
+            # case); anything else, and every refusal, goes through `inner_length`
+            padlen = plain[-2]
+            last = len(plain) - 2 - padlen
+            total = (plain[2] << 8) | plain[3] if len(plain) > 3 else 0
+            if not (plain[-1] == NH_IPV4 and 20 <= total <= last and plain[0] >> 4 == 4
+                    and (not padlen or plain[last:-2] == PADDING[padlen])):
+                try:
+                    total = inner_length(plain)
+                except RemoteProtocolError as e:
+                    drops.append(e.reason)
+                    continue
+            if only is not None and plain[0] >> 4 == 4:  # one IPv4 range: the common case
+                if not lo <= plain[12:16] <= hi:
+                    drops.append(DropReason.SELECTOR)
+                    continue
+            elif not self.selectors.allows_source(plain, total):  # the inner packet starts it
+                drops.append(DropReason.SELECTOR)
+                continue
+            if seq == highest + 1:  # in order: one ring byte (ReplayWindow.accept's case)
+                ring[seq & rmask] = 1
+                highest = seq
+            else:
+                window.highest = highest
+                window.accept(seq)
+                highest = window.highest
+            inner.append(plain[:total])
+            packets += 1
+            total_bytes += total
+        if packets:
+            window.highest = highest
+            window._bitmap = None  # the ring changed: rebuild the bitmap when read
+            self.packets_in += packets
+            self.bytes_in += total_bytes
+            self.last_in_s = now
+        return stop
 
     def receive(self, esp: bytes, now: float) -> bytes | None:
         """`open`, with a drop counted instead of raised."""
