@@ -43,6 +43,8 @@ class Snapshot:
     fenced: int = 0
     lease_ok: int = 1
     draining: int = 0
+    removed: int = 0  # 1 once `clusterctl node remove` took this node out (until restarted)
+    finals_without_ready: int = 0  # final records written without the new owner's READY
 
 
 class NodeCollector:
@@ -83,6 +85,8 @@ class NodeCollector:
             ("ike_relayed", "Stray IKE datagrams relayed to keyd", s.ike_relayed),
             ("health_probes", "Health probes answered", s.health_probes),
             ("fences", "Clients this node stopped sending for", s.fenced),
+            ("finals_without_ready", "Hand-offs away whose final record was written without "
+             "the new owner's READY", s.finals_without_ready),
         ):
             yield CounterMetricFamily(P + name, doc, value=value)
         takeovers = CounterMetricFamily(P + "takeovers", "SAs taken over, by how",
@@ -96,6 +100,8 @@ class NodeCollector:
                                 value=s.lease_ok)
         yield GaugeMetricFamily(P + "draining", "1 while the node is draining",
                                 value=s.draining)
+        yield GaugeMetricFamily(P + "removed", "1 once the node's record was removed while it "
+                                "ran (it stays out until restarted)", value=s.removed)
 
 
 def serve_metrics(listen: str, snapshot: Callable[[], Snapshot]) -> CollectorRegistry | None:
