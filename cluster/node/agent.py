@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections import Counter
@@ -33,6 +34,15 @@ from cluster.node.counters import (
     take_over,
 )
 from cluster.node.datapath import Datapath
+from cluster.node.handoff import (
+    RESEND_S,
+    FinalGate,
+    Ready,
+    is_ready_message,
+    pull_ready,
+    push_ready,
+)
+from cluster.node.handoff import RemoteProtocolError as ReadyError
 from cluster.node.metrics import Snapshot
 from cluster.node.relay import IkeRelay
 from cluster.node.sa import NodeSa, client_addresses
@@ -61,6 +71,9 @@ VERSION = "0.1.0"
 HANDOFF_WAIT_S = 1.0  # how long a new owner waits for the old owner's final record
 HOLD_S = 2.0  # outbound packets of a client in hand-off are held this long at most
 FORWARD_S = 5.0  # an old owner forwards a handed-off client's traffic this long
+#: after routing a handed-off client's addresses to the new owner, the old owner holds what
+#: still reaches its TUN (routed before the change) and re-injects it once more this later
+LATE_S = 0.05
 FETCH_RETRY_S = 5.0  # an unknown SPI is read from etcd at most once per this period
 RETRY_S = 0.5
 IV_RENEW_AT = 1 << 31  # IVs drawn under one prefix before a fresh one is taken
@@ -74,6 +87,8 @@ class Stats:
     takeovers_exact: int = 0
     takeovers_jump: int = 0
     fenced: int = 0
+    ready_sent: int = 0  # READY datagrams sent as a hand-off's new owner
+    health_dropped: int = 0  # datagrams on the health port that were neither probe nor READY
 
 
 def merge_window(a: SaCounters, b: SaCounters, size: int) -> SaCounters:
@@ -89,8 +104,13 @@ def merge_window(a: SaCounters, b: SaCounters, size: int) -> SaCounters:
     return SaCounters(max(a.out_seq, b.out_seq), top, bitmap)
 
 
-def _reinject(dp: Datapath, addr: bytes) -> None:
+def _reinject(dp: Datapath, addr: bytes, hold_s: float = 0.0) -> None:
+    """Give what was held for `addr` back to the kernel (now routed to the new owner); with
+    `hold_s`, keep holding what still arrives (it was routed here before the route changed
+    and sits in the TUN queue) until the next `_reinject`."""
     n = dp.reinject({addr})
+    if hold_s:
+        dp.hold({addr}, hold_s)
     if n:
         log.debug("%d held packet(s) for %s forwarded to the new owner", n, addr.hex())
 
@@ -116,6 +136,9 @@ class NodeAgent:
         self.iv_source: IvSource | None = None
         self.relay: IkeRelay | None = None
         self.draining = False
+        #: set when this node's record was deleted (`clusterctl node remove`) while its lease
+        #: lived: it stays out of the cluster until restarted
+        self.removed = False
         self.lease_ok = threading.Event()
         self.ready = threading.Event()
         # control-thread state
@@ -127,6 +150,16 @@ class NodeAgent:
         self.routed: set[bytes] = set()  # client addresses routed to the TUN
         #: node id -> back-end address, from nodes/ (where a handed-off client is forwarded)
         self.node_addresses: dict[str, str] = {}
+        #: node id -> its health responder (where a new owner sends READY), from nodes/
+        self.node_health: dict[str, tuple[str, int]] = {}
+        #: planned hand-offs away from us: final records waiting for the new owner's READY
+        self.finals: FinalGate[tuple[str, Callable[[], None]]] = FinalGate()
+        #: planned hand-offs to us: ike_sa_id -> (epoch, old owner's health address, READY,
+        #: next send, last send) while the take-over waits for the final record
+        self._announcing: dict[str, tuple[int, tuple[str, int], bytes, float, float]] = {}
+        #: client address -> when to re-inject once more after routing it to a new owner
+        self._late: dict[bytes, float] = {}
+        self._ready_sock: socket.socket | None = None
         #: client address -> (new owner's address, until): routed there after a hand-off away
         self.forwarded: dict[bytes, tuple[str, float]] = {}
         self._client_routes: dict[str, set[bytes]] = {}
@@ -151,6 +184,9 @@ class NodeAgent:
     def start(self) -> None:
         c = self.cfg
         self._tun_fd = tunmod.open_tun(c.tun, c.tun_mtu)
+        self._ready_sock = socket.socket(
+            socket.AF_INET6 if ":" in c.address else socket.AF_INET, socket.SOCK_DGRAM)
+        self._ready_sock.setblocking(False)
         if c.keyd_address:
             self.relay = IkeRelay(c.keyd_address, c.vip)
             self.relay.start()
@@ -202,6 +238,9 @@ class NodeAgent:
         if self._tun_fd >= 0:
             os.close(self._tun_fd)
             self._tun_fd = -1
+        if self._ready_sock is not None:
+            self._ready_sock.close()
+            self._ready_sock = None
 
     def _reconnect(self, failed: Store) -> None:
         """Replace a connection that keeps failing with a fresh one: after an etcd outage a
@@ -273,6 +312,7 @@ class NodeAgent:
                 self._assignment(r, ev.revision)
             elif isinstance(r, NodeRecord):
                 self.node_addresses[r.id] = r.address
+                self.node_health[r.id] = (r.address, r.health_port)
                 if r.id == self.cfg.id:
                     self.draining = r.state == "draining"
         elif isinstance(ev, RecordDeleted):
@@ -283,12 +323,9 @@ class NodeAgent:
                 self._assignment_gone(ev.name)
             elif kind == "nodes":
                 self.node_addresses.pop(ev.name, None)
+                self.node_health.pop(ev.name, None)
                 if ev.name == self.cfg.id and not self._stopping and self.lease_ok.is_set():
-                    # `clusterctl node remove` on a live node: the sprayer no longer sees it,
-                    # so it gets no clients; it keeps carrying what still reaches it.
-                    log.error("this node's record %s was removed while its lease lives "
-                              "(clusterctl node remove?): no new clients will reach it; "
-                              "restart cluster-node to rejoin", ev.key)
+                    self._pool.submit(self._check_removed, ev.key)
         elif isinstance(ev, WatchResynced):
             if kind == "sa":
                 # the full list at a revision: anything else we hold is gone
@@ -302,12 +339,48 @@ class NodeAgent:
                 for k in [k for k in self.assigns if k not in present]:
                     self._assignment_gone(k)
             self._synced.add(kind)
-            if len(self._synced) == 3 and not self.ready.is_set():
+            if len(self._synced) == 3 and not self.ready.is_set() and not self.removed:
                 self.ready.set()
                 # the lease exists (start() registered before watching) and SAs, assignments
                 # and nodes are synced: tell systemd (Type=notify) once
                 systemd.notify_ready(f"node {self.cfg.id}: lease held, {len(self.records)} "
                                      f"SAs loaded, sending for {len(self.sending)} clients")
+
+    def _check_removed(self, key: str) -> None:
+        """Our record is gone while our lease seemed alive (pool thread). Removed by an
+        operator (`clusterctl node remove`) if the lease still lives and nothing wrote the
+        record again; an expired lease is the membership's business (it re-registers)."""
+        for _ in range(10):
+            m = self.membership
+            if m is None or self._stopping:
+                return
+            store = self.store
+            try:
+                if store.get(NodeRecord, self.cfg.id) is not None:
+                    return  # registered again meanwhile
+                alive = store.keepalive(m.lease_id) > 0
+            except StoreError as e:
+                log.warning("cannot tell why this node's record %s is gone: %s", key, e)
+                time.sleep(RETRY_S)
+                continue
+            if alive and self.membership is m:
+                self.post(functools.partial(self._removed_from_cluster, key))
+            return
+
+    def _removed_from_cluster(self, key: str) -> None:
+        """Stay out, visibly, until restarted: no health answers (the sprayer sees the node
+        down and assigns it nothing), no new registration, `removed` in the metrics. What it
+        still owns moves away by the sprayer's fail-over; until then it keeps carrying it."""
+        if self.removed or self._stopping:
+            return
+        self.removed = True
+        self.ready.clear()
+        log.error("this node's record %s was deleted while its lease lives (clusterctl node "
+                  "remove): out of the cluster until cluster-node is restarted (no health "
+                  "answers, no new clients, no new registration); %d client(s) still sent "
+                  "for move by fail-over", key, len(self.sending))
+        systemd.notify_status(f"node {self.cfg.id}: removed from the cluster (clusterctl node "
+                              "remove); restart to rejoin")
 
     # SAs ----------------------------------------------------------------------------------
     def _sa_put(self, r: ChildSaRecord) -> None:
@@ -401,6 +474,11 @@ class NodeAgent:
         if prev is not None and a.epoch < prev[0].epoch:
             return  # an older epoch never wins (fencing token)
         self.assigns[k] = (a, revision)
+        parked = self.finals.waiting.get(k)
+        if parked is not None and parked.epoch != a.epoch:
+            # the hand-off away from us was superseded: the parked write runs now, finds the
+            # assignment changed (its guard) and drops what was held
+            self._run_parked(self.finals.drop(k))
         me = self.cfg.id
         if a.node == me:
             if self.sending.get(k) == a.epoch or self.acquiring.get(k) == a.epoch:
@@ -418,6 +496,7 @@ class NodeAgent:
 
     def _assignment_gone(self, k: str) -> None:
         self.assigns.pop(k, None)
+        self._run_parked(self.finals.drop(k))
         if k in self.sending or k in self.acquiring:
             self._fence(k)
 
@@ -472,9 +551,31 @@ class NodeAgent:
 
     def _write_final(self, k: str, a: Assignment, revision: int,
                      kept: set[bytes] | None = None, to: str | None = None) -> None:
-        """Planned hand-off away from us: our exact counters as `final` records, guarded by
-        the hand-off assignment (DESIGN.md, "Moving a client without rekeying"); then the
-        addresses `kept` routed to our TUN are forwarded `to` the new owner."""
+        """Planned hand-off away from us: once the new owner said READY (it holds and routes
+        the client's traffic; cluster.node.handoff) or `handoff.WAIT_S` passed, our exact
+        counters as `final` records, guarded by the hand-off assignment (DESIGN.md, "Moving
+        a client without rekeying"); then the addresses `kept` routed to our TUN are
+        forwarded `to` the new owner."""
+        write = functools.partial(self._commit_final, k, a, revision, kept, to)
+        if a.node not in self.node_health:
+            write()  # a new owner we know nothing of (no nodes/ record) sends no READY
+        elif not self.finals.wait(k, a.epoch, a.node, (k, write), self.clock()):
+            write()  # its READY came first
+
+    def _on_ready(self, msg: Ready) -> None:
+        parked = self.finals.ready(msg, self.clock())
+        if parked is not None:
+            log.debug("READY from %s for %s at epoch %d", msg.node_id, msg.ike_sa_id,
+                      msg.epoch)
+        self._run_parked(parked)
+
+    @staticmethod
+    def _run_parked(parked: tuple[str, Callable[[], None]] | None) -> None:
+        if parked is not None:
+            parked[1]()
+
+    def _commit_final(self, k: str, a: Assignment, revision: int,
+                      kept: set[bytes] | None, to: str | None) -> None:
         assert self.datapath is not None
         dp = self.datapath
         spis = set(self.by_ike.get(k, ()))
@@ -522,6 +623,10 @@ class NodeAgent:
                  for addr in client_addresses(r)}
         dp.call(functools.partial(dp.hold, addrs, HOLD_S))
         self._route_client(k)
+        if wait_s and a.previous_node != self.cfg.id:
+            # READY to the old owner once the hold and these routes are in place (the route
+            # thread applies them in order; cluster.node.handoff)
+            self._routes.put((b"", "ready", k))
 
         def read() -> None:
             deadline = self.clock() + wait_s
@@ -623,6 +728,7 @@ class NodeAgent:
                     dp.send_on(sa)
         dp.run(enable)
         self.acquiring.pop(k, None)
+        self._announcing.pop(k, None)
         self.sending[k] = a.epoch
         self._route_client(k)
         log.info("sending for %s at epoch %d (%s)", k, a.epoch,
@@ -677,6 +783,9 @@ class NodeAgent:
         tun = self.cfg.tun
         while (item := self._routes.get()) is not None:
             addr, action, via = item
+            if action == "ready":  # every route queued before it is applied
+                self.post(functools.partial(self._routes_in_place, via))
+                continue
             try:
                 if action == "tun":
                     tunmod.route_to_tun(addr, tun)
@@ -689,10 +798,63 @@ class NodeAgent:
             except tunmod.TunError as e:
                 log.error("%s", e)
             if action == "via":
-                # what arrived while the route changed goes to the new owner too
+                # what arrived before the route changed goes to the new owner too; what is
+                # still on its way into the TUN is held and re-injected once more (`_tick`)
                 dp = self.datapath
                 if dp is not None:
+                    dp.call(functools.partial(_reinject, dp, addr, HOLD_S))
+                    self.post(functools.partial(self._reinject_later, addr))
+
+    def _reinject_later(self, addr: bytes) -> None:
+        self._late[addr] = self.clock() + LATE_S
+
+    def _late_reinjects(self, now: float) -> None:
+        assert self.datapath is not None
+        dp = self.datapath
+        for addr, at in list(self._late.items()):
+            if now >= at:
+                del self._late[addr]
+                if addr not in self._route_refs:  # not ours again meanwhile
                     dp.call(functools.partial(_reinject, dp, addr))
+
+    def _routes_in_place(self, k: str) -> None:
+        """Our take-over of client k (a planned hand-off) holds its traffic and routes it to
+        our TUN: tell the old owner, which writes its final record on that."""
+        assert self.datapath is not None
+        epoch = self.acquiring.get(k)
+        cur = self.assigns.get(k)
+        if epoch is None or cur is None or cur[0].epoch != epoch or not cur[0].previous_node:
+            return
+        target = self.node_health.get(cur[0].previous_node)
+        if target is None:
+            log.info("no health address of %s: it writes its final record for %s without "
+                     "READY", cur[0].previous_node, k)
+            return
+        msg = push_ready(Ready(k, epoch, self.cfg.id))
+        now = self.clock()
+        self._announcing[k] = (epoch, target, msg, now + RESEND_S, now + HANDOFF_WAIT_S)
+        dp = self.datapath
+        # through the data-path queue: it runs after the hold queued by `_acquire`
+        dp.call(functools.partial(self._send_ready, msg, target))
+
+    def _send_ready(self, msg: bytes, target: tuple[str, int]) -> None:
+        sock = self._ready_sock
+        if sock is None:
+            return
+        try:
+            sock.sendto(msg, target)
+            self.stats.ready_sent += 1
+        except OSError as e:
+            log.debug("READY to %s:%d not sent: %s", *target, e)
+
+    def _announce(self, now: float) -> None:
+        """Send READY again while a planned take-over waits (a datagram may be lost)."""
+        for k, (epoch, target, msg, at, until) in list(self._announcing.items()):
+            if self.acquiring.get(k) != epoch or now >= until:
+                del self._announcing[k]
+            elif now >= at:
+                self._announcing[k] = (epoch, target, msg, now + RESEND_S, until)
+                self._send_ready(msg, target)
 
     # membership ---------------------------------------------------------------------------
     def _lease_lost(self, ev: LeaseLost) -> None:
@@ -714,6 +876,9 @@ class NodeAgent:
             def detach() -> None:
                 dp.detached = True
             dp.run(detach)
+        if self.removed:
+            log.info("lease lost; not registering again: this node was removed")
+            return
         self._pool.submit(self._reregister)
 
     def _reregister(self) -> None:
@@ -754,8 +919,19 @@ class NodeAgent:
     def _tick(self) -> None:
         if self.datapath is None:
             return
+        now = self.clock()
         if self.forwarded:
-            self._unforward(self.clock())
+            self._unforward(now)
+        if self._late:
+            self._late_reinjects(now)
+        if self._announcing:
+            self._announce(now)
+        if self.finals.waiting:
+            for k, write in self.finals.due(now):
+                log.warning("no READY from the new owner of %s within %.1f s: final counters "
+                            "written without it (its traffic may briefly find no route there)",
+                            k, self.finals.wait_s)
+                write()
         iv = self.iv_source
         if iv is not None and iv.used > IV_RENEW_AT and not self._renewing:
             self._renewing = True
@@ -788,7 +964,9 @@ class NodeAgent:
         our own record) long before the counter could run out (cluster.esp.nonce)."""
         try:
             m = self.membership
-            if m is None:
+            if m is None or self.removed:
+                # a removed node writes no record (it would register again): it keeps the
+                # prefix, whose counter lasts 2^32 IVs, and its clients move away meanwhile
                 return
             revision = self.store.put(self._record(), lease=m.lease_id)
             prefix = prefix_from_revision(revision)
@@ -865,9 +1043,20 @@ class NodeAgent:
 
     # health and metrics -------------------------------------------------------------------
     def _health_reply(self, data: bytes) -> bytes | None:
+        """A datagram on the health port (data-path thread): the sprayer's probe, answered
+        while the node is ready, or a new owner's READY (cluster.node.handoff)."""
+        if is_ready_message(data):
+            try:
+                msg = pull_ready(data)
+            except ReadyError:
+                self.stats.health_dropped += 1
+                return None
+            self.post(functools.partial(self._on_ready, msg))
+            return None
         try:
             nonce = pull_probe(data)
         except ProbeError:
+            self.stats.health_dropped += 1
             return None
         if not self.ready.is_set():
             return None
@@ -908,5 +1097,7 @@ class NodeAgent:
         s.fenced = self.stats.fenced
         s.lease_ok = int(self.lease_ok.is_set())
         s.draining = int(self.draining)
+        s.removed = int(self.removed)
+        s.finals_without_ready = self.finals.timeouts
         return s
 

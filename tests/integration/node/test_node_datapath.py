@@ -4,6 +4,7 @@ restart, etcd outage, health probes, NAT rebinding, on-demand SA reads, IKE rela
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 from node_lab import CLIENT, NODE_IPS, SERVER, SPI_IN, VIP, VIRTUAL_IP, Client, NodeLab, socket_in
@@ -146,8 +147,23 @@ def test_etcd_outage_does_not_stop_forwarding(node_lab: NodeLab) -> None:
         lab.forwarder.resume()
     assert wait_until(lambda: lab.metrics("node-1")["ipsec_cluster_node_lease_ok"] == 1, 15)
     assert client.ping() is not None
+    # etcd deleted the record when the lease expired: that is no removal, the node is back
+    assert not wait_until(lambda: lab.metrics("node-1")["ipsec_cluster_node_removed"] != 0, 2)
+    assert lab.store.get(NodeRecord, "node-1") is not None
     written = lab.metrics("node-1")["ipsec_cluster_node_checkpoints_written_total"]
     assert wait_until(lambda: (s := lab.seq()) is not None and s.out_seq > JUMP + 20, 5), written
+
+
+def _probe(sock: socket.socket, node: str) -> bytes | None:
+    """A health probe's answer past the nonce (state byte + node id), None if unanswered."""
+    nonce = os.urandom(8)
+    sock.sendto(b"IPSC-PROBE" + nonce, (NODE_IPS[node], 4501))
+    try:
+        data, _ = sock.recvfrom(512)
+    except TimeoutError:
+        return None
+    assert data[:18] == b"IPSC-ALIVE" + nonce
+    return data[18:]
 
 
 def test_health_probe_and_draining(node_lab: NodeLab) -> None:
@@ -157,14 +173,7 @@ def test_health_probe_and_draining(node_lab: NodeLab) -> None:
     sock.settimeout(0.5)
 
     def probe() -> bytes | None:
-        nonce = os.urandom(8)
-        sock.sendto(b"IPSC-PROBE" + nonce, (NODE_IPS["node-1"], 4501))
-        try:
-            data, _ = sock.recvfrom(512)
-        except TimeoutError:
-            return None
-        assert data[:18] == b"IPSC-ALIVE" + nonce
-        return data[18:]
+        return _probe(sock, "node-1")
 
     assert wait_until(lambda: probe() == b"Rnode-1", 5)
     v = lab.store.get(NodeRecord, "node-1")
@@ -364,7 +373,7 @@ def test_coalesced_datagrams_are_split_and_each_checked(node_lab: NodeLab) -> No
     client.sock.sendmsg([b"".join(segments)],
                         [(17, 103, size.to_bytes(2, "little"))],  # SOL_UDP, UDP_SEGMENT
                         0, (VIP, 4500))
-    answered = set()
+    answered: set[int] = set()
     deadline = time.monotonic() + 10
     while len(answered) < 5 and time.monotonic() < deadline:
         got = client.receive(1.0)
@@ -430,11 +439,27 @@ def test_a_wrong_data_key_is_refused_at_start(node_lab: NodeLab) -> None:
     assert "Traceback" not in r.stderr
 
 
-def test_a_removed_record_is_reported_by_the_live_node(node_lab: NodeLab) -> None:
-    """`clusterctl node remove` on a live node: it says so in its log instead of nothing."""
+def test_a_removed_node_stays_out_until_restarted(node_lab: NodeLab) -> None:
+    """`clusterctl node remove` on a live node: it stays out and says so — no health answers
+    (the sprayer sees it down and gives it nothing), no new registration however long it
+    runs, `removed` in its metrics — until it is restarted."""
     lab = node_lab
-    up(lab, "node-1")
-    from cluster.store import NodeRecord
+    lab.start_node("node-1")
+    sock = socket_in(lab.ns("cli"))
+    sock.settimeout(0.5)
+    assert wait_until(lambda: _probe(sock, "node-1") == b"Rnode-1", 5)
+    assert lab.metrics("node-1")["ipsec_cluster_node_removed"] == 0
     assert lab.store.delete(NodeRecord, "node-1")
-    assert wait_until(lambda: "was removed while its lease lives" in lab.log("node-1"), 15)
+    assert wait_until(lambda: lab.metrics("node-1").get("ipsec_cluster_node_removed") == 1, 15)
+    assert "out of the cluster until cluster-node is restarted" in lab.log("node-1")
+    assert _probe(sock, "node-1") is None
+    time.sleep(4.0)  # longer than the lease TTL (3 s): still no record, still silent
+    assert lab.store.get(NodeRecord, "node-1") is None
+    assert _probe(sock, "node-1") is None
+    assert lab.metrics("node-1")["ipsec_cluster_node_lease_ok"] == 1
+    lab.stop_node("node-1")
+    lab.start_node("node-1")  # registers afresh
+    assert wait_until(lambda: _probe(sock, "node-1") == b"Rnode-1", 5)
+    assert lab.metrics("node-1")["ipsec_cluster_node_removed"] == 0
+    sock.close()
     assert "Traceback" not in lab.log("node-1")

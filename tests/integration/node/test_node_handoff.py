@@ -1,23 +1,28 @@
 """A planned hand-off with the router still steering the client to the old owner: the old
 owner forwards the client's return traffic to the new one, which answers with the exact
-counters; traffic counts travel in the seq records across owners; a subnet selector is
-routed by longest prefix."""
+counters; the old owner writes its final record only once the new owner holds and routes the
+client's traffic (READY), or after a wait without it; traffic counts travel in the seq records
+across owners; a subnet selector is routed by longest prefix."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 
-from node_lab import NODE_IPS, SERVER, VIP, VIRTUAL_IP, NodeLab
+from node_lab import NODE_IPS, SERVER, VIP, VIRTUAL_IP, NodeLab, socket_in
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.packet import raw
 from test_node_datapath import ping_until, up
 from tests_node_helpers import wait_until
 
 from cluster.lab import netns
+from cluster.node.handoff import READY
+from cluster.store import NodeRecord
 
 OUT = 'ipsec_cluster_node_packets_total{direction="out"}'
 SITE = "10.50.0.0/24"
 NOT_OWNER = 'ipsec_cluster_node_drops_total{reason="not_owner"}'
+NO_READY = "ipsec_cluster_node_finals_without_ready_total"
 
 
 def test_old_owner_forwards_return_traffic_until_the_router_flips(node_lab: NodeLab) -> None:
@@ -48,6 +53,42 @@ def test_old_owner_forwards_return_traffic_until_the_router_flips(node_lab: Node
     # the forwarding route goes away by itself (the router has flipped long before)
     assert wait_until(
         lambda: VIRTUAL_IP not in lab.in_ns("n1", "ip", "route", "show", VIRTUAL_IP), 15)
+
+
+def test_the_final_record_follows_the_new_owners_route(node_lab: NodeLab) -> None:
+    """Once the final record is in etcd the router may flip and the old owner forwards: the
+    new owner's route to its TUN must exist by then, or the client's return traffic loops
+    between the nodes and the router until its TTL runs out. The new owner says READY only
+    with its hold and route in place, and the old owner writes its final record on that."""
+    lab = node_lab
+    _, client = up(lab, "node-1", "node-2")
+    assert client.ping() is not None
+    # junk on the old owner's health port changes nothing
+    sock = socket_in(lab.ns("cli"))
+    for junk in (READY, READY + b"\x01" + bytes(8) + b"\x05abc", b"\x00" * 40):
+        sock.sendto(junk, (NODE_IPS["node-1"], 4501))
+    sock.close()
+    lab.assign("node-2", 2, "handoff", "node-1")
+    assert wait_until(lambda: (s := lab.seq()) is not None and s.kind == "final", 5)
+    assert "dev ipsc0" in lab.in_ns("n2", "ip", "route", "show", VIRTUAL_IP)
+    assert lab.metrics("node-1")[NO_READY] == 0
+    lab.steer("node-2")
+    assert ping_until(client, 10) is not None
+
+
+def test_without_ready_the_final_is_written_after_a_wait(node_lab: NodeLab) -> None:
+    """A new owner that never says READY (an older version, or a lost datagram every time):
+    the old owner writes its final record anyway, after the wait, and counts it."""
+    lab = node_lab
+    _, client = up(lab, "node-1")
+    assert client.ping() is not None
+    # node-2 is known (its record) but runs no agent: nobody sends READY
+    lab.store.put(NodeRecord("node-2", NODE_IPS["node-2"], 100, "ready", 4501, "0.1.0", 0.0))
+    time.sleep(0.5)  # node-1 learns of node-2 from its watch
+    lab.assign("node-2", 2, "handoff", "node-1")
+    assert wait_until(lambda: (s := lab.seq()) is not None and s.kind == "final", 5)
+    assert wait_until(lambda: lab.metrics("node-1").get(NO_READY) == 1, 5)
+    assert "no READY from the new owner" in lab.log("node-1")
 
 
 def test_traffic_counts_are_published_and_carried_over(node_lab: NodeLab) -> None:
