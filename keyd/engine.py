@@ -182,6 +182,7 @@ class Engine:
         step.out = [Outbound(d.data, d.src[1], d.dst) for d in self.core.datagrams_to_send()]
         step.liveness_only = (exchange == INFORMATIONAL
                               and not step.changes.completes_something() and not step.created)
+        self._defer_removals(step)
         if exchange == IKE_SA_INIT and step.created and not step.changes.completes_something():
             # A half-open IKE SA is answered at once and written right after (docs/keyd.md):
             # what a later step that fails returns to is this state, durable or not.
@@ -197,9 +198,20 @@ class Engine:
     def write_now(self, step: Step) -> list[Outbound]:
         """Write one step's changes (blocking) and settle it."""
         [error] = self.persister.write_batch([step.changes])
-        if error is None and self.persister.owners_due:
-            self.persister.flush_owner_deletes()
         return self.settle(step, error)
+
+    def _defer_removals(self, step: Step) -> None:
+        """A step that only removes (a DELETE, an expiry) is answered at once: nothing its
+        answer stands for must exist anywhere. Its removals ride with the next write
+        (`Persister.defer`); the IKE SAs it deleted are forgotten now, and not continued
+        from their stale records meanwhile."""
+        c = step.changes
+        if c.has_state() or c.rekeyed or not (c.deleted_children or c.deleted_ike):
+            return
+        self.persister.defer(c)
+        for ike_sa_id in c.deleted_ike:
+            self._forget(ike_sa_id)
+        step.changes = Changes()
 
     def settle(self, step: Step, error: StoreError | None) -> list[Outbound]:
         """The step's write is done (`error` None) or failed: remember what is durable, or
@@ -226,6 +238,7 @@ class Engine:
         step = self._collect(now)
         step.out = [Outbound(d.data, d.src[1], d.dst) for d in self.core.datagrams_to_send()]
         step.liveness_only = True
+        self._defer_removals(step)
         out = self.write_now(step) if step.needs_write else step.out
         self.metrics.ike_sas.set(len(self._durable))
         return out
@@ -381,6 +394,8 @@ class Engine:
 
     # -- continuing an IKE SA another instance wrote ----------------------------------------
     def _continue_from_etcd(self, ike_sa_id: str) -> bool:
+        if self.persister.removing(ike_sa_id):
+            return False   # deleted here; its record is on its way out
         try:
             held = self.store.get(IkeSaRecord, ike_sa_id)
         except (MalformedRecord, WrongDataKey) as exc:

@@ -90,6 +90,16 @@ class Changes:
                     or self.rekeyed or self.leases)
 
 
+@dataclass(slots=True)
+class _Removals:
+    """Keys to delete now, owners (assign/) to delete in a later revision, and the leases
+    (address, IKE SA) among the keys."""
+
+    keys: list[str] = field(default_factory=list)
+    owners: list[str] = field(default_factory=list)
+    released: list[tuple[str, str]] = field(default_factory=list)
+
+
 class Persister:
     def __init__(self, store: Store, pool: AddressPool | None, metrics: KeydMetrics,
                  clock: Callable[[], float] = time.time,
@@ -101,6 +111,8 @@ class Persister:
         self.view = view
         self._pending: list[list[str]] = []   # removal transactions that failed
         self._owners_due: list[str] = []      # assign/ keys for the next transaction
+        self._riders: list[Changes] = []      # answered removals for the next transaction
+        self._removing: set[str] = set()      # IKE SAs among them
         self._no_nodes_said = False
 
     # -- the ordered write ------------------------------------------------------------------
@@ -113,45 +125,131 @@ class Persister:
         self._remove(changes)
 
     def write_batch(self, batch: list[Changes]) -> list[StoreError | None]:
-        """Make several steps durable at once (group commit): what each step writes before
-        its reply goes into shared transactions — one for the state of every step whose
-        keys do not overlap (up to TXN_MAX_OPS operations), then one for their removals
-        — instead of one round trip per step. Owners of removed IKE SAs go with the next
-        transaction (in a later revision, as they must). Returns
-        per step None (durable) or the StoreError that kept it from being durable. A lost
-        guard in a shared transaction does not fail the others: that group is written again
-        step by step, which names the step whose guard lost. A step with an IKE SA rekey is
-        written on its own (`write`)."""
+        """Make several steps durable at once (group commit): the state of every step whose
+        keys do not overlap goes into one transaction (up to TXN_MAX_OPS operations) with
+        the removals those steps made, instead of a round trip per step. The first
+        transaction also carries what waits for a ride: removals of answered DELETEs
+        (`defer`) and owners of IKE SAs removed in an earlier revision. Owners of IKE SAs
+        removed now wait for the next transaction (a later revision, as they must).
+        Returns per step None (durable) or the StoreError that kept it from being durable.
+        A lost guard in a shared transaction does not fail the others: that group is
+        written again step by step, which names the step whose guard lost. A step with an
+        IKE SA rekey is written on its own (`write`)."""
         results: list[StoreError | None] = [None] * len(batch)
         simple = [i for i, c in enumerate(batch) if not c.rekeyed]
-        for n, group in enumerate(self._groups(batch, simple)):
-            due: list[str] = []
-            if n == 0 and not any(batch[i].deleted_children or batch[i].deleted_ike
-                                  for i in simple):
-                due, self._owners_due = self._owners_due, []   # owners removed earlier
+        # a step with removals only (no reply waits for them) rides like a DELETE
+        for i in simple:
+            if not batch[i].has_state() and (batch[i].deleted_children or batch[i].deleted_ike):
+                self.defer(batch[i])
+        claimed = frozenset(c.lease.ip for ch in batch for c in ch.leases)
+        riders, self._riders = self._riders, []
+        owners_due, self._owners_due = self._owners_due, []
+        extra = self._removals(riders, claimed) if riders else _Removals()
+        carried = False   # riders and due owners written
+        for group in self._groups(batch, simple):
+            changes = [batch[i] for i in group]
+            own = self._removals(changes, claimed)
+            ops = sum(len(c.state_records()) + len(c.established) for c in changes)
+            ops += len(own.keys)
+            carry = not carried and ops + len(owners_due) + len(extra.keys) <= TXN_MAX_OPS
+            deletes = owners_due + extra.keys + own.keys if carry else own.keys
             try:
-                ok = self._write_states([batch[i] for i in group], due)
-                if not ok:
-                    self._owners_due = due + self._owners_due
+                ok = self._write_states(changes, deletes)
             except StoreError as exc:
-                self._owners_due = due + self._owners_due
                 for i in group:
                     results[i] = exc
                 continue
-            if not ok:   # someone's guard lost: find whose
-                for i in group:
-                    try:
-                        self._write_state(batch[i])
-                    except StoreError as exc:
-                        results[i] = exc
+            if ok:
+                self._removed(own)
+                if carry:
+                    self._removed(extra)
+                    carried = True
+                continue
+            for i in group:   # someone's guard lost: find whose
+                mine = self._removals([batch[i]], claimed)
+                try:
+                    self._write_state(batch[i], mine.keys)
+                except StoreError as exc:
+                    results[i] = exc
+                else:
+                    self._removed(mine)
+        if not carried:   # no transaction took them: the next one will (or the timer's)
+            self._riders = riders + self._riders
+            self._owners_due = owners_due + self._owners_due
         for i, c in enumerate(batch):
             if c.rekeyed:
                 try:
                     self.write(c)
                 except StoreError as exc:
                     results[i] = exc
-        self._remove_many([batch[i] for i in simple if results[i] is None], defer_owners=True)
+        if carried:
+            self._removing.difference_update(*(c.deleted_ike for c in riders))
         return results
+
+    # -- removals that ride along -----------------------------------------------------------
+    def defer(self, changes: Changes) -> None:
+        """Removals no reply waits for (a DELETE is answered at once: nothing it stands for
+        has to exist anywhere): they ride with the next transaction keyd writes anyway, or
+        go on their own with `flush_removals` a moment later when none comes."""
+        self._riders.append(Changes(deleted_children=list(changes.deleted_children),
+                                    deleted_ike=dict(changes.deleted_ike)))
+        self._removing.update(changes.deleted_ike)
+
+    def removing(self, ike_sa_id: str) -> bool:
+        """The IKE SA was deleted here and its removal is not written yet: its record in
+        etcd is stale (never continue from it)."""
+        return ike_sa_id in self._removing
+
+    @property
+    def removals_due(self) -> bool:
+        """Removals or owners wait for a transaction to ride with."""
+        return bool(self._riders or self._owners_due)
+
+    def flush_removals(self) -> None:
+        """Write what waits for a ride now (no other write came along): the removals in
+        one transaction, their owners then wait for the next one. StoreError if etcd
+        fails (nothing is lost: they wait for the next try)."""
+        riders, self._riders = self._riders, []
+        due, self._owners_due = self._owners_due, []
+        try:
+            extra = self._removals(riders, frozenset())
+            keys = due + extra.keys
+            with self.metrics.etcd_write("delete" if extra.keys else "owner"):
+                for i in range(0, len(keys), TXN_MAX_OPS):
+                    self.store.commit(deletes=keys[i:i + TXN_MAX_OPS])
+        except StoreError as exc:
+            # etcd is away: tried again (`retry_removals`) once it answers
+            log.warning("removal deferred until etcd answers", extra={"error": str(exc)})
+            self._pending.append(due + [k for c in riders for k in self._known_keys(c)])
+            self._removing.difference_update(*(c.deleted_ike for c in riders))
+            raise
+        self._removed(extra)
+        self._removing.difference_update(*(c.deleted_ike for c in riders))
+
+    def _removals(self, batch: list[Changes], claimed: frozenset[str]) -> _Removals:
+        """The keys that `batch` removes (owners apart: a later revision) and the leases
+        among them."""
+        out = _Removals()
+        prefix = self.store.keyspace.kind_prefix("assign")
+        seen: set[str] = set()
+        for changes in batch:
+            if not (changes.deleted_children or changes.deleted_ike):
+                continue
+            keys, released = self._removal_keys(changes, claimed)
+            for k in keys:
+                if k in seen:
+                    continue
+                seen.add(k)
+                (out.owners if k.startswith(prefix) else out.keys).append(k)
+            out.released += released
+        return out
+
+    def _removed(self, done: _Removals) -> None:
+        """`done` is written: owners follow with the next transaction; leases are free."""
+        self._owners_due += done.owners
+        if self.pool is not None:
+            for ip, ike_sa_id in done.released:
+                self.pool.released(ip, ike_sa_id)
 
     def _groups(self, batch: list[Changes], indices: list[int]) -> list[list[int]]:
         """Steps whose state writes share one transaction: disjoint keys, at most
@@ -205,6 +303,7 @@ class Persister:
             fresh += f
             owners += [a for a in (self._owner(i) for i in sorted(c.established)) if a]
         label = "ike_sa+child_sa" if any(c.new_children for c in group) else "ike_sa"
+        deletes = self._not_put(deletes, [*puts, *owners])
         with self.metrics.etcd_write(label):
             revision = self.store.commit_revision(
                 puts=[*puts, *owners], deletes=deletes,
@@ -212,6 +311,14 @@ class Persister:
         if revision is not None:
             self._written(fresh, owners, revision)
         return revision is not None
+
+    def _not_put(self, deletes: list[str], puts: list[Record]) -> list[str]:
+        """`deletes` without the keys the same transaction writes (etcd refuses a
+        transaction that names a key twice; what is written anew stays)."""
+        if not deletes:
+            return deletes
+        written = {self.store.key_of(r) for r in puts}
+        return [k for k in deletes if k not in written]
 
     def _written(self, fresh: list[LeaseClaim], owners: list[Assignment],
                  revision: int) -> None:
@@ -225,14 +332,15 @@ class Persister:
         puts, guards, fresh = self._state_ops(changes)
         owners = [a for a in (self._owner(i) for i in sorted(changes.established)) if a]
         label = "ike_sa+child_sa" if changes.new_children else "ike_sa"
+        deletes = self._not_put(deletes or [], [*puts, *owners])
         with self.metrics.etcd_write(label):
             revision = self.store.commit_revision(
-                puts=[*puts, *owners], deletes=deletes or [],
+                puts=[*puts, *owners], deletes=deletes,
                 guards=[*guards, *(Guard(self.store.key_of(a), 0) for a in owners)])
             if revision is None and owners:
                 # maybe only an owner was there already (the sprayer was quicker): fine
                 revision = self.store.commit_revision(puts=puts, guards=guards,
-                                                      deletes=deletes or [])
+                                                      deletes=deletes)
                 owners = []
         if revision is None:
             what = [f"sa/{c.spi_in:08x}" for c in changes.new_children]
@@ -294,80 +402,51 @@ class Persister:
                     released.append((last.virtual_ip, ike_sa_id))
         return list(dict.fromkeys(keys)), released
 
-    def _remove(self, changes: Changes) -> None:
-        self._remove_many([changes])
+    def _known_keys(self, changes: Changes) -> list[str]:
+        """The keys `changes` removes, from what is known without asking etcd."""
+        ks = self.store.keyspace
+        return ([ks.sa(s) for s in changes.deleted_children]
+                + [k for i in changes.deleted_ike for k in (ks.ike(i), ks.assign(i))]
+                + [ks.sa(s) for r in changes.deleted_ike.values() if r for s in r.child_spis]
+                + [ks.pool(r.virtual_ip) for r in changes.deleted_ike.values()
+                   if r and r.virtual_ip])
 
-    def _remove_many(self, batch: list[Changes], defer_owners: bool = False) -> None:
-        """The removals of several steps together (sa/, ike/, pool/ in one transaction,
-        then the owners); deferred and retried if etcd fails."""
-        batch = [c for c in batch if c.deleted_children or c.deleted_ike]
-        if not batch:
+    def _remove(self, changes: Changes) -> None:
+        """The removals of one step now (sa/, ike/, pool/ in one transaction, then the
+        owners); deferred and retried if etcd fails."""
+        if not (changes.deleted_children or changes.deleted_ike):
             return
         try:
-            keys: list[str] = []
-            released: list[tuple[str, str]] = []
-            claimed = frozenset(c.lease.ip for ch in batch for c in ch.leases)
-            for changes in batch:
-                k, r = self._removal_keys(changes, claimed)
-                keys += k
-                released += r
-            self._delete(list(dict.fromkeys(keys)), owners_now=not defer_owners)
+            claimed = frozenset(c.lease.ip for c in changes.leases)
+            keys, released = self._removal_keys(changes, claimed)
+            self._delete(keys)
             if self.pool is not None:
                 for ip, ike_sa_id in released:
                     self.pool.released(ip, ike_sa_id)
         except StoreError as exc:
             log.warning("removal deferred until etcd answers", extra={"error": str(exc)})
-            ks = self.store.keyspace
-            for changes in batch:
-                self._pending.append(
-                    [ks.sa(s) for s in changes.deleted_children]
-                    + [k for i in changes.deleted_ike for k in (ks.ike(i), ks.assign(i))]
-                    + [ks.sa(s) for r in changes.deleted_ike.values() if r
-                       for s in r.child_spis]
-                    + [ks.pool(r.virtual_ip) for r in changes.deleted_ike.values()
-                       if r and r.virtual_ip])
+            self._pending.append(self._known_keys(changes))
 
-    def _delete(self, keys: list[str], owners_now: bool = True) -> None:
+    def _delete(self, keys: list[str]) -> None:
         # owners last, in a later revision: a sprayer that sees a client without an owner
-        # but with Child SAs assigns it, so the Child SAs must be seen gone first. The
-        # owners may go with the next transaction (group commit: the next step's, or
-        # `flush_owner_deletes` when none comes): one round trip less per DELETE.
+        # but with Child SAs assigns it, so the Child SAs must be seen gone first
         prefix = self.store.keyspace.kind_prefix("assign")
         owners = [k for k in keys if k.startswith(prefix)]
         rest = [k for k in keys if not k.startswith(prefix)]
-        due, self._owners_due = self._owners_due, []
-        rest += [k for k in due if k not in owners]
-        try:
-            with self.metrics.etcd_write("delete"):
-                for i in range(0, len(rest), TXN_MAX_OPS):
-                    self.store.commit(deletes=rest[i:i + TXN_MAX_OPS])
-                if owners_now:
-                    for i in range(0, len(owners), TXN_MAX_OPS):
-                        self.store.commit(deletes=owners[i:i + TXN_MAX_OPS])
-                    owners = []
-        except StoreError:
-            self._owners_due = due + self._owners_due
-            raise
-        self._owners_due += owners
-
-    @property
-    def owners_due(self) -> bool:
-        """Owners of removed IKE SAs wait for the next transaction."""
-        return bool(self._owners_due)
-
-    def flush_owner_deletes(self) -> None:
-        """Remove the owners that wait, now (no other write came along)."""
-        due, self._owners_due = self._owners_due, []
-        try:
-            with self.metrics.etcd_write("owner"):
-                for i in range(0, len(due), TXN_MAX_OPS):
-                    self.store.commit(deletes=due[i:i + TXN_MAX_OPS])
-        except StoreError as exc:
-            log.warning("removal deferred until etcd answers", extra={"error": str(exc)})
-            self._pending.append(due)
+        with self.metrics.etcd_write("delete"):
+            for i in range(0, len(rest), TXN_MAX_OPS):
+                self.store.commit(deletes=rest[i:i + TXN_MAX_OPS])
+            for i in range(0, len(owners), TXN_MAX_OPS):
+                self.store.commit(deletes=owners[i:i + TXN_MAX_OPS])
 
     def retry_removals(self) -> int:
-        """Retry removals that failed while etcd was away; return how many are left."""
+        """Retry removals that failed while etcd was away, and write what waits for a ride;
+        return how many are left."""
+        if self._riders or self._owners_due:
+            try:
+                self.flush_removals()
+            except StoreError:
+                return len(self._pending)   # etcd is still away
         pending, self._pending = self._pending, []
         for i, keys in enumerate(pending):
             try:
@@ -379,6 +458,7 @@ class Persister:
 
     @property
     def pending_removals(self) -> int:
+        """Removals that failed (etcd away) and wait to be tried again."""
         return len(self._pending)
 
     # -- expiry of what nobody holds --------------------------------------------------------

@@ -54,12 +54,15 @@ VERSION = "0.1.0"
 LEASE_TTL_S = 5
 #: steps written together at most (each transaction stays under etcd's 128 operations)
 COMMIT_BATCH_MAX = 64
-#: a half-open IKE SA is written this long after its IKE_SA_INIT answer — unless its
-#: IKE_AUTH reaches this instance first: then the IKE_AUTH step writes it whole, in one
+#: a half-open IKE SA is written from this long after its IKE_SA_INIT answer on — unless
+#: its IKE_AUTH reaches this instance first: then the IKE_AUTH step writes it whole, in one
 #: round trip instead of two (docs/keyd.md, "Half-open IKE SAs")
 HALF_OPEN_WRITE_DELAY_S = 0.05
-#: owners of removed IKE SAs ride with the next write; if none comes, this much later
-OWNER_DELETE_DELAY_S = 0.05
+#: ... with the next write keyd makes anyway, or on its own this much later
+HALF_OPEN_RIDE_MAX_S = 0.2
+#: removals of answered DELETEs, and owners of removed IKE SAs, ride with the next write;
+#: if none comes, they go on their own this much later
+RIDE_WAIT_S = 0.05
 #: an IKE_AUTH for an IKE SA held nowhere is tried again after these delays (the instance
 #: that answered its IKE_SA_INIT writes the half-open state a moment later)
 HALF_OPEN_RETRY_S = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -97,10 +100,12 @@ class KeydServer:
         self._pending: list[Step] = []
         self._commit_scheduled = False
         self._arrivals = 0                  # datagrams received so far
-        self._owners_timer: asyncio.TimerHandle | None = None
+        self._removals_timer: asyncio.TimerHandle | None = None
         self._held: dict[str, list[Inbound]] = {}
         self._held_count: dict[str, int] = {}
         self._half_open: dict[str, asyncio.TimerHandle] = {}   # IKE SA → its write, later
+        self._riding: dict[str, Step] = {}   # half-open IKE SA → its write, with the next
+        self._riding_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -217,12 +222,13 @@ class KeydServer:
                                   attempt + 1)
             return
         self._send(step.release_now())
-        # a half-open IKE SA whose state this step wrote anew (or removed) needs no write
+        # a half-open IKE SA whose state this step writes anew (or removed) needs no write
         # of its own any more
         for ike_sa_id in (*step.changes.ike_puts, *step.changes.deleted_ike):
             later = self._half_open.pop(ike_sa_id, None)
             if later is not None:
                 later.cancel()
+            self._riding.pop(ike_sa_id, None)
         if step.half_open and self._loop is not None:
             # written a moment later, unless its IKE_AUTH (which writes it whole) comes first
             handle = self._loop.call_later(HALF_OPEN_WRITE_DELAY_S, self._write_half_open, step)
@@ -230,16 +236,44 @@ class KeydServer:
                 self._half_open[ike_sa_id] = handle
         elif step.needs_write:
             self._submit(step)
+        self._removals_later()
 
     def _write_half_open(self, step: Step) -> None:
+        """The half-open IKE SA's IKE_AUTH has not come: write it with the next write keyd
+        makes anyway, or on its own by HALF_OPEN_RIDE_MAX_S."""
         for ike_sa_id in step.created:
             self._half_open.pop(ike_sa_id, None)
-        self._submit(step)
+            self._riding[ike_sa_id] = step
+        if self._commit_scheduled:
+            return
+        if self._riding_timer is None and self._loop is not None:
+            self._riding_timer = self._loop.call_later(HALF_OPEN_RIDE_MAX_S,
+                                                       self._write_riding)
 
-    def _submit(self, step: Step) -> None:
+    def _write_riding(self) -> None:
+        self._riding_timer = None
+        if self._riding and not self._commit_scheduled and self._loop is not None:
+            self._commit_scheduled = True
+            self._loop.call_soon(self._commit, self._arrivals)
+
+    def _take_riding(self) -> None:
+        """Half-open IKE SAs waiting for a write join the one being made."""
+        if not self._riding:
+            return
+        steps = {id(s): s for s in self._riding.values()}
+        self._riding.clear()
+        for step in steps.values():
+            if any(self.engine.core.has_ike_sa(i) for i in step.created):
+                self._hold(step)
+                self._pending.append(step)
+
+    def _hold(self, step: Step) -> None:
         for held in step.holds():
             self._held.setdefault(held, [])
             self._held_count[held] = self._held_count.get(held, 0) + 1
+
+    def _submit(self, step: Step) -> None:
+        self._hold(step)
         self._pending.append(step)
         if not self._commit_scheduled and self._loop is not None:
             self._commit_scheduled = True
@@ -254,7 +288,10 @@ class KeydServer:
             self._loop.call_soon(self._commit, self._arrivals)
             return
         self._commit_scheduled = False
+        self._take_riding()
         batch, self._pending = self._pending[:COMMIT_BATCH_MAX], self._pending[COMMIT_BATCH_MAX:]
+        if not batch:
+            return
         persister = self.engine.persister
         self.metrics.commit_steps.observe(len(batch))
         try:
@@ -271,19 +308,31 @@ class KeydServer:
         if self._pending and not self._commit_scheduled:
             self._commit_scheduled = True
             self._loop.call_soon(self._commit, self._arrivals)
-        if persister.owners_due and self._owners_timer is None:
-            self._owners_timer = self._loop.call_later(OWNER_DELETE_DELAY_S,
-                                                       self._remove_owners)
+        self._removals_later()
 
-    def _remove_owners(self) -> None:
-        """Owners of removed IKE SAs waited for a write that did not come: remove them."""
-        self._owners_timer = None
-        if self._commit_scheduled or not self.engine.persister.owners_due:
+    def _removals_later(self) -> None:
+        """Removals (and owners of removed IKE SAs) wait for the next write; make sure one
+        comes."""
+        if self._removals_timer is None and self._loop is not None and \
+                self.engine.persister.removals_due:
+            self._removals_timer = self._loop.call_later(RIDE_WAIT_S, self._flush_removals)
+
+    def _flush_removals(self) -> None:
+        """Removals waited for a write that did not come: write them on their own."""
+        self._removals_timer = None
+        persister = self.engine.persister
+        if self._commit_scheduled or not persister.removals_due:
             return   # the next write takes them along
+        if not self.engine.etcd_ok:
+            return   # the etcd probe writes them when etcd answers again
         try:
-            self.engine.persister.flush_owner_deletes()
+            persister.flush_removals()
+        except StoreError:
+            return   # kept for the etcd probe
         except Exception as exc:
-            log.error("owner removal failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            log.error("removal failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return
+        self._removals_later()   # their owners, in a later revision
 
     def _release(self, step: Step) -> None:
         """The step is settled: messages that waited for its IKE SAs go on, in order."""
@@ -325,6 +374,7 @@ class KeydServer:
                 log.error("timer step failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                 continue
             self._send(out)
+            self._removals_later()
 
     # -- etcd ------------------------------------------------------------------------------
     # Another instance may continue an IKE SA this one holds; then this one's copy is stale.
