@@ -88,7 +88,7 @@ class Stats:
     takeovers_jump: int = 0
     fenced: int = 0
     ready_sent: int = 0  # READY datagrams sent as a hand-off's new owner
-    health_dropped: int = 0  # datagrams on the health port that were neither probe nor READY
+    ready_malformed: int = 0  # datagrams on the health port that began as READY but were not
 
 
 def merge_window(a: SaCounters, b: SaCounters, size: int) -> SaCounters:
@@ -1049,14 +1049,13 @@ class NodeAgent:
             try:
                 msg = pull_ready(data)
             except ReadyError:
-                self.stats.health_dropped += 1
+                self.stats.ready_malformed += 1
                 return None
             self.post(functools.partial(self._on_ready, msg))
             return None
         try:
             nonce = pull_probe(data)
         except ProbeError:
-            self.stats.health_dropped += 1
             return None
         if not self.ready.is_set():
             return None
