@@ -243,12 +243,42 @@ def handoff_ms(cluster: Cluster, since: float) -> list[float]:
     return out
 
 
+#: kernel counters (nstat) that show where a packet died on its way through a namespace: a
+#: forwarding loop ends in IcmpOutTimeExcds, a missing route in IpOutNoRoutes
+KERNEL_LOSS = ("IcmpOutTimeExcds", "IpOutNoRoutes", "IpExtInNoRoutes", "IcmpOutDestUnreachs",
+               "IpInDiscards", "IpOutDiscards", "IpInAddrErrors")
+
+
+def loss_counters(cluster: Cluster, members: Sequence[str]) -> dict[str, float]:
+    """Where packets can be lost, as counters: each node's data-path drops by reason and the
+    kernel's loss counters of each member's namespace (`member:counter` -> value)."""
+    out: dict[str, float] = {}
+    for m in members:
+        if m.startswith("node-"):
+            for key, value in cluster.node_metric(m, "drops_total").items():
+                reason = key.split('reason="')[1].rstrip('"}')
+                out[f"{m}:{reason}"] = value
+        r = cluster.lab.run(m, ["nstat", "-saz", *KERNEL_LOSS], timeout_s=10)
+        for line in r.stdout.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] in KERNEL_LOSS:
+                out[f"{m}:{fields[0]}"] = float(fields[1])
+    return out
+
+
+def counted_losses(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    return {k: int(v - before.get(k, 0)) for k, v in sorted(after.items())
+            if v - before.get(k, 0) > 0}
+
+
 def test_drain_moves_clients_with_exact_counters_and_undrain_spreads_back(
         cluster: Cluster) -> None:
     before = cluster.settled()
     node = busiest(before)
     moving = sorted(c for c, n in before.items() if n == node)
     exact_before = {n: cluster.node_metric(n, "takeovers_total") for n in cluster.ready_nodes()}
+    members = [*cluster.ready_nodes(), "router", "server", *CLIENTS]
+    loss_before = loss_counters(cluster, members)
     started = time.time()
     assert cluster.ctl("node", "drain", node)["state"] == "draining"
     drained = time.time()
@@ -269,12 +299,23 @@ def test_drain_moves_clients_with_exact_counters_and_undrain_spreads_back(
     for c in CLIENTS:
         gap, lost = cluster.window(c, started, time.time())
         losses[c] = lost
+        if lost:
+            answered = cluster.answers(c)
+            seqs = {q for _, q in answered}
+            inside = [(t, q) for t, q in answered if t >= started]
+            missing = [q for q in range(inside[0][1], inside[-1][1]) if q not in seqs]
+            near = {q: max((t for t, s in answered if s < q), default=0.0) for q in missing}
+            print(f"  {c} unanswered icmp_seq: " + ", ".join(
+                f"{q} (after the answer at {datetime.fromtimestamp(t, UTC):%H:%M:%S.%f})"
+                for q, t in near.items()))
         rows_out.append((c, f"{before[c]}->{after[c]}", f"{gap * 1000:.0f} ms", lost))
     _table(f"clusterctl node drain {node} ({len(moving)} client(s)): drain command "
            f"{(drained - started) * 1000:.0f} ms, rebalance command {len(written)} move(s) in "
            f"{(rebalanced - drained) * 1000:.0f} ms, all moved (seen by clusterctl) after "
            f"{(done - started) * 1000:.0f} ms", ("client", "owner", "longest gap", "lost pings"),
            rows_out)
+    counted = counted_losses(loss_before, loss_counters(cluster, members))
+    print(f"  loss counters during the drain: {counted}")
     assert next(n for n in cluster.ctl("node", "list") if n["id"] == node)["clients"] == 0
     # the hand-offs took the old owner's exact counters (final seq records), not the jump
     exact = 0
@@ -289,14 +330,17 @@ def test_drain_moves_clients_with_exact_counters_and_undrain_spreads_back(
           f"{', '.join(f'{ms:.0f} ms' for ms in handoff_ms(cluster, since=started))}")
     assert exact >= child_sas
     for c in moving:
-        # the old owner forwards the client's return traffic to the new owner until the
-        # router flips (docs/node.md, "Ownership and hand-off"). The goal is at most 1 lost
-        # ping, usually met (the table above prints the count); timing on a shared machine is
-        # bench/'s to judge, so this asserts only a sanity bound of 50 ms of pings.
-        assert losses[c] <= 5, f"{c} lost {losses[c]} pings in a planned hand-off"
+        # A correctness property of the hand-off, not a timing goal: the old owner holds the
+        # client's return traffic and forwards it, the new owner holds it until it sends, and
+        # the final record (on which the router flips) waits for the new owner's READY
+        # (docs/failover.md, "Drain"). Nothing needs to be lost; the criterion is <= 1.
+        assert losses[c] <= 1, \
+            f"{c} lost {losses[c]} pings in a planned hand-off; loss counters: {counted}"
     cluster.assert_sas_kept()
 
     # undrain + rebalance: the rendezvous choice over the ready nodes again
+    members = [*cluster.ready_nodes(), "router", "server", *CLIENTS]
+    loss_before = loss_counters(cluster, members)
     assert cluster.ctl("node", "undrain", node)["state"] == "ready"
     back_at = time.time()
     moves = cluster.ctl("rebalance")["moves"]
@@ -306,9 +350,12 @@ def test_drain_moves_clients_with_exact_counters_and_undrain_spreads_back(
     assert owners == expected
     assert sorted(c for c, n in owners.items() if n == node) == moving
     time.sleep(1.0)
+    counted = counted_losses(loss_before, loss_counters(cluster, members))
+    print(f"  loss counters moving back: {counted}")
     for c in moving:
         _, lost = cluster.window(c, back_at, time.time())
         print(f"  {c}: {lost} lost ping(s) moving back to {node}")
+        assert lost <= 1, f"{c} lost {lost} pings moving back; loss counters: {counted}"
     cluster.assert_sas_kept()
 
 
