@@ -155,7 +155,7 @@ class NodeAgent:
         #: planned hand-offs away from us: final records waiting for the new owner's READY
         self.finals: FinalGate[tuple[str, Callable[[], None]]] = FinalGate()
         #: planned hand-offs to us: ike_sa_id -> (epoch, old owner's health address, READY,
-        #: next send, last send) while the take-over waits for the final record
+        #: next send, sent until) while the take-over waits for the final record
         self._announcing: dict[str, tuple[int, tuple[str, int], bytes, float, float]] = {}
         #: client address -> when to re-inject once more after routing it to a new owner
         self._late: dict[bytes, float] = {}
