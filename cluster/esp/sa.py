@@ -155,6 +155,10 @@ class ChildSa:
         only = self._only_v4
         lo, hi = only if only is not None else (b"", b"")
         unpack = _U32.unpack_from
+        # the next number's low-order bits are on the wire: with ESN its low 32 bits
+        low_mask = SEQ32_MAX if esn else SEQ64_MAX
+        trailers = _TRAILERS[4]
+        full_ok = size >= min_len and not (size - overhead) % align
         seq_high = -1  # the high-order bits the ESN AAD prefix below was made for
         aad_prefix = b""
         packets = total_bytes = 0
@@ -163,16 +167,22 @@ class ChildSa:
             if not startswith(spi, off):
                 stop = off
                 break
-            end = off + size if off + size < n else n
-            length = end - off
-            if length < min_len or (length - overhead) % align:
+            end = off + size
+            if end >= n:  # the last datagram may be shorter
+                end = n
+                if end - off < min_len or (end - off - overhead) % align:
+                    drops.append(DropReason.MALFORMED)
+                    continue
+            elif not full_ok:
                 drops.append(DropReason.MALFORMED)
                 continue
             seq = unpack(buf, off + 4)[0]
-            if esn:
+            if seq == (highest + 1) & low_mask:
+                seq = highest + 1  # the next number in order: the common case
+            elif esn:
                 top = highest & SEQ32_MAX
                 if top >= wsize - 1 and seq >= top - wsize + 1:
-                    seq += highest - top  # RFC 4303 A2.2 case A, same subspace: the common case
+                    seq += highest - top  # RFC 4303 A2.2 case A, same subspace
                 else:
                     try:
                         seq = infer_seq(seq, highest, wsize, True)
@@ -209,12 +219,13 @@ class ChildSa:
                     drops.append(e.reason)
                     continue
             # the trailer and inner header, inline for IPv4 without TFC padding (the common
-            # case); anything else, and every refusal, goes through `inner_length`
-            padlen = plain[-2]
-            last = len(plain) - 2 - padlen
-            total = (plain[2] << 8) | plain[3] if len(plain) > 3 else 0
-            if not (plain[-1] == NH_IPV4 and 20 <= total <= last and plain[0] >> 4 == 4
-                    and (not padlen or plain[last:-2] == PADDING[padlen])):
+            # case): the IPv4 length says where the trailer starts, and the trailer must be
+            # exactly padding 1, 2, .. | pad length | 4. Anything else, and every refusal,
+            # goes through `inner_length`
+            total = (plain[2] << 8) | plain[3]
+            pad = len(plain) - 2 - total
+            if not (0 <= pad < 256 and total >= 20 and plain[0] >> 4 == 4
+                    and plain.endswith(trailers[pad])):
                 try:
                     total = inner_length(plain)
                 except RemoteProtocolError as e:
