@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 from .constants import Notify
 from .errors import RemoteProtocolError
 
@@ -60,7 +62,19 @@ class Buffer:
         return int.from_bytes(self._data[pos:pos + 4], "big")
 
     def pull_uint64(self) -> int:
-        return int.from_bytes(self.pull_bytes(8), "big")
+        pos = self._pos
+        if pos + 8 > self._end:
+            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+        self._pos = pos + 8
+        return int.from_bytes(self._data[pos:pos + 8], "big")
+
+    def pull_struct(self, fmt: struct.Struct) -> tuple[int, ...]:
+        """Several fixed-size fields at once (a header): one call instead of one each."""
+        pos = self._pos
+        if pos + fmt.size > self._end:
+            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+        self._pos = pos + fmt.size
+        return fmt.unpack_from(self._data, pos)
 
     def pull_rest(self) -> bytes:
         return self.pull_bytes(self.remaining())
@@ -74,7 +88,7 @@ class Buffer:
         self._out += data
 
     def push_uint8(self, v: int) -> None:
-        self._out += v.to_bytes(1, "big")
+        self._out.append(v)
 
     def push_uint16(self, v: int) -> None:
         self._out += v.to_bytes(2, "big")
@@ -84,6 +98,9 @@ class Buffer:
 
     def push_uint64(self, v: int) -> None:
         self._out += v.to_bytes(8, "big")
+
+    def push_struct(self, fmt: struct.Struct, *values: int) -> None:
+        self._out += fmt.pack(*values)
 
     def data(self) -> bytes:
         return bytes(self._out)

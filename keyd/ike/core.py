@@ -4,6 +4,7 @@ export/import. `Responder` and `Initiator` add their exchanges on top."""
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import os
@@ -61,11 +62,18 @@ class RequestContext:
     dst: Address
 
 
+@functools.lru_cache(maxsize=4096)
+def packed_ip(ip: str) -> bytes:
+    """An address in network byte order (the same few addresses come back all the time:
+    parsed once each)."""
+    return ipaddress.ip_address(ip).packed
+
+
 def nat_hash(spi_i: int, spi_r: int, addr: Address) -> bytes:
     """RFC 7296 §2.23: SHA-1(SPIi | SPIr | IP | Port)."""
     h = hashes.Hash(hashes.SHA1())
-    h.update(spi_i.to_bytes(8, "big") + spi_r.to_bytes(8, "big"))
-    h.update(ipaddress.ip_address(addr[0]).packed + addr[1].to_bytes(2, "big"))
+    h.update(spi_i.to_bytes(8, "big") + spi_r.to_bytes(8, "big") + packed_ip(addr[0])
+             + addr[1].to_bytes(2, "big"))
     return h.finalize()
 
 

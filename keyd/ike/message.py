@@ -7,6 +7,7 @@ consumed exactly; anything else raises RemoteProtocolError(INVALID_SYNTAX).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -41,6 +42,8 @@ GENERIC_HEADER_LENGTH = 4
 MAX_MESSAGE_LENGTH = 65535
 KEY_LENGTH_ATTRIBUTE = 14  # §3.3.5
 _TS_ADDR_LEN = {7: 4, 8: 16}
+_HEADER = struct.Struct("!QQBBBBII")     # §3.1
+_GENERIC = struct.Struct("!BBH")         # §3.2: next payload, critical, length
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,28 +91,16 @@ def _syntax(msg: str) -> RemoteProtocolError:
 
 
 def pull_header(buf: Buffer) -> Header:
-    spi_i = buf.pull_uint64()
-    spi_r = buf.pull_uint64()
-    next_payload = buf.pull_uint8()
-    version = buf.pull_uint8()
-    exchange = buf.pull_uint8()
-    flags = buf.pull_uint8()
-    message_id = buf.pull_uint32()
-    length = buf.pull_uint32()
+    spi_i, spi_r, next_payload, version, exchange, flags, message_id, length = \
+        buf.pull_struct(_HEADER)
     if version >> 4 != 2:
         raise RemoteProtocolError(f"IKE major version {version >> 4}", Notify.INVALID_MAJOR_VERSION)
     return Header(spi_i, spi_r, next_payload, exchange, flags, message_id, version, length)
 
 
 def push_header(buf: Buffer, h: Header) -> None:
-    buf.push_uint64(h.spi_i)
-    buf.push_uint64(h.spi_r)
-    buf.push_uint8(h.next_payload)
-    buf.push_uint8(h.version)
-    buf.push_uint8(h.exchange)
-    buf.push_uint8(h.flags)
-    buf.push_uint32(h.message_id)
-    buf.push_uint32(h.length)
+    buf.push_struct(_HEADER, h.spi_i, h.spi_r, h.next_payload, h.version, h.exchange, h.flags,
+                    h.message_id, h.length)
 
 
 # ---- SA ---------------------------------------------------------------------------------
@@ -307,9 +298,8 @@ def pull_payloads(buf: Buffer, first: int) -> tuple[list[Payload], SkPayload | N
     payloads: list[Payload] = []
     p_type = first
     while p_type != PayloadType.NONE:
-        next_type = buf.pull_uint8()
-        critical = buf.pull_uint8() & 0x80
-        length = buf.pull_uint16()
+        next_type, flags, length = buf.pull_struct(_GENERIC)
+        critical = flags & 0x80
         if length < GENERIC_HEADER_LENGTH:
             raise _syntax("payload length")
         body = buf.sub(length - GENERIC_HEADER_LENGTH)
@@ -394,9 +384,7 @@ def push_payloads(buf: Buffer, payloads: Sequence[Payload], last_next: int = 0) 
             next_type = payload_type_of(payloads[i + 1])
         else:
             next_type = last_next
-        buf.push_uint8(next_type)
-        buf.push_uint8(0)
-        buf.push_uint16(len(body) + GENERIC_HEADER_LENGTH)
+        buf.push_struct(_GENERIC, next_type, 0, len(body) + GENERIC_HEADER_LENGTH)
         buf.push_bytes(body.data())
 
 

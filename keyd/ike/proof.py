@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .auth import (
@@ -24,13 +25,24 @@ from .identity import Identity, identity_text
 from .payloads import AuthPayload, CertPayload, NotifyPayload, Payload, notifies
 from .transforms import Prf
 
+# DER of our own certificates, by object (the same few are sent in every IKE_AUTH); the
+# certificate is kept with its DER so its id cannot be reused while cached
+_DER: dict[int, tuple[object, bytes]] = {}
+
+
+def certificate_der(cert: x509.Certificate) -> bytes:
+    got = _DER.get(id(cert))
+    if got is None or got[0] is not cert:
+        got = _DER[id(cert)] = (cert, cert.public_bytes(serialization.Encoding.DER))
+    return got[1]
+
 
 def own_proof(creds: Credentials, prf_alg: Prf, octets: bytes,
               peer_hashes: Sequence[int]) -> list[Payload]:
     """CERT payloads (if a certificate is configured) and AUTH over `octets`."""
     if creds.cert is not None and creds.private_key is not None:
         out: list[Payload] = [
-            CertPayload(CertEncoding.X509_SIGNATURE, c.public_bytes(serialization.Encoding.DER))
+            CertPayload(CertEncoding.X509_SIGNATURE, certificate_der(c))
             for c in (creds.cert, *creds.cert_chain)
         ]
         method, data = sign(creds.private_key, octets, peer_hashes)

@@ -20,7 +20,7 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .core import IkeEndpoint, RequestContext, nat_hash, notify_name
+from .core import IkeEndpoint, RequestContext, nat_hash, notify_name, packed_ip
 from .dh import KeyExchange
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
@@ -98,6 +98,12 @@ class Responder(IkeEndpoint):
         self._init_index: dict[tuple[int, Address], str] = {}
         self._init_key: dict[str, tuple[int, Address]] = {}
         self._pending: dict[str, _PendingAuth] = {}
+        # what every IKE_SA_INIT and IKE_AUTH answer carries alike, made once
+        cas = config.credentials.cas
+        self._certreq = CertReqPayload(CertEncoding.X509_SIGNATURE,
+                                       b"".join(ca_keyid(ca) for ca in cas)) if cas else None
+        self._dns_attrs = tuple((CfgAttr.INTERNAL_IP4_DNS, ipaddress.IPv4Address(d).packed)
+                                for d in config.dns if ipaddress.ip_address(d).version == 4)
         self._cookie_secrets: list[tuple[int, bytes]] = [(0, random(32))]
         self._cookie_rotate_at: float | None = None
 
@@ -175,10 +181,8 @@ class Responder(IkeEndpoint):
                                        nat_hash(h.spi_i, spi_r, dst)))
             reply.append(NotifyPayload(Notify.NAT_DETECTION_DESTINATION_IP,
                                        nat_hash(h.spi_i, spi_r, seen)))
-        creds = self.config.credentials
-        if creds.cas:
-            reply.append(CertReqPayload(CertEncoding.X509_SIGNATURE,
-                                        b"".join(ca_keyid(ca) for ca in creds.cas)))
+        if self._certreq is not None:
+            reply.append(self._certreq)
         peer_hashes = hash_algorithms(ps)
         if peer_hashes:
             reply.append(hash_algorithms_notify())
@@ -321,11 +325,9 @@ class Responder(IkeEndpoint):
                 if address is None:
                     child_ok = False
                 else:
-                    attrs.append((CfgAttr.INTERNAL_IP4_ADDRESS,
-                                  ipaddress.IPv4Address(address).packed))
+                    attrs.append((CfgAttr.INTERNAL_IP4_ADDRESS, packed_ip(address)))
             if CfgAttr.INTERNAL_IP4_DNS in asked:
-                attrs += [(CfgAttr.INTERNAL_IP4_DNS, ipaddress.IPv4Address(d).packed)
-                          for d in self.config.dns if ipaddress.ip_address(d).version == 4]
+                attrs += self._dns_attrs
             if attrs:
                 reply.append(CpPayload(CfgType.REPLY, tuple(attrs)))
         sa.virtual_ip = address

@@ -3,6 +3,7 @@ conversion between selectors and CIDRs."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -12,7 +13,9 @@ from .payloads import TrafficSelector
 IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@functools.lru_cache(maxsize=4096)
 def selector_for(cidr: str, ip_protocol: int = 0) -> TrafficSelector:
+    """The selector of a CIDR (immutable: made once per CIDR)."""
     net = ipaddress.ip_network(cidr, strict=False)
     ts_type = TsType.IPV4_ADDR_RANGE if net.version == 4 else TsType.IPV6_ADDR_RANGE
     return TrafficSelector(ts_type, ip_protocol, 0, 65535, net.network_address.packed,
@@ -62,6 +65,11 @@ def to_cidrs(selectors: Iterable[TrafficSelector]) -> tuple[str, ...]:
         if len(ts.start_addr) not in (4, 16) or ts.start_addr > ts.end_addr:
             continue
         first = ipaddress.ip_address(ts.start_addr)
+        if ts.start_addr == ts.end_addr:   # one address (a client's virtual IP)
+            host = f"{first}/{8 * len(ts.start_addr)}"
+            if host not in out:
+                out.append(host)
+            continue
         last = ipaddress.ip_address(ts.end_addr)
         for net in ipaddress.summarize_address_range(first, last):
             if str(net) not in out:
