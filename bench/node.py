@@ -127,6 +127,7 @@ def serve(stats_file: str) -> None:
     t = dp.io_totals()
     Path(stats_file).write_text(json.dumps({
         "packets_in": t.packets_in, "packets_out": t.packets_out, "tun_errors": t.tun_errors,
+        "udp_receives": t.udp_receives, "coalesced": t.coalesced,
         "drops": {k.value: v for k, v in (dp.table.drops + dp.drops).items()}}))
 
 
@@ -353,6 +354,7 @@ def _direction(prefix: str, tmp: Path, outbound: bool) -> dict[str, Any]:
         node.wait(20)
         result = json.loads(stats.read_text())
         r["own_count"] = result["packets_out" if outbound else "packets_in"]
+        r["receives"] = result.get("udp_receives", 0)
         if outbound:
             r["delivered"] = r["own_count"]
             r["per_core"] = r["own_count"] / r["cpu"] if r["cpu"] > 0 else 0.0
@@ -398,6 +400,13 @@ def _note(r: dict[str, Any], who: str) -> str:
             f"{r['cpu'] / r['wall']:.0%} of it")
 
 
+def _gro(r: dict[str, Any]) -> str:
+    """How many datagrams the node's socket got per receive call (UDP GRO)."""
+    if not r.get("receives"):
+        return ""
+    return f"; {r['own_count'] / r['receives']:.1f} datagrams per receive call (UDP GRO)"
+
+
 def run() -> list[Row]:
     if os.geteuid() != 0:
         return [{"metric": "node data plane", "value": "skipped", "unit": "",
@@ -434,7 +443,7 @@ def run() -> list[Row]:
         "baseline_name": "strongSwan kernel-libipsec, this run", "ratio": ratio,
         "goal": "≥ 10x libipsec",
         "note": (f"{inbound['per_core'] / limit:.1%} of the crypto limit; "
-                 + _note(inbound, "node"))})
+                 + _note(inbound, "node") + _gro(inbound))})
     rows.append({
         "metric": "node receive → decrypt → TUN → sink vs. the crypto limit",
         "value": inbound["per_core"], "unit": "packets/s", "baseline": limit,

@@ -68,6 +68,7 @@ class Totals:
     ike_relayed: int = 0
     reinjected: int = 0  # held packets given back to the kernel after a hand-off away
     coalesced: int = 0  # UDP datagrams that arrived several to one receive call (GRO)
+    udp_receives: int = 0  # receive calls on UDP/4500 that returned a buffer
 
 
 class Datapath:
@@ -338,6 +339,7 @@ class Datapath:
                 if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                     continue
                 raise
+            totals.udp_receives += 1
             # UDP GRO: several datagrams of one flow in one buffer, each `size` bytes but
             # the last (which may be shorter); without the cmsg, one datagram
             n = len(buf)
