@@ -68,6 +68,10 @@ def ike_sa_id_of(message: bytes) -> tuple[str, int, int, int]:
     return f"{spi_i:016x}{spi_r:016x}", spi_r, exchange, flags
 
 
+def _serialised(state: dict[str, Any]) -> bytes:
+    return json.dumps(state, separators=(",", ":")).encode()
+
+
 def child_record(child: ike.ChildSa) -> ChildSaRecord:
     """The sa/ record of a Child SA the core established (field names are shared)."""
     return ChildSaRecord(
@@ -169,7 +173,7 @@ class Engine:
             self.metrics.dropped.labels("core_error").inc()
             return Step(exchange=name, started=start)
         try:
-            step = self._collect(now)
+            step = self._collect(now, lazy=exchange == IKE_SA_INIT)
         except StoreError as exc:   # the pool had to ask etcd, which did not answer
             self._etcd_lost(exc)
             while self.core.next_event() is not None:
@@ -191,12 +195,15 @@ class Engine:
                 record = step.changes.ike_puts.get(ike_sa_id)
                 if record is not None:
                     self._remember(ike_sa_id, record, step.states.get(ike_sa_id))
+        else:
+            self.complete(step)
         if not step.needs_write or step.half_open:
             self._observe(step)
         return step
 
     def write_now(self, step: Step) -> list[Outbound]:
         """Write one step's changes (blocking) and settle it."""
+        self.complete(step)
         [error] = self.persister.write_batch([step.changes])
         return self.settle(step, error)
 
@@ -247,18 +254,29 @@ class Engine:
         return self.core.get_timer()
 
     # -- events → changes ----------------------------------------------------------------
-    def _collect(self, now: float) -> Step:
+    def _collect(self, now: float, lazy: bool = False) -> Step:
         step = Step()
         while (event := self.core.next_event()) is not None:
             self._event(event, step, now)
         # the records of the IKE SAs the step updated, built once each, from their final
-        # state (a DELETE updates an IKE SA and then removes it: no record at all)
+        # state (a DELETE updates an IKE SA and then removes it: no record at all); `lazy`:
+        # their sealed state is serialised only if they are written (`complete`)
         for ike_sa_id in step.updated:
             if self.core.has_ike_sa(ike_sa_id):
-                step.changes.ike_puts[ike_sa_id], step.states[ike_sa_id] = \
-                    self._ike_record(ike_sa_id, now)
+                state = self.core.export_ike_sa(ike_sa_id)
+                step.states[ike_sa_id] = state
+                step.changes.ike_puts[ike_sa_id] = self._record_of(ike_sa_id, state, now, lazy)
         self.metrics.sync_core_counters(self.core.counters)
         return step
+
+    def complete(self, step: Step) -> None:
+        """Serialise the state of records built lazily (a half-open IKE SA is written only
+        when its IKE_AUTH does not come first: most never are)."""
+        puts = step.changes.ike_puts
+        for ike_sa_id, record in puts.items():
+            if not record.state:
+                puts[ike_sa_id] = dataclasses.replace(record, state=_serialised(
+                    step.states[ike_sa_id]))
 
     def _event(self, event: ike.IkeEvent, step: Step, now: float) -> None:
         c = step.changes
@@ -328,9 +346,15 @@ class Engine:
 
     # -- records ---------------------------------------------------------------------------
     def _ike_record(self, ike_sa_id: str, now: float) -> tuple[IkeSaRecord, dict[str, Any]]:
-        """The ike/ record of an IKE SA the core holds: its exported state, sealed at rest,
-        plus the clear fields operators and other components read."""
+        """The ike/ record of an IKE SA the core holds, and its exported state."""
         state = self.core.export_ike_sa(ike_sa_id)
+        return self._record_of(ike_sa_id, state, now), state
+
+    def _record_of(self, ike_sa_id: str, state: dict[str, Any], now: float,
+                   lazy: bool = False) -> IkeSaRecord:
+        """The ike/ record of an exported IKE SA state: the state, sealed at rest (empty
+        until `complete` if `lazy`), plus the clear fields operators and other components
+        read."""
         # an IKE SA replaced by a rekey has handed its address and Child SAs to the new one:
         # its record must not claim them (deleting it later must not take them along)
         replaced = bool(state.get("rekeyed_to"))
@@ -340,8 +364,7 @@ class Engine:
             local_port=int(state["local"][1]), identity=str(state.get("peer_identity") or ""),
             virtual_ip=None if replaced else state.get("virtual_ip"),
             child_spis=[] if replaced else [int(c["spi_in"]) for c in state.get("children", [])],
-            keyd_id=self.keyd_id, updated_at=now,
-            state=json.dumps(state, separators=(",", ":")).encode()), state
+            keyd_id=self.keyd_id, updated_at=now, state=b"" if lazy else _serialised(state))
 
     # -- commit or roll back ---------------------------------------------------------------
     def _durable_now(self, step: Step) -> list[Outbound]:

@@ -241,6 +241,7 @@ class KeydServer:
     def _write_half_open(self, step: Step) -> None:
         """The half-open IKE SA's IKE_AUTH has not come: write it with the next write keyd
         makes anyway, or on its own by HALF_OPEN_RIDE_MAX_S."""
+        self.engine.complete(step)
         for ike_sa_id in step.created:
             self._half_open.pop(ike_sa_id, None)
             self._riding[ike_sa_id] = step
