@@ -80,8 +80,15 @@ class Buffer:
         return self.pull_bytes(self.remaining())
 
     def sub(self, n: int) -> Buffer:
-        """A buffer over the next `n` bytes (a length-prefixed block), consumed here."""
-        return Buffer(self.pull_bytes(n))
+        """A buffer over the next `n` bytes (a length-prefixed block), consumed here; it
+        reads the same memory (no copy)."""
+        pos = self._pos
+        if n < 0 or pos + n > self._end:
+            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+        self._pos = pos + n
+        sub = Buffer.__new__(Buffer)
+        sub._data, sub._pos, sub._end, sub._out = self._data, pos, pos + n, bytearray()
+        return sub
 
     # writing
     def push_bytes(self, data: bytes) -> None:

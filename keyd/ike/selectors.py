@@ -62,16 +62,20 @@ def to_cidrs(selectors: Iterable[TrafficSelector]) -> tuple[str, ...]:
     """CIDRs covering the selectors' address ranges (ports and protocols are not kept)."""
     out: list[str] = []
     for ts in selectors:
-        if len(ts.start_addr) not in (4, 16) or ts.start_addr > ts.end_addr:
-            continue
-        first = ipaddress.ip_address(ts.start_addr)
-        if ts.start_addr == ts.end_addr:   # one address (a client's virtual IP)
-            host = f"{first}/{8 * len(ts.start_addr)}"
-            if host not in out:
-                out.append(host)
-            continue
-        last = ipaddress.ip_address(ts.end_addr)
-        for net in ipaddress.summarize_address_range(first, last):
-            if str(net) not in out:
-                out.append(str(net))
+        for cidr in _cidrs_of(ts.start_addr, ts.end_addr):
+            if cidr not in out:
+                out.append(cidr)
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cidrs_of(start: bytes, end: bytes) -> tuple[str, ...]:
+    """The CIDRs of one address range (the protected networks come back in every
+    negotiation: summarised once each)."""
+    if len(start) not in (4, 16) or len(end) != len(start) or start > end:
+        return ()
+    first = ipaddress.ip_address(start)
+    if start == end:   # one address (a client's virtual IP)
+        return (f"{first}/{8 * len(start)}",)
+    last = ipaddress.ip_address(end)
+    return tuple(str(net) for net in ipaddress.summarize_address_range(first, last))
