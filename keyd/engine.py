@@ -62,9 +62,13 @@ class Outbound:
     remote: Address
 
 
-def ike_sa_id_of(message: bytes) -> tuple[str, int, int, int]:
-    """(IKE SA id, responder SPI, exchange type, flags) from an IKE header (RFC 7296 §3.1)."""
-    spi_i, spi_r, _next, _ver, exchange, flags = struct.unpack_from("!QQBBBB", message)
+_IKE_HEADER = struct.Struct("!QQBBBB")
+
+
+def ike_sa_id_of(message: bytes, offset: int = 0) -> tuple[str, int, int, int]:
+    """(IKE SA id, responder SPI, exchange type, flags) from an IKE header (RFC 7296 §3.1)
+    at `offset` (4 behind the non-ESP marker)."""
+    spi_i, spi_r, _next, _ver, exchange, flags = _IKE_HEADER.unpack_from(message, offset)
     return f"{spi_i:016x}{spi_r:016x}", spi_r, exchange, flags
 
 
@@ -158,7 +162,7 @@ class Engine:
         another instance whose write of the half-open IKE SA is still on its way)."""
         start = time.perf_counter()
         now = self.clock()
-        ike_sa_id, spi_r, exchange, _flags = ike_sa_id_of(inbound.ike_message)
+        ike_sa_id, spi_r, exchange, _flags = ike_sa_id_of(inbound.data, inbound.ike_offset)
         name = EXCHANGES.get(exchange, "other")
         # unknown here: continue it from etcd if it is there; if not, the core answers or
         # ignores the message as for any unknown SPI (RFC 7296 §2.21.4)

@@ -103,12 +103,12 @@ class KeydMetrics:
                              ("drops", self.core_drops)):
             by_label: Mapping[str, int] = getattr(counters, name, None) or {}
             for label, value in by_label.items():
-                if self._core_seen.get((name, str(label))) != value:   # labels() is slow
-                    self._add(metric.labels(str(label)), (name, str(label)), value)
+                if self._core_seen.get((name, label)) != value:
+                    self._add(self.child(metric, str(label)), (name, label), value)
         for label, value in (getattr(counters, "handshakes", None) or {}).items():
-            if self._core_seen.get(("handshakes", str(label))) != value:
+            if self._core_seen.get(("handshakes", label)) != value:
                 result = {"ok": "established"}.get(str(label), str(label))
-                self._add(self.handshakes.labels(result), ("handshakes", str(label)), value)
+                self._add(self.child(self.handshakes, result), ("handshakes", label), value)
         for name, metric in (("retransmits_answered", self.retransmits),
                              ("retransmits_sent", self.retransmits_sent),
                              ("cookies_sent", self.cookies_sent)):

@@ -204,7 +204,7 @@ class KeydServer:
         if not attempt:
             self._arrivals += 1
             self.metrics.child(self.metrics.datagrams_in, str(inbound.dst[1])).inc()
-        ike_sa_id = ike_sa_id_of(inbound.ike_message)[0]
+        ike_sa_id = ike_sa_id_of(inbound.data, inbound.ike_offset)[0]
         waiting = self._held.get(ike_sa_id)
         if waiting is not None:
             waiting.append(inbound)

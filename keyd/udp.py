@@ -38,6 +38,11 @@ class Inbound:
     def ike_message(self) -> bytes:
         return self.data[len(NON_ESP_MARKER):] if self.natt else self.data
 
+    @property
+    def ike_offset(self) -> int:
+        """Where the IKE message starts in `data`."""
+        return len(NON_ESP_MARKER) if self.natt else 0
+
 
 def drop_reason(payload: bytes, natt: bool) -> str:
     """Why a datagram received on 500 (natt False) or 4500 is not IKE; "" if it is."""
