@@ -457,7 +457,10 @@ def test_partitioned_node_stops_sending_and_stays_quiet(cluster: Cluster) -> Non
     print(f"  link back: {leaked} ESP packet(s) sent by {node} in the "
           f"{(quiet_until - restored_at) * 1000:.0f} ms it owned none of them "
           f"(its not_owner drops since it started: {refused:.0f})")
-    assert quiet_until - restored_at > 1.0, "too short a window to say anything"
+    # the sprayer may hand clients back ~1 s after the link returns (3 answered probes, then
+    # the rebalance); half a second of ESP towards the client every 10 ms is ~50 packets the
+    # node would have sent, had it believed it still owned the client
+    assert quiet_until - restored_at > 0.5, "too short a window to say anything"
     assert leaked == 0
     cluster.settled()
     cluster.wait_answers(list(CLIENTS), time.time())
