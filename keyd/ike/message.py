@@ -8,8 +8,9 @@ consumed exactly; anything else raises RemoteProtocolError(INVALID_SYNTAX).
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .buffer import Buffer
 from .constants import IKE_VERSION, Flag, Notify, PayloadType
@@ -242,55 +243,74 @@ def pull_cp(buf: Buffer) -> CpPayload:
 # ---- payload chain ----------------------------------------------------------------------
 
 
+def _pull_ke(buf: Buffer) -> Payload:
+    group = buf.pull_uint16()
+    buf.pull_uint16()
+    return KePayload(group, buf.pull_rest())
+
+
+def _pull_nonce(buf: Buffer) -> Payload:
+    data = buf.pull_rest()
+    if not 16 <= len(data) <= 256:  # §3.9
+        raise _syntax("nonce length")
+    return NoncePayload(data)
+
+
+def _pull_id(cls: type[IdiPayload] | type[IdrPayload], buf: Buffer) -> Payload:
+    id_type = buf.pull_uint8()
+    buf.pull_bytes(3)
+    return cls(id_type, buf.pull_rest())
+
+
+def _pull_auth(buf: Buffer) -> Payload:
+    method = buf.pull_uint8()
+    buf.pull_bytes(3)
+    return AuthPayload(method, buf.pull_rest())
+
+
+def _pull_notify(buf: Buffer) -> Payload:
+    protocol = buf.pull_uint8()
+    spi_size = buf.pull_uint8()
+    n_type = buf.pull_uint16()
+    spi = buf.pull_bytes(spi_size)
+    return NotifyPayload(n_type, buf.pull_rest(), protocol, spi)
+
+
+def _pull_delete(buf: Buffer) -> Payload:
+    protocol = buf.pull_uint8()
+    spi_size = buf.pull_uint8()
+    count = buf.pull_uint16()
+    spis = tuple(buf.pull_bytes(spi_size) for _ in range(count))
+    if not buf.eof():
+        raise _syntax("delete payload has trailing bytes")
+    return DeletePayload(protocol, spis)
+
+
+# one parser per payload type (a table: the codec runs for every payload of every message)
+_PULL: dict[int, Callable[[Buffer], Payload]] = {
+    PayloadType.SA: pull_sa,
+    PayloadType.KE: _pull_ke,
+    PayloadType.NONCE: _pull_nonce,
+    PayloadType.IDI: lambda buf: _pull_id(IdiPayload, buf),
+    PayloadType.IDR: lambda buf: _pull_id(IdrPayload, buf),
+    PayloadType.CERT: lambda buf: CertPayload(buf.pull_uint8(), buf.pull_rest()),
+    PayloadType.CERTREQ: lambda buf: CertReqPayload(buf.pull_uint8(), buf.pull_rest()),
+    PayloadType.AUTH: _pull_auth,
+    PayloadType.NOTIFY: _pull_notify,
+    PayloadType.DELETE: _pull_delete,
+    PayloadType.VENDOR: lambda buf: VendorPayload(buf.pull_rest()),
+    PayloadType.TSI: lambda buf: TsiPayload(pull_selectors(buf)),
+    PayloadType.TSR: lambda buf: TsrPayload(pull_selectors(buf)),
+    PayloadType.CP: pull_cp,
+}
+
+
 def pull_payload_body(p_type: int, buf: Buffer) -> Payload:
     """Parse one payload body of type `p_type` (generic header already consumed)."""
-    if p_type == PayloadType.SA:
-        return pull_sa(buf)
-    if p_type == PayloadType.KE:
-        group = buf.pull_uint16()
-        buf.pull_uint16()
-        return KePayload(group, buf.pull_rest())
-    if p_type == PayloadType.NONCE:
-        data = buf.pull_rest()
-        if not 16 <= len(data) <= 256:  # §3.9
-            raise _syntax("nonce length")
-        return NoncePayload(data)
-    if p_type in (PayloadType.IDI, PayloadType.IDR):
-        id_type = buf.pull_uint8()
-        buf.pull_bytes(3)
-        cls = IdiPayload if p_type == PayloadType.IDI else IdrPayload
-        return cls(id_type, buf.pull_rest())
-    if p_type == PayloadType.CERT:
-        return CertPayload(buf.pull_uint8(), buf.pull_rest())
-    if p_type == PayloadType.CERTREQ:
-        return CertReqPayload(buf.pull_uint8(), buf.pull_rest())
-    if p_type == PayloadType.AUTH:
-        method = buf.pull_uint8()
-        buf.pull_bytes(3)
-        return AuthPayload(method, buf.pull_rest())
-    if p_type == PayloadType.NOTIFY:
-        protocol = buf.pull_uint8()
-        spi_size = buf.pull_uint8()
-        n_type = buf.pull_uint16()
-        spi = buf.pull_bytes(spi_size)
-        return NotifyPayload(n_type, buf.pull_rest(), protocol, spi)
-    if p_type == PayloadType.DELETE:
-        protocol = buf.pull_uint8()
-        spi_size = buf.pull_uint8()
-        count = buf.pull_uint16()
-        spis = tuple(buf.pull_bytes(spi_size) for _ in range(count))
-        if not buf.eof():
-            raise _syntax("delete payload has trailing bytes")
-        return DeletePayload(protocol, spis)
-    if p_type == PayloadType.VENDOR:
-        return VendorPayload(buf.pull_rest())
-    if p_type == PayloadType.TSI:
-        return TsiPayload(pull_selectors(buf))
-    if p_type == PayloadType.TSR:
-        return TsrPayload(pull_selectors(buf))
-    if p_type == PayloadType.CP:
-        return pull_cp(buf)
-    return UnknownPayload(p_type, buf.pull_rest())
+    pull = _PULL.get(p_type)
+    if pull is None:
+        return UnknownPayload(p_type, buf.pull_rest())
+    return pull(buf)
 
 
 def pull_payloads(buf: Buffer, first: int) -> tuple[list[Payload], SkPayload | None]:
@@ -323,50 +343,84 @@ def pull_payloads(buf: Buffer, first: int) -> tuple[list[Payload], SkPayload | N
     return payloads, None
 
 
+def _push_sa(buf: Buffer, p: SaPayload) -> None:
+    for i, prop in enumerate(p.proposals):
+        push_proposal(buf, prop, i == len(p.proposals) - 1)
+
+
+def _push_ke(buf: Buffer, p: KePayload) -> None:
+    buf.push_uint16(p.group)
+    buf.push_uint16(0)
+    buf.push_bytes(p.data)
+
+
+def _push_id(buf: Buffer, p: IdiPayload | IdrPayload) -> None:
+    buf.push_uint8(p.id_type)
+    buf.push_bytes(b"\0\0\0")
+    buf.push_bytes(p.data)
+
+
+def _push_cert(buf: Buffer, p: CertPayload | CertReqPayload) -> None:
+    buf.push_uint8(p.encoding)
+    buf.push_bytes(p.data)
+
+
+def _push_auth(buf: Buffer, p: AuthPayload) -> None:
+    buf.push_uint8(p.method)
+    buf.push_bytes(b"\0\0\0")
+    buf.push_bytes(p.data)
+
+
+def _push_notify(buf: Buffer, p: NotifyPayload) -> None:
+    buf.push_uint8(p.protocol)
+    buf.push_uint8(len(p.spi))
+    buf.push_uint16(p.type)
+    buf.push_bytes(p.spi)
+    buf.push_bytes(p.data)
+
+
+def _push_delete(buf: Buffer, p: DeletePayload) -> None:
+    buf.push_uint8(p.protocol)
+    buf.push_uint8(len(p.spis[0]) if p.spis else 0)
+    buf.push_uint16(len(p.spis))
+    for spi in p.spis:
+        buf.push_bytes(spi)
+
+
+def _push_ts(buf: Buffer, p: TsiPayload | TsrPayload) -> None:
+    push_selectors(buf, p.selectors)
+
+
+def _push_cp(buf: Buffer, p: CpPayload) -> None:
+    buf.push_uint8(p.cfg_type)
+    buf.push_bytes(b"\0\0\0")
+    for attr_type, value in p.attributes:
+        buf.push_uint16(attr_type)
+        buf.push_uint16(len(value))
+        buf.push_bytes(value)
+
+
+def _push_data(buf: Buffer, p: NoncePayload | VendorPayload | UnknownPayload | SkPayload) -> None:
+    buf.push_bytes(p.data)
+
+
+# one serialiser per payload class (a table, as for parsing)
+_PUSH: dict[type, Callable[[Buffer, Any], None]] = {
+    SaPayload: _push_sa, KePayload: _push_ke, IdiPayload: _push_id, IdrPayload: _push_id,
+    CertPayload: _push_cert, CertReqPayload: _push_cert, AuthPayload: _push_auth,
+    NotifyPayload: _push_notify, DeletePayload: _push_delete, TsiPayload: _push_ts,
+    TsrPayload: _push_ts, CpPayload: _push_cp, NoncePayload: _push_data,
+    VendorPayload: _push_data, UnknownPayload: _push_data, SkPayload: _push_data,
+}
+
+
 def push_payload_body(buf: Buffer, p: Payload) -> None:
-    if isinstance(p, SaPayload):
-        for i, prop in enumerate(p.proposals):
-            push_proposal(buf, prop, i == len(p.proposals) - 1)
-    elif isinstance(p, KePayload):
-        buf.push_uint16(p.group)
-        buf.push_uint16(0)
-        buf.push_bytes(p.data)
-    elif isinstance(p, IdiPayload | IdrPayload):
-        buf.push_uint8(p.id_type)
-        buf.push_bytes(b"\0\0\0")
-        buf.push_bytes(p.data)
-    elif isinstance(p, CertPayload | CertReqPayload):
-        buf.push_uint8(p.encoding)
-        buf.push_bytes(p.data)
-    elif isinstance(p, AuthPayload):
-        buf.push_uint8(p.method)
-        buf.push_bytes(b"\0\0\0")
-        buf.push_bytes(p.data)
-    elif isinstance(p, NotifyPayload):
-        buf.push_uint8(p.protocol)
-        buf.push_uint8(len(p.spi))
-        buf.push_uint16(p.type)
-        buf.push_bytes(p.spi)
-        buf.push_bytes(p.data)
-    elif isinstance(p, DeletePayload):
-        buf.push_uint8(p.protocol)
-        buf.push_uint8(len(p.spis[0]) if p.spis else 0)
-        buf.push_uint16(len(p.spis))
-        for spi in p.spis:
-            buf.push_bytes(spi)
-    elif isinstance(p, TsiPayload | TsrPayload):
-        push_selectors(buf, p.selectors)
-    elif isinstance(p, CpPayload):
-        buf.push_uint8(p.cfg_type)
-        buf.push_bytes(b"\0\0\0")
-        for attr_type, value in p.attributes:
-            buf.push_uint16(attr_type)
-            buf.push_uint16(len(value))
-            buf.push_bytes(value)
-    elif isinstance(p, NoncePayload | VendorPayload | UnknownPayload | SkPayload):
-        buf.push_bytes(p.data)
-    else:  # pragma: no cover - every payload class is handled above
-        raise TypeError(type(p).__name__)
+    push = _PUSH.get(type(p))
+    if push is None:   # a subclass: its base's serialiser
+        push = next((_PUSH[c] for c in type(p).__mro__ if c in _PUSH), None)
+        if push is None:  # pragma: no cover - every payload class is in the table
+            raise TypeError(type(p).__name__)
+    push(buf, p)
 
 
 def payload_type_of(p: Payload) -> int:
