@@ -35,6 +35,9 @@ def open_tun(name: str, mtu: int) -> int:
         raise TunError(f"cannot open /dev/net/tun: {e.strerror}") from None
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+        # before it is up: the kernel's own IPv6 router solicitation would leave through the
+        # TUN, for no client, and be counted as a `not_owner` drop
+        _sysctl(f"/proc/sys/net/ipv6/conf/{name}/router_solicitations", "0")
         _ip("link", "set", "dev", name, "mtu", str(mtu), "up")
     except OSError as e:
         os.close(fd)
@@ -44,12 +47,17 @@ def open_tun(name: str, mtu: int) -> int:
         raise
     # decrypted packets come in on the TUN from client addresses whose return route may
     # point elsewhere during a hand-off: no reverse-path filter on this device
+    _sysctl(f"/proc/sys/net/ipv4/conf/{name}/rp_filter", "0")
+    return fd
+
+
+def _sysctl(path: str, value: str) -> None:
+    """Best effort: a kernel without IPv6 (or a read-only /proc) only loses a nicety."""
     try:
-        with open(f"/proc/sys/net/ipv4/conf/{name}/rp_filter", "w") as f:
-            f.write("0")
+        with open(path, "w") as f:
+            f.write(value)
     except OSError:
         pass
-    return fd
 
 
 def route_to_tun(address: bytes, tun: str) -> None:
