@@ -1,25 +1,30 @@
 """What keyd writes to etcd, and in which order, before a reply may leave.
 
-A `Changes` collects what one step of the IKE core did. `Persister.write` makes it durable,
-in as few etcd round trips as the step allows — one for IKE_SA_INIT, IKE_AUTH, a Child SA
-rekey or a DELETE:
+A `Changes` collects what one step of the IKE core did. `Persister.write_batch` makes the
+changes of many steps durable at once (group commit), `Persister.write` those of one step:
 
-1. one transaction with everything the reply stands for: every updated `ike/<id>` (sealed
+1. one transaction with everything the replies stand for: every updated `ike/<id>` (sealed
    state); every new `sa/<spi_in>` (sealed keys), guarded by create-if-absent — what makes
    inbound SPIs cluster-unique; the client's address lease `pool/<ip>`, guarded likewise (or
    by the exact version it takes over); for a newly established IKE SA its owner
    `assign/<ike_sa_id>` (epoch 1, the node the planner's weighted rendezvous hash picks
-   over ready nodes; no ready node: left to the sprayer), guarded by create-if-absent; and
-   the Child SAs an IKE rekey moved to the new IKE SA id. If a guard fails the step is not
-   durable (`WriteConflict`): the caller forgets it and the client's retransmission is
-   negotiated again, with a fresh SPI or address. (An owner the sprayer wrote first is not a
-   conflict: the transaction is repeated without it.)
+   over ready nodes; no ready node: left to the sprayer), guarded by create-if-absent; the
+   Child SAs an IKE rekey moved to the new IKE SA id; and what the same steps removed
+   (`sa/` of a deleted Child SA, the IKE SAs INITIAL_CONTACT replaces with their Child SAs
+   and lease). If a guard fails the step is not durable (`WriteConflict`): the caller
+   forgets it and the client's retransmission is negotiated again, with a fresh SPI or
+   address. (An owner the sprayer wrote first is not a conflict: the transaction is
+   repeated without it.)
 2. after an IKE SA rekey: the owner (same node, same epoch) and the lease follow the new id;
-3. removals, in one transaction: `sa/` of deleted Child SAs; for a deleted IKE SA its
-   `ike/`, Child SAs and lease — then its `assign/` in a second one, so that no watcher
-   sees a client with Child SAs but without an owner.
+3. owners (`assign/`) of removed IKE SAs in a later transaction, so that no watcher sees a
+   client with Child SAs but without an owner.
 
-Only when `write` returns may the step's datagrams be sent. Any StoreError propagates: the
+Removals no reply waits for — a DELETE is answered at once, an expiry answers nothing —
+ride with the next transaction keyd writes anyway (`defer`), or go on their own a moment
+later (`flush_removals`): a handshake followed by its DELETE costs one round trip, not two.
+Until then the deleted IKE SA is not continued from its stale record (`removing`).
+
+Only when the write returns may a step's datagrams be sent. Any StoreError propagates: the
 caller withholds the reply. Removals that fail are kept and retried (`retry_removals`): a
 stale record costs nothing while the data it describes is gone.
 """
