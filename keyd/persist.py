@@ -214,6 +214,8 @@ class Persister:
         """Write what waits for a ride now (no other write came along): the removals in
         one transaction, their owners then wait for the next one. StoreError if etcd
         fails (nothing is lost: they wait for the next try)."""
+        if not (self._riders or self._owners_due):
+            return
         riders, self._riders = self._riders, []
         due, self._owners_due = self._owners_due, []
         try:
