@@ -73,6 +73,10 @@ class SprayerMetrics:
         self.probe_drops = Counter("sprayer_probe_drops",
                                    "Datagrams on the probe socket that were not valid replies",
                                    registry=r)
+        self.probe_rounds_late = Counter(
+            "sprayer_probe_rounds_late",
+            "Probe rounds that ran more than an interval late (the sprayer's loop stalled): "
+            "they judge no node", registry=r)
         self.driver_errors = Counter("sprayer_driver_errors", "Driver updates that failed",
                                      registry=r)
         self.etcd_errors = Counter("sprayer_etcd_errors", "etcd calls that failed", registry=r)
@@ -106,30 +110,88 @@ class Trouble:
 
 
 class Prober:
-    """Sends `IPSC-PROBE` + nonce to each node, matches replies by nonce."""
+    """Sends `IPSC-PROBE` + nonce to each node, matches replies by nonce.
 
-    def __init__(self) -> None:
+    A probe is missed only if its answer was not received within the probe interval while
+    the sprayer was reading: each round first reads every reply already queued on the socket,
+    then judges the previous round's probes — unless this round runs more than an interval
+    past its time. Then the sprayer's own loop stalled (folding thousands of watch events,
+    writing a mass move, a starved CPU): the nodes' answers may be as late as the sprayer, so
+    nothing is judged and the round only probes again (`late_rounds`). A node that is really
+    gone still misses every round that runs on time.
+    """
+
+    def __init__(self, interval_s: float, metrics: SprayerMetrics | None = None) -> None:
+        self.interval_s = interval_s
+        self.metrics = metrics
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("0.0.0.0", 0))
         self.sock.setblocking(False)
         self._outstanding: dict[bytes, str] = {}
+        #: the last judged (or skipped) round's nonces: a reply to one comes too late to
+        #: count, but it is no junk either
+        self._expired: set[bytes] = set()
+        self._sent_at: float | None = None   # monotonic time of the last round
+        self.late_rounds = 0
+        self.dropped = 0
 
     def round(self, nodes: dict[str, tuple[str, int]], health: HealthTracker,
-              now: float) -> None:
-        """Count last round's unanswered probes as misses, then probe every node again."""
-        for node_id in set(self._outstanding.values()):
-            health.missed(node_id, now)
+              now: float, now_m: float) -> bool:
+        """Read the replies already queued, judge the last round's probes (each unanswered
+        one is a miss for its node), then probe every node again. `now` is the health
+        tracker's clock, `now_m` the monotonic clock the rounds are timed by. Returns False
+        for a late round, which judges nothing."""
+        self.read(health, lambda: now)
+        on_time = self._sent_at is None or now_m - self._sent_at <= 2 * self.interval_s
+        if on_time:
+            for node_id in set(self._outstanding.values()):
+                health.missed(node_id, now)
+        else:
+            self.late_rounds += 1
+            if self.metrics is not None:
+                self.metrics.probe_rounds_late.inc()
+        self._expired = set(self._outstanding)
         self._outstanding.clear()
         for node_id, (addr, port) in nodes.items():
             nonce = os.urandom(8)
             self._outstanding[nonce] = node_id
             with contextlib.suppress(OSError):  # unreachable now: a miss next round
                 self.sock.sendto(push_probe(nonce), (addr, port))
+        self._sent_at = now_m
+        return on_time
+
+    def read(self, health: HealthTracker, clock: Callable[[], float]) -> None:
+        """Handle every reply queued on the socket now, without waiting."""
+        while True:
+            try:
+                data, _ = self.sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            try:
+                reply = pull_reply(data)
+            except RemoteProtocolError:
+                self._drop()
+                continue
+            node_id = self._outstanding.get(reply.nonce)
+            if node_id is None or node_id != reply.node_id:
+                if reply.nonce not in self._expired:
+                    self._drop()
+                continue
+            del self._outstanding[reply.nonce]
+            health.answered(node_id, clock(), draining=reply.draining)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self.metrics is not None:
+            self.metrics.probe_drops.inc()
 
     def receive(self, timeout_s: float, health: HealthTracker, clock: Callable[[], float],
-                metrics: SprayerMetrics, wake: socket.socket | None = None) -> None:
+                wake: socket.socket | None = None) -> None:
         """Handle probe replies until the timeout, or until `wake` becomes readable (a watch
-        event arrived: the loop must act on it now, not at the next probe round)."""
+        event arrived: the loop must act on it now, not at the next probe round). Replies
+        that are ready are read either way."""
         deadline = time.monotonic() + max(0.0, timeout_s)
         watched = [self.sock] if wake is None else [self.sock, wake]
         while True:
@@ -137,28 +199,12 @@ class Prober:
             ready, _, _ = select.select(watched, [], [], max(0.0, left))
             if not ready:
                 return
+            if self.sock in ready:
+                self.read(health, clock)
             if wake is not None and wake in ready:
                 with contextlib.suppress(BlockingIOError):
                     wake.recv(4096)
                 return
-            while True:
-                try:
-                    data, _ = self.sock.recvfrom(2048)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break
-                try:
-                    reply = pull_reply(data)
-                except RemoteProtocolError:
-                    metrics.probe_drops.inc()
-                    continue
-                node_id = self._outstanding.get(reply.nonce)
-                if node_id is None or node_id != reply.node_id:
-                    metrics.probe_drops.inc()
-                    continue
-                del self._outstanding[reply.nonce]
-                health.answered(node_id, clock(), draining=reply.draining)
 
     def close(self) -> None:
         self.sock.close()
@@ -178,7 +224,7 @@ class Sprayer:
         self.view = ClusterView(on_node_gone=lambda n: self.health.lease_lost(n, self.clock()))
         self.planner = Planner(settings.rebalance_moves_per_s, settings.handoff_timeout_s)
         self.leadership = Leadership(store, settings.id, settings.lease_ttl_s)
-        self.prober = Prober()
+        self.prober = Prober(settings.probe_interval_s, self.metrics)
         self.refusals = Refusals()
         # the keyd probe follows the mark routes the applier keeps: no applier, no probe
         self.keyd_probe = RefusalProbe(settings.vip, netns=settings.netns) \
@@ -195,6 +241,11 @@ class Sprayer:
         self._election_trouble = Trouble("leader election")
         self._driver_trouble = Trouble("driver update (resyncing)")
         self._write_trouble = Trouble("assignment writes (retrying)")
+        self._late_trouble = Trouble("probe rounds")
+        self._alive_seen: set[str] = set()
+        self._next_probe = 0.0      # monotonic times of the next probe round and
+        self._next_leader = 0.0     # leadership step (see `_housekeeping`)
+        self._watchdog = WatchdogTicker()
 
     # lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -223,29 +274,45 @@ class Sprayer:
         self._wake_w.close()
 
     def run(self, stop: threading.Event) -> None:
-        interval = self.settings.probe_interval_s
-        next_probe = time.monotonic()
-        next_leader = 0.0
-        watchdog = WatchdogTicker()
+        self._next_probe = time.monotonic()
+        self._next_leader = 0.0
         ready_told = False
         while not stop.is_set():
-            now_m = time.monotonic()
-            watchdog.tick(now_m)
             if not ready_told and self.view.ready:
                 # systemd Type=notify: the first sync of the view is done
                 notify_ready("leader" if self.leadership.is_leader else "standby")
                 ready_told = True
-            if now_m >= next_leader:
-                next_leader = now_m + self._leadership_step()
-            if now_m >= next_probe:
+            self.turn()
+
+    def turn(self) -> None:
+        """One pass of the loop: what is due (leadership, probes), fold watch events, tick,
+        then read probe replies until the next thing is due or a watch event arrives."""
+        self._housekeeping(fold=True)
+        self._fold_events()
+        self.tick()
+        self.prober.receive(min(self._next_probe, self._next_leader) - time.monotonic(),
+                            self.health, self.clock, wake=self._wake_r)
+
+    def _housekeeping(self, fold: bool) -> None:
+        """What must not wait for a long tick: the watchdog, keeping (or seeking) leadership
+        and the probe round, when due. Also called between the batches of a long write (a
+        mass failover is thousands of assignments), then with `fold=False`: folding watch
+        events mid-write could bring back a write before the view marks it as ours."""
+        now_m = time.monotonic()
+        self._watchdog.tick(now_m)
+        if now_m >= self._next_leader:
+            self._next_leader = now_m + self._leadership_step()
+        if now_m >= self._next_probe:
+            if fold:
                 self._fold_events()
-                self.prober.round(self._probe_targets(), self.health, self.clock())
-                self._probe_keyd()
-                next_probe = max(next_probe + interval, now_m)
-            self._fold_events()
-            self.tick()
-            self.prober.receive(min(next_probe, next_leader) - time.monotonic(), self.health,
-                                self.clock, self.metrics, wake=self._wake_r)
+            if self.prober.round(self._probe_targets(), self.health, self.clock(),
+                                 time.monotonic()):
+                self._late_trouble.ok()
+            else:
+                self._late_trouble.failed("late (the sprayer's loop stalled): answers "
+                                          "not judged, sprayer_probe_rounds_late_total")
+            self._probe_keyd()
+            self._next_probe = max(self._next_probe + self.settings.probe_interval_s, now_m)
 
     # pieces of a tick ---------------------------------------------------------------------
     def _fold_events(self) -> None:
@@ -310,6 +377,7 @@ class Sprayer:
         now = self.clock()
         nodes = self.view.node_views(self.health.alive, self.health.draining)
         self.metrics.nodes_alive.set(sum(1 for n in nodes if n.alive))
+        self._note_alive({n.id for n in nodes if n.alive})
         # planning scans every client: only when something it depends on moved
         key = (self.view.generation, tuple(sorted((n.id, n.alive, n.state.value) for n in nodes)))
         if key == self._planned and not (self.planner.backlog or self.view.in_handoff):
@@ -324,6 +392,16 @@ class Sprayer:
         if actions:
             self.write(actions, now)
         self.apply()
+
+    def _note_alive(self, alive: set[str]) -> None:
+        """Log each node the leader starts or stops counting as alive."""
+        for node_id in sorted(self._alive_seen - alive):
+            lease = node_id in self.view.nodes
+            log.warning("node down: %s", f"{self.settings.probe_misses} probes missed"
+                        if lease else "its lease is gone", extra={"node": node_id})
+        for node_id in sorted(alive - self._alive_seen):
+            log.info("node alive", extra={"node": node_id})
+        self._alive_seen = alive
 
     def apply(self) -> None:
         if self.applier is None:
@@ -385,6 +463,10 @@ class Sprayer:
             if r is not None:
                 pending.append((act, *r))
         for i in range(0, len(pending), WRITE_BATCH):
+            if i:
+                self._housekeeping(fold=False)   # a mass move must not starve probes
+            if not self.leadership.is_leader:
+                return
             batch = pending[i:i + WRITE_BATCH]
             if not self._commit(batch) and len(batch) > 1:
                 for one in batch:       # someone else changed one of them: go one by one
