@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from .buffer import Buffer
@@ -99,9 +99,12 @@ def pull_header(buf: Buffer) -> Header:
     return Header(spi_i, spi_r, next_payload, exchange, flags, message_id, version, length)
 
 
-def push_header(buf: Buffer, h: Header) -> None:
-    buf.push_struct(_HEADER, h.spi_i, h.spi_r, h.next_payload, h.version, h.exchange, h.flags,
-                    h.message_id, h.length)
+def push_header(buf: Buffer, h: Header, next_payload: int | None = None,
+                length: int | None = None) -> None:
+    """The header; `next_payload` and `length`, when given, instead of the header's own."""
+    buf.push_struct(_HEADER, h.spi_i, h.spi_r,
+                    h.next_payload if next_payload is None else next_payload, h.version,
+                    h.exchange, h.flags, h.message_id, h.length if length is None else length)
 
 
 # ---- SA ---------------------------------------------------------------------------------
@@ -459,8 +462,7 @@ def push_message(header: Header, payloads: Sequence[Payload]) -> bytes:
     body = Buffer()
     push_payloads(body, payloads)
     first = payload_type_of(payloads[0]) if payloads else 0
-    h = replace(header, next_payload=first, length=HEADER_LENGTH + len(body))
     out = Buffer()
-    push_header(out, h)
+    push_header(out, header, first, HEADER_LENGTH + len(body))
     out.push_bytes(body.data())
     return out.data()

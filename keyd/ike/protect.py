@@ -10,7 +10,7 @@ requires uniqueness per key).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import constant_time, hmac
@@ -79,7 +79,7 @@ def seal(
         body_len = len(iv) + len(plain) + keys.integ.icv_len
     total = HEADER_LENGTH + GENERIC_HEADER_LENGTH + body_len
     out = Buffer()
-    push_header(out, replace(header, next_payload=PayloadType.SK, length=total))
+    push_header(out, header, PayloadType.SK, total)
     out.push_uint8(first)  # SK's next-payload names the first inner payload (§3.14)
     out.push_uint8(0)
     out.push_uint16(GENERIC_HEADER_LENGTH + body_len)
