@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from cluster.store.client import Guard, Store
 from cluster.store.records import IkeSaRecord, PoolLease
 
-from .view import ClusterView, HeldLease
+from .view import ClusterView, HeldLease, LeaseIndex
 
 log = logging.getLogger("keyd.pool")
 
@@ -78,11 +78,12 @@ class AddressPool:
         digest = hashlib.blake2b(identity.encode(), digest_size=8).digest()
         return str(ipaddress.IPv4Address(self._first + int.from_bytes(digest) % self._size))
 
-    def _leases(self, from_etcd: bool = False) -> dict[str, HeldLease]:
+    def _leases(self, from_etcd: bool = False) -> ClusterView | LeaseIndex:
+        """The leases to decide from: the view (looked up in place), or etcd's."""
         if self.view is not None and self.view.leases_synced and not from_etcd:
-            return self.view.leases()
-        return {v.record.ip: HeldLease(v.record, v.mod_revision)
-                for v in self.store.list(PoolLease).items}
+            return self.view
+        return LeaseIndex(HeldLease(v.record, v.mod_revision)
+                          for v in self.store.list(PoolLease).items)
 
     def claim(self, ike_sa_id: str, identity: str, requested: str | None = None,
               from_etcd: bool = False, initial_contact: bool = False) -> LeaseClaim:
@@ -92,9 +93,9 @@ class AddressPool:
         other IKE SA with us (it restarted; RFC 7296 §2.4), so the addresses leased to its
         identity are free for it again, whether or not their old IKE SA is gone yet."""
         leases = self._leases(from_etcd)
-        for held in leases.values():
-            if held.record.ike_sa_id == ike_sa_id:
-                return LeaseClaim(held.record, held.mod_revision, held=True)
+        held = leases.of_ike_sa(ike_sa_id)
+        if held is not None:
+            return LeaseClaim(held.record, held.mod_revision, held=True)
         for ip, taken in self._candidates(identity, requested, leases, initial_contact):
             lease = PoolLease(ip=ip, ike_sa_id=ike_sa_id, identity=identity,
                               keyd_id=self.keyd_id, leased_at=self.clock())
@@ -126,12 +127,11 @@ class AddressPool:
             self.view.note_lease(claim.lease, claim.lease.ip, revision)
 
     def _candidates(self, identity: str, requested: str | None,
-                    leases: dict[str, HeldLease],
+                    leases: ClusterView | LeaseIndex,
                     initial_contact: bool = False) -> list[tuple[str, HeldLease | None]]:
         out: list[tuple[str, HeldLease | None]] = []
-        stale_own = [v for v in leases.values()
-                     if v.record.identity == identity
-                     and (initial_contact or self._stale(v.record))]
+        stale_own = [v for v in leases.of_identity(identity)
+                     if initial_contact or self._stale(v.record)]
         if requested and self.contains(requested) and requested != "0.0.0.0":
             held = leases.get(requested)
             if held is None:
@@ -142,7 +142,7 @@ class AddressPool:
         home = int(ipaddress.IPv4Address(self.home(identity))) - self._first
         for i in range(self._size):
             ip = str(ipaddress.IPv4Address(self._first + (home + i) % self._size))
-            if ip not in leases:
+            if leases.get(ip) is None:
                 out.append((ip, None))
                 break
         return out

@@ -12,6 +12,7 @@ False and callers read etcd directly.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cluster.store.client import Store
@@ -27,11 +28,57 @@ class HeldLease:
     mod_revision: int
 
 
+class LeaseIndex:
+    """Address leases by address, and the two lookups a claim needs besides: by IKE SA and
+    by identity (a claim must not scan every lease: there is one per client)."""
+
+    def __init__(self, leases: Iterable[HeldLease] = ()) -> None:
+        self._by_ip: dict[str, HeldLease] = {}
+        self._by_ike_sa: dict[str, dict[str, None]] = {}
+        self._by_identity: dict[str, dict[str, None]] = {}
+        for held in leases:
+            self.put(held.record.ip, held)
+
+    def put(self, ip: str, held: HeldLease) -> None:
+        self.pop(ip)
+        self._by_ip[ip] = held
+        self._by_ike_sa.setdefault(held.record.ike_sa_id, {})[ip] = None
+        self._by_identity.setdefault(held.record.identity, {})[ip] = None
+
+    def pop(self, ip: str) -> HeldLease | None:
+        held = self._by_ip.pop(ip, None)
+        if held is not None:
+            for index, key in ((self._by_ike_sa, held.record.ike_sa_id),
+                               (self._by_identity, held.record.identity)):
+                ips = index.get(key)
+                if ips is not None:
+                    ips.pop(ip, None)
+                    if not ips:
+                        del index[key]
+        return held
+
+    def get(self, ip: str) -> HeldLease | None:
+        return self._by_ip.get(ip)
+
+    def of_ike_sa(self, ike_sa_id: str) -> HeldLease | None:
+        ips = self._by_ike_sa.get(ike_sa_id)
+        return self._by_ip[next(iter(ips))] if ips else None
+
+    def of_identity(self, identity: str) -> list[HeldLease]:
+        return [self._by_ip[ip] for ip in self._by_identity.get(identity, ())]
+
+    def ips(self) -> list[str]:
+        return list(self._by_ip)
+
+    def as_dict(self) -> dict[str, HeldLease]:
+        return dict(self._by_ip)
+
+
 class ClusterView:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeRecord] = {}
-        self._leases: dict[str, HeldLease] = {}
+        self._leases = LeaseIndex()
         self._synced = {"nodes": False, "pool": False}
         self._watchers: dict[str, PrefixWatcher] = {}
         self._store: Store | None = None
@@ -75,7 +122,20 @@ class ClusterView:
 
     def leases(self) -> dict[str, HeldLease]:
         with self._lock:
-            return dict(self._leases)
+            return self._leases.as_dict()
+
+    # the lookups of a claim (LeaseIndex's), without copying every lease
+    def get(self, ip: str) -> HeldLease | None:
+        with self._lock:
+            return self._leases.get(ip)
+
+    def of_ike_sa(self, ike_sa_id: str) -> HeldLease | None:
+        with self._lock:
+            return self._leases.of_ike_sa(ike_sa_id)
+
+    def of_identity(self, identity: str) -> list[HeldLease]:
+        with self._lock:
+            return self._leases.of_identity(identity)
 
     def note_lease(self, lease: PoolLease | None, ip: str, mod_revision: int = 0) -> None:
         """Record our own write at once (the watch confirms it a moment later)."""
@@ -84,12 +144,12 @@ class ClusterView:
             if held is not None and held.mod_revision > mod_revision and mod_revision:
                 return   # the watch has told of a later write already
             if lease is None:
-                self._leases.pop(ip, None)
+                self._leases.pop(ip)
             elif held is not None and held.mod_revision >= mod_revision and \
                     held.record == lease:
                 return   # the watch delivered this very write first: keep its revision
             else:
-                self._leases[ip] = HeldLease(lease, mod_revision)
+                self._leases.put(ip, HeldLease(lease, mod_revision))
 
     # -- watch events (watcher threads) -----------------------------------------------------
     def _on_node(self, event: WatchEvent) -> None:
@@ -104,12 +164,12 @@ class ClusterView:
     def _on_lease(self, event: WatchEvent) -> None:
         with self._lock:
             if isinstance(event, RecordPut) and isinstance(event.record, PoolLease):
-                self._leases[event.name] = HeldLease(event.record, event.revision)
+                self._leases.put(event.name, HeldLease(event.record, event.revision))
             elif isinstance(event, RecordDeleted):
-                self._leases.pop(event.name, None)
+                self._leases.pop(event.name)
             elif isinstance(event, WatchResynced):
                 # a full read: whatever it did not find is gone (maybe while not followed)
                 names = {k.rsplit("/", 1)[-1] for k in event.keys}
-                for ip in [ip for ip in self._leases if ip not in names]:
-                    del self._leases[ip]
+                for ip in [ip for ip in self._leases.ips() if ip not in names]:
+                    self._leases.pop(ip)
                 self._synced["pool"] = True
