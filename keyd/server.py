@@ -147,6 +147,14 @@ class KeydServer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._removals_timer is not None:
+            self._removals_timer.cancel()
+        if self._engine is not None and self.engine.etcd_ok:
+            # removals of answered DELETEs that wait for a ride, then their owners: written
+            # now rather than left to the sweeper (best effort: etcd may be slow or away)
+            for _ in range(2):
+                with contextlib.suppress(Exception):
+                    self.engine.persister.flush_removals()
         for w in (self._watcher, self._keyd_watcher):
             if w is not None:
                 await asyncio.to_thread(w.stop)
