@@ -39,12 +39,13 @@ def wait(pred: Callable[[], bool], timeout_s: float = 20.0, what: str = "") -> N
 
 
 def child(i: int) -> ChildSaRecord:
+    vip = f"10.99.{(i + 1) >> 8 & 255}.{(i + 1) & 255}"
     return ChildSaRecord(
         spi_in=0x5000_0000 + i, spi_out=0x6000_0000 + i, ike_sa_id=f"{i + 1:016x}{i + 7:016x}",
         encr="aes128gcm16", integ=None, esn=True, enc_key_in=bytes(20), integ_key_in=b"",
         enc_key_out=bytes(20), integ_key_out=b"", ts_local=["10.20.0.0/16"],
-        ts_remote=[f"10.99.0.{i + 1}/32"], peer_addr="198.51.100.2", peer_port=4500,
-        udp_encap=True, virtual_ip=f"10.99.0.{i + 1}", identity=f"client-{i}",
+        ts_remote=[f"{vip}/32"], peer_addr="198.51.100.2", peer_port=4500,
+        udp_encap=True, virtual_ip=vip, identity=f"client-{i}",
         created_at=time.time(), soft_lifetime_s=3000, hard_lifetime_s=3600)
 
 

@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from test_sprayer_daemon import wait
+from test_sprayer_daemon import child, wait
 
 from cluster.store.client import Store
 from cluster.store.membership import Membership
-from cluster.store.records import Assignment, ChildSaRecord, NodeRecord
+from cluster.store.records import Assignment, NodeRecord
 from sprayer.daemon import Prober, Sprayer
 from sprayer.health import HealthResponder, HealthTracker
 from sprayer.settings import SprayerSettings
@@ -106,17 +106,6 @@ def test_replies_are_read_when_a_watch_event_wakes_the_loop_too(prober: Prober) 
 
 
 # -- the daemon on a real etcd -----------------------------------------------------------------
-
-def child(i: int) -> ChildSaRecord:
-    return ChildSaRecord(
-        spi_in=0x5100_0000 + i, spi_out=0x6100_0000 + i, ike_sa_id=f"{i + 1:016x}{i + 9:016x}",
-        encr="aes128gcm16", integ=None, esn=True, enc_key_in=bytes(20), integ_key_in=b"",
-        enc_key_out=bytes(20), integ_key_out=b"", ts_local=["10.20.0.0/16"],
-        ts_remote=[f"10.99.{i >> 8 & 255}.{i & 255}/32"], peer_addr="198.51.100.2",
-        peer_port=4500, udp_encap=True, virtual_ip=f"10.99.{i >> 8 & 255}.{i & 255}",
-        identity=f"client-{i}", created_at=time.time(), soft_lifetime_s=3000,
-        hard_lifetime_s=3600)
-
 
 def test_a_mass_assignment_blames_no_node_and_a_dead_one_still_goes_down(
         store: Store) -> None:
