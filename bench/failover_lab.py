@@ -16,7 +16,8 @@ steered and answered.
 
 Then MASS_CLIENTS more clients (handshakes only, within MASS_BUDGET_S, from MASS_GENERATORS
 processes) are made while the other nodes are drained, so all land on node-1; once the
-generators have exited, the others are undrained and node-1 is SIGKILLed: time until etcd
+generators have exited and node-1 sends for all of them, the others are undrained and node-1
+is SIGKILLed: time until etcd
 assigns none of them to it and the router's SPI map steers none to it. The sprayer's counters
 over the move, and CASCADE_WATCH_S after it, must show exactly one failover move per client
 and one node fewer alive: a survivor declared down while it takes over thousands of clients
@@ -274,12 +275,12 @@ def make_mass(lab: Lab) -> tuple[int, int, float]:
     return ok, failed, time.monotonic() - t0
 
 
-def sprayer_metrics(lab: Lab) -> dict[str, float]:
-    """The sprayer's counters (its metrics endpoint, on loopback in the router's namespace:
-    this thread enters it for the request)."""
-    conn = http.client.HTTPConnection("127.0.0.1", 9412, timeout=5)
+def scrape(lab: Lab, role: str, port: int, names: tuple[str, ...]) -> dict[str, float]:
+    """Samples whose name starts with one of `names` from a lab daemon's metrics endpoint (on
+    loopback in its namespace: this thread enters it for the connection)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        with inside_netns(lab.ns("router")):
+        with inside_netns(lab.ns(role)):
             conn.connect()
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
@@ -287,12 +288,23 @@ def sprayer_metrics(lab: Lab) -> dict[str, float]:
         conn.close()
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith(("sprayer_write_conflicts_total", "sprayer_moves_total",
-                            "sprayer_etcd_errors_total", "sprayer_nodes_alive",
-                            "sprayer_probe_rounds_late_total")):
+        if line.startswith(names):
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
+
+
+def sprayer_metrics(lab: Lab) -> dict[str, float]:
+    """The sprayer's counters."""
+    return scrape(lab, "router", 9412, (
+        "sprayer_write_conflicts_total", "sprayer_moves_total", "sprayer_etcd_errors_total",
+        "sprayer_nodes_alive", "sprayer_probe_rounds_late_total"))
+
+
+def sas_owned(lab: Lab, node: str) -> float:
+    """Child SAs the node sends on: its take-overs done."""
+    name = "ipsec_cluster_node_sas_owned"
+    return scrape(lab, node, 9411, (name,)).get(name, 0.0)
 
 
 class AssignWatch:
@@ -332,6 +344,9 @@ def mass_rows(lab: Lab, b: Bench) -> list[Row]:
         total = len(b.clients) + ok
         wait(lambda: watch.count(victim) >= total, 120, f"{total} clients on {victim}", 0.2)
         wait(lambda: len(nft.read_spis()) >= total, 120, f"{total} SPIs in the map", 0.2)
+        # node-1 takes over each new client after its handshake and lags behind: the kill
+        # comes once it sends for all of them, not while survivors and it still compete
+        wait(lambda: sas_owned(lab, victim) >= total, 300, f"{victim} sending for {total}", 0.5)
         marks = Counter(nft.read_spis().values())
         victim_mark = marks.most_common(1)[0][0]
         for n in others:

@@ -397,10 +397,10 @@ class Sprayer:
         """Log each node the leader starts or stops counting as alive."""
         for node_id in sorted(self._alive_seen - alive):
             lease = node_id in self.view.nodes
-            log.warning("node down: %s", f"{self.settings.probe_misses} probes missed"
-                        if lease else "its lease is gone", extra={"node": node_id})
+            log.warning("node %s down: %s", node_id, f"{self.settings.probe_misses} probes "
+                        "missed" if lease else "its lease is gone", extra={"node": node_id})
         for node_id in sorted(alive - self._alive_seen):
-            log.info("node alive", extra={"node": node_id})
+            log.info("node %s alive", node_id, extra={"node": node_id})
         self._alive_seen = alive
 
     def apply(self) -> None:
