@@ -231,10 +231,14 @@ class NodeAgent:
             self.datapath.stop()
         if self.relay is not None:
             self.relay.stop()
-        for addr in list(self.routed):
-            tunmod.unroute(addr, self.cfg.tun)
-        for addr, (via, _) in list(self.forwarded.items()):
-            tunmod.unroute_via(addr, via)
+        changes = [tunmod.RouteChange("del", addr) for addr in list(self.routed)]
+        changes += [tunmod.RouteChange("unvia", addr, via)
+                    for addr, (via, _) in list(self.forwarded.items())]
+        try:
+            for text in tunmod.apply_routes(changes, self.cfg.tun)[:5]:
+                log.warning("%s", text)
+        except tunmod.TunError as e:
+            log.warning("client routes left behind: %s", e)
         if self._tun_fd >= 0:
             os.close(self._tun_fd)
             self._tun_fd = -1
@@ -779,31 +783,62 @@ class NodeAgent:
 
     def _route_loop(self) -> None:
         """Applies route changes in the order they were decided (one thread: no reordering
-        of an add and a delete of the same address)."""
-        tun = self.cfg.tun
-        while (item := self._routes.get()) is not None:
-            addr, action, via = item
-            if action == "ready":  # every route queued before it is applied
-                self.post(functools.partial(self._routes_in_place, via))
-                continue
+        of an add and a delete of the same address), everything queued so far in one
+        rtnetlink batch."""
+        try:
+            writer = tunmod.RouteWriter(self.cfg.tun)
+        except tunmod.TunError as e:
+            log.error("client routes cannot be written: %s", e)
+            writer = None
+        try:
+            while True:
+                item = self._routes.get()
+                items = [item]
+                while item is not None:
+                    try:
+                        item = self._routes.get_nowait()
+                    except queue.Empty:
+                        break
+                    items.append(item)
+                batch: list[tunmod.RouteChange] = []
+                for it in items:
+                    if it is None:
+                        self._apply_routes(writer, batch)
+                        return
+                    addr, action, via = it
+                    if action == "ready":  # every route queued before it is applied
+                        self._apply_routes(writer, batch)
+                        batch = []
+                        self.post(functools.partial(self._routes_in_place, via))
+                    else:
+                        batch.append(tunmod.RouteChange(action, addr, via))  # type: ignore[arg-type]
+                self._apply_routes(writer, batch)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def _apply_routes(self, writer: tunmod.RouteWriter | None,
+                      batch: list[tunmod.RouteChange]) -> None:
+        if not batch:
+            return
+        if writer is None:
+            log.error("%d client route changes not applied: no rtnetlink socket", len(batch))
+        else:
             try:
-                if action == "tun":
-                    tunmod.route_to_tun(addr, tun)
-                elif action == "via":
-                    tunmod.route_via(addr, via)
-                elif action == "unvia":
-                    tunmod.unroute_via(addr, via)
-                else:
-                    tunmod.unroute(addr, tun)
+                failures = writer.apply(batch)
             except tunmod.TunError as e:
-                log.error("%s", e)
-            if action == "via":
+                failures = [str(e)]
+            for text in failures[:5]:
+                log.error("%s", text)
+            if len(failures) > 5:
+                log.error("... and %d more route changes refused", len(failures) - 5)
+        dp = self.datapath
+        for change in batch:
+            if change.action == "via" and dp is not None:
                 # what arrived before the route changed goes to the new owner too; what is
                 # still on its way into the TUN is held and re-injected once more (`_tick`)
-                dp = self.datapath
-                if dp is not None:
-                    dp.call(functools.partial(_reinject, dp, addr, HOLD_S))
-                    self.post(functools.partial(self._reinject_later, addr))
+                dp.call(functools.partial(_reinject, dp, change.address, HOLD_S))
+                self.post(functools.partial(self._reinject_later, change.address))
 
     def _reinject_later(self, addr: bytes) -> None:
         self._late[addr] = self.clock() + LATE_S
