@@ -257,6 +257,47 @@ class Store:
         return Versioned(self.decode(cls, kv.value, k), k, kv.mod_revision, kv.create_revision,
                          kv.lease)
 
+    def get_many(self, cls: type[R], names: Iterable[str | int], strict: bool = True
+                 ) -> dict[str | int, Versioned[R] | None]:
+        """The records of kind `cls` named `names` (None for an absent one), read in
+        transactions of up to TXN_MAX_OPS gets (each transaction at one revision). A value
+        that does not decode raises MalformedRecord / WrongDataKey, or with strict=False
+        reads as None."""
+        rpc = etcd3.etcdrpc
+        wanted = list(dict.fromkeys(names))
+        out: dict[str | int, Versioned[R] | None] = {}
+        client = self._client
+        for i in range(0, len(wanted), TXN_MAX_OPS):
+            chunk = wanted[i:i + TXN_MAX_OPS]
+            keys = [key_for(self.keyspace, cls, name) for name in chunk]
+            ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode()))
+                   for k in keys]
+            with translated(self.endpoint):
+                try:
+                    resp = client.kvstub.Txn(
+                        rpc.TxnRequest(compare=[], success=ops, failure=[]),
+                        client.timeout, credentials=client.call_credentials,
+                        metadata=client.metadata)
+                except grpc.RpcError as exc:
+                    client._manage_grpc_errors(exc)   # marks a failed endpoint, then raises
+                    raise
+            for name, k, r in zip(chunk, keys, resp.responses, strict=True):
+                kvs = r.response_range.kvs
+                if not kvs:
+                    out[name] = None
+                    continue
+                kv = kvs[0]
+                try:
+                    record = self.decode(cls, kv.value, k)
+                except (MalformedRecord, WrongDataKey):
+                    if strict:
+                        raise
+                    out[name] = None
+                    continue
+                out[name] = Versioned(record, k, kv.mod_revision, kv.create_revision,
+                                      kv.lease)
+        return out
+
     def scan(self, prefix: str, page: int = SCAN_PAGE,
              revision: int | None = None) -> tuple[list[Any], int]:
         """Every raw key-value under `prefix` at one revision (None: the current one), read
