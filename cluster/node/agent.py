@@ -28,6 +28,7 @@ from cluster.node.config import NodeConfig, NodeSection
 from cluster.node.counters import (
     Checkpointer,
     Due,
+    TakeOver,
     Traffic,
     is_final_for,
     seq_record,
@@ -77,6 +78,11 @@ LATE_S = 0.05
 FETCH_RETRY_S = 5.0  # an unknown SPI is read from etcd at most once per this period
 RETRY_S = 0.5
 IV_RENEW_AT = 1 << 31  # IVs drawn under one prefix before a fresh one is taken
+#: unplanned take-overs whose seq records are read together (etcd transactions of 128 gets)
+SEQ_READ_BATCH = 1024
+#: clients started per data-path round trip (the data path answers health probes: short
+#: round trips keep it answering during a mass take-over)
+APPLY_BATCH = 128
 
 
 @dataclass(slots=True)
@@ -113,6 +119,24 @@ def _reinject(dp: Datapath, addr: bytes, hold_s: float = 0.0) -> None:
         dp.hold({addr}, hold_s)
     if n:
         log.debug("%d held packet(s) for %s forwarded to the new owner", n, addr.hex())
+
+
+def _read_seq_records(store: Store, spis: set[int]) -> dict[str | int, Versioned[SeqRecord] | None]:
+    """The seq records of these SAs; a record that does not decode reads as absent (the
+    take-over jumps), logged. StoreError if etcd does not answer."""
+    try:
+        return store.get_many(SeqRecord, spis)
+    except StoreError:
+        raise
+    except Exception as e:
+        log.warning("take-over: unreadable seq record (%s): read as absent", e)
+    try:
+        return store.get_many(SeqRecord, spis, strict=False)
+    except StoreError:
+        raise
+    except Exception as e:
+        log.warning("take-over: seq records unreadable (%s): every one read as absent", e)
+        return {}
 
 
 class NodeAgent:
@@ -170,6 +194,10 @@ class NodeAgent:
         self._writes: queue.SimpleQueue[list[tuple[SeqRecord, Guard]] | None] = \
             queue.SimpleQueue()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="node-etcd")
+        #: unplanned take-overs waiting for their seq records: read together (`_read_seqs`)
+        self._seq_reads: queue.SimpleQueue[tuple[str, Assignment, set[int]]] = \
+            queue.SimpleQueue()
+        self._seq_reading = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._watchers: list[object] = []
         self._tun_fd = -1
@@ -632,6 +660,13 @@ class NodeAgent:
             # thread applies them in order; cluster.node.handoff)
             self._routes.put((b"", "ready", k))
 
+        if not wait_s:
+            # no final record to wait for: read with every other take-over queued meanwhile
+            self._seq_reads.put((k, a, wanted))
+            if self._seq_reading.acquire(blocking=False):
+                self._pool.submit(self._read_seqs)
+            return
+
         def read() -> None:
             deadline = self.clock() + wait_s
             changed = threading.Event()
@@ -661,6 +696,41 @@ class NodeAgent:
                 self._unwatch(watches)
         self._pool.submit(read)
 
+    def _read_seqs(self) -> None:
+        """Pool thread: the seq records of every queued unplanned take-over, read in a few
+        etcd transactions; the clients are then started in one batch (`_acquired_many`)."""
+        try:
+            while not self._stopping:
+                batch: list[tuple[str, Assignment, set[int]]] = []
+                while len(batch) < SEQ_READ_BATCH:
+                    try:
+                        batch.append(self._seq_reads.get_nowait())
+                    except queue.Empty:
+                        break
+                if not batch:
+                    return
+                spis = {s for _, _, wanted in batch for s in wanted}
+                while not self._stopping:
+                    store = self.store
+                    try:
+                        got = _read_seq_records(store, spis)
+                    except StoreError as e:
+                        log.warning("take-over of %d clients waits for etcd: %s",
+                                    len(batch), e)
+                        self._reconnect(store)
+                        time.sleep(RETRY_S)
+                        continue
+                    items = [(k, a, {s: (v.record if (v := got.get(s)) else None)
+                                     for s in wanted}) for k, a, wanted in batch]
+                    self.post(functools.partial(self._acquired_many, items))
+                    break
+        finally:
+            self._seq_reading.release()
+            # queued after the last look and before the release: read those too
+            if not self._stopping and not self._seq_reads.empty() \
+                    and self._seq_reading.acquire(blocking=False):
+                self._pool.submit(self._read_seqs)
+
     def _watch_seq(self, spis: set[int], changed: threading.Event) -> list[tuple[Store, int]]:
         """Watch seq/<spi> of these SAs (a hand-off: the old owner's final record), setting
         `changed` on any write. Empty if etcd cannot set the watch up (the caller polls)."""
@@ -683,29 +753,48 @@ class NodeAgent:
                 store.raw.cancel_watch(watch_id)
 
     def _acquired(self, k: str, a: Assignment, seqs: dict[int, SeqRecord | None]) -> None:
+        self._acquired_many([(k, a, seqs)])
+
+    def _acquired_many(self, items: list[tuple[str, Assignment,
+                                               dict[int, SeqRecord | None]]]) -> None:
+        """Start sending for these clients from their seq records (exact counters or a
+        jump), APPLY_BATCH clients per data-path round trip; one checkpoint tick after."""
+        for i in range(0, len(items), APPLY_BATCH):
+            self._start_sending(items[i:i + APPLY_BATCH])
+        self._tick()  # a jumped start is written before its first packet
+
+    def _start_sending(self, items: list[tuple[str, Assignment,
+                                               dict[int, SeqRecord | None]]]) -> None:
         assert self.datapath is not None
-        current = self.assigns.get(k)
-        if current is None or current[0].node != self.cfg.id or current[0].epoch != a.epoch:
-            return  # superseded while we read
-        if self.acquiring.get(k) != a.epoch and self.sending.get(k) != a.epoch:
-            return
         dp = self.datapath
         now = self.clock()
         window = self.cfg.replay_window
-        plans = {}
-        persisted = {}
-        carried = {spi: Traffic.of(seq) for spi, seq in seqs.items()}
-        for spi, seq in seqs.items():
-            if spi not in self.records:
+        clients: list[tuple[str, Assignment, dict[int, TakeOver]]] = []
+        plans: dict[int, TakeOver] = {}
+        persisted: dict[int, SaCounters | None] = {}
+        carried: dict[int, Traffic] = {}
+        for k, a, seqs in items:
+            current = self.assigns.get(k)
+            if current is None or current[0].node != self.cfg.id or current[0].epoch != a.epoch:
+                continue  # superseded while we read
+            if self.acquiring.get(k) != a.epoch and self.sending.get(k) != a.epoch:
                 continue
-            to = take_over(seq, a, self.cfg.jump_packets)
-            if to.exact:
-                self.stats.takeovers_exact += 1
-            else:
-                self.stats.takeovers_jump += 1
-            plans[spi] = to
-            persisted[spi] = (None if seq is None else
-                              SaCounters(seq.out_seq, seq.in_highest, seq.in_bitmap))
+            mine: dict[int, TakeOver] = {}
+            for spi, seq in seqs.items():
+                if spi not in self.records:
+                    continue
+                to = take_over(seq, a, self.cfg.jump_packets)
+                if to.exact:
+                    self.stats.takeovers_exact += 1
+                else:
+                    self.stats.takeovers_jump += 1
+                mine[spi] = plans[spi] = to
+                carried[spi] = Traffic.of(seq)
+                persisted[spi] = (None if seq is None else
+                                  SaCounters(seq.out_seq, seq.in_highest, seq.in_bitmap))
+            clients.append((k, a, mine))
+        if not clients:
+            return
 
         def apply() -> dict[int, SaCounters]:
             started = {}
@@ -720,8 +809,10 @@ class NodeAgent:
                 started[spi] = start
             return started
         started = dp.run(apply)
+        owner = {spi: (k, a.epoch) for k, a, mine in clients for spi in mine}
         for spi, start in started.items():
-            self.checkpointer.own(spi, k, a.epoch, start, persisted[spi], now)
+            k, epoch = owner[spi]
+            self.checkpointer.own(spi, k, epoch, start, persisted[spi], now)
         limits = {spi: self.checkpointer.send_limit(spi) for spi in started}
 
         def enable() -> None:
@@ -731,14 +822,14 @@ class NodeAgent:
                     sa.send_limit = limit
                     dp.send_on(sa)
         dp.run(enable)
-        self.acquiring.pop(k, None)
-        self._announcing.pop(k, None)
-        self.sending[k] = a.epoch
-        self._route_client(k)
-        log.info("sending for %s at epoch %d (%s)", k, a.epoch,
-                 ", ".join(f"{s:08x}:{'exact' if p.exact else 'jump'}"
-                           for s, p in plans.items()))
-        self._tick()  # a jumped start is written before its first packet
+        for k, a, mine in clients:
+            self.acquiring.pop(k, None)
+            self._announcing.pop(k, None)
+            self.sending[k] = a.epoch
+            self._route_client(k)
+            log.info("sending for %s at epoch %d (%s)", k, a.epoch,
+                     ", ".join(f"{s:08x}:{'exact' if p.exact else 'jump'}"
+                               for s, p in mine.items()))
 
     def _route_client(self, k: str, forward_to: str | None = None) -> set[bytes]:
         """Routes to the TUN for the addresses of client k while we send for it (or are

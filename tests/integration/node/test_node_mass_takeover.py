@@ -93,7 +93,8 @@ def test_mass_takeover_keeps_answering_probes(node_lab: NodeLab) -> None:
     sock.bind(("10.30.0.2", 0))
     probes = Probes(sock, (NODE_IPS["node-1"], 4501))
     try:
-        time.sleep(0.5)
+        # answering: the node is ready (it loaded every SA first)
+        assert wait_until(lambda: probes.delays, 60), lab.log("node-1")
         started = time.monotonic()
         now = time.time()
         lab.store.put_many(Assignment(r.ike_sa_id, "node-1", 1, "active", None, now)
