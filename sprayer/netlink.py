@@ -70,17 +70,24 @@ def pull_acks(data: bytes) -> list[tuple[int, int]]:
     return out
 
 
+def open_route_socket(netns: str | None = None) -> socket.socket:
+    """A bound NETLINK_ROUTE socket in `netns` (None: this process's namespace), with a 5 s
+    time-out on its acknowledgements; DriverError if it cannot be had."""
+    try:
+        with inside_netns(netns):
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        sock.bind((0, 0))
+        sock.settimeout(5.0)
+    except OSError as e:
+        raise DriverError(f"rtnetlink socket: {e}") from None
+    return sock
+
+
 class RouteSocket:
     """A NETLINK_ROUTE socket in one network namespace, for batches of /32 route changes."""
 
     def __init__(self, netns: str | None = None) -> None:
-        try:
-            with inside_netns(netns):
-                self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-            self.sock.bind((0, 0))
-            self.sock.settimeout(5.0)
-        except OSError as e:
-            raise DriverError(f"rtnetlink socket: {e}") from None
+        self.sock = open_route_socket(netns)
         self._seq = 0
 
     def apply(self, replace: Iterable[tuple[str, str]], delete: Iterable[str], table: int,

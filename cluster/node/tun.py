@@ -21,7 +21,6 @@ from typing import Literal
 from sprayer.backends import DriverError
 from sprayer.netlink import (
     BATCH,
-    NETLINK_ROUTE,
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_REPLACE,
@@ -34,6 +33,7 @@ from sprayer.netlink import (
     RTM_DELROUTE,
     RTM_NEWROUTE,
     RTN_UNICAST,
+    open_route_socket,
     pull_acks,
 )
 
@@ -162,6 +162,13 @@ def _describe(change: RouteChange, tun: str) -> str:
     return f"ip route {verb} {_host(change.address)} {where}"
 
 
+def _route_socket() -> socket.socket:
+    try:
+        return open_route_socket()
+    except DriverError as e:
+        raise TunError(str(e)) from None
+
+
 class RouteWriter:
     """Client routes through rtnetlink (one NETLINK_ROUTE socket in this process's network
     namespace): a batch of changes goes out in order, one acknowledgement per change. Forking
@@ -170,12 +177,7 @@ class RouteWriter:
 
     def __init__(self, tun: str) -> None:
         self.tun = tun
-        try:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-            self.sock.bind((0, 0))
-            self.sock.settimeout(5.0)
-        except OSError as e:
-            raise TunError(f"rtnetlink socket: {e.strerror or e}") from None
+        self.sock = _route_socket()
         self._seq = 0
         self._ifindex = 0
 
@@ -227,12 +229,7 @@ class RouteWriter:
     def _reopen(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
-        try:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-            self.sock.bind((0, 0))
-            self.sock.settimeout(5.0)
-        except OSError as e:
-            raise TunError(f"rtnetlink socket: {e.strerror or e}") from None
+        self.sock = _route_socket()
 
     def close(self) -> None:
         self.sock.close()
