@@ -40,38 +40,27 @@ def _wait_stderr(proc: subprocess.Popen[str], needle: str, timeout_s: float) -> 
     raise AssertionError(f"{needle!r} not on stderr: {seen!r}")
 
 
-def test_ctrl_c_ends_watch_with_130_not_aborted(etcd_endpoint: str) -> None:
-    """`clusterctl watch` runs until interrupted: Ctrl-C is its normal end, exit 130, one
-    line; click used to print "Aborted!" and exit 1 as if it had failed."""
+@pytest.mark.parametrize(("sig", "code", "line"), [
+    (signal.SIGINT, 130, "interrupted"),
+    (signal.SIGTERM, 143, "terminated"),
+])
+def test_a_signal_ends_watch_with_its_code_and_one_line(
+        etcd_endpoint: str, sig: signal.Signals, code: int, line: str) -> None:
+    """`clusterctl watch` runs until interrupted: Ctrl-C (or SIGTERM) is its normal end, exit
+    128 + the signal, one line; click used to print "Aborted!" and exit 1 as if it had failed."""
     env = _env(etcd_endpoint, "w" + uuid.uuid4().hex[:8])
     proc = subprocess.Popen([CLUSTERCTL, "watch"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_stderr(proc, "watching", 60)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130
-    assert err.strip() == "interrupted"
-
-
-def test_sigterm_ends_watch_with_143_and_one_line(etcd_endpoint: str) -> None:
-    env = _env(etcd_endpoint, "w" + uuid.uuid4().hex[:8])
-    proc = subprocess.Popen([CLUSTERCTL, "watch"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_stderr(proc, "watching", 60)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143
-    assert err.strip() == "terminated"
+    assert proc.returncode == code
+    assert err.strip() == line
 
 
 def _sealed_child(spi: int) -> ChildSaRecord:
