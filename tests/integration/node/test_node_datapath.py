@@ -41,6 +41,16 @@ def ping_until(client: Client, timeout_s: float) -> tuple[int, bytes]:
     raise AssertionError(f"no echo through the tunnel within {timeout_s} s")
 
 
+def pings(client: Client, n: int) -> int:
+    """n echoes through the tunnel, each of which must come back; the last one's number."""
+    last = 0
+    for _ in range(n):
+        got = client.ping()
+        assert got is not None
+        last = got[0]
+    return last
+
+
 def test_ping_through_one_node(node_lab: NodeLab) -> None:
     lab = node_lab
     _, client = up(lab, "node-1")
@@ -76,11 +86,7 @@ def test_every_suite_forwards(node_lab: NodeLab) -> None:
 def test_planned_handoff_installs_exact_counters(node_lab: NodeLab) -> None:
     lab = node_lab
     _, client = up(lab, "node-1", "node-2")
-    last = 0
-    for _ in range(5):
-        got = client.ping()
-        assert got is not None
-        last = got[0]
+    last = pings(client, 5)
     lab.assign("node-2", 2, "handoff", "node-1")
     assert wait_until(lambda: (s := lab.seq()) is not None and s.kind == "final", 5)
     final = lab.seq()

@@ -12,7 +12,7 @@ import time
 from node_lab import NODE_IPS, SERVER, VIP, VIRTUAL_IP, NodeLab, socket_in
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.packet import raw
-from test_node_datapath import ping_until, up
+from test_node_datapath import ping_until, pings, up
 from tests_node_helpers import wait_until
 
 from cluster.lab import netns
@@ -28,11 +28,7 @@ NO_READY = "ipsec_cluster_node_finals_without_ready_total"
 def test_old_owner_forwards_return_traffic_until_the_router_flips(node_lab: NodeLab) -> None:
     lab = node_lab
     _, client = up(lab, "node-1", "node-2")
-    last = 0
-    for _ in range(5):
-        got = client.ping()
-        assert got is not None
-        last = got[0]
+    last = pings(client, 5)
     sent_by_1 = lab.metrics("node-1")[OUT]
     dropped_by_1 = lab.metrics("node-1").get(NOT_OWNER, 0)
     lab.assign("node-2", 2, "handoff", "node-1")
