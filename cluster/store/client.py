@@ -262,25 +262,16 @@ class Store:
         """The records of kind `cls` named `names` (None for an absent one), read in
         transactions of up to TXN_MAX_OPS gets (each transaction at one revision). A value
         that does not decode raises MalformedRecord / WrongDataKey, or with strict=False
-        reads as None."""
+        reads as None and is logged."""
         rpc = etcd3.etcdrpc
         wanted = list(dict.fromkeys(names))
         out: dict[str | int, Versioned[R] | None] = {}
-        client = self._client
         for i in range(0, len(wanted), TXN_MAX_OPS):
             chunk = wanted[i:i + TXN_MAX_OPS]
             keys = [key_for(self.keyspace, cls, name) for name in chunk]
             ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode()))
                    for k in keys]
-            with translated(self.endpoint):
-                try:
-                    resp = client.kvstub.Txn(
-                        rpc.TxnRequest(compare=[], success=ops, failure=[]),
-                        client.timeout, credentials=client.call_credentials,
-                        metadata=client.metadata)
-                except grpc.RpcError as exc:
-                    client._manage_grpc_errors(exc)   # marks a failed endpoint, then raises
-                    raise
+            resp = self._txn([], ops)
             for name, k, r in zip(chunk, keys, resp.responses, strict=True):
                 kvs = r.response_range.kvs
                 if not kvs:
@@ -289,9 +280,10 @@ class Store:
                 kv = kvs[0]
                 try:
                     record = self.decode(cls, kv.value, k)
-                except (MalformedRecord, WrongDataKey):
+                except (MalformedRecord, WrongDataKey) as exc:
                     if strict:
                         raise
+                    log.warning("%s: unreadable, read as absent: %s", k, exc)
                     out[name] = None
                     continue
                 out[name] = Versioned(record, k, kv.mod_revision, kv.create_revision,
@@ -381,17 +373,21 @@ class Store:
         compare = [rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD,
                                key=g.key.encode(), mod_revision=g.mod_revision)
                    for g in guards]
+        resp = self._txn(compare, ops)
+        return int(resp.header.revision) if resp.succeeded else None
+
+    def _txn(self, compare: Iterable[Any], ops: Iterable[Any]) -> Any:
+        """One etcd Txn request (compare → ops, no failure branch); errors translated."""
         client = self._client
         with translated(self.endpoint):
             try:
-                resp = client.kvstub.Txn(
-                    rpc.TxnRequest(compare=compare, success=ops, failure=[]),
+                return client.kvstub.Txn(
+                    etcd3.etcdrpc.TxnRequest(compare=compare, success=ops, failure=[]),
                     client.timeout, credentials=client.call_credentials,
                     metadata=client.metadata)
             except grpc.RpcError as exc:
                 client._manage_grpc_errors(exc)   # marks a failed endpoint, then raises
                 raise
-        return int(resp.header.revision) if resp.succeeded else None
 
     def put_many(self, records: Iterable[Record], lease: int | None = None) -> int:
         """Write many records in transactions of up to TXN_MAX_OPS; return the last revision.
@@ -403,13 +399,7 @@ class Store:
         def flush() -> None:
             nonlocal revision, batch
             if batch:
-                with translated(self.endpoint):
-                    resp = self._client.kvstub.Txn(
-                        etcd3.etcdrpc.TxnRequest(
-                            compare=[], success=self._client._ops_to_requests(batch),
-                            failure=[]),
-                        self.timeout_s, credentials=self._client.call_credentials,
-                        metadata=self._client.metadata)
+                resp = self._txn([], self._client._ops_to_requests(batch))
                 revision = int(resp.header.revision)
                 batch = []
 
