@@ -12,6 +12,7 @@ Field names are a contract the other components code against.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import json
 import math
@@ -67,38 +68,37 @@ def _redacted(self: Any) -> str:
     return f"{type(self).__name__}({', '.join(parts)})"
 
 
-# Values already found good (every record write and read validates its addresses; the
-# same few addresses and networks come back again and again). Bounded: cleared when full.
-_GOOD_CIDRS: set[str] = set()
-_GOOD_IPS: set[str] = set()
-_GOOD_MAX = 65536
+# Every record write and read validates its addresses, and the same few addresses and
+# networks come back again and again: the verdicts on strings are cached.
+@functools.lru_cache(maxsize=65536)
+def _cidr_ok(v: object) -> bool:
+    try:
+        ipaddress.ip_network(v, strict=False)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=65536)
+def _ip_ok(v: object) -> bool:
+    try:
+        ipaddress.ip_address(v)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
 
 
 def _check_cidrs(values: list[str], what: str) -> None:
     for v in values:
-        if isinstance(v, str) and v in _GOOD_CIDRS:
-            continue
-        try:
-            ipaddress.ip_network(v, strict=False)
-        except (ValueError, TypeError):
-            raise ValueError(f"{what}: not a CIDR: {v!r}") from None
-        if isinstance(v, str):
-            if len(_GOOD_CIDRS) >= _GOOD_MAX:
-                _GOOD_CIDRS.clear()
-            _GOOD_CIDRS.add(v)
+        if not (_cidr_ok(v) if isinstance(v, str) else _cidr_ok.__wrapped__(v)):
+            raise ValueError(f"{what}: not a CIDR: {v!r}")
 
 
 def _check_ip(value: str | None, what: str) -> None:
-    if value is None or (isinstance(value, str) and value in _GOOD_IPS):
+    if value is None:
         return
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"{what}: not an IP address: {value!r}") from None
-    if isinstance(value, str):
-        if len(_GOOD_IPS) >= _GOOD_MAX:
-            _GOOD_IPS.clear()
-        _GOOD_IPS.add(value)
+    if not (_ip_ok(value) if isinstance(value, str) else _ip_ok.__wrapped__(value)):
+        raise ValueError(f"{what}: not an IP address: {value!r}")
 
 
 def _check_spi(value: int, what: str) -> None:
