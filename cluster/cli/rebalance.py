@@ -31,16 +31,16 @@ def rebalance(dry_run: bool, limit: int | None) -> None:
     """Move clients off draining nodes and onto their rendezvous-hash node: each becomes a
     hand-off (phase handoff, epoch + 1) the nodes and the sprayer complete."""
     store = connect()
+    failure: RebalanceInterrupted | None = None
     try:
         moves = run_rebalance(store, read_snapshot(store), dry_run, limit)
     except RebalanceInterrupted as exc:
-        # what was written before etcd failed, then the error
-        emit({"dry_run": dry_run, "moves": [m.to_json() for m in exc.moves],
-              "conflicts": 0}, _table)
-        raise
+        moves, failure = exc.moves, exc   # what was written before etcd failed, then the error
     conflicts = sum(1 for m in moves if m.result == "conflict")
     emit({"dry_run": dry_run, "moves": [m.to_json() for m in moves],
           "conflicts": conflicts}, _table)
+    if failure is not None:
+        raise failure
     if conflicts:
         click.echo(f"error: {conflicts} assignment(s) changed meanwhile; run again", err=True)
         sys.exit(1)
