@@ -70,8 +70,12 @@ def check_ip(ip: str) -> str:
         raise BadKey(f"not an IP address: {ip!r}") from None
 
 
-# (prefix, cluster, kind) → key prefix: built on every key, so built once
-_PREFIXES: dict[tuple[str, str, str], str] = {}
+@functools.lru_cache(maxsize=1024)
+def _kind_prefix(prefix: str, cluster: str, kind: str) -> str:
+    """`<root><kind>/`; asked for on every key, so built once."""
+    if kind not in KINDS:
+        raise BadKey(f"unknown key kind {kind!r}")
+    return f"{prefix.rstrip('/')}/{cluster}/{kind}/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +96,7 @@ class Keyspace:
 
     def kind_prefix(self, kind: str) -> str:
         """`<root><kind>/`: the prefix a watch or a list of one record kind uses."""
-        cached = _PREFIXES.get((self.prefix, self.cluster, kind))
-        if cached is not None:
-            return cached
-        if kind not in KINDS:
-            raise BadKey(f"unknown key kind {kind!r}")
-        built = _PREFIXES[(self.prefix, self.cluster, kind)] = f"{self.root}{kind}/"
-        return built
+        return _kind_prefix(self.prefix, self.cluster, kind)
 
     def node(self, node_id: str) -> str:
         return self.kind_prefix("nodes") + check_name(node_id)
