@@ -142,10 +142,6 @@ class Persister:
         IKE SA rekey is written on its own (`write`)."""
         results: list[StoreError | None] = [None] * len(batch)
         simple = [i for i, c in enumerate(batch) if not c.rekeyed]
-        # a step with removals only (no reply waits for them) rides like a DELETE
-        for i in simple:
-            if not batch[i].has_state() and (batch[i].deleted_children or batch[i].deleted_ike):
-                self.defer(batch[i])
         claimed = frozenset(c.lease.ip for ch in batch for c in ch.leases)
         riders, self._riders = self._riders, []
         owners_due, self._owners_due = self._owners_due, []
