@@ -210,7 +210,7 @@ class Persister:
         """Write what waits for a ride now (no other write came along): the removals in
         one transaction, their owners then wait for the next one. StoreError if etcd
         fails (nothing is lost: they wait for the next try)."""
-        if not (self._riders or self._owners_due):
+        if not self.removals_due:
             return
         riders, self._riders = self._riders, []
         due, self._owners_due = self._owners_due, []
@@ -218,8 +218,7 @@ class Persister:
             extra = self._removals(riders, frozenset())
             keys = due + extra.keys
             with self.metrics.etcd_write("delete" if extra.keys else "owner"):
-                for i in range(0, len(keys), TXN_MAX_OPS):
-                    self.store.commit(deletes=keys[i:i + TXN_MAX_OPS])
+                self._delete_chunks(keys)
         except StoreError as exc:
             # etcd is away: tried again (`retry_removals`) once it answers
             log.warning("removal deferred until etcd answers", extra={"error": str(exc)})
@@ -258,26 +257,22 @@ class Persister:
         """Steps whose state writes share one transaction: disjoint keys, at most
         TXN_MAX_OPS operations each."""
         indices = [i for i in indices if batch[i].has_state()]
-        if len(indices) <= 1:
+        if len(indices) <= 1:   # the common case: no keys to compare
             return [indices] if indices else []
-        groups: list[list[int]] = []
+        groups: list[list[int]] = [[]]
         keys: set[str] = set()
         ops = 0
         for i in indices:
             c = batch[i]
-            if not c.has_state():
-                continue
             mine = {self.store.key_of(r) for r in c.state_records()}
             mine |= {self.store.keyspace.assign(a) for a in c.established}
-            if groups and (mine & keys or ops + len(mine) > TXN_MAX_OPS):
+            if groups[-1] and (mine & keys or ops + len(mine) > TXN_MAX_OPS):
                 groups.append([])
                 keys, ops = set(), 0
-            if not groups:
-                groups.append([])
             groups[-1].append(i)
             keys |= mine
             ops += len(mine)
-        return [g for g in groups if g]
+        return groups
 
     def _state_ops(self, changes: Changes) -> tuple[list[Record], list[Guard], list[LeaseClaim]]:
         puts: list[Record] = list(changes.state_records())
@@ -437,15 +432,18 @@ class Persister:
         owners = [k for k in keys if k.startswith(prefix)]
         rest = [k for k in keys if not k.startswith(prefix)]
         with self.metrics.etcd_write("delete"):
-            for i in range(0, len(rest), TXN_MAX_OPS):
-                self.store.commit(deletes=rest[i:i + TXN_MAX_OPS])
-            for i in range(0, len(owners), TXN_MAX_OPS):
-                self.store.commit(deletes=owners[i:i + TXN_MAX_OPS])
+            self._delete_chunks(rest)
+            self._delete_chunks(owners)
+
+    def _delete_chunks(self, keys: list[str]) -> None:
+        """Delete `keys` in transactions of up to TXN_MAX_OPS operations."""
+        for i in range(0, len(keys), TXN_MAX_OPS):
+            self.store.commit(deletes=keys[i:i + TXN_MAX_OPS])
 
     def retry_removals(self) -> int:
         """Retry removals that failed while etcd was away, and write what waits for a ride;
         return how many are left."""
-        if self._riders or self._owners_due:
+        if self.removals_due:
             try:
                 self.flush_removals()
             except StoreError:
