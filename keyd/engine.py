@@ -144,7 +144,6 @@ class Engine:
         self._held_revision: dict[str, int] = {}
         # identity → IKE SAs in the cluster (from the ike/ watch): for INITIAL_CONTACT
         self._by_identity: dict[str, set[str]] = {}
-        self._step_seconds: dict[str, Any] = {}   # labelled histograms, looked up once
 
     # -- inbound -------------------------------------------------------------------------
     def handle(self, inbound: Inbound) -> list[Outbound]:
@@ -236,11 +235,8 @@ class Engine:
                 self._observe(step)
 
     def _observe(self, step: Step) -> None:
-        child = self._step_seconds.get(step.exchange)
-        if child is None:
-            child = self._step_seconds[step.exchange] = \
-                self.metrics.step_seconds.labels(step.exchange)
-        child.observe(time.perf_counter() - step.started)
+        self.metrics.child(self.metrics.step_seconds, step.exchange).observe(
+            time.perf_counter() - step.started)
 
     def tick(self) -> list[Outbound]:
         """The core's timers (retransmits, expiry): persist what they changed, best effort."""
