@@ -418,11 +418,10 @@ _PUSH: dict[type, Callable[[Buffer, Any], None]] = {
 
 
 def push_payload_body(buf: Buffer, p: Payload) -> None:
-    push = _PUSH.get(type(p))
-    if push is None:   # a subclass: its base's serialiser
-        push = next((_PUSH[c] for c in type(p).__mro__ if c in _PUSH), None)
-        if push is None:  # pragma: no cover - every payload class is in the table
-            raise TypeError(type(p).__name__)
+    try:
+        push = _PUSH[type(p)]
+    except KeyError:  # pragma: no cover - every payload class is in the table
+        raise TypeError(type(p).__name__) from None
     push(buf, p)
 
 
