@@ -17,10 +17,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from .constants import AuthMethod, HashAlgorithm, IdType, Notify
+from .constants import AuthMethod, CertEncoding, HashAlgorithm, IdType, Notify
 from .errors import RemoteProtocolError
 from .identity import Identity
 from .keys import prf
+from .payloads import CertReqPayload
 from .transforms import Prf
 
 KEY_PAD = b"Key Pad for IKEv2"  # §2.15
@@ -165,6 +166,11 @@ def ca_keyid(ca: x509.Certificate) -> bytes:
     h.update(ca.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
     return h.finalize()
+
+
+def certreq_payload(cas: Sequence[x509.Certificate]) -> CertReqPayload:
+    """§3.7: the CERTREQ asking for the peer's certificate, naming the CAs we trust."""
+    return CertReqPayload(CertEncoding.X509_SIGNATURE, b"".join(ca_keyid(ca) for ca in cas))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .auth import ca_keyid, signed_octets
+from .auth import certreq_payload, signed_octets
 from .config import InitiatorConfig
 from .constants import (
-    CertEncoding,
     CfgAttr,
     CfgType,
     ExchangeType,
@@ -45,7 +44,6 @@ from .keys import (
 from .message import Header, Message, push_message
 from .payloads import (
     AuthPayload,
-    CertReqPayload,
     CpPayload,
     IdiPayload,
     IdrPayload,
@@ -211,8 +209,7 @@ class Initiator(IkeEndpoint):
         if cfg.credentials.cas:
             # §3.7: ask for the responder's certificate (a responder may leave it out
             # unless asked), naming the CAs we trust
-            payloads.append(CertReqPayload(CertEncoding.X509_SIGNATURE,
-                                           b"".join(ca_keyid(ca) for ca in cfg.credentials.cas)))
+            payloads.append(certreq_payload(cfg.credentials.cas))
         spi_in = self._allocate_spi()
         props = tuple(s.to_proposal(i + 1, spi_in.to_bytes(4, "big"), with_dh=False)
                       for i, s in enumerate(cfg.esp_suites))

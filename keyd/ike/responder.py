@@ -9,10 +9,9 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import constant_time
 
-from .auth import ca_keyid, signed_octets
+from .auth import certreq_payload, signed_octets
 from .config import ResponderConfig
 from .constants import (
-    CertEncoding,
     CfgAttr,
     CfgType,
     ExchangeType,
@@ -36,7 +35,6 @@ from .keys import NONCE_LEN, derive_child_keys, derive_ike_keys, prf, skeyseed
 from .message import Header, Message, push_message
 from .payloads import (
     AuthPayload,
-    CertReqPayload,
     CpPayload,
     IdiPayload,
     IdrPayload,
@@ -100,8 +98,7 @@ class Responder(IkeEndpoint):
         self._pending: dict[str, _PendingAuth] = {}
         # what every IKE_SA_INIT and IKE_AUTH answer carries alike, made once
         cas = config.credentials.cas
-        self._certreq = CertReqPayload(CertEncoding.X509_SIGNATURE,
-                                       b"".join(ca_keyid(ca) for ca in cas)) if cas else None
+        self._certreq = certreq_payload(cas) if cas else None
         self._dns_attrs = tuple((CfgAttr.INTERNAL_IP4_DNS, ipaddress.IPv4Address(d).packed)
                                 for d in config.dns if ipaddress.ip_address(d).version == 4)
         self._cookie_secrets: list[tuple[int, bytes]] = [(0, random(32))]
