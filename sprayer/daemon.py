@@ -287,24 +287,22 @@ class Sprayer:
     def turn(self) -> None:
         """One pass of the loop: what is due (leadership, probes), fold watch events, tick,
         then read probe replies until the next thing is due or a watch event arrives."""
-        self._housekeeping(fold=True)
         self._fold_events()
+        self._housekeeping()
         self.tick()
         self.prober.receive(min(self._next_probe, self._next_leader) - time.monotonic(),
                             self.health, self.clock, wake=self._wake_r)
 
-    def _housekeeping(self, fold: bool) -> None:
+    def _housekeeping(self) -> None:
         """What must not wait for a long tick: the watchdog, keeping (or seeking) leadership
         and the probe round, when due. Also called between the batches of a long write (a
-        mass failover is thousands of assignments), then with `fold=False`: folding watch
-        events mid-write could bring back a write before the view marks it as ours."""
+        mass failover is thousands of assignments); it folds no watch events (mid-write,
+        that could bring back a write before the view marks it as ours)."""
         now_m = time.monotonic()
         self._watchdog.tick(now_m)
         if now_m >= self._next_leader:
             self._next_leader = now_m + self._leadership_step()
         if now_m >= self._next_probe:
-            if fold:
-                self._fold_events()
             if self.prober.round(self._probe_targets(), self.health, self.clock(),
                                  time.monotonic()):
                 self._late_trouble.ok()
@@ -464,7 +462,7 @@ class Sprayer:
                 pending.append((act, *r))
         for i in range(0, len(pending), WRITE_BATCH):
             if i:
-                self._housekeeping(fold=False)   # a mass move must not starve probes
+                self._housekeeping()   # a mass move must not starve probes
             if not self.leadership.is_leader:
                 return
             batch = pending[i:i + WRITE_BATCH]

@@ -28,7 +28,9 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from cluster.esp.packet import KEEPALIVE
 from sprayer.backends import Backend, DriverError, MarkAllocator, inside_netns, keyd_backends
+from sprayer.nft import NATT_PORT
 from sprayer.view import Targets
 
 log = logging.getLogger("sprayer.keyd")
@@ -37,9 +39,6 @@ log = logging.getLogger("sprayer.keyd")
 BUCKETS = 64
 #: how long a refusing instance stays out if it does not register again (keyd's lease: 5 s)
 REFUSAL_HOLD_S = 10.0
-#: RFC 3948 §2.3 NAT-keepalive: the one datagram keyd is sure to ignore on its 4500 port
-NATT_KEEPALIVE = b"\xff"
-NATT_PORT = 4500
 
 
 def _score(name: str, bucket: int) -> bytes:
@@ -120,7 +119,7 @@ class RefusalProbe:
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     while True:   # the answer to an earlier keepalive, if one came
                         sock.recv(64)
-                sock.send(NATT_KEEPALIVE)
+                sock.send(KEEPALIVE)  # RFC 3948 §2.3: keyd ignores it on 4500
             except ConnectionRefusedError:
                 refused.append(keyd_id)
             except OSError:
