@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 Row = dict[str, Any]
@@ -43,3 +45,12 @@ def percentile(values: list[float], q: float) -> float:
 
 def row(metric: str, value: Any, unit: str = "", note: str = "") -> Row:
     return {"metric": metric, "value": value, "unit": unit, "note": note}
+
+
+def wait(pred: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.05) -> None:
+    """Poll `pred` every `step_s` until it holds; TimeoutError naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:g}s for {what}")
+        time.sleep(step_s)

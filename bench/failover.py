@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import Row, percentile, row
+from bench import wait as poll
 from bench.failover_lab import run_lab
 from cluster.procs import EtcdServer
 from cluster.store import (
@@ -143,11 +144,8 @@ def child(i: int) -> ChildSaRecord:
 
 
 def wait(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.01)
+    """bench.wait at 10 ms steps (the steering figures are timed by these waits)."""
+    poll(pred, timeout_s, what, step_s=0.01)
 
 
 # -- nftables map and planner ----------------------------------------------------------------

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from bench import Row, percentile, row
+from bench import Row, percentile, row, wait
 from bench.esp_client import EspClient, Pinger, longest_silence
 from cluster.lab import addresses as A
 from cluster.lab.bench import (
@@ -75,14 +75,6 @@ MASS_GENERATORS = 3
 CASCADE_WATCH_S = 5.0
 STRONGSWAN_HA_S = 2.1
 CISCO_MIN_S, CISCO_DEFAULT_S = 0.8, 15.0
-
-
-def wait(pred: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:g}s for {what}")
-        time.sleep(step_s)
 
 
 class Bench:
