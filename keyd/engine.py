@@ -65,7 +65,10 @@ class Outbound:
 _IKE_HEADER = struct.Struct("!QQBBBB")
 
 
-def ike_sa_id_of(message: bytes, offset: int = 0) -> tuple[str, int, int, int]:
+IkeHeader = tuple[str, int, int, int]   # what ike_sa_id_of reads
+
+
+def ike_sa_id_of(message: bytes, offset: int = 0) -> IkeHeader:
     """(IKE SA id, responder SPI, exchange type, flags) from an IKE header (RFC 7296 §3.1)
     at `offset` (4 behind the non-ESP marker)."""
     spi_i, spi_r, _next, _ver, exchange, flags = _IKE_HEADER.unpack_from(message, offset)
@@ -154,14 +157,18 @@ class Engine:
             out = out + self.write_now(step)
         return out
 
-    def step(self, inbound: Inbound, may_wait: bool = False) -> Step:
+    def step(self, inbound: Inbound, may_wait: bool = False,
+             header: IkeHeader | None = None) -> Step:
         """Run the core on one message; nothing is written. `may_wait`: an IKE_AUTH for an
         IKE SA held nowhere is not handed to the core — `waiting_for` names it, and the
         caller tries again a moment later (its IKE_SA_INIT answer may have come from
-        another instance whose write of the half-open IKE SA is still on its way)."""
+        another instance whose write of the half-open IKE SA is still on its way).
+        `header`: `ike_sa_id_of` of the message, if the caller has read it already."""
         start = time.perf_counter()
         now = self.clock()
-        ike_sa_id, spi_r, exchange, _flags = ike_sa_id_of(inbound.data, inbound.ike_offset)
+        if header is None:
+            header = ike_sa_id_of(inbound.data, inbound.ike_offset)
+        ike_sa_id, spi_r, exchange, _flags = header
         name = EXCHANGES.get(exchange, "other")
         # unknown here: continue it from etcd if it is there; if not, the core answers or
         # ignores the message as for any unknown SPI (RFC 7296 §2.21.4)

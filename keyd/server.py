@@ -212,13 +212,15 @@ class KeydServer:
         if not attempt:
             self._arrivals += 1
             self.metrics.child(self.metrics.datagrams_in, str(inbound.dst[1])).inc()
-        ike_sa_id = ike_sa_id_of(inbound.data, inbound.ike_offset)[0]
+        header = ike_sa_id_of(inbound.data, inbound.ike_offset)
+        ike_sa_id = header[0]
         waiting = self._held.get(ike_sa_id)
         if waiting is not None:
             waiting.append(inbound)
             return
         try:
-            step = self.engine.step(inbound, may_wait=attempt < len(HALF_OPEN_RETRY_S))
+            step = self.engine.step(inbound, may_wait=attempt < len(HALF_OPEN_RETRY_S),
+                                    header=header)
         except Exception as exc:  # the edge: a bug must cost one message, not the daemon
             log.error("message not handled", extra={"error": f"{type(exc).__name__}: {exc}",
                                                     "peer": f"{inbound.src[0]}"})
