@@ -25,6 +25,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -68,6 +69,14 @@ RIDE_WAIT_S = 0.05
 HALF_OPEN_RETRY_S = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
+@dataclass(slots=True)
+class _Held:
+    """An IKE SA with steps in flight: how many, and the messages that wait for them."""
+
+    steps: int = 0
+    waiting: list[Inbound] = field(default_factory=list)
+
+
 class KeydServer:
     def __init__(self, config: KeydConfig, data_key: DataKey) -> None:
         self.config = config
@@ -101,8 +110,7 @@ class KeydServer:
         self._commit_scheduled = False
         self._arrivals = 0                  # datagrams received so far
         self._removals_timer: asyncio.TimerHandle | None = None
-        self._held: dict[str, list[Inbound]] = {}
-        self._held_count: dict[str, int] = {}
+        self._held: dict[str, _Held] = {}
         self._half_open: dict[str, asyncio.TimerHandle] = {}   # IKE SA → its write, later
         self._riding: dict[str, Step] = {}   # half-open IKE SA → its write, with the next
         self._riding_timer: asyncio.TimerHandle | None = None
@@ -214,9 +222,9 @@ class KeydServer:
             self.metrics.child(self.metrics.datagrams_in, str(inbound.dst[1])).inc()
         header = ike_sa_id_of(inbound.data, inbound.ike_offset)
         ike_sa_id = header[0]
-        waiting = self._held.get(ike_sa_id)
-        if waiting is not None:
-            waiting.append(inbound)
+        held = self._held.get(ike_sa_id)
+        if held is not None:
+            held.waiting.append(inbound)
             return
         try:
             step = self.engine.step(inbound, may_wait=attempt < len(HALF_OPEN_RETRY_S),
@@ -263,9 +271,8 @@ class KeydServer:
 
     def _write_riding(self) -> None:
         self._riding_timer = None
-        if self._riding and not self._commit_scheduled and self._loop is not None:
-            self._commit_scheduled = True
-            self._loop.call_soon(self._commit, self._arrivals)
+        if self._riding:
+            self._schedule_commit()
 
     def _take_riding(self) -> None:
         """Half-open IKE SAs waiting for a write join the one being made."""
@@ -275,17 +282,22 @@ class KeydServer:
         self._riding.clear()
         for step in steps.values():
             if any(self.engine.core.has_ike_sa(i) for i in step.created):
-                self._hold(step)
-                self._pending.append(step)
+                self._queue(step)
 
-    def _hold(self, step: Step) -> None:
-        for held in step.holds():
-            self._held.setdefault(held, [])
-            self._held_count[held] = self._held_count.get(held, 0) + 1
+    def _queue(self, step: Step) -> None:
+        """The step waits for the next write; messages for its IKE SAs wait for the step."""
+        for ike_sa_id in step.holds():
+            held = self._held.get(ike_sa_id)
+            if held is None:
+                held = self._held[ike_sa_id] = _Held()
+            held.steps += 1
+        self._pending.append(step)
 
     def _submit(self, step: Step) -> None:
-        self._hold(step)
-        self._pending.append(step)
+        self._queue(step)
+        self._schedule_commit()
+
+    def _schedule_commit(self) -> None:
         if not self._commit_scheduled and self._loop is not None:
             self._commit_scheduled = True
             self._loop.call_soon(self._commit, self._arrivals)
@@ -316,9 +328,8 @@ class KeydServer:
             except Exception as exc:
                 log.error("step not settled", extra={"error": f"{type(exc).__name__}: {exc}"})
             self._release(step)
-        if self._pending and not self._commit_scheduled:
-            self._commit_scheduled = True
-            self._loop.call_soon(self._commit, self._arrivals)
+        if self._pending:
+            self._schedule_commit()
         self._removals_later()
 
     def _removals_later(self) -> None:
@@ -347,19 +358,21 @@ class KeydServer:
 
     def _release(self, step: Step) -> None:
         """The step is settled: messages that waited for its IKE SAs go on, in order."""
-        for held in step.holds():
-            left = self._held_count.get(held, 1) - 1
-            if left > 0:
-                self._held_count[held] = left
+        for ike_sa_id in step.holds():
+            held = self._held.get(ike_sa_id)
+            if held is None:
                 continue
-            self._held_count.pop(held, None)
-            for inbound in self._held.pop(held, []):
+            held.steps -= 1
+            if held.steps > 0:
+                continue
+            del self._held[ike_sa_id]
+            for inbound in held.waiting:
                 self._enqueue(inbound, attempt=len(HALF_OPEN_RETRY_S))
 
     @property
     def _quiet(self) -> bool:
         """No step in flight: the timers and the flush may touch any IKE SA."""
-        return not self._held_count and not self._pending
+        return not self._held and not self._pending
 
     def _dropped(self, reason: str) -> None:
         self.metrics.dropped.labels(reason).inc()
@@ -498,7 +511,7 @@ class KeydServer:
             self.pool.store = fresh
             try:
                 self.engine.use_store(fresh)
-                self.engine.flush(busy=set(self._held_count))
+                self.engine.flush(busy=set(self._held))
             except StoreError:
                 continue
             finally:
