@@ -284,12 +284,19 @@ class Persister:
     def _write_states(self, group: list[Changes], deletes: list[str]) -> bool:
         """The state of several steps in one transaction, owners included, and `deletes`;
         False if a guard lost (nothing written)."""
-        if len(group) == 1:
+        if len(group) == 1:   # an owner the sprayer wrote first is no conflict
             try:
                 self._write_state(group[0], deletes)
             except WriteConflict:
                 return False
             return True
+        return self._commit_states(group, deletes) is not None
+
+    def _commit_states(self, group: list[Changes], deletes: list[str],
+                       with_owners: bool = True) -> int | None:
+        """One transaction: the state of `group`'s steps, guarded, their owners if
+        `with_owners`, and `deletes`. The revision, or None if a guard lost (nothing
+        written)."""
         puts: list[Record] = []
         guards: list[Guard] = []
         fresh: list[LeaseClaim] = []
@@ -299,7 +306,8 @@ class Persister:
             puts += p
             guards += g
             fresh += f
-            owners += [a for a in (self._owner(i) for i in sorted(c.established)) if a]
+            if with_owners:
+                owners += [a for a in (self._owner(i) for i in sorted(c.established)) if a]
         label = "ike_sa+child_sa" if any(c.new_children for c in group) else "ike_sa"
         deletes = self._not_put(deletes, [*puts, *owners])
         with self.metrics.etcd_write(label):
@@ -308,7 +316,7 @@ class Persister:
                 guards=[*guards, *(Guard(self.store.key_of(a), 0) for a in owners)])
         if revision is not None:
             self._written(fresh, owners, revision)
-        return revision is not None
+        return revision
 
     def _not_put(self, deletes: list[str], puts: list[Record]) -> list[str]:
         """`deletes` without the keys the same transaction writes (etcd refuses a
@@ -327,24 +335,16 @@ class Persister:
             log.debug("client assigned", extra={"ike_sa": a.ike_sa_id, "node": a.node})
 
     def _write_state(self, changes: Changes, deletes: list[str] | None = None) -> None:
-        puts, guards, fresh = self._state_ops(changes)
-        owners = [a for a in (self._owner(i) for i in sorted(changes.established)) if a]
-        label = "ike_sa+child_sa" if changes.new_children else "ike_sa"
-        deletes = self._not_put(deletes or [], [*puts, *owners])
-        with self.metrics.etcd_write(label):
-            revision = self.store.commit_revision(
-                puts=[*puts, *owners], deletes=deletes,
-                guards=[*guards, *(Guard(self.store.key_of(a), 0) for a in owners)])
-            if revision is None and owners:
-                # maybe only an owner was there already (the sprayer was quicker): fine
-                revision = self.store.commit_revision(puts=puts, guards=guards,
-                                                      deletes=deletes)
-                owners = []
+        """One step's state, owners included, and `deletes`; WriteConflict if a guard
+        lost (nothing written)."""
+        revision = self._commit_states([changes], deletes or [])
+        if revision is None and changes.established:
+            # maybe only an owner was there already (the sprayer was quicker): fine
+            revision = self._commit_states([changes], deletes or [], with_owners=False)
         if revision is None:
             what = [f"sa/{c.spi_in:08x}" for c in changes.new_children]
-            what += [f"pool/{c.lease.ip}" for c in fresh]
+            what += [f"pool/{c.lease.ip}" for c in changes.leases if not c.held]
             raise WriteConflict(f"taken already in the cluster: {', '.join(what)}")
-        self._written(fresh, owners, revision)
 
     def _nodes(self) -> list[NodeRecord]:
         if self.view is not None and self.view.nodes_synced:
