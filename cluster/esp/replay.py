@@ -107,10 +107,9 @@ class ReplayWindow:
         """Install another node's counters (a hand-off or checkpoint)."""
         bitmap &= self._mask
         ring_len = len(self._ring)
-        # rev[i]: bit i of the bitmap, i.e. number highest - i
-        rev = format(bitmap, f"0{ring_len}b").encode().translate(_FROM_BITS)[::-1]
+        # r[j]: bit ring_len - 1 - j of the bitmap, i.e. number highest - (ring_len - 1 - j)
+        r = format(bitmap, f"0{ring_len}b").encode().translate(_FROM_BITS)
         k = (highest + 1) & self._rmask
-        r = rev[::-1]  # r[j] is number highest - (ring_len - 1 - j)
         self._ring[:] = r[-k:] + r[:-k] if k else r
         self.highest = highest
         self._bitmap = bitmap
