@@ -103,25 +103,24 @@ class AeadCipher(Cipher):
 
     def __init__(self, s: Suite, key: bytes) -> None:
         self.suite = s
-        self.salt = self._salt = key[-SALT_LEN:]
+        self.salt = key[-SALT_LEN:]
         raw = key[:-SALT_LEN]
         self.aead: AESGCM | ChaCha20Poly1305 = (
             ChaCha20Poly1305(raw) if s.encr == "chacha20poly1305" else AESGCM(raw)
         )
-        self._aead = self.aead
 
     def fresh_iv(self, counter_iv: bytes) -> bytes:
         return counter_iv
 
     def seal(self, iv: bytes, header: bytes, plaintext: bytes, seq_high: int | None) -> bytes:
         aad = header if seq_high is None else header[:4] + seq_high.to_bytes(4) + header[4:]
-        return iv + self._aead.encrypt(self._salt + iv, plaintext, aad)
+        return iv + self.aead.encrypt(self.salt + iv, plaintext, aad)
 
     def open(self, header: bytes, body: bytes, seq_high: int | None) -> bytes:
         # RFC 4106 §5: AAD is SPI | seq (32) or SPI | seq high | seq low (ESN)
         aad = header if seq_high is None else header[:4] + seq_high.to_bytes(4) + header[4:]
         try:
-            return self._aead.decrypt(self._salt + body[:AEAD_IV_LEN], body[AEAD_IV_LEN:], aad)
+            return self.aead.decrypt(self.salt + body[:AEAD_IV_LEN], body[AEAD_IV_LEN:], aad)
         except InvalidTag:
             raise RemoteProtocolError(DropReason.INTEGRITY) from None
 
