@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from cluster.node.outbound import key_text
 from sprayer.backends import DriverError
 from sprayer.netlink import (
     BATCH,
@@ -85,24 +86,6 @@ def _sysctl(path: str, value: str) -> None:
         pass
 
 
-def route_to_tun(address: bytes, tun: str) -> None:
-    """Route one client address (packed IPv4 or IPv6) to the TUN device."""
-    _ip("route", "replace", _host(address), "dev", tun)
-
-
-def unroute(address: bytes, tun: str) -> None:
-    """Remove the route of one client address; quiet if it is already gone."""
-    with contextlib.suppress(TunError):
-        _ip("route", "del", _host(address), "dev", tun)
-
-
-def _host(address: bytes) -> str:
-    """A client key (packed host address, or packed network + prefix length) for `ip`."""
-    from cluster.node.outbound import key_text
-
-    return key_text(address)
-
-
 RTA_OIF = 4
 RT_SCOPE_LINK = 253
 #: what `ip route` tags its routes with (RTPROT_BOOT): a route written here looks the same
@@ -129,7 +112,7 @@ def _rta(kind: int, payload: bytes) -> bytes:
 def push_route_change(seq: int, change: RouteChange, ifindex: int) -> bytes:
     """The RTM_NEWROUTE (create or replace) / RTM_DELROUTE message for one change, in the
     main table, as `ip route replace|del <key> dev <tun>|via <gateway>` would send it."""
-    net = ipaddress.ip_network(_host(change.address), strict=False)
+    net = ipaddress.ip_network(key_text(change.address), strict=False)
     family = socket.AF_INET if net.version == 4 else socket.AF_INET6
     delete = change.action in ("del", "unvia")
     via = change.action in ("via", "unvia")
@@ -159,7 +142,7 @@ def push_route_change(seq: int, change: RouteChange, ifindex: int) -> bytes:
 def _describe(change: RouteChange, tun: str) -> str:
     where = f"via {change.gateway}" if change.action in ("via", "unvia") else f"dev {tun}"
     verb = "del" if change.action in ("del", "unvia") else "replace"
-    return f"ip route {verb} {_host(change.address)} {where}"
+    return f"ip route {verb} {key_text(change.address)} {where}"
 
 
 def _route_socket() -> socket.socket:
@@ -242,14 +225,3 @@ def apply_routes(changes: Iterable[RouteChange], tun: str) -> list[str]:
         return writer.apply(list(changes))
     finally:
         writer.close()
-
-
-def route_via(address: bytes, gateway: str) -> None:
-    """Route one client address to another host (the client's new owner after a hand-off)."""
-    _ip("route", "replace", _host(address), "via", gateway)
-
-
-def unroute_via(address: bytes, gateway: str) -> None:
-    """Remove a `route_via` route; quiet if the address is routed otherwise by now."""
-    with contextlib.suppress(TunError):
-        _ip("route", "del", _host(address), "via", gateway)
