@@ -121,24 +121,6 @@ def _reinject(dp: Datapath, addr: bytes, hold_s: float = 0.0) -> None:
         log.debug("%d held packet(s) for %s forwarded to the new owner", n, addr.hex())
 
 
-def _read_seq_records(store: Store, spis: set[int]) -> dict[str | int, Versioned[SeqRecord] | None]:
-    """The seq records of these SAs; a record that does not decode reads as absent (the
-    take-over jumps), logged. StoreError if etcd does not answer."""
-    try:
-        return store.get_many(SeqRecord, spis)
-    except StoreError:
-        raise
-    except Exception as e:
-        log.warning("take-over: unreadable seq record (%s): read as absent", e)
-    try:
-        return store.get_many(SeqRecord, spis, strict=False)
-    except StoreError:
-        raise
-    except Exception as e:
-        log.warning("take-over: seq records unreadable (%s): every one read as absent", e)
-        return {}
-
-
 class NodeAgent:
     """One cluster node. `start()` brings it up; `stop()` takes it down and leaves the
     cluster (lease revoked)."""
@@ -713,7 +695,9 @@ class NodeAgent:
                 while not self._stopping:
                     store = self.store
                     try:
-                        got = _read_seq_records(store, spis)
+                        # a record that does not decode reads as absent (the take-over
+                        # jumps); the store logs it with its key
+                        got = store.get_many(SeqRecord, spis, strict=False)
                     except StoreError as e:
                         log.warning("take-over of %d clients waits for etcd: %s",
                                     len(batch), e)
