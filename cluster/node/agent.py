@@ -154,9 +154,8 @@ class NodeAgent:
         self.sending: dict[str, int] = {}  # ike_sa_id -> epoch this node sends under
         self.acquiring: dict[str, int] = {}  # ike_sa_id -> epoch being taken over
         self.routed: set[bytes] = set()  # client addresses routed to the TUN
-        #: node id -> back-end address, from nodes/ (where a handed-off client is forwarded)
-        self.node_addresses: dict[str, str] = {}
-        #: node id -> its health responder (where a new owner sends READY), from nodes/
+        #: node id -> (back-end address, health port), from nodes/: where a handed-off
+        #: client is forwarded, and where its new owner sends READY
         self.node_health: dict[str, tuple[str, int]] = {}
         #: planned hand-offs away from us: final records waiting for the new owner's READY
         self.finals: FinalGate[tuple[str, Callable[[], None]]] = FinalGate()
@@ -325,7 +324,6 @@ class NodeAgent:
             elif isinstance(r, Assignment):
                 self._assignment(r, ev.revision)
             elif isinstance(r, NodeRecord):
-                self.node_addresses[r.id] = r.address
                 self.node_health[r.id] = (r.address, r.health_port)
                 if r.id == self.cfg.id:
                     self.draining = r.state == "draining"
@@ -336,7 +334,6 @@ class NodeAgent:
             elif kind == "assign":
                 self._assignment_gone(ev.name)
             elif kind == "nodes":
-                self.node_addresses.pop(ev.name, None)
                 self.node_health.pop(ev.name, None)
                 if ev.name == self.cfg.id and not self._stopping and self.lease_ok.is_set():
                     self._pool.submit(self._check_removed, ev.key)
@@ -503,7 +500,8 @@ class NodeAgent:
             return
         if k in self.sending or k in self.acquiring:
             planned = a.phase == "handoff" and a.previous_node == me
-            to = self.node_addresses.get(a.node) if planned else None
+            peer = self.node_health.get(a.node) if planned else None
+            to = peer[0] if peer is not None else None
             kept = self._fence(k, forward_to=to)
             if planned:
                 self._write_final(k, a, revision, kept, to)
