@@ -49,24 +49,9 @@ LOCAL_INSIDE = "10.20.0.1"   # on the gateway's lo, inside local_ts (see the mod
 
 
 def strongswan_conf(log_path: Path) -> str:
-    """charon's strongswan.conf: the lab's plugin list; IKE logged at level 1 only (per-packet
-    logging of libipsec is at higher levels and stays off)."""
-    from cluster.lab.strongswan import PLUGINS
-    return f"""\
-charon {{
-  load_modular = no
-  load = {PLUGINS}
-  install_routes = yes
-  filelog {{
-    bench {{
-      path = {log_path}
-      time_format = %b %e %T
-      default = 1
-      flush_line = yes
-    }}
-  }}
-}}
-"""
+    """charon's strongswan.conf: the lab's baseline gateway's (`cluster.lab.strongswan`)."""
+    from cluster.lab import strongswan
+    return strongswan.strongswan_conf(log_path)
 
 
 def swanctl_conf(vip: str, client_vip: str, local_ts: str) -> str:

@@ -69,7 +69,6 @@ GEN, NODE_GEN, NODE_SINK, SINK = "10.50.0.1", "10.50.0.2", "10.40.0.1", "10.40.0
 CLIENT_VIP, SERVER = "10.99.0.7", "10.20.0.10"
 KEY_IN = bytes(range(20))
 KEY_OUT = bytes(range(20, 40))
-GATEWAY_INSIDE = "10.20.0.1"  # charon's address inside its local_ts (bench/libipsec.py)
 SINK_PORT = 9  # the inbound packets' destination port: the sink's nftables counter drops them
 GSO = 40  # ESP datagrams per generator send (UDP GSO), as a NIC's GRO would batch them
 SOL_UDP, UDP_SEGMENT = 17, 103
@@ -370,7 +369,7 @@ def _libipsec(prefix: str, tmp: Path) -> dict[str, Any]:
     namespace; keys from the project's initiator (bench/libipsec.py)."""
     from bench import libipsec
     ns = prefix + "node"
-    _sh("ip", "-n", ns, "addr", "add", f"{GATEWAY_INSIDE}/32", "dev", "lo")
+    _sh("ip", "-n", ns, "addr", "add", f"{libipsec.LOCAL_INSIDE}/32", "dev", "lo")
     charon = libipsec.start_gateway(ns, tmp / "charon", VIP, CLIENT_VIP, "10.20.0.0/24")
     try:
         sa_file = tmp / "charon" / "child-sa.json"
