@@ -145,10 +145,12 @@ class Persister:
         claimed = frozenset(c.lease.ip for ch in batch for c in ch.leases)
         riders, self._riders = self._riders, []
         owners_due, self._owners_due = self._owners_due, []
-        extra = self._removals(riders, claimed) if riders else _Removals()
+        extra: _Removals | None = None   # the riders' keys, once a transaction may take them
         carried = False   # riders and due owners written
         for group in self._groups(batch, simple):
             changes = [batch[i] for i in group]
+            if extra is None:
+                extra = self._removals(riders, claimed) if riders else _Removals()
             own = self._removals(changes, claimed)
             ops = sum(len(c.state_records()) + len(c.established) for c in changes)
             ops += len(own.keys)
@@ -222,7 +224,8 @@ class Persister:
         except StoreError as exc:
             # etcd is away: tried again (`retry_removals`) once it answers
             log.warning("removal deferred until etcd answers", extra={"error": str(exc)})
-            self._pending.append(due + [k for c in riders for k in self._known_keys(c)])
+            self._pending.append(due + [k for c in riders
+                                        for k in self._removal_keys(c, read=False)[0]])
             self._removing.difference_update(*(c.deleted_ike for c in riders))
             raise
         self._removed(extra)
@@ -380,16 +383,17 @@ class Persister:
             self.pool.transfer(rekey.virtual_ip, rekey.old, rekey.new)
 
     # -- removals ---------------------------------------------------------------------------
-    def _removal_keys(self, changes: Changes, claimed: frozenset[str] = frozenset()
-                      ) -> tuple[list[str], list[tuple[str, str]]]:
+    def _removal_keys(self, changes: Changes, claimed: frozenset[str] = frozenset(),
+                      read: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
         """The keys to delete, and the (address, IKE SA) leases among them — but not the
         leases of `claimed` addresses, just taken over by another IKE SA (a returning
-        client's INITIAL_CONTACT gets its old address back)."""
+        client's INITIAL_CONTACT gets its old address back). `read`: ask etcd what an IKE
+        SA not held in memory had (else: only what is known here)."""
         ks = self.store.keyspace
         keys = [ks.sa(spi) for spi in changes.deleted_children]
         released: list[tuple[str, str]] = []
         for ike_sa_id, last in changes.deleted_ike.items():
-            if last is None:   # not ours in memory: read what it had
+            if last is None and read:   # not ours in memory: read what it had
                 held = self.store.get(IkeSaRecord, ike_sa_id)
                 last = held.record if held else None
             keys += [ks.ike(ike_sa_id), ks.assign(ike_sa_id)]
@@ -399,15 +403,6 @@ class Persister:
                     keys.append(ks.pool(last.virtual_ip))
                     released.append((last.virtual_ip, ike_sa_id))
         return list(dict.fromkeys(keys)), released
-
-    def _known_keys(self, changes: Changes) -> list[str]:
-        """The keys `changes` removes, from what is known without asking etcd."""
-        ks = self.store.keyspace
-        return ([ks.sa(s) for s in changes.deleted_children]
-                + [k for i in changes.deleted_ike for k in (ks.ike(i), ks.assign(i))]
-                + [ks.sa(s) for r in changes.deleted_ike.values() if r for s in r.child_spis]
-                + [ks.pool(r.virtual_ip) for r in changes.deleted_ike.values()
-                   if r and r.virtual_ip])
 
     def _remove(self, changes: Changes) -> None:
         """The removals of one step now (sa/, ike/, pool/ in one transaction, then the
@@ -423,7 +418,7 @@ class Persister:
                     self.pool.released(ip, ike_sa_id)
         except StoreError as exc:
             log.warning("removal deferred until etcd answers", extra={"error": str(exc)})
-            self._pending.append(self._known_keys(changes))
+            self._pending.append(self._removal_keys(changes, read=False)[0])
 
     def _delete(self, keys: list[str]) -> None:
         # owners last, in a later revision: a sprayer that sees a client without an owner
