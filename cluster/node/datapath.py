@@ -356,23 +356,22 @@ class Datapath:
                 if sa is not None:
                     # the hot path: a run of ESP packets for an SA we hold, opened in one
                     # call, no event object per packet; each packet is dropped alone
-                    stop = sa.open_run(buf, off, size, now, inner, drops)
-                    if stop > off:
-                        off = stop
-                        if drops:
-                            for reason in drops:
-                                dropped(sa, reason)
-                            drops.clear()
-                        if inner:
-                            for pkt in inner:
-                                try:
-                                    write(tun, pkt)
-                                except OSError:
-                                    totals.tun_errors += 1
-                            inner.clear()
-                            if addr != sa.peer:  # only after a packet authenticated
-                                self._rebind(sa, addr)
-                        continue
+                    # (it opens at least the packet at `off`: its SPI is the one it matched)
+                    off = sa.open_run(buf, off, size, now, inner, drops)
+                    if drops:
+                        for reason in drops:
+                            dropped(sa, reason)
+                        drops.clear()
+                    if inner:
+                        for pkt in inner:
+                            try:
+                                write(tun, pkt)
+                            except OSError:
+                                totals.tun_errors += 1
+                        inner.clear()
+                        if addr != sa.peer:  # only after a packet authenticated
+                            self._rebind(sa, addr)
+                    continue
                 data = buf[off:off + size] if size < n else buf
                 off += size
                 self._receive_other(receive(data, now), data, addr)
