@@ -249,8 +249,11 @@ class Datapath:
             if cur is None or self.outbound.get(addr) is not sa:
                 continue
             pending = cur[1]
-            while pending and sa.out_seq + 1 < sa.send_limit:
-                self._send(sa, pending.pop(0), now)
+            i = 0
+            while i < len(pending) and sa.out_seq + 1 < sa.send_limit:
+                self._send(sa, pending[i], now)
+                i += 1
+            del pending[:i]
             if not pending:
                 del self.held[addr]
 
