@@ -89,6 +89,9 @@ class Datapath:
         #: packed client address → (deadline, packets): outbound packets kept, not dropped,
         #: while a hand-off of that client completes (see `hold`)
         self.held: dict[bytes, tuple[float, list[bytes]]] = {}
+        #: the network keys of `held` (clients reached by a subnet selector), for the
+        #: longest-prefix match of a destination that is not a held host
+        self._held_nets: OutboundTable[bytes] = OutboundTable()
         self.totals = Totals()
         #: set while the lease is unconfirmed (etcd silent): send only on SAs whose client was
         #: heard from within `fence_grace_s` (docs/node.md, "Fencing")
@@ -215,11 +218,13 @@ class Datapath:
         for addr in addresses:
             cur = self.held.get(addr)
             self.held[addr] = (deadline, cur[1] if cur else [])
+            if cur is None and is_network(addr):
+                self._held_nets.set(addr, addr)
 
     def release(self, addresses: tuple[bytes, ...] | set[bytes]) -> None:
         """Stop holding; what was held is dropped (`not_owner`)."""
         for addr in addresses:
-            cur = self.held.pop(addr, None)
+            cur = self._unhold(addr)
             if cur is not None and cur[1]:
                 self.drops[DropReason.NOT_OWNER] += len(cur[1])
 
@@ -228,7 +233,7 @@ class Datapath:
         it again, now along the client's new route (the new owner). Returns the count."""
         n = 0
         for addr in addresses:
-            cur = self.held.pop(addr, None)
+            cur = self._unhold(addr)
             if cur is None:
                 continue
             for pkt in cur[1]:
@@ -255,18 +260,28 @@ class Datapath:
                 i += 1
             del pending[:i]
             if not pending:
-                del self.held[addr]
+                self._unhold(addr)
+
+    def _unhold(self, addr: bytes) -> tuple[float, list[bytes]] | None:
+        """Stop holding for `addr`; what was held for it (None: nothing)."""
+        cur = self.held.pop(addr, None)
+        if cur is not None and is_network(addr):
+            self._held_nets.pop(addr)
+        return cur
 
     def _keep(self, addr: bytes, pkt: bytes, now: float) -> bool:
         cur = self.held.get(addr)
         if cur is None:
             # a client reached by a subnet selector is held under its network's key
-            addr = next((k for k in self.held if is_network(k) and _within(addr, k)), b"")
+            net = self._held_nets.longest_prefix(addr)
+            if net is None:
+                return False
+            addr = net
             cur = self.held.get(addr)
         if cur is None:
             return False
         if now > cur[0]:
-            del self.held[addr]
+            self._unhold(addr)
             self.drops[DropReason.NOT_OWNER] += len(cur[1])
             return False
         if len(cur[1]) >= HOLD_PACKETS:
@@ -559,15 +574,6 @@ class Datapath:
             t.packets_out += sa.packets_out
             t.bytes_out += sa.bytes_out
         return t
-
-
-def _within(address: bytes, network: bytes) -> bool:
-    """Whether a packed address lies in a network key (packed network + prefix length)."""
-    base, plen = network[:-1], network[-1]
-    if len(address) != len(base):
-        return False
-    bits = len(base) * 8
-    return int.from_bytes(address) >> (bits - plen) == int.from_bytes(base) >> (bits - plen)
 
 
 def _udp(host: str, port: int) -> socket.socket:
