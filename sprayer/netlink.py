@@ -3,17 +3,20 @@
 The client routes flip with every move, on the path of the client's return traffic; forking
 `ip` for each flip costs milliseconds on a busy host. This sends RTM_NEWROUTE (replace) and
 RTM_DELROUTE messages in batches on one NETLINK_ROUTE socket, opened in the router's network
-namespace, and reads one acknowledgement per message. Only what the sprayer needs: IPv4 /32
-unicast routes via a gateway, in one table, tagged with one route protocol number.
+namespace, and reads one acknowledgement per message. Unicast routes only: the sprayer's
+IPv4 /32 routes via a gateway, in one table, tagged with one route protocol number; the
+node's client routes (cluster.node.tun: IPv4 or IPv6, hosts or networks, to a device or a
+gateway) are written with the same messages and the same batches (`send_batch`).
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sprayer.backends import DriverError, inside_netns
 
@@ -21,7 +24,7 @@ NETLINK_ROUTE = 0
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
-RTA_DST, RTA_GATEWAY, RTA_TABLE = 1, 5, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 RT_TABLE_MAIN, RT_TABLE_UNSPEC = 254, 0
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
@@ -38,16 +41,31 @@ def _rta(kind: int, payload: bytes) -> bytes:
     return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
 
 
-def push_route(seq: int, delete: bool, dst: str, gateway: str | None, table: int,
-               proto: int) -> bytes:
-    """One RTM_NEWROUTE (create or replace) / RTM_DELROUTE message for dst/32."""
-    rt_table = table if table < 256 else RT_TABLE_UNSPEC
-    body = _RTMSG.pack(socket.AF_INET, 32, 0, 0, rt_table, proto,
-                       RT_SCOPE_NOWHERE if delete else RT_SCOPE_UNIVERSE,
-                       0 if delete else RTN_UNICAST, 0)
-    body += _rta(RTA_DST, socket.inet_aton(dst)) + _rta(RTA_TABLE, struct.pack("=I", table))
-    if gateway is not None and not delete:
-        body += _rta(RTA_GATEWAY, socket.inet_aton(gateway))
+def push_route(seq: int, delete: bool, dst: str, gateway: str | None, table: int | None,
+               proto: int, *, prefix: int | None = None, oif: int = 0,
+               scope: int | None = None) -> bytes:
+    """One RTM_NEWROUTE (create or replace) / RTM_DELROUTE message for dst/prefix (IPv4 or
+    IPv6; no prefix: the host route). `table` None: the main table, named in the header only
+    (as `ip route` does); `gateway` (RTA_GATEWAY) and `oif` (RTA_OIF, when not 0) go in as
+    given; `scope` by default nowhere for a delete, universe otherwise. ValueError for an
+    address that is none, or a gateway of the other family."""
+    addr = ipaddress.ip_address(dst)
+    family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    if scope is None:
+        scope = RT_SCOPE_NOWHERE if delete else RT_SCOPE_UNIVERSE
+    rt_table = RT_TABLE_MAIN if table is None else table if table < 256 else RT_TABLE_UNSPEC
+    body = _RTMSG.pack(family, addr.max_prefixlen if prefix is None else prefix, 0, 0,
+                       rt_table, proto, scope, 0 if delete else RTN_UNICAST, 0)
+    body += _rta(RTA_DST, addr.packed)
+    if table is not None:
+        body += _rta(RTA_TABLE, struct.pack("=I", table))
+    if gateway is not None:
+        gw = ipaddress.ip_address(gateway)
+        if gw.version != addr.version:
+            raise ValueError(f"route {dst} via {gateway}: address families differ")
+        body += _rta(RTA_GATEWAY, gw.packed)
+    if oif:
+        body += _rta(RTA_OIF, struct.pack("=i", oif))
     flags = NLM_F_REQUEST | NLM_F_ACK
     if not delete:
         flags |= NLM_F_CREATE | NLM_F_REPLACE
@@ -83,6 +101,28 @@ def open_route_socket(netns: str | None = None) -> socket.socket:
     return sock
 
 
+def send_batch(sock: socket.socket, msgs: Sequence[tuple[int, str, bytes, bool]]
+               ) -> list[str]:
+    """Send (seq, what, message, is a delete) route messages on `sock`, BATCH at a time, and
+    read one acknowledgement each; returns "what: reason" for every refused one (a delete of
+    a route that is already gone is no refusal). OSError if the socket fails, DriverError
+    if an answer is truncated."""
+    failures: list[str] = []
+    for i in range(0, len(msgs), BATCH):
+        chunk = msgs[i:i + BATCH]
+        what = {seq: (text, delete) for seq, text, _, delete in chunk}
+        sock.sendall(b"".join(m for _, _, m, _ in chunk))
+        while what:
+            for seq, err in pull_acks(sock.recv(1 << 20)):
+                got = what.pop(seq, None)
+                if got is None or err == 0:
+                    continue
+                if err in (errno.ESRCH, errno.ENOENT) and got[1]:
+                    continue
+                failures.append(f"{got[0]}: {os.strerror(err)}")
+    return failures
+
+
 class RouteSocket:
     """A NETLINK_ROUTE socket in one network namespace, for batches of /32 route changes."""
 
@@ -94,31 +134,19 @@ class RouteSocket:
               proto: int) -> None:
         """Replace (dst, gateway) routes and delete dst routes; a delete of a route that is
         already gone is fine; any other refusal is a DriverError naming the route."""
-        msgs: list[tuple[int, str, bytes]] = []
+        msgs: list[tuple[int, str, bytes, bool]] = []
         for dst in delete:
             self._seq += 1
-            msgs.append((self._seq, f"del {dst}", push_route(self._seq, True, dst, None,
-                                                             table, proto)))
+            msgs.append((self._seq, f"del {dst}",
+                         push_route(self._seq, True, dst, None, table, proto), True))
         for dst, gw in replace:
             self._seq += 1
-            msgs.append((self._seq, f"{dst} via {gw}", push_route(self._seq, False, dst, gw,
-                                                                  table, proto)))
-        failures = []
-        for i in range(0, len(msgs), BATCH):
-            chunk = msgs[i:i + BATCH]
-            what = {seq: text for seq, text, _ in chunk}
-            try:
-                self.sock.sendall(b"".join(m for _, _, m in chunk))
-                while what:
-                    for seq, err in pull_acks(self.sock.recv(1 << 20)):
-                        text = what.pop(seq, None)
-                        if text is None or err == 0:
-                            continue
-                        if err in (errno.ESRCH, errno.ENOENT) and text.startswith("del "):
-                            continue
-                        failures.append(f"{text}: {os.strerror(err)}")
-            except OSError as e:
-                raise DriverError(f"rtnetlink: {e}") from None
+            msgs.append((self._seq, f"{dst} via {gw}",
+                         push_route(self._seq, False, dst, gw, table, proto), False))
+        try:
+            failures = send_batch(self.sock, msgs)
+        except OSError as e:
+            raise DriverError(f"rtnetlink: {e}") from None
         if failures:
             raise DriverError(f"route changes refused: {'; '.join(failures[:5])}"
                               + (f" (+{len(failures) - 5} more)" if len(failures) > 5 else ""))

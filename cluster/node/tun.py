@@ -7,7 +7,6 @@ Routes for the virtual IPs of owned clients point at the device (issue 4, item 4
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import ipaddress
 import os
@@ -20,22 +19,11 @@ from typing import Literal
 
 from cluster.node.outbound import key_text
 from sprayer.backends import DriverError
+from sprayer.netlink import RTA_OIF as RTA_OIF  # the node's route messages name the TUN
 from sprayer.netlink import (
-    BATCH,
-    NLM_F_ACK,
-    NLM_F_CREATE,
-    NLM_F_REPLACE,
-    NLM_F_REQUEST,
-    RT_SCOPE_NOWHERE,
-    RT_SCOPE_UNIVERSE,
-    RT_TABLE_MAIN,
-    RTA_DST,
-    RTA_GATEWAY,
-    RTM_DELROUTE,
-    RTM_NEWROUTE,
-    RTN_UNICAST,
     open_route_socket,
-    pull_acks,
+    push_route,
+    send_batch,
 )
 
 TUNSETIFF = 0x400454CA
@@ -86,12 +74,9 @@ def _sysctl(path: str, value: str) -> None:
         pass
 
 
-RTA_OIF = 4
 RT_SCOPE_LINK = 253
 #: what `ip route` tags its routes with (RTPROT_BOOT): a route written here looks the same
 RTPROT_BOOT = 3
-_NLMSGHDR = struct.Struct("=IHHII")
-_RTMSG = struct.Struct("=BBBBBBBBI")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,39 +89,18 @@ class RouteChange:
     gateway: str = ""
 
 
-def _rta(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
-
-
 def push_route_change(seq: int, change: RouteChange, ifindex: int) -> bytes:
     """The RTM_NEWROUTE (create or replace) / RTM_DELROUTE message for one change, in the
     main table, as `ip route replace|del <key> dev <tun>|via <gateway>` would send it."""
     net = ipaddress.ip_network(key_text(change.address), strict=False)
-    family = socket.AF_INET if net.version == 4 else socket.AF_INET6
     delete = change.action in ("del", "unvia")
     via = change.action in ("via", "unvia")
-    if delete:
-        scope = RT_SCOPE_NOWHERE
-    elif via or family == socket.AF_INET6:
-        scope = RT_SCOPE_UNIVERSE
-    else:
-        scope = RT_SCOPE_LINK
-    body = _RTMSG.pack(family, net.prefixlen, 0, 0, RT_TABLE_MAIN,
-                       0 if delete else RTPROT_BOOT, scope, 0 if delete else RTN_UNICAST, 0)
-    body += _rta(RTA_DST, net.network_address.packed)
-    if via:
-        gw = ipaddress.ip_address(change.gateway)
-        if gw.version != net.version:
-            raise TunError(f"route {net} via {gw}: address families differ")
-        body += _rta(RTA_GATEWAY, gw.packed)
-    else:
-        body += _rta(RTA_OIF, struct.pack("=i", ifindex))
-    flags = NLM_F_REQUEST | NLM_F_ACK
-    if not delete:
-        flags |= NLM_F_CREATE | NLM_F_REPLACE
-    kind = RTM_DELROUTE if delete else RTM_NEWROUTE
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
+    if via and ipaddress.ip_address(change.gateway).version != net.version:
+        raise TunError(f"route {net} via {change.gateway}: address families differ")
+    scope = None if delete or via or net.version == 6 else RT_SCOPE_LINK
+    return push_route(seq, delete, str(net.network_address), change.gateway if via else None,
+                      None, 0 if delete else RTPROT_BOOT, prefix=net.prefixlen,
+                      oif=0 if via else ifindex, scope=scope)
 
 
 def _describe(change: RouteChange, tun: str) -> str:
@@ -179,34 +143,22 @@ class RouteWriter:
             return []
         ifindex = self._index() if any(c.action in ("tun", "del") for c in changes) else 0
         failures: list[str] = []
-        for i in range(0, len(changes), BATCH):
-            msgs: list[bytes] = []
-            what: dict[int, RouteChange] = {}
-            for change in changes[i:i + BATCH]:
-                self._seq = (self._seq + 1) & 0xFFFFFFFF
-                try:
-                    msgs.append(push_route_change(self._seq, change, ifindex))
-                except (TunError, ValueError) as e:
-                    failures.append(f"{_describe(change, self.tun)}: {e}")
-                    continue
-                what[self._seq] = change
+        msgs: list[tuple[int, str, bytes, bool]] = []
+        for change in changes:
+            self._seq = (self._seq + 1) & 0xFFFFFFFF
             try:
-                if msgs:
-                    self.sock.sendall(b"".join(msgs))
-                while what:
-                    for seq, err in pull_acks(self.sock.recv(1 << 20)):
-                        change_or_none = what.pop(seq, None)
-                        if change_or_none is None or err == 0:
-                            continue
-                        if (err in (errno.ESRCH, errno.ENOENT)
-                                and change_or_none.action in ("del", "unvia")):
-                            continue
-                        failures.append(f"{_describe(change_or_none, self.tun)}: "
-                                        f"{os.strerror(err)}")
-            except (OSError, DriverError) as e:
-                # the socket may hold late acknowledgements now: start over on a new one
-                self._reopen()
-                raise TunError(f"rtnetlink: {e}") from None
+                msg = push_route_change(self._seq, change, ifindex)
+            except (TunError, ValueError) as e:
+                failures.append(f"{_describe(change, self.tun)}: {e}")
+                continue
+            msgs.append((self._seq, _describe(change, self.tun), msg,
+                         change.action in ("del", "unvia")))
+        try:
+            failures += send_batch(self.sock, msgs)
+        except (OSError, DriverError) as e:
+            # the socket may hold late acknowledgements now: start over on a new one
+            self._reopen()
+            raise TunError(f"rtnetlink: {e}") from None
         return failures
 
     def _reopen(self) -> None:
