@@ -22,10 +22,6 @@ NH_NONE = 59  # RFC 4303 §2.6: dummy packet
 
 # RFC 4303 §2.4: padding is 1, 2, 3, ... ; PADDING[n] is the n-byte padding
 PADDING: tuple[bytes, ...] = tuple(bytes(range(1, n + 1)) for n in range(256))
-#: padding | pad length | next header, by inner IP version and pad length (RFC 4303 §2.4)
-TRAILERS: dict[int, tuple[bytes, ...]] = {
-    v: tuple(PADDING[n] + bytes((n, nh)) for n in range(256))
-    for v, nh in ((4, NH_IPV4), (6, NH_IPV6))}
 
 
 class Datagram(Enum):
@@ -107,10 +103,12 @@ def inner_length(plaintext: bytes) -> int:
 
 def push_trailer(inner: bytes, align: int) -> bytes:
     """inner | padding | pad length | next header, aligned for the cipher (RFC 4303 §2.4)."""
-    trailers = TRAILERS.get(inner[0] >> 4 if inner else 0)
-    if trailers is None:
+    version = inner[0] >> 4 if inner else 0
+    nh = NH_IPV4 if version == 4 else NH_IPV6 if version == 6 else 0
+    if not nh:
         raise ValueError("tunnel mode carries IPv4 or IPv6 packets only")
-    return inner + trailers[-(len(inner) + 2) % align]
+    padlen = -(len(inner) + 2) % align
+    return inner + PADDING[padlen] + bytes((padlen, nh))
 
 
 def inner_destination(inner: bytes) -> bytes:

@@ -19,7 +19,9 @@ from cluster.esp.errors import DropReason, LocalProtocolError, RemoteProtocolErr
 from cluster.esp.nonce import IvSource
 from cluster.esp.packet import (
     ESP_HEADER_LEN,
-    TRAILERS,
+    NH_IPV4,
+    NH_IPV6,
+    PADDING,
     inner_length,
     push_trailer,
 )
@@ -30,6 +32,9 @@ from cluster.esp.suites import AeadCipher, Suite, make_cipher, suite
 _U32 = struct.Struct("!I")
 SEQ32_MAX = (1 << 32) - 1
 SEQ64_MAX = (1 << 64) - 1
+# padding | pad length | next header, by inner IP version and pad length (RFC 4303 §2.4)
+_TRAILERS = {v: tuple(PADDING[n] + bytes((n, nh)) for n in range(256))
+             for v, nh in ((4, NH_IPV4), (6, NH_IPV6))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +157,7 @@ class ChildSa:
         unpack = _U32.unpack_from
         # the next number's low-order bits are on the wire: with ESN its low 32 bits
         low_mask = SEQ32_MAX if esn else SEQ64_MAX
-        trailers = TRAILERS[4]
+        trailers = _TRAILERS[4]
         full_ok = size >= min_len and not (size - overhead) % align
         seq_high = -1  # the high-order bits the ESN AAD prefix below was made for
         aad_prefix = b""
@@ -267,23 +272,32 @@ class ChildSa:
         if seq > self._seq_max:
             # RFC 4303 §3.3.3: the counter must not cycle; the SA must be rekeyed
             raise LocalProtocolError(f"SA {self.spi_out:#x}: sequence space exhausted")
-        try:
-            payload = push_trailer(inner, self._align)
-        except ValueError as e:
-            raise LocalProtocolError(str(e)) from None
-        header = self._spi_out_bytes + (seq & SEQ32_MAX).to_bytes(4)
         aead = self._aead_seal
         if aead is not None:  # AES-GCM / ChaCha20-Poly1305 inline (the hot path)
             if self.iv_source is None:
                 raise LocalProtocolError("an AEAD SA needs an IvSource to send")
+            version = inner[0] >> 4 if inner else 0
+            if version != 4 and version != 6:
+                raise LocalProtocolError("tunnel mode carries IPv4 or IPv6 packets only")
             iv = self.iv_source.next_iv()
+            padlen = -(len(inner) + 2) % self._align
+            header = self._spi_out_bytes + (seq & SEQ32_MAX).to_bytes(4)
             aad = header if not self.esn else (
                 self._spi_out_bytes + (seq >> 32).to_bytes(4) + header[4:])
-            packet = header + iv + aead(self._salt_out + iv, payload, aad)
-        else:
-            iv = self._out.fresh_iv(b"")  # AES-CBC: random (RFC 3602 §2.3)
-            packet = header + self._out.seal(iv, header, payload,
-                                             seq >> 32 if self.esn else None)
+            packet = header + iv + aead(
+                self._salt_out + iv, inner + _TRAILERS[version][padlen], aad)
+            self.out_seq = seq
+            self.packets_out += 1
+            self.bytes_out += len(inner)
+            self.last_out_s = now
+            return packet
+        iv = self._out.fresh_iv(b"")  # AES-CBC: random (RFC 3602 §2.3)
+        try:
+            payload = push_trailer(inner, self.suite.align)
+        except ValueError as e:
+            raise LocalProtocolError(str(e)) from None
+        header = self._spi_out_bytes + (seq & SEQ32_MAX).to_bytes(4)
+        packet = header + self._out.seal(iv, header, payload, seq >> 32 if self.esn else None)
         self.out_seq = seq
         self.packets_out += 1
         self.bytes_out += len(inner)
