@@ -281,11 +281,13 @@ def demo(lab_name: str, nodes: int, keep: bool) -> None:
     table = Table(title=f"{victim} killed (SIGKILL) while the clients pinged {A.SERVER_IP} "
                         f"every {demomod.PING_INTERVAL_S * 1000:g} ms", box=box.SIMPLE_HEAD,
                   padding=(0, 1))
-    for col in ("client", "moved", "IKE SA (SPIi)", "Child SA in/out", "same SAs", "gap",
+    for col in ("client", "node", "IKE SA (SPIi)", "Child SA in/out", "same SAs", "gap",
                 "lost"):
         table.add_column(col, no_wrap=True)
     for o in outcomes:
-        table.add_row(o.client, f"{o.node_before}→{o.node_after}",
+        moved = o.node_before != o.node_after
+        table.add_row(o.client, f"{o.node_before}→{o.node_after}" if moved
+                      else f"{o.node_after} (stayed)",
                       o.ike_spis_before.split("_")[0], o.child_spis_before,
                       "[green]yes[/]" if o.kept_sa else f"[red]no[/]: {o.ike_spis_after}",
                       f"{o.gap_s * 1000:.0f} ms", str(o.lost))
