@@ -4,9 +4,13 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-DEBS="etcd-server etcd-client strongswan-charon strongswan-swanctl libcharon-extra-plugins
-libstrongswan-extra-plugins nftables conntrack haproxy iproute2 iputils-ping iperf3 tcpdump
-python3-venv"
+# Every package is named: the install runs with --no-install-recommends, so nothing a package
+# merely recommends arrives (libstrongswan-standard-plugins, charon's openssl and gcm plugins, is
+# only a Recommends of libstrongswan).
+DEBS="etcd-server etcd-client strongswan-charon strongswan-swanctl libstrongswan-standard-plugins
+libstrongswan-extra-plugins libcharon-extra-plugins libcharon-extauth-plugins freeradius
+freeradius-utils nftables conntrack haproxy iproute2 iputils-ping iperf3 tcpdump curl
+ca-certificates git make python3-venv"
 
 missing=""
 for p in $DEBS; do
