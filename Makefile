@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: bootstrap test test-unit test-integration test-e2e demo bench lint ansible-check clean
+.PHONY: bootstrap test test-unit test-integration test-e2e demo bench lint ansible-check fresh-check clean
 
 bootstrap:
 	@sh scripts/bootstrap.sh
@@ -31,6 +31,11 @@ lint: bootstrap
 
 ansible-check: bootstrap
 	$(PY) -m pytest tests/integration/test_ansible.py
+
+# A fresh Debian 12 root (mmdebstrap, cached), the project cloned into it, bootstrap + demo
+# there (TEST=1: and make test). Takes minutes; not part of make test.
+fresh-check:
+	@TEST=$(TEST) sh scripts/fresh-check.sh
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
