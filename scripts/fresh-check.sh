@@ -44,7 +44,7 @@ if [ ! -s "$tarball" ] || [ "${FRESH_REBUILD:-0}" = 1 ]; then
     for f in /etc/apt/apt.conf.d/99*; do [ -f "$f" ] && aptopts="$aptopts --aptopt=$f"; done
     say "building a minimal Debian 12 root (mmdebstrap minbase) into $tarball"
     # shellcheck disable=SC2086
-    mmdebstrap --quiet --variant=minbase --include=make $aptopts bookworm "$tarball.part" \
+    mmdebstrap --quiet --variant=minbase --format=tar --include=make $aptopts bookworm "$tarball.part" \
         $sources || fail "mmdebstrap could not build the root"
     mv "$tarball.part" "$tarball"
 fi
