@@ -42,3 +42,8 @@ if [ ! -x .venv/bin/python ] || [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
     fi
     echo "$want" > $stamp
 fi
+# charon only logs a plugin it cannot load and goes on; say now which one and which package.
+if ! .venv/bin/python -m cluster.lab.plugins; then
+    echo "bootstrap: FAILED: charon plugins the project loads are missing (lines above)" >&2
+    exit 1
+fi

@@ -64,6 +64,9 @@ cleanup() {
             umount -R "$root/$m" 2>/dev/null || umount -R -l "$root/$m" 2>/dev/null || true
         fi
     done
+    if mountpoint -q "$root" 2>/dev/null; then
+        umount -R "$root" 2>/dev/null || umount -R -l "$root" 2>/dev/null || true
+    fi
     if [ "${FRESH_KEEP:-0}" = 1 ]; then
         say "kept the root in $root"
     elif grep -q " $root" /proc/mounts; then
@@ -90,6 +93,8 @@ chmod 755 "$root/usr/sbin/policy-rc.d"
 git clone --quiet "$repo" "$root/root/ipsec-cluster" || fail "cannot clone $repo"
 say "cloned $(git -C "$repo" rev-parse --short HEAD) into the fresh root"
 
+# the root must be a mount point: `ip netns exec` makes / a slave mount in its namespace
+mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys" && mount --make-rslave "$root/sys"
 mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev"
