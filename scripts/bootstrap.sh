@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # only a Recommends of libstrongswan).
 DEBS="etcd-server etcd-client strongswan-charon strongswan-swanctl libstrongswan-standard-plugins
 libstrongswan-extra-plugins libcharon-extra-plugins libcharon-extauth-plugins freeradius
-freeradius-utils nftables conntrack haproxy iproute2 iputils-ping iperf3 tcpdump curl
+freeradius-utils nftables conntrack haproxy iproute2 iputils-ping procps iperf3 tcpdump curl
 ca-certificates git make python3-venv"
 
 missing=""

@@ -12,7 +12,7 @@ from typing import Protocol
 from sprayer.backends import MarkAllocator, backend_marks, keyd_backends
 from sprayer.haproxy import DesiredServer, HAProxyDriver, HAProxyRuntime
 from sprayer.keyd import keyd_bucket_marks, keyd_for
-from sprayer.nft import NftDriver
+from sprayer.nft import NftDriver, SpiMapCheck
 from sprayer.routes import RouteDriver
 from sprayer.view import Targets
 
@@ -21,6 +21,7 @@ class Applier(Protocol):
     def apply(self, targets: Targets) -> None: ...
     def resync(self) -> None: ...
     def close(self) -> None: ...
+    def map_check(self) -> SpiMapCheck | None: ...
 
 
 class KernelApplier:
@@ -45,7 +46,12 @@ class KernelApplier:
         self.nft.sync_spis({spi: self.marks.mark(n) for spi, n in targets.spis.items()})
         self.routes.sync_clients({ip: targets.nodes[n] for ip, n in targets.clients.items()})
 
+    def map_check(self) -> SpiMapCheck | None:
+        """A comparison of the kernel's SPI map with what was applied (sprayer.mapcheck)."""
+        return self.nft.check()
+
     def resync(self) -> None:
+        self.nft.close()
         self.nft = NftDriver(self.nft.vip, table=self.nft.table, netns=self.nft.netns,
                              nft=self.nft.nft)
         self.routes = RouteDriver(self.routes.vip, netns=self.routes.netns)
@@ -77,6 +83,9 @@ class HAProxyApplier:
 
     def resync(self) -> None:
         self._last = None
+
+    def map_check(self) -> SpiMapCheck | None:
+        return None    # no SPI map: HAProxy balances by its own state
 
     def close(self) -> None:
         pass

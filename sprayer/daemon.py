@@ -45,6 +45,8 @@ from sprayer.backends import DriverError
 from sprayer.health import HealthTracker, RemoteProtocolError, pull_reply, push_probe
 from sprayer.keyd import RefusalProbe, Refusals, keyd_for
 from sprayer.leader import Leadership
+from sprayer.mapcheck import MapChecker
+from sprayer.nft import MapDiff
 from sprayer.plan import (
     Assign,
     CompleteHandoff,
@@ -83,6 +85,12 @@ class SprayerMetrics:
         self.leader = Gauge("sprayer_leader", "1 while this sprayer is the leader", registry=r)
         self.nodes_alive = Gauge("sprayer_nodes_alive", "Nodes that answer probes", registry=r)
         self.spis = Gauge("sprayer_spis", "SPIs in the steering map", registry=r)
+        self.map_repairs = Counter(
+            "sprayer_spi_map_repairs", "Times the kernel's SPI map differed from the plan "
+            "and was rewritten", registry=r)
+        self.map_differences = Counter(
+            "sprayer_spi_map_differences", "Entries by which the kernel's SPI map differed "
+            "from the plan", ["kind"], registry=r)
         self.keyd_live = Gauge("sprayer_keyd_live", "keyd instances IKE is steered to",
                                registry=r)
         self.keyd_refused = Counter("sprayer_keyd_refused",
@@ -246,6 +254,7 @@ class Sprayer:
         self._next_probe = 0.0      # monotonic times of the next probe round and
         self._next_leader = 0.0     # leadership step (see `_housekeeping`)
         self._watchdog = WatchdogTicker()
+        self.map_checker = MapChecker(settings.map_check_interval_s, self._wake)
 
     # lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -256,9 +265,13 @@ class Sprayer:
 
             def sink(ev: WatchEvent, kind: str = kind) -> None:
                 self._events.put((kind, ev))
-                with contextlib.suppress(OSError):    # full: a wake-up is pending anyway
-                    self._wake_w.send(b"\0")
+                self._wake()
             self._watchers.append(self.store.watch(cls, sink))
+
+    def _wake(self) -> None:
+        """Wake the loop from another thread (a watch event, a finished map check)."""
+        with contextlib.suppress(OSError):    # full: a wake-up is pending anyway
+            self._wake_w.send(b"\0")
 
     def stop(self) -> None:
         for w in self._watchers:
@@ -311,6 +324,22 @@ class Sprayer:
                                           "not judged, sprayer_probe_rounds_late_total")
             self._probe_keyd()
             self._next_probe = max(self._next_probe + self.settings.probe_interval_s, now_m)
+        if self.applier is not None and self._applied is not None:
+            self._repair_map(self.map_checker.step(now_m, self.applier.map_check))
+
+    def _repair_map(self, diff: MapDiff | None) -> None:
+        if diff is None or self.applier is None:
+            return
+        log.warning("the kernel's SPI map differs from the plan (%d missing, %d steered to "
+                    "another node, %d unknown): rewriting it whole", diff.missing, diff.wrong,
+                    diff.extra)
+        self.metrics.map_repairs.inc()
+        for kind in ("missing", "wrong", "extra"):
+            if n := getattr(diff, kind):
+                self.metrics.map_differences.labels(kind).inc(n)
+        self.applier.resync()
+        self._applied = None
+        self.map_checker.due_now()
 
     # pieces of a tick ---------------------------------------------------------------------
     def _fold_events(self) -> None:
@@ -417,6 +446,8 @@ class Sprayer:
             self._driver_trouble.failed(str(exc))
             self.applier.resync()
             return
+        if self._applied is None:
+            self.map_checker.due_now()    # a full rewrite: read it back
         self._driver_trouble.ok()
         self.metrics.spis.set(len(targets.spis))
         self._applied = key

@@ -24,12 +24,24 @@ and element deletes + adds for SPI changes (JSON, the faster parser for 100 k el
 Batches go through libnftables in-process when it loads (no fork on the critical path of a
 move), else through the `nft` command (libnft.py). A 100 k SPI full sync is a
 single batch (measured in bench/failover.py).
+
+Reading the map back: a listing is a netlink dump in many parts, and for each part the kernel
+walks the map's hash table anew and skips, *by count*, the elements it already sent. While the
+table is being resized (the kernel grows and shrinks it in a background worker after a large
+change) the walk order changes between parts, so one listing can hold some elements twice and
+leave as many out (seen here: 100,000 elements listed, 93,520 distinct; the left-out ones were
+all found by exact lookup, and the next listing was whole). The map itself is complete; only
+the listing is not. `read_spis` therefore takes a listing with a repeated element as torn and
+reads again; `check_spis` compares a whole listing with what the driver applied, so that a map
+that really differs (edited or flushed behind the sprayer's back) is noticed and repaired.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sprayer.backends import DriverError
@@ -54,6 +66,49 @@ HASH_SEED = 0x49504353
 IKE_HASH_KEY = "ip saddr"
 #: what an unknown SPI is hashed on: the client's address and port
 ESP_HASH_KEY = "ip saddr . udp sport"
+
+
+#: how often a torn listing (see above) is read again, and the pause between reads
+READ_TRIES = 20
+READ_RETRY_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class MapDiff:
+    """How the kernel's SPI map differs from what the driver applied."""
+
+    missing: int      # applied, not in the kernel's map
+    wrong: int        # in both, with another mark
+    extra: int        # in the kernel's map, not applied
+
+    @property
+    def total(self) -> int:
+        return self.missing + self.wrong + self.extra
+
+
+def map_diff(applied: Mapping[int, int], held: Mapping[int, int]) -> MapDiff:
+    missing = sum(1 for s in applied if s not in held)
+    wrong = sum(1 for s, m in applied.items() if s in held and held[s] != m)
+    return MapDiff(missing, wrong, sum(1 for s in held if s not in applied))
+
+
+@dataclass(frozen=True, slots=True)
+class SpiMapCheck:
+    """One comparison of the kernel's SPI map with `applied`, the map `driver` had applied at
+    `generation`. `run()` reads the kernel's map (slow for a large map: meant for a thread of
+    its own); `current()` says whether the driver is still at that generation, without which
+    a difference means nothing."""
+
+    driver: NftDriver
+    generation: int
+    applied: dict[int, int]
+    reader: NftDriver
+
+    def run(self) -> MapDiff:
+        return map_diff(self.applied, self.reader.read_spis())
+
+    def current(self) -> bool:
+        return self.driver.generation == self.generation and self.driver.applied is not None
 
 
 def _hashed_mark(marks: Sequence[int], key: str) -> str:
@@ -98,6 +153,9 @@ class NftDriver:
         self.netns = netns
         self.nft = nft if nft is not None else Nft(netns)
         self._spis: dict[int, int] | None = None
+        #: bumped by every sync_spis that changes the map (a check started before is void)
+        self.generation = 0
+        self._reader: NftDriver | None = None
         self._chain: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     # plumbing ----------------------------------------------------------------------------
@@ -137,6 +195,11 @@ class NftDriver:
             raise
         self._chain = key
 
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.nft.close()
+            self._reader = None
+
     def remove(self) -> None:
         """Delete the table (and with it the SPI map); no error if it is already gone."""
         try:
@@ -164,6 +227,8 @@ class NftDriver:
             if new:
                 cmds.append(self._elements("add", new))
             changed = len(gone) + len(new) - len(set(gone) & {s for s, _ in new})
+        if cmds:
+            self.generation += 1
         try:
             self._batch(cmds)
         except DriverError:
@@ -172,15 +237,47 @@ class NftDriver:
         self._spis = dict(desired)
         return changed
 
+    @property
+    def applied(self) -> dict[int, int] | None:
+        """The SPI map this driver last applied (None: unknown, the next sync is full)."""
+        return self._spis
+
     def _elements(self, verb: str, items: Any) -> dict[str, Any]:
         return {verb: {"element": self._obj(name=SPI_MAP,
                                             elem=[[s & 0xFFFFFFFF, m] for s, m in items])}}
 
     def read_spis(self) -> dict[int, int]:
-        """The SPI map as the kernel holds it (for status output and tests)."""
+        """The SPI map as the kernel holds it: a whole listing (one with no element twice,
+        see the module's docstring), read again while it is torn; DriverError if none is
+        whole after READ_TRIES reads."""
+        for attempt in range(READ_TRIES):
+            if attempt:
+                time.sleep(READ_RETRY_S)
+            listed = self._list_spis()
+            spis = dict(listed)
+            if len(spis) == len(listed):
+                return spis
+        raise DriverError(f"nft: every one of {READ_TRIES} listings of the SPI map was torn "
+                          f"(last: {len(listed)} elements, {len(spis)} distinct)")
+
+    def _list_spis(self) -> list[tuple[int, int]]:
         out = self.nft.list_json(f"map {FAMILY} {self.table} {SPI_MAP}")
-        spis: dict[int, int] = {}
-        for item in json.loads(out).get("nftables", []):
-            for k, v in (item.get("map", {}).get("elem") or []):
-                spis[int(k)] = int(v)
-        return spis
+        try:
+            return [(int(k), int(v)) for item in json.loads(out).get("nftables", [])
+                    for k, v in (item.get("map", {}).get("elem") or [])]
+        except (ValueError, TypeError, AttributeError) as e:
+            raise DriverError(f"nft: unreadable listing of the SPI map ({e})") from None
+
+    def check(self) -> SpiMapCheck | None:
+        """A comparison of the kernel's map with what this driver applied, to run on another
+        thread (it reads through a driver of its own); None while nothing is applied."""
+        if self._spis is None:
+            return None
+        if self._reader is None:
+            self._reader = self.reader()
+        return SpiMapCheck(self, self.generation, dict(self._spis), self._reader)
+
+    def reader(self) -> NftDriver:
+        """A driver for reading only, with its own nftables context (for another thread)."""
+        return NftDriver(self.vip, table=self.table, netns=self.netns,
+                         nft=Nft(self.netns, use_library=self.nft.in_process))

@@ -31,6 +31,9 @@ class SprayerSettings:
     netns: str | None = None
     #: plan rebalancing moves automatically (node joins, undrain); else only failover/drain
     auto_rebalance: bool = True
+    #: the leader reads the kernel's SPI map back this often and repairs a difference
+    #: (after every full rewrite too); 0 turns the periodic check off
+    map_check_interval_s: float = 30.0
 
     @property
     def probe_interval_s(self) -> float:
@@ -58,6 +61,7 @@ def settings_from(config: Config) -> SprayerSettings:
         haproxy_backend=s.get("haproxy_backend", str, d.haproxy_backend),
         netns=s.get("netns", str, "") or None,
         auto_rebalance=s.get("auto_rebalance", bool, True),
+        map_check_interval_s=s.get("map_check_interval_s", float, d.map_check_interval_s),
     )
     return check(out, f"{config.source}: [sprayer]")
 

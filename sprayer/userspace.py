@@ -40,7 +40,7 @@ from sprayer.backends import (
     run,
 )
 from sprayer.keyd import keyd_bucket_marks, keyd_for
-from sprayer.nft import IKE_PORT, NATT_PORT
+from sprayer.nft import IKE_PORT, NATT_PORT, SpiMapCheck
 from sprayer.routes import RouteDriver
 from sprayer.view import Targets
 
@@ -181,6 +181,9 @@ class UserspaceApplier:
 
     def resync(self) -> None:
         self.routes = RouteDriver(self.routes.vip, netns=self.netns)
+
+    def map_check(self) -> SpiMapCheck | None:
+        return None    # the forwarder's table is the process's own: nothing to drift
 
     def close(self) -> None:
         self.forwarder.close()

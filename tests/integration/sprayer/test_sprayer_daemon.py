@@ -9,6 +9,7 @@ records in sa/. The sprayer runs with the nftables driver in the router namespac
 from __future__ import annotations
 
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -227,3 +228,46 @@ def test_a_deposed_leader_cannot_write_assignments(store: Store) -> None:
     assert not a.is_leader
     b.resign()
     assert store.raw_get(b.key) is None      # a clean stop frees the key at once
+
+
+def test_the_leader_repairs_a_kernel_map_that_differs_from_its_plan(lab: Any,
+                                                                    store: Store) -> None:
+    """The SPI map edited behind the sprayer's back (an element gone, one changed, one made
+    up) is found by the leader's read-back, logged, counted and rewritten whole."""
+    node = Node(lab, store, "node-1")
+    node.join()
+    clients = [child(i) for i in range(8)]
+    store.put_many(clients)
+    sprayer = make_sprayer(lab, store, "sprayer-a", handoff_timeout_ms=1000)
+    sprayer.map_checker.interval_s = 0.3
+    running = Running(sprayer)
+    applier = sprayer.applier
+    assert isinstance(applier, KernelApplier)
+    try:
+        want = {c.spi_in: applier.marks.mark("node-1") for c in clients}
+
+        def held() -> dict[int, int]:
+            try:
+                return applier.nft.read_spis()
+            except DriverError:
+                return {}
+        wait(lambda: held() == want, what="the SPI map")
+        repairs = sprayer.metrics.map_repairs
+        assert repairs._value.get() == 0
+        t = "inet ipsec_cluster spi_mark"
+        first, second = clients[0].spi_in, clients[1].spi_in
+        subprocess.run(["ip", "netns", "exec", lab.ns("router"), "nft", "-f", "-"], check=True,
+                       text=True, input=f"delete element {t} {{ {first}, {second} }}\n"
+                       f"add element {t} {{ {second} : 0x7777, 12345 : 0x7777 }}\n")
+        assert held() != want
+        wait(lambda: repairs._value.get() >= 1 and held() == want, timeout_s=10,
+             what="the repair")
+        diffs = sprayer.metrics.map_differences
+        assert [diffs.labels(k)._value.get() for k in ("missing", "wrong", "extra")] == [1, 1, 1]
+    finally:
+        running.crash()
+        sprayer.prober.close()
+        if node.responder:
+            node.responder.stop()
+        node.leave()
+        KernelApplier(VIP, [lab.addresses["keyd"]], netns=lab.ns("router")).remove()
