@@ -9,6 +9,7 @@ the daemons call it first thing in their packages (`cluster-hooks`, `sprayer`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -18,9 +19,17 @@ from types import FrameType
 EXIT_INTERRUPTED = 130
 
 
+def say_from_handler(line: str) -> None:
+    """One line to stderr from a signal handler: straight to file descriptor 2, since the
+    handler may run while the main thread is inside a write to sys.stderr, and writing
+    through that buffered stream again fails with "reentrant call"."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"{line}\n".encode())
+
+
 def interrupted_while_starting(signum: int, frame: FrameType | None) -> None:
     """SIGINT before `main()` runs: one line, exit 130, nothing to clean up yet."""
-    sys.stderr.write("interrupted\n")
+    say_from_handler("interrupted")
     raise SystemExit(EXIT_INTERRUPTED)
 
 

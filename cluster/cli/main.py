@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from cluster.cli import EXIT_INTERRUPTED, interrupted_while_starting
+from cluster.cli import EXIT_INTERRUPTED, interrupted_while_starting, say_from_handler
 from cluster.cli.context import CliFailure, connection_options
 from cluster.config import ConfigError
 from cluster.store.errors import StoreError
@@ -77,9 +77,10 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
     """SIGTERM: unwind like Ctrl-C, so what a command started is undone (`lab up` removes
-    the half-built lab, `watch` stops its watch); a second SIGTERM waits for that."""
+    the half-built lab, `watch` stops its watch); a second SIGTERM waits for that.
+    The line goes out with `say_from_handler` (lab progress lines may be half written)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    click.echo("terminated", err=True)
+    say_from_handler("terminated")
     raise SystemExit(EXIT_TERMINATED)
 
 
