@@ -217,3 +217,18 @@ def test_clusterctl_bad_lab_name_is_a_usage_error(bad: str) -> None:
     result = CliRunner().invoke(cli, ["--lab", bad, "status"])
     assert result.exit_code == 2
     assert "Invalid value for '--lab': bad lab name" in result.output
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_sprayer_map_check_interval_must_be_a_finite_non_negative_number(
+        tmp_path: object, value: str) -> None:
+    from pathlib import Path
+
+    from cluster.config import ConfigError, load_config
+    from sprayer.settings import settings_from
+
+    path = Path(str(tmp_path)) / "sprayer.toml"
+    path.write_text(SPRAYER_TOML.format(id="sprayer-1").replace(
+        "[metrics]", f"map_check_interval_s = {value}\n[metrics]"))
+    with pytest.raises(ConfigError, match="map_check_interval_s must be >= 0"):
+        settings_from(load_config(path))
