@@ -90,6 +90,6 @@ def check(out: SprayerSettings, where: str) -> SprayerSettings:
         raise ConfigError(f"{where} rebalance_moves_per_s must be > 0")
     if out.lease_ttl_s < 2:
         raise ConfigError(f"{where} lease_ttl_s must be at least 2")
-    if not 0 <= out.map_check_interval_s < float("inf"):
+    if out.map_check_interval_s < 0:
         raise ConfigError(f"{where} map_check_interval_s must be >= 0 (0: never)")
     return out
