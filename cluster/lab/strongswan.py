@@ -201,8 +201,10 @@ def charon_argv(netns: str, conf: Path) -> list[str]:
 
 
 def in_charon(pid: int, argv: list[str]) -> list[str]:
-    """argv run inside charon's network and mount namespace."""
-    return ["nsenter", "-t", str(pid), "-m", "-n", *argv]
+    """argv run inside charon's network and mount namespace, and its root: entering a mount
+    namespace puts a process at that namespace's own root, which is not charon's where the
+    lab runs in a chroot (`make fresh-check`)."""
+    return ["nsenter", "-t", str(pid), "-m", "-n", "-r", *argv]
 
 
 def swanctl(pid: int, *args: str, timeout_s: float = 30.0, check: bool = True) -> str:
