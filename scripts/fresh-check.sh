@@ -4,7 +4,7 @@
 # Builds a minimal Debian 12 root (mmdebstrap --variant=minbase, from this machine's own apt
 # sources; cached as a tarball between runs), clones the project's committed HEAD into it, and
 # runs `make bootstrap` and `make demo` there (and `make test` with TEST=1) in a chroot with
-# /proc, /sys, /dev and the netns directory mounted. Everything is unmounted and removed
+# /proc, /sys, /dev and a /run of its own (where `ip netns` keeps its namespaces) mounted. Everything is unmounted and removed
 # afterwards, also on failure or interrupt, and every process left in the root is killed.
 #
 # What the root gets besides minbase is only what a machine of this workplace has by its own
@@ -59,12 +59,11 @@ cleanup() {
             kill -9 "${p#/proc/}" 2>/dev/null || true
         fi
     done
-    for m in run/netns dev sys proc; do
-        if mountpoint -q "$root/$m" 2>/dev/null; then
-            umount -R "$root/$m" 2>/dev/null || umount -R -l "$root/$m" 2>/dev/null || true
-        fi
-    done
     if mountpoint -q "$root" 2>/dev/null; then
+        # network namespaces the run left: their mounts are the root's own (private)
+        for ns in "$root"/run/netns/*; do
+            [ -e "$ns" ] && { umount "$ns" 2>/dev/null || umount -l "$ns" 2>/dev/null || true; }
+        done
         umount -R "$root" 2>/dev/null || umount -R -l "$root" 2>/dev/null || true
     fi
     if [ "${FRESH_KEEP:-0}" = 1 ]; then
@@ -93,20 +92,26 @@ chmod 755 "$root/usr/sbin/policy-rc.d"
 git clone --quiet "$repo" "$root/root/ipsec-cluster" || fail "cannot clone $repo"
 say "cloned $(git -C "$repo" rev-parse --short HEAD) into the fresh root"
 
-# the root must be a mount point: `ip netns exec` makes / a slave mount in its namespace
+# The root is a mount point (`ip netns exec` makes / a slave mount in its namespace) and a
+# private one: nothing mounted or unmounted below it propagates back to this machine (its own
+# network namespaces included: the root's /run, where `ip netns` keeps them, is a tmpfs of
+# its own). /sys and /dev are slaves: they see the machine's, and never change them.
 mount --bind "$root" "$root"
+mount --make-rprivate "$root"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys" && mount --make-rslave "$root/sys"
 mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev"
-mkdir -p /run/netns "$root/run/netns"
-mount --bind /run/netns "$root/run/netns"
+mount -t tmpfs -o mode=0755 tmpfs "$root/run"
 
 steps="make bootstrap && make demo"
 [ "${TEST:-0}" = 1 ] && steps="$steps && make test"
 say "running in the fresh root: $steps"
-if chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" \
-        sh -c "cd /root/ipsec-cluster && $steps"; then
+# in the background, so that a signal to this script is handled at once (sh runs no trap
+# while a foreground command runs)
+chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" \
+    sh -c "cd /root/ipsec-cluster && $steps" &
+if wait $!; then
     say "PASSED: $steps in a fresh Debian 12 root"
 else
     fail "'$steps' failed in a fresh Debian 12 root (output above)"
