@@ -158,7 +158,8 @@ class NodeAgent:
         #: client is forwarded, and where its new owner sends READY
         self.node_health: dict[str, tuple[str, int]] = {}
         #: planned hand-offs away from us: final records waiting for the new owner's READY
-        self.finals: FinalGate[tuple[str, Callable[[], None]]] = FinalGate()
+        self.finals: FinalGate[tuple[str, Callable[[], None]]] = FinalGate(
+            wait_s=config.node.ready_wait_ms / 1000)
         #: planned hand-offs to us: ike_sa_id -> (epoch, old owner's health address, READY,
         #: next send, sent until) while the take-over waits for the final record
         self._announcing: dict[str, tuple[int, tuple[str, int], bytes, float, float]] = {}

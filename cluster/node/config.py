@@ -33,6 +33,7 @@ class NodeSection:
     ike_port: int = 500  # stray IKE on the VIP is relayed from here
     tun_mtu: int = 1400
     fence_grace_ms: int = 1000  # see docs/node.md, "Fencing"
+    ready_wait_ms: int = 500  # an old owner's wait for READY before its final record
 
     @property
     def jump_packets(self) -> int:
@@ -80,6 +81,7 @@ def node_config(common: Config, overrides: dict[str, Any] | None = None) -> Node
         natt_port=s.get("natt_port", int, 4500), ike_port=s.get("ike_port", int, 500),
         tun_mtu=s.get("tun_mtu", int, 1400),
         fence_grace_ms=s.get("fence_grace_ms", int, 1000),
+        ready_wait_ms=s.get("ready_wait_ms", int, 500),
     )
     if section.keyd_address is not None:
         section = replace(section, keyd_address=_ip(section.keyd_address,
@@ -97,6 +99,7 @@ def node_config(common: Config, overrides: dict[str, Any] | None = None) -> Node
          f"replay_window must be {MIN_WINDOW}..{MAX_WINDOW}"),
         (576 <= section.tun_mtu <= 65535, "tun_mtu must be 576..65535"),
         (section.fence_grace_ms >= 0, "fence_grace_ms must be >= 0"),
+        (0 <= section.ready_wait_ms <= 60_000, "ready_wait_ms must be 0..60000"),
     ]
     for ok, message in checks:
         if not ok:

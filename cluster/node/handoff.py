@@ -35,6 +35,7 @@ from typing import Generic, TypeVar
 READY = b"IPSC-READY"
 VERSION = 1
 WAIT_S = 0.5  # how long an old owner waits for READY before writing its final record anyway
+#             (the default of the node's `ready_wait_ms`)
 RESEND_S = 0.1  # READY is sent again this often while the take-over waits (UDP may drop it)
 REMEMBER_S = 2.0  # a READY that came before its assignment is kept this long
 

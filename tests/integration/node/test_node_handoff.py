@@ -57,7 +57,10 @@ def test_the_final_record_follows_the_new_owners_route(node_lab: NodeLab) -> Non
     between the nodes and the router until its TTL runs out. The new owner says READY only
     with its hold and route in place, and the old owner writes its final record on that."""
     lab = node_lab
-    _, client = up(lab, "node-1", "node-2")
+    # the old owner waits long for READY, so a final written without it (counted) means
+    # READY was not sent, not that a loaded machine sent it late
+    lab.start_node("node-1", ready_wait_ms=10_000)
+    _, client = up(lab, "node-2")
     assert client.ping() is not None
     # junk on the old owner's health port changes nothing
     sock = socket_in(lab.ns("cli"))
