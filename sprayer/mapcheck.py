@@ -55,6 +55,8 @@ class MapChecker:
             result = check.run()
         except DriverError as exc:
             result = exc
+        except Exception as exc:  # never leave a check marked running: the next one is due
+            result = DriverError(f"{type(exc).__name__}: {exc}")
         with self._lock:
             self._done = (check, result)
         self._wake()
