@@ -107,8 +107,10 @@ steps="make bootstrap && make demo"
 [ "${TEST:-0}" = 1 ] && steps="$steps && make test"
 say "running in the fresh root: $steps"
 # in the background, so that a signal to this script is handled at once (sh runs no trap
-# while a foreground command runs)
-chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+# while a foreground command runs); a background job starts with SIGINT and SIGQUIT ignored,
+# which every process below would inherit (a Ctrl-C test then sees no Ctrl-C): env puts every
+# signal back to its default
+chroot "$root" /usr/bin/env --default-signal -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" \
     sh -c "cd /root/ipsec-cluster && $steps" &
 if wait $!; then
