@@ -12,7 +12,7 @@ established clients without a rekey).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,11 +44,6 @@ class ChildPolicy:
     allowed: tuple[str, ...] = ()
     denied: tuple[str, ...] = ()
 
-    def record_fields(self) -> dict[str, object]:
-        """The ChildSaRecord fields that carry it."""
-        return {"policy": self.name, "policy_mode": self.mode,
-                "policy_allowed": list(self.allowed), "policy_denied": list(self.denied)}
-
 
 def policy_of_identity(identity: str, policies: Mapping[str, PolicyLike]) -> str | None:
     """The name of the first policy (in name order) whose identities match `identity`."""
@@ -59,14 +54,17 @@ def policy_of_identity(identity: str, policies: Mapping[str, PolicyLike]) -> str
 
 
 def bind_policy(connection_policy: str | None, identity: str,
-                policies: Mapping[str, PolicyLike]) -> ChildPolicy | None:
+                policies: Mapping[str, PolicyLike],
+                unusable: Collection[str] = ()) -> ChildPolicy | None:
     """The policy a new Child SA of `identity` carries: the connection's, else the first
-    matching by identity, else None (full tunnel). `policies`: the valid `policy/` records by
-    name, as keyd last read them."""
+    matching by identity, else None (full tunnel). `policies`: the `policy/` records by name
+    as keyd last read them; `unusable`: those whose current value is malformed (`policies`
+    then holds their last valid version, still used to bind by identity, never failing
+    open): the SA carries no snapshot of them, and the nodes drop its traffic."""
     name = connection_policy or policy_of_identity(identity, policies)
     if name is None:
         return None
     p = policies.get(name)
-    if p is None:
+    if p is None or name in unusable:
         return ChildPolicy(name, None)
     return ChildPolicy(name, p.mode, tuple(p.allowed), tuple(p.denied))

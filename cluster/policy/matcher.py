@@ -14,8 +14,9 @@ same rules, stateless, so that answers from what a client may reach come back an
 else that the policy forbids reaches it. A packet without ports (ICMP, a non-first fragment)
 never matches a rule that names ports.
 
-Verdicts are cached per (address, protocol, port): a flow costs one dictionary lookup per
-packet after its first. A filter is immutable; a policy change builds a new one.
+Verdicts of IPv4 packets (without options, not later fragments) are cached per flow: a flow
+costs one slice and one dictionary lookup per packet after its first; so are IPv6 packets
+without extension headers. A filter is immutable; a policy change builds a new one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from enum import StrEnum
 
 from cluster.policy.rules import PORT_PROTOCOLS, Mode, Rule, parse_rules
 
-CACHE_ENTRIES = 16384  # per direction and policy; cleared when full (a scan cannot grow it)
+CACHE_ENTRIES = 16384  # per direction, protocol and policy; cleared when full (a scan
+#                        cannot grow it)
 
 #: what `guest` never forwards unless an allowed rule narrower than the range says so:
 #: "this network", RFC 1918, shared address space (RFC 6598), loopback, link-local,
@@ -65,6 +67,7 @@ def _entry(rule: Rule, verdict: DropVerdict | None) -> _Entry:
 _INTERNAL_RULES = tuple(Rule(ipaddress.ip_network(n)) for n in GUEST_INTERNAL)
 _IPV6_EXTENSIONS = frozenset((0, 43, 60))  # hop-by-hop, routing, destination options
 _MAX_EXTENSIONS = 8
+_IPV6_WALKED = _IPV6_EXTENSIONS | {44, 51}  # and fragment, AH: not cached
 
 
 def _flow(pkt: bytes, outbound: bool) -> tuple[int, bytes, int, int] | None:
@@ -120,47 +123,90 @@ class PacketFilter:
         self.mode = mode
         self._entries = entries
         self._default = default
-        self._cache_in: dict[bytes, DropVerdict | None] = {}
-        self._cache_out: dict[bytes, DropVerdict | None] = {}
+        # verdicts by protocol, then by the packet's bytes that decide (IPv4 inbound: the
+        # destination and ports, 16:24; outbound: source, destination and ports, 12:24;
+        # without ports the address alone; IPv6 alike): one slice, one lookup
+        self._cache_in: list[dict[bytes, DropVerdict | None] | None] = [None] * 256
+        self._cache_out: list[dict[bytes, DropVerdict | None] | None] = [None] * 256
 
     def verdict_in(self, pkt: bytes) -> DropVerdict | None:
         """A packet from the client (by its destination)."""
-        return self._verdict(pkt, False, self._cache_in)
+        # IPv4 without options, not a later fragment: the common case, cached
+        if len(pkt) >= 24 and pkt[0] == 0x45 and not (pkt[6] & 0x1F or pkt[7]):
+            proto = pkt[9]
+            ported = proto in PORT_PROTOCOLS
+            key = pkt[16:24] if ported else pkt[16:20]
+            cache = self._cache_in[proto]
+            if cache is None:
+                cache = self._cache_in[proto] = {}
+            else:
+                try:
+                    return cache[key]
+                except KeyError:
+                    pass
+            verdict = self._decide(4, pkt[16:20], proto, (pkt[22] << 8) | pkt[23]
+                                   if ported else -1)
+            if len(cache) >= CACHE_ENTRIES:
+                cache.clear()
+            cache[key] = verdict
+            return verdict
+        return self._uncached(pkt, False)
 
     def verdict_out(self, pkt: bytes) -> DropVerdict | None:
         """A packet to the client (by its source)."""
-        return self._verdict(pkt, True, self._cache_out)
-
-    def _verdict(self, pkt: bytes, outbound: bool,
-                 cache: dict[bytes, DropVerdict | None]) -> DropVerdict | None:
-        if pkt[:1] == b"\x45" and len(pkt) >= 24:  # IPv4 without options: the common case
+        if len(pkt) >= 24 and pkt[0] == 0x45 and not (pkt[6] & 0x1F or pkt[7]):
             proto = pkt[9]
-            addr = pkt[12:16] if outbound else pkt[16:20]
-            if proto in PORT_PROTOCOLS and not ((pkt[6] & 0x1F) or pkt[7]):
-                key = addr + pkt[9:10] + (pkt[20:22] if outbound else pkt[22:24])
+            ported = proto in PORT_PROTOCOLS
+            key = pkt[12:24] if ported else pkt[12:16]
+            cache = self._cache_out[proto]
+            if cache is None:
+                cache = self._cache_out[proto] = {}
             else:
-                key = addr + pkt[9:10]
-            try:
-                return cache[key]
-            except KeyError:
-                pass
-            verdict = self._decide(4, addr, proto, int.from_bytes(key[5:]) if len(key) > 5
-                                   else -1)
-        else:
-            flow = _flow(pkt, outbound)
-            if flow is None:
-                return DropVerdict.MALFORMED
-            version, addr, proto, port = flow
-            key = addr + bytes((proto,)) + (port.to_bytes(2) if port >= 0 else b"")
-            try:
-                return cache[key]
-            except KeyError:
-                pass
-            verdict = self._decide(version, addr, proto, port)
-        if len(cache) >= CACHE_ENTRIES:
-            cache.clear()
-        cache[key] = verdict
-        return verdict
+                try:
+                    return cache[key]
+                except KeyError:
+                    pass
+            verdict = self._decide(4, pkt[12:16], proto, (pkt[20] << 8) | pkt[21]
+                                   if ported else -1)
+            if len(cache) >= CACHE_ENTRIES:
+                cache.clear()
+            cache[key] = verdict
+            return verdict
+        return self._uncached(pkt, True)
+
+    def _uncached(self, pkt: bytes, outbound: bool) -> DropVerdict | None:
+        """Off the IPv4 fast path. IPv6 without extension headers is cached like IPv4 (by
+        the address, and the ports for TCP/UDP/SCTP); the rest (IPv4 options or fragments,
+        IPv6 extension headers, anything odd) is read and decided each time."""
+        if len(pkt) >= 44 and pkt[0] >> 4 == 6 and pkt[6] not in _IPV6_WALKED:
+            proto = pkt[6]
+            ported = proto in PORT_PROTOCOLS
+            if outbound:
+                key = pkt[8:44] if ported else pkt[8:24]
+                caches = self._cache_out
+            else:
+                key = pkt[24:44] if ported else pkt[24:40]
+                caches = self._cache_in
+            cache = caches[proto]
+            if cache is None:
+                cache = caches[proto] = {}
+            else:
+                try:
+                    return cache[key]
+                except KeyError:
+                    pass
+            port = -1
+            if ported:
+                port = (pkt[40] << 8) | pkt[41] if outbound else (pkt[42] << 8) | pkt[43]
+            verdict = self._decide(6, pkt[8:24] if outbound else pkt[24:40], proto, port)
+            if len(cache) >= CACHE_ENTRIES:
+                cache.clear()
+            cache[key] = verdict
+            return verdict
+        flow = _flow(pkt, outbound)
+        if flow is None:
+            return DropVerdict.MALFORMED
+        return self._decide(*flow)
 
     def _decide(self, version: int, addr: bytes, proto: int, port: int) -> DropVerdict | None:
         for v, lo, hi, p, ports, verdict in self._entries:

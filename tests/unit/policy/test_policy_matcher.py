@@ -192,7 +192,7 @@ def test_the_verdict_cache_stays_bounded_and_right() -> None:
             str(ipaddress.ip_address("10.21.0.0") + i % 65536)
         expect = None if i % 2 else DropVerdict.NOT_ALLOWED
         assert f.verdict_in(ipv4(CLIENT, dst, 17, 1, i % 65536)) is expect
-    assert len(f._cache_in) <= CACHE_ENTRIES
+    assert all(len(c) <= CACHE_ENTRIES for c in f._cache_in if c is not None)
 
 
 addresses = st.ip_addresses(v=4).map(str)
@@ -245,3 +245,36 @@ def test_compiled_filter_agrees_with_the_documented_decision(
     want = _reference(mode, allowed, denied, dst, proto, dport if proto != 1 else -1)
     assert f.verdict_in(pkt) == want
     assert f.verdict_in(pkt) == want  # cached
+
+
+def test_ipv6_verdicts_are_cached_per_flow_and_stay_right() -> None:
+    f = compile_policy("p", "split", ["2001:db8::/32 tcp/443", "2001:db8:1::/48"], [])
+    for _ in range(2):  # the second round comes from the cache
+        assert f.verdict_in(ipv6("fd00::2", "2001:db8::1", 6, 1, 443)) is None
+        assert f.verdict_in(ipv6("fd00::2", "2001:db8::1", 6, 1, 80)) is DropVerdict.NOT_ALLOWED
+        assert f.verdict_in(ipv6("fd00::2", "2001:db8:1::9", 58)) is None
+        assert f.verdict_in(ipv6("fd00::2", "2001:db8:2::9", 58)) is DropVerdict.NOT_ALLOWED
+        assert f.verdict_out(ipv6("2001:db8::1", "fd00::2", 6, 443, 1)) is None
+        assert f.verdict_out(ipv6("2001:db8::1", "fd00::2", 6, 80, 1)) is DropVerdict.NOT_ALLOWED
+
+
+# --- binding (what keyd writes into sa/<spi>) ------------------------------------------------
+
+def test_binding_connection_first_then_identity_then_none() -> None:
+    from cluster.policy import bind_policy
+    from cluster.store import Policy
+    policies = {
+        "guest": Policy("guest", ["*@guest.example.org"], "guest", ["10.20.0.53/32 udp/53"]),
+        "staff": Policy("staff", ["*@example.org"], "split", ["10.20.0.0/16"], ["tcp/25"]),
+    }
+    bound = bind_policy("staff", "x@guest.example.org", policies)
+    assert bound is not None and bound.name == "staff" and bound.mode == "split"
+    assert bound.allowed == ("10.20.0.0/16",) and bound.denied == ("tcp/25",)
+    guest = bind_policy(None, "visitor@guest.example.org", policies)
+    assert guest is not None and guest.name == "guest" and guest.mode == "guest"
+    assert bind_policy(None, "eve@elsewhere.net", policies) is None
+    missing = bind_policy("gone", "x@example.org", policies)
+    assert missing is not None and missing.name == "gone" and missing.mode is None
+    # a policy whose value is now malformed still binds by its last identities: no snapshot
+    bad = bind_policy(None, "visitor@guest.example.org", policies, unusable={"guest"})
+    assert bad is not None and bad.name == "guest" and bad.mode is None
