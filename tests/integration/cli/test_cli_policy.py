@@ -53,7 +53,7 @@ def test_set_show_list_remove(cluster: Cluster) -> None:
 
 
 def test_malformed_policy_is_listed_as_such(cluster: Cluster) -> None:
-    cluster.store.raw.put(cluster.store.keyspace.policy("broken"), b'{"v": 1}')
+    cluster.store.raw_put(cluster.store.keyspace.policy("broken"), b'{"v": 1}')
     rows = json.loads(run(*cluster.args("policy", "list", "-o", "json")).stdout)
     assert rows[0]["name"] == "broken" and "malformed" in rows[0]
     assert "MALFORMED" in run(*cluster.args("policy", "list")).stdout

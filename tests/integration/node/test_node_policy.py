@@ -95,7 +95,7 @@ def test_malformed_or_missing_policy_fails_closed(node_lab: NodeLab) -> None:
                  policy_allowed=list(split.allowed))
     assert wait_until(lambda: client.ping(1.0) is not None, 15), lab.log("node-1")
     # a value no codec reads at policy/staff: the node must not keep the old version
-    lab.store.raw.put(lab.keyspace.policy("staff"), b'{"v": 1, "name": "staff", "mode": 7}')
+    lab.store.raw_put(lab.keyspace.policy("staff"), b'{"v": 1, "name": "staff", "mode": 7}')
     assert wait_until(lambda: client.ping(0.5) is None, 10), lab.log("node-1")
     assert wait_until(lambda: _policy_drops(lab, "staff", "unresolved") >= 1, 5)
     assert lab.metrics("node-1")["ipsec_cluster_node_policies_failing_closed"] == 1
