@@ -376,8 +376,8 @@ class NodeAgent:
             self._synced.add(kind)
             if len(self._synced) == 4 and not self.ready.is_set() and not self.removed:
                 self.ready.set()
-                # the lease exists (start() registered before watching) and SAs, assignments
-                # and nodes are synced: tell systemd (Type=notify) once
+                # the lease exists (start() registered before watching) and SAs, assignments,
+                # nodes and policies are synced: tell systemd (Type=notify) once
                 systemd.notify_ready(f"node {self.cfg.id}: lease held, {len(self.records)} "
                                      f"SAs loaded, sending for {len(self.sending)} clients")
 
