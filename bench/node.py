@@ -18,9 +18,12 @@ the node namespace, the project's IKE initiator brings a Child SA up with it fro
 generator's namespace (PSK, aes128gcm16, UDP-encapsulated), and the generator seals its
 packets with those keys and blasts them the same way. The sink counts what reaches it (an
 nftables counter that also drops it), for both gateways. Beside both: the one-core
-AES-128-GCM limit of `cryptography` (decrypt only), and the node's outbound direction
-(TUN → encrypt → UDP). Wall-clock rates (first packet sent to the last one delivered) are
-in the notes: charon is multi-threaded, so its wall rate may use more than one core.
+AES-128-GCM limit of `cryptography` (decrypt only), the node's outbound direction
+(TUN → encrypt → UDP), and both directions again with a traffic policy on the SA
+(`BENCH_POLICY`, a guest policy whose allowed range holds the bench's flow): the price of
+per-packet filtering (cluster.policy). Wall-clock rates (first packet sent to the last one
+delivered) are in the notes: charon is multi-threaded, so its wall rate may use more than one
+core.
 
 Each gateway gets BLASTS blasts of PACKETS packets on one SA (the sequence numbers go on from
 blast to blast); the figures are sums over them. Both gateways drop what the generator sends
@@ -73,6 +76,11 @@ SINK_PORT = 9  # the inbound packets' destination port: the sink's nftables coun
 GSO = 40  # ESP datagrams per generator send (UDP GSO), as a NIC's GRO would batch them
 SOL_UDP, UDP_SEGMENT = 17, 103
 RATE = 400_000  # packets/s the generator offers (paced): above what either gateway forwards
+#: the policy of the policed runs: guest (the internal ranges as implicit denials) with the
+#: protected network allowed and a few rules more, as an operator would write one
+BENCH_POLICY: dict[str, Any] = {
+    "mode": "guest", "allowed": ["10.20.0.0/24", "10.30.0.53/32 udp/53", "tcp/443"],
+    "denied": ["10.20.0.99/32", "tcp/25", "198.51.100.0/24 udp/161-162"]}
 
 
 def _inner(n: int, src: str, dst: str) -> bytes:
@@ -104,15 +112,17 @@ def _record() -> Any:
 
 
 # -- inside the node namespace --------------------------------------------------------------
-def serve(stats_file: str) -> None:
+def serve(stats_file: str, policed: bool = False) -> None:
     from cluster.esp import IvSource, SaCounters
     from cluster.node.datapath import Datapath
     from cluster.node.sa import NodeSa
     from cluster.node.tun import open_tun
+    from cluster.policy import compile_policy
     tun = open_tun("ipsb0", 1500)
     subprocess.run(["ip", "route", "replace", f"{CLIENT_VIP}/32", "dev", "ipsb0"], check=True)
     dp = Datapath(vip=VIP, natt_port=4500, tun_fd=tun, raw_esp=False)
-    sa = NodeSa(_record(), 4096, IvSource(b"\x00\x00\x00\x01"))
+    sa = NodeSa(_record(), 4096, IvSource(b"\x00\x00\x00\x01"),
+                compile_policy("bench", **BENCH_POLICY) if policed else None)
     sa.restore(SaCounters(0, 0, 0))
     sa.send_limit = 1 << 62
     dp.install(sa)
@@ -127,7 +137,8 @@ def serve(stats_file: str) -> None:
     Path(stats_file).write_text(json.dumps({
         "packets_in": t.packets_in, "packets_out": t.packets_out, "tun_errors": t.tun_errors,
         "udp_receives": t.udp_receives, "coalesced": t.coalesced,
-        "drops": {k.value: v for k, v in (dp.table.drops + dp.drops).items()}}))
+        "drops": {k.value: v for k, v in (dp.table.drops + dp.drops).items()},
+        "policy_drops": sum(dp.policy_drops.values())}))
 
 
 # -- inside the generator namespace ---------------------------------------------------------
@@ -323,11 +334,12 @@ def _spread(r: dict[str, Any]) -> str:
     return "/".join(f"{x / 1000:.0f}" for x in r["each"]) + " k per blast"
 
 
-def _direction(prefix: str, tmp: Path, outbound: bool) -> dict[str, Any]:
+def _direction(prefix: str, tmp: Path, outbound: bool, policed: bool = False) -> dict[str, Any]:
     py = sys.executable
-    stats = tmp / ("out.json" if outbound else "in.json")
+    stats = tmp / (("out" if outbound else "in") + ("-policed" if policed else "") + ".json")
     node = subprocess.Popen(["ip", "netns", "exec", prefix + "node", py, "-m", "bench.node",
-                             "serve", "--stats", str(stats)], cwd=ROOT,
+                             "serve", "--stats", str(stats)] + (["--policy"] if policed else []),
+                            cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
@@ -354,6 +366,8 @@ def _direction(prefix: str, tmp: Path, outbound: bool) -> dict[str, Any]:
         result = json.loads(stats.read_text())
         r["own_count"] = result["packets_out" if outbound else "packets_in"]
         r["receives"] = result.get("udp_receives", 0)
+        if result.get("policy_drops"):
+            raise RuntimeError(f"the bench policy dropped {result['policy_drops']} packets")
         if outbound:
             r["delivered"] = r["own_count"]
             r["per_core"] = r["own_count"] / r["cpu"] if r["cpu"] > 0 else 0.0
@@ -419,6 +433,8 @@ def run() -> list[Row]:
             limit = _crypto_limit()
             inbound = _direction(prefix, Path(tmp), outbound=False)
             outbound = _direction(prefix, Path(tmp), outbound=True)
+            policed_in = _direction(prefix, Path(tmp), outbound=False, policed=True)
+            policed_out = _direction(prefix, Path(tmp), outbound=True, policed=True)
             try:
                 ss: dict[str, Any] | None = _libipsec(prefix, Path(tmp))
                 failure = ""
@@ -456,6 +472,16 @@ def run() -> list[Row]:
         "note": (f"{outbound['delivered']:,} of {outbound['sent']:,} packets sent by the node, "
                  f"node CPU {outbound['cpu']:.2f} s ({outbound['user'] / outbound['cpu']:.0%} "
                  "user); not measured for libipsec" if outbound["cpu"] else "")})
+    for label, base, policed in (("receive → decrypt → policy → TUN → sink", inbound, policed_in),
+                                 ("TUN → policy → encrypt → send", outbound, policed_out)):
+        rows.append({
+            "metric": f"node {label}, 1400 B, per core, with a traffic policy",
+            "value": policed["per_core"], "unit": "packets/s", "baseline": base["per_core"],
+            "baseline_name": "the same without a policy, this run",
+            "ratio": policed["per_core"] / base["per_core"] if base["per_core"] else None,
+            "note": f"guest policy of {len(BENCH_POLICY['allowed'])} allowed and "
+                    f"{len(BENCH_POLICY['denied'])} denied rules; {_note(policed, 'node')}"
+                    if "each" in policed else "guest policy, outbound"})
     gen_pps = inbound["sent"] / inbound["gen_seconds"] if inbound["gen_seconds"] else 0.0
     rows.append({"metric": "generator send rate (pre-encrypted)", "value": gen_pps,
                  "unit": "packets/s", "note": "must exceed the gateways' rates"})
@@ -467,6 +493,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--stats", required=True)
+    s.add_argument("--policy", action="store_true", help="the SA carries BENCH_POLICY")
     g = sub.add_parser("generate")
     g.add_argument("--count", type=int, default=PACKETS)
     g.add_argument("--sa", help="a Child SA bench/libipsec established (default: the node's)")
@@ -478,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("--seconds", type=float, default=10)
     args = p.parse_args(argv)
     if args.cmd == "serve":
-        serve(args.stats)
+        serve(args.stats, args.policy)
     elif args.cmd == "generate":
         generate(args.count, args.sa, args.blast, args.gso, args.rate)
     else:

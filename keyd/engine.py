@@ -32,9 +32,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.policy import ChildPolicy, bind_policy
 from cluster.store.client import Store
 from cluster.store.errors import MalformedRecord, StoreError, StoreUnavailable, WrongDataKey
-from cluster.store.records import ChildSaRecord, IkeSaRecord
+from cluster.store.records import ChildSaRecord, IkeSaRecord, Policy
 
 from .ike import events as ike
 from .ike.errors import IkeError, LocalProtocolError
@@ -79,8 +80,9 @@ def _serialised(state: dict[str, Any]) -> bytes:
     return json.dumps(state, separators=(",", ":")).encode()
 
 
-def child_record(child: ike.ChildSa) -> ChildSaRecord:
-    """The sa/ record of a Child SA the core established (field names are shared)."""
+def child_record(child: ike.ChildSa, policy: ChildPolicy | None = None) -> ChildSaRecord:
+    """The sa/ record of a Child SA the core established (field names are shared), bound to
+    traffic policy `policy` (None: none, a full tunnel)."""
     return ChildSaRecord(
         spi_in=child.spi_in, spi_out=child.spi_out, ike_sa_id=child.ike_sa_id,
         encr=child.encr, integ=child.integ, esn=child.esn,
@@ -90,7 +92,10 @@ def child_record(child: ike.ChildSa) -> ChildSaRecord:
         peer_addr=child.peer_addr, peer_port=child.peer_port, udp_encap=child.udp_encap,
         virtual_ip=child.virtual_ip, identity=child.identity, created_at=child.created_at,
         soft_lifetime_s=child.soft_lifetime_s, hard_lifetime_s=child.hard_lifetime_s,
-        replaces=child.replaces)
+        replaces=child.replaces, policy=policy.name if policy else None,
+        policy_mode=policy.mode if policy else None,
+        policy_allowed=list(policy.allowed) if policy else [],
+        policy_denied=list(policy.denied) if policy else [])
 
 
 @dataclass(slots=True)
@@ -138,6 +143,7 @@ class Engine:
         self.metrics = metrics
         self.clock = clock
         self.persister = Persister(store, pool, metrics, clock, view)
+        self.view = view
         self.etcd_ok = True
         # last durable state of each IKE SA held: what a failed step is rolled back to
         self._durable: dict[str, dict[str, Any]] = {}
@@ -285,6 +291,31 @@ class Engine:
                 puts[ike_sa_id] = dataclasses.replace(record, state=_serialised(
                     step.states[ike_sa_id]))
 
+    def _policies(self) -> tuple[dict[str, Policy], frozenset[str]]:
+        """policy/ by name (last valid versions) and the names now malformed: from the view
+        once it has read policy/, else from etcd."""
+        if self.view is not None and self.view.policies_synced:
+            return self.view.policies()
+        try:
+            listing = self.store.list(Policy)
+        except StoreError as e:  # the Child SA's own write fails the same way: retried
+            log.warning("cannot read policy/: %s", e)
+            return {}, frozenset()
+        bad = frozenset(m.key.rsplit("/", 1)[-1] for m in listing.malformed)
+        return {v.record.name: v.record for v in listing.items}, bad
+
+    def child_record(self, child: ike.ChildSa, policy: str | None = None) -> ChildSaRecord:
+        """The sa/ record of `child`, bound to the traffic policy `policy` names (a
+        connection's `policy`), else to the first policy whose identities match the client's
+        (cluster.policy.binding), else to none."""
+        policies, unusable = self._policies()
+        bound = bind_policy(policy, child.identity, policies, unusable)
+        if bound is not None and bound.mode is None:
+            log.warning("Child SA %08x of %s bound to policy %r, which is missing or "
+                        "malformed in policy/: the nodes drop its traffic until it is written",
+                        child.spi_in, child.identity, bound.name)
+        return child_record(child, bound)
+
     def _event(self, event: ike.IkeEvent, step: Step, now: float) -> None:
         c = step.changes
         if isinstance(event, ike.AddressRequested):
@@ -296,13 +327,14 @@ class Engine:
             step.touched.add(ike_sa_id)
             step.updated[ike_sa_id] = None
         elif isinstance(event, ike.ChildSaEstablished):
-            c.new_children.append(child_record(event.child))
+            c.new_children.append(self.child_record(event.child, policy=None))
             step.touched.add(event.child.ike_sa_id)
         elif isinstance(event, ike.ChildSaDeleted):
             c.deleted_children.append(event.spi_in)
         elif isinstance(event, ike.IkeSaRekeyed):
             old = self._records.get(event.old_ike_sa_id)
-            c.moved_children.extend(child_record(child) for child in event.children)
+            c.moved_children.extend(self.child_record(child, policy=None)
+                                    for child in event.children)
             c.rekeyed.append(IkeRekeyed(event.old_ike_sa_id, event.new_ike_sa_id,
                                         old.virtual_ip if old else None))
             if old is not None and old.identity:

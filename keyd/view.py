@@ -1,5 +1,6 @@
 """What keyd keeps in view without asking etcd on every handshake: the nodes (for the owner
-of a new client) and the address leases (for a new client's virtual IP).
+of a new client), the address leases (for a new client's virtual IP) and the traffic policies
+(for the policy a new Child SA carries, cluster.policy.binding).
 
 Both follow etcd with prefix watches (cluster.store.watch) — the address leases only while
 other keyd instances are registered (`follow_pool`): alone, an instance is the only writer
@@ -16,8 +17,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cluster.store.client import Store
-from cluster.store.records import NodeRecord, PoolLease
-from cluster.store.watch import PrefixWatcher, RecordDeleted, RecordPut, WatchEvent, WatchResynced
+from cluster.store.records import NodeRecord, Policy, PoolLease
+from cluster.store.watch import (
+    PrefixWatcher,
+    RecordDeleted,
+    RecordMalformed,
+    RecordPut,
+    WatchEvent,
+    WatchResynced,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +87,11 @@ class ClusterView:
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeRecord] = {}
         self._leases = LeaseIndex()
-        self._synced = {"nodes": False, "pool": False}
+        #: policy/ by name: the last valid version of each, and the names whose current
+        #: value is malformed
+        self._policies: dict[str, Policy] = {}
+        self._bad_policies: set[str] = set()
+        self._synced = {"nodes": False, "pool": False, "policy": False}
         self._watchers: dict[str, PrefixWatcher] = {}
         self._store: Store | None = None
 
@@ -87,7 +99,9 @@ class ClusterView:
         self.stop()
         self._store = store
         self._watchers = {"nodes": store.watch(NodeRecord, self._on_node),
-                          "pool": store.watch(PoolLease, self._on_lease)}
+                          "pool": store.watch(PoolLease, self._on_lease),
+                          "policy": store.watch(Policy, self._on_policy,
+                                                report_malformed=True)}
 
     def stop(self) -> None:
         for w in self._watchers.values():
@@ -115,6 +129,15 @@ class ClusterView:
     @property
     def leases_synced(self) -> bool:
         return self._synced["pool"]
+
+    @property
+    def policies_synced(self) -> bool:
+        return self._synced["policy"]
+
+    def policies(self) -> tuple[dict[str, Policy], frozenset[str]]:
+        """The policies by name (last valid versions) and those now malformed."""
+        with self._lock:
+            return dict(self._policies), frozenset(self._bad_policies)
 
     def nodes(self) -> list[NodeRecord]:
         with self._lock:
@@ -160,6 +183,23 @@ class ClusterView:
                 self._nodes.pop(event.name, None)
             elif isinstance(event, WatchResynced):
                 self._synced["nodes"] = True
+
+    def _on_policy(self, event: WatchEvent) -> None:
+        with self._lock:
+            if isinstance(event, RecordPut) and isinstance(event.record, Policy):
+                self._policies[event.name] = event.record
+                self._bad_policies.discard(event.name)
+            elif isinstance(event, RecordMalformed):
+                self._bad_policies.add(event.name)
+            elif isinstance(event, RecordDeleted):
+                self._policies.pop(event.name, None)
+                self._bad_policies.discard(event.name)
+            elif isinstance(event, WatchResynced):
+                names = {k.rsplit("/", 1)[-1] for k in event.keys}
+                for name in [n for n in self._policies if n not in names]:
+                    del self._policies[name]
+                self._bad_policies &= names
+                self._synced["policy"] = True
 
     def _on_lease(self, event: WatchEvent) -> None:
         with self._lock:

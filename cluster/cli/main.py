@@ -25,7 +25,8 @@ from cluster.store.seal import DataKeyError, WrongDataKey
 
 # Command groups live in their own modules under cluster/cli/; each exposes one click group
 # or command named like the module. Missing modules are skipped so a partial install still runs.
-_GROUPS = ("status", "health", "node", "client", "sa", "keyd", "rebalance", "watch", "lab")
+_GROUPS = ("status", "health", "node", "client", "sa", "policy", "keyd", "rebalance", "watch",
+           "lab")
 
 
 class _Cli(click.Group):

@@ -61,7 +61,9 @@ def sa_show(spi: str) -> None:
             ("local TS", r["ts_local"]), ("remote TS", r["ts_remote"]),
             ("age", age(r["created_at"])),
             ("lifetimes", f"soft {r['soft_lifetime_s']}s, hard {r['hard_lifetime_s']}s"),
-            ("replaces", r["replaces"]), ("owner", r["owner"]), ("epoch", r["epoch"]),
+            ("replaces", r["replaces"]),
+            ("policy", r.get("policy") or "none (full tunnel)"),
+            ("owner", r["owner"]), ("epoch", r["epoch"]),
             ("sequence", f"out {s.get('out_seq')}, in highest {s.get('in_highest')} "
                          f"({s.get('kind')} by {s.get('owner')}, epoch {s.get('epoch')})"
              if s else None),

@@ -157,6 +157,7 @@ def sa_row(child: ChildSaRecord, a: Assignment | None, s: SeqRecord | None) -> d
         "created_at": child.created_at, "soft_lifetime_s": child.soft_lifetime_s,
         "hard_lifetime_s": child.hard_lifetime_s, "replaces": spi_text(child.replaces),
         "owner": a.node if a else None, "epoch": a.epoch if a else None,
+        "policy": child.policy,
         "seq": None if s is None else {
             "owner": s.owner, "epoch": s.epoch, "out_seq": s.out_seq,
             "in_highest": s.in_highest, "kind": s.kind, "written_at": s.written_at,

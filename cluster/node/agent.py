@@ -45,6 +45,7 @@ from cluster.node.handoff import (
 )
 from cluster.node.handoff import RemoteProtocolError as ReadyError
 from cluster.node.metrics import Snapshot
+from cluster.node.policies import PolicyBook
 from cluster.node.relay import IkeRelay
 from cluster.node.sa import NodeSa, client_addresses
 from cluster.store import (
@@ -54,7 +55,9 @@ from cluster.store import (
     LeaseLost,
     Membership,
     NodeRecord,
+    Policy,
     RecordDeleted,
+    RecordMalformed,
     RecordPut,
     SeqRecord,
     Store,
@@ -149,6 +152,8 @@ class NodeAgent:
         self.ready = threading.Event()
         # control-thread state
         self.records: dict[int, ChildSaRecord] = {}
+        #: policy/ and the SAs bound to each policy (cluster.node.policies)
+        self.policies = PolicyBook()
         self.by_ike: dict[str, set[int]] = {}
         self.assigns: dict[str, tuple[Assignment, int]] = {}
         self.sending: dict[str, int] = {}  # ike_sa_id -> epoch this node sends under
@@ -215,6 +220,10 @@ class NodeAgent:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+        # policy/ first: its full read usually lands before the SAs' (the SAs carry a
+        # snapshot of their policy for when it does not)
+        self._watchers.append(self.store.watch(Policy, self._sink(Policy.KIND),
+                                               report_malformed=True))
         for cls in (ChildSaRecord, Assignment, NodeRecord):
             self._watchers.append(self.store.watch(cls, self._sink(cls.KIND)))
 
@@ -328,8 +337,18 @@ class NodeAgent:
                 self.node_health[r.id] = (r.address, r.health_port)
                 if r.id == self.cfg.id:
                     self.draining = r.state == "draining"
+            elif isinstance(r, Policy):
+                self.policies.put(ev.name, r)
+                self._policy_changed(ev.name)
+        elif isinstance(ev, RecordMalformed):
+            if kind == "policy":
+                self.policies.malformed(ev.name, ev.reason)
+                self._policy_changed(ev.name)
         elif isinstance(ev, RecordDeleted):
-            if kind == "sa":
+            if kind == "policy":
+                self.policies.delete(ev.name)
+                self._policy_changed(ev.name)
+            elif kind == "sa":
                 with contextlib.suppress(ValueError):
                     self._sa_deleted(int(ev.name, 16))
             elif kind == "assign":
@@ -350,11 +369,16 @@ class NodeAgent:
                 present = {k[len(prefix):] for k in ev.keys}
                 for k in [k for k in self.assigns if k not in present]:
                     self._assignment_gone(k)
+            elif kind == "policy":
+                prefix = self.store.keyspace.kind_prefix("policy")
+                self.policies.resynced({k[len(prefix):] for k in ev.keys})
+                for name in self.policies.names_bound():  # snapshots give way to policy/
+                    self._policy_changed(name)
             self._synced.add(kind)
-            if len(self._synced) == 3 and not self.ready.is_set() and not self.removed:
+            if len(self._synced) == 4 and not self.ready.is_set() and not self.removed:
                 self.ready.set()
-                # the lease exists (start() registered before watching) and SAs, assignments
-                # and nodes are synced: tell systemd (Type=notify) once
+                # the lease exists (start() registered before watching) and SAs, assignments,
+                # nodes and policies are synced: tell systemd (Type=notify) once
                 systemd.notify_ready(f"node {self.cfg.id}: lease held, {len(self.records)} "
                                      f"SAs loaded, sending for {len(self.sending)} clients")
 
@@ -395,15 +419,34 @@ class NodeAgent:
                               "remove); restart to rejoin")
 
     # SAs ----------------------------------------------------------------------------------
+    def _policy_changed(self, name: str) -> None:
+        """Give every SA bound to policy `name` the filter it now runs (data-path thread)."""
+        assert self.datapath is not None
+        spis = self.policies.bound(name)
+        if not spis:
+            return
+        records = self.records
+        filters = {spi: self.policies.filter_for(records[spi]) for spi in spis}
+        dp = self.datapath
+
+        def apply() -> None:
+            for spi, f in filters.items():
+                sa = dp.table.get(spi)
+                if sa is not None and sa.record.policy == name:
+                    sa.policy = f
+        dp.call(apply)
+
     def _sa_put(self, r: ChildSaRecord) -> None:
         assert self.datapath is not None and self.iv_source is not None
         try:
-            sa = NodeSa(r, self.cfg.replay_window, self.iv_source)
+            sa = NodeSa(r, self.cfg.replay_window, self.iv_source,
+                        self.policies.filter_for(r))
         except Exception as e:  # a record the ESP core cannot run: skip, keep the old one
             log.error("cannot install SA %08x: %s", r.spi_in, e)
             return
         old = self.records.get(r.spi_in)
         self.records[r.spi_in] = r
+        self.policies.bind(r.spi_in, old, r)
         if old is not None and old.ike_sa_id != r.ike_sa_id:
             self.by_ike.get(old.ike_sa_id, set()).discard(r.spi_in)
         self.by_ike.setdefault(r.ike_sa_id, set()).add(r.spi_in)
@@ -445,6 +488,8 @@ class NodeAgent:
     def _sa_deleted(self, spi: int) -> None:
         assert self.datapath is not None
         r = self.records.pop(spi, None)
+        if r is not None:
+            self.policies.unbind(spi, r)
         self.checkpointer.disown(spi)
         dp = self.datapath
 
@@ -1207,5 +1252,7 @@ class NodeAgent:
         s.draining = int(self.draining)
         s.removed = int(self.removed)
         s.finals_without_ready = self.finals.timeouts
+        s.policy_drops = dict(dp.policy_drops)
+        s.policies_failing_closed = len(self.policies.failing_closed())
         return s
 

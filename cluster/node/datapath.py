@@ -5,10 +5,13 @@ ESP core (`cluster.esp`). One thread owns every SA object and runs an epoll loop
 side (etcd watches, ownership, checkpoints) never touches an SA directly but hands the thread
 closures through `call` / `run`, executed between packet batches. Nothing here waits on etcd.
 
-Inbound: decrypt, check the inner source against the SA's selectors (in the core), write to
-TUN; follow the client's address only when a packet authenticated (NAT rebinding).
-Outbound: read TUN, find the owned SA by the inner destination (client virtual IP), seal,
-send to the client's current address — unless fenced or past the SA's send limit.
+Inbound: decrypt, check the inner source against the SA's selectors (in the core), check the
+inner packet against the SA's traffic policy if it has one (cluster.policy), write to TUN;
+follow the client's address only when a packet authenticated (NAT rebinding).
+Outbound: read TUN, find the owned SA by the inner destination (client virtual IP), check
+its policy, seal, send to the client's current address — unless fenced or past the SA's
+send limit. An SA without a policy costs one attribute test per receive batch inbound and
+one per packet outbound.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from cluster.esp import DropReason, LocalProtocolError, SaTable
 from cluster.esp.table import Decrypted, Dropped, IkeMessage
 from cluster.node.outbound import OutboundTable, is_network
 from cluster.node.sa import Address, NodeSa
+from cluster.policy import PacketFilter
 
 log = logging.getLogger("cluster.node.datapath")
 
@@ -86,6 +90,8 @@ class Datapath:
         #: not fenced); hosts by exact match, subnets by longest prefix
         self.outbound: OutboundTable[NodeSa] = OutboundTable()
         self.drops: Counter[DropReason] = Counter()  # outbound and socket-level drops
+        #: packets a traffic policy refused: (policy name, DropVerdict value, "in" | "out")
+        self.policy_drops: Counter[tuple[str, str, str]] = Counter()
         #: packed client address → (deadline, packets): outbound packets kept, not dropped,
         #: while a hand-off of that client completes (see `hold`)
         self.held: dict[bytes, tuple[float, list[bytes]]] = {}
@@ -381,6 +387,9 @@ class Datapath:
                             dropped(sa, reason)
                         drops.clear()
                     if inner:
+                        policy = sa.policy
+                        if policy is not None:
+                            self._police(policy, inner)
                         for pkt in inner:
                             try:
                                 write(tun, pkt)
@@ -394,13 +403,35 @@ class Datapath:
                 off += size
                 self._receive_other(receive(data, now), data, addr)
 
+    def _police(self, policy: PacketFilter, inner: list[bytes]) -> None:
+        """Keep in `inner` only what `policy` lets through from the client; count the rest."""
+        verdict = policy.verdict_in
+        kept = []
+        for pkt in inner:
+            reason = verdict(pkt)
+            if reason is None:
+                kept.append(pkt)
+            else:
+                self.policy_drops[(policy.name, reason.value, "in")] += 1
+        inner[:] = kept
+
+    def _forward(self, sa: NodeSa, pkt: bytes) -> None:
+        """One decrypted packet to the TUN device, if the SA's policy lets it through."""
+        policy = sa.policy
+        if policy is not None:
+            reason = policy.verdict_in(pkt)
+            if reason is not None:
+                self.policy_drops[(policy.name, reason.value, "in")] += 1
+                return
+        try:
+            os.write(self.tun_fd, pkt)
+        except OSError:
+            self.totals.tun_errors += 1
+
     def _receive_other(self, ev: object, data: bytes, addr: Address) -> None:
         """What `SaTable.receive` made of a UDP/4500 payload off the hot path."""
         if isinstance(ev, Decrypted):
-            try:
-                os.write(self.tun_fd, ev.inner)
-            except OSError:
-                self.totals.tun_errors += 1
+            self._forward(ev.sa, ev.inner)  # type: ignore[arg-type]
             if addr != ev.sa.peer:  # type: ignore[attr-defined]
                 self._rebind(ev.sa, addr)  # type: ignore[arg-type]
         elif isinstance(ev, Dropped):
@@ -423,10 +454,7 @@ class Datapath:
             ihl = (data[0] & 0x0F) * 4
             ev = receive(data[ihl:], now)
             if isinstance(ev, Decrypted):
-                try:
-                    os.write(self.tun_fd, ev.inner)
-                except OSError:
-                    self.totals.tun_errors += 1
+                self._forward(ev.sa, ev.inner)  # type: ignore[arg-type]
                 if (host, 0) != ev.sa.peer:  # type: ignore[attr-defined]
                     self._rebind(ev.sa, (host, 0))  # type: ignore[arg-type]
             elif isinstance(ev, Dropped) and ev.reason is DropReason.UNKNOWN_SPI and ev.spi:
@@ -522,6 +550,14 @@ class Datapath:
                 self.totals.send_errors += 1
 
     def _seal(self, sa: NodeSa, pkt: bytes, now: float) -> bytes | None:
+        """The ESP packet for `pkt` to the client of `sa`; None if its policy refuses the
+        packet or the SA cannot send (both counted)."""
+        policy = sa.policy
+        if policy is not None:
+            reason = policy.verdict_out(pkt)
+            if reason is not None:
+                self.policy_drops[(policy.name, reason.value, "out")] += 1
+                return None
         try:
             return sa.seal(pkt, now)
         except LocalProtocolError as e:

@@ -45,6 +45,9 @@ class Snapshot:
     draining: int = 0
     removed: int = 0  # 1 once `clusterctl node remove` took this node out (until restarted)
     finals_without_ready: int = 0  # final records written without the new owner's READY
+    #: packets traffic policies refused, by (policy, reason, direction)
+    policy_drops: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    policies_failing_closed: int = 0  # bound policies missing or malformed: all dropped
 
 
 class NodeCollector:
@@ -65,6 +68,16 @@ class NodeCollector:
         for reason in DropReason:
             drops.add_metric([reason.value], s.drops.get(reason.value, 0))
         yield drops
+        policy = CounterMetricFamily(P + "policy_drops", "Packets a traffic policy refused, "
+                                     "by policy, reason and direction (in: from the client)",
+                                     labels=["policy", "reason", "direction"])
+        for labels, n in sorted(s.policy_drops.items()):
+            policy.add_metric(list(labels), n)
+        yield policy
+        yield GaugeMetricFamily(P + "policies_failing_closed",
+                                "Policies SAs are bound to that are missing or malformed "
+                                "(their traffic is all dropped)",
+                                value=s.policies_failing_closed)
         yield GaugeMetricFamily(P + "sas_installed", "Child SAs held", value=s.sas_installed)
         yield GaugeMetricFamily(P + "sas_owned", "Child SAs this node sends on",
                                 value=s.sas_owned)

@@ -7,6 +7,7 @@ import ipaddress
 from cluster.esp import ChildSa, IvSource, SaKeys, TrafficSelector
 from cluster.node.counters import Traffic
 from cluster.node.outbound import host_key, network_key
+from cluster.policy import PacketFilter
 from cluster.store import ChildSaRecord
 
 Address = tuple[str, int]
@@ -15,7 +16,8 @@ Address = tuple[str, int]
 class NodeSa(ChildSa):
     """A `ChildSa` with the node's bookkeeping. Touched by the data-path thread only."""
 
-    def __init__(self, record: ChildSaRecord, replay_window: int, iv_source: IvSource) -> None:
+    def __init__(self, record: ChildSaRecord, replay_window: int, iv_source: IvSource,
+                 policy: PacketFilter | None = None) -> None:
         super().__init__(
             spi_in=record.spi_in, spi_out=record.spi_out, encr=record.encr, integ=record.integ,
             esn=record.esn,
@@ -38,6 +40,9 @@ class NodeSa(ChildSa):
         #: traffic the SA carried before this object counted (other owners, earlier
         #: versions of its record), so that `traffic()` is over the SA's whole life
         self.traffic_base = Traffic()
+        #: the traffic policy enforced on the SA's inner packets, both ways (None: none, a
+        #: full tunnel); replaced by the control side when policy/<name> changes
+        self.policy = policy
 
     def local_traffic(self) -> Traffic:
         """What this object counted (this node, this version of the record)."""

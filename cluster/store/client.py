@@ -548,10 +548,12 @@ class Store:
 
     # -- watches --------------------------------------------------------------------------
     def watch(self, cls: type[R], on_event: Callable[[WatchEvent], None],
-              start_revision: int | None = None) -> PrefixWatcher:
+              start_revision: int | None = None,
+              report_malformed: bool = False) -> PrefixWatcher:
         """Start a watcher on every record of kind `cls` (see watch.py)."""
         from .watch import PrefixWatcher
-        w = PrefixWatcher(self, cls, on_event, start_revision=start_revision)
+        w = PrefixWatcher(self, cls, on_event, start_revision=start_revision,
+                          report_malformed=report_malformed)
         w.start()
         return w
 

@@ -21,6 +21,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
+from cluster.policy.rules import MODES, PolicyError, parse_rules
+
+from .keyspace import BadKey, check_name
 from .seal import DataKey, PublicView, WrongDataKey
 
 VERSION = 1
@@ -109,6 +112,29 @@ def _check_spi(value: int, what: str) -> None:
 def _check_port(value: int, what: str) -> None:
     if not 0 <= value <= 0xFFFF:
         raise ValueError(f"{what}: port out of range: {value}")
+
+
+def _check_rules(allowed: list[str], denied: list[str], what: str) -> None:
+    try:
+        parse_rules(allowed, f"{what}allowed")
+        parse_rules(denied, f"{what}denied")
+    except PolicyError as e:
+        raise ValueError(str(e)) from None
+
+
+def _check_policy_binding(name: str | None, mode: str | None, allowed: list[str],
+                          denied: list[str]) -> None:
+    if name is None:
+        if mode is not None or allowed or denied:
+            raise ValueError("policy_mode/policy_allowed/policy_denied without a policy name")
+        return
+    try:
+        check_name(name)
+    except BadKey as e:
+        raise ValueError(f"policy: {e}") from None
+    if mode is None and (allowed or denied):
+        raise ValueError("policy rules without a policy_mode")
+    _check_rules(allowed, denied, "policy_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,10 +234,21 @@ class ChildSaRecord(Record):
     soft_lifetime_s: int
     hard_lifetime_s: int
     replaces: int | None = None       # spi_in of the SA this one rekeyed
+    # The traffic policy the nodes enforce on the SA (docs/operator-guide.md, "Traffic
+    # policy"; optional fields of codec version 1, absent in records written before): its
+    # name (None: no policy, a full tunnel) and a snapshot of policy/<name> when keyd made
+    # the SA, used by a node until it has read policy/ itself (mode None: keyd had no valid
+    # policy/<name>; the nodes drop the SA's traffic until they read one).
+    policy: str | None = None
+    policy_mode: Literal["full", "split", "guest"] | None = None
+    policy_allowed: list[str] = field(default_factory=list)
+    policy_denied: list[str] = field(default_factory=list)
 
     __repr__ = _redacted
 
     def validate(self) -> None:
+        _check_policy_binding(self.policy, self.policy_mode, self.policy_allowed,
+                              self.policy_denied)
         _check_spi(self.spi_in, "spi_in")
         _check_spi(self.spi_out, "spi_out")
         if self.replaces is not None:
@@ -296,7 +333,10 @@ class PoolLease(Record):
 
 @dataclass(frozen=True, slots=True)
 class Policy(Record):
-    """A traffic policy (policy/<name>) bound to identities by glob pattern."""
+    """A traffic policy (policy/<name>): what its clients may reach (cluster.policy; rules
+    such as `10.20.0.0/16`, `10.20.0.80/32 tcp/80,443`, `udp/53`), bound to the clients of
+    the connections that name it and to identities by glob pattern (cluster.policy.binding).
+    """
 
     KIND: ClassVar[str] = "policy"
     name: str
@@ -306,8 +346,13 @@ class Policy(Record):
     denied: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
-        _check_cidrs(self.allowed, "allowed")
-        _check_cidrs(self.denied, "denied")
+        try:
+            check_name(self.name)
+        except BadKey as e:
+            raise ValueError(f"name: {e}") from None
+        if self.mode not in MODES:
+            raise ValueError(f"mode: {self.mode!r} not one of {MODES}")
+        _check_rules(self.allowed, self.denied, "")
 
 
 RECORD_TYPES: dict[str, type[Record]] = {

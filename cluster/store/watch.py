@@ -72,6 +72,20 @@ class RecordDeleted(WatchEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class RecordMalformed(WatchEvent):
+    """A value at `key` did not decode (it was logged and counted). Delivered only to
+    watchers started with `report_malformed=True`: a consumer that must not go on using an
+    older version of that key (a traffic policy: the node then fails closed)."""
+
+    key: str
+    name: str
+    revision: int
+    kind: str
+    reason: str
+    resync: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class WatchProgress(WatchEvent):
     """Every change up to `revision` has been delivered (KeyspaceWatcher only)."""
 
@@ -104,8 +118,10 @@ class _Watcher:
 
     def __init__(self, store: Store, kinds: tuple[str, ...], watch_prefix: str,
                  on_event: Callable[[WatchEvent], None], start_revision: int | None,
-                 backoff_max_s: float, progress: bool) -> None:
+                 backoff_max_s: float, progress: bool,
+                 report_malformed: bool = False) -> None:
         self._parent = store
+        self._report_malformed = report_malformed
         self._store: Store | None = None
         self.kinds = kinds
         self._kinds = frozenset(kinds)
@@ -264,6 +280,10 @@ class _Watcher:
             self.malformed += 1
             MALFORMED.labels(kind).inc()
             log.warning("watch %s: skipped %s", self.prefix, exc)
+            if self._report_malformed:
+                self._known.add(key)  # a later delete of it is news to the consumer
+                self._emit(RecordMalformed(key, self._split(store, key)[1], int(revision),
+                                           kind, str(exc), resync))
             return
         self._known.add(key)
         self._emit(RecordPut(key, name, record, int(revision), kind, resync))
@@ -274,9 +294,11 @@ class PrefixWatcher(_Watcher):
     current state (then `WatchResynced(reason="initial")`); an int resumes from it."""
 
     def __init__(self, store: Store, cls: type[Record], on_event: Callable[[WatchEvent], None],
-                 start_revision: int | None = None, backoff_max_s: float = 5.0) -> None:
+                 start_revision: int | None = None, backoff_max_s: float = 5.0,
+                 report_malformed: bool = False) -> None:
         super().__init__(store, (cls.KIND,), store.keyspace.kind_prefix(cls.KIND), on_event,
-                         start_revision, backoff_max_s, progress=False)
+                         start_revision, backoff_max_s, progress=False,
+                         report_malformed=report_malformed)
         self.cls = cls
         self._label = cls.KIND
         self._thread_name = f"watch-{cls.KIND}"

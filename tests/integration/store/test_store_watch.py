@@ -14,7 +14,9 @@ from cluster.store import (
     ChildSaRecord,
     DataKey,
     Keyspace,
+    Policy,
     RecordDeleted,
+    RecordMalformed,
     RecordPut,
     Store,
     WatchDisconnected,
@@ -87,6 +89,36 @@ def test_malformed_value_skipped_with_warning_and_counter(
         assert wait_for(lambda: c.put_spis() == [0xE1000003, 0xE1000004], TIMEOUT_S)
     finally:
         w.stop()
+
+
+def test_malformed_values_reported_to_a_watcher_that_asks(store: Store) -> None:
+    """A traffic policy's consumer must not keep using an older version of a key whose value
+    went bad: `report_malformed` tells it, in revision order, at the initial read too."""
+    store.raw_put(store.keyspace.policy("old-bad"), b'{"v":1,"name":"old-bad"}')
+    c = Collector()
+    quiet = Collector()
+    w = store.watch(Policy, c, report_malformed=True)
+    w_quiet = store.watch(Policy, quiet)
+    try:
+        assert wait_for(lambda: c.of(WatchResynced) and quiet.of(WatchResynced), TIMEOUT_S)
+        first = c.of(RecordMalformed)
+        assert [(e.name, e.kind, e.resync) for e in first] == [("old-bad", "policy", True)]
+        store.put(Policy("guest", ["*"], "guest", ["10.20.0.53/32 udp/53"]))
+        rev = store.raw_put(store.keyspace.policy("guest"),
+                            b'{"v":1,"name":"guest","identities":[],"mode":"guest",'
+                            b'"allowed":["tcp/99999"]}')
+        store.delete(Policy, "guest")
+        assert wait_for(lambda: c.of(RecordDeleted), TIMEOUT_S)
+        bad = c.of(RecordMalformed)[-1]
+        assert bad.name == "guest" and not bad.resync and "99999" in bad.reason
+        assert bad.revision == rev
+        order = [type(e).__name__ for e in c.events if not isinstance(e, WatchResynced)]
+        assert order == ["RecordMalformed", "RecordPut", "RecordMalformed", "RecordDeleted"]
+        assert wait_for(lambda: quiet.of(RecordDeleted), TIMEOUT_S)
+        assert not quiet.of(RecordMalformed)  # others are not told
+    finally:
+        w.stop()
+        w_quiet.stop()
 
 
 def test_sa_sealed_with_another_key_is_skipped_not_fatal(

@@ -36,6 +36,11 @@ times = st.floats(0, 2e9, allow_nan=False)
 ports = st.integers(0, 65535)
 keys = st.binary(max_size=36)
 cidrs = st.tuples(ips, st.integers(8, 32)).map(lambda t: f"{t[0]}/{t[1]}")
+names = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,20}\Z")
+# policy rules (cluster.policy.rules): a network, a protocol with ports, or both
+rules = st.one_of(cidrs, st.sampled_from(["udp/53", "tcp/80,443", "icmp", "any", "47"]),
+                  st.tuples(cidrs, st.sampled_from(["tcp/22", "udp/500-4500", "sctp"])).map(
+                      " ".join))
 
 child_sas = st.builds(
     ChildSaRecord, spi_in=spis, spi_out=spis, ike_sa_id=st.just("00" * 16),
@@ -46,6 +51,14 @@ child_sas = st.builds(
     virtual_ip=st.none() | ips, identity=texts, created_at=times,
     soft_lifetime_s=st.integers(0, 10**6), hard_lifetime_s=st.integers(0, 10**6),
     replaces=st.none() | spis)
+modes = st.sampled_from(["full", "split", "guest"])
+# a Child SA bound to a policy: its name, and the snapshot keyd had (mode None: none)
+child_sas_with_policy = st.builds(
+    lambda r, name, mode, allowed, denied: dataclasses.replace(
+        r, policy=name, policy_mode=mode, policy_allowed=allowed if mode else [],
+        policy_denied=denied if mode else []),
+    child_sas, names, st.none() | modes, st.lists(rules, max_size=4),
+    st.lists(rules, max_size=4))
 
 
 @st.composite
@@ -70,9 +83,9 @@ plain_records = st.one_of(
               written_at=times),
     st.builds(PoolLease, ip=ips, ike_sa_id=st.just("ab" * 16), identity=texts, keyd_id=texts,
               leased_at=times),
-    st.builds(Policy, name=texts, identities=st.lists(texts),
-              mode=st.sampled_from(["full", "split", "guest"]), allowed=st.lists(cidrs),
-              denied=st.lists(cidrs)),
+    st.builds(Policy, name=names, identities=st.lists(texts),
+              mode=st.sampled_from(["full", "split", "guest"]), allowed=st.lists(rules),
+              denied=st.lists(rules)),
 )
 
 
@@ -82,7 +95,7 @@ def test_plain_roundtrip(record: object) -> None:
     assert decode_record(type(record), raw, K) == record  # type: ignore[arg-type]
 
 
-@given(st.one_of(child_sas, ike_sas()))
+@given(st.one_of(child_sas, child_sas_with_policy, ike_sas()))
 def test_sealed_roundtrip_and_no_plaintext(record: ChildSaRecord | IkeSaRecord) -> None:
     raw = encode_record(record, K, KEY)
     assert decode_record(type(record), raw, K, KEY) == record
@@ -208,3 +221,58 @@ def test_one_bad_field_is_a_typed_error(name: str, value: object) -> None:
     except MalformedRecord:
         return
     assert getattr(record, name, value) == value or name == "started_at"
+
+
+def _child_body(record: ChildSaRecord) -> dict[str, object]:
+    return json.loads(encode_record(record, K, KEY))  # type: ignore[no-any-return]
+
+
+@given(child_sas)
+def test_child_sa_without_policy_fields_reads_as_no_policy(record: ChildSaRecord) -> None:
+    """A record written before policies existed has none of the policy fields: no policy."""
+    body = _child_body(record)
+    for name in ("policy", "policy_mode", "policy_allowed", "policy_denied"):
+        body.pop(name)
+    back = decode_record(ChildSaRecord, json.dumps(body).encode(), K, KEY)
+    assert back.policy is None and back.policy_mode is None
+    assert back.policy_allowed == [] and back.policy_denied == []
+
+
+@pytest.mark.parametrize("fields", [
+    {"policy": "guest", "policy_mode": "guest", "policy_denied": ["tcp/99999"]},
+    {"policy": "guest", "policy_mode": "open"},
+    {"policy": "a/b", "policy_mode": "full"},
+    {"policy": None, "policy_mode": "full"},
+    {"policy": "guest", "policy_mode": None, "policy_allowed": ["10.0.0.0/8"]},
+    {"policy": "guest", "policy_mode": "split", "policy_allowed": "10.0.0.0/8"},
+])
+def test_child_sa_with_a_bad_policy_snapshot_is_malformed(fields: dict[str, object]) -> None:
+    record = ChildSaRecord(
+        spi_in=0x100, spi_out=0x200, ike_sa_id="00" * 16, encr="aes128gcm16", integ=None,
+        esn=False, enc_key_in=b"k" * 20, integ_key_in=b"", enc_key_out=b"k" * 20,
+        integ_key_out=b"", ts_local=["0.0.0.0/0"], ts_remote=["10.99.0.2/32"],
+        peer_addr="192.0.2.10", peer_port=4500, udp_encap=True, virtual_ip="10.99.0.2",
+        identity="c@example.org", created_at=1.0, soft_lifetime_s=3000, hard_lifetime_s=3600)
+    body = _child_body(record)
+    body.update(fields)
+    with pytest.raises(MalformedRecord):
+        decode_record(ChildSaRecord, json.dumps(body).encode(), K, KEY)
+
+
+@pytest.mark.parametrize("allowed, denied", [
+    (["10.0.0.0/33"], []), (["tcp/0-70000"], []), ([], ["icmp/80"]), ([], ["bogus"]),
+    (["10.20.0.0/16 tcp/80 extra"], []), ([""], []),
+])
+def test_policy_with_a_bad_rule_is_malformed(allowed: list[str], denied: list[str]) -> None:
+    body = {"v": 1, "name": "p", "identities": ["*"], "mode": "split", "allowed": allowed,
+            "denied": denied}
+    with pytest.raises(MalformedRecord):
+        decode_record(Policy, json.dumps(body).encode(), "/ipsec-cluster/t/policy/p")
+
+
+def test_policy_written_before_rule_syntax_still_reads() -> None:
+    """Records of the first Policy codec (CIDRs only, host bits allowed) stay valid."""
+    body = {"v": 1, "name": "full", "identities": ["*"], "mode": "full",
+            "allowed": ["0.0.0.0/0"], "denied": ["10.1.2.3/8"]}
+    p = decode_record(Policy, json.dumps(body).encode(), "/ipsec-cluster/t/policy/full")
+    assert p.denied == ["10.1.2.3/8"]
