@@ -230,5 +230,5 @@ def test_sprayer_map_check_interval_must_be_a_finite_non_negative_number(
     path = Path(str(tmp_path)) / "sprayer.toml"
     path.write_text(SPRAYER_TOML.format(id="sprayer-1").replace(
         "[metrics]", f"map_check_interval_s = {value}\n[metrics]"))
-    with pytest.raises(ConfigError, match="map_check_interval_s must be (>= 0|a finite)"):
+    with pytest.raises(ConfigError, match=r"map_check_interval_s must be (>= 0|a finite)"):
         settings_from(load_config(path))
