@@ -207,7 +207,7 @@ class EncryptMacCipher(Cipher):
         # RFC 3602 §2.3: the CBC IV must be unpredictable, so it is random, not a counter.
         return os.urandom(self.suite.iv_len)
 
-    def _mode(self, iv: bytes) -> modes.Mode:
+    def _mode(self, iv: bytes) -> modes.CBC | modes.CTR:
         if self.counter_iv:
             # RFC 3686 §4: counter block = nonce | IV | block counter starting at 1
             return modes.CTR(self._nonce + iv + b"\0\0\0\1")
