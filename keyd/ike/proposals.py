@@ -45,7 +45,7 @@ _ALIASES = {
        for bits in (64, 96, 128)},
     "sha": "sha1", "sha1_96": "sha1", "sha256_128": "sha256", "sha384_192": "sha384",
     "sha512_256": "sha512", "aescmac96": "aescmac", "prfcmac": "prfaescmac",
-    "aes": "aes128", "aesctr": "aes128ctr",
+    "aes": "aes128",
 }
 
 DEFAULT_IKE = (
