@@ -54,9 +54,14 @@ DEFAULT_IKE = (
     "aes128-aes192-aes256-sha256-sha384-sha512-prfsha256-prfsha384-prfsha512"
     "-x25519-ecp256-ecp384-ecp521-x448-modp3072-modp4096-modp2048",
 )
+_DEFAULT_GROUPS = "x25519-ecp256-ecp384-ecp521-x448-modp3072-modp4096-modp2048"
+# ESP: without PFS, and the same with PFS groups, so that a rekey with PFS (iOS/macOS) and one
+# without both find a proposal (IKE_AUTH ignores the groups, RFC 7296 §1.2)
 DEFAULT_ESP = (
     "aes128gcm16-aes192gcm16-aes256gcm16-chacha20poly1305-noesn-esn",
     "aes128-aes192-aes256-sha256-sha384-sha512-noesn-esn",
+    f"aes128gcm16-aes192gcm16-aes256gcm16-chacha20poly1305-noesn-esn-{_DEFAULT_GROUPS}",
+    f"aes128-aes192-aes256-sha256-sha384-sha512-noesn-esn-{_DEFAULT_GROUPS}",
 )
 
 

@@ -238,3 +238,14 @@ def test_invalid_ke_round_trip_to_a_group_both_accept() -> None:
     assert server.endpoint.counters.errors["INVALID_KE_PAYLOAD"] == 1
     sa_id = server.of(IkeSaEstablished)[0].ike_sa_id
     assert server.endpoint.export_ike_sa(sa_id)["suite"] == "aes256gcm16-prfsha512-ecp521"
+
+
+@pytest.mark.parametrize("client_esp", ["aes256-sha256", "aes256-sha256-ecp256"])
+def test_default_esp_rekeys_with_and_without_pfs(client_esp: str) -> None:
+    """iOS/macOS rekey Child SAs with PFS or without: `default` accepts both."""
+    client, server, clock = pair(["aes256-sha256-ecp256"], [client_esp], ["default"],
+                                 ["default"])
+    c = client.of(ChildSaEstablished)[-1].child
+    client.endpoint.rekey_child(c.spi_in, clock.now, pfs=client_esp.endswith("ecp256"))
+    run(client, server, clock)
+    assert len(server.of(ChildSaEstablished)) == 2 and not client.of(ExchangeFailed)

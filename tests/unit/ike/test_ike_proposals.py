@@ -79,7 +79,7 @@ def test_default_is_modern_only_and_expands() -> None:
     assert not (names | esp_names) & (LEGACY | {"sha1", "prfsha1"})
     assert {"x25519", "ecp256", "modp2048", "modp3072", "aes256gcm16", "chacha20poly1305",
             "aes256", "sha512"} <= names
-    assert len(parse_esp_proposals(", ".join(DEFAULT_ESP))) == 2
+    assert len(parse_esp_proposals(", ".join(DEFAULT_ESP))) == 4
     # default beside explicit extras, in one string or many: duplicates collapse
     both = parse_ike_proposals("default, aes256-sha1-modp2048, DEFAULT")
     assert both == ike_default + parse_ike_proposals("aes256-sha1-modp2048")
@@ -203,7 +203,14 @@ def test_esp_selection_esn_and_pfs() -> None:
     _, s = select_proposal([pfs_offer], ours, ProtocolId.ESP, None, include_dh=False)
     assert isinstance(s, ChildSuite) and s.dh is None
     with pytest.raises(RemoteProtocolError):
-        select_proposal([pfs_offer], ours, ProtocolId.ESP, 19, include_dh=True)
+        select_proposal([pfs_offer], parse_esp_proposals("aes128gcm16"), ProtocolId.ESP, 19,
+                        include_dh=True)
+    # default accepts a rekey with PFS and one without
+    _, s = select_proposal([pfs_offer], ours, ProtocolId.ESP, 19, include_dh=True)
+    assert isinstance(s, ChildSuite) and s.dh == 19
+    _, s = select_proposal([esp((E, 20, 128), (N, 0))], ours, ProtocolId.ESP, None,
+                           include_dh=True)
+    assert isinstance(s, ChildSuite) and s.dh is None
     pfs = parse_esp_proposals("aes128gcm16-ecp256-x25519")
     _, s = select_proposal([pfs_offer], pfs, ProtocolId.ESP, 19, include_dh=True)
     assert isinstance(s, ChildSuite) and s.dh == 19
