@@ -231,16 +231,20 @@ def parse_esp_proposals(text: str) -> tuple[EspProposal, ...]:
 
 def parse_ike_suite(text: str) -> IkeSuite:
     """One negotiated suite by its name (`IkeSuite.name`, as IKE SA records store it)."""
-    (p,) = parse_ike_proposals(text)
-    if len(p.encrs) != 1 or len(p.prfs) != 1 or len(p.integs) > 1 or len(p.dhs) != 1:
+    ps = parse_ike_proposals(text)
+    p = ps[0]
+    if len(ps) != 1 or len(p.encrs) != 1 or len(p.prfs) != 1 or len(p.integs) > 1 \
+            or len(p.dhs) != 1:
         raise LocalProtocolError(f"{text!r} names more than one suite")
     return IkeSuite(p.encrs[0], p.prfs[0], p.integs[0] if p.integs else None, p.dhs[0])
 
 
 def parse_esp_suite(text: str) -> ChildSuite:
     """One ESP suite by its name (`ChildSuite.name`)."""
-    (p,) = parse_esp_proposals(text)
-    if len(p.encrs) != 1 or len(p.integs) > 1 or len(p.dhs) > 1 or len(p.esns) != 1:
+    ps = parse_esp_proposals(text)
+    p = ps[0]
+    if len(ps) != 1 or len(p.encrs) != 1 or len(p.integs) > 1 or len(p.dhs) > 1 \
+            or len(p.esns) != 1:
         raise LocalProtocolError(f"{text!r} names more than one suite")
     return ChildSuite(p.encrs[0], p.integs[0] if p.integs else None, p.esns[0],
                       p.dhs[0] if p.dhs else None)

@@ -128,8 +128,11 @@ def test_suite_names_round_trip() -> None:
     for text in ("aes256ctr-aescmac-prfaescmac-ecp521", "aes192gcm8-prfsha1-x448",
                  "3des-sha1-prfsha1-modp1024", "chacha20poly1305-prfsha384-ecp384"):
         assert parse_ike_suite(text).name == text
+    for many in ("aes128-aes256-sha256-x25519", "default", "aes128-sha1-x25519, aes128-sha1-x448"):
+        with pytest.raises(LocalProtocolError, match="more than one suite"):
+            parse_ike_suite(many)
     with pytest.raises(LocalProtocolError, match="more than one suite"):
-        parse_ike_suite("aes128-aes256-sha256-x25519")
+        parse_esp_suite("default")
     assert parse_esp_suite("aes128ctr-sha256-esn").name == "aes128ctr-sha256-esn"
 
 
