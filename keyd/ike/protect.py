@@ -3,9 +3,9 @@
 and AEADs per RFC 5282 (AES-GCM with 8-, 12- or 16-byte ICVs, 8-byte IV, 4-byte salt, AAD = IKE
 header through the SK generic header) and RFC 7634 (ChaCha20-Poly1305, the same layout).
 
-AEAD IVs are random 64-bit values: keyd instances continuing the same IKE SA share no counter,
-and an IKE SA carries few messages, so a random IV is the safe choice here (RFC 5282 §3 only
-requires uniqueness per key).
+AEAD and AES-CTR IVs are random 64-bit values: keyd instances continuing the same IKE SA share
+no counter, and an IKE SA carries few messages, so a random IV is the safe choice here (RFC 5282
+§3 and RFC 5930 §2 only require uniqueness per key).
 """
 
 from __future__ import annotations
