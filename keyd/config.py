@@ -28,6 +28,8 @@ from cluster.config import (
 from cluster.config import (
     load_config as load_common,
 )
+from keyd.ike.errors import LocalProtocolError
+from keyd.ike.proposals import parse_esp_proposals, parse_ike_proposals
 
 DEFAULT_PATH = Path("/etc/ipsec-cluster/keyd.toml")
 
@@ -201,6 +203,13 @@ def _validate(config: KeydConfig) -> None:
         raise fail("keyd.identity is required (the gateway's IKE identity)")
     if not k.ike_proposals or not k.esp_proposals:
         raise fail("keyd.ike_proposals and keyd.esp_proposals must not be empty")
+    try:  # each string: one proposal with several algorithms per type, several, or default
+        for text in k.ike_proposals:
+            parse_ike_proposals(text)
+        for text in k.esp_proposals:
+            parse_esp_proposals(text)
+    except LocalProtocolError as exc:
+        raise fail(f"keyd proposals: {exc}") from None
     if not k.psk_file and not k.cert_file:
         raise fail("keyd needs psk_file or cert_file (or both) to authenticate")
     if k.cert_file and not k.key_file:

@@ -291,7 +291,12 @@ class ChildSa:
             self.bytes_out += len(inner)
             self.last_out_s = now
             return packet
-        iv = self._out.fresh_iv(b"")  # AES-CBC: random (RFC 3602 §2.3)
+        if self._out.counter_iv:  # AES-CTR, AES-GCM with a short ICV: unique, not random
+            if self.iv_source is None:
+                raise LocalProtocolError(f"a {self.suite.encr} SA needs an IvSource to send")
+            iv = self.iv_source.next_iv()
+        else:
+            iv = self._out.fresh_iv(b"")  # CBC: random (RFC 3602 §2.3)
         try:
             payload = push_trailer(inner, self.suite.align)
         except ValueError as e:

@@ -86,6 +86,23 @@ class Common:
         }
 
 
+LAB_IKE_PROPOSALS = [
+    "default",
+    "aes256-aes192-aes128-aes256ctr-aes192ctr-aes128ctr-sha256-sha384-sha512-sha1-aescmac"
+    "-modp2048-modp3072-modp4096-ecp256-ecp384-ecp521-x25519",
+    "aes256gcm16-aes256gcm12-aes256gcm8-aes128gcm16-aes128gcm12-aes128gcm8-prfsha256"
+    "-prfsha384-prfsha512-prfsha1-prfaescmac-ecp256-ecp384-ecp521-x25519-x448-modp2048"
+    "-modp3072-modp4096",
+    "3des-sha1-modp1024",
+]
+LAB_ESP_PROPOSALS = [
+    "default",
+    "aes256-aes192-aes128-aes256ctr-aes128ctr-sha256-sha512-sha1-aescmac",
+    "aes256gcm12-aes256gcm8-aes128gcm12-aes128gcm8",
+    "3des-sha1",
+]
+
+
 def keyd_config(common: Common, index: int, psk_file: Path, cert: Path, key: Path,
                 ca: Path) -> str:
     s = common.sections("127.0.0.1:9410")
@@ -94,10 +111,11 @@ def keyd_config(common: Common, index: int, psk_file: Path, cert: Path, key: Pat
         "ike_port": 500, "natt_port": 4500,
         "identity": A.GATEWAY_ID, "psk_file": str(psk_file), "cert_file": str(cert),
         "key_file": str(key), "ca_file": str(ca),
-        "ike_proposals": ["aes128gcm16-prfsha256-x25519", "aes256-sha384-ecp384",
-                          "chacha20poly1305-prfsha256-x25519", "aes128-sha256-modp2048"],
-        "esp_proposals": ["aes128gcm16", "aes256-sha256", "chacha20poly1305",
-                          "aes128gcm16-esn"],
+        # as an operator writes it (docs/configuration.md): the modern default, plus what
+        # Windows (SHA-1), Android (AES-CTR, AES-CMAC, short GCM ICVs) and, by name, legacy
+        # Windows defaults (3DES, MODP1024) need
+        "ike_proposals": LAB_IKE_PROPOSALS,
+        "esp_proposals": LAB_ESP_PROPOSALS,
         "pool": A.POOL, "dns": [A.SERVER_IP], "protected_networks": [A.PROTECTED_NETWORK],
         "half_open_cookie_threshold": 100, "ike_lifetime_s": 14400, "child_lifetime_s": 3600,
     }

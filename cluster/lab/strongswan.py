@@ -22,7 +22,7 @@ from cluster.lab.teardown import running
 
 CHARON = "/usr/lib/ipsec/charon"
 PLUGINS = ("openssl nonce random x509 pem pkcs1 pkcs8 pubkey revocation constraints curve25519 "
-           "gmp aes sha1 sha2 hmac gcm chapoly kdf attr kernel-libipsec kernel-netlink "
+           "gmp aes sha1 sha2 hmac gcm chapoly ctr cmac kdf attr kernel-libipsec kernel-netlink "
            "socket-default vici")
 DEFAULT_IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
 DEFAULT_ESP_PROPOSAL = "aes128gcm16"

@@ -10,7 +10,7 @@ from cryptography import x509
 
 from .auth import PrivateKey, TrustStore
 from .errors import LocalProtocolError
-from .transforms import ChildSuite, IkeSuite, parse_esp_proposal, parse_ike_proposal
+from .proposals import EspProposal, IkeProposal, parse_esp_proposals, parse_ike_proposals
 
 
 def _utc_now() -> datetime.datetime:
@@ -41,16 +41,18 @@ class Credentials:
         return TrustStore(self.cas)
 
 
-def _ike_suites(texts: Sequence[str]) -> tuple[IkeSuite, ...]:
+def _ike_suites(texts: Sequence[str]) -> tuple[IkeProposal, ...]:
+    """The configured IKE proposals, parsed (each string may hold several, or `default`)."""
     if not texts:
         raise LocalProtocolError("at least one IKE proposal is needed")
-    return tuple(parse_ike_proposal(t) for t in texts)
+    return tuple(p for t in texts for p in parse_ike_proposals(t))
 
 
-def _esp_suites(texts: Sequence[str]) -> tuple[ChildSuite, ...]:
+def _esp_suites(texts: Sequence[str]) -> tuple[EspProposal, ...]:
+    """The configured ESP proposals, parsed."""
     if not texts:
         raise LocalProtocolError("at least one ESP proposal is needed")
-    return tuple(parse_esp_proposal(t) for t in texts)
+    return tuple(p for t in texts for p in parse_esp_proposals(t))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +77,9 @@ class ResponderConfig:
     retransmit_timeout_s: float = 2.0
     retransmit_tries: int = 5
     cookie_secret_lifetime_s: float = 300.0
-    ike_suites: tuple[IkeSuite, ...] = field(init=False)
-    esp_suites: tuple[ChildSuite, ...] = field(init=False)
+    # the proposals above, parsed: what select_proposal accepts (or the initiator offers)
+    ike_suites: tuple[IkeProposal, ...] = field(init=False)
+    esp_suites: tuple[EspProposal, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ike_suites", _ike_suites(self.ike_proposals))
@@ -101,8 +104,9 @@ class InitiatorConfig:
     rfc7427: bool = True  # announce SIGNATURE_HASH_ALGORITHMS (else: classic auth methods)
     retransmit_timeout_s: float = 2.0
     retransmit_tries: int = 5
-    ike_suites: tuple[IkeSuite, ...] = field(init=False)
-    esp_suites: tuple[ChildSuite, ...] = field(init=False)
+    # the proposals above, parsed: what select_proposal accepts (or the initiator offers)
+    ike_suites: tuple[IkeProposal, ...] = field(init=False)
+    esp_suites: tuple[EspProposal, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ike_suites", _ike_suites(self.ike_proposals))

@@ -18,8 +18,8 @@ class ChildSa:
     spi_in: int  # the cluster receives with this SPI (ours)
     spi_out: int  # the client's SPI: the cluster sends with it
     ike_sa_id: str
-    encr: str  # "aes128gcm16" | "aes256gcm16" | "aes128" | "aes256" | "chacha20poly1305"
-    integ: str | None  # "sha256" | "sha384" | "sha512"; None with an AEAD
+    encr: str  # a cluster/esp name: "aes128gcm16", "aes256", "aes128ctr", "chacha20poly1305" …
+    integ: str | None  # "sha256" | "sha384" | "sha512" | "sha1" | "aescmac"; None: an AEAD
     esn: bool
     enc_key_in: bytes = field(repr=False)  # decrypts what the client sends
     integ_key_in: bytes = field(repr=False)

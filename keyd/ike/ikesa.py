@@ -14,8 +14,9 @@ from typing import Any
 from .errors import LocalProtocolError
 from .events import ChildSa
 from .keys import IkeKeys
+from .proposals import parse_ike_suite
 from .state import IkeState
-from .transforms import IkeSuite, parse_ike_proposal
+from .transforms import IkeSuite
 
 EXPORT_VERSION = 1
 Address = tuple[str, int]
@@ -137,7 +138,7 @@ def import_sa(d: dict[str, Any]) -> IkeSa:
             spi_i=int(d["spi_i"], 16),
             spi_r=int(d["spi_r"], 16),
             is_initiator=bool(d["is_initiator"]),
-            suite=parse_ike_proposal(d["suite"]),
+            suite=parse_ike_suite(d["suite"]),
             keys=IkeKeys(**{k: bytes.fromhex(v) for k, v in d["keys"].items()}),
             state=state,
             peer=(str(d["peer"][0]), int(d["peer"][1])),

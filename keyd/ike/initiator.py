@@ -97,7 +97,8 @@ class Initiator(IkeEndpoint):
 
     def connect(self, local: Address, remote: Address, now: float) -> None:
         """Start IKE_SA_INIT from `local` to `remote`."""
-        suite = self.config.ike_suites[0]
+        first = self.config.ike_suites[0]
+        suite = first.first_suite()  # a placeholder until the responder chooses
         sa = IkeSa(spi_i=self._new_spi(), spi_r=0, is_initiator=True, suite=suite,
                    keys=_NO_KEYS, state=IkeState.INIT_SENT, peer=remote, local=local,
                    created_at=now, ni=self._random(NONCE_LEN))
@@ -140,7 +141,7 @@ class Initiator(IkeEndpoint):
             self._send_init(sa, sa.outstanding_ctx["dh"], cookie[0].data, now)
             return
         invalid_ke = notifies(ps, Notify.INVALID_KE_PAYLOAD)
-        groups = {s.dh for s in self.config.ike_suites}
+        groups = {g for p in self.config.ike_suites for g in p.dhs}
         if invalid_ke and len(invalid_ke[0].data) == 2 \
                 and int.from_bytes(invalid_ke[0].data, "big") in groups \
                 and not sa.outstanding_ctx.get("ke_retried"):
@@ -157,7 +158,8 @@ class Initiator(IkeEndpoint):
                 raise RemoteProtocolError("incomplete IKE_SA_INIT response", Notify.INVALID_SYNTAX)
             suite = suite_from_proposal(sa_p.proposals[0], ProtocolId.IKE)
             dh: KeyExchange = sa.outstanding_ctx["dh"]
-            if not isinstance(suite, IkeSuite) or suite not in self.config.ike_suites \
+            if not isinstance(suite, IkeSuite) \
+                    or not any(p.accepts(suite) for p in self.config.ike_suites) \
                     or suite.dh != dh.group or ke.group != dh.group:
                 raise RemoteProtocolError("responder chose what we did not offer",
                                           Notify.NO_PROPOSAL_CHOSEN)
@@ -276,7 +278,7 @@ class Initiator(IkeEndpoint):
         old = sa.children.get(spi_in)
         if old is None:
             raise LocalProtocolError(f"no Child SA {spi_in:08x}")
-        suites = [s for s in self.config.esp_suites if (s.dh is not None) == pfs]
+        suites = [s for s in self.config.esp_suites if bool(s.dhs) == pfs]
         if not suites:
             raise LocalProtocolError("no ESP proposal fits (PFS needs a DH group in one)")
         new_spi, ni = self._allocate_spi(), self._random(NONCE_LEN)
@@ -287,8 +289,7 @@ class Initiator(IkeEndpoint):
             SaPayload(props), NoncePayload(ni)]
         ctx: dict[str, Any] = {"spi_in": new_spi, "ni": ni, "old": spi_in}
         if pfs:
-            group = suites[0].dh
-            assert group is not None
+            group = suites[0].dhs[0]
             ctx["dh"] = dh = KeyExchange(group)
             payloads.append(KePayload(group, dh.public))
         payloads += [TsiPayload(self._selectors(old.ts_local)),

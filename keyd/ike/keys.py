@@ -5,14 +5,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hmac
+from cryptography.hazmat.primitives import cmac, hmac
+from cryptography.hazmat.primitives.ciphers import algorithms
 
 from .transforms import ChildSuite, IkeSuite, Prf
 
 NONCE_LEN = 32  # bytes of our nonces: at least half the PRF key size (§2.10)
+AES_BLOCK = 16
+
+
+def aes_cmac(key: bytes, data: bytes) -> bytes:
+    """AES-CMAC (RFC 4493) of `data` under a 16-byte key."""
+    c = cmac.CMAC(algorithms.AES(key))
+    c.update(data)
+    return c.finalize()
 
 
 def prf(alg: Prf, key: bytes, data: bytes) -> bytes:
+    if alg.hash is None:
+        # RFC 4615 §3: AES-CMAC-PRF-128 takes a key of any length; one that is not 128 bits
+        # is first reduced to K = AES-CMAC(0^128, key)
+        if len(key) != AES_BLOCK:
+            key = aes_cmac(bytes(AES_BLOCK), key)
+        return aes_cmac(key, data)
     h = hmac.HMAC(key, alg.hash())
     h.update(data)
     return h.finalize()
@@ -64,7 +79,11 @@ def derive_ike_keys(
 
 
 def skeyseed(suite: IkeSuite, ni: bytes, nr: bytes, g_ir: bytes) -> bytes:
-    """§2.14: SKEYSEED = prf(Ni | Nr, g^ir)."""
+    """§2.14: SKEYSEED = prf(Ni | Nr, g^ir). A PRF with a fixed key size takes half its key
+    from the start of each nonce (§2.14; AES-CMAC-PRF-128: 64 bits of Ni, 64 of Nr)."""
+    if suite.prf.fixed_key:
+        half = suite.prf.key_len // 2
+        return prf(suite.prf, ni[:half] + nr[:half], g_ir)
     return prf(suite.prf, ni + nr, g_ir)
 
 

@@ -1,10 +1,11 @@
-"""The Encrypted and Authenticated payload SK (RFC 7296 §3.14): AES-CBC + HMAC, and AEADs per
-RFC 5282 (AES-GCM, 8-byte IV, 4-byte salt, AAD = IKE header through the SK generic header) and
-RFC 7634 (ChaCha20-Poly1305, the same layout).
+"""The Encrypted and Authenticated payload SK (RFC 7296 §3.14): AES-CBC, AES-CTR (RFC 5930:
+8-byte IV, 4-byte nonce at the end of SK_e, no padding) or 3DES-CBC with HMAC or AES-CMAC-96,
+and AEADs per RFC 5282 (AES-GCM with 8-, 12- or 16-byte ICVs, 8-byte IV, 4-byte salt, AAD = IKE
+header through the SK generic header) and RFC 7634 (ChaCha20-Poly1305, the same layout).
 
-AEAD IVs are random 64-bit values: keyd instances continuing the same IKE SA share no counter,
-and an IKE SA carries few messages, so a random IV is the safe choice here (RFC 5282 §3 only
-requires uniqueness per key).
+AEAD and AES-CTR IVs are random 64-bit values: keyd instances continuing the same IKE SA share
+no counter, and an IKE SA carries few messages, so a random IV is the safe choice here (RFC 5282
+§3 and RFC 5930 §2 only require uniqueness per key).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import constant_time, hmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .buffer import Buffer
 from .constants import Notify, PayloadType
 from .errors import RemoteProtocolError
+from .keys import aes_cmac
 from .message import (
     GENERIC_HEADER_LENGTH,
     HEADER_LENGTH,
@@ -46,17 +49,51 @@ class SkKeys:
     integ_key: bytes
 
 
-def _aead(keys: SkKeys) -> tuple[AESGCM | ChaCha20Poly1305, bytes]:
+def _aead_seal(keys: SkKeys, iv: bytes, plain: bytes, aad: bytes) -> bytes:
     key, salt = keys.enc_key[:-SALT_LEN], keys.enc_key[-SALT_LEN:]
-    cipher = ChaCha20Poly1305(key) if keys.encr.name == "chacha20poly1305" else AESGCM(key)
-    return cipher, salt
+    if keys.encr.kind == "chacha20-poly1305":
+        return ChaCha20Poly1305(key).encrypt(salt + iv, plain, aad)
+    # a truncated GCM tag is the full tag's first bytes (NIST SP 800-38D §5.2.1.2)
+    return AESGCM(key).encrypt(salt + iv, plain, aad)[: len(plain) + keys.encr.icv_len]
 
 
-def _hmac(keys: SkKeys, data: bytes) -> hmac.HMAC:
+def _aead_open(keys: SkKeys, iv: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """The plaintext; InvalidTag if the ICV does not verify."""
+    key, salt = keys.enc_key[:-SALT_LEN], keys.enc_key[-SALT_LEN:]
+    if keys.encr.kind == "chacha20-poly1305":
+        return ChaCha20Poly1305(key).decrypt(salt + iv, sealed, aad)
+    n_icv = keys.encr.icv_len
+    if n_icv == 16:
+        return AESGCM(key).decrypt(salt + iv, sealed, aad)
+    body, tag = sealed[:-n_icv], sealed[-n_icv:]
+    dec = Cipher(algorithms.AES(key), modes.GCM(salt + iv, tag, min_tag_length=n_icv)).decryptor()
+    dec.authenticate_additional_data(aad)
+    return dec.update(body) + dec.finalize()
+
+
+def _crypter(keys: SkKeys, iv: bytes) -> Cipher:
+    """The classic (non-AEAD) cipher of SK with its IV."""
+    kind, key = keys.encr.kind, keys.enc_key
+    if kind == "aes-ctr":
+        # RFC 5930 §2 / RFC 3686 §4: counter block = nonce | IV | block counter from 1
+        return Cipher(algorithms.AES(key[:-4]), modes.CTR(key[-4:] + iv + b"\0\0\0\1"))
+    if kind == "3des-cbc":
+        return Cipher(TripleDES(key), modes.CBC(iv))
+    return Cipher(algorithms.AES(key), modes.CBC(iv))
+
+
+def _run(ctx: CipherContext, data: bytes) -> bytes:
+    return ctx.update(data) + ctx.finalize()
+
+
+def _mac(keys: SkKeys, data: bytes) -> bytes:
+    """The full-length HMAC or AES-CMAC of `data` under SK_a (truncated by the caller)."""
     assert keys.integ is not None
+    if keys.integ.hash is None:
+        return aes_cmac(keys.integ_key, data)  # AES-CMAC-96 (RFC 4494)
     h = hmac.HMAC(keys.integ_key, keys.integ.hash())
     h.update(data)
-    return h
+    return h.finalize()
 
 
 def seal(
@@ -73,9 +110,9 @@ def seal(
         body_len = len(iv) + len(plain) + keys.encr.icv_len
     else:
         assert keys.integ is not None
-        pad = (-(len(plain) + 1)) % 16
+        pad = (-(len(plain) + 1)) % keys.encr.block_len
         plain += bytes(pad) + bytes([pad])
-        iv = random(16)
+        iv = random(keys.encr.iv_len)
         body_len = len(iv) + len(plain) + keys.integ.icv_len
     total = HEADER_LENGTH + GENERIC_HEADER_LENGTH + body_len
     out = Buffer()
@@ -85,14 +122,10 @@ def seal(
     out.push_uint16(GENERIC_HEADER_LENGTH + body_len)
     aad = out.data()
     if keys.encr.aead:
-        cipher, salt = _aead(keys)
-        sealed = cipher.encrypt(salt + iv, plain, aad)
-        return aad + iv + sealed
-    key = keys.enc_key
-    enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-    signed = aad + iv + enc.update(plain) + enc.finalize()
+        return aad + iv + _aead_seal(keys, iv, plain, aad)
+    signed = aad + iv + _run(_crypter(keys, iv).encryptor(), plain)
     assert keys.integ is not None
-    return signed + _hmac(keys, signed).finalize()[: keys.integ.icv_len]
+    return signed + _mac(keys, signed)[: keys.integ.icv_len]
 
 
 def open_sk(message: Message, sk: SkPayload, keys: SkKeys) -> list[Payload]:
@@ -105,26 +138,22 @@ def open_sk(message: Message, sk: SkPayload, keys: SkKeys) -> list[Payload]:
         n_iv, n_icv = keys.encr.iv_len, keys.encr.icv_len
         if len(data) < n_iv + n_icv + 1:
             raise RemoteProtocolError("SK payload too short", None)
-        iv = data[:n_iv]
-        cipher, salt = _aead(keys)
         try:
-            plain = cipher.decrypt(salt + iv, data[n_iv:], aad)
+            plain = _aead_open(keys, data[:n_iv], data[n_iv:], aad)
         except InvalidTag:
             raise RemoteProtocolError("SK integrity check failed", None) from None
     else:
         assert keys.integ is not None
-        n_icv = keys.integ.icv_len
-        ct_len = len(data) - 16 - n_icv
-        if ct_len < 16 or ct_len % 16:
+        n_icv, n_iv, block = keys.integ.icv_len, keys.encr.iv_len, keys.encr.block_len
+        ct_len = len(data) - n_iv - n_icv
+        if ct_len < block or ct_len % block:
             raise RemoteProtocolError("SK payload length", None)
-        expected = _hmac(keys, raw[:-n_icv])
         try:
-            _verify_truncated(expected, raw[-n_icv:])
+            _verify_truncated(_mac(keys, raw[:-n_icv]), raw[-n_icv:])
         except InvalidSignature:
             raise RemoteProtocolError("SK integrity check failed", None) from None
-        iv = data[:16]
-        dec = Cipher(algorithms.AES(keys.enc_key), modes.CBC(iv)).decryptor()
-        plain = dec.update(data[16 : 16 + ct_len]) + dec.finalize()
+        iv = data[:n_iv]
+        plain = _run(_crypter(keys, iv).decryptor(), data[n_iv : n_iv + ct_len])
     pad_len = plain[-1]
     if pad_len + 1 > len(plain):
         raise RemoteProtocolError("SK padding length", Notify.INVALID_SYNTAX)
@@ -135,7 +164,7 @@ def open_sk(message: Message, sk: SkPayload, keys: SkKeys) -> list[Payload]:
     return payloads
 
 
-def _verify_truncated(h: hmac.HMAC, icv: bytes) -> None:
-    """Constant-time check of a truncated HMAC (RFC 4868 §2.1)."""
-    if not constant_time.bytes_eq(h.finalize()[: len(icv)], icv):
+def _verify_truncated(mac: bytes, icv: bytes) -> None:
+    """Constant-time check of a truncated MAC (RFC 4868 §2.1, RFC 4494 §2.1)."""
+    if not constant_time.bytes_eq(mac[: len(icv)], icv):
         raise InvalidSignature

@@ -50,9 +50,10 @@ from .payloads import (
     notifies,
 )
 from .proof import check_proof, hash_algorithms, hash_algorithms_notify, own_proof
+from .proposals import select_proposal
 from .selectors import narrow, selector_for, to_cidrs
 from .state import IkeState, advance
-from .transforms import PRFS, ChildSuite, IkeSuite, select_proposal
+from .transforms import PRFS, ChildSuite, IkeSuite
 
 COOKIE_LEN = 1 + 16  # version byte | truncated HMAC
 

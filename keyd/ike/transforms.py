@@ -1,19 +1,20 @@
-"""Algorithms the core negotiates, strongSwan-style proposal strings, and proposal selection.
+"""The algorithms the core implements and the suites it negotiates.
 
 Names follow strongSwan ("aes128gcm16", "prfsha256", "sha256", "x25519", "modp2048", "esn")
 so a keyd config reads like a swanctl.conf. Encryption and integrity names of Child SAs are the
-ones `cluster/esp` uses ("aes128gcm16", "aes256", "chacha20poly1305"; "sha256" …).
+ones `cluster/esp` uses ("aes128gcm16", "aes256", "aes128ctr", "chacha20poly1305"; "sha256",
+"sha1", "aescmac" …). A suite is one algorithm of each transform type, as negotiated; what an
+operator configures (several algorithms per type, `default`) is in `proposals.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
 
 from .constants import Notify, ProtocolId, TransformType
-from .errors import InvalidKePayload, LocalProtocolError, RemoteProtocolError
+from .errors import RemoteProtocolError
 from .payloads import Proposal, Transform
 
 
@@ -22,58 +23,86 @@ class Encr:
     name: str
     id: int
     key_bits: int | None  # Key Length attribute (None: the transform has a fixed key)
-    key_len: int  # bytes of key material, salt included (RFC 5282 §7.1, RFC 7634 §2)
-    aead: bool
+    key_len: int  # bytes of key material, salt/nonce included (RFC 5282 §7.1, RFC 5930 §2)
+    kind: str  # "aes-cbc" | "aes-ctr" | "aes-gcm" | "chacha20-poly1305" | "3des-cbc"
     iv_len: int
-    icv_len: int  # AEAD tag length; 0 for CBC (the INTEG transform carries it)
+    icv_len: int  # AEAD tag length; 0 without AEAD (the INTEG transform carries it)
+    block_len: int  # SK padding unit (RFC 7296 §3.14); 1 for the stream and AEAD modes
+
+    @property
+    def aead(self) -> bool:
+        return self.kind in ("aes-gcm", "chacha20-poly1305")
 
 
 @dataclass(frozen=True, slots=True)
 class Prf:
     name: str
     id: int
-    hash: type[hashes.HashAlgorithm]
+    hash: type[hashes.HashAlgorithm] | None  # None: AES-CMAC-PRF-128 (RFC 4615)
     key_len: int  # the preferred key size = output length (§2.13)
+
+    @property
+    def fixed_key(self) -> bool:
+        """A PRF with a fixed key size: SKEYSEED takes half its key from each nonce (§2.14)."""
+        return self.hash is None
 
 
 @dataclass(frozen=True, slots=True)
 class Integ:
     name: str  # as cluster/esp spells it ("sha256")
     id: int
-    hash: type[hashes.HashAlgorithm]
+    hash: type[hashes.HashAlgorithm] | None  # None: AES-CMAC-96 (RFC 4494)
     key_len: int
     icv_len: int
+
+
+def _aes_family() -> list[Encr]:
+    out = []
+    for bits in (128, 192, 256):
+        k = bits // 8
+        out.append(Encr(f"aes{bits}", 12, bits, k, "aes-cbc", 16, 0, 16))  # RFC 3602
+        out.append(Encr(f"aes{bits}ctr", 13, bits, k + 4, "aes-ctr", 8, 0, 1))  # RFC 5930
+        for icv, encr_id in ((8, 18), (12, 19), (16, 20)):  # RFC 5282, RFC 4106
+            out.append(Encr(f"aes{bits}gcm{icv}", encr_id, bits, k + 4, "aes-gcm", 8, icv, 1))
+    return out
 
 
 ENCRS = {
     e.name: e
     for e in (
-        Encr("aes128", 12, 128, 16, False, 16, 0),
-        Encr("aes256", 12, 256, 32, False, 16, 0),
-        Encr("aes128gcm16", 20, 128, 20, True, 8, 16),
-        Encr("aes256gcm16", 20, 256, 36, True, 8, 16),
-        Encr("chacha20poly1305", 28, None, 36, True, 8, 16),
+        *_aes_family(),
+        Encr("chacha20poly1305", 28, None, 36, "chacha20-poly1305", 8, 16, 1),  # RFC 7634
+        Encr("3des", 3, None, 24, "3des-cbc", 8, 0, 8),  # RFC 2451: legacy
     )
 }
 PRFS = {
     p.name: p
     for p in (
-        Prf("prfsha256", 5, hashes.SHA256, 32),
+        Prf("prfsha1", 2, hashes.SHA1, 20),  # RFC 2104
+        Prf("prfsha256", 5, hashes.SHA256, 32),  # RFC 4868
         Prf("prfsha384", 6, hashes.SHA384, 48),
         Prf("prfsha512", 7, hashes.SHA512, 64),
+        Prf("prfaescmac", 8, None, 16),  # RFC 4615
     )
 }
 INTEGS = {
     i.name: i
     for i in (
-        Integ("sha256", 12, hashes.SHA256, 32, 16),
+        Integ("sha1", 2, hashes.SHA1, 20, 12),  # HMAC-SHA1-96, RFC 2404
+        Integ("aescmac", 8, None, 16, 12),  # AES-CMAC-96, RFC 4494
+        Integ("sha256", 12, hashes.SHA256, 32, 16),  # RFC 4868
         Integ("sha384", 13, hashes.SHA384, 48, 24),
         Integ("sha512", 14, hashes.SHA512, 64, 32),
     )
 }
-DH_GROUPS = {"modp2048": 14, "ecp256": 19, "ecp384": 20, "x25519": 31, "curve25519": 31}
-DH_NAMES = {14: "modp2048", 19: "ecp256", 20: "ecp384", 31: "x25519"}
-_ENCR_ALIASES = {"aes128gcm": "aes128gcm16", "aes256gcm": "aes256gcm16"}
+# the PRF strongSwan adds for an integrity algorithm when a proposal names no PRF
+PRF_OF_INTEG = {"sha1": "prfsha1", "aescmac": "prfaescmac", "sha256": "prfsha256",
+                "sha384": "prfsha384", "sha512": "prfsha512"}
+DH_NAMES = {2: "modp1024", 14: "modp2048", 15: "modp3072", 16: "modp4096", 19: "ecp256",
+            20: "ecp384", 21: "ecp521", 31: "x25519", 32: "x448"}
+DH_GROUPS = {name: group for group, name in DH_NAMES.items()} | {"curve25519": 31,
+                                                                 "curve448": 32}
+LEGACY = frozenset({"3des", "modp1024"})  # never in `default`; only where a proposal names them
 
 
 def encr_by_transform(t: Transform) -> Encr | None:
@@ -133,137 +162,6 @@ class ChildSuite:
         if self.dh is not None:
             parts.append(DH_NAMES[self.dh])
         return "-".join(parts + (["esn"] if self.esn else []))
-
-
-def _tokens(text: str) -> list[str]:
-    return [t.strip().lower() for t in text.split("-") if t.strip()]
-
-
-def parse_ike_proposal(text: str) -> IkeSuite:
-    """Parse "aes128gcm16-prfsha256-x25519" or "aes256-sha384-ecp384" (PRF from INTEG)."""
-    encr = prf = integ = None
-    dh = None
-    for tok in _tokens(text):
-        tok = _ENCR_ALIASES.get(tok, tok)
-        if tok in ENCRS:
-            encr = ENCRS[tok]
-        elif tok in PRFS:
-            prf = PRFS[tok]
-        elif tok in INTEGS:
-            integ = INTEGS[tok]
-        elif tok in DH_GROUPS:
-            dh = DH_GROUPS[tok]
-        else:
-            raise LocalProtocolError(f"unknown algorithm {tok!r} in IKE proposal {text!r}")
-    if encr is None or dh is None:
-        raise LocalProtocolError(f"IKE proposal {text!r} needs an encryption and a DH group")
-    if encr.aead:
-        integ = None
-    elif integ is None:
-        raise LocalProtocolError(f"IKE proposal {text!r}: CBC needs an integrity algorithm")
-    if prf is None:
-        if integ is None:
-            raise LocalProtocolError(f"IKE proposal {text!r}: an AEAD needs a PRF (prfsha256)")
-        prf = PRFS["prf" + integ.name]
-    return IkeSuite(encr, prf, integ, dh)
-
-
-def parse_esp_proposal(text: str) -> ChildSuite:
-    """Parse "aes128gcm16", "aes256-sha256", "chacha20poly1305", "aes128gcm16-esn", "…-x25519"."""
-    encr = integ = None
-    esn = False
-    dh = None
-    for tok in _tokens(text):
-        tok = _ENCR_ALIASES.get(tok, tok)
-        if tok in ENCRS:
-            encr = ENCRS[tok]
-        elif tok in INTEGS:
-            integ = INTEGS[tok]
-        elif tok in DH_GROUPS:
-            dh = DH_GROUPS[tok]
-        elif tok in ("esn", "noesn"):
-            esn = tok == "esn"
-        else:
-            raise LocalProtocolError(f"unknown algorithm {tok!r} in ESP proposal {text!r}")
-    if encr is None:
-        raise LocalProtocolError(f"ESP proposal {text!r} needs an encryption algorithm")
-    if encr.aead:
-        integ = None
-    elif integ is None:
-        raise LocalProtocolError(f"ESP proposal {text!r}: CBC needs an integrity algorithm")
-    return ChildSuite(encr, integ, esn, dh)
-
-
-# ---- selection (RFC 7296 §2.7, §3.3.6) --------------------------------------------------
-
-
-def _offered(p: Proposal) -> dict[int, set[tuple[int, int | None]]]:
-    out: dict[int, set[tuple[int, int | None]]] = {}
-    for t in p.transforms:
-        out.setdefault(t.type, set()).add((t.id, t.key_length))
-    return out
-
-
-def _wanted(suite: IkeSuite | ChildSuite, include_dh: bool) -> dict[int, tuple[int, int | None]]:
-    w = {TransformType.ENCR.value: (suite.encr.id, suite.encr.key_bits)}
-    if suite.integ:
-        w[TransformType.INTEG] = (suite.integ.id, None)
-    if isinstance(suite, IkeSuite):
-        w[TransformType.PRF] = (suite.prf.id, None)
-        w[TransformType.DH] = (suite.dh, None)
-    else:
-        w[TransformType.ESN] = (1 if suite.esn else 0, None)
-        if include_dh and suite.dh is not None:
-            w[TransformType.DH] = (suite.dh, None)
-    return w
-
-
-def _matches(wanted: dict[int, tuple[int, int | None]], offered: dict[int, set]) -> bool:
-    for t_type, value in wanted.items():
-        if value not in offered.get(t_type, set()):
-            return False
-    # a transform type we do not use must be absent or allow NONE (id 0)
-    return all(t in wanted or (0, None) in ids for t, ids in offered.items())
-
-
-def select_proposal(
-    offered: Sequence[Proposal],
-    ours: Sequence[IkeSuite | ChildSuite],
-    protocol: int,
-    ke_group: int | None,
-    include_dh: bool = True,
-) -> tuple[Proposal, IkeSuite | ChildSuite]:
-    """Pick our first suite the peer offers; return the peer's proposal and the suite.
-
-    `ke_group` is the group of the peer's KE payload (None: no KE). If a suite matches but
-    with a different group, InvalidKePayload names our preferred one (§1.3, §3.10.1).
-    """
-    wrong_group: int | None = None
-    for suite in ours:
-        for prop in offered:
-            if prop.protocol != protocol:
-                continue
-            have = _offered(prop)
-            dh_wanted = include_dh and (
-                isinstance(suite, IkeSuite) or suite.dh is not None
-            )
-            if dh_wanted:
-                group = suite.dh
-                assert group is not None
-                if not _matches(_wanted(suite, include_dh), have):
-                    continue
-                if ke_group != group:
-                    wrong_group = group if wrong_group is None else wrong_group
-                    continue
-            else:
-                if not include_dh:
-                    have.pop(TransformType.DH, None)
-                if not _matches(_wanted(suite, include_dh), have):
-                    continue
-            return prop, suite
-    if wrong_group is not None:
-        raise InvalidKePayload(wrong_group)
-    raise RemoteProtocolError("no acceptable proposal", Notify.NO_PROPOSAL_CHOSEN)
 
 
 def suite_from_proposal(p: Proposal, protocol: int) -> IkeSuite | ChildSuite:

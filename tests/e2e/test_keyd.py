@@ -42,11 +42,15 @@ PAIRS = [
     ("aes256-sha384-ecp384", "aes256-sha256"),
     ("chacha20poly1305-prfsha256-x25519", "chacha20poly1305"),
     ("aes128-sha256-modp2048", "aes128gcm16-esn"),
+    # the algorithms native clients added (Windows SHA-1, Android AES-CTR / AES-CMAC)
+    ("aes256-sha1-modp2048", "aes256-sha1"),
+    ("aes256ctr-aescmac-prfaescmac-ecp521", "aes128ctr-aescmac"),
 ]
 SCAPY_ENCR = {"aes128gcm16": "AES-GCM", "aes256gcm16": "AES-GCM", "aes128": "AES-CBC",
-              "aes256": "AES-CBC", "chacha20poly1305": "CHACHA20-POLY1305"}
+              "aes256": "AES-CBC", "chacha20poly1305": "CHACHA20-POLY1305",
+              "aes128ctr": "AES-CTR"}
 SCAPY_INTEG = {None: None, "sha256": "SHA2-256-128", "sha384": "SHA2-384-192",
-               "sha512": "SHA2-512-256"}
+               "sha512": "SHA2-512-256", "sha1": "HMAC-SHA1-96", "aescmac": "AES-CMAC-96"}
 
 
 @contextlib.contextmanager

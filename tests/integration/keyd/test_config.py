@@ -29,8 +29,8 @@ def test_documented_example_loads(tmp_path: Path) -> None:
     c = load_config(path)
     assert c.keyd.vip == "203.0.113.10" and c.keyd.ike_port == 500 and c.keyd.natt_port == 4500
     assert c.keyd.identity == "vpn.example.net"
-    assert c.keyd.ike_proposals[0] == "aes128gcm16-prfsha256-x25519"
-    assert c.keyd.esp_proposals[-1] == "aes128gcm16-esn"
+    assert c.keyd.ike_proposals == ("default", "aes256-aes128-sha256-sha1-modp2048")
+    assert c.keyd.esp_proposals == ("default", "aes256-aes128-sha1")
     assert c.keyd.pool == "10.99.0.0/16" and c.keyd.protected_networks == ("10.20.0.0/16",)
     assert c.etcd.endpoints[0] == "https://10.10.0.11:2379" and c.etcd.timeout_s == 2.0
     assert c.metrics.listen == "127.0.0.1:9410" and c.address == c.keyd.address == "10.30.0.5"
@@ -55,6 +55,12 @@ def test_flags_override_file(tmp_path: Path) -> None:
     ('[keyd]\nidentity = "x"', "needs psk_file or cert_file"),
     ('[keyd]\nidentity = "x"\npsk_file = "/p"\n[log]\nlevel = "loud"', "level must be"),
     ('[keyd', "not valid TOML"),
+    ('[keyd]\nidentity = "x"\npsk_file = "/p"\nike_proposals = ["default", "aes128-md5-x25519"]',
+     "keyd proposals: unknown algorithm 'md5' in IKE proposal 'aes128-md5-x25519'"),
+    ('[keyd]\nidentity = "x"\npsk_file = "/p"\nesp_proposals = ["aes128gcm16-sha1"]',
+     "ESP proposal 'aes128gcm16-sha1': an AEAD takes no integrity algorithm ('sha1')"),
+    ('[keyd]\nidentity = "x"\npsk_file = "/p"\nike_proposals = ["aes128-sha256-x25519,"]',
+     "empty IKE proposal"),
 ])
 def test_mistakes_are_one_clear_line(tmp_path: Path, snippet: str, message: str) -> None:
     path = tmp_path / "keyd.toml"

@@ -10,20 +10,42 @@ import random
 import socket
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.ciphers import algorithms, modes
 from scapy.layers.inet import ICMP, IP, UDP
-from scapy.layers.ipsec import ESP, SecurityAssociation
+from scapy.layers.ipsec import CRYPT_ALGOS, ESP, CryptAlgo, SecurityAssociation
 from scapy.packet import Raw, raw
 
 from cluster.esp import ChildSa, IvSource, SaKeys, TrafficSelector, suite
 
+
+def _short_tag_gcm(icv: int) -> str:
+    """scapy's AES-GCM with a truncated ICV, registered under a name of its own: scapy's
+    encrypt/decrypt over cryptography's GCM mode (its AESGCM-based "AES-GCM" entry only
+    knows 16-byte tags)."""
+    name = f"AES-GCM-{icv}"
+    CRYPT_ALGOS[name] = CryptAlgo(name, cipher=algorithms.AES, mode=modes.GCM, salt_size=4,
+                                  block_size=1, iv_size=8, icv_size=icv,
+                                  format_mode_iv=lambda sa, iv, **kw: sa.crypt_salt + iv)
+    return name
+
+
 SCAPY_ENCR = {
-    "aes128gcm16": "AES-GCM", "aes256gcm16": "AES-GCM", "chacha20poly1305": "CHACHA20-POLY1305",
-    "aes128": "AES-CBC", "aes256": "AES-CBC",
+    **{f"aes{b}gcm16": "AES-GCM" for b in (128, 192, 256)},
+    **{f"aes{b}gcm{icv}": _short_tag_gcm(icv) for b in (128, 192, 256) for icv in (8, 12)},
+    **{f"aes{b}": "AES-CBC" for b in (128, 192, 256)},
+    **{f"aes{b}ctr": "AES-CTR" for b in (128, 192, 256)},
+    "chacha20poly1305": "CHACHA20-POLY1305", "3des": "3DES",
 }
-SCAPY_INTEG = {"sha256": "SHA2-256-128", "sha384": "SHA2-384-192", "sha512": "SHA2-512-256"}
+SCAPY_INTEG = {"sha256": "SHA2-256-128", "sha384": "SHA2-384-192", "sha512": "SHA2-512-256",
+               "sha1": "HMAC-SHA1-96", "aescmac": "AES-CMAC-96"}
 SUITES = [
     ("aes128gcm16", None), ("aes256gcm16", None), ("chacha20poly1305", None),
     ("aes128", "sha256"), ("aes256", "sha256"), ("aes128", "sha384"), ("aes256", "sha512"),
+    # what native clients add (Windows, Apple, Android): docs/configuration.md
+    ("aes192gcm16", None), ("aes128gcm8", None), ("aes256gcm12", None), ("aes192gcm8", None),
+    ("aes192", "sha1"), ("aes256", "sha1"), ("aes128", "aescmac"),
+    ("aes128ctr", "sha256"), ("aes192ctr", "sha1"), ("aes256ctr", "aescmac"),
+    ("3des", "sha1"),
 ]
 
 VIP = "203.0.113.10"

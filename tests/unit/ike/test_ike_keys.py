@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from keyd.ike.constants import Notify, ProtocolId
+from keyd.ike.constants import Notify
 from keyd.ike.dh import KeyExchange
-from keyd.ike.errors import LocalProtocolError, RemoteProtocolError
+from keyd.ike.errors import RemoteProtocolError
 from keyd.ike.keys import derive_child_keys, derive_ike_keys, prf, prf_plus, skeyseed
-from keyd.ike.payloads import Proposal, Transform
-from keyd.ike.transforms import (
-    PRFS,
-    parse_esp_proposal,
-    parse_ike_proposal,
-    select_proposal,
-)
+from keyd.ike.proposals import parse_esp_suite, parse_ike_suite
+from keyd.ike.transforms import PRFS
 
 # RFC 4231 §4.3 (Test Case 2): HMAC-SHA-256/384/512 are the IKEv2 PRFs of RFC 4868 §2.7.1,
 # https://www.rfc-editor.org/rfc/rfc4231#section-4.3
@@ -88,7 +83,7 @@ def test_dh_groups_agree_and_reject_junk(group: int, size: int) -> None:
                                   "aes256gcm16-prfsha512-ecp256", "aes256-sha512-x25519"])
 def test_ike_key_lengths(text: str) -> None:
     """§2.14: SK_d/pi/pr are PRF-sized, SK_a the INTEG key size, SK_e encr key + salt."""
-    suite = parse_ike_proposal(text)
+    suite = parse_ike_suite(text)
     keys = derive_ike_keys(suite, skeyseed(suite, b"n" * 32, b"m" * 32, b"g" * 32),
                            b"n" * 32, b"m" * 32, 1, 2)
     p = suite.prf.key_len
@@ -101,47 +96,12 @@ def test_ike_key_lengths(text: str) -> None:
 
 def test_child_keymat_order() -> None:
     """§2.17: KEYMAT = prf+(SK_d, Ni | Nr); i→r encryption, i→r integrity, then r→i."""
-    alg, suite = PRFS["prfsha256"], parse_esp_proposal("aes256-sha384")
+    alg, suite = PRFS["prfsha256"], parse_esp_suite("aes256-sha384")
     km = prf_plus(alg, b"d" * 32, b"i" * 32 + b"r" * 32, 2 * (32 + 48))
     keys = derive_child_keys(alg, b"d" * 32, suite, b"i" * 32, b"r" * 32)
     assert keys.encr_ir == km[:32] and keys.integ_ir == km[32:80]
     assert keys.encr_ri == km[80:112] and keys.integ_ri == km[112:]
-    gcm = derive_child_keys(alg, b"d" * 32, parse_esp_proposal("aes128gcm16"), b"i", b"r")
+    gcm = derive_child_keys(alg, b"d" * 32, parse_esp_suite("aes128gcm16"), b"i", b"r")
     assert len(gcm.encr_ir) == 20 and gcm.integ_ir == b""  # 16-byte key + 4-byte salt
     pfs = derive_child_keys(alg, b"d" * 32, suite, b"i", b"r", g_ir=b"g" * 32)
     assert pfs.encr_ir == prf_plus(alg, b"d" * 32, b"g" * 32 + b"i" + b"r", 32)
-
-
-def test_proposal_strings() -> None:
-    s = parse_ike_proposal("aes256-sha384-ecp384")
-    assert (s.encr.name, s.integ and s.integ.name, s.prf.name, s.dh) == \
-        ("aes256", "sha384", "prfsha384", 20)
-    e = parse_esp_proposal("aes128gcm16-esn")
-    assert e.esn and e.integ is None and e.name == "aes128gcm16-esn"
-    assert parse_esp_proposal("aes256-sha256").integ.name == "sha256"  # type: ignore[union-attr]
-    assert parse_esp_proposal("aes128gcm16-x25519").dh == 31
-    for bad in ("aes128gcm16", "rot13-sha256-x25519", "aes128-x25519", ""):
-        with pytest.raises(LocalProtocolError):
-            parse_ike_proposal(bad)
-    with pytest.raises(LocalProtocolError):
-        parse_esp_proposal("aes128")
-
-
-def test_selection_and_invalid_ke() -> None:
-    ours = [parse_ike_proposal("aes256-sha384-ecp384"), parse_ike_proposal("aes128-sha256-x25519")]
-    # a strongSwan-style proposal: several transforms per type in one proposal
-    theirs = Proposal(1, ProtocolId.IKE, b"", (
-        Transform(1, 12, 128), Transform(1, 12, 256), Transform(3, 12), Transform(3, 13),
-        Transform(2, 5), Transform(2, 6), Transform(4, 31), Transform(4, 20)))
-    _prop, suite = select_proposal([theirs], ours, ProtocolId.IKE, 20)
-    assert suite is ours[0]
-    _, suite = select_proposal([theirs], ours, ProtocolId.IKE, 31)
-    assert suite is ours[1]
-    with pytest.raises(RemoteProtocolError) as e:
-        select_proposal([theirs], ours[:1], ProtocolId.IKE, 31)
-    assert e.value.notify == Notify.INVALID_KE_PAYLOAD and e.value.group == 20  # type: ignore
-    only_gcm = Proposal(1, ProtocolId.IKE, b"", (Transform(1, 20, 128), Transform(2, 5),
-                                                Transform(4, 31)))
-    with pytest.raises(RemoteProtocolError) as e:
-        select_proposal([only_gcm], ours, ProtocolId.IKE, 31)
-    assert e.value.notify == Notify.NO_PROPOSAL_CHOSEN
