@@ -7,6 +7,7 @@ from .authenticator import METHODS, Authenticator
 from .errors import EapError, LocalEapError, RemoteEapError
 from .events import EapAction, EapFailed, EapSucceeded, SendToPeer, SendToRadius
 from .peer import Peer
+from .relay import NasInfo, RadiusRelay, RadiusServer
 
 __all__ = [
     "METHODS",
@@ -16,7 +17,10 @@ __all__ = [
     "EapFailed",
     "EapSucceeded",
     "LocalEapError",
+    "NasInfo",
     "Peer",
+    "RadiusRelay",
+    "RadiusServer",
     "RemoteEapError",
     "SendToPeer",
     "SendToRadius",

@@ -18,6 +18,8 @@ from .errors import LocalEapError, RemoteEapError
 from .events import EapAction, EapFailed, EapSucceeded, SendToPeer, SendToRadius
 from .mschapv2 import MschapV2Server
 from .packet import Code, EapPacket, pull_eap, push_eap
+from .radius import InvalidRadiusPacket
+from .relay import RadiusRelay
 
 METHODS = ("mschapv2", "radius")
 PasswordLookup = Callable[[str], "str | None"]
@@ -32,7 +34,8 @@ class Authenticator:
     IDi); None asks the peer with EAP-Identity first (strongSwan's `eap_id = %any`)."""
 
     def __init__(self, method: str, *, identity: str | None = None,
-                 password_for: PasswordLookup | None = None, relay: Any = None,
+                 password_for: PasswordLookup | None = None,
+                 relay: RadiusRelay | None = None,
                  random: Callable[[int], bytes] = os.urandom) -> None:
         if method not in METHODS:
             raise LocalEapError(f"unknown EAP method {method!r}")
@@ -65,11 +68,15 @@ class Authenticator:
         except RemoteEapError as exc:
             return self._fail(exc.reason)
 
-    def radius_reply(self, datagram: bytes) -> EapAction:
+    def radius_reply(self, datagram: bytes) -> EapAction | None:
+        """The RADIUS server's answer; None when it does not verify (a stray or forged
+        datagram: dropped, keep waiting for the real one)."""
         if self.phase != _RADIUS_SERVER:
             raise LocalEapError(f"no RADIUS request outstanding ({self.phase})")
         try:
-            action = self._relay.reply(datagram)
+            action = self._relay_().reply(datagram)
+        except InvalidRadiusPacket:
+            return None
         except RemoteEapError as exc:
             return self._fail(exc.reason)
         return self._after_relay(action)
@@ -77,7 +84,7 @@ class Authenticator:
     def radius_timeout(self) -> EapAction:
         if self.phase != _RADIUS_SERVER:
             raise LocalEapError(f"no RADIUS request outstanding ({self.phase})")
-        return self._after_relay(self._relay.timeout())
+        return self._after_relay(self._relay_().timeout())
 
     @property
     def done(self) -> bool:
@@ -98,7 +105,7 @@ class Authenticator:
             return self._begin_method(first_response=push_eap(packet))
         if self.phase == _RADIUS_PEER:
             self.phase = _RADIUS_SERVER
-            return self._relay.forward(push_eap(packet))
+            return self._relay_().forward(push_eap(packet))
         if self.phase == _CHALLENGE:
             verified = self._mschapv2.check_response(packet, self._next_identifier(),
                                                      self._password_for)  # type: ignore[arg-type]
@@ -108,7 +115,8 @@ class Authenticator:
         # _ACK
         self._mschapv2.check_acknowledged(packet)
         self.phase = _DONE
-        return EapSucceeded(push_eap(eap.success(self._next_identifier())),
+        # RFC 3748 §4.2: Success and Failure carry the Identifier of the Response they answer
+        return EapSucceeded(push_eap(eap.success(self.identifier)),
                             self._mschapv2.identity or "", self._mschapv2.msk)
 
     def _begin_method(self, first_response: bytes | None = None) -> EapAction:
@@ -120,7 +128,7 @@ class Authenticator:
         self.phase = _RADIUS_SERVER
         if first_response is None:  # identity known: the Response/Identity the peer skipped
             first_response = push_eap(eap.identity_response(self.identifier, self.identity))
-        return self._relay.start(self.identity, first_response)
+        return self._relay_().start(self.identity, first_response)
 
     def _after_relay(self, action: EapAction) -> EapAction:
         """What the relay made of the server's answer: a request for the peer (a Challenge),
@@ -134,6 +142,10 @@ class Authenticator:
             raise LocalEapError(f"relay action {action!r}")
         return action
 
+    def _relay_(self) -> RadiusRelay:
+        assert self._relay is not None  # the constructor checked
+        return self._relay
+
     def _request(self, packet: EapPacket) -> SendToPeer:
         return SendToPeer(push_eap(packet))
 
@@ -143,7 +155,7 @@ class Authenticator:
 
     def _fail(self, reason: str) -> EapFailed:
         self.phase = _DONE
-        return EapFailed(push_eap(eap.failure(self._next_identifier())), self.identity,
+        return EapFailed(push_eap(eap.failure(self.identifier)), self.identity,
                          reason)
 
     # -- state
@@ -153,22 +165,22 @@ class Authenticator:
         if self.method == "mschapv2":
             record["mschapv2"] = self._mschapv2.export()
         else:
-            record["relay"] = self._relay.export()
+            record["relay"] = self._relay_().export()
         return record
 
     @classmethod
     def restore(cls, record: dict[str, Any], *, password_for: PasswordLookup | None = None,
-                relay_factory: Callable[[dict[str, Any]], Any] | None = None,
+                relay: RadiusRelay | None = None,
                 random: Callable[[int], bytes] = os.urandom) -> Authenticator:
         """Continue a conversation `export()` wrote (in this process or another one).
-        `relay_factory` rebuilds the RADIUS relay from its part of the record."""
+        `relay`: a new relay built from the configuration (servers, secrets) for an
+        EAP-RADIUS record; it takes the rest from the record."""
         try:
             method = record["method"]
-            relay = None
             if method == "radius":
-                if relay_factory is None:
-                    raise LocalEapError("EAP-RADIUS state without a relay factory")
-                relay = relay_factory(record["relay"])
+                if relay is None:
+                    raise LocalEapError("EAP-RADIUS state without a relay")
+                relay.restore(record["relay"])
             self = cls(method, identity=record["identity"], password_for=password_for,
                        relay=relay, random=random)
             phase = record["phase"]
