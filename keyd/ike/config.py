@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from keyd.eap import RadiusServer
+
 from .auth import PrivateKey, TrustStore
 from .errors import LocalProtocolError
 from .transforms import ChildSuite, IkeSuite, parse_esp_proposal, parse_ike_proposal
@@ -33,12 +35,39 @@ class Credentials:
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.private_key is None):
             raise LocalProtocolError("a certificate needs its private key and vice versa")
-        if self.psk is None and self.cert is None:
+        if self.psk is None and self.cert is None and not self.cas:
+            # only CAs: a client that proves itself by EAP and checks the gateway's certificate
             raise LocalProtocolError("configure a PSK or a certificate")
 
     @property
     def trust(self) -> TrustStore:
         return TrustStore(self.cas)
+
+
+EAP_METHODS = ("eap-mschapv2", "eap-radius")
+
+
+@dataclass(frozen=True, slots=True)
+class EapConfig:
+    """The client's EAP round in IKE_AUTH (RFC 7296 §2.16), for a client whose first IKE_AUTH
+    carries no AUTH. `method`: "eap-mschapv2" checks passwords with `password_for(identity)`
+    (None: no such user); "eap-radius" relays EAP to `radius_servers` (tried in order).
+    `ask_identity`: start with EAP-Identity (strongSwan's `eap_id = %any`, what Windows needs:
+    its IDi is an address); False uses the IDi as the EAP identity."""
+
+    method: str
+    password_for: Callable[[str], str | None] | None = None
+    radius_servers: tuple[RadiusServer, ...] = ()
+    nas_identifier: str = "keyd"
+    ask_identity: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in EAP_METHODS:
+            raise LocalProtocolError(f"unknown EAP method {self.method!r}")
+        if self.method == "eap-mschapv2" and self.password_for is None:
+            raise LocalProtocolError("eap-mschapv2 needs EAP users")
+        if self.method == "eap-radius" and not self.radius_servers:
+            raise LocalProtocolError("eap-radius needs a RADIUS server")
 
 
 def _ike_suites(texts: Sequence[str]) -> tuple[IkeSuite, ...]:
@@ -75,6 +104,7 @@ class ResponderConfig:
     retransmit_timeout_s: float = 2.0
     retransmit_tries: int = 5
     cookie_secret_lifetime_s: float = 300.0
+    eap: EapConfig | None = None  # clients that send no AUTH authenticate with EAP
     ike_suites: tuple[IkeSuite, ...] = field(init=False)
     esp_suites: tuple[ChildSuite, ...] = field(init=False)
 
@@ -99,6 +129,10 @@ class InitiatorConfig:
     child_lifetime_s: int = 3600
     initial_contact: bool = True
     rfc7427: bool = True  # announce SIGNATURE_HASH_ALGORITHMS (else: classic auth methods)
+    # EAP-MSCHAPv2 instead of AUTH (RFC 7296 §2.16): the EAP identity and its password; the
+    # responder still proves itself with `credentials`
+    eap_identity: str | None = None
+    eap_password: str | None = None
     retransmit_timeout_s: float = 2.0
     retransmit_tries: int = 5
     ike_suites: tuple[IkeSuite, ...] = field(init=False)

@@ -397,6 +397,9 @@ class IkeEndpoint:
         if sa.state == IkeState.WAIT_ADDRESS:
             self._drop("waiting_for_address")
             return
+        if sa.state == IkeState.WAIT_RADIUS:
+            self._drop("waiting_for_radius")
+            return
         if sk is None:
             self._drop("unprotected_request")
             return

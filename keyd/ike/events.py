@@ -112,6 +112,19 @@ class AddressRequested(IkeEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class RadiusRequested(IkeEvent):
+    """An EAP response must go to a RADIUS server before the IKE_AUTH can be answered: send
+    `datagram` to server number `server` of the EAP configuration (resend the same bytes on
+    retransmission), then call `radius_answer(ike_sa_id, reply or None on timeout)`.
+    Retransmits of the client's request meanwhile are ignored."""
+
+    ike_sa_id: str
+    datagram: bytes = field(repr=False)
+    server: int
+    identifier: int  # RADIUS Identifier: answers with another one are not for this request
+
+
+@dataclass(frozen=True, slots=True)
 class AuthenticationFailed(IkeEvent):
     """IKE_AUTH failed (AUTHENTICATION_FAILED sent, the IKE SA is dropped)."""
 
@@ -138,6 +151,9 @@ class IkeCounters:
     errors: Counter[str] = field(default_factory=Counter)  # by notify name sent or reason
     drops: Counter[str] = field(default_factory=Counter)  # silently dropped, by reason
     handshakes: Counter[str] = field(default_factory=Counter)  # "ok" / "failed"
+    # EAP conversations that failed, by reason (unknown user, bad password, radius reject,
+    # radius timeout, bad auth, ...)
+    eap_failures: Counter[str] = field(default_factory=Counter)
     retransmits_answered: int = 0  # retransmitted requests answered from the cache
     retransmits_sent: int = 0  # our own requests sent again
     cookies_sent: int = 0

@@ -19,8 +19,9 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .core import IkeEndpoint, RequestContext, nat_hash, notify_name, packed_ip
+from .core import RequestContext, nat_hash, notify_name, packed_ip
 from .dh import KeyExchange
+from .eap_auth import EapRound, _RadiusWait
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
     AddressRequested,
@@ -67,7 +68,7 @@ class _PendingAuth:
     initial_contact: bool
 
 
-class Responder(IkeEndpoint):
+class Responder(EapRound):
     """keyd's IKEv2 responder for any number of IKE SAs.
 
     `random(n)` gives n random bytes (nonces, IKE SPIs, IVs, cookie secrets);
@@ -96,6 +97,7 @@ class Responder(IkeEndpoint):
         self._init_index: dict[tuple[int, Address], str] = {}
         self._init_key: dict[str, tuple[int, Address]] = {}
         self._pending: dict[str, _PendingAuth] = {}
+        self._radius_waiting: dict[str, _RadiusWait] = {}  # EAP responses out at RADIUS
         # what every IKE_SA_INIT and IKE_AUTH answer carries alike, made once
         cas = config.credentials.cas
         self._certreq = certreq_payload(cas) if cas else None
@@ -237,6 +239,7 @@ class Responder(IkeEndpoint):
 
     def _forget(self, sa: IkeSa) -> None:
         self._pending.pop(sa.id, None)
+        self._radius_waiting.pop(sa.id, None)
         self._leave_half_open(sa)
 
     # §2.6: Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)
@@ -271,25 +274,45 @@ class Responder(IkeEndpoint):
     ) -> list[Payload] | None:
         idi, auth = find(payloads, IdiPayload), find(payloads, AuthPayload)
         peer_id = Identity(idi.id_type, idi.data) if isinstance(idi, IdiPayload) else None
+        if peer_id is not None and auth is None and self.config.eap is not None:
+            return self._start_eap(sa, self.config.eap, peer_id, payloads, ctx)  # §2.16
         try:
             if peer_id is None or not isinstance(auth, AuthPayload):
                 raise RemoteProtocolError("IKE_AUTH without IDi or AUTH",
                                           Notify.AUTHENTICATION_FAILED)
             identity = self._verify_peer(sa, peer_id, auth, payloads)
         except RemoteProtocolError as e:
-            name = str(peer_id) if peer_id else ""
-            self.counters.handshakes["failed"] += 1
-            self.counters.errors["AUTHENTICATION_FAILED"] += 1
-            self._events.append(AuthenticationFailed(sa.id, name, str(e)))
-            self._remove_sa(sa, "authentication failed")  # gone before the answer leaves
-            self._respond(sa, ctx, [NotifyPayload(Notify.AUTHENTICATION_FAILED)])
+            self._refuse(sa, ctx, str(peer_id) if peer_id else "", str(e),
+                         [NotifyPayload(Notify.AUTHENTICATION_FAILED)])
             return None
+        return self._authenticated(sa, identity, payloads, ctx, None, now)
+
+    def _refuse(self, sa: IkeSa, ctx: RequestContext, identity: str, reason: str,
+                answer: list[Payload]) -> None:
+        """Authentication failed: count, tell the shell, drop the IKE SA (gone before the
+        answer leaves) and send `answer`."""
+        self.counters.handshakes["failed"] += 1
+        self.counters.errors["AUTHENTICATION_FAILED"] += 1
+        self._events.append(AuthenticationFailed(sa.id, identity, reason))
+        self._remove_sa(sa, "authentication failed")
+        self._respond(sa, ctx, answer)
+
+    def _authenticated(self, sa: IkeSa, identity: str, payloads: list[Payload],
+                       ctx: RequestContext, address: str | None,
+                       now: float) -> list[Payload] | None:
+        """The peer proved `identity`; `payloads` are those of its (first) IKE_AUTH request.
+        `address`: a virtual IP decided already (RADIUS Framed-IP-Address), else the pool
+        is asked (AddressRequested) if the peer wants one."""
         sa.peer_identity = identity
         cp = find(payloads, CpPayload)
         cp = cp if isinstance(cp, CpPayload) and cp.cfg_type == CfgType.REQUEST else None
         pending = _PendingAuth(payloads, ctx, cp,
                                bool(notifies(payloads, Notify.INITIAL_CONTACT)))
-        if cp is not None and any(t == CfgAttr.INTERNAL_IP4_ADDRESS for t, _ in cp.attributes):
+        wants_address = cp is not None and any(t == CfgAttr.INTERNAL_IP4_ADDRESS
+                                               for t, _ in cp.attributes)
+        if wants_address and address is not None:
+            return self._finish_auth(sa, pending, address, now)
+        if cp is not None and wants_address:
             wanted = next(v for t, v in cp.attributes if t == CfgAttr.INTERNAL_IP4_ADDRESS)
             requested = str(ipaddress.IPv4Address(wanted)) \
                 if len(wanted) == 4 and any(wanted) else None
@@ -313,7 +336,8 @@ class Responder(IkeEndpoint):
 
     def _finish_auth(self, sa: IkeSa, pending: _PendingAuth, address: str | None,
                      now: float) -> list[Payload]:
-        reply = self._own_auth(sa)
+        reply = self._eap_final_proof(sa) if sa.eap is not None else self._own_auth(sa)
+        sa.eap = None  # the MSK and the conversation are not needed any more
         child_ok = True
         if pending.cp is not None:
             asked = {t for t, _ in pending.cp.attributes}
