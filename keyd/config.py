@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -61,6 +62,16 @@ class KeydSection:
     address: str | None = None
     # How often expired IKE SAs left in etcd by a dead instance are swept (0 disables).
     sweep_interval_s: float = 60.0
+    # EAP (RFC 7296 §2.16) for clients whose IKE_AUTH has no AUTH: "" (none),
+    # "eap-mschapv2" (passwords from eap_users_file) or "eap-radius" (radius_servers)
+    eap: str = ""
+    eap_identity: str = "ask"  # "ask": EAP-Identity first; "idi": the IKE identity
+    eap_users_file: str | None = None  # TOML, [eap_users] "name" = "password"; 0600
+    radius_servers: tuple[str, ...] = ()  # "host:port", tried in order
+    radius_secret_file: str | None = None  # the shared secret of every server; 0600
+    radius_timeout_s: float = 2.0  # per try
+    radius_tries: int = 3  # sends of one request to one server
+    nas_identifier: str = "keyd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +218,25 @@ def _validate(config: KeydConfig) -> None:
         raise fail("keyd.cert_file needs keyd.key_file")
     if k.half_open_cookie_threshold < 0 or k.ike_lifetime_s <= 0 or k.child_lifetime_s <= 0:
         raise fail("keyd thresholds and lifetimes must be positive")
+    if k.eap not in ("", "eap-mschapv2", "eap-radius"):
+        raise fail(f"keyd.eap must be eap-mschapv2 or eap-radius, not {k.eap!r}")
+    if k.eap_identity not in ("ask", "idi"):
+        raise fail(f"keyd.eap_identity must be ask or idi, not {k.eap_identity!r}")
+    if k.eap == "eap-mschapv2" and not k.eap_users_file:
+        raise fail("keyd.eap = eap-mschapv2 needs keyd.eap_users_file")
+    if k.eap == "eap-radius" and not (k.radius_servers and k.radius_secret_file):
+        raise fail("keyd.eap = eap-radius needs keyd.radius_servers and "
+                   "keyd.radius_secret_file")
+    for server in k.radius_servers:
+        host, sep, port = server.rpartition(":")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise fail(f"keyd.radius_servers: {server!r} is not address:port") from None
+        if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise fail(f"keyd.radius_servers: {server!r} is not address:port")
+    if k.radius_timeout_s <= 0 or k.radius_tries < 1:
+        raise fail("keyd.radius_timeout_s and keyd.radius_tries must be positive")
     if not config.etcd.endpoints:
         raise fail("[etcd] endpoints must not be empty")
     if config.log.level.lower() not in ("debug", "info", "warning", "error"):
@@ -251,6 +281,20 @@ def read_psk(path: str) -> bytes:
         except (UnicodeDecodeError, ValueError):
             raise ConfigError(f"PSK file {path}: 0x… is not valid hex") from None
     return data
+
+
+def read_eap_users(path: str) -> dict[str, str]:
+    """The EAP users file: TOML with one table, `[eap_users]`, of "identity" = "password"."""
+    raw = read_secret(path, "EAP users file")
+    try:
+        table = tomllib.loads(raw.decode("utf-8")).get("eap_users", {})
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"EAP users file {path}: {exc}") from None
+    if not isinstance(table, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in table.items()):
+        raise ConfigError(f"EAP users file {path}: [eap_users] must map names to "
+                          "non-empty password strings")
+    return dict(table)
 
 
 def read_public(path: str, what: str) -> bytes:

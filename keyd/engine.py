@@ -111,6 +111,8 @@ class Step:
     # the message names an IKE SA held nowhere (yet): the core has not seen it
     waiting_for: str | None = None
     started: float = 0.0
+    # EAP responses to relay to RADIUS (the shell sends them, then calls radius_answer)
+    radius: list[ike.RadiusRequested] = field(default_factory=list)
 
     @property
     def needs_write(self) -> bool:
@@ -211,6 +213,31 @@ class Engine:
             self._observe(step)
         return step
 
+    def radius_answer(self, ike_sa_id: str, datagram: bytes | None) -> Step | None:
+        """A RADIUS server's answer to a RadiusRequested (None: it never came). None back:
+        the datagram did not verify and was dropped, the IKE SA still waits; else the step
+        it made (the IKE_AUTH answer, to write and send as any step's)."""
+        start = time.perf_counter()
+        now = self.clock()
+        if not self.core.has_ike_sa(ike_sa_id):
+            return Step(exchange="IKE_AUTH", started=start)  # gone meanwhile: nothing to do
+        try:
+            if not self.core.radius_answer(ike_sa_id, datagram, now):
+                self.metrics.dropped.labels("radius_unverified").inc()
+                return None
+        except LocalProtocolError as exc:   # not waiting any more (deleted, continued elsewhere)
+            log.info("RADIUS answer for an IKE SA not waiting for it",
+                     extra={"ike_sa": ike_sa_id, "error": str(exc)})
+            return Step(exchange="IKE_AUTH", started=start)
+        step = self._collect(now)
+        step.exchange, step.started = "IKE_AUTH", start
+        step.out = [Outbound(d.data, d.src[1], d.dst) for d in self.core.datagrams_to_send()]
+        self._defer_removals(step)
+        self.complete(step)
+        if not step.needs_write:
+            self._observe(step)
+        return step
+
     def write_now(self, step: Step) -> list[Outbound]:
         """Write one step's changes (blocking) and settle it."""
         self.complete(step)
@@ -289,6 +316,8 @@ class Engine:
         c = step.changes
         if isinstance(event, ike.AddressRequested):
             self._assign_address(event, step, now)
+        elif isinstance(event, ike.RadiusRequested):
+            step.radius.append(event)
         elif isinstance(event, ike.IkeSaUpdated):
             ike_sa_id = event.ike_sa_id
             if ike_sa_id not in self._durable:

@@ -41,6 +41,10 @@ class KeydMetrics:
         self.errors = Counter(
             "keyd_errors", "Protocol errors answered or dropped, by notify type",
             ["notify"], registry=r)
+        self.eap_failures = Counter(
+            "keyd_eap_failures", "EAP conversations that failed, by reason (unknown user, "
+            "bad password, radius reject, radius timeout, bad auth, ...)", ["reason"],
+            registry=r)
         self.dropped = Counter(
             "keyd_datagrams_dropped", "Datagrams dropped by the shell, by reason", ["reason"],
             registry=r)
@@ -100,7 +104,8 @@ class KeydMetrics:
         """Mirror the core's monotonic counters (keyd.ike's IkeCounters): only the increase
         since the last call is added, so the core keeps plain integers."""
         for name, metric in (("exchanges", self.exchanges), ("errors", self.errors),
-                             ("drops", self.core_drops)):
+                             ("drops", self.core_drops),
+                             ("eap_failures", self.eap_failures)):
             by_label: Mapping[str, int] = getattr(counters, name, None) or {}
             for label, value in by_label.items():
                 if self._core_seen.get((name, label)) != value:

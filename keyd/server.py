@@ -40,12 +40,14 @@ from cluster.store.seal import DataKey, DataKeyError, load_data_key
 from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent, WatchResynced
 
 from .config import DEFAULT_PATH, ConfigError, KeydConfig, load_config, parse_listen
-from .core import build_core, responder_config
+from .core import build_core, radius_servers, responder_config
 from .engine import Engine, Outbound, Step, ike_sa_id_of
+from .ike.events import RadiusRequested
 from .ike.responder import Responder
 from .logs import setup_logging
 from .metrics import KeydMetrics
 from .pool import AddressPool
+from .radius import RadiusTiming, radius_exchange
 from .udp import IkeEndpoints, Inbound
 from .view import ClusterView
 
@@ -114,6 +116,9 @@ class KeydServer:
         self._half_open: dict[str, asyncio.TimerHandle] = {}   # IKE SA → its write, later
         self._riding: dict[str, Step] = {}   # half-open IKE SA → its write, with the next
         self._riding_timer: asyncio.TimerHandle | None = None
+        self._radius_servers = radius_servers(config)
+        self._radius_timing = RadiusTiming(k.radius_timeout_s, k.radius_tries)
+        self._radius_tasks: set[asyncio.Future[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -150,6 +155,8 @@ class KeydServer:
         if self._systemd_watchdog is not None:
             self._systemd_watchdog.cancel()
         self.endpoints.close()
+        for future in list(self._radius_tasks):
+            future.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -239,6 +246,12 @@ class KeydServer:
             self._loop.call_later(HALF_OPEN_RETRY_S[attempt], self._enqueue, inbound,
                                   attempt + 1)
             return
+        self._after_step(step)
+
+    def _after_step(self, step: Step) -> None:
+        """Send what may leave now, hand the writes to the committer, start RADIUS rounds."""
+        for request in step.radius:
+            self._radius_tasks.add(asyncio.ensure_future(self._radius(request)))
         self._send(step.release_now())
         # a half-open IKE SA whose state this step writes anew (or removed) needs no write
         # of its own any more
@@ -255,6 +268,34 @@ class KeydServer:
         elif step.needs_write:
             self._submit(step)
         self._removals_later()
+
+    async def _radius(self, request: RadiusRequested) -> None:
+        """One EAP response relayed: the datagram to its server, the answer (or the timeout)
+        to the engine, whose step is then handled as any other."""
+        task = asyncio.current_task()
+        try:
+            server = self._radius_servers[request.server]
+
+            def accept(reply: bytes) -> bool:
+                return self._radius_answered(request.ike_sa_id, reply)
+
+            if not await radius_exchange(request.datagram, server, request.identifier,
+                                         self._radius_timing, accept):
+                self.metrics.dropped.labels("radius_timeout").inc()
+                self._radius_answered(request.ike_sa_id, None)
+        except Exception as exc:  # the edge: a bug must cost one conversation, not keyd
+            log.error("RADIUS round failed", extra={"ike_sa": request.ike_sa_id,
+                                                    "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            if task is not None:
+                self._radius_tasks.discard(task)
+
+    def _radius_answered(self, ike_sa_id: str, reply: bytes | None) -> bool:
+        step = self.engine.radius_answer(ike_sa_id, reply)
+        if step is None:
+            return False
+        self._after_step(step)
+        return True
 
     def _write_half_open(self, step: Step) -> None:
         """The half-open IKE SA's IKE_AUTH has not come: write it with the next write keyd
