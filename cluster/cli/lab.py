@@ -157,7 +157,10 @@ def status(lab_name: str, output: str) -> None:
 @lab.command("add-client")
 @click.argument("client", callback=_checked("client name"))
 @NAME
-@click.option("--auth", type=click.Choice(["psk", "cert"]), default="psk", show_default=True)
+@click.option("--auth", type=click.Choice(["psk", "cert", "eap-mschapv2"]), default="psk",
+              show_default=True)
+@click.option("--eap-user", default="carol", show_default=True,
+              help="eap-mschapv2: the EAP identity (a user of the lab's EAP users file)")
 @click.option("--behind-nat", is_flag=True, help="behind a NAT namespace on 198.51.100.0/24")
 @click.option("--no-ike", is_flag=True, help="a bare namespace: run any IKEv2 client in it")
 @click.option("--ike-proposal", default=DEFAULT_IKE_PROPOSAL, show_default=True)
@@ -165,13 +168,13 @@ def status(lab_name: str, output: str) -> None:
 @click.option("--dpd-delay", "dpd_delay_s", default=10, show_default=True,
               type=click.IntRange(0), help="seconds")
 @operational
-def add_client(client: str, lab_name: str, auth: str, behind_nat: bool, no_ike: bool,
-               ike_proposal: str, esp_proposal: str, dpd_delay_s: int) -> None:
+def add_client(client: str, lab_name: str, auth: str, eap_user: str, behind_nat: bool,
+               no_ike: bool, ike_proposal: str, esp_proposal: str, dpd_delay_s: int) -> None:
     """Add a client namespace; unless --no-ike, start strongSwan in it and connect."""
     the_lab = labmod.Lab.open(lab_name)
     rec = the_lab.add_client(client, auth=auth, behind_nat=behind_nat, ike=not no_ike,
                              ike_proposal=ike_proposal, esp_proposal=esp_proposal,
-                             dpd_delay_s=dpd_delay_s)
+                             dpd_delay_s=dpd_delay_s, eap_user=eap_user)
     if rec.ike:
         sas = the_lab.client_sas(client)
         vip = sas[0].virtual_ip if sas else None

@@ -302,7 +302,7 @@ class Lab:
             path = conf / f"keyd-{i}.toml"
             path.write_text(daemons.keyd_config(
                 common, i, self.pki.psk_file, self.pki.cert("gateway"), self.pki.key("gateway"),
-                self.pki.ca_cert))
+                self.pki.ca_cert, self.pki.eap_users_file))
             self._spawn(f"keyd-{i}", netns.exec_argv(self.ns(f"keyd-{i}"),
                                                      daemons.KEYD.argv(path)), self.ns(f"keyd-{i}"))
         for i in range(1, self.state.nodes + 1):
@@ -403,15 +403,18 @@ class Lab:
     def add_client(self, name: str, auth: str = "psk", behind_nat: bool = False,
                    ike: bool = True, ike_proposal: str = strongswan.DEFAULT_IKE_PROPOSAL,
                    esp_proposal: str = strongswan.DEFAULT_ESP_PROPOSAL,
-                   dpd_delay_s: int = 10) -> ClientRecord:
-        """A client namespace; with ike, a charon in it that has connected to the VIP."""
+                   dpd_delay_s: int = 10, eap_user: str = "carol",
+                   eap_password: str | None = None) -> ClientRecord:
+        """A client namespace; with ike, a charon in it that has connected to the VIP.
+        `auth`: psk, cert, or eap-mschapv2 (as `eap_user`, with the lab's EAP password unless
+        `eap_password` says otherwise; its IKE identity is then its address, as Windows')."""
         _require_root()
         check_name(name, "client name")
         if name in RESERVED or name.startswith(("keyd-", "node-")) \
                 or name in self.state.clients:
             raise LabError(f"client name {name!r} is taken")
-        if auth not in ("psk", "cert"):
-            raise LabError(f"unknown auth {auth!r}: psk or cert")
+        if auth not in ("psk", "cert", "eap-mschapv2"):
+            raise LabError(f"unknown auth {auth!r}: psk, cert or eap-mschapv2")
         used = {c.slot for c in self.state.clients.values()}
         slot = next((i for i in range(1, A.MAX_CLIENTS + 1) if i not in used), None)
         if slot is None:
@@ -430,7 +433,10 @@ class Lab:
         if ike:
             self._start_client_charon(rec, strongswan.ClientConfig(
                 identity=identity, auth=auth, psk=self.pki.psk(), ca_cert=self.pki.ca_cert,
-                ike_proposal=ike_proposal, esp_proposal=esp_proposal, dpd_delay_s=dpd_delay_s))
+                ike_proposal=ike_proposal, esp_proposal=esp_proposal, dpd_delay_s=dpd_delay_s,
+                eap_user=eap_user,
+                eap_password=eap_password if eap_password is not None else (
+                    self.pki.eap_password() if auth == "eap-mschapv2" else "")))
         return rec
 
     def _start_client_charon(self, rec: ClientRecord, cfg: strongswan.ClientConfig) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tomllib
 from pathlib import Path
 
 from cryptography import x509
@@ -15,6 +16,7 @@ from cluster.pki import CertAuthority
 
 CA_DAYS = 30
 CERT_DAYS = 30
+EAP_USERS = ("carol", "dave")
 
 
 def write_secret(path: Path, data: bytes) -> None:
@@ -44,6 +46,16 @@ class LabPki:
         return self.directory / "psk"
 
     @property
+    def eap_users_file(self) -> Path:
+        """keyd's EAP users (TOML `[eap_users]`): the lab's EAP-MSCHAPv2 clients log in as
+        one of EAP_USERS, all with the one password `eap_password()`."""
+        return self.directory / "eap-users.toml"
+
+    def eap_password(self) -> str:
+        users = tomllib.loads(self.eap_users_file.read_text())["eap_users"]
+        return str(users[EAP_USERS[0]])
+
+    @property
     def data_key_file(self) -> Path:
         return self.directory / "data.key"
 
@@ -64,6 +76,9 @@ class LabPki:
         # A PSK of printable characters, so it can be pasted into any client's configuration.
         write_secret(self.psk_file, (secrets.token_urlsafe(24) + "\n").encode())
         write_secret(self.data_key_file, (secrets.token_hex(32) + "\n").encode())
+        password = secrets.token_urlsafe(12)
+        write_secret(self.eap_users_file, ("[eap_users]\n" + "".join(
+            f'"{user}" = "{password}"\n' for user in EAP_USERS)).encode())
 
     def _ca(self) -> CertAuthority:
         key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)

@@ -80,7 +80,7 @@ class ClientRecord:
     slot: int
     netns: str
     address: str
-    auth: str                # "psk" | "cert"
+    auth: str                # "psk" | "cert" | "eap-mschapv2"
     behind_nat: bool
     ike: bool                # runs charon
     identity: str
