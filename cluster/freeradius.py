@@ -127,14 +127,22 @@ class FreeRadiusServer:
             text = text.replace("/etc/ssl/certs/ca-certificates.crt", str(self.eap_tls["ca"]))
             eap.write_text(text)
 
+    def argv(self) -> list[str]:
+        return ["freeradius", "-f", "-X", "-d", str(self.raddb)]
+
+    @staticmethod
+    def ready(log_path: Path) -> bool:
+        """The server's log (of `argv`) says it serves."""
+        return log_path.exists() and b"Ready to process requests" in log_path.read_bytes()
+
     def start(self, timeout_s: float = 20.0) -> None:
         self.write_config()
-        self.proc = spawn(["freeradius", "-f", "-X", "-d", str(self.raddb)], self.log_path)
+        self.proc = spawn(self.argv(), self.log_path)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            if b"Ready to process requests" in self.log_path.read_bytes():
+            if self.ready(self.log_path):
                 return
             time.sleep(0.05)
         log = self.log_path.read_text(errors="replace")[-3000:]

@@ -107,10 +107,12 @@ def lab() -> None:
 @click.option("--hooks", "hooks_dir", type=click.Path(file_okay=False, exists=True,
                                                        path_type=Path),
               help="run cluster-hooks on the executables in this directory")
+@click.option("--radius", is_flag=True,
+              help="keyd relays EAP to a FreeRADIUS (EAP-TLS, EAP-MSCHAPv2); one keyd")
 @SAVE_LOGS
 @operational
 def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
-       hooks_dir: Path | None, save_logs: Path | None) -> None:
+       hooks_dir: Path | None, radius: bool, save_logs: Path | None) -> None:
     """Build a lab and return when it serves."""
     if save_logs is None:
         # a failed `up` removes the lab; its logs stay here for the operator
@@ -119,7 +121,7 @@ def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
     with progress(f"lab {lab_name}: starting") as step:
         the_lab = labmod.Lab.up(lab_name, nodes=nodes, keyd=keyd, clients=clients,
                                 gateway=gateway, progress=step, save_logs_to=save_logs,
-                                hooks_dir=hooks_dir)
+                                hooks_dir=hooks_dir, radius=radius)
     click.echo(f"lab {the_lab.name} is up: VIP {the_lab.status()['vip']}, "
                f"etcd {the_lab.etcd_endpoint}")
 
@@ -157,7 +159,8 @@ def status(lab_name: str, output: str) -> None:
 @lab.command("add-client")
 @click.argument("client", callback=_checked("client name"))
 @NAME
-@click.option("--auth", type=click.Choice(["psk", "cert", "eap-mschapv2"]), default="psk",
+@click.option("--auth", type=click.Choice(["psk", "cert", "eap-mschapv2", "eap-tls"]),
+              default="psk",
               show_default=True)
 @click.option("--eap-user", default="carol", show_default=True,
               help="eap-mschapv2: the EAP identity (a user of the lab's EAP users file)")

@@ -87,7 +87,8 @@ class Common:
 
 
 def keyd_config(common: Common, index: int, psk_file: Path, cert: Path, key: Path,
-                ca: Path, eap_users: Path | None = None) -> str:
+                ca: Path, eap_users: Path | None = None,
+                radius: tuple[str, Path] | None = None) -> str:
     s = common.sections("127.0.0.1:9410")
     s["keyd"] = {
         "id": f"keyd-{index}", "vip": A.VIP, "address": A.keyd_ip(index),
@@ -101,7 +102,12 @@ def keyd_config(common: Common, index: int, psk_file: Path, cert: Path, key: Pat
         "pool": A.POOL, "dns": [A.SERVER_IP], "protected_networks": [A.PROTECTED_NETWORK],
         "half_open_cookie_threshold": 100, "ike_lifetime_s": 14400, "child_lifetime_s": 3600,
     }
-    if eap_users is not None and eap_users.exists():
+    if radius is not None:
+        # clients that send no AUTH: EAP relayed to the lab's FreeRADIUS
+        server, secret_file = radius
+        s["keyd"].update({"eap": "eap-radius", "radius_servers": [server],
+                          "radius_secret_file": str(secret_file)})
+    elif eap_users is not None and eap_users.exists():
         # clients that send no AUTH log in with EAP-MSCHAPv2 (EAP-Identity first)
         s["keyd"].update({"eap": "eap-mschapv2", "eap_users_file": str(eap_users)})
     return toml(s)

@@ -23,7 +23,7 @@ from cluster.lab.teardown import running
 CHARON = "/usr/lib/ipsec/charon"
 PLUGINS = ("openssl nonce random x509 pem pkcs1 pkcs8 pubkey revocation constraints curve25519 "
            "gmp aes sha1 sha2 hmac gcm chapoly kdf attr kernel-libipsec kernel-netlink "
-           "socket-default vici eap-identity eap-mschapv2")
+           "socket-default vici eap-identity eap-mschapv2 eap-tls")
 DEFAULT_IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
 DEFAULT_ESP_PROPOSAL = "aes128gcm16"
 # What the baseline gateway accepts: the proposals docs/configuration.md lists for keyd.
@@ -58,7 +58,7 @@ class ClientConfig:
     """What one lab client asks for."""
 
     identity: str
-    auth: str                # "psk" | "cert" | "eap-mschapv2"
+    auth: str                # "psk" | "cert" | "eap-mschapv2" | "eap-tls"
     psk: str
     ca_cert: Path
     cert: Path | None = None
@@ -77,6 +77,11 @@ def client_swanctl_conf(c: ClientConfig) -> str:
     if c.auth == "cert":
         local = f"auth = pubkey\n      certs = {c.cert}\n      id = {c.identity}"
         secrets = ""   # the private key is loaded from the swanctl directory's private/
+    elif c.auth == "eap-tls":
+        # as the strongSwan app: EAP-TLS with a client certificate, checked by the RADIUS
+        # server behind keyd; the EAP server must prove the gateway's identity
+        local = f"auth = eap-tls\n      certs = {c.cert}\n      id = {c.identity}"
+        secrets = ""
     elif c.auth == "eap-mschapv2":
         # as Windows: the IKE identity is the client's address (charon's default), the user
         # name goes in EAP-Identity
