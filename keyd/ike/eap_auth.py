@@ -116,21 +116,22 @@ class EapRound(IkeEndpoint):
         if action is None:
             return False
         del self._radius_waiting[ike_sa_id]
-        reply = self._eap_step(sa, wait.auth, action, wait.ctx, wait.first)
+        reply = self._eap_step(sa, wait.auth, action, wait.ctx, wait.first, now)
         if reply is not None:
             self._respond(sa, wait.ctx, reply)
         return True
 
     # -- the rounds ---------------------------------------------------------------------------
     def _start_eap(self, sa: IkeSa, eap: EapConfig, peer_id: Identity,
-                   payloads: list[Payload], ctx: RequestContext) -> list[Payload] | None:
+                   payloads: list[Payload], ctx: RequestContext,
+                   now: float) -> list[Payload] | None:
         kept = [p for p in payloads if isinstance(p, _KEPT) or (
             isinstance(p, NotifyPayload) and p.type == Notify.INITIAL_CONTACT)]
         sa.eap = {"request": _pack(kept), "auth": None, "msk": "", "identity": None,
                   "virtual_ip": None}
         identity = None if eap.ask_identity else identity_text(peer_id)
         auth = self._authenticator(sa, eap, identity)
-        return self._eap_step(sa, auth, auth.start(), ctx, first=True)
+        return self._eap_step(sa, auth, auth.start(), ctx, True, now)
 
     def _on_eap_request(self, sa: IkeSa, payloads: list[Payload],
                         ctx: RequestContext, now: float) -> list[Payload] | None:
@@ -144,7 +145,7 @@ class EapRound(IkeEndpoint):
         if eap is None:
             self._eap_refused(sa, ctx, auth.identity, "no EAP payload")
             return None
-        return self._eap_step(sa, auth, auth.receive(eap.data), ctx, first=False)
+        return self._eap_step(sa, auth, auth.receive(eap.data), ctx, False, now)
 
     def _on_eap_auth_request(self, sa: IkeSa, payloads: list[Payload],
                              ctx: RequestContext, now: float) -> list[Payload] | None:
@@ -170,10 +171,14 @@ class EapRound(IkeEndpoint):
         return self._authenticated(sa, identity, kept, ctx, framed, now)
 
     def _eap_step(self, sa: IkeSa, auth: Authenticator, action: EapAction,
-                  ctx: RequestContext, first: bool) -> list[Payload] | None:
+                  ctx: RequestContext, first: bool, now: float) -> list[Payload] | None:
         """Carry out what the conversation asks for: the IKE_AUTH answer, or None (waiting
-        for RADIUS, or refused and answered already)."""
+        for RADIUS, or refused and answered already). Each round gives the client another
+        `half_open_timeout_s` for its next message (an IKE SA not yet authenticated expires
+        like a half-open one)."""
         assert sa.eap is not None
+        sa.expires_at = now + self.config.half_open_timeout_s
+        self._schedule(sa)
         if isinstance(action, SendToRadius):
             sa.state = advance(sa.state, "radius_requested")
             self._radius_waiting[sa.id] = _RadiusWait(auth, ctx, first)

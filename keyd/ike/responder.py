@@ -275,7 +275,7 @@ class Responder(EapRound):
         idi, auth = find(payloads, IdiPayload), find(payloads, AuthPayload)
         peer_id = Identity(idi.id_type, idi.data) if isinstance(idi, IdiPayload) else None
         if peer_id is not None and auth is None and self.config.eap is not None:
-            return self._start_eap(sa, self.config.eap, peer_id, payloads, ctx)  # §2.16
+            return self._start_eap(sa, self.config.eap, peer_id, payloads, ctx, now)  # §2.16
         try:
             if peer_id is None or not isinstance(auth, AuthPayload):
                 raise RemoteProtocolError("IKE_AUTH without IDi or AUTH",

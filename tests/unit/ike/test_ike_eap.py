@@ -20,6 +20,7 @@ from keyd.ike import (
     ChildSaEstablished,
     Credentials,
     ExchangeFailed,
+    IkeSaDeleted,
     IkeSaEstablished,
     Initiator,
     InitiatorConfig,
@@ -262,3 +263,20 @@ def test_retransmits_while_waiting_for_radius_are_ignored() -> None:
     fresh.import_ike_sa(json.loads(json.dumps(record)))
     fresh.receive_datagram(sent.data, sent.src, sent.dst, clock.now)
     assert [type(e) for e in Side(fresh).pull_events()] == [RadiusRequested]
+
+
+def test_a_conversation_the_client_abandons_expires_and_each_round_renews_it() -> None:
+    client, server = pair(local_eap())
+    clock = Clock()
+    connect(client, clock)
+    run(client, server, clock, rounds=2)  # IKE_SA_INIT, IKE_AUTH 1: identity asked
+    [sa_id] = server.endpoint.ike_sa_ids()
+    clock.advance(20)
+    transfer(client, server, clock.now)   # the identity, 20 s later: challenge sent
+    transfer(server, client, clock.now)
+    server.endpoint.handle_timer(clock.advance(20))  # 40 s after IKE_SA_INIT
+    assert server.endpoint.has_ike_sa(sa_id)
+    server.endpoint.handle_timer(clock.advance(11))  # the client never answers the challenge
+    assert not server.endpoint.has_ike_sa(sa_id)
+    assert any(isinstance(e, IkeSaDeleted) and "eap timed out" in e.reason
+               for e in server.pull_events())
