@@ -101,6 +101,11 @@ class EapRound(IkeEndpoint):
                        now: float) -> list[Payload] | None:
         raise NotImplementedError
 
+    def eap_config(self, sa: IkeSa) -> EapConfig | None:
+        """The EAP round the IKE SA's client must do (one for every client for now; with
+        connections, the one its connection names)."""
+        return self.config.eap
+
     # -- API --------------------------------------------------------------------------------
     def radius_answer(self, ike_sa_id: str, datagram: bytes | None,
                       now: float) -> bool:
@@ -135,10 +140,11 @@ class EapRound(IkeEndpoint):
 
     def _on_eap_request(self, sa: IkeSa, payloads: list[Payload],
                         ctx: RequestContext, now: float) -> list[Payload] | None:
-        assert sa.eap is not None and self.config.eap is not None
+        eap_config = self.eap_config(sa)
+        assert sa.eap is not None and eap_config is not None
         eap = find(payloads, EapPayload)
         try:
-            auth = self._authenticator(sa, self.config.eap, None, sa.eap["auth"])
+            auth = self._authenticator(sa, eap_config, None, sa.eap["auth"])
         except LocalProtocolError as exc:  # a record this keyd cannot continue
             self._eap_refused(sa, ctx, sa.eap.get("identity"), f"bad state: {exc}")
             return None

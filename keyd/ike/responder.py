@@ -274,8 +274,9 @@ class Responder(EapRound):
     ) -> list[Payload] | None:
         idi, auth = find(payloads, IdiPayload), find(payloads, AuthPayload)
         peer_id = Identity(idi.id_type, idi.data) if isinstance(idi, IdiPayload) else None
-        if peer_id is not None and auth is None and self.config.eap is not None:
-            return self._start_eap(sa, self.config.eap, peer_id, payloads, ctx, now)  # §2.16
+        eap = self.eap_config(sa)
+        if peer_id is not None and auth is None and eap is not None:
+            return self._start_eap(sa, eap, peer_id, payloads, ctx, now)  # §2.16
         try:
             if peer_id is None or not isinstance(auth, AuthPayload):
                 raise RemoteProtocolError("IKE_AUTH without IDi or AUTH",
