@@ -141,9 +141,11 @@ class EapRound(IkeEndpoint):
     def _on_eap_request(self, sa: IkeSa, payloads: list[Payload],
                         ctx: RequestContext, now: float) -> list[Payload] | None:
         eap_config = self.eap_config(sa)
-        assert sa.eap is not None and eap_config is not None
+        assert sa.eap is not None
         eap = find(payloads, EapPayload)
         try:
+            if eap_config is None:
+                raise LocalProtocolError("EAP is not configured here")
             auth = self._authenticator(sa, eap_config, None, sa.eap["auth"])
         except LocalProtocolError as exc:  # a record this keyd cannot continue
             self._eap_refused(sa, ctx, sa.eap.get("identity"), f"bad state: {exc}")
