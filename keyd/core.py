@@ -14,6 +14,8 @@ from .config import ConfigError, KeydConfig, read_psk, read_public, read_secret
 from .ike.config import Credentials, ResponderConfig
 from .ike.errors import LocalProtocolError
 from .ike.responder import Responder
+from .ike.secrets import Secrets
+from .secrets import load_secrets
 
 
 def _certificates(path: str, what: str) -> list[x509.Certificate]:
@@ -51,13 +53,20 @@ def credentials(config: KeydConfig) -> Credentials:
         raise ConfigError(f"{config.source}: {exc}") from None
 
 
+def secrets(config: KeydConfig) -> Secrets:
+    """The secrets file's PSKs and EAP users (none without a file); ConfigError."""
+    path = config.keyd.secrets_file
+    return load_secrets(path) if path else Secrets()
+
+
 def responder_config(config: KeydConfig, natt_port: int | None = None) -> ResponderConfig:
     k = config.keyd
     try:
         return ResponderConfig(
             identity=k.identity, credentials=credentials(config),
             ike_proposals=k.ike_proposals, esp_proposals=k.esp_proposals,
-            protected_networks=k.protected_networks, dns=k.dns,
+            protected_networks=k.protected_networks, dns=k.dns, dns_domains=k.dns_domains,
+            connections=config.connections, secrets=secrets(config),
             natt_port=natt_port if natt_port is not None else k.natt_port,
             half_open_cookie_threshold=k.half_open_cookie_threshold,
             ike_lifetime_s=k.ike_lifetime_s, child_lifetime_s=k.child_lifetime_s)
