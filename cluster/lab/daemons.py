@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.lab import addresses as A
+from cluster.lab.pki import SHARED_DOMAIN
 
 Value = str | int | float | bool | Sequence[str]
 
@@ -86,13 +87,24 @@ class Common:
         }
 
 
-def keyd_config(common: Common, index: int, psk_file: Path, cert: Path, key: Path,
+#: keyd's connections in the lab (docs/lab.md): shared-secret users prove themselves and the
+#: gateway by their own PSK; everyone else by certificate, or by PSK with the gateway by
+#: certificate. Fields they leave out are [keyd]'s.
+LAB_CONNECTIONS: tuple[dict[str, Value], ...] = (
+    {"name": "shared-secret", "remote_ids": [f"*@{SHARED_DOMAIN}"], "remote_auth": "psk",
+     "local_auth": "psk", "dns_domains": ["lab.example"]},
+    {"name": "lab-cert", "remote_auth": "pubkey", "local_auth": "pubkey"},
+    {"name": "lab-psk", "remote_auth": "psk", "local_auth": "pubkey"},
+)
+
+
+def keyd_config(common: Common, index: int, secrets_file: Path, cert: Path, key: Path,
                 ca: Path) -> str:
     s = common.sections("127.0.0.1:9410")
     s["keyd"] = {
         "id": f"keyd-{index}", "vip": A.VIP, "address": A.keyd_ip(index),
         "ike_port": 500, "natt_port": 4500,
-        "identity": A.GATEWAY_ID, "psk_file": str(psk_file), "cert_file": str(cert),
+        "identity": A.GATEWAY_ID, "secrets_file": str(secrets_file), "cert_file": str(cert),
         "key_file": str(key), "ca_file": str(ca),
         "ike_proposals": ["aes128gcm16-prfsha256-x25519", "aes256-sha384-ecp384",
                           "chacha20poly1305-prfsha256-x25519", "aes128-sha256-modp2048"],
@@ -101,7 +113,9 @@ def keyd_config(common: Common, index: int, psk_file: Path, cert: Path, key: Pat
         "pool": A.POOL, "dns": [A.SERVER_IP], "protected_networks": [A.PROTECTED_NETWORK],
         "half_open_cookie_threshold": 100, "ike_lifetime_s": 14400, "child_lifetime_s": 3600,
     }
-    return toml(s)
+    conns = "".join("\n[[keyd.connections]]\n" + "".join(
+        f"{k} = {_toml_value(v)}\n" for k, v in c.items()) for c in LAB_CONNECTIONS)
+    return toml(s) + conns
 
 
 def node_config(common: Common, index: int) -> str:

@@ -301,7 +301,8 @@ class Lab:
             self.progress(f"starting keyd-{i}")
             path = conf / f"keyd-{i}.toml"
             path.write_text(daemons.keyd_config(
-                common, i, self.pki.psk_file, self.pki.cert("gateway"), self.pki.key("gateway"),
+                common, i, self.pki.secrets_file, self.pki.cert("gateway"),
+                self.pki.key("gateway"),
                 self.pki.ca_cert))
             self._spawn(f"keyd-{i}", netns.exec_argv(self.ns(f"keyd-{i}"),
                                                      daemons.KEYD.argv(path)), self.ns(f"keyd-{i}"))
@@ -403,8 +404,12 @@ class Lab:
     def add_client(self, name: str, auth: str = "psk", behind_nat: bool = False,
                    ike: bool = True, ike_proposal: str = strongswan.DEFAULT_IKE_PROPOSAL,
                    esp_proposal: str = strongswan.DEFAULT_ESP_PROPOSAL,
-                   dpd_delay_s: int = 10) -> ClientRecord:
-        """A client namespace; with ike, a charon in it that has connected to the VIP."""
+                   dpd_delay_s: int = 10, identity: str | None = None,
+                   psk: str | None = None, remote_auth: str = "pubkey") -> ClientRecord:
+        """A client namespace; with ike, a charon in it that has connected to the VIP.
+        `identity` (default <name>.clients.lab.example) and `psk` (default the lab PSK):
+        what the client claims and proves; `remote_auth`: how it checks the gateway
+        ("pubkey": its certificate; "psk": the same PSK, both ways)."""
         _require_root()
         check_name(name, "client name")
         if name in RESERVED or name.startswith(("keyd-", "node-")) \
@@ -412,12 +417,14 @@ class Lab:
             raise LabError(f"client name {name!r} is taken")
         if auth not in ("psk", "cert"):
             raise LabError(f"unknown auth {auth!r}: psk or cert")
+        if remote_auth not in ("pubkey", "psk"):
+            raise LabError(f"unknown remote_auth {remote_auth!r}: pubkey or psk")
         used = {c.slot for c in self.state.clients.values()}
         slot = next((i for i in range(1, A.MAX_CLIENTS + 1) if i not in used), None)
         if slot is None:
             raise LabError(f"the lab holds at most {A.MAX_CLIENTS} clients")
         address = A.client_ip(slot, behind_nat)
-        identity = f"{name}.{CLIENT_DOMAIN}"
+        identity = identity or f"{name}.{CLIENT_DOMAIN}"
         rec = ClientRecord(name=name, slot=slot, netns=self.ns(f"c-{name}"),
                            address=address, auth=auth, behind_nat=behind_nat, ike=ike,
                            identity=identity)
@@ -429,8 +436,9 @@ class Lab:
                         behind_nat)
         if ike:
             self._start_client_charon(rec, strongswan.ClientConfig(
-                identity=identity, auth=auth, psk=self.pki.psk(), ca_cert=self.pki.ca_cert,
-                ike_proposal=ike_proposal, esp_proposal=esp_proposal, dpd_delay_s=dpd_delay_s))
+                identity=identity, auth=auth, psk=psk or self.pki.psk(),
+                ca_cert=self.pki.ca_cert, ike_proposal=ike_proposal, esp_proposal=esp_proposal,
+                dpd_delay_s=dpd_delay_s, remote_auth=remote_auth))
         return rec
 
     def _start_client_charon(self, rec: ClientRecord, cfg: strongswan.ClientConfig) -> None:
