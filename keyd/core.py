@@ -22,6 +22,8 @@ from .eap import RadiusServer
 from .ike.config import Credentials, EapConfig, ResponderConfig
 from .ike.errors import LocalProtocolError
 from .ike.responder import Responder
+from .ike.secrets import Secrets
+from .secrets import load_secrets
 
 
 def _certificates(path: str, what: str) -> list[x509.Certificate]:
@@ -84,6 +86,10 @@ def eap_config(config: KeydConfig) -> EapConfig | None:
                          nas_identifier=k.nas_identifier, ask_identity=k.eap_identity == "ask")
     except LocalProtocolError as exc:
         raise ConfigError(f"{config.source}: keyd.eap: {exc}") from None
+def secrets(config: KeydConfig) -> Secrets:
+    """The secrets file's PSKs and EAP users (none without a file); ConfigError."""
+    path = config.keyd.secrets_file
+    return load_secrets(path) if path else Secrets()
 
 
 def responder_config(config: KeydConfig, natt_port: int | None = None) -> ResponderConfig:
@@ -93,7 +99,8 @@ def responder_config(config: KeydConfig, natt_port: int | None = None) -> Respon
         return ResponderConfig(
             identity=k.identity, credentials=credentials(config),
             ike_proposals=k.ike_proposals, esp_proposals=k.esp_proposals,
-            protected_networks=k.protected_networks, dns=k.dns,
+            protected_networks=k.protected_networks, dns=k.dns, dns_domains=k.dns_domains,
+            connections=config.connections, secrets=secrets(config),
             natt_port=natt_port if natt_port is not None else k.natt_port,
             half_open_cookie_threshold=k.half_open_cookie_threshold,
             ike_lifetime_s=k.ike_lifetime_s, child_lifetime_s=k.child_lifetime_s, eap=eap)

@@ -132,10 +132,13 @@ class Step:
 class Engine:
     def __init__(self, core: Responder, store: Store, pool: AddressPool | None, keyd_id: str,
                  metrics: KeydMetrics, clock: Callable[[], float] = time.time,
-                 view: ClusterView | None = None) -> None:
+                 view: ClusterView | None = None,
+                 pools: dict[str, AddressPool] | None = None) -> None:
         self.core = core
         self.store = store
         self.pool = pool
+        # the connections' pools by network (AddressRequested.pool); `pool` serves the rest
+        self.pools = dict(pools or {})
         self.keyd_id = keyd_id
         self.metrics = metrics
         self.clock = clock
@@ -357,17 +360,20 @@ class Engine:
             log.info("IKE SA established", extra={
                 "ike_sa": event.ike_sa_id, "identity": event.identity,
                 "peer": f"{event.peer_addr}:{event.peer_port}",
-                "virtual_ip": event.virtual_ip or "-"})
+                "virtual_ip": event.virtual_ip or "-", "connection": event.connection or "-"})
         elif isinstance(event, ike.AuthenticationFailed):
+            # the identity claimed and why: never the secret (docs/configuration.md)
             log.warning("authentication failed", extra={
-                "ike_sa": event.ike_sa_id, "identity": event.identity, "reason": event.reason})
+                "ike_sa": event.ike_sa_id, "identity": event.identity, "cause": event.cause,
+                "connection": event.connection or "-", "reason": event.reason})
 
     def _assign_address(self, event: ike.AddressRequested, step: Step, now: float) -> None:
-        if self.pool is None:
+        pool = self.pools.get(event.pool or "", self.pool)
+        if pool is None:
             self.core.assign_address(event.ike_sa_id, None, now)
             return
         try:
-            claim = self.pool.claim(event.ike_sa_id, event.identity, event.requested,
+            claim = pool.claim(event.ike_sa_id, event.identity, event.requested,
                                     initial_contact=event.initial_contact)
         except PoolExhausted as exc:
             log.warning("no address for client", extra={"ike_sa": event.ike_sa_id,
@@ -558,8 +564,8 @@ class Engine:
         """Continue on another connection to the same etcd (after an outage)."""
         self.store = store
         self.persister.store = store
-        if self.pool is not None:
-            self.pool.store = store
+        for pool in {id(p): p for p in (self.pool, *self.pools.values()) if p}.values():
+            pool.store = store
 
     def flush(self, busy: Collection[str] = ()) -> None:
         """After an outage: write IKE SAs answered meanwhile (but those a step in flight

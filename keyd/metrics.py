@@ -23,6 +23,14 @@ class KeydMetrics:
         self.handshakes = Counter(
             "keyd_handshakes", "IKE SA establishments by result (established, failed, "
             "not_persisted)", ["result"], registry=r)
+        self.auth_failures = Counter(
+            "keyd_auth_failures", "IKE_AUTH requests refused with AUTHENTICATION_FAILED, by "
+            "cause (no_matching_connection, unknown_identity, psk_mismatch, "
+            "certificate_invalid, eap_unavailable, malformed_request)", ["reason"],
+            registry=r)
+        self.secrets_reloads = Counter(
+            "keyd_secrets_reloads", "Reads of the secrets file on SIGHUP, by result (ok, "
+            "failed: the secrets in use were kept)", ["result"], registry=r)
         self.exchanges = Counter(
             "keyd_exchanges", "IKE requests handled, by exchange type", ["type"], registry=r)
         self.retransmits = Counter(
@@ -105,7 +113,8 @@ class KeydMetrics:
         since the last call is added, so the core keeps plain integers."""
         for name, metric in (("exchanges", self.exchanges), ("errors", self.errors),
                              ("drops", self.core_drops),
-                             ("eap_failures", self.eap_failures)):
+                             ("eap_failures", self.eap_failures),
+                             ("auth_failures", self.auth_failures)):
             by_label: Mapping[str, int] = getattr(counters, name, None) or {}
             for label, value in by_label.items():
                 if self._core_seen.get((name, label)) != value:

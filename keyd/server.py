@@ -41,6 +41,7 @@ from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent, WatchResyn
 
 from .config import DEFAULT_PATH, ConfigError, KeydConfig, load_config, parse_listen
 from .core import build_core, radius_servers, responder_config
+from .core import secrets as keyd_secrets
 from .engine import Engine, Outbound, Step, ike_sa_id_of
 from .ike.events import RadiusRequested
 from .ike.responder import Responder
@@ -90,6 +91,11 @@ class KeydServer:
         self.metrics = KeydMetrics()
         self.view = ClusterView()
         self.pool = AddressPool(self.store, k.pool, k.id, view=self.view)
+        # one pool object per network the connections name (they share pool/<ip> leases)
+        self.pools = {net: AddressPool(self.store, net, k.id, view=self.view)
+                      for net in dict.fromkeys(c.pool for c in config.connections if c.pool)
+                      if net != k.pool}
+        self.pools[k.pool] = self.pool
         responder_config(config)  # credentials and proposals: fail now, before binding
         self.core: Responder | None = None
         self._engine: Engine | None = None
@@ -128,7 +134,7 @@ class KeydServer:
         # the core frames NAT-T datagrams by port: give it the port actually bound
         self.core = build_core(self.config, natt_port)
         self._engine = Engine(self.core, self.store, self.pool, self.config.keyd.id,
-                              self.metrics, view=self.view)
+                              self.metrics, view=self.view, pools=self.pools)
         log.info("listening", extra={"vip": self.config.keyd.vip, "ike_port": ike_port,
                                      "natt_port": natt_port, "id": self.config.keyd.id})
         if self.config.metrics.listen:
@@ -205,12 +211,31 @@ class KeydServer:
         loop.set_exception_handler(self._loop_exception)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_secrets)
         await self.start()
         try:
             await self._stopping.wait()
         finally:
             log.info("stopping")
             await self.stop()
+
+    def reload_secrets(self) -> bool:
+        """SIGHUP: read the secrets file again. New PSKs and EAP passwords apply from the
+        next IKE_AUTH on; no SA is touched. A file that does not read keeps the secrets in
+        use (logged, counted)."""
+        if self.core is None:
+            return False
+        try:
+            fresh = keyd_secrets(self.config)
+        except ConfigError as exc:
+            log.error("secrets not reloaded; keeping those in use", extra={"error": str(exc)})
+            self.metrics.secrets_reloads.labels("failed").inc()
+            return False
+        self.core.use_secrets(fresh)
+        psks, users = fresh.counts
+        log.info("secrets reloaded", extra={"psks": psks, "eap_users": users})
+        self.metrics.secrets_reloads.labels("ok").inc()
+        return True
 
     @property
     def engine(self) -> Engine:
@@ -549,7 +574,8 @@ class KeydServer:
                 continue
             old = self.store
             self.store = fresh
-            self.pool.store = fresh
+            for pool in self.pools.values():
+                pool.store = fresh
             try:
                 self.engine.use_store(fresh)
                 self.engine.flush(busy=set(self._held))

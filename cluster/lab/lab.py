@@ -327,8 +327,8 @@ class Lab:
             self.progress(f"starting keyd-{i}")
             path = conf / f"keyd-{i}.toml"
             path.write_text(daemons.keyd_config(
-                common, i, self.pki.psk_file, self.pki.cert("gateway"), self.pki.key("gateway"),
-                self.pki.ca_cert, self.pki.eap_users_file, radius))
+                common, i, self.pki.secrets_file, self.pki.cert("gateway"),
+                self.pki.key("gateway"), self.pki.ca_cert, radius))
             self._spawn(f"keyd-{i}", netns.exec_argv(self.ns(f"keyd-{i}"),
                                                      daemons.KEYD.argv(path)), self.ns(f"keyd-{i}"))
         for i in range(1, self.state.nodes + 1):
@@ -429,11 +429,16 @@ class Lab:
     def add_client(self, name: str, auth: str = "psk", behind_nat: bool = False,
                    ike: bool = True, ike_proposal: str = strongswan.DEFAULT_IKE_PROPOSAL,
                    esp_proposal: str = strongswan.DEFAULT_ESP_PROPOSAL,
-                   dpd_delay_s: int = 10, eap_user: str = "carol",
-                   eap_password: str | None = None) -> ClientRecord:
+                   dpd_delay_s: int = 10, identity: str | None = None,
+                   psk: str | None = None, remote_auth: str = "pubkey",
+                   eap_user: str = "carol", eap_password: str | None = None) -> ClientRecord:
         """A client namespace; with ike, a charon in it that has connected to the VIP.
-        `auth`: psk, cert, or eap-mschapv2 (as `eap_user`, with the lab's EAP password unless
-        `eap_password` says otherwise; its IKE identity is then its address, as Windows')."""
+        `auth`: psk, cert, eap-mschapv2 (as `eap_user`, with the lab's EAP password unless
+        `eap_password` says otherwise; its IKE identity is then its address, as Windows') or
+        eap-tls (labs with radius).
+        `identity` (default <name>.clients.lab.example) and `psk` (default the lab PSK):
+        what the client claims and proves; `remote_auth`: how it checks the gateway
+        ("pubkey": its certificate; "psk": the same PSK, both ways)."""
         _require_root()
         check_name(name, "client name")
         if name in RESERVED or name.startswith(("keyd-", "node-")) \
@@ -443,12 +448,14 @@ class Lab:
             raise LabError(f"unknown auth {auth!r}: psk, cert, eap-mschapv2 or eap-tls")
         if auth == "eap-tls" and not self.state.radius:
             raise LabError("eap-tls clients need a lab with --radius")
+        if remote_auth not in ("pubkey", "psk"):
+            raise LabError(f"unknown remote_auth {remote_auth!r}: pubkey or psk")
         used = {c.slot for c in self.state.clients.values()}
         slot = next((i for i in range(1, A.MAX_CLIENTS + 1) if i not in used), None)
         if slot is None:
             raise LabError(f"the lab holds at most {A.MAX_CLIENTS} clients")
         address = A.client_ip(slot, behind_nat)
-        identity = f"{name}.{CLIENT_DOMAIN}"
+        identity = identity or f"{name}.{CLIENT_DOMAIN}"
         rec = ClientRecord(name=name, slot=slot, netns=self.ns(f"c-{name}"),
                            address=address, auth=auth, behind_nat=behind_nat, ike=ike,
                            identity=identity)
@@ -460,9 +467,9 @@ class Lab:
                         behind_nat)
         if ike:
             self._start_client_charon(rec, strongswan.ClientConfig(
-                identity=identity, auth=auth, psk=self.pki.psk(), ca_cert=self.pki.ca_cert,
-                ike_proposal=ike_proposal, esp_proposal=esp_proposal, dpd_delay_s=dpd_delay_s,
-                eap_user=eap_user,
+                identity=identity, auth=auth, psk=psk or self.pki.psk(),
+                ca_cert=self.pki.ca_cert, ike_proposal=ike_proposal, esp_proposal=esp_proposal,
+                dpd_delay_s=dpd_delay_s, remote_auth=remote_auth, eap_user=eap_user,
                 eap_password=eap_password if eap_password is not None else (
                     self.pki.eap_password() if auth == "eap-mschapv2" else "")))
         return rec

@@ -68,12 +68,19 @@ class ClientConfig:
     dpd_delay_s: int = 10
     eap_user: str = ""       # eap-mschapv2: the EAP identity and its password
     eap_password: str = ""
+    # how the client authenticates the gateway: "pubkey" (its certificate, from the lab CA)
+    # or "psk" (the client's own PSK, both ways: Apple's "shared secret", Android's
+    # "IKEv2/IPSec PSK")
+    remote_auth: str = "pubkey"
 
 
 def client_swanctl_conf(c: ClientConfig) -> str:
-    # The gateway always proves itself with its certificate (keyd does whenever it has one);
-    # the client with the PSK or its own certificate.
-    remote = f"auth = pubkey\n      cacerts = {c.ca_cert}\n      id = {A.GATEWAY_ID}"
+    # The gateway proves itself with its certificate, or (remote_auth = psk) with the PSK
+    # the client proves itself with; the client with the PSK or its own certificate.
+    if c.remote_auth == "psk":
+        remote = f"auth = psk\n      id = {A.GATEWAY_ID}"
+    else:
+        remote = f"auth = pubkey\n      cacerts = {c.ca_cert}\n      id = {A.GATEWAY_ID}"
     if c.auth == "cert":
         local = f"auth = pubkey\n      certs = {c.cert}\n      id = {c.identity}"
         secrets = ""   # the private key is loaded from the swanctl directory's private/

@@ -11,7 +11,15 @@ from cryptography import x509
 from keyd.eap import RadiusServer
 
 from .auth import PrivateKey, TrustStore
+from .connections import (
+    Connection,
+    LocalAuth,
+    esp_suites_of,
+    ike_suites_of,
+    legacy_connections,
+)
 from .errors import LocalProtocolError
+from .secrets import Secrets
 from .transforms import ChildSuite, IkeSuite, parse_esp_proposal, parse_ike_proposal
 
 
@@ -35,9 +43,6 @@ class Credentials:
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.private_key is None):
             raise LocalProtocolError("a certificate needs its private key and vice versa")
-        if self.psk is None and self.cert is None and not self.cas:
-            # only CAs: a client that proves itself by EAP and checks the gateway's certificate
-            raise LocalProtocolError("configure a PSK or a certificate")
 
     @property
     def trust(self) -> TrustStore:
@@ -84,7 +89,13 @@ def _esp_suites(texts: Sequence[str]) -> tuple[ChildSuite, ...]:
 
 @dataclass(frozen=True, slots=True)
 class ResponderConfig:
-    """keyd's [keyd] section as the core needs it (docs/configuration.md)."""
+    """keyd's [keyd] section as the core needs it (docs/configuration.md).
+
+    `connections`: whom keyd accepts, and how (keyd/ike/connections.py). Without any, the
+    proposals, networks and DNS given here make the single legacy connection (any identity,
+    by certificate or by `credentials.psk`). `secrets`: the PSKs by identity (the legacy
+    `credentials.psk` is added as the PSK of any identity); replace them at run time with
+    `Responder.use_secrets`."""
 
     identity: str
     credentials: Credentials
@@ -92,6 +103,9 @@ class ResponderConfig:
     esp_proposals: Sequence[str] = ("aes128gcm16",)
     protected_networks: Sequence[str] = ("0.0.0.0/0",)
     dns: Sequence[str] = ()
+    dns_domains: Sequence[str] = ()
+    connections: Sequence[Connection] = ()
+    secrets: Secrets = field(default_factory=Secrets)
     natt_port: int = 4500
     half_open_cookie_threshold: int = 100
     half_open_timeout_s: float = 30.0
@@ -109,8 +123,29 @@ class ResponderConfig:
     esp_suites: tuple[ChildSuite, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ike_suites", _ike_suites(self.ike_proposals))
-        object.__setattr__(self, "esp_suites", _esp_suites(self.esp_proposals))
+        creds = self.credentials
+        conns = tuple(self.connections)
+        if not conns:
+            _ike_suites(self.ike_proposals)
+            _esp_suites(self.esp_proposals)
+            conns = legacy_connections(
+                self.ike_proposals, self.esp_proposals, psk=creds.psk is not None,
+                local_auth=LocalAuth.PUBKEY if creds.cert is not None else LocalAuth.PSK,
+                dns=self.dns, dns_domains=self.dns_domains,
+                protected_networks=self.protected_networks,
+                eap=self.eap.method if self.eap is not None else None)
+        if not conns:
+            raise LocalProtocolError("no connection: configure a PSK or a certificate")
+        names = [c.name for c in conns]
+        if len(set(names)) != len(names):
+            raise LocalProtocolError("connection names must be unique")
+        if creds.cert is None and any(c.local_auth == LocalAuth.PUBKEY for c in conns):
+            raise LocalProtocolError("a connection with local_auth = pubkey needs a "
+                                     "certificate")
+        object.__setattr__(self, "connections", conns)
+        object.__setattr__(self, "secrets", self.secrets.with_any_psk(creds.psk))
+        object.__setattr__(self, "ike_suites", ike_suites_of(conns))
+        object.__setattr__(self, "esp_suites", esp_suites_of(conns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,5 +174,10 @@ class InitiatorConfig:
     esp_suites: tuple[ChildSuite, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        creds = self.credentials
+        # only CAs: a client that proves itself by EAP and checks the gateway's certificate
+        if creds.psk is None and creds.cert is None and not (
+                self.eap_password is not None and creds.cas):
+            raise LocalProtocolError("configure a PSK or a certificate")
         object.__setattr__(self, "ike_suites", _ike_suites(self.ike_proposals))
         object.__setattr__(self, "esp_suites", _esp_suites(self.esp_proposals))

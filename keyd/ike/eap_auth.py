@@ -34,6 +34,7 @@ from keyd.eap import (
 from .auth import psk_auth, signed_octets, verify_psk
 from .buffer import Buffer
 from .config import EapConfig, ResponderConfig
+from .connections import Connection, LocalAuth
 from .constants import AuthMethod, Notify
 from .core import IkeEndpoint, RequestContext
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -89,22 +90,21 @@ class EapRound(IkeEndpoint):
     _my_id: Identity
     _radius_waiting: dict[str, _RadiusWait]
 
-    def _own_auth(self, sa: IkeSa) -> list[Payload]:
+    def _own_auth(self, sa: IkeSa, local_auth: LocalAuth, psk: bytes | None) -> list[Payload]:
         raise NotImplementedError
 
-    def _refuse(self, sa: IkeSa, ctx: RequestContext, identity: str, reason: str,
-                answer: list[Payload]) -> None:
+    def _refuse(self, sa: IkeSa, ctx: RequestContext, name: str, cause: str, reason: str,
+                conn: Connection | None, answer: list[Payload] | None = None) -> None:
         raise NotImplementedError
 
     def _authenticated(self, sa: IkeSa, identity: str, payloads: list[Payload],
-                       ctx: RequestContext, address: str | None,
-                       now: float) -> list[Payload] | None:
+                       ctx: RequestContext, address: str | None, now: float,
+                       psk: bytes | None = None) -> list[Payload] | None:
         raise NotImplementedError
 
     def eap_config(self, sa: IkeSa) -> EapConfig | None:
-        """The EAP round the IKE SA's client must do (one for every client for now; with
-        connections, the one its connection names)."""
-        return self.config.eap
+        """The EAP round the IKE SA's connection asks of its client (None: none)."""
+        raise NotImplementedError
 
     # -- API --------------------------------------------------------------------------------
     def radius_answer(self, ike_sa_id: str, datagram: bytes | None,
@@ -194,7 +194,9 @@ class EapRound(IkeEndpoint):
                                                 action.identifier))
             return None
         if isinstance(action, SendToPeer | EapSucceeded):
-            reply = self._own_auth(sa) if first else []
+            # EAP connections prove keyd by certificate (connections.py: local psk needs
+            # remote psk)
+            reply = self._own_auth(sa, LocalAuth.PUBKEY, None) if first else []
             sa.eap["auth"] = auth.export()
             if isinstance(action, EapSucceeded):
                 sa.state = advance(sa.state, "eap_succeeded")
@@ -211,12 +213,11 @@ class EapRound(IkeEndpoint):
                      reason: str, eap_packet: bytes | None = b"") -> None:
         """EAP-Failure (when there is one to send) and AUTHENTICATION_FAILED; the IKE SA is
         gone before the answer leaves. Counted by reason."""
-        self.counters.eap_failures[reason.split(":", 1)[0]] += 1
-        payloads: list[Payload] = []
-        if eap_packet:
-            payloads.append(EapPayload(eap_packet))
-        self._refuse(sa, ctx, identity or "", f"EAP: {reason}",
-                     [*payloads, NotifyPayload(Notify.AUTHENTICATION_FAILED)])
+        kind = reason.split(":", 1)[0]
+        self.counters.eap_failures[kind] += 1
+        answer: list[Payload] = [EapPayload(eap_packet)] if eap_packet else []
+        self._refuse(sa, ctx, identity or "", "eap_" + kind.replace(" ", "_"), f"EAP: {reason}",
+                     None, answer)
 
     # -- helpers ------------------------------------------------------------------------------
     def _authenticator(self, sa: IkeSa, eap: EapConfig, identity: str | None,

@@ -36,6 +36,7 @@ class ChildSa:
     soft_lifetime_s: int
     hard_lifetime_s: int
     replaces: int | None = None  # spi_in of the Child SA this one rekeyed
+    policy: str | None = None  # the connection's traffic policy (policy/<name>) for the nodes
 
 
 class IkeEvent:
@@ -61,6 +62,7 @@ class IkeSaEstablished(IkeEvent):
     peer_port: int
     virtual_ip: str | None
     initial_contact: bool
+    connection: str = ""  # the connection the client was accepted on
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,8 @@ class AddressRequested(IkeEvent):
     # the peer sent INITIAL_CONTACT (RFC 7296 §2.4): it holds no other IKE SA with us, so
     # an address still leased to its identity may be given to it again
     initial_contact: bool = False
+    connection: str = ""  # the connection the client was accepted on
+    pool: str | None = None  # its pool (CIDR); None: the shell's default pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +134,9 @@ class AuthenticationFailed(IkeEvent):
 
     ike_sa_id: str
     identity: str
-    reason: str
+    reason: str  # what went wrong, for the log (never a secret)
+    cause: str = "other"  # the counter label (errors.AuthenticationError.cause)
+    connection: str = ""  # the connection chosen, if one was
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +160,7 @@ class IkeCounters:
     # EAP conversations that failed, by reason (unknown user, bad password, radius reject,
     # radius timeout, bad auth, ...)
     eap_failures: Counter[str] = field(default_factory=Counter)
+    auth_failures: Counter[str] = field(default_factory=Counter)  # by AuthenticationError.cause
     retransmits_answered: int = 0  # retransmitted requests answered from the cache
     retransmits_sent: int = 0  # our own requests sent again
     cookies_sent: int = 0

@@ -49,6 +49,7 @@ class IkeSa:
     udp_encap: bool = False  # NAT detected (or forced): ESP in UDP (RFC 3948)
     peer_behind_nat: bool = False
     peer_identity: str = ""
+    connection: str = ""  # the connection the peer was accepted on (keyd/ike/connections.py)
     virtual_ip: str | None = None
     peer_hashes: tuple[int, ...] = ()  # SIGNATURE_HASH_ALGORITHMS the peer sent (RFC 7427)
     children: dict[int, ChildSa] = field(default_factory=dict)  # by spi_in
@@ -119,6 +120,7 @@ def export_sa(sa: IkeSa) -> dict[str, Any]:
         "udp_encap": sa.udp_encap,
         "peer_behind_nat": sa.peer_behind_nat,
         "peer_identity": sa.peer_identity,
+        "connection": sa.connection,
         "virtual_ip": sa.virtual_ip,
         "peer_hashes": list(sa.peer_hashes),
         "children": [_child_to_dict(c) for c in sa.children.values()],
@@ -162,6 +164,7 @@ def import_sa(d: dict[str, Any]) -> IkeSa:
             udp_encap=bool(d["udp_encap"]),
             peer_behind_nat=bool(d["peer_behind_nat"]),
             peer_identity=str(d["peer_identity"]),
+            connection=str(d.get("connection", "")),  # absent in records of before connections
             virtual_ip=d["virtual_ip"],
             peer_hashes=tuple(int(h) for h in d["peer_hashes"]),
             rekeyed_to=d["rekeyed_to"],

@@ -11,13 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from cluster.freeradius import FreeRadiusServer, RadiusUser
+from cluster.pki import CertAuthority
 from cluster.store.client import Store
 from cluster.store.records import IkeSaRecord
 from keyd.client import ExchangeTimeout, IkeClient
 
-from .conftest import KeydSetup
+from .conftest import GATEWAY_ID, KeydSetup
 from .test_persistence import client_for
 
 RADIUS_SECRET = "keyd-radius-secret"
@@ -30,12 +32,30 @@ def eap_users(tmp_path: Path) -> Path:
     return path
 
 
+def gateway_cert(tmp_path: Path) -> str:
+    """keyd proves itself by certificate on EAP (RFC 7296 §2.16, and the [keyd] eap
+    connection): a CA and a gateway certificate; the clients trust the CA."""
+    ca = CertAuthority.create("EAP test CA")
+    ca.write_pem(tmp_path / "ca.pem", tmp_path / "ca-key.pem")
+    CA_CERTS[:] = [ca.cert]
+    ca.issue(GATEWAY_ID, [GATEWAY_ID], server=True).write_pem(tmp_path / "gw.pem",
+                                                              tmp_path / "gw-key.pem")
+    (tmp_path / "gw-key.pem").chmod(0o600)
+    return (f'cert_file = "{tmp_path / "gw.pem"}"\nkey_file = "{tmp_path / "gw-key.pem"}"\n'
+            f'ca_file = "{tmp_path / "ca.pem"}"\n')
+
+
+CA_CERTS: list[x509.Certificate] = []
+
+
 def local_eap(tmp_path: Path) -> str:
-    return f'eap = "eap-mschapv2"\neap_users_file = "{eap_users(tmp_path)}"\n'
+    return (gateway_cert(tmp_path)
+            + f'eap = "eap-mschapv2"\neap_users_file = "{eap_users(tmp_path)}"\n')
 
 
 def eap_client(k: object, user: str, password: str, **kw: object) -> IkeClient:
-    return client_for(k, "192.0.2.10", eap_identity=user, eap_password=password, **kw)
+    return client_for(k, "192.0.2.10", eap_identity=user, eap_password=password,
+                      cas=tuple(CA_CERTS), **kw)
 
 
 def test_eap_mschapv2_establishes_and_refusals_are_counted(keyd_setup: KeydSetup,
@@ -95,7 +115,7 @@ def test_eap_radius_through_freeradius(keyd_setup: KeydSetup, tmp_path: Path,
     secret = tmp_path / "radius-secret"
     secret.write_text(RADIUS_SECRET + "\n")
     secret.chmod(0o600)
-    k = keyd_setup.start("keyd-1", extra=(
+    k = keyd_setup.start("keyd-1", extra=gateway_cert(tmp_path) + (
         f'eap = "eap-radius"\nradius_servers = ["127.0.0.1:{freeradius.port}"]\n'
         f'radius_secret_file = "{secret}"\nradius_timeout_s = 0.5\nradius_tries = 4\n'))
     with eap_client(k, "carol", "s3cret") as c:
