@@ -10,10 +10,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from .config import ConfigError, KeydConfig, read_psk, read_public, read_secret
-from .ike.config import Credentials, ResponderConfig
+from .config import (
+    ConfigError,
+    KeydConfig,
+    read_eap_users,
+    read_psk,
+    read_public,
+    read_secret,
+)
+from .eap import RadiusServer
+from .ike.config import Credentials, EapConfig, ResponderConfig
 from .ike.errors import LocalProtocolError
 from .ike.responder import Responder
+from .ike.secrets import Secrets
+from .secrets import load_secrets
 
 
 def _certificates(path: str, what: str) -> list[x509.Certificate]:
@@ -51,16 +61,49 @@ def credentials(config: KeydConfig) -> Credentials:
         raise ConfigError(f"{config.source}: {exc}") from None
 
 
+def radius_servers(config: KeydConfig) -> tuple[RadiusServer, ...]:
+    k = config.keyd
+    if not k.radius_servers or not k.radius_secret_file:
+        return ()
+    secret = read_secret(k.radius_secret_file, "RADIUS secret file").rstrip(b"\r\n")
+    if not secret:
+        raise ConfigError(f"RADIUS secret file {k.radius_secret_file} is empty")
+    out = []
+    for text in k.radius_servers:
+        host, _, port = text.rpartition(":")
+        out.append(RadiusServer(host, int(port), secret))
+    return tuple(out)
+
+
+def eap_config(config: KeydConfig) -> EapConfig | None:
+    k = config.keyd
+    if not k.eap:
+        return None
+    users = read_eap_users(k.eap_users_file) if k.eap_users_file else {}
+    try:
+        return EapConfig(k.eap, password_for=users.get if k.eap == "eap-mschapv2" else None,
+                         radius_servers=radius_servers(config),
+                         nas_identifier=k.nas_identifier, ask_identity=k.eap_identity == "ask")
+    except LocalProtocolError as exc:
+        raise ConfigError(f"{config.source}: keyd.eap: {exc}") from None
+def secrets(config: KeydConfig) -> Secrets:
+    """The secrets file's PSKs and EAP users (none without a file); ConfigError."""
+    path = config.keyd.secrets_file
+    return load_secrets(path) if path else Secrets()
+
+
 def responder_config(config: KeydConfig, natt_port: int | None = None) -> ResponderConfig:
     k = config.keyd
+    eap = eap_config(config)
     try:
         return ResponderConfig(
             identity=k.identity, credentials=credentials(config),
             ike_proposals=k.ike_proposals, esp_proposals=k.esp_proposals,
-            protected_networks=k.protected_networks, dns=k.dns,
+            protected_networks=k.protected_networks, dns=k.dns, dns_domains=k.dns_domains,
+            connections=config.connections, secrets=secrets(config),
             natt_port=natt_port if natt_port is not None else k.natt_port,
             half_open_cookie_threshold=k.half_open_cookie_threshold,
-            ike_lifetime_s=k.ike_lifetime_s, child_lifetime_s=k.child_lifetime_s)
+            ike_lifetime_s=k.ike_lifetime_s, child_lifetime_s=k.child_lifetime_s, eap=eap)
     except LocalProtocolError as exc:
         raise ConfigError(f"{config.source}: keyd proposals: {exc}") from None
 

@@ -116,6 +116,8 @@ class Step:
     # the message names an IKE SA held nowhere (yet): the core has not seen it
     waiting_for: str | None = None
     started: float = 0.0
+    # EAP responses to relay to RADIUS (the shell sends them, then calls radius_answer)
+    radius: list[ike.RadiusRequested] = field(default_factory=list)
 
     @property
     def needs_write(self) -> bool:
@@ -135,10 +137,13 @@ class Step:
 class Engine:
     def __init__(self, core: Responder, store: Store, pool: AddressPool | None, keyd_id: str,
                  metrics: KeydMetrics, clock: Callable[[], float] = time.time,
-                 view: ClusterView | None = None) -> None:
+                 view: ClusterView | None = None,
+                 pools: dict[str, AddressPool] | None = None) -> None:
         self.core = core
         self.store = store
         self.pool = pool
+        # the connections' pools by network (AddressRequested.pool); `pool` serves the rest
+        self.pools = dict(pools or {})
         self.keyd_id = keyd_id
         self.metrics = metrics
         self.clock = clock
@@ -214,6 +219,31 @@ class Engine:
         else:
             self.complete(step)
         if not step.needs_write or step.half_open:
+            self._observe(step)
+        return step
+
+    def radius_answer(self, ike_sa_id: str, datagram: bytes | None) -> Step | None:
+        """A RADIUS server's answer to a RadiusRequested (None: it never came). None back:
+        the datagram did not verify and was dropped, the IKE SA still waits; else the step
+        it made (the IKE_AUTH answer, to write and send as any step's)."""
+        start = time.perf_counter()
+        now = self.clock()
+        if not self.core.has_ike_sa(ike_sa_id):
+            return Step(exchange="IKE_AUTH", started=start)  # gone meanwhile: nothing to do
+        try:
+            if not self.core.radius_answer(ike_sa_id, datagram, now):
+                self.metrics.dropped.labels("radius_unverified").inc()
+                return None
+        except LocalProtocolError as exc:   # not waiting any more (deleted, continued elsewhere)
+            log.info("RADIUS answer for an IKE SA not waiting for it",
+                     extra={"ike_sa": ike_sa_id, "error": str(exc)})
+            return Step(exchange="IKE_AUTH", started=start)
+        step = self._collect(now)
+        step.exchange, step.started = "IKE_AUTH", start
+        step.out = [Outbound(d.data, d.src[1], d.dst) for d in self.core.datagrams_to_send()]
+        self._defer_removals(step)
+        self.complete(step)
+        if not step.needs_write:
             self._observe(step)
         return step
 
@@ -320,6 +350,8 @@ class Engine:
         c = step.changes
         if isinstance(event, ike.AddressRequested):
             self._assign_address(event, step, now)
+        elif isinstance(event, ike.RadiusRequested):
+            step.radius.append(event)
         elif isinstance(event, ike.IkeSaUpdated):
             ike_sa_id = event.ike_sa_id
             if ike_sa_id not in self._durable:
@@ -360,17 +392,20 @@ class Engine:
             log.info("IKE SA established", extra={
                 "ike_sa": event.ike_sa_id, "identity": event.identity,
                 "peer": f"{event.peer_addr}:{event.peer_port}",
-                "virtual_ip": event.virtual_ip or "-"})
+                "virtual_ip": event.virtual_ip or "-", "connection": event.connection or "-"})
         elif isinstance(event, ike.AuthenticationFailed):
+            # the identity claimed and why: never the secret (docs/configuration.md)
             log.warning("authentication failed", extra={
-                "ike_sa": event.ike_sa_id, "identity": event.identity, "reason": event.reason})
+                "ike_sa": event.ike_sa_id, "identity": event.identity, "cause": event.cause,
+                "connection": event.connection or "-", "reason": event.reason})
 
     def _assign_address(self, event: ike.AddressRequested, step: Step, now: float) -> None:
-        if self.pool is None:
+        pool = self.pools.get(event.pool or "", self.pool)
+        if pool is None:
             self.core.assign_address(event.ike_sa_id, None, now)
             return
         try:
-            claim = self.pool.claim(event.ike_sa_id, event.identity, event.requested,
+            claim = pool.claim(event.ike_sa_id, event.identity, event.requested,
                                     initial_contact=event.initial_contact)
         except PoolExhausted as exc:
             log.warning("no address for client", extra={"ike_sa": event.ike_sa_id,
@@ -561,8 +596,8 @@ class Engine:
         """Continue on another connection to the same etcd (after an outage)."""
         self.store = store
         self.persister.store = store
-        if self.pool is not None:
-            self.pool.store = store
+        for pool in {id(p): p for p in (self.pool, *self.pools.values()) if p}.values():
+            pool.store = store
 
     def flush(self, busy: Collection[str] = ()) -> None:
         """After an outage: write IKE SAs answered meanwhile (but those a step in flight

@@ -23,6 +23,14 @@ class KeydMetrics:
         self.handshakes = Counter(
             "keyd_handshakes", "IKE SA establishments by result (established, failed, "
             "not_persisted)", ["result"], registry=r)
+        self.auth_failures = Counter(
+            "keyd_auth_failures", "IKE_AUTH requests refused with AUTHENTICATION_FAILED, by "
+            "cause (no_matching_connection, unknown_identity, psk_mismatch, "
+            "certificate_invalid, eap_unavailable, malformed_request)", ["reason"],
+            registry=r)
+        self.secrets_reloads = Counter(
+            "keyd_secrets_reloads", "Reads of the secrets file on SIGHUP, by result (ok, "
+            "failed: the secrets in use were kept)", ["result"], registry=r)
         self.exchanges = Counter(
             "keyd_exchanges", "IKE requests handled, by exchange type", ["type"], registry=r)
         self.retransmits = Counter(
@@ -41,6 +49,10 @@ class KeydMetrics:
         self.errors = Counter(
             "keyd_errors", "Protocol errors answered or dropped, by notify type",
             ["notify"], registry=r)
+        self.eap_failures = Counter(
+            "keyd_eap_failures", "EAP conversations that failed, by reason (unknown user, "
+            "bad password, radius reject, radius timeout, bad auth, ...)", ["reason"],
+            registry=r)
         self.dropped = Counter(
             "keyd_datagrams_dropped", "Datagrams dropped by the shell, by reason", ["reason"],
             registry=r)
@@ -100,7 +112,9 @@ class KeydMetrics:
         """Mirror the core's monotonic counters (keyd.ike's IkeCounters): only the increase
         since the last call is added, so the core keeps plain integers."""
         for name, metric in (("exchanges", self.exchanges), ("errors", self.errors),
-                             ("drops", self.core_drops)):
+                             ("drops", self.core_drops),
+                             ("eap_failures", self.eap_failures),
+                             ("auth_failures", self.auth_failures)):
             by_label: Mapping[str, int] = getattr(counters, name, None) or {}
             for label, value in by_label.items():
                 if self._core_seen.get((name, label)) != value:

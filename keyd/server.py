@@ -40,12 +40,15 @@ from cluster.store.seal import DataKey, DataKeyError, load_data_key
 from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent, WatchResynced
 
 from .config import DEFAULT_PATH, ConfigError, KeydConfig, load_config, parse_listen
-from .core import build_core, responder_config
+from .core import build_core, radius_servers, responder_config
+from .core import secrets as keyd_secrets
 from .engine import Engine, Outbound, Step, ike_sa_id_of
+from .ike.events import RadiusRequested
 from .ike.responder import Responder
 from .logs import setup_logging
 from .metrics import KeydMetrics
 from .pool import AddressPool
+from .radius import RadiusTiming, radius_exchange
 from .udp import IkeEndpoints, Inbound
 from .view import ClusterView
 
@@ -88,6 +91,11 @@ class KeydServer:
         self.metrics = KeydMetrics()
         self.view = ClusterView()
         self.pool = AddressPool(self.store, k.pool, k.id, view=self.view)
+        # one pool object per network the connections name (they share pool/<ip> leases)
+        self.pools = {net: AddressPool(self.store, net, k.id, view=self.view)
+                      for net in dict.fromkeys(c.pool for c in config.connections if c.pool)
+                      if net != k.pool}
+        self.pools[k.pool] = self.pool
         responder_config(config)  # credentials and proposals: fail now, before binding
         self.core: Responder | None = None
         self._engine: Engine | None = None
@@ -114,6 +122,9 @@ class KeydServer:
         self._half_open: dict[str, asyncio.TimerHandle] = {}   # IKE SA → its write, later
         self._riding: dict[str, Step] = {}   # half-open IKE SA → its write, with the next
         self._riding_timer: asyncio.TimerHandle | None = None
+        self._radius_servers = radius_servers(config)
+        self._radius_timing = RadiusTiming(k.radius_timeout_s, k.radius_tries)
+        self._radius_tasks: set[asyncio.Future[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -123,7 +134,7 @@ class KeydServer:
         # the core frames NAT-T datagrams by port: give it the port actually bound
         self.core = build_core(self.config, natt_port)
         self._engine = Engine(self.core, self.store, self.pool, self.config.keyd.id,
-                              self.metrics, view=self.view)
+                              self.metrics, view=self.view, pools=self.pools)
         log.info("listening", extra={"vip": self.config.keyd.vip, "ike_port": ike_port,
                                      "natt_port": natt_port, "id": self.config.keyd.id})
         if self.config.metrics.listen:
@@ -150,6 +161,8 @@ class KeydServer:
         if self._systemd_watchdog is not None:
             self._systemd_watchdog.cancel()
         self.endpoints.close()
+        for future in list(self._radius_tasks):
+            future.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -198,12 +211,31 @@ class KeydServer:
         loop.set_exception_handler(self._loop_exception)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_secrets)
         await self.start()
         try:
             await self._stopping.wait()
         finally:
             log.info("stopping")
             await self.stop()
+
+    def reload_secrets(self) -> bool:
+        """SIGHUP: read the secrets file again. New PSKs and EAP passwords apply from the
+        next IKE_AUTH on; no SA is touched. A file that does not read keeps the secrets in
+        use (logged, counted)."""
+        if self.core is None:
+            return False
+        try:
+            fresh = keyd_secrets(self.config)
+        except ConfigError as exc:
+            log.error("secrets not reloaded; keeping those in use", extra={"error": str(exc)})
+            self.metrics.secrets_reloads.labels("failed").inc()
+            return False
+        self.core.use_secrets(fresh)
+        psks, users = fresh.counts
+        log.info("secrets reloaded", extra={"psks": psks, "eap_users": users})
+        self.metrics.secrets_reloads.labels("ok").inc()
+        return True
 
     @property
     def engine(self) -> Engine:
@@ -239,6 +271,12 @@ class KeydServer:
             self._loop.call_later(HALF_OPEN_RETRY_S[attempt], self._enqueue, inbound,
                                   attempt + 1)
             return
+        self._after_step(step)
+
+    def _after_step(self, step: Step) -> None:
+        """Send what may leave now, hand the writes to the committer, start RADIUS rounds."""
+        for request in step.radius:
+            self._radius_tasks.add(asyncio.ensure_future(self._radius(request)))
         self._send(step.release_now())
         # a half-open IKE SA whose state this step writes anew (or removed) needs no write
         # of its own any more
@@ -255,6 +293,34 @@ class KeydServer:
         elif step.needs_write:
             self._submit(step)
         self._removals_later()
+
+    async def _radius(self, request: RadiusRequested) -> None:
+        """One EAP response relayed: the datagram to its server, the answer (or the timeout)
+        to the engine, whose step is then handled as any other."""
+        task = asyncio.current_task()
+        try:
+            server = self._radius_servers[request.server]
+
+            def accept(reply: bytes) -> bool:
+                return self._radius_answered(request.ike_sa_id, reply)
+
+            if not await radius_exchange(request.datagram, server, request.identifier,
+                                         self._radius_timing, accept):
+                self.metrics.dropped.labels("radius_timeout").inc()
+                self._radius_answered(request.ike_sa_id, None)
+        except Exception as exc:  # the edge: a bug must cost one conversation, not keyd
+            log.error("RADIUS round failed", extra={"ike_sa": request.ike_sa_id,
+                                                    "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            if task is not None:
+                self._radius_tasks.discard(task)
+
+    def _radius_answered(self, ike_sa_id: str, reply: bytes | None) -> bool:
+        step = self.engine.radius_answer(ike_sa_id, reply)
+        if step is None:
+            return False
+        self._after_step(step)
+        return True
 
     def _write_half_open(self, step: Step) -> None:
         """The half-open IKE SA's IKE_AUTH has not come: write it with the next write keyd
@@ -508,7 +574,8 @@ class KeydServer:
                 continue
             old = self.store
             self.store = fresh
-            self.pool.store = fresh
+            for pool in self.pools.values():
+                pool.store = fresh
             try:
                 self.engine.use_store(fresh)
                 self.engine.flush(busy=set(self._held))

@@ -107,10 +107,12 @@ def lab() -> None:
 @click.option("--hooks", "hooks_dir", type=click.Path(file_okay=False, exists=True,
                                                        path_type=Path),
               help="run cluster-hooks on the executables in this directory")
+@click.option("--radius", is_flag=True,
+              help="keyd relays EAP to a FreeRADIUS (EAP-TLS, EAP-MSCHAPv2); one keyd")
 @SAVE_LOGS
 @operational
 def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
-       hooks_dir: Path | None, save_logs: Path | None) -> None:
+       hooks_dir: Path | None, radius: bool, save_logs: Path | None) -> None:
     """Build a lab and return when it serves."""
     if save_logs is None:
         # a failed `up` removes the lab; its logs stay here for the operator
@@ -119,7 +121,7 @@ def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
     with progress(f"lab {lab_name}: starting") as step:
         the_lab = labmod.Lab.up(lab_name, nodes=nodes, keyd=keyd, clients=clients,
                                 gateway=gateway, progress=step, save_logs_to=save_logs,
-                                hooks_dir=hooks_dir)
+                                hooks_dir=hooks_dir, radius=radius)
     click.echo(f"lab {the_lab.name} is up: VIP {the_lab.status()['vip']}, "
                f"etcd {the_lab.etcd_endpoint}")
 
@@ -157,7 +159,11 @@ def status(lab_name: str, output: str) -> None:
 @lab.command("add-client")
 @click.argument("client", callback=_checked("client name"))
 @NAME
-@click.option("--auth", type=click.Choice(["psk", "cert"]), default="psk", show_default=True)
+@click.option("--auth", type=click.Choice(["psk", "cert", "eap-mschapv2", "eap-tls"]),
+              default="psk",
+              show_default=True)
+@click.option("--eap-user", default="carol", show_default=True,
+              help="eap-mschapv2: the EAP identity (a user of the lab's EAP users file)")
 @click.option("--behind-nat", is_flag=True, help="behind a NAT namespace on 198.51.100.0/24")
 @click.option("--no-ike", is_flag=True, help="a bare namespace: run any IKEv2 client in it")
 @click.option("--ike-proposal", default=DEFAULT_IKE_PROPOSAL, show_default=True)
@@ -165,13 +171,13 @@ def status(lab_name: str, output: str) -> None:
 @click.option("--dpd-delay", "dpd_delay_s", default=10, show_default=True,
               type=click.IntRange(0), help="seconds")
 @operational
-def add_client(client: str, lab_name: str, auth: str, behind_nat: bool, no_ike: bool,
-               ike_proposal: str, esp_proposal: str, dpd_delay_s: int) -> None:
+def add_client(client: str, lab_name: str, auth: str, eap_user: str, behind_nat: bool,
+               no_ike: bool, ike_proposal: str, esp_proposal: str, dpd_delay_s: int) -> None:
     """Add a client namespace; unless --no-ike, start strongSwan in it and connect."""
     the_lab = labmod.Lab.open(lab_name)
     rec = the_lab.add_client(client, auth=auth, behind_nat=behind_nat, ike=not no_ike,
                              ike_proposal=ike_proposal, esp_proposal=esp_proposal,
-                             dpd_delay_s=dpd_delay_s)
+                             dpd_delay_s=dpd_delay_s, eap_user=eap_user)
     if rec.ike:
         sas = the_lab.client_sas(client)
         vip = sas[0].virtual_ip if sas else None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.lab import addresses as A
+from cluster.lab.pki import SHARED_DOMAIN
 
 Value = str | int | float | bool | Sequence[str]
 
@@ -103,13 +104,24 @@ LAB_ESP_PROPOSALS = [
 ]
 
 
-def keyd_config(common: Common, index: int, psk_file: Path, cert: Path, key: Path,
-                ca: Path) -> str:
+#: keyd's connections in the lab (docs/lab.md): shared-secret users prove themselves and the
+#: gateway by their own PSK; everyone else by certificate, or by PSK with the gateway by
+#: certificate. Fields they leave out are [keyd]'s.
+LAB_CONNECTIONS: tuple[dict[str, Value], ...] = (
+    {"name": "shared-secret", "remote_ids": [f"*@{SHARED_DOMAIN}"], "remote_auth": "psk",
+     "local_auth": "psk", "dns_domains": ["lab.example"]},
+    {"name": "lab-cert", "remote_auth": "pubkey", "local_auth": "pubkey"},
+    {"name": "lab-psk", "remote_auth": "psk", "local_auth": "pubkey"},
+)
+
+
+def keyd_config(common: Common, index: int, secrets_file: Path, cert: Path, key: Path,
+                ca: Path, radius: tuple[str, Path] | None = None) -> str:
     s = common.sections("127.0.0.1:9410")
     s["keyd"] = {
         "id": f"keyd-{index}", "vip": A.VIP, "address": A.keyd_ip(index),
         "ike_port": 500, "natt_port": 4500,
-        "identity": A.GATEWAY_ID, "psk_file": str(psk_file), "cert_file": str(cert),
+        "identity": A.GATEWAY_ID, "secrets_file": str(secrets_file), "cert_file": str(cert),
         "key_file": str(key), "ca_file": str(ca),
         # as an operator writes it (docs/configuration.md): the modern default, plus what
         # Windows (SHA-1), Android (AES-CTR, AES-CMAC, short GCM ICVs) and, by name, legacy
@@ -119,7 +131,18 @@ def keyd_config(common: Common, index: int, psk_file: Path, cert: Path, key: Pat
         "pool": A.POOL, "dns": [A.SERVER_IP], "protected_networks": [A.PROTECTED_NETWORK],
         "half_open_cookie_threshold": 100, "ike_lifetime_s": 14400, "child_lifetime_s": 3600,
     }
-    return toml(s)
+    # clients that send no AUTH (any identity: Windows' is its address) log in with EAP:
+    # EAP-MSCHAPv2 against the secrets file's EAP users, or relayed to the lab's FreeRADIUS
+    eap: dict[str, Value] = {"name": "lab-eap", "remote_auth": "eap-mschapv2",
+                             "local_auth": "pubkey"}
+    if radius is not None:
+        server, secret_file = radius
+        s["keyd"].update({"eap": "eap-radius", "radius_servers": [server],
+                          "radius_secret_file": str(secret_file)})
+        eap["remote_auth"] = "eap-radius"
+    conns = "".join("\n[[keyd.connections]]\n" + "".join(
+        f"{k} = {_toml_value(v)}\n" for k, v in c.items()) for c in (*LAB_CONNECTIONS, eap))
+    return toml(s) + conns
 
 
 def node_config(common: Common, index: int) -> str:

@@ -31,10 +31,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import requests
 
+from cluster.freeradius import FreeRadiusServer, RadiusUser
 from cluster.lab import addresses as A
 from cluster.lab import daemons, netns, strongswan, teardown, topology
 from cluster.lab.errors import LabError
-from cluster.lab.pki import LabPki
+from cluster.lab.pki import EAP_USERS, LabPki, write_secret
 from cluster.lab.state import (
     ClientRecord,
     LabState,
@@ -142,10 +143,13 @@ class Lab:
     @classmethod
     def up(cls, name: str = "lab", nodes: int = 3, keyd: int = 1, clients: int = 0,
            gateway: str = "cluster", progress: Progress = _quiet,
-           save_logs_to: Path | None = None, hooks_dir: Path | None = None) -> Lab:
+           save_logs_to: Path | None = None, hooks_dir: Path | None = None,
+           radius: bool = False) -> Lab:
         """Build the lab and return when it serves; on failure remove what was built (after
         copying its logs to save_logs_to, if given). With hooks_dir, cluster-hooks runs the
-        executables there on cluster events (in the router's namespace)."""
+        executables there on cluster events (in the router's namespace). With radius, keyd
+        relays EAP to a FreeRADIUS (EAP-TLS with lab client certificates, EAP-MSCHAPv2 with the
+        lab's EAP users) on keyd-1's loopback; one keyd only."""
         _require_root()
         check_name(name)
         _require_tools()
@@ -155,6 +159,8 @@ class Lab:
             raise LabError(f"--keyd must be 1..{A.MAX_KEYD}")
         if not 0 <= nodes <= A.MAX_NODES:
             raise LabError(f"--nodes must be 0..{A.MAX_NODES}")
+        if radius and (gateway != "cluster" or keyd != 1):
+            raise LabError("--radius needs the cluster gateway and one keyd")
         if hooks_dir is not None and (gateway != "cluster" or not hooks_dir.is_dir()):
             raise LabError(f"--hooks needs the cluster gateway and a directory: {hooks_dir}")
         if gateway == "cluster":
@@ -172,7 +178,8 @@ class Lab:
         directory.mkdir(parents=True, mode=0o700)
         state = LabState(name=name, prefix=f"ipsc-{name}_{secrets.token_hex(2)}-",
                          directory=str(directory), gateway=gateway,
-                         nodes=nodes if gateway == "cluster" else 0, keyd=keyd)
+                         nodes=nodes if gateway == "cluster" else 0, keyd=keyd,
+                         radius=radius)
         state.save()
         lab = cls(state, progress)
         try:
@@ -293,16 +300,35 @@ class Lab:
         strongswan.wait_vici(rec.pid)
         strongswan.load(rec.pid, swanctl_conf)
 
+    def _start_radius(self) -> tuple[str, Path]:
+        """FreeRADIUS on keyd-1's loopback: its server certificate is the gateway's (a
+        strongSwan EAP-TLS client expects the gateway's identity from the EAP server), its
+        users the lab's EAP users. Returns (address:port, shared secret file) for keyd."""
+        self.progress("starting FreeRADIUS")
+        secret = secrets.token_urlsafe(16)
+        secret_file = self.pki.directory / "radius-secret"
+        write_secret(secret_file, (secret + "\n").encode())
+        users = [RadiusUser(u, self.pki.eap_password()) for u in EAP_USERS]
+        server = FreeRadiusServer(self.dir / "radius", users, secret, port=1812, eap_tls={
+            "cert": self.pki.cert("gateway"), "key": self.pki.key("gateway"),
+            "ca": self.pki.ca_cert})
+        server.write_config()
+        ns = self.ns("keyd-1")
+        rec = self._spawn("radius", netns.exec_argv(ns, server.argv()), ns)
+        self._wait("FreeRADIUS ready", lambda: FreeRadiusServer.ready(Path(rec.log)), 20)
+        return f"127.0.0.1:{server.port}", secret_file
+
     def _start_cluster(self) -> None:
         common = daemons.Common(self.name, self.pki.data_key_file, self.dir / "logs")
         conf = self.dir / "config"
         conf.mkdir()
+        radius = self._start_radius() if self.state.radius else None
         for i in range(1, self.state.keyd + 1):
             self.progress(f"starting keyd-{i}")
             path = conf / f"keyd-{i}.toml"
             path.write_text(daemons.keyd_config(
-                common, i, self.pki.psk_file, self.pki.cert("gateway"), self.pki.key("gateway"),
-                self.pki.ca_cert))
+                common, i, self.pki.secrets_file, self.pki.cert("gateway"),
+                self.pki.key("gateway"), self.pki.ca_cert, radius))
             self._spawn(f"keyd-{i}", netns.exec_argv(self.ns(f"keyd-{i}"),
                                                      daemons.KEYD.argv(path)), self.ns(f"keyd-{i}"))
         for i in range(1, self.state.nodes + 1):
@@ -403,21 +429,33 @@ class Lab:
     def add_client(self, name: str, auth: str = "psk", behind_nat: bool = False,
                    ike: bool = True, ike_proposal: str = strongswan.DEFAULT_IKE_PROPOSAL,
                    esp_proposal: str = strongswan.DEFAULT_ESP_PROPOSAL,
-                   dpd_delay_s: int = 10) -> ClientRecord:
-        """A client namespace; with ike, a charon in it that has connected to the VIP."""
+                   dpd_delay_s: int = 10, identity: str | None = None,
+                   psk: str | None = None, remote_auth: str = "pubkey",
+                   eap_user: str = "carol", eap_password: str | None = None) -> ClientRecord:
+        """A client namespace; with ike, a charon in it that has connected to the VIP.
+        `auth`: psk, cert, eap-mschapv2 (as `eap_user`, with the lab's EAP password unless
+        `eap_password` says otherwise; its IKE identity is then its address, as Windows') or
+        eap-tls (labs with radius).
+        `identity` (default <name>.clients.lab.example) and `psk` (default the lab PSK):
+        what the client claims and proves; `remote_auth`: how it checks the gateway
+        ("pubkey": its certificate; "psk": the same PSK, both ways)."""
         _require_root()
         check_name(name, "client name")
         if name in RESERVED or name.startswith(("keyd-", "node-")) \
                 or name in self.state.clients:
             raise LabError(f"client name {name!r} is taken")
-        if auth not in ("psk", "cert"):
-            raise LabError(f"unknown auth {auth!r}: psk or cert")
+        if auth not in ("psk", "cert", "eap-mschapv2", "eap-tls"):
+            raise LabError(f"unknown auth {auth!r}: psk, cert, eap-mschapv2 or eap-tls")
+        if auth == "eap-tls" and not self.state.radius:
+            raise LabError("eap-tls clients need a lab with --radius")
+        if remote_auth not in ("pubkey", "psk"):
+            raise LabError(f"unknown remote_auth {remote_auth!r}: pubkey or psk")
         used = {c.slot for c in self.state.clients.values()}
         slot = next((i for i in range(1, A.MAX_CLIENTS + 1) if i not in used), None)
         if slot is None:
             raise LabError(f"the lab holds at most {A.MAX_CLIENTS} clients")
         address = A.client_ip(slot, behind_nat)
-        identity = f"{name}.{CLIENT_DOMAIN}"
+        identity = identity or f"{name}.{CLIENT_DOMAIN}"
         rec = ClientRecord(name=name, slot=slot, netns=self.ns(f"c-{name}"),
                            address=address, auth=auth, behind_nat=behind_nat, ike=ike,
                            identity=identity)
@@ -429,14 +467,17 @@ class Lab:
                         behind_nat)
         if ike:
             self._start_client_charon(rec, strongswan.ClientConfig(
-                identity=identity, auth=auth, psk=self.pki.psk(), ca_cert=self.pki.ca_cert,
-                ike_proposal=ike_proposal, esp_proposal=esp_proposal, dpd_delay_s=dpd_delay_s))
+                identity=identity, auth=auth, psk=psk or self.pki.psk(),
+                ca_cert=self.pki.ca_cert, ike_proposal=ike_proposal, esp_proposal=esp_proposal,
+                dpd_delay_s=dpd_delay_s, remote_auth=remote_auth, eap_user=eap_user,
+                eap_password=eap_password if eap_password is not None else (
+                    self.pki.eap_password() if auth == "eap-mschapv2" else "")))
         return rec
 
     def _start_client_charon(self, rec: ClientRecord, cfg: strongswan.ClientConfig) -> None:
         conf_dir = self.dir / "clients" / rec.name
         conf_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.auth == "cert":
+        if cfg.auth in ("cert", "eap-tls"):
             cert, key = self.pki.issue(f"client-{rec.name}", [rec.identity])
             cfg = strongswan.ClientConfig(**{**_fields(cfg), "cert": cert, "key": key})
         (conf_dir / "strongswan.conf").write_text(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tomllib
 from pathlib import Path
 
 from cryptography import x509
@@ -15,6 +16,12 @@ from cluster.pki import CertAuthority
 
 CA_DAYS = 30
 CERT_DAYS = 30
+EAP_USERS = ("carol", "dave")
+#: identities the lab PSK is for: lab clients (<name>.clients.lab.example) and bench's
+LAB_PSK_IDS = ("*.clients.lab.example", "*@bench.example")
+#: shared-secret users (keyd's `shared-secret` connection, PSK both ways), each with a PSK
+SHARED_DOMAIN = "shared.lab.example"
+SHARED_USERS = (f"alice@{SHARED_DOMAIN}", f"bob@{SHARED_DOMAIN}")
 
 
 def write_secret(path: Path, data: bytes) -> None:
@@ -43,6 +50,22 @@ class LabPki:
     def psk_file(self) -> Path:
         return self.directory / "psk"
 
+    def eap_password(self) -> str:
+        """The one password of the lab's EAP users (EAP_USERS, in the secrets file)."""
+        doc = tomllib.loads(self.secrets_file.read_text())
+        return next(str(e["password"]) for e in doc["eap"] if e["id"] == EAP_USERS[0])
+
+    @property
+    def secrets_file(self) -> Path:
+        """keyd's secrets file (keyd/secrets.py): the lab PSK for lab and bench clients,
+        and one PSK of its own per shared-secret user (SHARED_USERS)."""
+        return self.directory / "secrets.toml"
+
+    def user_psk(self, identity: str) -> str:
+        """The PSK the secrets file gives a shared-secret user."""
+        doc = tomllib.loads(self.secrets_file.read_text())
+        return next(str(e["secret"]) for e in doc["psk"] if e["id"] == identity)
+
     @property
     def data_key_file(self) -> Path:
         return self.directory / "data.key"
@@ -64,6 +87,13 @@ class LabPki:
         # A PSK of printable characters, so it can be pasted into any client's configuration.
         write_secret(self.psk_file, (secrets.token_urlsafe(24) + "\n").encode())
         write_secret(self.data_key_file, (secrets.token_hex(32) + "\n").encode())
+        lab_ids = ", ".join(f'"{p}"' for p in LAB_PSK_IDS)
+        entries = [f'[[psk]]\nid = [{lab_ids}]\nsecret = "{self.psk()}"\n']
+        entries += [f'[[psk]]\nid = "{user}"\nsecret = "{secrets.token_urlsafe(18)}"\n'
+                    for user in SHARED_USERS]
+        password = secrets.token_urlsafe(12)
+        entries += [f'[[eap]]\nid = "{user}"\npassword = "{password}"\n' for user in EAP_USERS]
+        write_secret(self.secrets_file, "\n".join(entries).encode())
 
     def _ca(self) -> CertAuthority:
         key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)

@@ -80,7 +80,7 @@ class ClientRecord:
     slot: int
     netns: str
     address: str
-    auth: str                # "psk" | "cert"
+    auth: str                # "psk" | "cert" | "eap-mschapv2" | "eap-tls"
     behind_nat: bool
     ike: bool                # runs charon
     identity: str
@@ -95,6 +95,7 @@ class LabState:
     gateway: str             # "cluster" | "strongswan"
     nodes: int
     keyd: int
+    radius: bool = False     # keyd relays EAP to a FreeRADIUS in keyd-1's namespace
     etcd_port: int = 0       # the root namespace's loopback forwarder into the etcd namespace
     namespaces: list[str] = field(default_factory=list)
     processes: dict[str, ProcessRecord] = field(default_factory=dict)

@@ -23,7 +23,7 @@ from cluster.lab.teardown import running
 CHARON = "/usr/lib/ipsec/charon"
 PLUGINS = ("openssl nonce random x509 pem pkcs1 pkcs8 pubkey revocation constraints curve25519 "
            "gmp aes sha1 sha2 hmac gcm chapoly ctr cmac kdf attr kernel-libipsec kernel-netlink "
-           "socket-default vici")
+           "socket-default vici eap-identity eap-mschapv2 eap-tls")
 DEFAULT_IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
 DEFAULT_ESP_PROPOSAL = "aes128gcm16"
 # What the baseline gateway accepts: the proposals docs/configuration.md lists for keyd.
@@ -58,7 +58,7 @@ class ClientConfig:
     """What one lab client asks for."""
 
     identity: str
-    auth: str                # "psk" | "cert"
+    auth: str                # "psk" | "cert" | "eap-mschapv2" | "eap-tls"
     psk: str
     ca_cert: Path
     cert: Path | None = None
@@ -66,15 +66,35 @@ class ClientConfig:
     ike_proposal: str = DEFAULT_IKE_PROPOSAL
     esp_proposal: str = DEFAULT_ESP_PROPOSAL
     dpd_delay_s: int = 10
+    eap_user: str = ""       # eap-mschapv2: the EAP identity and its password
+    eap_password: str = ""
+    # how the client authenticates the gateway: "pubkey" (its certificate, from the lab CA)
+    # or "psk" (the client's own PSK, both ways: Apple's "shared secret", Android's
+    # "IKEv2/IPSec PSK")
+    remote_auth: str = "pubkey"
 
 
 def client_swanctl_conf(c: ClientConfig) -> str:
-    # The gateway always proves itself with its certificate (keyd does whenever it has one);
-    # the client with the PSK or its own certificate.
-    remote = f"auth = pubkey\n      cacerts = {c.ca_cert}\n      id = {A.GATEWAY_ID}"
+    # The gateway proves itself with its certificate, or (remote_auth = psk) with the PSK
+    # the client proves itself with; the client with the PSK or its own certificate.
+    if c.remote_auth == "psk":
+        remote = f"auth = psk\n      id = {A.GATEWAY_ID}"
+    else:
+        remote = f"auth = pubkey\n      cacerts = {c.ca_cert}\n      id = {A.GATEWAY_ID}"
     if c.auth == "cert":
         local = f"auth = pubkey\n      certs = {c.cert}\n      id = {c.identity}"
         secrets = ""   # the private key is loaded from the swanctl directory's private/
+    elif c.auth == "eap-tls":
+        # as the strongSwan app: EAP-TLS with a client certificate, checked by the RADIUS
+        # server behind keyd; the EAP server must prove the gateway's identity
+        local = f"auth = eap-tls\n      certs = {c.cert}\n      id = {c.identity}"
+        secrets = ""
+    elif c.auth == "eap-mschapv2":
+        # as Windows: the IKE identity is the client's address (charon's default), the user
+        # name goes in EAP-Identity
+        local = f"auth = eap-mschapv2\n      eap_id = {_quote(c.eap_user)}"
+        secrets = (f"eap-lab {{\n    id = {_quote(c.eap_user)}\n"
+                   f"    secret = {_quote(c.eap_password)}\n  }}")
     else:
         local = f"auth = psk\n      id = {c.identity}"
         secrets = f"ike-lab {{\n    secret = {_quote(c.psk)}\n  }}"

@@ -23,6 +23,11 @@ Driving it (aioquic style)::
   identity, requested) and waits; the shell leases an address and calls
   `assign_address(ike_sa_id, ip_or_None, now)`, which produces the IKE_AUTH answer
   (None → INTERNAL_ADDRESS_FAILURE, IKE SA without Child SA). Retransmits meanwhile: ignored.
+- EAP (§2.16, keyd/ike/eap_auth.py): an IKE_AUTH without AUTH starts the EAP round when
+  `ResponderConfig.eap` is set. EAP relayed to RADIUS emits RadiusRequested(ike_sa_id,
+  datagram, server, identifier) and waits: the shell sends the datagram (retransmitting the
+  same bytes) and calls `radius_answer(ike_sa_id, reply_or_None, now)` (None: timed out;
+  False back: the reply did not verify, keep waiting). Retransmits meanwhile: ignored.
 - SPIs: `allocate_spi()` (injected) returns a cluster-unique inbound ESP SPI; `random(n)`
   (injected) gives nonces, IKE SPIs, IVs and cookie secrets.
 - Persistence: `export_ike_sa(id) -> dict` (JSON-able, bytes as hex, contains keys: seal it)
@@ -59,6 +64,7 @@ from .events import (
     IkeSaEstablished,
     IkeSaRekeyed,
     IkeSaUpdated,
+    RadiusRequested,
 )
 from .initiator import Initiator
 from .responder import Responder
@@ -83,6 +89,7 @@ __all__ = [
     "Initiator",
     "InitiatorConfig",
     "LocalProtocolError",
+    "RadiusRequested",
     "RemoteProtocolError",
     "Responder",
     "ResponderConfig",

@@ -8,9 +8,19 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from keyd.eap import RadiusServer
+
 from .auth import PrivateKey, TrustStore
+from .connections import (
+    Connection,
+    LocalAuth,
+    esp_suites_of,
+    ike_suites_of,
+    legacy_connections,
+)
 from .errors import LocalProtocolError
 from .proposals import EspProposal, IkeProposal, parse_esp_proposals, parse_ike_proposals
+from .secrets import Secrets
 
 
 def _utc_now() -> datetime.datetime:
@@ -33,12 +43,36 @@ class Credentials:
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.private_key is None):
             raise LocalProtocolError("a certificate needs its private key and vice versa")
-        if self.psk is None and self.cert is None:
-            raise LocalProtocolError("configure a PSK or a certificate")
 
     @property
     def trust(self) -> TrustStore:
         return TrustStore(self.cas)
+
+
+EAP_METHODS = ("eap-mschapv2", "eap-radius")
+
+
+@dataclass(frozen=True, slots=True)
+class EapConfig:
+    """The client's EAP round in IKE_AUTH (RFC 7296 §2.16), for a client whose first IKE_AUTH
+    carries no AUTH. `method`: "eap-mschapv2" checks passwords with `password_for(identity)`
+    (None: no such user); "eap-radius" relays EAP to `radius_servers` (tried in order).
+    `ask_identity`: start with EAP-Identity (strongSwan's `eap_id = %any`, what Windows needs:
+    its IDi is an address); False uses the IDi as the EAP identity."""
+
+    method: str
+    password_for: Callable[[str], str | None] | None = None
+    radius_servers: tuple[RadiusServer, ...] = ()
+    nas_identifier: str = "keyd"
+    ask_identity: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in EAP_METHODS:
+            raise LocalProtocolError(f"unknown EAP method {self.method!r}")
+        if self.method == "eap-mschapv2" and self.password_for is None:
+            raise LocalProtocolError("eap-mschapv2 needs EAP users")
+        if self.method == "eap-radius" and not self.radius_servers:
+            raise LocalProtocolError("eap-radius needs a RADIUS server")
 
 
 def _ike_suites(texts: Sequence[str]) -> tuple[IkeProposal, ...]:
@@ -57,7 +91,13 @@ def _esp_suites(texts: Sequence[str]) -> tuple[EspProposal, ...]:
 
 @dataclass(frozen=True, slots=True)
 class ResponderConfig:
-    """keyd's [keyd] section as the core needs it (docs/configuration.md)."""
+    """keyd's [keyd] section as the core needs it (docs/configuration.md).
+
+    `connections`: whom keyd accepts, and how (keyd/ike/connections.py). Without any, the
+    proposals, networks and DNS given here make the single legacy connection (any identity,
+    by certificate or by `credentials.psk`). `secrets`: the PSKs by identity (the legacy
+    `credentials.psk` is added as the PSK of any identity); replace them at run time with
+    `Responder.use_secrets`."""
 
     identity: str
     credentials: Credentials
@@ -65,6 +105,9 @@ class ResponderConfig:
     esp_proposals: Sequence[str] = ("aes128gcm16",)
     protected_networks: Sequence[str] = ("0.0.0.0/0",)
     dns: Sequence[str] = ()
+    dns_domains: Sequence[str] = ()
+    connections: Sequence[Connection] = ()
+    secrets: Secrets = field(default_factory=Secrets)
     natt_port: int = 4500
     half_open_cookie_threshold: int = 100
     half_open_timeout_s: float = 30.0
@@ -77,13 +120,35 @@ class ResponderConfig:
     retransmit_timeout_s: float = 2.0
     retransmit_tries: int = 5
     cookie_secret_lifetime_s: float = 300.0
+    eap: EapConfig | None = None  # clients that send no AUTH authenticate with EAP
     # the proposals above, parsed: what select_proposal accepts (or the initiator offers)
     ike_suites: tuple[IkeProposal, ...] = field(init=False)
     esp_suites: tuple[EspProposal, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ike_suites", _ike_suites(self.ike_proposals))
-        object.__setattr__(self, "esp_suites", _esp_suites(self.esp_proposals))
+        creds = self.credentials
+        conns = tuple(self.connections)
+        if not conns:
+            _ike_suites(self.ike_proposals)
+            _esp_suites(self.esp_proposals)
+            conns = legacy_connections(
+                self.ike_proposals, self.esp_proposals, psk=creds.psk is not None,
+                local_auth=LocalAuth.PUBKEY if creds.cert is not None else LocalAuth.PSK,
+                dns=self.dns, dns_domains=self.dns_domains,
+                protected_networks=self.protected_networks,
+                eap=self.eap.method if self.eap is not None else None)
+        if not conns:
+            raise LocalProtocolError("no connection: configure a PSK or a certificate")
+        names = [c.name for c in conns]
+        if len(set(names)) != len(names):
+            raise LocalProtocolError("connection names must be unique")
+        if creds.cert is None and any(c.local_auth == LocalAuth.PUBKEY for c in conns):
+            raise LocalProtocolError("a connection with local_auth = pubkey needs a "
+                                     "certificate")
+        object.__setattr__(self, "connections", conns)
+        object.__setattr__(self, "secrets", self.secrets.with_any_psk(creds.psk))
+        object.__setattr__(self, "ike_suites", ike_suites_of(conns))
+        object.__setattr__(self, "esp_suites", esp_suites_of(conns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +167,10 @@ class InitiatorConfig:
     child_lifetime_s: int = 3600
     initial_contact: bool = True
     rfc7427: bool = True  # announce SIGNATURE_HASH_ALGORITHMS (else: classic auth methods)
+    # EAP-MSCHAPv2 instead of AUTH (RFC 7296 §2.16): the EAP identity and its password; the
+    # responder still proves itself with `credentials`
+    eap_identity: str | None = None
+    eap_password: str | None = None
     retransmit_timeout_s: float = 2.0
     retransmit_tries: int = 5
     # the proposals above, parsed: what select_proposal accepts (or the initiator offers)
@@ -109,5 +178,10 @@ class InitiatorConfig:
     esp_suites: tuple[EspProposal, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        creds = self.credentials
+        # only CAs: a client that proves itself by EAP and checks the gateway's certificate
+        if creds.psk is None and creds.cert is None and not (
+                self.eap_password is not None and creds.cas):
+            raise LocalProtocolError("configure a PSK or a certificate")
         object.__setattr__(self, "ike_suites", _ike_suites(self.ike_proposals))
         object.__setattr__(self, "esp_suites", _esp_suites(self.esp_proposals))

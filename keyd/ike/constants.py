@@ -146,6 +146,7 @@ class CfgAttr(IntEnum):
     INTERNAL_IP4_SUBNET = 13
     SUPPORTED_ATTRIBUTES = 14
     INTERNAL_IP6_SUBNET = 15
+    INTERNAL_DNS_DOMAIN = 25  # RFC 8598 §4 (split DNS)
 
 
 class TsType(IntEnum):

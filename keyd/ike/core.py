@@ -327,7 +327,8 @@ class IkeEndpoint:
             keys=derive_ike_keys(suite, seed, ni, nr, spi_i, spi_r),
             state=IkeState.ESTABLISHED, peer=sa.peer, local=sa.local, created_at=now,
             udp_encap=sa.udp_encap, peer_behind_nat=sa.peer_behind_nat,
-            peer_identity=sa.peer_identity, virtual_ip=sa.virtual_ip,
+            peer_identity=sa.peer_identity, connection=sa.connection,
+            virtual_ip=sa.virtual_ip,
             peer_hashes=sa.peer_hashes,
         )
         if new.id in self._sas:
@@ -347,7 +348,7 @@ class IkeEndpoint:
     def _make_child(
         self, sa: IkeSa, suite: ChildSuite, keys: ChildKeys, spi_in: int, spi_out: int,
         ts_local: tuple[str, ...], ts_remote: tuple[str, ...], we_initiated: bool,
-        replaces: int | None, now: float,
+        replaces: int | None, now: float, policy: str | None = None,
     ) -> ChildSa:
         """A Child SA; §2.17 keys come i→r first, where i is the exchange's initiator."""
         if we_initiated:
@@ -362,7 +363,7 @@ class IkeEndpoint:
             udp_encap=sa.udp_encap, virtual_ip=sa.virtual_ip, identity=sa.peer_identity,
             created_at=now, soft_lifetime_s=self._child_lifetime_s,
             hard_lifetime_s=self._child_lifetime_s + self._child_lifetime_s // 10,
-            replaces=replaces,
+            replaces=replaces, policy=policy,
         )
         sa.children[spi_in] = child
         return child
@@ -396,6 +397,9 @@ class IkeEndpoint:
             return
         if sa.state == IkeState.WAIT_ADDRESS:
             self._drop("waiting_for_address")
+            return
+        if sa.state == IkeState.WAIT_RADIUS:
+            self._drop("waiting_for_radius")
             return
         if sk is None:
             self._drop("unprotected_request")

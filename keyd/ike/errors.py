@@ -33,5 +33,15 @@ class InvalidKePayload(RemoteProtocolError):
         self.group = group
 
 
+class AuthenticationError(RemoteProtocolError):
+    """IKE_AUTH refused (answered with AUTHENTICATION_FAILED). `cause` says which way, for
+    the counter: `no_matching_connection`, `unknown_identity`, `psk_mismatch`,
+    `certificate_invalid`, `eap_unavailable`, `malformed_request`."""
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message, 24)   # AUTHENTICATION_FAILED
+        self.cause = cause
+
+
 class LocalProtocolError(IkeError):
     """The caller misused the core (unknown IKE SA, bad configuration, wrong state)."""

@@ -36,6 +36,7 @@ class ChildSa:
     soft_lifetime_s: int
     hard_lifetime_s: int
     replaces: int | None = None  # spi_in of the Child SA this one rekeyed
+    policy: str | None = None  # the connection's traffic policy (policy/<name>) for the nodes
 
 
 class IkeEvent:
@@ -61,6 +62,7 @@ class IkeSaEstablished(IkeEvent):
     peer_port: int
     virtual_ip: str | None
     initial_contact: bool
+    connection: str = ""  # the connection the client was accepted on
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,21 @@ class AddressRequested(IkeEvent):
     # the peer sent INITIAL_CONTACT (RFC 7296 §2.4): it holds no other IKE SA with us, so
     # an address still leased to its identity may be given to it again
     initial_contact: bool = False
+    connection: str = ""  # the connection the client was accepted on
+    pool: str | None = None  # its pool (CIDR); None: the shell's default pool
+
+
+@dataclass(frozen=True, slots=True)
+class RadiusRequested(IkeEvent):
+    """An EAP response must go to a RADIUS server before the IKE_AUTH can be answered: send
+    `datagram` to server number `server` of the EAP configuration (resend the same bytes on
+    retransmission), then call `radius_answer(ike_sa_id, reply or None on timeout)`.
+    Retransmits of the client's request meanwhile are ignored."""
+
+    ike_sa_id: str
+    datagram: bytes = field(repr=False)
+    server: int
+    identifier: int  # RADIUS Identifier: answers with another one are not for this request
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +134,9 @@ class AuthenticationFailed(IkeEvent):
 
     ike_sa_id: str
     identity: str
-    reason: str
+    reason: str  # what went wrong, for the log (never a secret)
+    cause: str = "other"  # the counter label (errors.AuthenticationError.cause)
+    connection: str = ""  # the connection chosen, if one was
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +157,10 @@ class IkeCounters:
     errors: Counter[str] = field(default_factory=Counter)  # by notify name sent or reason
     drops: Counter[str] = field(default_factory=Counter)  # silently dropped, by reason
     handshakes: Counter[str] = field(default_factory=Counter)  # "ok" / "failed"
+    # EAP conversations that failed, by reason (unknown user, bad password, radius reject,
+    # radius timeout, bad auth, ...)
+    eap_failures: Counter[str] = field(default_factory=Counter)
+    auth_failures: Counter[str] = field(default_factory=Counter)  # by AuthenticationError.cause
     retransmits_answered: int = 0  # retransmitted requests answered from the cache
     retransmits_sent: int = 0  # our own requests sent again
     cookies_sent: int = 0

@@ -50,11 +50,14 @@ class IkeSa:
     udp_encap: bool = False  # NAT detected (or forced): ESP in UDP (RFC 3948)
     peer_behind_nat: bool = False
     peer_identity: str = ""
+    connection: str = ""  # the connection the peer was accepted on (keyd/ike/connections.py)
     virtual_ip: str | None = None
     peer_hashes: tuple[int, ...] = ()  # SIGNATURE_HASH_ALGORITHMS the peer sent (RFC 7427)
     children: dict[int, ChildSa] = field(default_factory=dict)  # by spi_in
     rekeyed_to: str | None = None
     expires_at: float | None = None  # half-open or rekeyed SAs go away after this
+    # the EAP round of IKE_AUTH (§2.16), as of the last answer: see keyd/ike/eap_auth.py
+    eap: dict[str, Any] | None = None
     # not exported: our request in flight and its retransmission schedule
     outstanding: bytes = b""
     outstanding_kind: str = ""
@@ -118,11 +121,13 @@ def export_sa(sa: IkeSa) -> dict[str, Any]:
         "udp_encap": sa.udp_encap,
         "peer_behind_nat": sa.peer_behind_nat,
         "peer_identity": sa.peer_identity,
+        "connection": sa.connection,
         "virtual_ip": sa.virtual_ip,
         "peer_hashes": list(sa.peer_hashes),
         "children": [_child_to_dict(c) for c in sa.children.values()],
         "rekeyed_to": sa.rekeyed_to,
         "expires_at": sa.expires_at,
+        "eap": sa.eap,
     }
 
 
@@ -132,8 +137,14 @@ def import_sa(d: dict[str, Any]) -> IkeSa:
         if d["version"] != EXPORT_VERSION:
             raise ValueError(f"export version {d['version']}")
         state = IkeState(d["state"])
+        eap = d.get("eap")  # absent in records written before EAP
+        if eap is not None and not isinstance(eap, dict):
+            raise ValueError("eap is not an object")
+        # the pending IKE_AUTH is answered afresh: back to where its request was taken up
         if state == IkeState.WAIT_ADDRESS:
-            state = IkeState.HALF_OPEN  # the pending IKE_AUTH is answered afresh
+            state = IkeState.EAP_DONE if eap is not None else IkeState.HALF_OPEN
+        elif state == IkeState.WAIT_RADIUS:
+            state = IkeState.EAP if eap is not None and eap.get("auth") else IkeState.HALF_OPEN
         sa = IkeSa(
             spi_i=int(d["spi_i"], 16),
             spi_r=int(d["spi_r"], 16),
@@ -154,10 +165,12 @@ def import_sa(d: dict[str, Any]) -> IkeSa:
             udp_encap=bool(d["udp_encap"]),
             peer_behind_nat=bool(d["peer_behind_nat"]),
             peer_identity=str(d["peer_identity"]),
+            connection=str(d.get("connection", "")),  # absent in records of before connections
             virtual_ip=d["virtual_ip"],
             peer_hashes=tuple(int(h) for h in d["peer_hashes"]),
             rekeyed_to=d["rekeyed_to"],
             expires_at=d["expires_at"],
+            eap=eap,
         )
         for c in d["children"]:
             child = _child_from_dict(c)

@@ -13,9 +13,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .auth import certreq_payload, signed_octets
+from keyd.eap import EapError
+from keyd.eap import Peer as EapPeer
+
+from .auth import certreq_payload, psk_auth, signed_octets, verify_psk
 from .config import InitiatorConfig
 from .constants import (
+    AuthMethod,
     CfgAttr,
     CfgType,
     ExchangeType,
@@ -45,6 +49,7 @@ from .message import Header, Message, push_message
 from .payloads import (
     AuthPayload,
     CpPayload,
+    EapPayload,
     IdiPayload,
     IdrPayload,
     KePayload,
@@ -86,6 +91,7 @@ class Initiator(IkeEndpoint):
         self._my_id: Identity = identity_from_text(config.identity, config.credentials.cert)
         self.ike_sa_id: str | None = None
         self.virtual_ip: str | None = None
+        self._eap_peer = EapPeer("", "")  # replaced when an EAP round starts
 
     @property
     def sa(self) -> IkeSa:
@@ -197,12 +203,13 @@ class Initiator(IkeEndpoint):
         cfg = self.config
         octets = signed_octets(sa.init_request, sa.nr, sa.suite.prf, sa.keys.sk_pi, self._my_id)
         payloads: list[Payload] = [IdiPayload(self._my_id.id_type, self._my_id.data)]
-        proof = own_proof(cfg.credentials, sa.suite.prf, octets, sa.peer_hashes)
+        eap = cfg.eap_password is not None  # §2.16: no AUTH asks the responder for EAP
+        proof = [] if eap else own_proof(cfg.credentials, sa.suite.prf, octets, sa.peer_hashes)
         payloads += proof[:-1]
         if cfg.remote_identity:
             rid = identity_from_text(cfg.remote_identity)
             payloads.append(IdrPayload(rid.id_type, rid.data))
-        payloads.append(proof[-1])
+        payloads += proof[-1:]
         if cfg.request_address:
             payloads.append(CpPayload(CfgType.REQUEST, ((CfgAttr.INTERNAL_IP4_ADDRESS, b""),
                                                         (CfgAttr.INTERNAL_IP4_DNS, b""))))
@@ -217,11 +224,10 @@ class Initiator(IkeEndpoint):
                       for i, s in enumerate(cfg.esp_suites))
         payloads += [SaPayload(props), TsiPayload(self._selectors(list(cfg.ts_local))),
                      TsrPayload(self._selectors(list(cfg.ts_remote)))]
-        self._start_request(sa, ExchangeType.IKE_AUTH, payloads, "auth", {"spi_in": spi_in},
-                            now)
+        self._start_request(sa, ExchangeType.IKE_AUTH, payloads, "auth",
+                            {"spi_in": spi_in, "eap": eap}, now)
 
-    def _on_auth_response(self, sa: IkeSa, payloads: list[Payload], ctx: dict[str, Any],
-                          now: float) -> None:
+    def _check_responder(self, sa: IkeSa, payloads: list[Payload]) -> Identity:
         idr, auth = find(payloads, IdrPayload), find(payloads, AuthPayload)
         if not isinstance(idr, IdrPayload) or auth is None:
             raise RemoteProtocolError("IKE_AUTH response without IDr or AUTH",
@@ -231,6 +237,14 @@ class Initiator(IkeEndpoint):
         assert isinstance(auth, AuthPayload)
         sa.peer_identity = check_proof(self.config.credentials, sa.suite.prf, octets, peer_id,
                                        auth, payloads)
+        return peer_id
+
+    def _on_auth_response(self, sa: IkeSa, payloads: list[Payload], ctx: dict[str, Any],
+                          now: float) -> None:
+        if not ctx.get("eap"):
+            self._check_responder(sa, payloads)
+        elif self._eap_round(sa, payloads, ctx, now):
+            return
         cp = find(payloads, CpPayload)
         if isinstance(cp, CpPayload):
             for t, v in cp.attributes:
@@ -254,6 +268,43 @@ class Initiator(IkeEndpoint):
                                                "IKE SA made without a Child SA"))
         sa.init_request = sa.init_response = b""
         self._events.append(IkeSaUpdated(sa.id))
+
+    def _eap_round(self, sa: IkeSa, payloads: list[Payload], ctx: dict[str, Any],
+                   now: float) -> bool:
+        """§2.16, client side: True while the EAP conversation goes on (our next IKE_AUTH
+        request is out); False once the final answer's AUTH(MSK) checked."""
+        if "peer_id" not in ctx:  # the first answer: the responder's own proof
+            peer_id = self._check_responder(sa, payloads)
+            ctx["peer_id"] = (peer_id.id_type, peer_id.data)
+            cfg = self.config
+            assert cfg.eap_password is not None
+            self._eap_peer = EapPeer(cfg.eap_identity or cfg.identity, cfg.eap_password,
+                                     self._random)
+        eap = find(payloads, EapPayload)
+        if eap is not None:
+            try:
+                answer = self._eap_peer.respond(eap.data)
+            except EapError as exc:
+                raise RemoteProtocolError(f"EAP: {exc}", Notify.AUTHENTICATION_FAILED) from exc
+            if answer is not None:
+                next_payloads: list[Payload] = [EapPayload(answer)]
+            elif self._eap_peer.succeeded:
+                octets = signed_octets(sa.init_request, sa.nr, sa.suite.prf, sa.keys.sk_pi,
+                                       self._my_id)
+                next_payloads = [AuthPayload(AuthMethod.PSK, psk_auth(
+                    sa.suite.prf, self._eap_peer.msk, octets))]
+            else:
+                raise RemoteProtocolError("EAP failed", Notify.AUTHENTICATION_FAILED)
+            self._start_request(sa, ExchangeType.IKE_AUTH, next_payloads, "auth", ctx, now)
+            return True
+        auth = find(payloads, AuthPayload)
+        if not isinstance(auth, AuthPayload) or not self._eap_peer.succeeded:
+            raise RemoteProtocolError("IKE_AUTH answer without EAP or AUTH",
+                                      Notify.AUTHENTICATION_FAILED)
+        peer_id = Identity(*ctx["peer_id"])
+        octets = signed_octets(sa.init_response, sa.ni, sa.suite.prf, sa.keys.sk_pr, peer_id)
+        verify_psk(sa.suite.prf, self._eap_peer.msk, octets, auth.data)
+        return False
 
     def _child_from_reply(self, sa: IkeSa, sa_p: SaPayload, tsi: TsiPayload, tsr: TsrPayload,
                           spi_in: int, ni: bytes, nr: bytes, g_ir: bytes,

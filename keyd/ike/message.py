@@ -21,6 +21,7 @@ from .payloads import (
     CertReqPayload,
     CpPayload,
     DeletePayload,
+    EapPayload,
     IdiPayload,
     IdrPayload,
     KePayload,
@@ -305,6 +306,7 @@ _PULL: dict[int, Callable[[Buffer], Payload]] = {
     PayloadType.TSI: lambda buf: TsiPayload(pull_selectors(buf)),
     PayloadType.TSR: lambda buf: TsrPayload(pull_selectors(buf)),
     PayloadType.CP: pull_cp,
+    PayloadType.EAP: lambda buf: EapPayload(buf.pull_rest()),
 }
 
 
@@ -403,7 +405,8 @@ def _push_cp(buf: Buffer, p: CpPayload) -> None:
         buf.push_bytes(value)
 
 
-def _push_data(buf: Buffer, p: NoncePayload | VendorPayload | UnknownPayload | SkPayload) -> None:
+def _push_data(buf: Buffer,
+               p: NoncePayload | VendorPayload | UnknownPayload | SkPayload | EapPayload) -> None:
     buf.push_bytes(p.data)
 
 
@@ -414,6 +417,7 @@ _PUSH: dict[type, Callable[[Buffer, Any], None]] = {
     NotifyPayload: _push_notify, DeletePayload: _push_delete, TsiPayload: _push_ts,
     TsrPayload: _push_ts, CpPayload: _push_cp, NoncePayload: _push_data,
     VendorPayload: _push_data, UnknownPayload: _push_data, SkPayload: _push_data,
+    EapPayload: _push_data,
 }
 
 

@@ -116,6 +116,14 @@ class VendorPayload(Payload):
 
 
 @dataclass(frozen=True, slots=True)
+class EapPayload(Payload):
+    """§3.16: one EAP packet (RFC 3748), carried as is."""
+
+    payload_type: ClassVar[int] = PayloadType.EAP
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class TrafficSelector:
     """§3.13.1: an address range, an IP protocol (0 = any) and a port range."""
 

@@ -9,19 +9,24 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import constant_time
 
-from .auth import certreq_payload, signed_octets
-from .config import ResponderConfig
+from .auth import certreq_payload, load_certificate, psk_auth, signed_octets, verify_psk
+from .config import EapConfig, ResponderConfig
+from .connections import Connection, LocalAuth, RemoteAuth, select_connection
 from .constants import (
+    AuthMethod,
+    CertEncoding,
     CfgAttr,
     CfgType,
     ExchangeType,
     Flag,
+    IdType,
     Notify,
     ProtocolId,
 )
-from .core import IkeEndpoint, RequestContext, nat_hash, notify_name, packed_ip
+from .core import RequestContext, nat_hash, notify_name, packed_ip
 from .dh import KeyExchange
-from .errors import LocalProtocolError, RemoteProtocolError
+from .eap_auth import EapRound, _RadiusWait
+from .errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
 from .events import (
     AddressRequested,
     AuthenticationFailed,
@@ -29,12 +34,13 @@ from .events import (
     IkeSaEstablished,
     IkeSaUpdated,
 )
-from .identity import Identity, identity_from_text
+from .identity import Identity, identity_from_text, identity_text
 from .ikesa import Address, IkeSa, ike_sa_id
 from .keys import NONCE_LEN, derive_child_keys, derive_ike_keys, prf, skeyseed
 from .message import Header, Message, push_message
 from .payloads import (
     AuthPayload,
+    CertPayload,
     CpPayload,
     IdiPayload,
     IdrPayload,
@@ -44,6 +50,7 @@ from .payloads import (
     Payload,
     Proposal,
     SaPayload,
+    TrafficSelector,
     TsiPayload,
     TsrPayload,
     find,
@@ -51,6 +58,7 @@ from .payloads import (
 )
 from .proof import check_proof, hash_algorithms, hash_algorithms_notify, own_proof
 from .proposals import select_proposal
+from .secrets import Secrets
 from .selectors import narrow, selector_for, to_cidrs
 from .state import IkeState, advance
 from .transforms import PRFS, ChildSuite, IkeSuite
@@ -66,9 +74,38 @@ class _PendingAuth:
     ctx: RequestContext
     cp: CpPayload | None
     initial_contact: bool
+    connection: Connection
+    psk: bytes | None  # the PSK the peer proved with: keyd's own proof on local_auth = psk
 
 
-class Responder(IkeEndpoint):
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    """What a connection gives its clients, made once: traffic selectors and the
+    configuration attributes of its CFG_REPLY."""
+
+    protected: tuple[TrafficSelector, ...]
+    dns: tuple[tuple[int, bytes], ...]
+    domains: tuple[tuple[int, bytes], ...]
+    subnets: tuple[tuple[int, bytes], ...]
+
+    @classmethod
+    def of(cls, c: Connection) -> _Offer:
+        v4 = [ipaddress.ip_network(n, strict=False) for n in c.protected_networks]
+        return cls(
+            protected=tuple(selector_for(n) for n in c.protected_networks),
+            dns=tuple((CfgAttr.INTERNAL_IP4_DNS, ipaddress.IPv4Address(d).packed)
+                      for d in c.dns if ipaddress.ip_address(d).version == 4),
+            # RFC 8598 §4: one domain per attribute, the name without a trailing dot
+            domains=tuple((CfgAttr.INTERNAL_DNS_DOMAIN, d.rstrip(".").encode("ascii"))
+                          for d in c.dns_domains),
+            # RFC 7296 §3.15.1: address and netmask; 0.0.0.0/0 says nothing: not sent
+            subnets=tuple((CfgAttr.INTERNAL_IP4_SUBNET,
+                           n.network_address.packed + n.netmask.packed)
+                          for n in v4 if n.version == 4 and n.prefixlen > 0),
+        )
+
+
+class Responder(EapRound):
     """keyd's IKEv2 responder for any number of IKE SAs.
 
     `random(n)` gives n random bytes (nonces, IKE SPIs, IVs, cookie secrets);
@@ -91,21 +128,38 @@ class Responder(IkeEndpoint):
         self.config = config
         creds = config.credentials
         self._my_id: Identity = identity_from_text(config.identity, creds.cert)
-        self._protected = [selector_for(n) for n in config.protected_networks]
+        self._secrets: Secrets = config.secrets
+        self._connections = {c.name: c for c in config.connections}
+        self._offers = {c.name: _Offer.of(c) for c in config.connections}
+        self._first = config.connections[0]
         self._half_open: set[str] = set()
         # half-open SAs by (SPIi, peer address): retransmitted IKE_SA_INIT requests (§2.1)
         self._init_index: dict[tuple[int, Address], str] = {}
         self._init_key: dict[str, tuple[int, Address]] = {}
         self._pending: dict[str, _PendingAuth] = {}
+        self._radius_waiting: dict[str, _RadiusWait] = {}  # EAP responses out at RADIUS
         # what every IKE_SA_INIT and IKE_AUTH answer carries alike, made once
         cas = config.credentials.cas
         self._certreq = certreq_payload(cas) if cas else None
-        self._dns_attrs = tuple((CfgAttr.INTERNAL_IP4_DNS, ipaddress.IPv4Address(d).packed)
-                                for d in config.dns if ipaddress.ip_address(d).version == 4)
         self._cookie_secrets: list[tuple[int, bytes]] = [(0, random(32))]
         self._cookie_rotate_at: float | None = None
 
     # ---- API --------------------------------------------------------------------------
+
+    def use_secrets(self, secrets: Secrets) -> None:
+        """New PSKs and EAP passwords (the secrets file was read again): they apply from
+        the next IKE_AUTH on; established IKE and Child SAs are not touched."""
+        self._secrets = secrets.with_any_psk(self.config.credentials.psk)
+
+    @property
+    def secrets(self) -> Secrets:
+        """The secrets in use (EAP rounds look their users' passwords up here)."""
+        return self._secrets
+
+    def connection_of(self, sa: IkeSa) -> Connection:
+        """The connection an IKE SA was accepted on; one that is no longer configured (or
+        a half-open SA: none yet) is served by the first connection."""
+        return self._connections.get(sa.connection, self._first)
 
     def assign_address(self, ike_sa_id: str, address: str | None, now: float) -> None:
         """Answer an AddressRequested: the virtual IP for the peer, or None (pool empty:
@@ -238,6 +292,7 @@ class Responder(IkeEndpoint):
 
     def _forget(self, sa: IkeSa) -> None:
         self._pending.pop(sa.id, None)
+        self._radius_waiting.pop(sa.id, None)
         self._leave_half_open(sa)
 
     # §2.6: Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)
@@ -272,49 +327,142 @@ class Responder(IkeEndpoint):
     ) -> list[Payload] | None:
         idi, auth = find(payloads, IdiPayload), find(payloads, AuthPayload)
         peer_id = Identity(idi.id_type, idi.data) if isinstance(idi, IdiPayload) else None
+        name, conn, psk = "", None, None
         try:
-            if peer_id is None or not isinstance(auth, AuthPayload):
-                raise RemoteProtocolError("IKE_AUTH without IDi or AUTH",
-                                          Notify.AUTHENTICATION_FAILED)
-            identity = self._verify_peer(sa, peer_id, auth, payloads)
-        except RemoteProtocolError as e:
-            name = str(peer_id) if peer_id else ""
-            self.counters.handshakes["failed"] += 1
-            self.counters.errors["AUTHENTICATION_FAILED"] += 1
-            self._events.append(AuthenticationFailed(sa.id, name, str(e)))
-            self._remove_sa(sa, "authentication failed")  # gone before the answer leaves
-            self._respond(sa, ctx, [NotifyPayload(Notify.AUTHENTICATION_FAILED)])
+            if peer_id is None:
+                raise AuthenticationError("malformed_request", "IKE_AUTH without IDi")
+            name = _claimed(peer_id, payloads)
+            auth = auth if isinstance(auth, AuthPayload) else None
+            chosen = select_connection(self.config.connections, name,
+                                       auth.method if auth else None, sa.suite)
+            conn = chosen.connection
+            if conn is None:
+                raise AuthenticationError("no_matching_connection", chosen.reason)
+            if auth is None:
+                return self._begin_eap(sa, conn, peer_id, payloads, ctx, now)
+            identity, psk = self._verify_peer(sa, conn, peer_id, name, auth, payloads)
+        except AuthenticationError as e:
+            self._refuse(sa, ctx, name, e.cause, str(e), conn)
             return None
+        except RemoteProtocolError as e:   # e.g. an unreadable certificate
+            self._refuse(sa, ctx, name, "certificate_invalid", str(e), conn)
+            return None
+        sa.connection = conn.name
+        return self._authenticated(sa, identity, payloads, ctx, None, now, psk)
+
+    def _authenticated(self, sa: IkeSa, identity: str, payloads: list[Payload],
+                       ctx: RequestContext, address: str | None, now: float,
+                       psk: bytes | None = None) -> list[Payload] | None:
+        """The peer proved `identity` on its connection; `payloads` are those of its (first)
+        IKE_AUTH request; `psk` the PSK it proved with. `address`: a virtual IP decided
+        already (RADIUS Framed-IP-Address), else the pool is asked if the peer wants one."""
+        conn = self.connection_of(sa)
         sa.peer_identity = identity
         cp = find(payloads, CpPayload)
         cp = cp if isinstance(cp, CpPayload) and cp.cfg_type == CfgType.REQUEST else None
         pending = _PendingAuth(payloads, ctx, cp,
-                               bool(notifies(payloads, Notify.INITIAL_CONTACT)))
-        if cp is not None and any(t == CfgAttr.INTERNAL_IP4_ADDRESS for t, _ in cp.attributes):
+                               bool(notifies(payloads, Notify.INITIAL_CONTACT)), conn, psk)
+        wants_address = cp is not None and any(t == CfgAttr.INTERNAL_IP4_ADDRESS
+                                               for t, _ in cp.attributes)
+        if wants_address and address is not None:
+            return self._finish_auth(sa, pending, address, now)
+        if cp is not None and wants_address:
             wanted = next(v for t, v in cp.attributes if t == CfgAttr.INTERNAL_IP4_ADDRESS)
             requested = str(ipaddress.IPv4Address(wanted)) \
                 if len(wanted) == 4 and any(wanted) else None
             sa.state = advance(sa.state, "address_requested")
             self._pending[sa.id] = pending
             self._events.append(AddressRequested(sa.id, identity, requested,
-                                                 pending.initial_contact))
+                                                 pending.initial_contact, conn.name,
+                                                 conn.pool))
             return None
         return self._finish_auth(sa, pending, None, now)
 
-    def _verify_peer(self, sa: IkeSa, peer_id: Identity, auth: AuthPayload,
-                     payloads: list[Payload]) -> str:
-        octets = signed_octets(sa.init_request, sa.nr, sa.suite.prf, sa.keys.sk_pi, peer_id)
-        return check_proof(self.config.credentials, sa.suite.prf, octets, peer_id, auth,
-                           payloads)
+    def _refuse(self, sa: IkeSa, ctx: RequestContext, name: str, cause: str, reason: str,
+                conn: Connection | None, answer: list[Payload] | None = None) -> None:
+        """AUTHENTICATION_FAILED (after `answer`'s payloads: an EAP-Failure), counted by
+        cause; the IKE SA is gone before the answer leaves (§2.21.2)."""
+        self.counters.handshakes["failed"] += 1
+        self.counters.errors["AUTHENTICATION_FAILED"] += 1
+        self.counters.auth_failures[cause] += 1
+        self._events.append(AuthenticationFailed(sa.id, name, reason, cause,
+                                                 conn.name if conn else ""))
+        self._remove_sa(sa, "authentication failed")
+        self._respond(sa, ctx, [*(answer or []), NotifyPayload(Notify.AUTHENTICATION_FAILED)])
 
-    def _own_auth(self, sa: IkeSa) -> list[Payload]:
+    def _begin_eap(self, sa: IkeSa, conn: Connection, peer_id: Identity,
+                   payloads: list[Payload], ctx: RequestContext,
+                   now: float) -> list[Payload] | None:
+        """An IKE_AUTH without AUTH asks for EAP (§2.16) on an EAP connection."""
+        sa.connection = conn.name
+        eap = self.eap_config(sa)
+        if eap is None:
+            raise AuthenticationError("eap_unavailable",
+                                      f"connection {conn.name}: {conn.remote_auth} is not served")
+        return self._start_eap(sa, eap, peer_id, payloads, ctx, now)
+
+    def eap_config(self, sa: IkeSa) -> EapConfig | None:
+        """The EAP round of the IKE SA's connection: eap-mschapv2 against the secrets file's
+        EAP users (as they are now: a SIGHUP applies to the next message), eap-radius and
+        eap-tls relayed to the RADIUS servers of [keyd]. None: not an EAP connection, or
+        nothing to serve it with."""
+        auth = self.connection_of(sa).remote_auth
+        base = self.config.eap
+        ask = base.ask_identity if base is not None else True
+        if auth == RemoteAuth.EAP_MSCHAPV2:
+            return EapConfig("eap-mschapv2", password_for=self._eap_password, ask_identity=ask)
+        if auth in (RemoteAuth.EAP_RADIUS, RemoteAuth.EAP_TLS) and base is not None \
+                and base.radius_servers:
+            return EapConfig("eap-radius", radius_servers=base.radius_servers,
+                             nas_identifier=base.nas_identifier, ask_identity=ask)
+        return None
+
+    def _eap_password(self, identity: str) -> str | None:
+        """The secrets file's EAP user first, then [keyd] eap_users_file's."""
+        got = self._secrets.eap_password(identity)
+        base = self.config.eap
+        if got is None and base is not None and base.password_for is not None:
+            got = base.password_for(identity)
+        return got
+
+    def _verify_peer(self, sa: IkeSa, conn: Connection, peer_id: Identity, name: str,
+                     auth: AuthPayload, payloads: list[Payload]) -> tuple[str, bytes | None]:
+        """Check the peer's AUTH on `conn`: by the PSK of the identity it claims, or by
+        certificate. Returns its identity as text and the PSK it proved with (if any)."""
+        octets = signed_octets(sa.init_request, sa.nr, sa.suite.prf, sa.keys.sk_pi, peer_id)
+        if auth.method == AuthMethod.PSK:
+            psk = self._secrets.psk(name)
+            if psk is None:
+                raise AuthenticationError("unknown_identity", f"no PSK for {name!r}")
+            try:
+                verify_psk(sa.suite.prf, psk, octets, auth.data)
+            except RemoteProtocolError:
+                raise AuthenticationError(
+                    "psk_mismatch", f"AUTH does not verify with the PSK of {name!r}") from None
+            return name, psk
+        try:
+            return check_proof(self.config.credentials, sa.suite.prf, octets, peer_id, auth,
+                               payloads), None
+        except RemoteProtocolError as e:
+            raise AuthenticationError("certificate_invalid", str(e)) from None
+
+    def _own_auth(self, sa: IkeSa, local_auth: LocalAuth, psk: bytes | None) -> list[Payload]:
+        """IDr and keyd's proof: by the PSK the peer proved with (`local_auth = psk`), or
+        by certificate — with the certificate always sent, CERTREQ or not (Apple clients
+        send none)."""
         octets = signed_octets(sa.init_response, sa.ni, sa.suite.prf, sa.keys.sk_pr, self._my_id)
         idr = IdrPayload(self._my_id.id_type, self._my_id.data)
+        if local_auth == LocalAuth.PSK:
+            assert psk is not None   # local_auth = psk needs remote_auth = psk
+            return [idr, AuthPayload(AuthMethod.PSK, psk_auth(sa.suite.prf, psk, octets))]
         return [idr, *own_proof(self.config.credentials, sa.suite.prf, octets, sa.peer_hashes)]
 
     def _finish_auth(self, sa: IkeSa, pending: _PendingAuth, address: str | None,
                      now: float) -> list[Payload]:
-        reply = self._own_auth(sa)
+        reply = self._eap_final_proof(sa) if sa.eap is not None \
+            else self._own_auth(sa, pending.connection.local_auth, pending.psk)
+        sa.eap = None  # the MSK and the conversation are not needed any more
+        offer = self._offers[pending.connection.name]
         child_ok = True
         if pending.cp is not None:
             asked = {t for t, _ in pending.cp.attributes}
@@ -325,7 +473,11 @@ class Responder(IkeEndpoint):
                 else:
                     attrs.append((CfgAttr.INTERNAL_IP4_ADDRESS, packed_ip(address)))
             if CfgAttr.INTERNAL_IP4_DNS in asked:
-                attrs += self._dns_attrs
+                attrs += offer.dns
+            # what the connection configures is sent whether asked for or not, as
+            # strongSwan's responder does: a client ignores attributes it does not know
+            attrs += offer.domains
+            attrs += offer.subnets
             if attrs:
                 reply.append(CpPayload(CfgType.REPLY, tuple(attrs)))
         sa.virtual_ip = address
@@ -334,7 +486,7 @@ class Responder(IkeEndpoint):
         self._leave_half_open(sa)
         self.counters.handshakes["ok"] += 1
         self._events.append(IkeSaEstablished(sa.id, sa.peer_identity, sa.peer[0], sa.peer[1],
-                                             address, pending.initial_contact))
+                                             address, pending.initial_contact, sa.connection))
         ps = pending.payloads
         sa_p, tsi, tsr = find(ps, SaPayload), find(ps, TsiPayload), find(ps, TsrPayload)
         if not child_ok:
@@ -358,15 +510,17 @@ class Responder(IkeEndpoint):
         self, sa: IkeSa, sa_p: SaPayload, tsi_p: TsiPayload, tsr_p: TsrPayload, ni: bytes,
         nr: bytes, ke: KePayload | None, replaces: int | None, with_dh: bool, now: float,
     ) -> list[Payload]:
-        """Select a suite, narrow the selectors, derive keys; returns SA, [KE], TSi, TSr."""
-        prop, suite = select_proposal(sa_p.proposals, self.config.esp_suites, ProtocolId.ESP,
+        """Select a suite, narrow the selectors, derive keys; returns SA, [KE], TSi, TSr.
+        Suites and selectors are the IKE SA's connection's."""
+        conn = self.connection_of(sa)
+        prop, suite = select_proposal(sa_p.proposals, conn.esp_suites, ProtocolId.ESP,
                                       ke.group if ke else None, include_dh=with_dh)
         assert isinstance(suite, ChildSuite)
         if len(prop.spi) != 4:
             raise RemoteProtocolError("ESP proposal without a 4-byte SPI", Notify.INVALID_SYNTAX)
         remote_ok = [selector_for(f"{sa.virtual_ip or sa.peer[0]}/32")]
         tsi = narrow(tsi_p.selectors, remote_ok)
-        tsr = narrow(tsr_p.selectors, self._protected)
+        tsr = narrow(tsr_p.selectors, list(self._offers[conn.name].protected))
         if not tsi or not tsr:
             raise RemoteProtocolError("no acceptable traffic selectors", Notify.TS_UNACCEPTABLE)
         g_ir = b""
@@ -381,7 +535,8 @@ class Responder(IkeEndpoint):
         keys = derive_child_keys(sa.suite.prf, sa.keys.sk_d, suite, ni, nr, g_ir)
         spi_in = self._allocate_spi()
         child = self._make_child(sa, suite, keys, spi_in, int.from_bytes(prop.spi, "big"),
-                                 to_cidrs(tsr), to_cidrs(tsi), False, replaces, now)
+                                 to_cidrs(tsr), to_cidrs(tsi), False, replaces, now,
+                                 policy=conn.policy)
         self._events.append(ChildSaEstablished(child))
         chosen = suite.to_proposal(prop.num, spi_in.to_bytes(4, "big"))
         return [SaPayload((chosen,)), *out_ke, TsiPayload(tsi), TsrPayload(tsr)]
@@ -416,8 +571,8 @@ class Responder(IkeEndpoint):
     def _rekey_ike(self, sa: IkeSa, sa_p: SaPayload, ni: bytes, nr: bytes,
                    ke: KePayload | None, now: float) -> list[Payload]:
         """§1.3.2, §2.18: a new IKE SA inherits the Child SAs; the peer deletes the old one."""
-        prop, suite = select_proposal(sa_p.proposals, self.config.ike_suites, ProtocolId.IKE,
-                                      ke.group if ke else None)
+        prop, suite = select_proposal(sa_p.proposals, self.connection_of(sa).ike_suites,
+                                      ProtocolId.IKE, ke.group if ke else None)
         assert isinstance(suite, IkeSuite) and ke is not None
         if len(prop.spi) != 8:
             raise RemoteProtocolError("IKE rekey without an 8-byte SPI", Notify.INVALID_SYNTAX)
@@ -430,3 +585,16 @@ class Responder(IkeEndpoint):
         chosen = Proposal(prop.num, ProtocolId.IKE, spi_r.to_bytes(8, "big"),
                           suite.to_proposal().transforms)
         return [SaPayload((chosen,)), NoncePayload(nr), KePayload(suite.dh, dh.public)]
+
+
+def _claimed(peer_id: Identity, payloads: list[Payload]) -> str:
+    """The identity the peer claims, as connections and secrets name it: a DN is spelled
+    from the certificate that comes with it (when it is that certificate's subject)."""
+    if peer_id.id_type == IdType.DER_ASN1_DN:
+        for p in payloads:
+            if isinstance(p, CertPayload) and p.encoding == CertEncoding.X509_SIGNATURE:
+                try:
+                    return identity_text(peer_id, load_certificate(p.data))
+                except RemoteProtocolError:
+                    break
+    return identity_text(peer_id)

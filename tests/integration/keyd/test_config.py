@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from keyd.config import ConfigError, load_config, read_psk
+from keyd.config import ConfigError, load_config, read_eap_users, read_psk
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
 
@@ -61,6 +61,12 @@ def test_flags_override_file(tmp_path: Path) -> None:
      "ESP proposal 'aes128gcm16-sha1': an AEAD takes no integrity algorithm ('sha1')"),
     ('[keyd]\nidentity = "x"\npsk_file = "/p"\nike_proposals = ["aes128-sha256-x25519,"]',
      "empty IKE proposal"),
+    ('[keyd]\nidentity = "x"\npsk_file = "/p"\neap = "eap-md5"', "keyd.eap must be"),
+    ('[keyd]\nidentity = "x"\npsk_file = "/p"\neap = "eap-mschapv2"', "needs keyd.eap_users_file"),
+    ('[keyd]\nidentity = "x"\npsk_file = "/p"\neap = "eap-radius"', "needs keyd.radius_servers"),
+    ('[keyd]\nidentity = "x"\npsk_file = "/p"\nradius_servers = ["radius:1812"]',
+     "is not address:port"),
+    ('[keyd]\nidentity = "x"\npsk_file = "/p"\neap_identity = "maybe"', "ask or idi"),
 ])
 def test_mistakes_are_one_clear_line(tmp_path: Path, snippet: str, message: str) -> None:
     path = tmp_path / "keyd.toml"
@@ -81,6 +87,19 @@ def test_psk_file_must_be_private(tmp_path: Path) -> None:
     assert read_psk(str(psk)) == b"secret"
     psk.write_bytes(b"0x0102ff\n")
     assert read_psk(str(psk)) == b"\x01\x02\xff"
+
+
+def test_eap_users_file_private_and_well_formed(tmp_path: Path) -> None:
+    users = tmp_path / "eap-users.toml"
+    users.write_text('[eap_users]\ncarol = "s3cret"\n"ACME\\\\dave" = "x y"\n')
+    users.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by group or others"):
+        read_eap_users(str(users))
+    users.chmod(0o600)
+    assert read_eap_users(str(users)) == {"carol": "s3cret", "ACME\\dave": "x y"}
+    users.write_text('[eap_users]\ncarol = 7\n')
+    with pytest.raises(ConfigError, match="non-empty password strings"):
+        read_eap_users(str(users))
 
 
 def test_command_reports_bad_config_without_traceback(tmp_path: Path) -> None:
