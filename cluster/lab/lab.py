@@ -34,7 +34,7 @@ import requests
 from cluster.lab import addresses as A
 from cluster.lab import daemons, netns, strongswan, teardown, topology
 from cluster.lab.errors import LabError
-from cluster.lab.pki import LabPki
+from cluster.lab.pki import SHARED_USERS, LabPki
 from cluster.lab.state import (
     ClientRecord,
     LabState,
@@ -407,8 +407,9 @@ class Lab:
                    dpd_delay_s: int = 10, identity: str | None = None,
                    psk: str | None = None, remote_auth: str = "pubkey") -> ClientRecord:
         """A client namespace; with ike, a charon in it that has connected to the VIP.
-        `identity` (default <name>.clients.lab.example) and `psk` (default the lab PSK):
-        what the client claims and proves; `remote_auth`: how it checks the gateway
+        `identity` (default <name>.clients.lab.example) and `psk` (default: the PSK the
+        secrets file gives a shared-secret user, else the lab PSK): what the client claims
+        and proves; `remote_auth`: how it checks the gateway
         ("pubkey": its certificate; "psk": the same PSK, both ways)."""
         _require_root()
         check_name(name, "client name")
@@ -436,10 +437,13 @@ class Lab:
                         behind_nat)
         if ike:
             self._start_client_charon(rec, strongswan.ClientConfig(
-                identity=identity, auth=auth, psk=psk or self.pki.psk(),
+                identity=identity, auth=auth, psk=psk or self._psk_for(identity),
                 ca_cert=self.pki.ca_cert, ike_proposal=ike_proposal, esp_proposal=esp_proposal,
                 dpd_delay_s=dpd_delay_s, remote_auth=remote_auth))
         return rec
+
+    def _psk_for(self, identity: str) -> str:
+        return self.pki.user_psk(identity) if identity in SHARED_USERS else self.pki.psk()
 
     def _start_client_charon(self, rec: ClientRecord, cfg: strongswan.ClientConfig) -> None:
         conf_dir = self.dir / "clients" / rec.name
