@@ -359,13 +359,13 @@ class Engine:
             step.touched.add(ike_sa_id)
             step.updated[ike_sa_id] = None
         elif isinstance(event, ike.ChildSaEstablished):
-            c.new_children.append(self.child_record(event.child, policy=None))
+            c.new_children.append(self.child_record(event.child, policy=event.child.policy))
             step.touched.add(event.child.ike_sa_id)
         elif isinstance(event, ike.ChildSaDeleted):
             c.deleted_children.append(event.spi_in)
         elif isinstance(event, ike.IkeSaRekeyed):
             old = self._records.get(event.old_ike_sa_id)
-            c.moved_children.extend(self.child_record(child, policy=None)
+            c.moved_children.extend(self.child_record(child, policy=child.policy)
                                     for child in event.children)
             c.rekeyed.append(IkeRekeyed(event.old_ike_sa_id, event.new_ike_sa_id,
                                         old.virtual_ip if old else None))

@@ -619,7 +619,8 @@ class KeydServer:
 
 _FLAGS = {
     "id": "keyd.id", "vip": "keyd.vip", "identity": "keyd.identity",
-    "psk_file": "keyd.psk_file", "cert_file": "keyd.cert_file", "key_file": "keyd.key_file",
+    "psk_file": "keyd.psk_file", "secrets_file": "keyd.secrets_file",
+    "cert_file": "keyd.cert_file", "key_file": "keyd.key_file",
     "ca_file": "keyd.ca_file", "pool": "keyd.pool", "ike_port": "keyd.ike_port",
     "natt_port": "keyd.natt_port", "ike_proposal": "keyd.ike_proposals",
     "esp_proposal": "keyd.esp_proposals", "protected_network": "keyd.protected_networks",
@@ -637,6 +638,8 @@ _FLAGS = {
 @click.option("--vip", help="the cluster's virtual IP (local address for IKE)")
 @click.option("--identity", help="the gateway's IKE identity (IDr)")
 @click.option("--psk-file", help="pre-shared key file (mode 0600)")
+@click.option("--secrets-file", help="PSKs and EAP users by identity (TOML, mode 0600; "
+              "read again on SIGHUP)")
 @click.option("--cert-file", help="gateway certificate (PEM)")
 @click.option("--key-file", help="gateway private key (PEM, mode 0600)")
 @click.option("--ca-file", help="CA that signs client certificates (PEM)")

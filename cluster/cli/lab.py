@@ -170,14 +170,20 @@ def status(lab_name: str, output: str) -> None:
 @click.option("--esp-proposal", default=DEFAULT_ESP_PROPOSAL, show_default=True)
 @click.option("--dpd-delay", "dpd_delay_s", default=10, show_default=True,
               type=click.IntRange(0), help="seconds")
+@click.option("--identity", help="the identity claimed (default NAME.clients.lab.example); "
+              "a shared-secret user (alice@shared.lab.example) proves with its own PSK")
+@click.option("--remote-auth", type=click.Choice(["pubkey", "psk"]), default="pubkey",
+              show_default=True, help="how the client checks the gateway (psk: both ways)")
 @operational
 def add_client(client: str, lab_name: str, auth: str, eap_user: str, behind_nat: bool,
-               no_ike: bool, ike_proposal: str, esp_proposal: str, dpd_delay_s: int) -> None:
+               no_ike: bool, ike_proposal: str, esp_proposal: str, dpd_delay_s: int,
+               identity: str | None, remote_auth: str) -> None:
     """Add a client namespace; unless --no-ike, start strongSwan in it and connect."""
     the_lab = labmod.Lab.open(lab_name)
     rec = the_lab.add_client(client, auth=auth, behind_nat=behind_nat, ike=not no_ike,
                              ike_proposal=ike_proposal, esp_proposal=esp_proposal,
-                             dpd_delay_s=dpd_delay_s, eap_user=eap_user)
+                             dpd_delay_s=dpd_delay_s, eap_user=eap_user, identity=identity,
+                             remote_auth=remote_auth)
     if rec.ike:
         sas = the_lab.client_sas(client)
         vip = sas[0].virtual_ip if sas else None

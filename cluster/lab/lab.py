@@ -35,7 +35,7 @@ from cluster.freeradius import FreeRadiusServer, RadiusUser
 from cluster.lab import addresses as A
 from cluster.lab import daemons, netns, strongswan, teardown, topology
 from cluster.lab.errors import LabError
-from cluster.lab.pki import EAP_USERS, LabPki, write_secret
+from cluster.lab.pki import EAP_USERS, SHARED_USERS, LabPki, write_secret
 from cluster.lab.state import (
     ClientRecord,
     LabState,
@@ -436,8 +436,9 @@ class Lab:
         `auth`: psk, cert, eap-mschapv2 (as `eap_user`, with the lab's EAP password unless
         `eap_password` says otherwise; its IKE identity is then its address, as Windows') or
         eap-tls (labs with radius).
-        `identity` (default <name>.clients.lab.example) and `psk` (default the lab PSK):
-        what the client claims and proves; `remote_auth`: how it checks the gateway
+        `identity` (default <name>.clients.lab.example) and `psk` (default: the PSK the
+        secrets file gives a shared-secret user, else the lab PSK): what the client claims
+        and proves; `remote_auth`: how it checks the gateway
         ("pubkey": its certificate; "psk": the same PSK, both ways)."""
         _require_root()
         check_name(name, "client name")
@@ -467,12 +468,15 @@ class Lab:
                         behind_nat)
         if ike:
             self._start_client_charon(rec, strongswan.ClientConfig(
-                identity=identity, auth=auth, psk=psk or self.pki.psk(),
+                identity=identity, auth=auth, psk=psk or self._psk_for(identity),
                 ca_cert=self.pki.ca_cert, ike_proposal=ike_proposal, esp_proposal=esp_proposal,
                 dpd_delay_s=dpd_delay_s, remote_auth=remote_auth, eap_user=eap_user,
                 eap_password=eap_password if eap_password is not None else (
                     self.pki.eap_password() if auth == "eap-mschapv2" else "")))
         return rec
+
+    def _psk_for(self, identity: str) -> str:
+        return self.pki.user_psk(identity) if identity in SHARED_USERS else self.pki.psk()
 
     def _start_client_charon(self, rec: ClientRecord, cfg: strongswan.ClientConfig) -> None:
         conf_dir = self.dir / "clients" / rec.name

@@ -43,12 +43,16 @@ Driving it (aioquic style)::
 - Shell helpers: `has_ike_sa(id)`, `ike_sa_ids()`, `forget_ike_sa(id)` (drop from memory
   silently, e.g. to undo a step that could not be persisted), `busy(id)` (a request of ours
   is in flight), `get_timer()`.
+- Whom it accepts: `ResponderConfig.connections` (keyd/ike/connections.py: the first that
+  accepts the client's IDi, auth round and suite is used) and `secrets` (PSKs and EAP
+  passwords by identity), replaced at run time with `use_secrets(secrets)`.
 - Our own requests: `delete_ike_sa(id, now)`, `delete_child_sa(id, spi_in, now)`,
   `check_liveness(id, now)`; retransmitted by `handle_timer`, the IKE SA is dropped when the
   peer never answers.
 """
 
 from .config import Credentials, InitiatorConfig, ResponderConfig
+from .connections import Connection, LocalAuth, RemoteAuth, select_connection
 from .core import Datagram, IkeEndpoint
 from .errors import IkeError, LocalProtocolError, RemoteProtocolError
 from .events import (
@@ -68,6 +72,7 @@ from .events import (
 )
 from .initiator import Initiator
 from .responder import Responder
+from .secrets import Secrets
 
 __all__ = [
     "AddressRequested",
@@ -75,6 +80,7 @@ __all__ = [
     "ChildSa",
     "ChildSaDeleted",
     "ChildSaEstablished",
+    "Connection",
     "Credentials",
     "Datagram",
     "ExchangeFailed",
@@ -88,9 +94,13 @@ __all__ = [
     "IkeSaUpdated",
     "Initiator",
     "InitiatorConfig",
+    "LocalAuth",
     "LocalProtocolError",
     "RadiusRequested",
+    "RemoteAuth",
     "RemoteProtocolError",
     "Responder",
     "ResponderConfig",
+    "Secrets",
+    "select_connection",
 ]

@@ -286,7 +286,7 @@ def test_every_host_shares_one_data_key_and_ca(converged: Converge) -> None:
 
 def test_configuration_follows_the_documented_contract(converged: Converge) -> None:
     contract = doc_contract()
-    optional = {"keyd": {"cert_file", "key_file", "ca_file"},
+    optional = {"keyd": {"cert_file", "key_file", "ca_file", "secrets_file", "connections"},
                 "sprayer": {"haproxy_socket", "haproxy_backend", "netns"}}
     for host, daemon in DEPLOYED:
         path = converged.host(host) / "etc" / "ipsec-cluster" / f"{daemon}.toml"

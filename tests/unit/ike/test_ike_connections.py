@@ -16,8 +16,8 @@ from keyd.ike.connections import (
 )
 from keyd.ike.constants import AuthMethod
 from keyd.ike.errors import LocalProtocolError
-from keyd.ike.secrets import Secrets
 from keyd.ike.proposals import parse_ike_proposals, parse_ike_suite
+from keyd.ike.secrets import Secrets
 
 GCM = "aes128gcm16-prfsha256-x25519"
 CBC = "aes256-sha384-ecp384"

@@ -207,3 +207,20 @@ def test_secrets_file_must_be_private(tmp_path: Path) -> None:
         load_secrets(path)
     with pytest.raises(ConfigError, match="no such file"):
         load_secrets(str(tmp_path / "absent"))
+
+
+def test_documented_connections_example_loads(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "configuration.md").read_text()
+    blocks = [b.split("```")[0] for b in doc.split("```toml")[1:]]
+    block = next(b for b in blocks if "[[keyd.connections]]" in b)
+    c = load_config(write(tmp_path, block))
+    assert [x.name for x in c.connections] == ["apple-psk", "employees"]
+    assert c.connections[0].protected_networks == ("10.20.0.0/16", "10.21.0.0/16")
+    assert c.connections[1].remote_auth == RemoteAuth.PUBKEY
+    secrets = next(b for b in blocks if "[[psk]]" in b)
+    path = tmp_path / "secrets.toml"
+    path.write_text(secrets.replace("…", "x"))
+    path.chmod(0o600)
+    s = load_secrets(str(path))
+    assert s.psk("alice@example.org") == b"correct horse battery"
+    assert s.eap_password("carol@example.org") == "x"
