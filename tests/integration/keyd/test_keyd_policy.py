@@ -75,3 +75,20 @@ def test_other_identities_get_no_policy_and_malformed_never_opens(
         assert sa.record.policy_mode is None
         c.delete()
     assert "missing or malformed" in k.log.read_text()
+
+
+def test_the_connections_policy_wins_over_identity_patterns(keyd_setup: KeydSetup,
+                                                            store: Store) -> None:
+    """A connection that names a policy binds every Child SA it makes to it, whatever the
+    policies' identity patterns say."""
+    _node(store)
+    store.put(Policy("guest", ["*@guests.test"], "guest"))
+    store.put(Policy("lockdown", ["nobody@nowhere.test"], "split", ["10.20.0.0/24 tcp/443"]))
+    k = keyd_setup.start("keyd-1", extra='policy = "lockdown"')
+    with _client(k, "visitor@guests.test") as c:
+        c.connect()
+        sa = store.get(ChildSaRecord, c.children()[0].child.spi_out)
+        assert sa is not None
+        assert (sa.record.policy, sa.record.policy_mode, sa.record.policy_allowed) == (
+            "lockdown", "split", ["10.20.0.0/24 tcp/443"])
+        c.delete()
