@@ -286,7 +286,10 @@ def test_every_host_shares_one_data_key_and_ca(converged: Converge) -> None:
 
 def test_configuration_follows_the_documented_contract(converged: Converge) -> None:
     contract = doc_contract()
-    optional = {"keyd": {"cert_file", "key_file", "ca_file", "secrets_file", "connections"},
+    optional = {"keyd": {"cert_file", "key_file", "ca_file", "secrets_file", "connections",
+                         "eap", "eap_identity", "eap_users_file", "radius_servers",
+                         "radius_secret_file", "radius_timeout_s", "radius_tries",
+                         "nas_identifier"},
                 "sprayer": {"haproxy_socket", "haproxy_backend", "netns"}}
     for host, daemon in DEPLOYED:
         path = converged.host(host) / "etc" / "ipsec-cluster" / f"{daemon}.toml"

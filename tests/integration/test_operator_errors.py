@@ -40,6 +40,12 @@ def _wait_stderr(proc: subprocess.Popen[str], needle: str, timeout_s: float) -> 
     raise AssertionError(f"{needle!r} not on stderr: {seen!r}")
 
 
+def default_sigint() -> None:
+    """SIGINT at its default in the child, whatever this run inherited (a run started in the
+    background, `cmd &`, has SIGINT ignored, and so would every child)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("sig", "code", "line"), [
     (signal.SIGINT, 130, "interrupted"),
     (signal.SIGTERM, 143, "terminated"),
@@ -49,7 +55,7 @@ def test_a_signal_ends_watch_with_its_code_and_one_line(
     """`clusterctl watch` runs until interrupted: Ctrl-C (or SIGTERM) is its normal end, exit
     128 + the signal, one line; click used to print "Aborted!" and exit 1 as if it had failed."""
     env = _env(etcd_endpoint, "w" + uuid.uuid4().hex[:8])
-    proc = subprocess.Popen([CLUSTERCTL, "watch"], env=env,
+    proc = subprocess.Popen([CLUSTERCTL, "watch"], env=env, preexec_fn=default_sigint,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_stderr(proc, "watching", 60)

@@ -86,6 +86,14 @@ def test_assignment_epoch_out_of_range_is_malformed() -> None:
         decode_record(Assignment, raw, f"/ipsec-cluster/t/assign/{ike}")
 
 
+def default_sigint() -> None:
+    """A child started with SIGINT at its default, whatever this test run inherited (a run
+    started in the background, `cmd &`, has SIGINT ignored, and so would every child)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("script", "module"), [
     ("clusterctl", "cluster.cli.main"), ("sprayer", "sprayer.main"),
     ("cluster-hooks", "cluster.hooks.main"),
@@ -101,7 +109,7 @@ def test_ctrl_c_while_a_console_script_starts_is_one_line_and_130(script: str,
             "os.kill(os.getpid(), signal.SIGINT)\n"
             "time.sleep(10)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=False)
+                          timeout=60, check=False, preexec_fn=default_sigint)
     assert done.returncode == 130
     assert done.stderr == "interrupted\n"
 
