@@ -16,12 +16,14 @@ from cluster.pki import CertAuthority
 
 CA_DAYS = 30
 CERT_DAYS = 30
-EAP_USERS = ("carol", "dave")
+#: EAP users (EAP-MSCHAPv2, all with one password): one per concurrent EAP client, since a
+#: client's INITIAL_CONTACT replaces the IKE SAs keyd holds for its identity
+EAP_USERS = ("carol", "dave", "erin", "frank")
 #: identities the lab PSK is for: lab clients (<name>.clients.lab.example) and bench's
 LAB_PSK_IDS = ("*.clients.lab.example", "*@bench.example")
 #: shared-secret users (keyd's `shared-secret` connection, PSK both ways), each with a PSK
 SHARED_DOMAIN = "shared.lab.example"
-SHARED_USERS = (f"alice@{SHARED_DOMAIN}", f"bob@{SHARED_DOMAIN}")
+SHARED_USERS = (f"alice@{SHARED_DOMAIN}", f"bob@{SHARED_DOMAIN}", f"grace@{SHARED_DOMAIN}")
 
 
 def write_secret(path: Path, data: bytes) -> None:
