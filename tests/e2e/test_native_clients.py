@@ -2,8 +2,10 @@
 Apple, Android, the strongSwan app, and strongSwan's own defaults), all in one lab at once,
 and a failover of each client's node (issue 11, "Done when", first criterion).
 
-One lab for the module (two nodes, one keyd relaying EAP to FreeRADIUS: EAP-MSCHAPv2 and
-EAP-TLS are checked by the RADIUS server, PSKs by keyd's secrets file). Every client is up at
+One lab for the module (two nodes, one keyd with FreeRADIUS behind it): EAP-TLS, and the
+EAP-MSCHAPv2 of clients that claim their address (Windows, Apple), are relayed to FreeRADIUS;
+the EAP-MSCHAPv2 of clients that claim an identity in eap.lab.example (Android's "IPSec
+identifier") and the PSKs are checked by keyd against its secrets file. Every client is up at
 once and pings the protected server every 50 ms for the whole module (`ping -D`). Then the
 node that carries the most clients not yet failed over is SIGKILLed and started again, until
 every client's node has been killed once; after each kill its clients must keep their IKE SA
@@ -35,7 +37,7 @@ from cluster.lab import addresses as A
 from cluster.lab import demo
 from cluster.lab import lab as labmod
 from cluster.lab.lab import Lab
-from cluster.lab.pki import SHARED_USERS
+from cluster.lab.pki import EAP_DOMAIN, SHARED_USERS
 from cluster.lab.strongswan import IkeSaView
 
 CLUSTERCTL = str(Path(sys.executable).parent / "clusterctl")
@@ -57,6 +59,8 @@ class Profile:
     options: dict[str, str]       # Lab.add_client keyword arguments
     ike_chosen: str               # charon's "selected proposal" for the IKE SA ...
     esp_chosen: str               # ... and for the Child SA
+    connection: str               # the keyd connection it must get
+    identity: str                 # the identity keyd holds the IKE SA for (EAP: the user's)
     log_shows: tuple[str | re.Pattern[str], ...]
 
 
@@ -64,8 +68,9 @@ def _psk_both_ways(identity: str) -> dict[str, str]:
     return {"auth": "psk", "identity": identity, "remote_auth": "psk"}
 
 
-def _mschapv2(user: str) -> dict[str, str]:
-    return {"auth": "eap-mschapv2", "eap_user": user}
+def _mschapv2(user: str, ike_id: str | None = None) -> dict[str, str]:
+    return {"auth": "eap-mschapv2", "eap_user": user,
+            **({"identity": ike_id} if ike_id else {})}
 
 
 AES_SHA1_MODP2048 = ("aes256-sha1-modp2048", "IKE:AES_CBC_256/HMAC_SHA1_96/PRF_HMAC_SHA1/MODP_2048")
@@ -82,38 +87,42 @@ ESP_CHACHA = ("chacha20poly1305", "ESP:CHACHA20_POLY1305/NO_EXT_SEQ")
 
 
 def _profile(name: str, ike: tuple[str, str], esp: tuple[str, str], options: dict[str, str],
-             *log_shows: str | re.Pattern[str]) -> Profile:
+             connection: str, *log_shows: str | re.Pattern[str]) -> Profile:
+    identity = options.get("eap_user") or options.get("identity") \
+        or f"{name}.{labmod.CLIENT_DOMAIN}"
     return Profile(name, {**options, "ike_proposal": ike[0], "esp_proposal": esp[0]},
-                   ike[1], esp[1], log_shows)
+                   ike[1], esp[1], connection, identity, log_shows)
 
 
 ALICE, BOB, GRACE = SHARED_USERS
 PROFILES = [
     # Windows 10/11 with NegotiateDH2048_AES256: EAP-MSCHAPv2, gateway by certificate
-    _profile("win", AES_SHA1_MODP2048, ESP_AES_SHA1, _mschapv2("carol"),
+    _profile("win", AES_SHA1_MODP2048, ESP_AES_SHA1, _mschapv2("carol"), "lab-eap",
              MSCHAPV2_OK, GATEWAY_BY_CERT),
     # iOS/macOS: EAP-MSCHAPv2 (gateway by certificate), and "shared secret" (PSK both ways)
-    _profile("mac-eap", AES_SHA256_MODP2048, ESP_AES_SHA256, _mschapv2("dave"),
+    _profile("mac-eap", AES_SHA256_MODP2048, ESP_AES_SHA256, _mschapv2("dave"), "lab-eap",
              MSCHAPV2_OK, GATEWAY_BY_CERT),
     _profile("mac-psk", AES_SHA256_MODP2048, ESP_AES_SHA256, _psk_both_ways(ALICE),
-             GATEWAY_BY_PSK),
+             "shared-secret", GATEWAY_BY_PSK),
     # Android 11+ native: "IKEv2/IPSec PSK" and "IKEv2/IPSec MSCHAPv2", both suites, no ESN
     _profile("droid-psk", AES_SHA512_MODP3072, ESP_AES_SHA512, _psk_both_ways(BOB),
-             GATEWAY_BY_PSK),
-    _profile("droid-psk-cc", CHACHA_X25519, ESP_CHACHA, _psk_both_ways(GRACE), GATEWAY_BY_PSK),
-    _profile("droid-eap", AES_SHA512_MODP3072, ESP_AES_SHA512, _mschapv2("erin"),
-             MSCHAPV2_OK, GATEWAY_BY_CERT),
-    _profile("droid-eap-cc", CHACHA_X25519, ESP_CHACHA, _mschapv2("frank"),
-             MSCHAPV2_OK, GATEWAY_BY_CERT),
+             "shared-secret", GATEWAY_BY_PSK),
+    _profile("droid-psk-cc", CHACHA_X25519, ESP_CHACHA, _psk_both_ways(GRACE),
+             "shared-secret", GATEWAY_BY_PSK),
+    _profile("droid-eap", AES_SHA512_MODP3072, ESP_AES_SHA512,
+             _mschapv2("erin", f"erin@{EAP_DOMAIN}"), "eap-local", MSCHAPV2_OK, GATEWAY_BY_CERT),
+    _profile("droid-eap-cc", CHACHA_X25519, ESP_CHACHA,
+             _mschapv2("frank", f"frank@{EAP_DOMAIN}"), "eap-local", MSCHAPV2_OK,
+             GATEWAY_BY_CERT),
     # the strongSwan app: EAP-TLS with a client certificate, checked by FreeRADIUS
     _profile("app", ("aes128gcm16-prfsha256-x25519", "IKE:AES_GCM_16_128/PRF_HMAC_SHA2_256/"
                      "CURVE_25519"), ("aes128gcm16", "ESP:AES_GCM_16_128/NO_EXT_SEQ"),
-             {"auth": "eap-tls"}, EAP_TLS_OK, GATEWAY_BY_CERT),
+             {"auth": "eap-tls"}, "lab-eap", EAP_TLS_OK, GATEWAY_BY_CERT),
     # strongSwan's defaults against keyd's: the client's first proposal wins
     _profile("defaults", ("default", "IKE:AES_CBC_128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/"
                           "CURVE_25519"),
              ("default", "ESP:AES_CBC_128/HMAC_SHA2_256_128/NO_EXT_SEQ"), {"auth": "psk"},
-             GATEWAY_BY_CERT),
+             "lab-psk", GATEWAY_BY_CERT),
 ]
 NAMES = [p.name for p in PROFILES]
 
@@ -207,6 +216,16 @@ def selected(log: str) -> list[str]:
     return re.findall(r"selected proposal: (\S+)", log)
 
 
+def established_in_keyd(lab: Lab, client: str) -> dict[str, str]:
+    """The fields of keyd's "IKE SA established" line for the client's address."""
+    address = lab.state.clients[client].address
+    text = (lab.dir / "logs" / "keyd-1.log").read_text(errors="replace")
+    lines = [ln for ln in text.splitlines()
+             if "IKE SA established" in ln and f" peer={address}:" in ln]
+    assert len(lines) == 1, f"{client}: keyd logged {lines}"
+    return dict(re.findall(r"(\w+)=(\S+)", lines[0]))
+
+
 @pytest.mark.parametrize("profile", PROFILES, ids=NAMES)
 def test_native_client_establishes_with_a_virtual_ip_and_pings(
         native: NativeLab, profile: Profile) -> None:
@@ -220,6 +239,9 @@ def test_native_client_establishes_with_a_virtual_ip_and_pings(
             assert expected.search(log), f"{profile.name}: nothing like {expected.pattern}"
         else:
             assert expected in log, f"{profile.name}: no {expected!r} in its log"
+    keyd = established_in_keyd(native.lab, profile.name)
+    assert (keyd["connection"], keyd["identity"], keyd["virtual_ip"]) == \
+        (profile.connection, profile.identity, sa.virtual_ip), keyd
     native.wait_answers([profile.name], time.time())
 
 
