@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 from conftest import _require_lab_tools, unique_lab_name
+from test_failover import sa_identity
 from test_keyd import ike_id
 
 from cluster.lab import addresses as A
@@ -125,12 +126,6 @@ PROFILES = [
              "lab-psk", GATEWAY_BY_CERT),
 ]
 NAMES = [p.name for p in PROFILES]
-
-
-def sa_identity(sa: IkeSaView) -> tuple[object, ...]:
-    """What a failover must not change: the IKE SA (its unique id counts up on a new
-    IKE_SA_INIT), its SPIs (an IKE rekey changes them) and the Child SA SPIs."""
-    return (sa.uniqueid, sa.spi_i, sa.spi_r, sa.child_spis)
 
 
 @dataclass
