@@ -170,8 +170,9 @@ def status(lab_name: str, output: str) -> None:
 @click.option("--esp-proposal", default=DEFAULT_ESP_PROPOSAL, show_default=True)
 @click.option("--dpd-delay", "dpd_delay_s", default=10, show_default=True,
               type=click.IntRange(0), help="seconds")
-@click.option("--identity", help="the identity claimed (default NAME.clients.lab.example); "
-              "a shared-secret user (alice@shared.lab.example) proves with its own PSK")
+@click.option("--identity", help="the identity claimed (default NAME.clients.lab.example; "
+              "eap-mschapv2: its address); a shared-secret user (alice@shared.lab.example) "
+              "proves with its own PSK")
 @click.option("--remote-auth", type=click.Choice(["pubkey", "psk"]), default="pubkey",
               show_default=True, help="how the client checks the gateway (psk: both ways)")
 @operational

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.lab import addresses as A
-from cluster.lab.pki import SHARED_DOMAIN
+from cluster.lab.pki import EAP_DOMAIN, SHARED_DOMAIN
 
 Value = str | int | float | bool | Sequence[str]
 
@@ -132,16 +132,20 @@ def keyd_config(common: Common, index: int, secrets_file: Path, cert: Path, key:
         "half_open_cookie_threshold": 100, "ike_lifetime_s": 14400, "child_lifetime_s": 3600,
     }
     # clients that send no AUTH (any identity: Windows' is its address) log in with EAP:
-    # EAP-MSCHAPv2 against the secrets file's EAP users, or relayed to the lab's FreeRADIUS
+    # EAP-MSCHAPv2 against the secrets file's EAP users, or relayed to the lab's FreeRADIUS;
+    # with FreeRADIUS, those that claim an identity in EAP_DOMAIN are still keyd's own
     eap: dict[str, Value] = {"name": "lab-eap", "remote_auth": "eap-mschapv2",
                              "local_auth": "pubkey"}
+    eaps = [eap]
     if radius is not None:
         server, secret_file = radius
         s["keyd"].update({"eap": "eap-radius", "radius_servers": [server],
                           "radius_secret_file": str(secret_file)})
         eap["remote_auth"] = "eap-radius"
+        eaps.insert(0, {"name": "eap-local", "remote_ids": [f"*@{EAP_DOMAIN}"],
+                        "remote_auth": "eap-mschapv2", "local_auth": "pubkey"})
     conns = "".join("\n[[keyd.connections]]\n" + "".join(
-        f"{k} = {_toml_value(v)}\n" for k, v in c.items()) for c in (*LAB_CONNECTIONS, eap))
+        f"{k} = {_toml_value(v)}\n" for k, v in c.items()) for c in (*LAB_CONNECTIONS, *eaps))
     return toml(s) + conns
 
 

@@ -434,8 +434,8 @@ class Lab:
                    eap_user: str = "carol", eap_password: str | None = None) -> ClientRecord:
         """A client namespace; with ike, a charon in it that has connected to the VIP.
         `auth`: psk, cert, eap-mschapv2 (as `eap_user`, with the lab's EAP password unless
-        `eap_password` says otherwise; its IKE identity is then its address, as Windows') or
-        eap-tls (labs with radius).
+        `eap_password` says otherwise; its IKE identity is its address, as Windows', unless
+        `identity` is given, as Android's) or eap-tls (labs with radius).
         `identity` (default <name>.clients.lab.example) and `psk` (default: the PSK the
         secrets file gives a shared-secret user, else the lab PSK): what the client claims
         and proves; `remote_auth`: how it checks the gateway
@@ -456,6 +456,8 @@ class Lab:
         if slot is None:
             raise LabError(f"the lab holds at most {A.MAX_CLIENTS} clients")
         address = A.client_ip(slot, behind_nat)
+        # an EAP-MSCHAPv2 client claims its address unless told otherwise
+        ike_id = identity or ("" if auth == "eap-mschapv2" else f"{name}.{CLIENT_DOMAIN}")
         identity = identity or f"{name}.{CLIENT_DOMAIN}"
         rec = ClientRecord(name=name, slot=slot, netns=self.ns(f"c-{name}"),
                            address=address, auth=auth, behind_nat=behind_nat, ike=ike,
@@ -468,7 +470,7 @@ class Lab:
                         behind_nat)
         if ike:
             self._start_client_charon(rec, strongswan.ClientConfig(
-                identity=identity, auth=auth, psk=psk or self._psk_for(identity),
+                identity=ike_id, auth=auth, psk=psk or self._psk_for(identity),
                 ca_cert=self.pki.ca_cert, ike_proposal=ike_proposal, esp_proposal=esp_proposal,
                 dpd_delay_s=dpd_delay_s, remote_auth=remote_auth, eap_user=eap_user,
                 eap_password=eap_password if eap_password is not None else (

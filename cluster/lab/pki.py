@@ -16,12 +16,17 @@ from cluster.pki import CertAuthority
 
 CA_DAYS = 30
 CERT_DAYS = 30
-EAP_USERS = ("carol", "dave")
+#: EAP users (EAP-MSCHAPv2, all with one password): one per concurrent EAP client, since a
+#: client's INITIAL_CONTACT replaces the IKE SAs keyd holds for its identity
+EAP_USERS = ("carol", "dave", "erin", "frank")
 #: identities the lab PSK is for: lab clients (<name>.clients.lab.example) and bench's
 LAB_PSK_IDS = ("*.clients.lab.example", "*@bench.example")
+#: EAP clients that claim an identity in this domain (as Android's "IPSec identifier") are
+#: checked by keyd itself in labs with FreeRADIUS (keyd's `eap-local` connection)
+EAP_DOMAIN = "eap.lab.example"
 #: shared-secret users (keyd's `shared-secret` connection, PSK both ways), each with a PSK
 SHARED_DOMAIN = "shared.lab.example"
-SHARED_USERS = (f"alice@{SHARED_DOMAIN}", f"bob@{SHARED_DOMAIN}")
+SHARED_USERS = (f"alice@{SHARED_DOMAIN}", f"bob@{SHARED_DOMAIN}", f"grace@{SHARED_DOMAIN}")
 
 
 def write_secret(path: Path, data: bytes) -> None:

@@ -57,7 +57,7 @@ charon {{
 class ClientConfig:
     """What one lab client asks for."""
 
-    identity: str
+    identity: str            # eap-mschapv2: "" claims the client's address (as Windows)
     auth: str                # "psk" | "cert" | "eap-mschapv2" | "eap-tls"
     psk: str
     ca_cert: Path
@@ -91,8 +91,10 @@ def client_swanctl_conf(c: ClientConfig) -> str:
         secrets = ""
     elif c.auth == "eap-mschapv2":
         # as Windows: the IKE identity is the client's address (charon's default), the user
-        # name goes in EAP-Identity
+        # name goes in EAP-Identity; as Android: an IKE identity of the user's choosing
         local = f"auth = eap-mschapv2\n      eap_id = {_quote(c.eap_user)}"
+        if c.identity:
+            local += f"\n      id = {c.identity}"
         secrets = (f"eap-lab {{\n    id = {_quote(c.eap_user)}\n"
                    f"    secret = {_quote(c.eap_password)}\n  }}")
     else:
