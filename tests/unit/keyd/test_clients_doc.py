@@ -17,6 +17,7 @@ from keyd.core import responder_config
 from keyd.ike.connections import Connection, ike_suites_of, select_connection
 from keyd.ike.constants import AuthMethod, ProtocolId
 from keyd.ike.proposals import parse_esp_proposals, parse_ike_proposals, select_proposal
+from keyd.ike.transforms import IkeSuite
 from keyd.secrets import load_secrets
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "clients.md"
@@ -151,7 +152,8 @@ def negotiate(connections: tuple[Connection, ...], ike: list[str], esp: list[str
     ike_offer = [p.to_proposal(n) for n, p in enumerate(offers, 1)]
     _, suite = select_proposal(ike_offer, ike_suites_of(connections), ProtocolId.IKE,
                                offers[0].dhs[0])
-    chosen = select_connection(connections, identity, proof, suite)  # type: ignore[arg-type]
+    assert isinstance(suite, IkeSuite)
+    chosen = select_connection(connections, identity, proof, suite)
     assert chosen.connection is not None, chosen.reason
     esp_offer = [p.to_proposal(n, b"\0\0\0\1", with_dh=False)
                  for n, p in enumerate((p for t in esp for p in parse_esp_proposals(t)), 1)]
