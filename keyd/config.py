@@ -375,6 +375,12 @@ def _connections(config: KeydConfig, tables: Any) -> tuple[Connection, ...]:
         if v["remote_auth"] in ("psk", "eap-mschapv2") and not k.secrets_file:
             raise ConfigError(f"{src}: {where}.remote_auth = {v['remote_auth']} needs "
                               "keyd.secrets_file")
+        if v["remote_auth"] in ("eap-radius", "eap-tls") and k.eap != "eap-radius":
+            # the RADIUS servers are [keyd]'s (docs/eap.md): without them the connection
+            # would refuse every client (eap_unavailable)
+            raise ConfigError(f"{src}: {where}.remote_auth = {v['remote_auth']} needs "
+                              "keyd.eap = \"eap-radius\" (with keyd.radius_servers and "
+                              "keyd.radius_secret_file)")
         for key in ("ike_proposals", "esp_proposals"):
             if not v[key]:
                 raise ConfigError(f"{src}: {where}.{key} must not be empty")

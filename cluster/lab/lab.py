@@ -294,7 +294,8 @@ class Lab:
         (conf_dir / "strongswan.conf").write_text(
             strongswan.strongswan_conf(self.dir / "logs" / "gateway-charon.log"))
         swanctl_conf = strongswan.swanctl_dir(conf_dir, strongswan.gateway_swanctl_conf(
-            self.pki.psk(), self.pki.cert("gateway"), self.pki.ca_cert),
+            self.pki.psk(), self.pki.cert("gateway"), self.pki.ca_cert,
+            [(u, self.pki.eap_password()) for u in EAP_USERS]),
             self.pki.key("gateway"))
         rec = self._spawn("gateway", strongswan.charon_argv(ns, conf_dir / "strongswan.conf"), ns)
         strongswan.wait_vici(rec.pid)

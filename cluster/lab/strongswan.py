@@ -12,6 +12,7 @@ import itertools
 import re
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,15 +131,20 @@ secrets {{
 """
 
 
-def gateway_swanctl_conf(psk: str, cert: Path, ca_cert: Path) -> str:
+def gateway_swanctl_conf(psk: str, cert: Path, ca_cert: Path,
+                         eap_users: Sequence[tuple[str, str]] = ()) -> str:
     """The baseline gateway: a charon responder at the VIP that proves itself with its
-    certificate, as keyd does, and accepts clients with the PSK or a lab certificate."""
+    certificate, as keyd does, and accepts clients with the PSK or a lab certificate, and
+    the `eap_users` (name, password) by EAP-MSCHAPv2 (any IKE identity; the user name is
+    asked for with EAP-Identity, as keyd's lab-eap connection does)."""
     children = f"""children {{
       lab {{
         local_ts = {A.PROTECTED_NETWORK}
         esp_proposals = {GATEWAY_ESP_PROPOSALS}
       }}
     }}"""
+    eap = "".join(f"  eap-{i} {{\n    id = {_quote(user)}\n    secret = {_quote(password)}\n"
+                  "  }\n" for i, (user, password) in enumerate(eap_users))
     # No MOBIKE: the gateway would announce its back-end address and the client would move
     # its IKE SA there, around the VIP.
     common = f"""version = 2
@@ -174,6 +180,19 @@ connections {{
     }}
     {children}
   }}
+  lab-eap {{
+    {common}
+    local {{
+      auth = pubkey
+      certs = {cert}
+      id = {A.GATEWAY_ID}
+    }}
+    remote {{
+      auth = eap-mschapv2
+      eap_id = %any
+    }}
+    {children}
+  }}
 }}
 pools {{
   lab-pool {{
@@ -184,7 +203,7 @@ secrets {{
   ike-lab {{
     secret = {_quote(psk)}
   }}
-}}
+{eap}}}
 """
 
 

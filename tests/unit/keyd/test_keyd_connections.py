@@ -140,6 +140,12 @@ def test_bad_connection_is_one_line_naming_file_and_field(
      'name = "x"\nremote_auth = "psk"\n', "remote_auth = psk needs keyd.secrets_file"),
     ('[keyd]\nidentity = "gw"\nsecrets_file = "/s"\n',
      'name = "x"\nremote_auth = "psk"\n', "local_auth = pubkey needs keyd.cert_file"),
+    ('[keyd]\nidentity = "gw"\ncert_file = "/c"\nkey_file = "/k"\n',
+     'name = "x"\nremote_auth = "eap-tls"\n',
+     'remote_auth = eap-tls needs keyd.eap = "eap-radius"'),
+    ('[keyd]\nidentity = "gw"\ncert_file = "/c"\nkey_file = "/k"\nsecrets_file = "/s"\n'
+     'eap = "eap-mschapv2"\neap_users_file = "/u"\n',
+     'name = "x"\nremote_auth = "eap-radius"\n', "remote_auth = eap-radius needs keyd.eap"),
     ('[keyd]\nidentity = "gw"\nsecrets_file = "/s"\npsk_file = "/p"\n',
      'name = "x"\nremote_auth = "psk"\nlocal_auth = "psk"\n',
      "keyd.psk_file is the PSK of the [keyd] connection only"),
