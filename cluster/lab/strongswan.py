@@ -153,47 +153,25 @@ def gateway_swanctl_conf(psk: str, cert: Path, ca_cert: Path,
     pools = lab-pool
     proposals = {GATEWAY_IKE_PROPOSALS}
     dpd_delay = 30s"""
+    remotes = {"lab-psk": "auth = psk",
+               "lab-cert": f"auth = pubkey\n      cacerts = {ca_cert}",
+               "lab-eap": "auth = eap-mschapv2\n      eap_id = %any"}
+    connections = "".join(f"""  {name} {{
+    {common}
+    local {{
+      auth = pubkey
+      certs = {cert}
+      id = {A.GATEWAY_ID}
+    }}
+    remote {{
+      {remote}
+    }}
+    {children}
+  }}
+""" for name, remote in remotes.items())
     return f"""\
 connections {{
-  lab-psk {{
-    {common}
-    local {{
-      auth = pubkey
-      certs = {cert}
-      id = {A.GATEWAY_ID}
-    }}
-    remote {{
-      auth = psk
-    }}
-    {children}
-  }}
-  lab-cert {{
-    {common}
-    local {{
-      auth = pubkey
-      certs = {cert}
-      id = {A.GATEWAY_ID}
-    }}
-    remote {{
-      auth = pubkey
-      cacerts = {ca_cert}
-    }}
-    {children}
-  }}
-  lab-eap {{
-    {common}
-    local {{
-      auth = pubkey
-      certs = {cert}
-      id = {A.GATEWAY_ID}
-    }}
-    remote {{
-      auth = eap-mschapv2
-      eap_id = %any
-    }}
-    {children}
-  }}
-}}
+{connections}}}
 pools {{
   lab-pool {{
     addrs = {A.POOL}
