@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .procs import spawn, stop_pid
+from .procs import Spawned, spawn
 
 SYSTEM_RADDB = Path("/etc/freeradius/3.0")
 
@@ -63,7 +63,7 @@ class RadiusUser:
     reply: dict[str, str] = field(default_factory=dict)  # e.g. {"Framed-IP-Address": ...}
 
 
-class FreeRadiusServer:
+class FreeRadiusServer(Spawned):
     def __init__(self, directory: Path, users: list[RadiusUser], secret: str,
                  host: str = "127.0.0.1", port: int | None = None,
                  client: str = "127.0.0.1", eap_tls: dict[str, Path] | None = None) -> None:
@@ -148,12 +148,3 @@ class FreeRadiusServer:
         log = self.log_path.read_text(errors="replace")[-3000:]
         self.stop()
         raise RuntimeError(f"freeradius did not start on {self.host}:{self.port}:\n{log}")
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_pid(self.proc.pid)
-            self.proc = None

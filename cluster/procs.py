@@ -79,7 +79,23 @@ def spawn(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
         log.close()
 
 
-class EtcdServer:
+class Spawned:
+    """A server process the project starts itself (`spawn`): its pid while it runs, and a
+    stop that ends it by that pid."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc.pid)
+            self.proc = None
+
+
+class EtcdServer(Spawned):
     """One real etcd member (Debian's etcd-server) with its own data dir.
 
     `tls` is an optional (ca, cert, key) triple of PEM paths: then clients must speak TLS and
@@ -170,12 +186,3 @@ class EtcdServer:
                 return
             time.sleep(0.1)
         raise TimeoutError
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_pid(self.proc.pid)
-            self.proc = None
