@@ -15,9 +15,9 @@ one that would need an INVALID_KE_PAYLOAD round trip.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .constants import Notify, ProtocolId, TransformType
 from .errors import InvalidKePayload, LocalProtocolError, RemoteProtocolError
@@ -149,22 +149,32 @@ def _check_encrs(encrs: list[Encr], text: str, kind: str) -> None:
             f"{kind} proposal {text!r} mixes AEAD and classic encryption: write two proposals")
 
 
-def _parse_one_ike(text: str) -> IkeProposal:
-    encrs: list[Encr] = []
-    prfs: list[Prf] = []
-    integs: list[Integ] = []
-    dhs: list[int] = []
+def _collect(text: str, kind: str, tables: dict[str, Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """The algorithms of one proposal, by table name, each once and in order of appearance;
+    LocalProtocolError for a token no table knows."""
+    out: dict[str, list[Any]] = {name: [] for name in tables}
     for tok in _tokens(text):
-        if tok in ENCRS:
-            _add(encrs, ENCRS[tok])
-        elif tok in PRFS:
-            _add(prfs, PRFS[tok])
-        elif tok in INTEGS:
-            _add(integs, INTEGS[tok])
-        elif tok in DH_GROUPS:
-            _add(dhs, DH_GROUPS[tok])
+        for name, table in tables.items():
+            if tok in table:
+                _add(out[name], table[tok])
+                break
         else:
-            raise LocalProtocolError(f"unknown algorithm {tok!r} in IKE proposal {text!r}")
+            raise LocalProtocolError(f"unknown algorithm {tok!r} in {kind} proposal {text!r}")
+    return out
+
+
+_IKE_TABLES: dict[str, Mapping[str, Any]] = {
+    "encrs": ENCRS, "prfs": PRFS, "integs": INTEGS, "dhs": DH_GROUPS}
+_ESP_TABLES: dict[str, Mapping[str, Any]] = {
+    "encrs": ENCRS, "integs": INTEGS, "dhs": DH_GROUPS, "esns": {"esn": True, "noesn": False}}
+
+
+def _parse_one_ike(text: str) -> IkeProposal:
+    found = _collect(text, "IKE", _IKE_TABLES)
+    encrs: list[Encr] = found["encrs"]
+    prfs: list[Prf] = found["prfs"]
+    integs: list[Integ] = found["integs"]
+    dhs: list[int] = found["dhs"]
     _check_encrs(encrs, text, "IKE")
     if not dhs:
         raise LocalProtocolError(f"IKE proposal {text!r} needs a DH group")
@@ -184,21 +194,11 @@ def _parse_one_ike(text: str) -> IkeProposal:
 
 
 def _parse_one_esp(text: str) -> EspProposal:
-    encrs: list[Encr] = []
-    integs: list[Integ] = []
-    dhs: list[int] = []
-    esns: list[bool] = []
-    for tok in _tokens(text):
-        if tok in ENCRS:
-            _add(encrs, ENCRS[tok])
-        elif tok in INTEGS:
-            _add(integs, INTEGS[tok])
-        elif tok in DH_GROUPS:
-            _add(dhs, DH_GROUPS[tok])
-        elif tok in ("esn", "noesn"):
-            _add(esns, tok == "esn")
-        else:
-            raise LocalProtocolError(f"unknown algorithm {tok!r} in ESP proposal {text!r}")
+    found = _collect(text, "ESP", _ESP_TABLES)
+    encrs: list[Encr] = found["encrs"]
+    integs: list[Integ] = found["integs"]
+    dhs: list[int] = found["dhs"]
+    esns: list[bool] = found["esns"]
     _check_encrs(encrs, text, "ESP")
     if encrs[0].aead and integs:
         raise LocalProtocolError(f"ESP proposal {text!r}: an AEAD takes no integrity "

@@ -206,9 +206,10 @@ def run_with_radius(client: Side, server: Side, clock: Clock, rad: FakeRadiusSer
                     assert server.endpoint.radius_answer(ev.ike_sa_id, None, clock.now)
                     continue
                 reply = rad.answer(ev.datagram)
-                # a stray datagram first: dropped, the IKE SA keeps waiting
-                assert not server.endpoint.radius_answer(ev.ike_sa_id, reply[:-1] + b"x",
-                                                         clock.now)
+                # a stray datagram first (the last byte flipped): dropped, the IKE SA
+                # keeps waiting
+                forged = reply[:-1] + bytes([reply[-1] ^ 0xFF])
+                assert not server.endpoint.radius_answer(ev.ike_sa_id, forged, clock.now)
                 assert server.endpoint.radius_answer(ev.ike_sa_id, reply, clock.now)
                 moved += 1
         moved += transfer(server, client, clock.now)
