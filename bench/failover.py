@@ -47,6 +47,7 @@ from typing import Any
 from bench import Row, percentile, row
 from bench import wait as poll
 from bench.failover_lab import run_lab
+from cluster.host import DriverError, inside_netns
 from cluster.procs import EtcdServer
 from cluster.store import (
     Assignment,
@@ -60,7 +61,6 @@ from cluster.store import (
     Store,
 )
 from sprayer.apply import KernelApplier
-from sprayer.backends import DriverError, inside_netns
 from sprayer.daemon import Sprayer
 from sprayer.health import HealthResponder, HealthTracker
 from sprayer.libnft import Nft

@@ -48,6 +48,7 @@ from cryptography import x509
 
 from bench import Row, percentile, row, wait
 from bench.esp_client import EspClient, Pinger, longest_silence
+from cluster.host import inside_netns
 from cluster.lab import addresses as A
 from cluster.lab.bench import (
     address_range,
@@ -59,7 +60,6 @@ from cluster.lab.bench import (
 from cluster.lab.demo import owners
 from cluster.lab.lab import Lab
 from cluster.store import Assignment, RecordDeleted, RecordPut
-from sprayer.backends import inside_netns
 from sprayer.nft import NftDriver
 
 ROOT = Path(__file__).resolve().parent.parent

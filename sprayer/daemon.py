@@ -28,6 +28,7 @@ from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from cluster.host import DriverError
 from cluster.store.client import Guard, Store
 from cluster.store.errors import StoreError
 from cluster.store.records import (
@@ -41,7 +42,6 @@ from cluster.store.records import (
 from cluster.store.watch import PrefixWatcher, RecordPut, WatchEvent
 from cluster.systemd import WatchdogTicker, notify_ready
 from sprayer.apply import Applier
-from sprayer.backends import DriverError
 from sprayer.health import HealthTracker, RemoteProtocolError, pull_reply, push_probe
 from sprayer.keyd import RefusalProbe, Refusals, keyd_for
 from sprayer.leader import Leadership

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sprayer.backends import DriverError
+from cluster.host import DriverError
 
 #: srv_admin_state bits (HAProxy src/server.h, enum srv_admin)
 ADMF_MAINT = 0x01 | 0x02 | 0x04 | 0x20    # forced, inherited, config, resolution maintenance

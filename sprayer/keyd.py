@@ -29,7 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cluster.esp.packet import KEEPALIVE
-from sprayer.backends import Backend, DriverError, MarkAllocator, inside_netns, keyd_backends
+from cluster.host import DriverError, inside_netns
+from sprayer.backends import Backend, MarkAllocator, keyd_backends
 from sprayer.nft import NATT_PORT
 from sprayer.view import Targets
 

@@ -15,7 +15,7 @@ import ctypes.util
 import logging
 import threading
 
-from sprayer.backends import DriverError, in_netns, inside_netns, run
+from cluster.host import DriverError, in_netns, inside_netns, run
 
 log = logging.getLogger("sprayer.nft")
 

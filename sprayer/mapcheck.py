@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from sprayer.backends import DriverError
+from cluster.host import DriverError
 from sprayer.nft import MapDiff, SpiMapCheck
 
 log = logging.getLogger("sprayer.mapcheck")

@@ -18,7 +18,7 @@ import socket
 import struct
 from collections.abc import Iterable, Sequence
 
-from sprayer.backends import DriverError, inside_netns
+from cluster.host import DriverError, inside_netns
 
 NETLINK_ROUTE = 0
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25

@@ -44,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sprayer.backends import DriverError
+from cluster.host import DriverError
 from sprayer.libnft import Nft
 
 TABLE = "ipsec_cluster"

@@ -14,7 +14,8 @@ import contextlib
 import json
 from collections.abc import Mapping
 
-from sprayer.backends import MARK_BASE, MARK_MASK, Backend, DriverError, run
+from cluster.host import DriverError, run
+from sprayer.backends import MARK_BASE, MARK_MASK, Backend
 from sprayer.netlink import RouteSocket, table_id
 
 #: route protocol number tagging the client routes we own (/etc/iproute2/rt_protos: unused)

@@ -31,14 +31,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sprayer.backends import (
-    DriverError,
-    MarkAllocator,
-    backend_marks,
-    inside_netns,
-    keyd_backends,
-    run,
-)
+from cluster.host import DriverError, inside_netns, run
+from sprayer.backends import MarkAllocator, backend_marks, keyd_backends
 from sprayer.keyd import keyd_bucket_marks, keyd_for
 from sprayer.nft import IKE_PORT, NATT_PORT, SpiMapCheck
 from sprayer.routes import RouteDriver

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from cluster.host import DriverError
 from cluster.node.outbound import key_text
-from sprayer.backends import DriverError
 from sprayer.netlink import RTA_OIF as RTA_OIF  # the node's route messages name the TUN
 from sprayer.netlink import (
     open_route_socket,

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.host import DriverError
 from cluster.store.client import Guard, Store
 from cluster.store.membership import Membership
 from cluster.store.records import Assignment, ChildSaRecord, NodeRecord, SeqRecord
 from sprayer.apply import KernelApplier
-from sprayer.backends import DriverError
 from sprayer.daemon import Sprayer
 from sprayer.health import HealthResponder
 from sprayer.leader import Leadership

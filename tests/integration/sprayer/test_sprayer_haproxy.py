@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cluster.host import DriverError
 from cluster.procs import free_port, spawn, stop_pid, wait_tcp
-from sprayer.backends import DriverError
 from sprayer.haproxy import DesiredServer, HAProxyDriver, HAProxyRuntime
 
 CONFIG = """\

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from sprayer.backends import Backend, DriverError, MarkAllocator, keyd_backends
+from cluster.host import DriverError
+from sprayer.backends import Backend, MarkAllocator, keyd_backends
 from sprayer.libnft import Nft
 from sprayer.nft import NftDriver
 from sprayer.routes import RouteDriver

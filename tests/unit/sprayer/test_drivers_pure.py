@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from cluster.config import ConfigError, parse_config
-from sprayer.backends import MARK_BASE, MARK_MASK, Backend, DriverError, MarkAllocator
+from cluster.host import DriverError
+from sprayer.backends import MARK_BASE, MARK_MASK, Backend, MarkAllocator
 from sprayer.haproxy import scale_weights
 from sprayer.main import main
 from sprayer.nft import chain_rules

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from cluster.host import DriverError
 from sprayer import nft as nft_mod
-from sprayer.backends import DriverError
 from sprayer.nft import MapDiff, NftDriver, map_diff
 
 
