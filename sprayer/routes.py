@@ -15,8 +15,8 @@ import json
 from collections.abc import Mapping
 
 from cluster.host import DriverError, run
+from cluster.netlink import RouteSocket, table_id
 from sprayer.backends import MARK_BASE, MARK_MASK, Backend
-from sprayer.netlink import RouteSocket, table_id
 
 #: route protocol number tagging the client routes we own (/etc/iproute2/rt_protos: unused)
 ROUTE_PROTO = 149

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cluster.host import DriverError
-from cluster.node.outbound import key_text
-from sprayer.netlink import RTA_OIF as RTA_OIF  # the node's route messages name the TUN
-from sprayer.netlink import (
+from cluster.netlink import RTA_OIF as RTA_OIF  # the node's route messages name the TUN
+from cluster.netlink import (
     open_route_socket,
     push_route,
     send_batch,
 )
+from cluster.node.outbound import key_text
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001

@@ -7,16 +7,7 @@ import struct
 
 import pytest
 
-from cluster.node.outbound import host_key, network_key
-from cluster.node.tun import (
-    RT_SCOPE_LINK,
-    RTA_OIF,
-    RTPROT_BOOT,
-    RouteChange,
-    TunError,
-    push_route_change,
-)
-from sprayer.netlink import (
+from cluster.netlink import (
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_REPLACE,
@@ -29,6 +20,15 @@ from sprayer.netlink import (
     RTM_DELROUTE,
     RTM_NEWROUTE,
     RTN_UNICAST,
+)
+from cluster.node.outbound import host_key, network_key
+from cluster.node.tun import (
+    RT_SCOPE_LINK,
+    RTA_OIF,
+    RTPROT_BOOT,
+    RouteChange,
+    TunError,
+    push_route_change,
 )
 
 

@@ -102,7 +102,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
 def test_netlink_route_messages_and_acks() -> None:
     import struct
 
-    from sprayer.netlink import NLMSG_ERROR, RTM_DELROUTE, RTM_NEWROUTE, pull_acks, push_route
+    from cluster.netlink import NLMSG_ERROR, RTM_DELROUTE, RTM_NEWROUTE, pull_acks, push_route
 
     new = push_route(7, False, "10.99.0.1", "10.30.0.11", 254, 149)
     length, kind, flags, seq, _ = struct.unpack_from("=IHHII", new)
