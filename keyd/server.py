@@ -31,6 +31,7 @@ from typing import Any
 import click
 
 from cluster import systemd
+from cluster.logs import setup_logging
 from cluster.store.client import Store
 from cluster.store.errors import StoreError
 from cluster.store.keyspace import Keyspace
@@ -45,7 +46,6 @@ from .core import secrets as keyd_secrets
 from .engine import Engine, Outbound, Step, ike_sa_id_of
 from .ike.events import RadiusRequested
 from .ike.responder import Responder
-from .logs import setup_logging
 from .metrics import KeydMetrics
 from .pool import AddressPool
 from .radius import RadiusTiming, radius_exchange

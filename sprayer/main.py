@@ -20,11 +20,11 @@ import click
 
 from cluster.config import ConfigError, load_config
 from cluster.host import DriverError
+from cluster.logs import setup_logging
 from cluster.store.client import Store
 from cluster.store.errors import StoreError
 from cluster.store.seal import DataKeyError, load_data_key
 from cluster.systemd import notify_stopping
-from keyd.logs import setup_logging
 from sprayer.apply import Applier, HAProxyApplier, KernelApplier
 from sprayer.daemon import Sprayer
 from sprayer.settings import SprayerSettings, check, settings_from

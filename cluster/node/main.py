@@ -12,12 +12,12 @@ import click
 
 from cluster import systemd
 from cluster.config import ConfigError
+from cluster.logs import setup_logging
 from cluster.node.agent import NodeAgent
 from cluster.node.config import DEFAULT_PATH, load_node_config
 from cluster.node.metrics import serve_metrics
 from cluster.node.tun import TunError
 from cluster.store import DataKeyError, Store, StoreError, load_data_key
-from keyd.logs import setup_logging
 
 log = logging.getLogger("cluster.node")
 

@@ -1,7 +1,8 @@
 """Structured logs: one line per event, `message key=value ...` or one JSON object.
 
-Fields come from `extra={...}` of the logging call. keyd logs ids (IKE SA id, SPI, identity,
-addresses), never key material: no record, state dict or key is ever passed as a field.
+Shared by keyd, the node and the sprayer. Fields come from `extra={...}` of the logging call.
+The daemons log ids (IKE SA id, SPI, identity, addresses), never key material: no record,
+state dict or key is ever passed as a field.
 """
 
 from __future__ import annotations
