@@ -1,7 +1,7 @@
 """bench failover: the sprayer's part of moving clients, on a real etcd and real nftables.
 
 A router namespace runs the sprayer (in this process, nftables driver); three node
-namespaces hold the VIP and a health responder (sprayer.health.HealthResponder, the node side
+namespaces hold the VIP and a health responder (cluster.probe.HealthResponder, the node side
 of the probe) each; a sender namespace plays the clients' ESP. Clients are Child SA records.
 
 - nftables SPI map: full atomic sync of 100k SPIs; one incremental batch moving 10k of them;
@@ -48,6 +48,7 @@ from bench import Row, percentile, row
 from bench import wait as poll
 from bench.failover_lab import run_lab
 from cluster.host import DriverError, inside_netns
+from cluster.probe import HealthResponder
 from cluster.procs import EtcdServer
 from cluster.store import (
     Assignment,
@@ -62,7 +63,7 @@ from cluster.store import (
 )
 from sprayer.apply import KernelApplier
 from sprayer.daemon import Sprayer
-from sprayer.health import HealthResponder, HealthTracker
+from sprayer.health import HealthTracker
 from sprayer.libnft import Nft
 from sprayer.nft import NftDriver
 from sprayer.plan import NodeView, Placement, Planner, choose

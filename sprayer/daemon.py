@@ -29,6 +29,7 @@ from dataclasses import replace
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cluster.host import DriverError
+from cluster.probe import RemoteProtocolError, pull_reply, push_probe
 from cluster.store.client import Guard, Store
 from cluster.store.errors import StoreError
 from cluster.store.records import (
@@ -42,7 +43,7 @@ from cluster.store.records import (
 from cluster.store.watch import PrefixWatcher, RecordPut, WatchEvent
 from cluster.systemd import WatchdogTicker, notify_ready
 from sprayer.apply import Applier
-from sprayer.health import HealthTracker, RemoteProtocolError, pull_reply, push_probe
+from sprayer.health import HealthTracker
 from sprayer.keyd import RefusalProbe, Refusals, keyd_for
 from sprayer.leader import Leadership
 from sprayer.mapcheck import MapChecker

@@ -1,8 +1,6 @@
-"""Node health: the probe wire format and a pure, damped up/down tracker.
+"""Node health as the sprayer sees it: a pure, damped up/down tracker.
 
-Probe (sprayer → node address:health_port, UDP):  b"IPSC-PROBE" + 8-byte nonce
-Reply (node → sprayer):  b"IPSC-ALIVE" + the same nonce + state (b"R" ready, b"D" draining)
-                         + node id (UTF-8, the rest of the datagram)
+The probe's wire format, and the node's side that answers it, are `cluster/probe.py`.
 
 A node is down after `misses` consecutive unanswered probes, or at once when its lease is lost
 (its nodes/ record disappears). Damping: a node that went down comes back only after `rise`
@@ -12,58 +10,7 @@ that bounces does not bounce its clients. No sockets and no clock here: `now` is
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-
-PROBE = b"IPSC-PROBE"
-ALIVE = b"IPSC-ALIVE"
-NONCE_LEN = 8
-
-
-class RemoteProtocolError(Exception):
-    """A health reply that is not one (counted and dropped by the prober)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeReply:
-    nonce: bytes
-    #: True if the node says it is draining
-    draining: bool
-    node_id: str
-
-
-def push_probe(nonce: bytes) -> bytes:
-    if len(nonce) != NONCE_LEN:
-        raise ValueError("probe nonce must be 8 bytes")
-    return PROBE + nonce
-
-
-def pull_probe(data: bytes) -> bytes:
-    """The nonce of a probe (for the node's responder)."""
-    if len(data) != len(PROBE) + NONCE_LEN or not data.startswith(PROBE):
-        raise RemoteProtocolError("not a health probe")
-    return data[len(PROBE):]
-
-
-def push_reply(nonce: bytes, draining: bool, node_id: str) -> bytes:
-    return ALIVE + nonce + (b"D" if draining else b"R") + node_id.encode()
-
-
-def pull_reply(data: bytes) -> ProbeReply:
-    head = len(ALIVE) + NONCE_LEN
-    if len(data) < head + 2 or not data.startswith(ALIVE):
-        raise RemoteProtocolError("not a health reply")
-    state = data[head:head + 1]
-    if state not in (b"R", b"D"):
-        raise RemoteProtocolError(f"bad node state byte {state!r}")
-    try:
-        node_id = data[head + 1:].decode()
-    except UnicodeDecodeError:
-        raise RemoteProtocolError("node id is not UTF-8") from None
-    return ProbeReply(data[len(ALIVE):head], state == b"D", node_id)
 
 
 @dataclass(slots=True)
@@ -140,46 +87,3 @@ class HealthTracker:
 
     def nodes(self) -> list[str]:
         return sorted(self._nodes)
-
-
-class HealthResponder:
-    """The node side of the probe, for `cluster-node` (and the sprayer's tests): answers
-    every valid probe on `sock` with this node's id and state; junk is counted and dropped."""
-
-    def __init__(self, sock: socket.socket, node_id: str,
-                 draining: Callable[[], bool] = lambda: False) -> None:
-        self.sock = sock
-        self.node_id = node_id
-        self.draining = draining
-        self.dropped = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def handle(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            nonce = pull_probe(data)
-        except RemoteProtocolError:
-            self.dropped += 1
-            return
-        with contextlib.suppress(OSError):
-            self.sock.sendto(push_reply(nonce, self.draining(), self.node_id), addr)
-
-    def start(self) -> None:
-        self.sock.settimeout(0.2)
-        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(2048)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.handle(data, addr)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2)

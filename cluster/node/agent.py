@@ -48,6 +48,8 @@ from cluster.node.metrics import Snapshot
 from cluster.node.policies import PolicyBook
 from cluster.node.relay import IkeRelay
 from cluster.node.sa import NodeSa, client_addresses
+from cluster.probe import RemoteProtocolError as ProbeError
+from cluster.probe import pull_probe, push_reply
 from cluster.store import (
     Assignment,
     ChildSaRecord,
@@ -66,8 +68,6 @@ from cluster.store import (
     WatchEvent,
     WatchResynced,
 )
-from sprayer.health import RemoteProtocolError as ProbeError
-from sprayer.health import pull_probe, push_reply
 
 log = logging.getLogger("cluster.node")
 

@@ -19,8 +19,8 @@ import time
 from node_lab import NODE_IPS, NodeLab, socket_in
 from tests_node_helpers import wait_until
 
+from cluster.probe import RemoteProtocolError, pull_reply, push_probe
 from cluster.store import Assignment
-from sprayer.health import RemoteProtocolError, pull_reply, push_probe
 
 CLIENTS = int(os.environ.get("IPSEC_CLUSTER_MASS_CLIENTS", "2000"))
 PROBE_S = 0.02

@@ -1,7 +1,7 @@
 """The sprayer daemon end to end on a real etcd, in the driver lab's namespaces.
 
 Nodes are represented by what the sprayer sees of them: their nodes/ records held on real
-leases, and real health responders (sprayer.health.HealthResponder, the node side of the
+leases, and real health responders (cluster.probe.HealthResponder, the node side of the
 probe) bound to their back-end addresses inside their namespaces. Clients are Child SA
 records in sa/. The sprayer runs with the nftables driver in the router namespace.
 """
@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.host import DriverError
+from cluster.probe import HealthResponder
 from cluster.store.client import Guard, Store
 from cluster.store.membership import Membership
 from cluster.store.records import Assignment, ChildSaRecord, NodeRecord, SeqRecord
 from sprayer.apply import KernelApplier
 from sprayer.daemon import Sprayer
-from sprayer.health import HealthResponder
 from sprayer.leader import Leadership
 from sprayer.settings import SprayerSettings
 

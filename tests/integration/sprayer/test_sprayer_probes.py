@@ -2,7 +2,7 @@
 the nodes, a node that really stops answering is still down after 3 missed rounds.
 
 Real UDP on loopback: the sprayer's prober against real health responders
-(sprayer.health.HealthResponder, the node side of the probe); the daemon part runs on the
+(cluster.probe.HealthResponder, the node side of the probe); the daemon part runs on the
 session's etcd. No timed assertions: rounds are counted, waits are generous.
 """
 
@@ -16,11 +16,12 @@ from collections.abc import Iterator
 import pytest
 from test_sprayer_daemon import child, wait
 
+from cluster.probe import HealthResponder
 from cluster.store.client import Store
 from cluster.store.membership import Membership
 from cluster.store.records import Assignment, NodeRecord
 from sprayer.daemon import Prober, Sprayer
-from sprayer.health import HealthResponder, HealthTracker
+from sprayer.health import HealthTracker
 from sprayer.settings import SprayerSettings
 
 INTERVAL_S = 0.1

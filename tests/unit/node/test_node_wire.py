@@ -7,7 +7,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.packet import raw
 
 from cluster.node.relay import ipv4_udp
-from sprayer.health import pull_reply, push_probe
+from cluster.probe import pull_reply, push_probe
 
 
 def test_relay_frame_is_valid_ipv4_udp() -> None:

@@ -8,14 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sprayer.health import (
-    HealthTracker,
-    RemoteProtocolError,
-    pull_probe,
-    pull_reply,
-    push_probe,
-    push_reply,
-)
+from cluster.probe import RemoteProtocolError, pull_probe, pull_reply, push_probe, push_reply
+from sprayer.health import HealthTracker
 
 
 @given(st.binary(min_size=8, max_size=8), st.booleans(),
