@@ -4,7 +4,7 @@ exit 2 for a bad configuration or flag, 1 for an operational failure."""
 
 from __future__ import annotations
 
-from cluster.cli import quiet_interrupt_while_starting
+from cluster.start import quiet_interrupt_while_starting
 
 quiet_interrupt_while_starting("sprayer")
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import click
 
-from cluster.cli import EXIT_INTERRUPTED, interrupted_while_starting, say_from_handler
 from cluster.cli.context import CliFailure, connection_options
 from cluster.config import ConfigError
+from cluster.start import EXIT_INTERRUPTED, interrupted_while_starting, say_from_handler
 from cluster.store.errors import StoreError
 from cluster.store.keyspace import BadKey
 from cluster.store.records import MalformedRecord

@@ -1,5 +1,5 @@
 """etcd watch hooks: cluster events to executables and webhooks (`cluster-hooks`)."""
 
-from cluster.cli import quiet_interrupt_while_starting
+from cluster.start import quiet_interrupt_while_starting
 
 quiet_interrupt_while_starting("cluster-hooks")

@@ -117,9 +117,10 @@ def test_ctrl_c_while_a_console_script_starts_is_one_line_and_130(script: str,
 def test_importing_the_cli_elsewhere_leaves_sigint_alone() -> None:
     import signal
 
-    import cluster.cli
+    import cluster.cli  # noqa: F401
+    from cluster.start import interrupted_while_starting
 
-    assert signal.getsignal(signal.SIGINT) is not cluster.cli.interrupted_while_starting
+    assert signal.getsignal(signal.SIGINT) is not interrupted_while_starting
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "abc", "0.05", "1e9"])
