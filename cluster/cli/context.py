@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import click
 
-from cluster.cli.public import open_store
 from cluster.store.client import Store
+from cluster.store.public import open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -3,7 +3,7 @@
 `read_snapshot()` is the only function here that talks to etcd; everything else is pure and
 builds the JSON documents the commands print (their schema is in docs/operator-guide.md and
 only ever grows). No function here returns key material: records are read through the
-public view (cluster/cli/public.py), and the row builders copy named public fields only.
+public view (cluster/store/public.py), and the row builders copy named public fields only.
 """
 
 from __future__ import annotations

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from cluster.cli.public import open_store
 from cluster.config import Config, ConfigError, load_config, parse_config
 from cluster.hooks.runner import HookRunner, HooksSettings
 from cluster.store.errors import StoreError
+from cluster.store.public import open_store
 from cluster.systemd import WatchdogTicker, notify_ready, notify_status, notify_stopping
 
 log = logging.getLogger("cluster.hooks")
