@@ -13,8 +13,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.hooks.event import format_peer, spi_text
+from cluster.hooks.event import format_peer
 from cluster.store.client import Store, Versioned
+from cluster.store.keyspace import spi_hex
 from cluster.store.records import (
     Assignment,
     ChildSaRecord,
@@ -123,7 +124,7 @@ def client_rows(snap: Snapshot) -> list[dict[str, Any]]:
             "epoch": a.epoch if a else None,
             "phase": a.phase if a else None,
             "previous_node": a.previous_node if a else None,
-            "child_sas": [spi_text(c.spi_in) for c in mine],
+            "child_sas": [spi_hex(c.spi_in) for c in mine],
             "keyd": sa.keyd_id if sa else None,
             "packets_in": traffic["packets_in"],
             "packets_out": traffic["packets_out"],
@@ -149,13 +150,13 @@ def _total(records: list[SeqRecord | None], field: str) -> int | None:
 def sa_row(child: ChildSaRecord, a: Assignment | None, s: SeqRecord | None) -> dict[str, Any]:
     """A Child SA's public fields, its owner and its last sequence record. Never keys."""
     return {
-        "spi_in": spi_text(child.spi_in), "spi_out": spi_text(child.spi_out),
+        "spi_in": spi_hex(child.spi_in), "spi_out": spi_hex(child.spi_out),
         "ike_sa_id": child.ike_sa_id, "identity": child.identity,
         "virtual_ip": child.virtual_ip, "peer": format_peer(child.peer_addr, child.peer_port),
         "udp_encap": child.udp_encap, "encr": child.encr, "integ": child.integ,
         "esn": child.esn, "ts_local": list(child.ts_local), "ts_remote": list(child.ts_remote),
         "created_at": child.created_at, "soft_lifetime_s": child.soft_lifetime_s,
-        "hard_lifetime_s": child.hard_lifetime_s, "replaces": spi_text(child.replaces),
+        "hard_lifetime_s": child.hard_lifetime_s, "replaces": spi_hex(child.replaces),
         "owner": a.node if a else None, "epoch": a.epoch if a else None,
         "policy": child.policy,
         "seq": None if s is None else {

@@ -9,16 +9,17 @@ import click
 
 from cluster.cli.context import connect, connection_options, settings
 from cluster.cli.output import console
-from cluster.hooks.event import HookEvent, spi_text
+from cluster.hooks.event import HookEvent
 from cluster.hooks.feed import ClusterFeed
+from cluster.store.keyspace import spi_hex
 
 
 def _line(e: HookEvent) -> str:
     parts = [f"[bold]{e.event}[/bold]", f"rev {e.revision}"]
     for label, value in (("client", e.client_id or e.ike_sa_id), ("vip", e.virtual_ip),
                          ("peer", e.peer), ("node", e.node), ("from", e.old_node),
-                         ("address", e.node_address), ("spi", spi_text(e.spi_in)),
-                         ("replaces", spi_text(e.old_spi_in))):
+                         ("address", e.node_address), ("spi", spi_hex(e.spi_in)),
+                         ("replaces", spi_hex(e.old_spi_in))):
         if value:
             parts.append(f"{label}={value}")
     return " ".join(parts)

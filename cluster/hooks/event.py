@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cluster.store.keyspace import spi_hex
+
 CLIENT_UP = "client-up"
 CLIENT_DOWN = "client-down"
 CLIENT_MOVED = "client-moved"
@@ -24,11 +26,6 @@ EVENT_TYPES = (CLIENT_UP, CLIENT_DOWN, CLIENT_MOVED, SA_REKEYED, NODE_UP, NODE_D
                NODE_DRAINING)
 
 SCHEMA_VERSION = 1
-
-
-def spi_text(spi: int | None) -> str | None:
-    """An SPI as the keyspace spells it (8 lowercase hex digits), or None."""
-    return None if spi is None else f"{spi:08x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +65,7 @@ class HookEvent:
         """The stable JSON object: every field, SPIs as 8 hex digits, plus `schema`."""
         doc = asdict(self)
         for name in ("spi_in", "spi_out", "old_spi_in"):
-            doc[name] = spi_text(doc[name])
+            doc[name] = spi_hex(doc[name])
         doc["schema"] = SCHEMA_VERSION
         return doc
 

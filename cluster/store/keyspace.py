@@ -13,6 +13,7 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import overload
 
 KINDS = ("nodes", "keyd", "ike", "sa", "assign", "seq", "pool", "policy")
 
@@ -25,8 +26,19 @@ class BadKey(ValueError):
     """A key (or a part of one) does not follow the keyspace layout."""
 
 
-def spi_hex(spi: int) -> str:
-    """An SPI as it appears in keys: 8 lowercase hex digits."""
+@overload
+def spi_hex(spi: int) -> str: ...
+@overload
+def spi_hex(spi: None) -> None: ...
+@overload
+def spi_hex(spi: int | None) -> str | None: ...
+
+
+def spi_hex(spi: int | None) -> str | None:
+    """An SPI as it appears in keys and everywhere it is shown: 8 lowercase hex digits (None
+    for no SPI, as in an event or a record field that has none)."""
+    if spi is None:
+        return None
     if not 0 < spi <= 0xFFFFFFFF:
         raise BadKey(f"SPI out of range: {spi}")
     return f"{spi:08x}"
