@@ -48,6 +48,7 @@ from bench import Row, percentile, row
 from bench import wait as poll
 from bench.failover_lab import run_lab
 from cluster.host import DriverError, inside_netns
+from cluster.plan import NodeView, Placement, Planner, choose
 from cluster.probe import HealthResponder
 from cluster.procs import EtcdServer
 from cluster.store import (
@@ -66,7 +67,6 @@ from sprayer.daemon import Sprayer
 from sprayer.health import HealthTracker
 from sprayer.libnft import Nft
 from sprayer.nft import NftDriver
-from sprayer.plan import NodeView, Placement, Planner, choose
 from sprayer.settings import SprayerSettings
 from sprayer.userspace import UserspaceApplier
 from sprayer.view import Targets

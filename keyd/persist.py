@@ -36,10 +36,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cluster.plan import NodeState, NodeView, candidates, choose
 from cluster.store.client import TXN_MAX_OPS, Guard, Store
 from cluster.store.errors import StoreError
 from cluster.store.records import Assignment, ChildSaRecord, IkeSaRecord, NodeRecord, Record
-from sprayer.plan import NodeState, NodeView, candidates, choose
 
 from .metrics import KeydMetrics
 from .pool import AddressPool, LeaseClaim

@@ -29,6 +29,14 @@ from dataclasses import replace
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cluster.host import DriverError
+from cluster.plan import (
+    Assign,
+    CompleteHandoff,
+    Failover,
+    PlanAction,
+    Planner,
+    StartHandoff,
+)
 from cluster.probe import RemoteProtocolError, pull_reply, push_probe
 from cluster.store.client import Guard, Store
 from cluster.store.errors import StoreError
@@ -48,14 +56,6 @@ from sprayer.keyd import RefusalProbe, Refusals, keyd_for
 from sprayer.leader import Leadership
 from sprayer.mapcheck import MapChecker
 from sprayer.nft import MapDiff
-from sprayer.plan import (
-    Assign,
-    CompleteHandoff,
-    Failover,
-    PlanAction,
-    Planner,
-    StartHandoff,
-)
 from sprayer.settings import SprayerSettings
 from sprayer.view import ClusterView, Targets
 

@@ -15,9 +15,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cluster.plan import NodeState, NodeView, Phase, Placement
 from cluster.store.records import Assignment, ChildSaRecord, KeydRecord, NodeRecord, SeqRecord
 from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent, WatchResynced
-from sprayer.plan import NodeState, NodeView, Phase, Placement
 
 log = logging.getLogger("sprayer.view")
 

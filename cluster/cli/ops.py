@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 from cluster.cli.context import CliFailure
 from cluster.cli.view import Snapshot
+from cluster.plan import NodeState, NodeView, Phase, Placement, Planner, StartHandoff
 from cluster.store.client import Store
 from cluster.store.errors import StoreError
 from cluster.store.records import Assignment, MalformedRecord, NodeRecord
-from sprayer.plan import NodeState, NodeView, Phase, Placement, Planner, StartHandoff
 
 CAS_ATTEMPTS = 5
 

@@ -32,7 +32,7 @@ from cluster.lab import demo, faults
 from cluster.lab import lab as labmod
 from cluster.lab.lab import Lab
 from cluster.lab.strongswan import IkeSaView
-from sprayer.plan import NodeView, choose
+from cluster.plan import NodeView, choose
 
 CLIENTS = ("alice", "bob", "carol", "dave")
 PING_INTERVAL = "0.01"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sprayer.plan import (
+from cluster.plan import (
     Assign,
     CompleteHandoff,
     Failover,
