@@ -3,13 +3,10 @@
 No sockets, no etcd, no clock: the daemon passes in what it read (nodes, assignments, final
 sequence records) and the time `now`, and gets back a list of actions to write to `assign/`.
 
-Placement is weighted rendezvous hashing (highest random weight): for client key k and node n
-with weight w, score(n, k) = w / -ln(u(n, k)) where u is a uniform draw in (0, 1) taken from
-blake2b(n, k). The node with the highest score owns k. This gives each node a share of clients
-proportional to its weight, and when a node leaves only its own clients move (every other
-client's best node is unchanged); when a node joins only the clients it now wins move to it.
-(Weighted form: Schindelhauer & Schomaker, "Weighted distributed hash tables", SPAA 2005;
- the `-w/ln(u)` score is the one used by e.g. Ceph's straw2.)
+Placement is weighted rendezvous hashing (`cluster/rendezvous.py`) of the client's IKE SA id
+over the candidate nodes: each node gets a share of clients proportional to its weight, and
+when a node leaves only its own clients move (every other client's best node is unchanged);
+when a node joins only the clients it now wins move to it.
 
 Moves come in two kinds (DESIGN.md, "Moving a client without rekeying"):
 - unplanned (`Failover`): the owner is dead; the new owner starts from checkpoint + jump.
@@ -22,10 +19,10 @@ Moves come in two kinds (DESIGN.md, "Moving a client without rekeying"):
 from __future__ import annotations
 
 import enum
-import hashlib
-import math
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
+
+from cluster import rendezvous
 
 
 class LocalProtocolError(Exception):
@@ -125,21 +122,13 @@ class CompleteHandoff(PlanAction):
 
 # -- rendezvous hashing ------------------------------------------------------------------------
 
-_TWO64 = float(2**64)
-
-
-def _uniform(node_id: str, key: str) -> float:
-    """A stable uniform draw in (0, 1) for (node, key); never Python's `hash()`."""
-    data = node_id.encode() + b"\x00" + key.encode()
-    digest = hashlib.blake2b(data, digest_size=8, person=b"ipsc-rdv").digest()
-    return (int.from_bytes(digest, "big") + 0.5) / _TWO64
+#: keeps the planner's draws apart from other uses of the hash
+RENDEZVOUS_PERSON = b"ipsc-rdv"
 
 
 def score(node: NodeView, key: str) -> float:
     """Weighted rendezvous score of `node` for client `key` (higher wins)."""
-    if node.weight <= 0:
-        return 0.0
-    return node.weight / -math.log(_uniform(node.id, key))
+    return rendezvous.score(node.id, node.weight, key, RENDEZVOUS_PERSON)
 
 
 def candidates(nodes: Iterable[NodeView]) -> list[NodeView]:
@@ -152,14 +141,7 @@ def candidates(nodes: Iterable[NodeView]) -> list[NodeView]:
 
 def choose(key: str, nodes: Iterable[NodeView]) -> str | None:
     """The node that owns `key` among `nodes` (all taken as candidates), or None if empty."""
-    best: tuple[float, str] | None = None
-    for n in nodes:
-        if n.weight <= 0:
-            continue
-        s = (score(n, key), n.id)
-        if best is None or s > best:
-            best = s
-    return None if best is None else best[1]
+    return rendezvous.highest(key, ((n.id, n.weight) for n in nodes), RENDEZVOUS_PERSON)
 
 
 # -- planner -----------------------------------------------------------------------------------

@@ -22,12 +22,12 @@ so that a dead instance's record has gone by then and a false refusal heals itse
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from cluster import rendezvous
 from cluster.esp.packet import KEEPALIVE
 from cluster.host import DriverError, inside_netns
 from sprayer.backends import Backend, MarkAllocator, keyd_backends
@@ -42,9 +42,8 @@ BUCKETS = 64
 REFUSAL_HOLD_S = 10.0
 
 
-def _score(name: str, bucket: int) -> bytes:
-    return hashlib.blake2b(f"{name}\0{bucket}".encode(), digest_size=8,
-                           person=b"ipsc-keyd").digest()
+#: keeps the bucket draws apart from other uses of the hash
+RENDEZVOUS_PERSON = b"ipsc-keyd"
 
 
 def bucket_owners(names: Iterable[str], buckets: int = BUCKETS) -> list[str]:
@@ -53,7 +52,8 @@ def bucket_owners(names: Iterable[str], buckets: int = BUCKETS) -> list[str]:
     ordered = sorted(set(names))
     if not ordered:
         return []
-    return [max(ordered, key=lambda n: _score(n, b)) for b in range(buckets)]
+    return [rendezvous.highest(str(b), ((n, 1.0) for n in ordered), RENDEZVOUS_PERSON) or ""
+            for b in range(buckets)]
 
 
 def keyd_for(targets: Targets, seed: list[Backend]) -> list[Backend]:
