@@ -1,12 +1,12 @@
-"""Certificates with `cryptography`, and etcd users/roles for the components.
+"""Certificates with `cryptography`.
 
 `CertAuthority.create(...)` makes a CA; `ca.issue(...)` a server or client certificate
 (RSA or ECDSA) with DNS/IP/email SANs; `write_pem` writes cert and key files with the key at
 mode 0600. Used by tests, the lab (IKE certificates) and etcd TLS.
 
-`setup_etcd_rbac` creates the users and roles of DESIGN.md's components and enables auth.
 With client-certificate auth, etcd 3.4 takes the certificate's CN as the user name, so a
-component's certificate CN is its etcd user (`root`, `keyd-1`, `node-1`, `sprayer-1`).
+component's certificate CN is its etcd user (`root`, `keyd-1`, `node-1`, `sprayer-1`): the
+grants are `cluster/grants.py`, applied by `cluster/store/rbac.py`.
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-if TYPE_CHECKING:
-    from cluster.store.client import Store
 
 KeyType = Literal["rsa", "ecdsa"]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -139,51 +136,3 @@ class CertAuthority(Issued):
             builder = builder.add_extension(x509.SubjectAlternativeName(_sans(sans)),
                                             critical=False)
         return Issued(builder.sign(self.key, hashes.SHA256()), key)
-
-
-# -- etcd users and roles -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Grant:
-    """A key-range permission: `key` alone, or every key under it when `prefix`."""
-
-    key: str
-    perm: Literal["read", "write", "readwrite"]
-    prefix: bool = True
-
-
-def component_grants(root: str, component: str, ident: str) -> list[Grant]:
-    """The grants of one component instance (DESIGN.md; issue 2, TLS and auth).
-
-    keyd: rw ike/ sa/ pool/ assign/ and its own keyd/<id>; read nodes/ keyd/ policy/ seq/.
-    node: read sa/ assign/ policy/ nodes/ ike/ keyd/; rw seq/ and its own nodes/<id>.
-    sprayer: rw assign/ and the election key sprayer/leader; read everything else.
-    hooks: read everything of the cluster.
-    """
-    def kind(k: str, perm: Literal["read", "write", "readwrite"]) -> Grant:
-        return Grant(f"{root}{k}/", perm)
-
-    if component == "keyd":
-        return [kind(k, "readwrite") for k in ("ike", "sa", "pool", "assign")] + \
-               [kind(k, "read") for k in ("nodes", "keyd", "policy", "seq")] + \
-               [Grant(f"{root}keyd/{ident}", "readwrite", prefix=False)]
-    if component == "node":
-        return [kind(k, "read") for k in ("sa", "assign", "policy", "nodes", "ike", "keyd")] + \
-               [kind("seq", "readwrite"),
-                Grant(f"{root}nodes/{ident}", "readwrite", prefix=False)]
-    if component == "sprayer":
-        return [Grant(root, "read"), kind("assign", "readwrite"),
-                Grant(f"{root}sprayer/leader", "readwrite", prefix=False)]
-    if component == "hooks":
-        return [Grant(root, "read")]
-    raise ValueError(f"unknown component {component!r}: keyd, node, sprayer or hooks")
-
-
-def setup_etcd_rbac(store: Store, users: Iterable[tuple[str, str]]) -> None:
-    """Create a role and user per (component, id) — user name = the id, which is the CN of
-    its client certificate — plus `root`, then enable auth. Safe to re-run: it adds what is
-    missing and revokes grants no longer wanted.
-    `store` is a cluster.store.Store connected as root (or before auth is enabled)."""
-    from cluster.store.rbac import apply_rbac
-    apply_rbac(store, [(ident, component_grants(store.keyspace.root, comp, ident))
-                       for comp, ident in users])

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import etcd3.etcdrpc as rpc
 import etcd3.utils
 
+from cluster.grants import Grant, component_grants
+
 from .errors import translated
 
 if TYPE_CHECKING:
-    from cluster.pki import Grant
-
     from .client import Store
 
 _PERM = {"read": 0, "write": 1, "readwrite": 2}
@@ -89,3 +89,12 @@ def apply_rbac(store: Store, users: Sequence[tuple[str, Iterable[Grant]]]) -> No
         _user(store, user, user, names)
     _user(store, "root", "root", names)
     _call(store, "AuthEnable", rpc.AuthEnableRequest())  # etcd ignores it when enabled
+
+
+def setup_etcd_rbac(store: Store, users: Iterable[tuple[str, str]]) -> None:
+    """Create a role and user per (component, id) — user name = the id, which is the CN of
+    its client certificate — plus `root`, then enable auth. Safe to re-run: it adds what is
+    missing and revokes grants no longer wanted.
+    `store` is a cluster.store.Store connected as root (or before auth is enabled)."""
+    apply_rbac(store, [(ident, component_grants(store.keyspace.root, comp, ident))
+                       for comp, ident in users])

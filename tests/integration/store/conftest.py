@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.pki import CertAuthority, setup_etcd_rbac
+from cluster.pki import CertAuthority
 from cluster.procs import EtcdServer
 from cluster.store import (
     ChildSaRecord,
@@ -22,6 +22,7 @@ from cluster.store import (
     load_data_key,
     write_data_key,
 )
+from cluster.store.rbac import setup_etcd_rbac
 
 
 def child_sa(spi_in: int, **kw: object) -> ChildSaRecord:

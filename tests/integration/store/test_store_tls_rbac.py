@@ -105,8 +105,8 @@ def test_no_client_certificate_is_refused(tls_cluster: Any) -> None:
 
 
 def test_rbac_setup_runs_again_and_converges(tls_cluster: Any, child_sa: Factory) -> None:
-    from cluster.pki import Grant, setup_etcd_rbac
-    from cluster.store.rbac import apply_rbac, role_grants
+    from cluster.grants import Grant
+    from cluster.store.rbac import apply_rbac, role_grants, setup_etcd_rbac
 
     root_key = tls_cluster.keyspace.root
     with tls_cluster.store("root") as root:

@@ -9,7 +9,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cluster.config import ConfigError, load_config, parse_config
-from cluster.pki import CertAuthority, component_grants
+from cluster.grants import component_grants
+from cluster.pki import CertAuthority
 
 FULL = """
 [cluster]

@@ -1,7 +1,7 @@
-"""Print the etcd permissions of every component instance as JSON, from cluster.pki.
+"""Print the etcd permissions of every component instance as JSON, from cluster.grants.
 
 Run on the controller by roles/etcd/tasks/rbac.yml; the etcd role turns the list into an
-idempotent etcdctl script, so the grants are defined once, in cluster.pki.component_grants.
+idempotent etcdctl script, so the grants are defined once, in cluster.grants.component_grants.
 
     etcd_grants.py --root /ipsec-cluster/prod/ keyd:keyd-1 node:node-1 sprayer:sprayer-1
 """
@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from cluster.pki import component_grants
+from cluster.grants import component_grants
 
 
 def main() -> int:
