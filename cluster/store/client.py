@@ -35,11 +35,10 @@ from .records import (
     encode_record,
 )
 from .seal import DataKey, PublicView, WrongDataKey, sealed_key_id
+from .watch import KeyspaceWatcher, PrefixWatcher, WatchEvent
 
 if TYPE_CHECKING:
     from cluster.config import Config
-
-    from .watch import KeyspaceWatcher, PrefixWatcher, WatchEvent
 
 log = logging.getLogger("cluster.store")
 
@@ -551,7 +550,6 @@ class Store:
               start_revision: int | None = None,
               report_malformed: bool = False) -> PrefixWatcher:
         """Start a watcher on every record of kind `cls` (see watch.py)."""
-        from .watch import PrefixWatcher
         w = PrefixWatcher(self, cls, on_event, start_revision=start_revision,
                           report_malformed=report_malformed)
         w.start()
@@ -561,7 +559,6 @@ class Store:
                        kinds: Iterable[str] | None = None,
                        start_revision: int | None = None) -> KeyspaceWatcher:
         """Start one watcher on several kinds (None: all) in one revision order (watch.py)."""
-        from .watch import KeyspaceWatcher
         w = KeyspaceWatcher(self, on_event, kinds, start_revision=start_revision)
         w.start()
         return w

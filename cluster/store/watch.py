@@ -24,18 +24,32 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import etcd3.events
 from prometheus_client import Counter
 
 from .errors import CompactedError, StoreError, translate, translated
-from .keyspace import KINDS, BadKey
+from .keyspace import KINDS, BadKey, Keyspace
 from .records import RECORD_TYPES, MalformedRecord, Record
 from .seal import WrongDataKey
 
-if TYPE_CHECKING:
-    from .client import Store
+R = TypeVar("R", bound=Record)
+
+
+class WatchedStore(Protocol):
+    """What a watcher uses of its store. `cluster.store.client.Store` is one; the store
+    starts watchers (`Store.watch`), so this module names it by what it uses, not by import."""
+
+    keyspace: Keyspace
+    endpoint: str
+
+    @property
+    def raw(self) -> Any: ...
+    def clone(self) -> WatchedStore: ...
+    def close(self) -> None: ...
+    def scan_many(self, prefixes: Iterable[str]) -> tuple[list[Any], int]: ...
+    def decode(self, cls: type[R], raw: bytes, key: str) -> R: ...
 
 log = logging.getLogger(__name__)
 E = TypeVar("E")
@@ -116,13 +130,13 @@ class _Watcher:
     _label = ""
     _thread_name = "watch"
 
-    def __init__(self, store: Store, kinds: tuple[str, ...], watch_prefix: str,
+    def __init__(self, store: WatchedStore, kinds: tuple[str, ...], watch_prefix: str,
                  on_event: Callable[[WatchEvent], None], start_revision: int | None,
                  backoff_max_s: float, progress: bool,
                  report_malformed: bool = False) -> None:
         self._parent = store
         self._report_malformed = report_malformed
-        self._store: Store | None = None
+        self._store: WatchedStore | None = None
         self.kinds = kinds
         self._kinds = frozenset(kinds)
         self.prefix = watch_prefix
@@ -170,7 +184,7 @@ class _Watcher:
             log.error("watch %s: event handler failed on %s: %s", self.prefix,
                       type(event).__name__, exc)
 
-    def _run(self, store: Store) -> None:
+    def _run(self, store: WatchedStore) -> None:
         backoff = 0.1
         disconnected = False
         while not self._stop.is_set():
@@ -198,7 +212,7 @@ class _Watcher:
                 disconnected = False
             backoff = 0.1
 
-    def _read_all(self, store: Store, reason: str) -> None:
+    def _read_all(self, store: WatchedStore, reason: str) -> None:
         kvs, revision = store.scan_many(self._read_prefixes)
         present: set[str] = set()
         for kv in kvs:
@@ -217,7 +231,7 @@ class _Watcher:
         if self._progress:
             self._emit(WatchProgress(revision))
 
-    def _stream(self, store: Store) -> None:
+    def _stream(self, store: WatchedStore) -> None:
         client = store.raw
         inbox: queue.Queue[Any] = queue.Queue()
         with translated(store.endpoint):
@@ -242,13 +256,13 @@ class _Watcher:
             with contextlib.suppress(Exception):  # the stream may already be gone
                 client.cancel_watch(watch_id)
 
-    def _split(self, store: Store, key: str) -> tuple[str, str]:
+    def _split(self, store: WatchedStore, key: str) -> tuple[str, str]:
         try:
             return store.keyspace.split(key)
         except BadKey:
             return "", key[len(self.prefix):]
 
-    def _kind_of(self, store: Store, key: str) -> str | None:
+    def _kind_of(self, store: WatchedStore, key: str) -> str | None:
         """The kind of a watched key, or None for a key of another kind (or no kind)."""
         kind, _ = self._split(store, key)
         if kind in self._kinds:
@@ -258,7 +272,7 @@ class _Watcher:
                 return k
         return None
 
-    def _event(self, store: Store, ev: Any) -> None:
+    def _event(self, store: WatchedStore, ev: Any) -> None:
         key = ev.key.decode("utf-8", "replace")
         revision = int(ev.mod_revision)
         kind = self._kind_of(store, key)
@@ -271,7 +285,7 @@ class _Watcher:
                 self._put(store, kind, key, ev.value, revision)
         self.last_revision = max(self.last_revision, revision)
 
-    def _put(self, store: Store, kind: str, key: str, value: bytes, revision: int,
+    def _put(self, store: WatchedStore, kind: str, key: str, value: bytes, revision: int,
              resync: bool = False) -> None:
         try:
             _, name = store.keyspace.split(key)
@@ -293,9 +307,9 @@ class PrefixWatcher(_Watcher):
     """Watch every record of one kind. `start_revision=None` starts with a full read of the
     current state (then `WatchResynced(reason="initial")`); an int resumes from it."""
 
-    def __init__(self, store: Store, cls: type[Record], on_event: Callable[[WatchEvent], None],
-                 start_revision: int | None = None, backoff_max_s: float = 5.0,
-                 report_malformed: bool = False) -> None:
+    def __init__(self, store: WatchedStore, cls: type[Record],
+                 on_event: Callable[[WatchEvent], None], start_revision: int | None = None,
+                 backoff_max_s: float = 5.0, report_malformed: bool = False) -> None:
         super().__init__(store, (cls.KIND,), store.keyspace.kind_prefix(cls.KIND), on_event,
                          start_revision, backoff_max_s, progress=False,
                          report_malformed=report_malformed)
@@ -311,7 +325,7 @@ class KeyspaceWatcher(_Watcher):
     watched kinds at one revision (then `WatchResynced(reason="initial")`); an int resumes
     from it. After each response: `WatchProgress`."""
 
-    def __init__(self, store: Store, on_event: Callable[[WatchEvent], None],
+    def __init__(self, store: WatchedStore, on_event: Callable[[WatchEvent], None],
                  kinds: Iterable[str] | None = None, start_revision: int | None = None,
                  backoff_max_s: float = 5.0) -> None:
         chosen = tuple(KINDS if kinds is None else dict.fromkeys(kinds))
