@@ -34,7 +34,7 @@ Driving it (aioquic style)::
   and `import_ike_sa(dict) -> id` let another keyd continue an IKE SA: answer the next or a
   retransmitted request (the cached last response is part of the state), rekey, delete,
   liveness. A malformed record raises LocalProtocolError.
-- Errors: RemoteProtocolError (peer's fault, carries the notify to answer with) is caught at
+- Errors: IkeProtocolError (peer's fault, carries the notify to answer with) is caught at
   the edge of the core and becomes the RFC's answer or silence plus a counter in
   `core.counters` (IkeCounters: exchanges, errors, drops, handshakes, retransmits, cookies,
   half_open). LocalProtocolError is the caller's misuse (unknown IKE SA, wrong state).
@@ -54,7 +54,7 @@ Driving it (aioquic style)::
 from .config import Credentials, InitiatorConfig, ResponderConfig
 from .connections import Connection, LocalAuth, RemoteAuth, select_connection
 from .core import Datagram, IkeEndpoint
-from .errors import IkeError, LocalProtocolError, RemoteProtocolError
+from .errors import IkeError, IkeProtocolError, LocalProtocolError
 from .events import (
     AddressRequested,
     AuthenticationFailed,
@@ -88,6 +88,7 @@ __all__ = [
     "IkeEndpoint",
     "IkeError",
     "IkeEvent",
+    "IkeProtocolError",
     "IkeSaDeleted",
     "IkeSaEstablished",
     "IkeSaRekeyed",
@@ -98,7 +99,6 @@ __all__ = [
     "LocalProtocolError",
     "RadiusRequested",
     "RemoteAuth",
-    "RemoteProtocolError",
     "Responder",
     "ResponderConfig",
     "Secrets",

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from .constants import AuthMethod, CertEncoding, HashAlgorithm, IdType, Notify
-from .errors import RemoteProtocolError
+from .errors import IkeProtocolError
 from .identity import Identity
 from .keys import prf
 from .payloads import CertReqPayload
@@ -63,8 +63,8 @@ _ECDSA_CLASSIC = {
 SUPPORTED_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512)
 
 
-def _fail(reason: str) -> RemoteProtocolError:
-    return RemoteProtocolError(reason, Notify.AUTHENTICATION_FAILED)
+def _fail(reason: str) -> IkeProtocolError:
+    return IkeProtocolError(reason, Notify.AUTHENTICATION_FAILED)
 
 
 def signed_octets(
@@ -155,7 +155,7 @@ def verify_signature(key: PublicKey, method: int, auth: bytes, octets: bytes) ->
         else:
             raise _fail(f"auth method {method} does not fit the certificate key")
     except (InvalidSignature, ValueError) as e:
-        if isinstance(e, RemoteProtocolError):
+        if isinstance(e, IkeProtocolError):
             raise
         raise _fail("signature does not verify") from None
 

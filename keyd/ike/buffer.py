@@ -5,11 +5,11 @@ from __future__ import annotations
 import struct
 
 from .constants import Notify
-from .errors import RemoteProtocolError
+from .errors import IkeProtocolError
 
 
 class Buffer:
-    """Reads fail with RemoteProtocolError(INVALID_SYNTAX) instead of running off the end."""
+    """Reads fail with IkeProtocolError(INVALID_SYNTAX) instead of running off the end."""
 
     __slots__ = ("_data", "_end", "_out", "_pos")
 
@@ -32,7 +32,7 @@ class Buffer:
 
     def pull_bytes(self, n: int) -> bytes:
         if n < 0 or self._pos + n > self._end:
-            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("truncated data", Notify.INVALID_SYNTAX)
         out = bytes(self._data[self._pos : self._pos + n])
         self._pos += n
         return out
@@ -42,14 +42,14 @@ class Buffer:
     def pull_uint8(self) -> int:
         pos = self._pos
         if pos >= self._end:
-            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("truncated data", Notify.INVALID_SYNTAX)
         self._pos = pos + 1
         return self._data[pos]
 
     def pull_uint16(self) -> int:
         pos = self._pos
         if pos + 2 > self._end:
-            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("truncated data", Notify.INVALID_SYNTAX)
         self._pos = pos + 2
         d = self._data
         return (d[pos] << 8) | d[pos + 1]
@@ -57,14 +57,14 @@ class Buffer:
     def pull_uint32(self) -> int:
         pos = self._pos
         if pos + 4 > self._end:
-            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("truncated data", Notify.INVALID_SYNTAX)
         self._pos = pos + 4
         return int.from_bytes(self._data[pos:pos + 4], "big")
 
     def pull_uint64(self) -> int:
         pos = self._pos
         if pos + 8 > self._end:
-            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("truncated data", Notify.INVALID_SYNTAX)
         self._pos = pos + 8
         return int.from_bytes(self._data[pos:pos + 8], "big")
 
@@ -72,7 +72,7 @@ class Buffer:
         """Several fixed-size fields at once (a header): one call instead of one each."""
         pos = self._pos
         if pos + fmt.size > self._end:
-            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("truncated data", Notify.INVALID_SYNTAX)
         self._pos = pos + fmt.size
         return fmt.unpack_from(self._data, pos)
 
@@ -84,7 +84,7 @@ class Buffer:
         reads the same memory (no copy)."""
         pos = self._pos
         if n < 0 or pos + n > self._end:
-            raise RemoteProtocolError("truncated data", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("truncated data", Notify.INVALID_SYNTAX)
         self._pos = pos + n
         sub = Buffer.__new__(Buffer)
         sub._data, sub._pos, sub._end, sub._out = self._data, pos, pos + n, bytearray()

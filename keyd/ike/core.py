@@ -22,7 +22,7 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import IkeProtocolError, LocalProtocolError
 from .events import (
     ChildSa,
     ChildSaDeleted,
@@ -137,7 +137,7 @@ class IkeEndpoint:
             data = data[len(NON_ESP_MARKER) :]
         try:
             msg, sk = pull_message(data)
-        except RemoteProtocolError as e:
+        except IkeProtocolError as e:
             if e.notify == Notify.INVALID_MAJOR_VERSION:
                 self._refuse_version(data, src, dst)
             else:
@@ -148,7 +148,7 @@ class IkeEndpoint:
                 self._on_response(msg, sk, src, dst, now)
             else:
                 self._on_request(msg, sk, src, dst, now)
-        except RemoteProtocolError as e:
+        except IkeProtocolError as e:
             self._drop(notify_name(e.notify) if e.notify is not None else "silent")
         except LocalProtocolError:
             # a state the tables do not allow: a defect, counted; the daemon keeps serving
@@ -332,7 +332,7 @@ class IkeEndpoint:
             peer_hashes=sa.peer_hashes,
         )
         if new.id in self._sas:
-            raise RemoteProtocolError("IKE SPI collision", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("IKE SPI collision", Notify.INVALID_SYNTAX)
         new.children = {spi: replace(c, ike_sa_id=new.id) for spi, c in sa.children.items()}
         sa.children = {}
         sa.state = advance(sa.state, "rekeyed")
@@ -406,7 +406,7 @@ class IkeEndpoint:
             return
         try:
             payloads = open_sk(msg, sk, self._keys_in(sa))
-        except RemoteProtocolError as e:
+        except IkeProtocolError as e:
             if e.notify is None:
                 self._drop("integrity")
                 return
@@ -425,7 +425,7 @@ class IkeEndpoint:
         ctx = RequestContext(h, src, dst)
         try:
             response = getattr(self, handler)(sa, payloads, ctx, now)
-        except RemoteProtocolError as e:
+        except IkeProtocolError as e:
             if e.notify is None:
                 self._drop("silent")
                 return
@@ -443,7 +443,7 @@ class IkeEndpoint:
             return False
         try:
             open_sk(msg, sk, self._keys_in(sa))
-        except RemoteProtocolError:
+        except IkeProtocolError:
             self._drop("integrity")
             return False
         return True
@@ -461,7 +461,7 @@ class IkeEndpoint:
     def _on_create_child_request(
         self, sa: IkeSa, payloads: list[Payload], ctx: RequestContext, now: float
     ) -> list[Payload] | None:
-        raise RemoteProtocolError("this endpoint makes no Child SAs on request",
+        raise IkeProtocolError("this endpoint makes no Child SAs on request",
                                   Notify.NO_ADDITIONAL_SAS)
 
     def _on_informational_request(
@@ -527,7 +527,7 @@ class IkeEndpoint:
             return
         try:
             payloads = open_sk(msg, sk, self._keys_in(sa))
-        except RemoteProtocolError as e:
+        except IkeProtocolError as e:
             self._drop("integrity" if e.notify is None else "malformed")
             return
         kind, ctx = sa.outstanding_kind, sa.outstanding_ctx
@@ -544,7 +544,7 @@ class IkeEndpoint:
             return
         try:
             getattr(self, f"_on_{kind}_response")(sa, payloads, ctx, now)
-        except RemoteProtocolError as e:
+        except IkeProtocolError as e:
             reason = str(e)
             self.counters.errors["bad_response"] += 1
             self._events.append(ExchangeFailed(sa.id, h.exchange, e.notify, reason))

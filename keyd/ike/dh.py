@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import dh, ec, x448, x25519
 from cryptography.utils import CryptographyDeprecationWarning
 
 from .constants import Notify
-from .errors import RemoteProtocolError
+from .errors import IkeProtocolError
 
 # The MODP primes, p = 2^n - 2^(n-64) - 1 + 2^64 * (floor(2^(n-130) pi) + k) with the k of
 # RFC 2409 §6.2 / RFC 3526 §§3-5; generator 2
@@ -108,7 +108,7 @@ class KeyExchange:
             raise ValueError(f"unsupported DH group {group}")
 
     def shared_secret(self, peer_public: bytes) -> bytes:
-        """g^ir; a malformed or invalid peer value raises RemoteProtocolError(INVALID_SYNTAX)."""
+        """g^ir; a malformed or invalid peer value raises IkeProtocolError(INVALID_SYNTAX)."""
         try:
             if self.group in _MODP:
                 prime = _MODP_PRIMES[self.group]
@@ -137,5 +137,5 @@ class KeyExchange:
             peer_x = x25519.X25519PublicKey.from_public_bytes(peer_public)
             return self._x.exchange(peer_x)
         except ValueError as e:
-            raise RemoteProtocolError(f"bad KE data for group {self.group}: {e}",
+            raise IkeProtocolError(f"bad KE data for group {self.group}: {e}",
                                       Notify.INVALID_SYNTAX) from None

@@ -37,7 +37,7 @@ from .config import EapConfig, ResponderConfig
 from .connections import Connection, LocalAuth
 from .constants import AuthMethod, Notify
 from .core import IkeEndpoint, RequestContext
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import IkeProtocolError, LocalProtocolError
 from .events import RadiusRequested
 from .identity import Identity, identity_text
 from .ikesa import IkeSa
@@ -167,12 +167,12 @@ class EapRound(IkeEndpoint):
         peer_id = Identity(idi.id_type, idi.data)
         try:
             if not isinstance(auth, AuthPayload) or auth.method != AuthMethod.PSK:
-                raise RemoteProtocolError("no AUTH made with the MSK",
+                raise IkeProtocolError("no AUTH made with the MSK",
                                           Notify.AUTHENTICATION_FAILED)
             octets = signed_octets(sa.init_request, sa.nr, sa.suite.prf, sa.keys.sk_pi,
                                    peer_id)
             verify_psk(sa.suite.prf, bytes.fromhex(sa.eap["msk"]), octets, auth.data)
-        except RemoteProtocolError as e:
+        except IkeProtocolError as e:
             self._eap_refused(sa, ctx, identity, f"bad auth: {e}", eap_packet=None)
             return None
         framed = sa.eap.get("virtual_ip")

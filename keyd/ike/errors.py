@@ -1,6 +1,6 @@
 """The two error directions of the IKE core (as h11 does).
 
-`RemoteProtocolError`: the peer sent something wrong; it carries the notify type the core
+`IkeProtocolError`: the peer sent something wrong; it carries the notify type the core
 answers with (or None where the RFC says to stay silent). It is caught at the edge of the
 core and becomes a protocol answer plus a counter.
 
@@ -14,7 +14,7 @@ class IkeError(Exception):
     """Base class of every error the IKE core raises."""
 
 
-class RemoteProtocolError(IkeError):
+class IkeProtocolError(IkeError):
     """The peer misbehaved. `notify` is the IKE notify type to answer with, or None (silence)."""
 
     def __init__(self, message: str, notify: int | None = None, data: bytes = b"") -> None:
@@ -23,7 +23,7 @@ class RemoteProtocolError(IkeError):
         self.data = data  # Notification Data of the answer (§3.10.1)
 
 
-class InvalidKePayload(RemoteProtocolError):
+class InvalidKePayload(IkeProtocolError):
     """A proposal matched with another DH group than the KE payload's (RFC 7296 §1.3, §3.10.1):
     answer INVALID_KE_PAYLOAD naming `group`, the one we want."""
 
@@ -33,7 +33,7 @@ class InvalidKePayload(RemoteProtocolError):
         self.group = group
 
 
-class AuthenticationError(RemoteProtocolError):
+class AuthenticationError(IkeProtocolError):
     """IKE_AUTH refused (answered with AUTHENTICATION_FAILED). `cause` says which way, for
     the counter: `no_matching_connection`, `unknown_identity`, `psk_mismatch`,
     `certificate_invalid`, `eap_unavailable`, `malformed_request`."""

@@ -29,7 +29,7 @@ from .constants import (
 )
 from .core import IkeEndpoint, nat_hash
 from .dh import KeyExchange
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import IkeProtocolError, LocalProtocolError
 from .events import (
     ChildSaEstablished,
     ExchangeFailed,
@@ -157,20 +157,20 @@ class Initiator(IkeEndpoint):
         try:
             errors = [n for n in ps if isinstance(n, NotifyPayload) and n.type < 16384]
             if errors:
-                raise RemoteProtocolError("IKE_SA_INIT refused", errors[0].type)
+                raise IkeProtocolError("IKE_SA_INIT refused", errors[0].type)
             sa_p, ke, nonce = find(ps, SaPayload), find(ps, KePayload), find(ps, NoncePayload)
             if not (isinstance(sa_p, SaPayload) and isinstance(ke, KePayload)
                     and isinstance(nonce, NoncePayload) and len(sa_p.proposals) == 1):
-                raise RemoteProtocolError("incomplete IKE_SA_INIT response", Notify.INVALID_SYNTAX)
+                raise IkeProtocolError("incomplete IKE_SA_INIT response", Notify.INVALID_SYNTAX)
             suite = suite_from_proposal(sa_p.proposals[0], ProtocolId.IKE)
             dh: KeyExchange = sa.outstanding_ctx["dh"]
             if not isinstance(suite, IkeSuite) \
                     or not any(p.accepts(suite) for p in self.config.ike_suites) \
                     or suite.dh != dh.group or ke.group != dh.group:
-                raise RemoteProtocolError("responder chose what we did not offer",
+                raise IkeProtocolError("responder chose what we did not offer",
                                           Notify.NO_PROPOSAL_CHOSEN)
             g_ir = dh.shared_secret(ke.data)
-        except RemoteProtocolError as e:
+        except IkeProtocolError as e:
             self._events.append(ExchangeFailed(sa.id, h.exchange, e.notify, str(e)))
             self._remove_sa(sa, "IKE_SA_INIT failed")
             return
@@ -230,7 +230,7 @@ class Initiator(IkeEndpoint):
     def _check_responder(self, sa: IkeSa, payloads: list[Payload]) -> Identity:
         idr, auth = find(payloads, IdrPayload), find(payloads, AuthPayload)
         if not isinstance(idr, IdrPayload) or auth is None:
-            raise RemoteProtocolError("IKE_AUTH response without IDr or AUTH",
+            raise IkeProtocolError("IKE_AUTH response without IDr or AUTH",
                                       Notify.AUTHENTICATION_FAILED)
         peer_id = Identity(idr.id_type, idr.data)
         octets = signed_octets(sa.init_response, sa.ni, sa.suite.prf, sa.keys.sk_pr, peer_id)
@@ -285,7 +285,7 @@ class Initiator(IkeEndpoint):
             try:
                 answer = self._eap_peer.respond(eap.data)
             except EapError as exc:
-                raise RemoteProtocolError(f"EAP: {exc}", Notify.AUTHENTICATION_FAILED) from exc
+                raise IkeProtocolError(f"EAP: {exc}", Notify.AUTHENTICATION_FAILED) from exc
             if answer is not None:
                 next_payloads: list[Payload] = [EapPayload(answer)]
             elif self._eap_peer.succeeded:
@@ -294,12 +294,12 @@ class Initiator(IkeEndpoint):
                 next_payloads = [AuthPayload(AuthMethod.PSK, psk_auth(
                     sa.suite.prf, self._eap_peer.msk, octets))]
             else:
-                raise RemoteProtocolError("EAP failed", Notify.AUTHENTICATION_FAILED)
+                raise IkeProtocolError("EAP failed", Notify.AUTHENTICATION_FAILED)
             self._start_request(sa, ExchangeType.IKE_AUTH, next_payloads, "auth", ctx, now)
             return True
         auth = find(payloads, AuthPayload)
         if not isinstance(auth, AuthPayload) or not self._eap_peer.succeeded:
-            raise RemoteProtocolError("IKE_AUTH answer without EAP or AUTH",
+            raise IkeProtocolError("IKE_AUTH answer without EAP or AUTH",
                                       Notify.AUTHENTICATION_FAILED)
         peer_id = Identity(*ctx["peer_id"])
         octets = signed_octets(sa.init_response, sa.ni, sa.suite.prf, sa.keys.sk_pr, peer_id)
@@ -310,7 +310,7 @@ class Initiator(IkeEndpoint):
                           spi_in: int, ni: bytes, nr: bytes, g_ir: bytes,
                           replaces: int | None, now: float) -> None:
         if len(sa_p.proposals) != 1 or len(sa_p.proposals[0].spi) != 4:
-            raise RemoteProtocolError("bad Child SA proposal in reply", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("bad Child SA proposal in reply", Notify.INVALID_SYNTAX)
         suite = suite_from_proposal(sa_p.proposals[0], ProtocolId.ESP)
         assert isinstance(suite, ChildSuite)
         keys = derive_child_keys(sa.suite.prf, sa.keys.sk_d, suite, ni, nr, g_ir)
@@ -354,11 +354,11 @@ class Initiator(IkeEndpoint):
         tsi, tsr = find(payloads, TsiPayload), find(payloads, TsrPayload)
         if not (isinstance(sa_p, SaPayload) and isinstance(nonce, NoncePayload)
                 and isinstance(tsi, TsiPayload) and isinstance(tsr, TsrPayload)):
-            raise RemoteProtocolError("incomplete CREATE_CHILD_SA response", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("incomplete CREATE_CHILD_SA response", Notify.INVALID_SYNTAX)
         g_ir = b""
         if "dh" in ctx:
             if not isinstance(ke, KePayload):
-                raise RemoteProtocolError("PFS rekey answered without KE", Notify.INVALID_SYNTAX)
+                raise IkeProtocolError("PFS rekey answered without KE", Notify.INVALID_SYNTAX)
             g_ir = ctx["dh"].shared_secret(ke.data)
         self._child_from_reply(sa, sa_p, tsi, tsr, ctx["spi_in"], ctx["ni"], nonce.data, g_ir,
                                ctx["old"], now)
@@ -382,7 +382,7 @@ class Initiator(IkeEndpoint):
         if not (isinstance(sa_p, SaPayload) and isinstance(nonce, NoncePayload)
                 and isinstance(ke, KePayload) and len(sa_p.proposals) == 1
                 and len(sa_p.proposals[0].spi) == 8):
-            raise RemoteProtocolError("incomplete IKE rekey response", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("incomplete IKE rekey response", Notify.INVALID_SYNTAX)
         suite = suite_from_proposal(sa_p.proposals[0], ProtocolId.IKE)
         assert isinstance(suite, IkeSuite)
         g_ir = ctx["dh"].shared_secret(ke.data)

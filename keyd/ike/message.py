@@ -2,7 +2,7 @@
 
 `pull_message(data)` parses a whole datagram (the SK payload stays sealed: see `protect`),
 `push_message(header, payloads)` serialises one. Every length-prefixed block must be
-consumed exactly; anything else raises RemoteProtocolError(INVALID_SYNTAX).
+consumed exactly; anything else raises IkeProtocolError(INVALID_SYNTAX).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from .buffer import Buffer
 from .constants import IKE_VERSION, Flag, Notify, PayloadType
-from .errors import RemoteProtocolError
+from .errors import IkeProtocolError
 from .payloads import (
     AuthPayload,
     CertPayload,
@@ -85,8 +85,8 @@ class Message:
         return None
 
 
-def _syntax(msg: str) -> RemoteProtocolError:
-    return RemoteProtocolError(msg, Notify.INVALID_SYNTAX)
+def _syntax(msg: str) -> IkeProtocolError:
+    return IkeProtocolError(msg, Notify.INVALID_SYNTAX)
 
 
 # ---- header -----------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def pull_header(buf: Buffer) -> Header:
     spi_i, spi_r, next_payload, version, exchange, flags, message_id, length = \
         buf.pull_struct(_HEADER)
     if version >> 4 != 2:
-        raise RemoteProtocolError(f"IKE major version {version >> 4}", Notify.INVALID_MAJOR_VERSION)
+        raise IkeProtocolError(f"IKE major version {version >> 4}", Notify.INVALID_MAJOR_VERSION)
     return Header(spi_i, spi_r, next_payload, exchange, flags, message_id, version, length)
 
 
@@ -335,7 +335,7 @@ def pull_payloads(buf: Buffer, first: int) -> tuple[list[Payload], SkPayload | N
         payload = pull_payload_body(p_type, body)
         if isinstance(payload, UnknownPayload):
             if critical:
-                raise RemoteProtocolError(  # §2.5: the answer names the payload type
+                raise IkeProtocolError(  # §2.5: the answer names the payload type
                     f"unsupported critical payload {p_type}",
                     Notify.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([p_type]),
                 )

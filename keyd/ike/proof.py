@@ -20,7 +20,7 @@ from .auth import (
 )
 from .config import Credentials
 from .constants import AuthMethod, CertEncoding, Notify
-from .errors import RemoteProtocolError
+from .errors import IkeProtocolError
 from .identity import Identity, identity_text
 from .payloads import AuthPayload, CertPayload, NotifyPayload, Payload, notifies
 from .transforms import Prf
@@ -57,18 +57,18 @@ def check_proof(creds: Credentials, prf_alg: Prf, octets: bytes, peer_id: Identi
     peer's ID); returns the peer's identity as text. Failures: AUTHENTICATION_FAILED."""
     if auth.method == AuthMethod.PSK:
         if creds.psk is None:
-            raise RemoteProtocolError("PSK authentication is not configured",
+            raise IkeProtocolError("PSK authentication is not configured",
                                       Notify.AUTHENTICATION_FAILED)
         verify_psk(prf_alg, creds.psk, octets, auth.data)
         return identity_text(peer_id)
     certs = [load_certificate(p.data) for p in payloads
              if isinstance(p, CertPayload) and p.encoding == CertEncoding.X509_SIGNATURE]
     if not certs or not creds.cas:
-        raise RemoteProtocolError("no certificate, or no CA to check it against",
+        raise IkeProtocolError("no certificate, or no CA to check it against",
                                   Notify.AUTHENTICATION_FAILED)
     creds.trust.verify_chain(certs[0], certs[1:], creds.clock())
     if not identity_matches_cert(peer_id, certs[0]):
-        raise RemoteProtocolError("identity is not in the certificate",
+        raise IkeProtocolError("identity is not in the certificate",
                                   Notify.AUTHENTICATION_FAILED)
     verify_signature(cert_public_key(certs[0]), auth.method, auth.data, octets)
     return identity_text(peer_id, certs[0])

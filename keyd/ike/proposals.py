@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .constants import Notify, ProtocolId, TransformType
-from .errors import InvalidKePayload, LocalProtocolError, RemoteProtocolError
+from .errors import IkeProtocolError, InvalidKePayload, LocalProtocolError
 from .payloads import Proposal, Transform
 from .transforms import (
     DH_GROUPS,
@@ -371,4 +371,4 @@ def select_proposal(
     if wrong is not None:
         assert wrong.dh is not None
         raise InvalidKePayload(wrong.dh)
-    raise RemoteProtocolError("no acceptable proposal", Notify.NO_PROPOSAL_CHOSEN)
+    raise IkeProtocolError("no acceptable proposal", Notify.NO_PROPOSAL_CHOSEN)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .buffer import Buffer
 from .constants import Notify, PayloadType
-from .errors import RemoteProtocolError
+from .errors import IkeProtocolError
 from .keys import aes_cmac
 from .message import (
     GENERIC_HEADER_LENGTH,
@@ -129,7 +129,7 @@ def seal(
 
 
 def open_sk(message: Message, sk: SkPayload, keys: SkKeys) -> list[Payload]:
-    """Check and decrypt SK; integrity failure is RemoteProtocolError with notify None
+    """Check and decrypt SK; integrity failure is IkeProtocolError with notify None
     (drop silently, §2.21.2). Inner payloads are parsed (an SK inside SK is rejected)."""
     raw = message.raw
     data = sk.data
@@ -137,30 +137,30 @@ def open_sk(message: Message, sk: SkPayload, keys: SkKeys) -> list[Payload]:
     if keys.encr.aead:
         n_iv, n_icv = keys.encr.iv_len, keys.encr.icv_len
         if len(data) < n_iv + n_icv + 1:
-            raise RemoteProtocolError("SK payload too short", None)
+            raise IkeProtocolError("SK payload too short", None)
         try:
             plain = _aead_open(keys, data[:n_iv], data[n_iv:], aad)
         except InvalidTag:
-            raise RemoteProtocolError("SK integrity check failed", None) from None
+            raise IkeProtocolError("SK integrity check failed", None) from None
     else:
         assert keys.integ is not None
         n_icv, n_iv, block = keys.integ.icv_len, keys.encr.iv_len, keys.encr.block_len
         ct_len = len(data) - n_iv - n_icv
         if ct_len < block or ct_len % block:
-            raise RemoteProtocolError("SK payload length", None)
+            raise IkeProtocolError("SK payload length", None)
         try:
             _verify_truncated(_mac(keys, raw[:-n_icv]), raw[-n_icv:])
         except InvalidSignature:
-            raise RemoteProtocolError("SK integrity check failed", None) from None
+            raise IkeProtocolError("SK integrity check failed", None) from None
         iv = data[:n_iv]
         plain = _run(_crypter(keys, iv).decryptor(), data[n_iv : n_iv + ct_len])
     pad_len = plain[-1]
     if pad_len + 1 > len(plain):
-        raise RemoteProtocolError("SK padding length", Notify.INVALID_SYNTAX)
+        raise IkeProtocolError("SK padding length", Notify.INVALID_SYNTAX)
     inner = Buffer(plain[: len(plain) - pad_len - 1])
     payloads, nested = pull_payloads(inner, sk.first_inner)
     if nested is not None:
-        raise RemoteProtocolError("SK payload inside SK", Notify.INVALID_SYNTAX)
+        raise IkeProtocolError("SK payload inside SK", Notify.INVALID_SYNTAX)
     return payloads
 
 

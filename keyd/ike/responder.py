@@ -26,7 +26,7 @@ from .constants import (
 from .core import RequestContext, nat_hash, notify_name, packed_ip
 from .dh import KeyExchange
 from .eap_auth import EapRound, _RadiusWait
-from .errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
+from .errors import AuthenticationError, IkeProtocolError, LocalProtocolError
 from .events import (
     AddressRequested,
     AuthenticationFailed,
@@ -210,7 +210,7 @@ class Responder(EapRound):
             assert isinstance(suite, IkeSuite)
             dh = KeyExchange(suite.dh)
             g_ir = dh.shared_secret(ke.data)
-        except RemoteProtocolError as e:
+        except IkeProtocolError as e:
             assert e.notify is not None
             self._init_error(h, e.notify, e.data, src, dst)
             return
@@ -344,7 +344,7 @@ class Responder(EapRound):
         except AuthenticationError as e:
             self._refuse(sa, ctx, name, e.cause, str(e), conn)
             return None
-        except RemoteProtocolError as e:   # e.g. an unreadable certificate
+        except IkeProtocolError as e:   # e.g. an unreadable certificate
             self._refuse(sa, ctx, name, "certificate_invalid", str(e), conn)
             return None
         sa.connection = conn.name
@@ -436,14 +436,14 @@ class Responder(EapRound):
                 raise AuthenticationError("unknown_identity", f"no PSK for {name!r}")
             try:
                 verify_psk(sa.suite.prf, psk, octets, auth.data)
-            except RemoteProtocolError:
+            except IkeProtocolError:
                 raise AuthenticationError(
                     "psk_mismatch", f"AUTH does not verify with the PSK of {name!r}") from None
             return name, psk
         try:
             return check_proof(self.config.credentials, sa.suite.prf, octets, peer_id, auth,
                                payloads), None
-        except RemoteProtocolError as e:
+        except IkeProtocolError as e:
             raise AuthenticationError("certificate_invalid", str(e)) from None
 
     def _own_auth(self, sa: IkeSa, local_auth: LocalAuth, psk: bytes | None) -> list[Payload]:
@@ -497,7 +497,7 @@ class Responder(EapRound):
             try:
                 reply += self._negotiate_child(sa, sa_p, tsi, tsr, sa.ni, sa.nr, None,
                                                None, False, now)
-            except RemoteProtocolError as e:
+            except IkeProtocolError as e:
                 assert e.notify is not None
                 self.counters.errors[notify_name(e.notify)] += 1
                 reply.append(NotifyPayload(e.notify))
@@ -517,12 +517,12 @@ class Responder(EapRound):
                                       ke.group if ke else None, include_dh=with_dh)
         assert isinstance(suite, ChildSuite)
         if len(prop.spi) != 4:
-            raise RemoteProtocolError("ESP proposal without a 4-byte SPI", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("ESP proposal without a 4-byte SPI", Notify.INVALID_SYNTAX)
         remote_ok = [selector_for(f"{sa.virtual_ip or sa.peer[0]}/32")]
         tsi = narrow(tsi_p.selectors, remote_ok)
         tsr = narrow(tsr_p.selectors, list(self._offers[conn.name].protected))
         if not tsi or not tsr:
-            raise RemoteProtocolError("no acceptable traffic selectors", Notify.TS_UNACCEPTABLE)
+            raise IkeProtocolError("no acceptable traffic selectors", Notify.TS_UNACCEPTABLE)
         g_ir = b""
         out_ke: list[Payload] = []
         if with_dh and suite.dh is not None:
@@ -547,21 +547,21 @@ class Responder(EapRound):
         sa_p, nonce, ke = find(payloads, SaPayload), find(payloads, NoncePayload), \
             find(payloads, KePayload)
         if not isinstance(sa_p, SaPayload) or not isinstance(nonce, NoncePayload):
-            raise RemoteProtocolError("CREATE_CHILD_SA without SA or Ni", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("CREATE_CHILD_SA without SA or Ni", Notify.INVALID_SYNTAX)
         ke = ke if isinstance(ke, KePayload) else None
         nr = self._random(NONCE_LEN)
         if any(p.protocol == ProtocolId.IKE for p in sa_p.proposals):
             return self._rekey_ike(sa, sa_p, nonce.data, nr, ke, now)
         tsi, tsr = find(payloads, TsiPayload), find(payloads, TsrPayload)
         if not isinstance(tsi, TsiPayload) or not isinstance(tsr, TsrPayload):
-            raise RemoteProtocolError("CREATE_CHILD_SA without TSi/TSr", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("CREATE_CHILD_SA without TSi/TSr", Notify.INVALID_SYNTAX)
         replaces = None
         rekey = notifies(payloads, Notify.REKEY_SA)
         if rekey:
             spi = rekey[0].spi
             old = sa.child_by_spi_out(int.from_bytes(spi, "big")) if len(spi) == 4 else None
             if old is None:
-                raise RemoteProtocolError("rekey of an unknown Child SA",
+                raise IkeProtocolError("rekey of an unknown Child SA",
                                           Notify.CHILD_SA_NOT_FOUND)
             replaces = old.spi_in
         reply = self._negotiate_child(sa, sa_p, tsi, tsr, nonce.data, nr, ke, replaces, True,
@@ -575,7 +575,7 @@ class Responder(EapRound):
                                       ProtocolId.IKE, ke.group if ke else None)
         assert isinstance(suite, IkeSuite) and ke is not None
         if len(prop.spi) != 8:
-            raise RemoteProtocolError("IKE rekey without an 8-byte SPI", Notify.INVALID_SYNTAX)
+            raise IkeProtocolError("IKE rekey without an 8-byte SPI", Notify.INVALID_SYNTAX)
         dh = KeyExchange(suite.dh)
         g_ir = dh.shared_secret(ke.data)
         spi_i = int.from_bytes(prop.spi, "big")
@@ -595,6 +595,6 @@ def _claimed(peer_id: Identity, payloads: list[Payload]) -> str:
             if isinstance(p, CertPayload) and p.encoding == CertEncoding.X509_SIGNATURE:
                 try:
                     return identity_text(peer_id, load_certificate(p.data))
-                except RemoteProtocolError:
+                except IkeProtocolError:
                     break
     return identity_text(peer_id)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 
 from .constants import Notify, ProtocolId, TransformType
-from .errors import RemoteProtocolError
+from .errors import IkeProtocolError
 from .payloads import Proposal, Transform
 
 
@@ -169,25 +169,25 @@ def suite_from_proposal(p: Proposal, protocol: int) -> IkeSuite | ChildSuite:
     by_type: dict[int, Transform] = {}
     for t in p.transforms:
         if t.type in by_type:
-            raise RemoteProtocolError("chosen proposal has two transforms of one type",
+            raise IkeProtocolError("chosen proposal has two transforms of one type",
                                       Notify.NO_PROPOSAL_CHOSEN)
         by_type[t.type] = t
     enc_t = by_type.get(TransformType.ENCR)
     encr = encr_by_transform(enc_t) if enc_t else None
     if encr is None:
-        raise RemoteProtocolError("unknown encryption in reply", Notify.NO_PROPOSAL_CHOSEN)
+        raise IkeProtocolError("unknown encryption in reply", Notify.NO_PROPOSAL_CHOSEN)
     integ = None
     if (it := by_type.get(TransformType.INTEG)) and it.id != 0:
         integ = next((i for i in INTEGS.values() if i.id == it.id), None)
         if integ is None:
-            raise RemoteProtocolError("unknown integrity in reply", Notify.NO_PROPOSAL_CHOSEN)
+            raise IkeProtocolError("unknown integrity in reply", Notify.NO_PROPOSAL_CHOSEN)
     dh_t = by_type.get(TransformType.DH)
     dh = dh_t.id if dh_t and dh_t.id != 0 else None
     if protocol == ProtocolId.IKE:
         prf_t = by_type.get(TransformType.PRF)
         prf = next((x for x in PRFS.values() if prf_t and x.id == prf_t.id), None)
         if prf is None or dh is None or dh not in DH_NAMES:
-            raise RemoteProtocolError("incomplete IKE proposal in reply", Notify.NO_PROPOSAL_CHOSEN)
+            raise IkeProtocolError("incomplete IKE proposal in reply", Notify.NO_PROPOSAL_CHOSEN)
         return IkeSuite(encr, prf, integ, dh)
     esn_t = by_type.get(TransformType.ESN)
     return ChildSuite(encr, integ, bool(esn_t and esn_t.id == 1), dh)

@@ -25,7 +25,7 @@ from keyd.ike import (
 )
 from keyd.ike.constants import Notify
 from keyd.ike.dh import _MODP_PRIMES, KeyExchange
-from keyd.ike.errors import RemoteProtocolError
+from keyd.ike.errors import IkeProtocolError
 from keyd.ike.keys import prf, skeyseed
 from keyd.ike.proposals import parse_ike_suite
 from keyd.ike.protect import SkKeys, _crypter, _mac
@@ -109,7 +109,7 @@ def test_new_dh_groups_agree_and_reject_junk(group: int, size: int) -> None:
     if group != 32:
         junks.append(b"\xff" * size)  # out of range / not on the curve
     for junk in junks:
-        with pytest.raises(RemoteProtocolError) as e:
+        with pytest.raises(IkeProtocolError) as e:
             a.shared_secret(junk)
         assert e.value.notify == Notify.INVALID_SYNTAX
 

@@ -23,7 +23,7 @@ from keyd.ike import (
 )
 from keyd.ike.auth import sign, verify_signature
 from keyd.ike.constants import AuthMethod, HashAlgorithm, Notify
-from keyd.ike.errors import RemoteProtocolError
+from keyd.ike.errors import IkeProtocolError
 
 
 def _key(kind: str) -> Any:
@@ -122,6 +122,6 @@ def test_sign_verify_methods(key: Any, method: int) -> None:
     verify_signature(key.public_key(), m14, d14, octets)
     for bad_method, bad in ((got_method, data[:-1] + bytes([data[-1] ^ 1])),
                             (m14, d14[:5]), (m14, b""), (99, data)):
-        with pytest.raises(RemoteProtocolError) as e:
+        with pytest.raises(IkeProtocolError) as e:
             verify_signature(key.public_key(), bad_method, bad, octets)
         assert e.value.notify == Notify.AUTHENTICATION_FAILED

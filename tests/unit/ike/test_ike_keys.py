@@ -6,7 +6,7 @@ import pytest
 
 from keyd.ike.constants import Notify
 from keyd.ike.dh import KeyExchange
-from keyd.ike.errors import RemoteProtocolError
+from keyd.ike.errors import IkeProtocolError
 from keyd.ike.keys import derive_child_keys, derive_ike_keys, prf, prf_plus, skeyseed
 from keyd.ike.proposals import parse_esp_suite, parse_ike_suite
 from keyd.ike.transforms import PRFS
@@ -73,7 +73,7 @@ def test_dh_groups_agree_and_reject_junk(group: int, size: int) -> None:
     if group != 31:
         junks.append(b"\xff" * size)  # out of range / not on the curve
     for junk in junks:
-        with pytest.raises(RemoteProtocolError) as e:
+        with pytest.raises(IkeProtocolError) as e:
             a.shared_secret(junk)
         assert e.value.notify == Notify.INVALID_SYNTAX
 

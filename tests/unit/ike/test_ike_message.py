@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyd.ike.constants import ExchangeType, Flag, Notify, PayloadType
-from keyd.ike.errors import RemoteProtocolError
+from keyd.ike.errors import IkeProtocolError
 from keyd.ike.message import Header, pull_message, push_message
 from keyd.ike.payloads import (
     AuthPayload,
@@ -86,20 +86,20 @@ def test_sk_round_trip_and_tamper(encr: str, integ: str | None) -> None:
     for pos in (5, 20, len(data) - 30, len(data) - 1):  # header, SK body, ICV
         bad = bytearray(data)
         bad[pos] ^= 0x01
-        with pytest.raises(RemoteProtocolError) as err:
+        with pytest.raises(IkeProtocolError) as err:
             m2, sk2 = pull_message(bytes(bad))
             assert sk2 is not None
             open_sk(m2, sk2, keys)
         if pos != 20:
             assert err.value.notify is None  # integrity failure: silence (§2.21.2)
     other = SkKeys(e, i, os.urandom(e.key_len), os.urandom(i.key_len) if i else b"")
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(IkeProtocolError):
         open_sk(msg, sk, other)
 
 
 def test_length_mismatch_and_critical_unknown() -> None:
     data = push_message(_header(), [NoncePayload(bytes(32))])
-    with pytest.raises(RemoteProtocolError) as e:
+    with pytest.raises(IkeProtocolError) as e:
         pull_message(data + b"\0")
     assert e.value.notify == Notify.INVALID_SYNTAX
     # an unknown payload type 99 marked critical
@@ -107,7 +107,7 @@ def test_length_mismatch_and_critical_unknown() -> None:
     h = bytearray(push_message(_header(), []))
     h[16] = 99
     raw = bytes(h[:24]) + (28 + len(body)).to_bytes(4, "big") + body
-    with pytest.raises(RemoteProtocolError) as e:
+    with pytest.raises(IkeProtocolError) as e:
         pull_message(raw)
     assert e.value.notify == Notify.UNSUPPORTED_CRITICAL_PAYLOAD
     # the same payload not critical is skipped
@@ -119,7 +119,7 @@ def test_length_mismatch_and_critical_unknown() -> None:
 def test_major_version() -> None:
     data = bytearray(push_message(_header(), []))
     data[17] = 0x30
-    with pytest.raises(RemoteProtocolError) as e:
+    with pytest.raises(IkeProtocolError) as e:
         pull_message(bytes(data))
     assert e.value.notify == Notify.INVALID_MAJOR_VERSION
 
@@ -130,7 +130,7 @@ VALID = push_message(_header(), ALL_PAYLOADS)
 @settings(max_examples=1500, deadline=None)
 @given(st.binary(max_size=600))
 def test_fuzz_any_bytes(data: bytes) -> None:
-    with contextlib.suppress(RemoteProtocolError):
+    with contextlib.suppress(IkeProtocolError):
         pull_message(data)
 
 
@@ -138,14 +138,14 @@ def test_fuzz_any_bytes(data: bytes) -> None:
 @given(st.integers(0, len(VALID) - 1), st.binary(min_size=1, max_size=8), st.booleans())
 def test_fuzz_mutated_valid_message(pos: int, junk: bytes, truncate: bool) -> None:
     data = VALID[:pos] if truncate else VALID[:pos] + junk + VALID[pos + len(junk):]
-    with contextlib.suppress(RemoteProtocolError):
+    with contextlib.suppress(IkeProtocolError):
         pull_message(data)
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzz_sk_contents(junk: bytes) -> None:
-    """Whatever decrypts correctly but holds junk inside is still only a RemoteProtocolError."""
+    """Whatever decrypts correctly but holds junk inside is still only a IkeProtocolError."""
     e = ENCRS["aes128gcm16"]
     keys = SkKeys(e, None, bytes(20), b"")
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -161,5 +161,5 @@ def test_fuzz_sk_contents(junk: bytes) -> None:
         msg, sk = pull_message(raw)
         assert sk is not None
         open_sk(msg, sk, keys)
-    except RemoteProtocolError:
+    except IkeProtocolError:
         pass

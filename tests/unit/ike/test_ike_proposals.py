@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from keyd.ike.constants import Notify, ProtocolId, TransformType
-from keyd.ike.errors import InvalidKePayload, LocalProtocolError, RemoteProtocolError
+from keyd.ike.errors import IkeProtocolError, InvalidKePayload, LocalProtocolError
 from keyd.ike.payloads import Proposal, Transform
 from keyd.ike.proposals import (
     DEFAULT_ESP,
@@ -166,7 +166,7 @@ def test_invalid_ke_names_a_group_we_accept_and_the_client_offered() -> None:
         select_ike([offer], "aes256gcm16-prfsha512-ecp256-ecp384-ecp521", 31)
     assert e.value.notify == Notify.INVALID_KE_PAYLOAD
     assert e.value.group == 21 and e.value.data == (21).to_bytes(2, "big")  # client's order
-    with pytest.raises(RemoteProtocolError) as n:  # no common group at all
+    with pytest.raises(IkeProtocolError) as n:  # no common group at all
         select_ike([offer], "aes256gcm16-prfsha512-modp2048", 31)
     assert n.value.notify == Notify.NO_PROPOSAL_CHOSEN
 
@@ -180,7 +180,7 @@ def test_invalid_ke_names_a_group_we_accept_and_the_client_offered() -> None:
     esp((E, 20, 128), (N, 0)),  # another protocol
 ])
 def test_no_proposal_chosen(offer: Proposal) -> None:
-    with pytest.raises(RemoteProtocolError) as e:
+    with pytest.raises(IkeProtocolError) as e:
         select_ike([offer], "aes128gcm16-prfsha256-x25519, aes128-sha256-x25519", 31)
     assert e.value.notify == Notify.NO_PROPOSAL_CHOSEN
 
@@ -205,7 +205,7 @@ def test_esp_selection_esn_and_pfs() -> None:
     pfs_offer = esp((E, 20, 128), (D, 19), (N, 0))
     _, s = select_proposal([pfs_offer], ours, ProtocolId.ESP, None, include_dh=False)
     assert isinstance(s, ChildSuite) and s.dh is None
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(IkeProtocolError):
         select_proposal([pfs_offer], parse_esp_proposals("aes128gcm16"), ProtocolId.ESP, 19,
                         include_dh=True)
     # default accepts a rekey with PFS and one without
@@ -222,7 +222,7 @@ def test_esp_selection_esn_and_pfs() -> None:
                         20, include_dh=True)
     assert e.value.group == 19
     # ESN only where configured
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(IkeProtocolError):
         select_proposal([esp((E, 12, 256), (IN, 2), (N, 1))], ours, ProtocolId.ESP, None,
                         include_dh=False)
 
