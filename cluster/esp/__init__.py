@@ -5,7 +5,7 @@ keeps the sequence state (`SaCounters`) another node needs to continue it; `SaTa
 demultiplexes UDP/4500 payloads by SPI; `IvSource` makes AEAD nonces cluster-unique.
 """
 
-from cluster.esp.errors import DropReason, LocalProtocolError, RemoteProtocolError
+from cluster.esp.errors import DropReason, EspProtocolError, LocalProtocolError
 from cluster.esp.nonce import IvSource, prefix_from_revision
 from cluster.esp.replay import MAX_WINDOW, MIN_WINDOW, ReplayWindow, infer_seq
 from cluster.esp.sa import ChildSa, SaCounters, SaKeys
@@ -14,8 +14,27 @@ from cluster.esp.suites import ENCR_NAMES, INTEG_NAMES, Suite, suite
 from cluster.esp.table import Decrypted, Dropped, EspEvent, IkeMessage, Keepalive, SaTable
 
 __all__ = [
-    "ENCR_NAMES", "INTEG_NAMES", "MAX_WINDOW", "MIN_WINDOW", "ChildSa", "Decrypted",
-    "DropReason", "Dropped", "EspEvent", "IkeMessage", "IvSource", "Keepalive",
-    "LocalProtocolError", "RemoteProtocolError", "ReplayWindow", "SaCounters", "SaKeys",
-    "SaTable", "Suite", "TrafficSelector", "infer_seq", "prefix_from_revision", "suite",
+    "ENCR_NAMES",
+    "INTEG_NAMES",
+    "MAX_WINDOW",
+    "MIN_WINDOW",
+    "ChildSa",
+    "Decrypted",
+    "DropReason",
+    "Dropped",
+    "EspEvent",
+    "EspProtocolError",
+    "IkeMessage",
+    "IvSource",
+    "Keepalive",
+    "LocalProtocolError",
+    "ReplayWindow",
+    "SaCounters",
+    "SaKeys",
+    "SaTable",
+    "Suite",
+    "TrafficSelector",
+    "infer_seq",
+    "prefix_from_revision",
+    "suite",
 ]

@@ -1,6 +1,6 @@
 """Why an ESP packet was dropped, and the two error directions of the ESP core.
 
-As in h11: `RemoteProtocolError` means the peer (or the network) sent something we must not
+As in h11: `EspProtocolError` means the peer (or the network) sent something we must not
 accept; it carries a `DropReason` and is turned into a counted drop at the edge of the core
 (`ChildSa.open`, `SaTable.receive`) — never a traceback. `LocalProtocolError` means the caller
 asked for something the SA cannot do (send past the sequence space, install bad keys).
@@ -27,7 +27,7 @@ class DropReason(StrEnum):
     EXHAUSTED = "exhausted"  # outbound: sequence or IV space used up; the SA needs a rekey
 
 
-class RemoteProtocolError(Exception):
+class EspProtocolError(Exception):
     """The peer sent something unacceptable; `reason` says what, for the drop counter."""
 
     def __init__(self, reason: DropReason, detail: str = "") -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from cluster.esp.errors import DropReason, RemoteProtocolError
+from cluster.esp.errors import DropReason, EspProtocolError
 
 ESP_HEADER_LEN = 8
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
@@ -36,13 +36,13 @@ def classify_udp(payload: bytes) -> Datagram:
     """The kind of a UDP-encapsulated payload; MALFORMED if it is none of them."""
     if payload[:4] == NON_ESP_MARKER:
         if len(payload) < 4 + 28:  # marker + IKE header (RFC 7296 §3.1)
-            raise RemoteProtocolError(DropReason.MALFORMED, "short IKE message after marker")
+            raise EspProtocolError(DropReason.MALFORMED, "short IKE message after marker")
         return Datagram.IKE
     if len(payload) >= ESP_HEADER_LEN:
         return Datagram.ESP
     if payload == KEEPALIVE:
         return Datagram.KEEPALIVE
-    raise RemoteProtocolError(DropReason.MALFORMED, f"{len(payload)}-byte UDP/4500 payload")
+    raise EspProtocolError(DropReason.MALFORMED, f"{len(payload)}-byte UDP/4500 payload")
 
 
 def push_udp_ike(message: bytes) -> bytes:
@@ -74,31 +74,31 @@ def inner_length(plaintext: bytes) -> int:
     length its own header states, so TFC padding (RFC 4303 §2.7) is tolerated.
     """
     if len(plaintext) < 2:
-        raise RemoteProtocolError(DropReason.MALFORMED, "no ESP trailer")
+        raise EspProtocolError(DropReason.MALFORMED, "no ESP trailer")
     padlen = plaintext[-2]
     nh = plaintext[-1]
     end = len(plaintext) - 2 - padlen
     if end < 0:
-        raise RemoteProtocolError(DropReason.BAD_PADDING, f"pad length {padlen} > payload")
+        raise EspProtocolError(DropReason.BAD_PADDING, f"pad length {padlen} > payload")
     if padlen and plaintext[end:-2] != PADDING[padlen]:
-        raise RemoteProtocolError(DropReason.BAD_PADDING, "padding is not 1, 2, 3, ...")
+        raise EspProtocolError(DropReason.BAD_PADDING, "padding is not 1, 2, 3, ...")
     if nh == NH_IPV4:
         if end < 20 or plaintext[0] >> 4 != 4:
-            raise RemoteProtocolError(DropReason.MALFORMED, "next header 4 without IPv4")
+            raise EspProtocolError(DropReason.MALFORMED, "next header 4 without IPv4")
         total = (plaintext[2] << 8) | plaintext[3]
         if total < 20 or total > end:
-            raise RemoteProtocolError(DropReason.MALFORMED, "inner IPv4 length")
+            raise EspProtocolError(DropReason.MALFORMED, "inner IPv4 length")
         return total
     if nh == NH_IPV6:
         if end < 40 or plaintext[0] >> 4 != 6:
-            raise RemoteProtocolError(DropReason.MALFORMED, "next header 41 without IPv6")
+            raise EspProtocolError(DropReason.MALFORMED, "next header 41 without IPv6")
         total = 40 + ((plaintext[4] << 8) | plaintext[5])
         if total > end:
-            raise RemoteProtocolError(DropReason.MALFORMED, "inner IPv6 length")
+            raise EspProtocolError(DropReason.MALFORMED, "inner IPv6 length")
         return total
     if nh == NH_NONE:
-        raise RemoteProtocolError(DropReason.DUMMY)
-    raise RemoteProtocolError(DropReason.MALFORMED, f"next header {nh} in tunnel mode")
+        raise EspProtocolError(DropReason.DUMMY)
+    raise EspProtocolError(DropReason.MALFORMED, f"next header {nh} in tunnel mode")
 
 
 def push_trailer(inner: bytes, align: int) -> bytes:

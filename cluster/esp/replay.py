@@ -7,7 +7,7 @@ cannot move the window); `accept` records a packet after its ICV verified.
 
 from __future__ import annotations
 
-from cluster.esp.errors import DropReason, LocalProtocolError, RemoteProtocolError
+from cluster.esp.errors import DropReason, EspProtocolError, LocalProtocolError
 
 MIN_WINDOW = 64
 MAX_WINDOW = 4096
@@ -29,7 +29,7 @@ def infer_seq(low: int, highest: int, window: int, esn: bool) -> int:
     else:  # Case B: window spans two subspaces
         th_used = th - 1 if low >= (tl - window + 1) & _LOW else th
     if th_used < 0:
-        raise RemoteProtocolError(DropReason.TOO_OLD, "before the first subspace")
+        raise EspProtocolError(DropReason.TOO_OLD, "before the first subspace")
     return (th_used << 32) | low
 
 
@@ -75,13 +75,13 @@ class ReplayWindow:
         """Raise REPLAY / TOO_OLD if `seq` must be dropped; changes nothing."""
         if seq == 0:
             # RFC 4303 §3.3.3: the first packet carries 1 (low bits 0 are fine after a wrap)
-            raise RemoteProtocolError(DropReason.TOO_OLD, "sequence number 0")
+            raise EspProtocolError(DropReason.TOO_OLD, "sequence number 0")
         if seq > self.highest:
             return
         if self.highest - seq >= self.size:
-            raise RemoteProtocolError(DropReason.TOO_OLD, f"seq {seq} left of the window")
+            raise EspProtocolError(DropReason.TOO_OLD, f"seq {seq} left of the window")
         if self._ring[seq & self._rmask]:
-            raise RemoteProtocolError(DropReason.REPLAY, f"seq {seq} already received")
+            raise EspProtocolError(DropReason.REPLAY, f"seq {seq} already received")
 
     def accept(self, seq: int) -> None:
         """Record an authenticated `seq` (already `check`ed)."""

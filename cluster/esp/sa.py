@@ -1,6 +1,6 @@
 """One Child SA as the data plane runs it: seal outbound, open inbound, counters, drops.
 
-Sans-I/O: bytes in, bytes out, `now` passed in. `open` raises RemoteProtocolError for a packet
+Sans-I/O: bytes in, bytes out, `now` passed in. `open` raises EspProtocolError for a packet
 to drop; `receive` is the edge that turns that into a counted drop and returns None. A dropped
 packet changes no sequence state: the replay window moves only after the ICV verified and the
 inner packet passed every check (RFC 4303 §3.4.3).
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 
-from cluster.esp.errors import DropReason, LocalProtocolError, RemoteProtocolError
+from cluster.esp.errors import DropReason, EspProtocolError, LocalProtocolError
 from cluster.esp.nonce import IvSource
 from cluster.esp.packet import (
     ESP_HEADER_LEN,
@@ -115,16 +115,16 @@ class ChildSa:
     # --- inbound ---
 
     def open(self, esp: bytes, now: float) -> bytes:
-        """The inner IP packet of an ESP packet for this SA; RemoteProtocolError to drop."""
+        """The inner IP packet of an ESP packet for this SA; EspProtocolError to drop."""
         if not esp.startswith(self._spi_in_bytes):
             if len(esp) < self._min_len:
-                raise RemoteProtocolError(DropReason.MALFORMED, f"{len(esp)}-byte ESP packet")
-            raise RemoteProtocolError(DropReason.UNKNOWN_SPI, f"SPI {esp[:4].hex()}")
+                raise EspProtocolError(DropReason.MALFORMED, f"{len(esp)}-byte ESP packet")
+            raise EspProtocolError(DropReason.UNKNOWN_SPI, f"SPI {esp[:4].hex()}")
         inner: list[bytes] = []
         drops: list[DropReason] = []
         self.open_run(esp, 0, len(esp) or 1, now, inner, drops)
         if drops:
-            raise RemoteProtocolError(drops[0])
+            raise EspProtocolError(drops[0])
         return inner[0]
 
     def open_run(self, buf: bytes, start: int, size: int, now: float, inner: list[bytes],
@@ -186,14 +186,14 @@ class ChildSa:
                 else:
                     try:
                         seq = infer_seq(seq, highest, wsize, True)
-                    except RemoteProtocolError as e:
+                    except EspProtocolError as e:
                         drops.append(e.reason)
                         continue
             if seq <= highest or not seq:
                 window.highest = highest
                 try:
                     window.check(seq)  # before the ICV: cheap rejection (RFC 4303 §3.4.3)
-                except RemoteProtocolError as e:
+                except EspProtocolError as e:
                     drops.append(e.reason)
                     continue
             if aead is not None:
@@ -215,7 +215,7 @@ class ChildSa:
                 try:
                     plain = self._decrypt(buf[off:off + 8], buf[off + 8:end],
                                           seq >> 32 if esn else None)
-                except RemoteProtocolError as e:
+                except EspProtocolError as e:
                     drops.append(e.reason)
                     continue
             # the trailer and inner header, inline for IPv4 without TFC padding (the common
@@ -228,7 +228,7 @@ class ChildSa:
                     and plain.endswith(trailers[pad])):
                 try:
                     total = inner_length(plain)
-                except RemoteProtocolError as e:
+                except EspProtocolError as e:
                     drops.append(e.reason)
                     continue
             if only is not None and plain[0] >> 4 == 4:  # one IPv4 range: the common case
@@ -260,7 +260,7 @@ class ChildSa:
         """`open`, with a drop counted instead of raised."""
         try:
             return self.open(esp, now)
-        except RemoteProtocolError as e:
+        except EspProtocolError as e:
             self.drops[e.reason] += 1
             return None
 

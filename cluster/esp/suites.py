@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher as _CryptoCipher
 from cryptography.hazmat.primitives.ciphers import algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from cluster.esp.errors import DropReason, LocalProtocolError, RemoteProtocolError
+from cluster.esp.errors import DropReason, EspProtocolError, LocalProtocolError
 
 SALT_LEN = 4  # also the AES-CTR nonce (RFC 3686 §4)
 AEAD_IV_LEN = 8
@@ -105,7 +105,7 @@ class Cipher:
     """Seals / opens `iv | ciphertext | icv` for one direction of one SA.
 
     `seal(iv, header, plaintext, seq_high)` returns iv + ciphertext + icv; `open(header, body,
-    seq_high)` returns the plaintext (padding still on) or raises RemoteProtocolError
+    seq_high)` returns the plaintext (padding still on) or raises EspProtocolError
     (INTEGRITY). `header` is the 8-byte SPI | low sequence number; `seq_high` the high 32
     bits when ESN is on, else None (RFC 4303 §2.2.1, RFC 4106 §5, RFC 7634 §2.1).
     """
@@ -151,7 +151,7 @@ class AeadCipher(Cipher):
             return self.aead.decrypt(self.salt + body[:AEAD_IV_LEN], body[AEAD_IV_LEN:],
                                      _aead_aad(header, seq_high))
         except InvalidTag:
-            raise RemoteProtocolError(DropReason.INTEGRITY) from None
+            raise EspProtocolError(DropReason.INTEGRITY) from None
 
 
 class ShortTagGcmCipher(Cipher):
@@ -177,7 +177,7 @@ class ShortTagGcmCipher(Cipher):
         try:
             return dec.update(ct) + dec.finalize()
         except InvalidTag:
-            raise RemoteProtocolError(DropReason.INTEGRITY) from None
+            raise EspProtocolError(DropReason.INTEGRITY) from None
 
 
 class EncryptMacCipher(Cipher):
@@ -231,10 +231,10 @@ class EncryptMacCipher(Cipher):
         icv_len, iv_len = self._icv_len, self.suite.iv_len
         signed, icv = body[:-icv_len], body[-icv_len:]
         if not constant_time.bytes_eq(self._icv(header, signed, seq_high), icv):
-            raise RemoteProtocolError(DropReason.INTEGRITY)
+            raise EspProtocolError(DropReason.INTEGRITY)
         ct = signed[iv_len:]
         if not ct or len(ct) % self._block:
-            raise RemoteProtocolError(DropReason.MALFORMED, "ciphertext is not whole blocks")
+            raise EspProtocolError(DropReason.MALFORMED, "ciphertext is not whole blocks")
         dec = _CryptoCipher(self._alg, self._mode(signed[:iv_len])).decryptor()
         return dec.update(ct) + dec.finalize()
 

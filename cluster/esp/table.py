@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from cluster.esp.errors import DropReason, RemoteProtocolError
+from cluster.esp.errors import DropReason, EspProtocolError
 from cluster.esp.packet import Datagram, classify_udp, pull_ike_from_udp
 from cluster.esp.sa import ChildSa
 
@@ -81,11 +81,11 @@ class SaTable(Generic[S]):
         if sa is not None:  # ESP for an SA we hold: the hot path (an SPI is never zero)
             try:
                 return Decrypted(sa, sa.open(payload, now))
-            except RemoteProtocolError as e:
+            except EspProtocolError as e:
                 return self.dropped(sa, e.reason)
         try:
             kind = classify_udp(payload)
-        except RemoteProtocolError as e:
+        except EspProtocolError as e:
             self.drops[e.reason] += 1
             return Dropped(e.reason, None)
         if kind is Datagram.ESP:
@@ -104,7 +104,7 @@ class SaTable(Generic[S]):
             return Dropped(reason, spi)
         try:
             return Decrypted(sa, sa.open(esp, now))
-        except RemoteProtocolError as e:
+        except EspProtocolError as e:
             return self.dropped(sa, e.reason)
 
     def dropped(self, sa: S, reason: DropReason) -> Dropped:

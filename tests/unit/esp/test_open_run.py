@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy_peer import SPI_IN, make_peer
 
-from cluster.esp import ChildSa, DropReason, RemoteProtocolError, SaCounters
+from cluster.esp import ChildSa, DropReason, EspProtocolError, SaCounters
 
 RUN_SUITES = [("aes128gcm16", None), ("chacha20poly1305", None), ("aes128", "sha256")]
 IDS = [f"{e}-{i or 'aead'}" for e, i in RUN_SUITES]
@@ -35,7 +35,7 @@ def one_by_one(sa: ChildSa, datagrams: list[bytes]) -> tuple[list[bytes], list[D
     for d in datagrams:
         try:
             inner.append(sa.open(d, 5.0))
-        except RemoteProtocolError as e:
+        except EspProtocolError as e:
             drops.append(e.reason)
     return inner, drops
 

@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.esp import LocalProtocolError, RemoteProtocolError, ReplayWindow, infer_seq
+from cluster.esp import EspProtocolError, LocalProtocolError, ReplayWindow, infer_seq
 from cluster.esp.errors import DropReason
 
 
 def outcome(w: ReplayWindow, seq: int) -> DropReason | None:
     try:
         w.check(seq)
-    except RemoteProtocolError as e:
+    except EspProtocolError as e:
         return e.reason
     w.accept(seq)
     return None
@@ -52,7 +52,7 @@ def test_check_changes_nothing() -> None:
         w.accept(s)
     state = (w.highest, w.bitmap)
     for s in (1, 70, 3, 200, 0):
-        with contextlib.suppress(RemoteProtocolError):
+        with contextlib.suppress(EspProtocolError):
             w.check(s)
         assert (w.highest, w.bitmap) == state
 
@@ -87,7 +87,7 @@ def test_infer_seq(highest: int, low: int, expected: int) -> None:
 
 
 def test_infer_seq_before_first_subspace() -> None:
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(EspProtocolError):
         infer_seq(0xFFFFFFF0, 10, 64, esn=True)
 
 
@@ -123,7 +123,7 @@ def test_restored_window_reads_back_and_judges_like_its_bitmap(
         try:
             w.check(seq)
             got = None
-        except RemoteProtocolError as e:
+        except EspProtocolError as e:
             got = e.reason
         assert got is reason, (seq, p)
     w.accept(highest + 3)  # a jump past two numbers clears their slots
