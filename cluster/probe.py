@@ -21,7 +21,7 @@ ALIVE = b"IPSC-ALIVE"
 NONCE_LEN = 8
 
 
-class RemoteProtocolError(Exception):
+class ProbeError(Exception):
     """A health reply that is not one (counted and dropped by the prober)."""
 
 
@@ -42,7 +42,7 @@ def push_probe(nonce: bytes) -> bytes:
 def pull_probe(data: bytes) -> bytes:
     """The nonce of a probe (for the node's responder)."""
     if len(data) != len(PROBE) + NONCE_LEN or not data.startswith(PROBE):
-        raise RemoteProtocolError("not a health probe")
+        raise ProbeError("not a health probe")
     return data[len(PROBE):]
 
 
@@ -53,14 +53,14 @@ def push_reply(nonce: bytes, draining: bool, node_id: str) -> bytes:
 def pull_reply(data: bytes) -> ProbeReply:
     head = len(ALIVE) + NONCE_LEN
     if len(data) < head + 2 or not data.startswith(ALIVE):
-        raise RemoteProtocolError("not a health reply")
+        raise ProbeError("not a health reply")
     state = data[head:head + 1]
     if state not in (b"R", b"D"):
-        raise RemoteProtocolError(f"bad node state byte {state!r}")
+        raise ProbeError(f"bad node state byte {state!r}")
     try:
         node_id = data[head + 1:].decode()
     except UnicodeDecodeError:
-        raise RemoteProtocolError("node id is not UTF-8") from None
+        raise ProbeError("node id is not UTF-8") from None
     return ProbeReply(data[len(ALIVE):head], state == b"D", node_id)
 
 
@@ -80,7 +80,7 @@ class HealthResponder:
     def handle(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             nonce = pull_probe(data)
-        except RemoteProtocolError:
+        except ProbeError:
             self.dropped += 1
             return
         with contextlib.suppress(OSError):

@@ -37,7 +37,7 @@ from cluster.plan import (
     Planner,
     StartHandoff,
 )
-from cluster.probe import RemoteProtocolError, pull_reply, push_probe
+from cluster.probe import ProbeError, pull_reply, push_probe
 from cluster.store.client import Guard, Store
 from cluster.store.errors import StoreError
 from cluster.store.records import (
@@ -180,7 +180,7 @@ class Prober:
                 return
             try:
                 reply = pull_reply(data)
-            except RemoteProtocolError:
+            except ProbeError:
                 self._drop()
                 continue
             node_id = self._outstanding.get(reply.nonce)

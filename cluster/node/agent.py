@@ -48,8 +48,7 @@ from cluster.node.metrics import Snapshot
 from cluster.node.policies import PolicyBook
 from cluster.node.relay import IkeRelay
 from cluster.node.sa import NodeSa, client_addresses
-from cluster.probe import RemoteProtocolError as ProbeError
-from cluster.probe import pull_probe, push_reply
+from cluster.probe import ProbeError, pull_probe, push_reply
 from cluster.store import (
     Assignment,
     ChildSaRecord,

@@ -19,7 +19,7 @@ import time
 from node_lab import NODE_IPS, NodeLab, socket_in
 from tests_node_helpers import wait_until
 
-from cluster.probe import RemoteProtocolError, pull_reply, push_probe
+from cluster.probe import ProbeError, pull_reply, push_probe
 from cluster.store import Assignment
 
 CLIENTS = int(os.environ.get("IPSEC_CLUSTER_MASS_CLIENTS", "2000"))
@@ -59,7 +59,7 @@ class Probes:
             now = time.monotonic()
             try:
                 n = int.from_bytes(pull_reply(data).nonce, "big")
-            except RemoteProtocolError:
+            except ProbeError:
                 self.bad += 1
                 continue
             if n in self.sent:
