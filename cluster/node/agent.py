@@ -38,12 +38,12 @@ from cluster.node.datapath import Datapath
 from cluster.node.handoff import (
     RESEND_S,
     FinalGate,
+    HandoffError,
     Ready,
     is_ready_message,
     pull_ready,
     push_ready,
 )
-from cluster.node.handoff import RemoteProtocolError as ReadyError
 from cluster.node.metrics import Snapshot
 from cluster.node.policies import PolicyBook
 from cluster.node.relay import IkeRelay
@@ -1201,7 +1201,7 @@ class NodeAgent:
         if is_ready_message(data):
             try:
                 msg = pull_ready(data)
-            except ReadyError:
+            except HandoffError:
                 self.stats.ready_malformed += 1
                 return None
             self.post(functools.partial(self._on_ready, msg))

@@ -40,7 +40,7 @@ RESEND_S = 0.1  # READY is sent again this often while the take-over waits (UDP 
 REMEMBER_S = 2.0  # a READY that came before its assignment is kept this long
 
 
-class RemoteProtocolError(Exception):
+class HandoffError(Exception):
     """A datagram on the health port that is not a valid READY (counted and dropped)."""
 
 
@@ -70,24 +70,24 @@ def push_ready(msg: Ready) -> bytes:
 
 def pull_ready(data: bytes) -> Ready:
     if not data.startswith(READY):
-        raise RemoteProtocolError("not a READY message")
+        raise HandoffError("not a READY message")
     buf = memoryview(data)[len(READY):]
     if len(buf) < 1 + 8 + 1 or buf[0] != VERSION:
-        raise RemoteProtocolError("READY: truncated or unknown version")
+        raise HandoffError("READY: truncated or unknown version")
     epoch = int.from_bytes(buf[1:9], "big")
     pos = 9
     fields = []
     for _ in range(2):
         if pos >= len(buf) or buf[pos] == 0 or pos + 1 + buf[pos] > len(buf):
-            raise RemoteProtocolError("READY: bad length")
+            raise HandoffError("READY: bad length")
         fields.append(bytes(buf[pos + 1:pos + 1 + buf[pos]]))
         pos += 1 + buf[pos]
     if pos != len(buf):
-        raise RemoteProtocolError("READY: trailing bytes")
+        raise HandoffError("READY: trailing bytes")
     try:
         ike, node = fields[0].decode("ascii"), fields[1].decode()
     except UnicodeDecodeError:
-        raise RemoteProtocolError("READY: ids are not text") from None
+        raise HandoffError("READY: ids are not text") from None
     return Ready(ike, epoch, node)
 
 

@@ -11,8 +11,8 @@ from cluster.node.handoff import (
     READY,
     REMEMBER_S,
     FinalGate,
+    HandoffError,
     Ready,
-    RemoteProtocolError,
     is_ready_message,
     pull_ready,
     push_ready,
@@ -47,7 +47,7 @@ def test_any_valid_ready_round_trips(ike: str, node: str, epoch: int) -> None:
     READY + b"\x01" + bytes(8) + b"\x01\xff\x01b", READY + b"\x01" + bytes(8) + b"\x01a",
 ])
 def test_junk_is_a_remote_error(data: bytes) -> None:
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(HandoffError):
         pull_ready(data)
 
 
@@ -56,7 +56,7 @@ def test_arbitrary_bytes_decode_exactly_or_are_refused(data: bytes) -> None:
     """No other exception escapes, and whatever decodes encodes back to the same bytes."""
     try:
         msg = pull_ready(READY + data)
-    except RemoteProtocolError:
+    except HandoffError:
         return
     assert push_ready(msg) == READY + data
 
