@@ -41,8 +41,8 @@ from cluster.store.seal import DataKey, DataKeyError, load_data_key
 from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent, WatchResynced
 
 from .config import DEFAULT_PATH, ConfigError, KeydConfig, load_config, parse_listen
-from .core import build_core, radius_servers, responder_config
-from .core import secrets as keyd_secrets
+from .credentials import build_core, radius_servers, responder_config
+from .credentials import secrets as keyd_secrets
 from .engine import Engine, Outbound, Step, ike_sa_id_of
 from .ike.events import RadiusRequested
 from .ike.responder import Responder

@@ -13,7 +13,7 @@ import pytest
 
 from cluster.pki import CertAuthority
 from keyd.config import KeydConfig, load_config
-from keyd.core import responder_config
+from keyd.credentials import responder_config
 from keyd.ike.connections import Connection, ike_suites_of, select_connection
 from keyd.ike.constants import AuthMethod, ProtocolId
 from keyd.ike.proposals import parse_esp_proposals, parse_ike_proposals, select_proposal

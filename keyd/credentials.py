@@ -1,7 +1,7 @@
-"""The IKE core as keyd runs it: a `Responder` built from the configuration's files.
+"""keyd's credentials, read from the configuration's files, and the `Responder` built on them.
 
-This is the one place that reads the PSK, the gateway certificate and key, and the CA; the
-core itself never touches a file.
+This is the one place that reads the PSK, the secrets file, the gateway certificate and key,
+the CA and the RADIUS secrets; the IKE core (`keyd/ike`) itself never touches a file.
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ def eap_config(config: KeydConfig) -> EapConfig | None:
                          nas_identifier=k.nas_identifier, ask_identity=k.eap_identity == "ask")
     except LocalProtocolError as exc:
         raise ConfigError(f"{config.source}: keyd.eap: {exc}") from None
+
+
 def secrets(config: KeydConfig) -> Secrets:
     """The secrets file's PSKs and EAP users (none without a file); ConfigError."""
     path = config.keyd.secrets_file
