@@ -88,7 +88,7 @@ def eap_config(config: KeydConfig) -> EapConfig | None:
         raise ConfigError(f"{config.source}: keyd.eap: {exc}") from None
 
 
-def secrets(config: KeydConfig) -> Secrets:
+def configured_secrets(config: KeydConfig) -> Secrets:
     """The secrets file's PSKs and EAP users (none without a file); ConfigError."""
     path = config.keyd.secrets_file
     return load_secrets(path) if path else Secrets()
@@ -102,7 +102,7 @@ def responder_config(config: KeydConfig, natt_port: int | None = None) -> Respon
             identity=k.identity, credentials=credentials(config),
             ike_proposals=k.ike_proposals, esp_proposals=k.esp_proposals,
             protected_networks=k.protected_networks, dns=k.dns, dns_domains=k.dns_domains,
-            connections=config.connections, secrets=secrets(config),
+            connections=config.connections, secrets=configured_secrets(config),
             natt_port=natt_port if natt_port is not None else k.natt_port,
             half_open_cookie_threshold=k.half_open_cookie_threshold,
             ike_lifetime_s=k.ike_lifetime_s, child_lifetime_s=k.child_lifetime_s, eap=eap)

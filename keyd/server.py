@@ -41,8 +41,7 @@ from cluster.store.seal import DataKey, DataKeyError, load_data_key
 from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent, WatchResynced
 
 from .config import DEFAULT_PATH, ConfigError, KeydConfig, load_config, parse_listen
-from .credentials import build_core, radius_servers, responder_config
-from .credentials import secrets as keyd_secrets
+from .credentials import build_core, configured_secrets, radius_servers, responder_config
 from .engine import Engine, Outbound, Step, ike_sa_id_of
 from .ike.events import RadiusRequested
 from .ike.responder import Responder
@@ -226,7 +225,7 @@ class KeydServer:
         if self.core is None:
             return False
         try:
-            fresh = keyd_secrets(self.config)
+            fresh = configured_secrets(self.config)
         except ConfigError as exc:
             log.error("secrets not reloaded; keeping those in use", extra={"error": str(exc)})
             self.metrics.secrets_reloads.labels("failed").inc()
