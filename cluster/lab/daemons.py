@@ -42,7 +42,7 @@ class Daemon:
         return None
 
 
-KEYD = Daemon("keyd", "keyd.server")
+KEYD = Daemon("keyd", "keyd.main")
 NODE = Daemon("cluster-node", "cluster.node.main")
 SPRAYER = Daemon("sprayer", "sprayer.main")
 HOOKS = Daemon("cluster-hooks", "cluster.hooks.main")
