@@ -28,7 +28,7 @@ from cluster.store.records import ChildSaRecord, IkeSaRecord, KeydRecord
 from sprayer.backends import MarkAllocator, keyd_backends
 
 PING_INTERVAL = "0.02"
-KEYD_LEASE_TTL_S = 5.0     # keyd/server.py LEASE_TTL_S
+KEYD_LEASE_TTL_S = 5.0     # keyd/registration.py LEASE_TTL_S
 
 
 def wait_until(pred: Callable[[], Any], timeout_s: float, what: str = "") -> Any:
