@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 from cluster.store.errors import StoreError
 
-from .engine import Engine, Outbound, Step
+from .engine import Engine
 from .metrics import KeydMetrics
+from .step import Outbound, Step
 from .udp import Inbound
 
 log = logging.getLogger("keyd")

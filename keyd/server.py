@@ -35,7 +35,7 @@ from cluster.store.watch import RecordDeleted, RecordPut, WatchEvent, WatchResyn
 from .commit import GroupCommit
 from .config import ConfigError, KeydConfig, parse_listen
 from .credentials import build_core, configured_secrets, radius_servers, responder_config
-from .engine import Engine, Outbound, Step, ike_sa_id_of
+from .engine import Engine
 from .etcd_probe import probe_etcd
 from .ike.events import RadiusRequested
 from .ike.responder import Responder
@@ -43,6 +43,7 @@ from .metrics import KeydMetrics
 from .pool import AddressPool
 from .radius import RadiusTiming, radius_exchange
 from .registration import Registration
+from .step import Outbound, Step, ike_sa_id_of
 from .sweeper import sweep
 from .udp import IkeEndpoints, Inbound
 from .view import ClusterView
