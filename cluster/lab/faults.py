@@ -13,8 +13,9 @@ import re
 
 from cluster.lab import addresses as A
 from cluster.lab import daemons, netns, topology
+from cluster.lab.base import _mutating
 from cluster.lab.errors import LabError
-from cluster.lab.lab import Lab, _mutating
+from cluster.lab.lab import Lab
 
 CUT_TABLE = "lab_cut"          # drops everything on a member's eth0 while it exists
 COUNT_TABLE = "lab_esp_count"  # counts the ESP-in-UDP a member sends on eth0

@@ -14,7 +14,6 @@ The root namespace gets no lab address: it reaches etcd through a loopback forwa
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import os
@@ -25,114 +24,33 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any
 
 import requests
 
 from cluster.freeradius import FreeRadiusServer, RadiusUser
 from cluster.lab import addresses as A
 from cluster.lab import daemons, netns, strongswan, teardown, topology
+from cluster.lab.base import Progress, _mutating, _quiet, _require_root, _require_tools
+from cluster.lab.clients import LabClients
 from cluster.lab.errors import LabError
-from cluster.lab.pki import EAP_USERS, SHARED_USERS, LabPki, write_secret
+from cluster.lab.pki import EAP_USERS, write_secret
 from cluster.lab.state import (
-    ClientRecord,
     LabState,
     ProcessRecord,
     check_name,
     labs_root,
-    proc_start_ticks,
 )
-from cluster.procs import EtcdServer, free_port, spawn
+from cluster.procs import EtcdServer, free_port
 
-Progress = Callable[[str], None]
 GATEWAYS = ("cluster", "strongswan")
-RESERVED = {"router", "server", "etcd", "nat", "sprayer", "gateway", "forwarder"}
-CLIENT_DOMAIN = "clients.lab.example"
 IPERF_PORTS = (5201, 5202, 5203, 5204)
 SPRAYER_TABLE = "ipsec_cluster"   # the nftables table the sprayer's kernel driver keeps
 
 
-def _quiet(_: str) -> None:
-    pass
-
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _mutating(method: Callable[Concatenate[Lab, P], R]) -> Callable[Concatenate[Lab, P], R]:
-    """Run a method that changes the lab under the lab's lock, on its latest state.
-
-    Several processes may drive one lab (a test and `clusterctl lab add-client`, say): each
-    change re-reads state.json under an exclusive flock and writes it back before unlocking.
-    """
-
-    @functools.wraps(method)
-    def locked(self: Lab, *args: P.args, **kwargs: P.kwargs) -> R:
-        if self._lock_depth:
-            return method(self, *args, **kwargs)
-        fd = os.open(self.dir / "lock", os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_depth += 1
-            if self.state.path.exists():
-                self.state.__dict__.update(LabState.load(self.name).__dict__)
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                self._lock_depth -= 1
-                if self.dir.exists():
-                    self.state.save()
-        finally:
-            os.close(fd)
-
-    return locked
-
-
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        raise LabError("the lab needs root (network namespaces)")
-
-
-TOOLS = ("ip", "nft", "ss", "etcd", "iperf3", "nsenter", "unshare", "swanctl")
-
-
-def _require_tools() -> None:
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if not Path(strongswan.CHARON).exists():
-        missing.append(strongswan.CHARON)
-    if missing:
-        raise LabError(f"not installed: {', '.join(missing)} (run `make bootstrap`)")
-
-
-class Lab:
+class Lab(LabClients):
     """A running (or half-built) lab, backed by its state.json."""
-
-    def __init__(self, state: LabState, progress: Progress = _quiet) -> None:
-        self.state = state
-        self.progress = progress
-        self.pki = LabPki(self.dir / "pki")
-        self._lock_depth = 0
-
-    # ---- naming -------------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self.state.name
-
-    @property
-    def dir(self) -> Path:
-        return Path(self.state.directory)
-
-    def ns(self, role: str) -> str:
-        return f"{self.state.prefix}{role}"
-
-    @property
-    def etcd_endpoint(self) -> str:
-        """etcd as seen from the root namespace (through the loopback forwarder)."""
-        return f"http://127.0.0.1:{self.state.etcd_port}"
 
     # ---- life cycle ---------------------------------------------------------------------
 
@@ -220,27 +138,7 @@ class Lab:
         s.save()
         self.progress("ready")
 
-    def _add_ns(self, role: str) -> str:
-        ns = self.ns(role)
-        self.state.namespaces.append(ns)
-        self.state.save()
-        netns.add(ns)
-        return ns
-
     # ---- processes ------------------------------------------------------------------------
-
-    def _record(self, role: str, pid: int, argv: list[str], log: Path, ns: str | None) -> None:
-        self.state.processes[role] = ProcessRecord(
-            role=role, pid=pid, start_ticks=proc_start_ticks(pid), argv=argv, log=str(log),
-            netns=ns)
-        self.state.save()
-
-    def _spawn(self, role: str, argv: list[str], ns: str | None) -> ProcessRecord:
-        log = self.dir / "logs" / f"{role.replace(':', '-')}.log"
-        log.parent.mkdir(exist_ok=True)
-        proc = spawn(argv, log)
-        self._record(role, proc.pid, argv, log, ns)
-        return self.state.processes[role]
 
     def _start_etcd(self) -> None:
         ns = self.ns("etcd")
@@ -395,13 +293,6 @@ class Lab:
                    lambda: self._alive("hooks") and "watching " in Path(rec.log).read_text(
                        errors="replace"), 30)
 
-    def _alive(self, role: str) -> bool:
-        rec = self.state.processes.get(role)
-        if rec is None or not rec.alive():
-            log = Path(rec.log).name if rec else "logs/"
-            raise LabError(f"{role} exited (its output: {log})")
-        return True
-
     def listening(self, member: str, port: int) -> bool:
         """member's daemon runs and something in its namespace has bound UDP `port`."""
         return self._alive_and_bound(self._process_role(member), port)
@@ -416,121 +307,6 @@ class Lab:
         out = netns.in_ns(self.ns("router"), ["nft", "list", "tables"], check=False)
         return any(line.split()[-1] == SPRAYER_TABLE for line in out.stdout.splitlines()
                    if line.strip())
-
-    def _wait(self, what: str, ready: Callable[[], bool], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not ready():
-            if time.monotonic() > deadline:
-                raise LabError(f"timed out after {timeout_s:g}s waiting for {what}")
-            time.sleep(0.1)
-
-    # ---- clients --------------------------------------------------------------------------
-
-    @_mutating
-    def add_client(self, name: str, auth: str = "psk", behind_nat: bool = False,
-                   ike: bool = True, ike_proposal: str = strongswan.DEFAULT_IKE_PROPOSAL,
-                   esp_proposal: str = strongswan.DEFAULT_ESP_PROPOSAL,
-                   dpd_delay_s: int = 10, identity: str | None = None,
-                   psk: str | None = None, remote_auth: str = "pubkey",
-                   eap_user: str = "carol", eap_password: str | None = None) -> ClientRecord:
-        """A client namespace; with ike, a charon in it that has connected to the VIP.
-        `auth`: psk, cert, eap-mschapv2 (as `eap_user`, with the lab's EAP password unless
-        `eap_password` says otherwise; its IKE identity is its address, as Windows', unless
-        `identity` is given, as Android's) or eap-tls (labs with radius).
-        `identity` (default <name>.clients.lab.example) and `psk` (default: the PSK the
-        secrets file gives a shared-secret user, else the lab PSK): what the client claims
-        and proves; `remote_auth`: how it checks the gateway
-        ("pubkey": its certificate; "psk": the same PSK, both ways)."""
-        _require_root()
-        check_name(name, "client name")
-        if name in RESERVED or name.startswith(("keyd-", "node-")) \
-                or name in self.state.clients:
-            raise LabError(f"client name {name!r} is taken")
-        if auth not in ("psk", "cert", "eap-mschapv2", "eap-tls"):
-            raise LabError(f"unknown auth {auth!r}: psk, cert, eap-mschapv2 or eap-tls")
-        if auth == "eap-tls" and not self.state.radius:
-            raise LabError("eap-tls clients need a lab with --radius")
-        if remote_auth not in ("pubkey", "psk"):
-            raise LabError(f"unknown remote_auth {remote_auth!r}: pubkey or psk")
-        used = {c.slot for c in self.state.clients.values()}
-        slot = next((i for i in range(1, A.MAX_CLIENTS + 1) if i not in used), None)
-        if slot is None:
-            raise LabError(f"the lab holds at most {A.MAX_CLIENTS} clients")
-        address = A.client_ip(slot, behind_nat)
-        # an EAP-MSCHAPv2 client claims its address unless told otherwise
-        ike_id = identity or ("" if auth == "eap-mschapv2" else f"{name}.{CLIENT_DOMAIN}")
-        identity = identity or f"{name}.{CLIENT_DOMAIN}"
-        rec = ClientRecord(name=name, slot=slot, netns=self.ns(f"c-{name}"),
-                           address=address, auth=auth, behind_nat=behind_nat, ike=ike,
-                           identity=identity)
-        if behind_nat and self.ns("nat") not in self.state.namespaces:
-            topology.nat(self._add_ns, self.ns("router"))
-        self.state.clients[name] = rec
-        ns = self._add_ns(f"c-{name}")
-        topology.client(ns, self.ns("nat" if behind_nat else "router"), slot, address,
-                        behind_nat)
-        if ike:
-            self._start_client_charon(rec, strongswan.ClientConfig(
-                identity=ike_id, auth=auth, psk=psk or self._psk_for(identity),
-                ca_cert=self.pki.ca_cert, ike_proposal=ike_proposal, esp_proposal=esp_proposal,
-                dpd_delay_s=dpd_delay_s, remote_auth=remote_auth, eap_user=eap_user,
-                eap_password=eap_password if eap_password is not None else (
-                    self.pki.eap_password() if auth == "eap-mschapv2" else "")))
-        return rec
-
-    def _psk_for(self, identity: str) -> str:
-        return self.pki.user_psk(identity) if identity in SHARED_USERS else self.pki.psk()
-
-    def _start_client_charon(self, rec: ClientRecord, cfg: strongswan.ClientConfig) -> None:
-        conf_dir = self.dir / "clients" / rec.name
-        conf_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.auth in ("cert", "eap-tls"):
-            cert, key = self.pki.issue(f"client-{rec.name}", [rec.identity])
-            cfg = strongswan.ClientConfig(**{**_fields(cfg), "cert": cert, "key": key})
-        (conf_dir / "strongswan.conf").write_text(
-            strongswan.strongswan_conf(self.dir / "logs" / f"client-{rec.name}-charon.log"))
-        swanctl_conf = strongswan.swanctl_dir(conf_dir, strongswan.client_swanctl_conf(cfg),
-                                              cfg.key)
-        rec.swanctl_conf = str(swanctl_conf)
-        self.state.save()
-        self._connect_client(rec)
-
-    def _connect_client(self, rec: ClientRecord) -> None:
-        assert rec.swanctl_conf is not None
-        conf = Path(rec.swanctl_conf).parent / "strongswan.conf"
-        proc = self._spawn(f"client:{rec.name}", strongswan.charon_argv(rec.netns, conf),
-                           rec.netns)
-        strongswan.wait_vici(proc.pid)
-        strongswan.load(proc.pid, Path(rec.swanctl_conf))
-        strongswan.initiate(proc.pid)
-
-    @_mutating
-    def remove_client(self, name: str) -> None:
-        """Stop a client's processes and delete its namespace (its logs stay)."""
-        rec = self.state.clients.get(name)
-        if rec is None:
-            raise LabError(f"no client {name!r} in lab {self.name!r}")
-        procs = [p for p in self.state.processes.values() if p.netns == rec.netns]
-        teardown.teardown([rec.netns], procs)
-        del self.state.clients[name]
-        self.state.namespaces.remove(rec.netns)
-        shutil.rmtree(self.dir / "clients" / name, ignore_errors=True)
-
-    def client_sas(self, name: str) -> list[strongswan.IkeSaView]:
-        """The IKE SAs a client's charon holds."""
-        return strongswan.list_sas(self._client_pid(name))
-
-    def client_pid(self, name: str) -> int:
-        """The PID of a client's charon (for strongswan.swanctl and friends)."""
-        return self._client_pid(name)
-
-    def _client_pid(self, name: str) -> int:
-        rec = self.state.processes.get(f"client:{name}")
-        if name not in self.state.clients:
-            raise LabError(f"no client {name!r} in lab {self.name!r}")
-        if rec is None or not rec.alive():
-            raise LabError(f"client {name!r} runs no charon")
-        return rec.pid
 
     # ---- members: exec, kill, start -------------------------------------------------------
 
@@ -710,10 +486,6 @@ def _listens(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _fields(cfg: strongswan.ClientConfig) -> dict[str, Any]:
-    return {f: getattr(cfg, f) for f in cfg.__slots__}
 
 
 def down(name: str, save_logs_to: Path | None = None) -> bool:

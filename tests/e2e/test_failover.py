@@ -30,6 +30,7 @@ import pytest
 from cluster.lab import addresses as A
 from cluster.lab import demo, faults
 from cluster.lab import lab as labmod
+from cluster.lab.clients import CLIENT_DOMAIN
 from cluster.lab.lab import Lab
 from cluster.lab.strongswan import IkeSaView
 from cluster.plan import NodeView, choose
@@ -82,7 +83,7 @@ class Cluster:
 
     def clients(self) -> dict[str, dict[str, Any]]:
         """`clusterctl client list` by lab client name."""
-        by_identity = {f"{c}.{labmod.CLIENT_DOMAIN}": c for c in self.sas}
+        by_identity = {f"{c}.{CLIENT_DOMAIN}": c for c in self.sas}
         return {by_identity[row["identity"]]: row for row in self.ctl("client", "list")
                 if row["identity"] in by_identity}
 

@@ -37,6 +37,7 @@ from test_keyd import ike_id
 from cluster.lab import addresses as A
 from cluster.lab import demo
 from cluster.lab import lab as labmod
+from cluster.lab.clients import CLIENT_DOMAIN
 from cluster.lab.lab import Lab
 from cluster.lab.pki import EAP_DOMAIN, SHARED_USERS
 from cluster.lab.strongswan import IkeSaView
@@ -90,7 +91,7 @@ ESP_CHACHA = ("chacha20poly1305", "ESP:CHACHA20_POLY1305/NO_EXT_SEQ")
 def _profile(name: str, ike: tuple[str, str], esp: tuple[str, str], options: dict[str, str],
              connection: str, *log_shows: str | re.Pattern[str]) -> Profile:
     identity = options.get("eap_user") or options.get("identity") \
-        or f"{name}.{labmod.CLIENT_DOMAIN}"
+        or f"{name}.{CLIENT_DOMAIN}"
     return Profile(name, {**options, "ike_proposal": ike[0], "esp_proposal": esp[0]},
                    ike[1], esp[1], connection, identity, log_shows)
 

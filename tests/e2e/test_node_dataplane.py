@@ -27,6 +27,7 @@ import pytest
 
 from cluster.lab import addresses as A
 from cluster.lab import lab as labmod
+from cluster.lab.clients import CLIENT_DOMAIN
 from cluster.lab.lab import IPERF_PORTS, Lab
 from cluster.lab.strongswan import IkeSaView
 
@@ -53,7 +54,7 @@ def _ctl(lab: Lab, *args: str) -> Any:
 
 
 def _owners(lab: Lab) -> dict[str, dict[str, Any]]:
-    by_identity = {f"{c}.{labmod.CLIENT_DOMAIN}": c for c in CLIENTS}
+    by_identity = {f"{c}.{CLIENT_DOMAIN}": c for c in CLIENTS}
     return {by_identity[r["identity"]]: r for r in _ctl(lab, "client", "list")
             if r["identity"] in by_identity}
 
