@@ -117,12 +117,12 @@ class KeydServer:
         self.view.start(self.store)
         self._systemd_watchdog = systemd.start_watchdog()
         self._tasks = [
-            asyncio.create_task(self._supervised("timers", self._timers), name="keyd-timers"),
-            asyncio.create_task(self._supervised("register", self.registration.run),
+            asyncio.create_task(self._supervised("_timers", self._timers), name="keyd-timers"),
+            asyncio.create_task(self._supervised("_register", self.registration.run),
                                 name="keyd-register"),
-            asyncio.create_task(self._supervised("etcd_probe", self._etcd_probe),
+            asyncio.create_task(self._supervised("_etcd_probe", self._etcd_probe),
                                 name="keyd-etcd-probe"),
-            asyncio.create_task(self._supervised("sweeper", self._sweeper),
+            asyncio.create_task(self._supervised("_sweeper", self._sweeper),
                                 name="keyd-sweeper"),
         ]
 
