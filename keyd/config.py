@@ -41,7 +41,7 @@ from .ike.connections import (
     RemoteAuth,
     legacy_connections,
 )
-from .ike.errors import LocalProtocolError
+from .ike.errors import IkeUsageError
 
 DEFAULT_PATH = Path("/etc/ipsec-cluster/keyd.toml")
 
@@ -226,7 +226,7 @@ def _validate(config: KeydConfig) -> None:
             parse_ike_proposals(text)
         for text in k.esp_proposals:
             parse_esp_proposals(text)
-    except LocalProtocolError as exc:
+    except IkeUsageError as exc:
         raise fail(f"keyd proposals: {exc}") from None
     if not k.psk_file and not k.cert_file and not k.secrets_file:
         raise fail("keyd needs psk_file or cert_file (or both) to authenticate, or a "
@@ -316,7 +316,7 @@ def _legacy(config: KeydConfig) -> tuple[Connection, ...]:
             local_auth=LocalAuth.PUBKEY if k.cert_file else LocalAuth.PSK, pool=k.pool,
             dns=k.dns, dns_domains=k.dns_domains, protected_networks=k.protected_networks,
             policy=k.policy or None, eap=k.eap or None)
-    except (LocalProtocolError, ValueError) as exc:
+    except (IkeUsageError, ValueError) as exc:
         raise ConfigError(f"{config.source}: keyd proposals: {exc}") from None
 
 
@@ -391,7 +391,7 @@ def _connections(config: KeydConfig, tables: Any) -> tuple[Connection, ...]:
                 local_auth=LocalAuth(v["local_auth"]), pool=v["pool"], dns=v["dns"],
                 dns_domains=v["dns_domains"], protected_networks=v["protected_networks"],
                 policy=v["policy"] or None))
-        except (LocalProtocolError, ValueError) as exc:
+        except (IkeUsageError, ValueError) as exc:
             raise ConfigError(f"{src}: {where} proposals: {exc}") from None
     return tuple(out)
 

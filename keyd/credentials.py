@@ -20,7 +20,7 @@ from .config import (
 )
 from .eap import RadiusServer
 from .ike.config import Credentials, EapConfig, ResponderConfig
-from .ike.errors import LocalProtocolError
+from .ike.errors import IkeUsageError
 from .ike.responder import Responder
 from .ike.secrets import Secrets
 from .secrets import load_secrets
@@ -57,7 +57,7 @@ def credentials(config: KeydConfig) -> Credentials:
     cas = tuple(_certificates(k.ca_file, "CA file")) if k.ca_file else ()
     try:
         return Credentials(psk=psk, cert=cert, private_key=key, cert_chain=tuple(chain), cas=cas)
-    except LocalProtocolError as exc:
+    except IkeUsageError as exc:
         raise ConfigError(f"{config.source}: {exc}") from None
 
 
@@ -84,7 +84,7 @@ def eap_config(config: KeydConfig) -> EapConfig | None:
         return EapConfig(k.eap, password_for=users.get if k.eap == "eap-mschapv2" else None,
                          radius_servers=radius_servers(config),
                          nas_identifier=k.nas_identifier, ask_identity=k.eap_identity == "ask")
-    except LocalProtocolError as exc:
+    except IkeUsageError as exc:
         raise ConfigError(f"{config.source}: keyd.eap: {exc}") from None
 
 
@@ -106,7 +106,7 @@ def responder_config(config: KeydConfig, natt_port: int | None = None) -> Respon
             natt_port=natt_port if natt_port is not None else k.natt_port,
             half_open_cookie_threshold=k.half_open_cookie_threshold,
             ike_lifetime_s=k.ike_lifetime_s, child_lifetime_s=k.child_lifetime_s, eap=eap)
-    except LocalProtocolError as exc:
+    except IkeUsageError as exc:
         raise ConfigError(f"{config.source}: keyd proposals: {exc}") from None
 
 

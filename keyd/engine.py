@@ -36,7 +36,7 @@ from cluster.store.errors import MalformedRecord, StoreError, StoreUnavailable, 
 from cluster.store.records import ChildSaRecord, IkeSaRecord, Policy
 
 from .ike import events as ike
-from .ike.errors import IkeError, LocalProtocolError
+from .ike.errors import IkeError, IkeUsageError
 from .ike.responder import Responder
 from .metrics import KeydMetrics
 from .persist import Changes, IkeRekeyed, Persister, WriteConflict
@@ -132,7 +132,7 @@ class Engine:
             return Step(exchange=name, waiting_for=ike_sa_id, started=start)
         try:
             self.core.receive_datagram(inbound.data, inbound.src, inbound.dst, now)
-        except LocalProtocolError as exc:  # a bug of ours, not the peer's
+        except IkeUsageError as exc:  # a bug of ours, not the peer's
             log.error("IKE core refused the message", extra={"ike_sa": ike_sa_id,
                                                              "error": str(exc)})
             self.metrics.dropped.labels("core_error").inc()
@@ -178,7 +178,7 @@ class Engine:
             if not self.core.radius_answer(ike_sa_id, datagram, now):
                 self.metrics.dropped.labels("radius_unverified").inc()
                 return None
-        except LocalProtocolError as exc:   # not waiting any more (deleted, continued elsewhere)
+        except IkeUsageError as exc:   # not waiting any more (deleted, continued elsewhere)
             log.info("RADIUS answer for an IKE SA not waiting for it",
                      extra={"ike_sa": ike_sa_id, "error": str(exc)})
             return Step(exchange="IKE_AUTH", started=start)

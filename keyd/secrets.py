@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import ConfigError, read_secret
 from .ike.connections import IdentityPattern
-from .ike.errors import LocalProtocolError
+from .ike.errors import IkeUsageError
 from .ike.secrets import Secrets
 
 _FIELDS = {"psk": ("id", "secret"), "eap": ("id", "password")}
@@ -74,7 +74,7 @@ def _ids(where: str, value: Any) -> list[str]:
     for identity in ids:
         try:
             IdentityPattern(identity)
-        except LocalProtocolError:
+        except IkeUsageError:
             raise ConfigError(f"{where}.id must not be empty") from None
     return [i.strip() for i in ids]
 

@@ -15,7 +15,7 @@ Driving it (aioquic style)::
   strips and adds the 4-byte non-ESP marker itself; ESP or anything else arriving there is
   dropped and counted (`counters.drops["esp_on_ike_port"]`), a NAT keepalive too.
 - Events (keyd.ike.events) of one step come out before its datagrams, and
-  `datagrams_to_send()` raises LocalProtocolError while events are pending: persist, then send.
+  `datagrams_to_send()` raises IkeUsageError while events are pending: persist, then send.
   IkeSaUpdated(id) → write `export_ike_sa(id)`; ChildSaEstablished(child) → write sa/<spi_in>;
   ChildSaDeleted / IkeSaDeleted → remove; IkeSaRekeyed(old, new, children) → rewrite the
   children's ike_sa_id; IkeSaEstablished, AuthenticationFailed, ExchangeFailed → log/metrics.
@@ -33,11 +33,11 @@ Driving it (aioquic style)::
 - Persistence: `export_ike_sa(id) -> dict` (JSON-able, bytes as hex, contains keys: seal it)
   and `import_ike_sa(dict) -> id` let another keyd continue an IKE SA: answer the next or a
   retransmitted request (the cached last response is part of the state), rekey, delete,
-  liveness. A malformed record raises LocalProtocolError.
+  liveness. A malformed record raises IkeUsageError.
 - Errors: IkeProtocolError (peer's fault, carries the notify to answer with) is caught at
   the edge of the core and becomes the RFC's answer or silence plus a counter in
   `core.counters` (IkeCounters: exchanges, errors, drops, handshakes, retransmits, cookies,
-  half_open). LocalProtocolError is the caller's misuse (unknown IKE SA, wrong state).
+  half_open). IkeUsageError is the caller's misuse (unknown IKE SA, wrong state).
 - `now` is seconds (float). Exported state carries absolute times (created_at, expires_at),
   so instances that continue each other's IKE SAs must pass the same clock: wall-clock time.
 - Shell helpers: `has_ike_sa(id)`, `ike_sa_ids()`, `forget_ike_sa(id)` (drop from memory
@@ -54,7 +54,7 @@ Driving it (aioquic style)::
 from .config import Credentials, InitiatorConfig, ResponderConfig
 from .connections import Connection, LocalAuth, RemoteAuth, select_connection
 from .core import Datagram, IkeEndpoint
-from .errors import IkeError, IkeProtocolError, LocalProtocolError
+from .errors import IkeError, IkeProtocolError, IkeUsageError
 from .events import (
     AddressRequested,
     AuthenticationFailed,
@@ -93,10 +93,10 @@ __all__ = [
     "IkeSaEstablished",
     "IkeSaRekeyed",
     "IkeSaUpdated",
+    "IkeUsageError",
     "Initiator",
     "InitiatorConfig",
     "LocalAuth",
-    "LocalProtocolError",
     "RadiusRequested",
     "RemoteAuth",
     "Responder",

@@ -18,7 +18,7 @@ from .connections import (
     ike_suites_of,
     legacy_connections,
 )
-from .errors import LocalProtocolError
+from .errors import IkeUsageError
 from .proposals import EspProposal, IkeProposal, parse_esp_proposals, parse_ike_proposals
 from .secrets import Secrets
 
@@ -42,7 +42,7 @@ class Credentials:
 
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.private_key is None):
-            raise LocalProtocolError("a certificate needs its private key and vice versa")
+            raise IkeUsageError("a certificate needs its private key and vice versa")
 
     @property
     def trust(self) -> TrustStore:
@@ -68,24 +68,24 @@ class EapConfig:
 
     def __post_init__(self) -> None:
         if self.method not in EAP_METHODS:
-            raise LocalProtocolError(f"unknown EAP method {self.method!r}")
+            raise IkeUsageError(f"unknown EAP method {self.method!r}")
         if self.method == "eap-mschapv2" and self.password_for is None:
-            raise LocalProtocolError("eap-mschapv2 needs EAP users")
+            raise IkeUsageError("eap-mschapv2 needs EAP users")
         if self.method == "eap-radius" and not self.radius_servers:
-            raise LocalProtocolError("eap-radius needs a RADIUS server")
+            raise IkeUsageError("eap-radius needs a RADIUS server")
 
 
 def _ike_suites(texts: Sequence[str]) -> tuple[IkeProposal, ...]:
     """The configured IKE proposals, parsed (each string may hold several, or `default`)."""
     if not texts:
-        raise LocalProtocolError("at least one IKE proposal is needed")
+        raise IkeUsageError("at least one IKE proposal is needed")
     return tuple(p for t in texts for p in parse_ike_proposals(t))
 
 
 def _esp_suites(texts: Sequence[str]) -> tuple[EspProposal, ...]:
     """The configured ESP proposals, parsed."""
     if not texts:
-        raise LocalProtocolError("at least one ESP proposal is needed")
+        raise IkeUsageError("at least one ESP proposal is needed")
     return tuple(p for t in texts for p in parse_esp_proposals(t))
 
 
@@ -138,12 +138,12 @@ class ResponderConfig:
                 protected_networks=self.protected_networks,
                 eap=self.eap.method if self.eap is not None else None)
         if not conns:
-            raise LocalProtocolError("no connection: configure a PSK or a certificate")
+            raise IkeUsageError("no connection: configure a PSK or a certificate")
         names = [c.name for c in conns]
         if len(set(names)) != len(names):
-            raise LocalProtocolError("connection names must be unique")
+            raise IkeUsageError("connection names must be unique")
         if creds.cert is None and any(c.local_auth == LocalAuth.PUBKEY for c in conns):
-            raise LocalProtocolError("a connection with local_auth = pubkey needs a "
+            raise IkeUsageError("a connection with local_auth = pubkey needs a "
                                      "certificate")
         object.__setattr__(self, "connections", conns)
         object.__setattr__(self, "secrets", self.secrets.with_any_psk(creds.psk))
@@ -182,6 +182,6 @@ class InitiatorConfig:
         # only CAs: a client that proves itself by EAP and checks the gateway's certificate
         if creds.psk is None and creds.cert is None and not (
                 self.eap_password is not None and creds.cas):
-            raise LocalProtocolError("configure a PSK or a certificate")
+            raise IkeUsageError("configure a PSK or a certificate")
         object.__setattr__(self, "ike_suites", _ike_suites(self.ike_proposals))
         object.__setattr__(self, "esp_suites", _esp_suites(self.esp_proposals))

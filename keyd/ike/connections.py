@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from .constants import AuthMethod
-from .errors import LocalProtocolError
+from .errors import IkeUsageError
 from .proposals import EspProposal, IkeProposal, parse_esp_proposals, parse_ike_proposals
 from .transforms import IkeSuite
 
@@ -89,7 +89,7 @@ class IdentityPattern:
     def __post_init__(self) -> None:
         text = self.text.strip()
         if not text:
-            raise LocalProtocolError("an identity pattern must not be empty")
+            raise IkeUsageError("an identity pattern must not be empty")
         object.__setattr__(self, "text", text)
         regex = None
         if "*" in text and text != ANY_ID:
@@ -137,15 +137,15 @@ class Connection:
 
     def __post_init__(self) -> None:
         if not self.ike_proposals or not self.esp_proposals:
-            raise LocalProtocolError(f"connection {self.name}: IKE and ESP proposals are "
+            raise IkeUsageError(f"connection {self.name}: IKE and ESP proposals are "
                                      "needed")
         if not self.remote_ids:
-            raise LocalProtocolError(f"connection {self.name}: remote_ids must not be empty")
+            raise IkeUsageError(f"connection {self.name}: remote_ids must not be empty")
         object.__setattr__(self, "remote_auth", RemoteAuth(self.remote_auth))
         object.__setattr__(self, "local_auth", LocalAuth(self.local_auth))
         if self.local_auth == LocalAuth.PSK and self.remote_auth != RemoteAuth.PSK:
             # keyd proves itself with the PSK of the identity the client proved
-            raise LocalProtocolError(f"connection {self.name}: local_auth = psk needs "
+            raise IkeUsageError(f"connection {self.name}: local_auth = psk needs "
                                      "remote_auth = psk")
         object.__setattr__(self, "patterns",
                            tuple(IdentityPattern(i) for i in self.remote_ids))

@@ -22,7 +22,7 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .errors import IkeProtocolError, LocalProtocolError
+from .errors import IkeProtocolError, IkeUsageError
 from .events import (
     ChildSa,
     ChildSaDeleted,
@@ -150,7 +150,7 @@ class IkeEndpoint:
                 self._on_request(msg, sk, src, dst, now)
         except IkeProtocolError as e:
             self._drop(notify_name(e.notify) if e.notify is not None else "silent")
-        except LocalProtocolError:
+        except IkeUsageError:
             # a state the tables do not allow: a defect, counted; the daemon keeps serving
             self._drop("internal_error")
 
@@ -191,7 +191,7 @@ class IkeEndpoint:
     def datagrams_to_send(self) -> list[Datagram]:
         """Datagrams to send now. Pull every event first: they must be persisted before."""
         if self._events:
-            raise LocalProtocolError("pull (and persist) all events before sending datagrams")
+            raise IkeUsageError("pull (and persist) all events before sending datagrams")
         out = list(self._out)
         self._out.clear()
         return out
@@ -235,7 +235,7 @@ class IkeEndpoint:
         """Start an INFORMATIONAL DELETE of one Child SA (named by our spi_in)."""
         sa = self._requestable(ike_sa_id)
         if spi_in not in sa.children:
-            raise LocalProtocolError(f"no Child SA {spi_in:08x} in {ike_sa_id}")
+            raise IkeUsageError(f"no Child SA {spi_in:08x} in {ike_sa_id}")
         payload = DeletePayload(ProtocolId.ESP, (spi_in.to_bytes(4, "big"),))
         self._start_request(sa, ExchangeType.INFORMATIONAL, [payload], "delete_child",
                             {"spi_in": spi_in}, now)
@@ -250,15 +250,15 @@ class IkeEndpoint:
     def _get(self, ike_sa_id: str) -> IkeSa:
         sa = self._sas.get(ike_sa_id)
         if sa is None:
-            raise LocalProtocolError(f"unknown IKE SA {ike_sa_id}")
+            raise IkeUsageError(f"unknown IKE SA {ike_sa_id}")
         return sa
 
     def _requestable(self, ike_sa_id: str) -> IkeSa:
         sa = self._get(ike_sa_id)
         if sa.state not in CAN_REQUEST:
-            raise LocalProtocolError(f"IKE SA {ike_sa_id} is {sa.state.value}")
+            raise IkeUsageError(f"IKE SA {ike_sa_id} is {sa.state.value}")
         if sa.outstanding:
-            raise LocalProtocolError(f"IKE SA {ike_sa_id} has an exchange in flight")
+            raise IkeUsageError(f"IKE SA {ike_sa_id} has an exchange in flight")
         return sa
 
     def _imported(self, sa: IkeSa) -> None:

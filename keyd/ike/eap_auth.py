@@ -37,7 +37,7 @@ from .config import EapConfig, ResponderConfig
 from .connections import Connection, LocalAuth
 from .constants import AuthMethod, Notify
 from .core import IkeEndpoint, RequestContext
-from .errors import IkeProtocolError, LocalProtocolError
+from .errors import IkeProtocolError, IkeUsageError
 from .events import RadiusRequested
 from .identity import Identity, identity_text
 from .ikesa import IkeSa
@@ -115,7 +115,7 @@ class EapRound(IkeEndpoint):
         wait = self._radius_waiting.get(ike_sa_id)
         sa = self._sas.get(ike_sa_id)
         if wait is None or sa is None or sa.state != IkeState.WAIT_RADIUS:
-            raise LocalProtocolError(f"IKE SA {ike_sa_id} is not waiting for RADIUS")
+            raise IkeUsageError(f"IKE SA {ike_sa_id} is not waiting for RADIUS")
         action = wait.auth.radius_timeout() if datagram is None \
             else wait.auth.radius_reply(datagram)
         if action is None:
@@ -145,9 +145,9 @@ class EapRound(IkeEndpoint):
         eap = find(payloads, EapPayload)
         try:
             if eap_config is None:
-                raise LocalProtocolError("EAP is not configured here")
+                raise IkeUsageError("EAP is not configured here")
             auth = self._authenticator(sa, eap_config, None, sa.eap["auth"])
-        except LocalProtocolError as exc:  # a record this keyd cannot continue
+        except IkeUsageError as exc:  # a record this keyd cannot continue
             self._eap_refused(sa, ctx, sa.eap.get("identity"), f"bad state: {exc}")
             return None
         if eap is None:
@@ -235,7 +235,7 @@ class EapRound(IkeEndpoint):
                                  password_for=eap.password_for, relay=relay,
                                  random=self._random)
         except LocalEapError as exc:
-            raise LocalProtocolError(f"EAP state of {sa.id}: {exc}") from exc
+            raise IkeUsageError(f"EAP state of {sa.id}: {exc}") from exc
 
     def _eap_final_proof(self, sa: IkeSa) -> list[Payload]:
         """§2.16: after EAP, our AUTH is made with the MSK as the shared key (IDr and CERT

@@ -1,10 +1,10 @@
-"""The two error directions of the IKE core (as h11 does).
+"""The two error directions of the IKE core (h11's RemoteProtocolError and LocalProtocolError).
 
 `IkeProtocolError`: the peer sent something wrong; it carries the notify type the core
 answers with (or None where the RFC says to stay silent). It is caught at the edge of the
 core and becomes a protocol answer plus a counter.
 
-`LocalProtocolError`: the caller misused the API (unknown IKE SA, wrong state, bad config).
+`IkeUsageError`: the caller misused the API (unknown IKE SA, wrong state, bad config).
 """
 
 from __future__ import annotations
@@ -43,5 +43,5 @@ class AuthenticationError(IkeProtocolError):
         self.cause = cause
 
 
-class LocalProtocolError(IkeError):
+class IkeUsageError(IkeError):
     """The caller misused the core (unknown IKE SA, bad configuration, wrong state)."""

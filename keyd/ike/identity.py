@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from .constants import IdType
-from .errors import LocalProtocolError
+from .errors import IkeUsageError
 
 _DN_KEYS = {
     "C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME,
@@ -49,7 +49,7 @@ def dn_from_text(text: str) -> x509.Name:
     for part in text.split(","):
         key, sep, value = part.strip().partition("=")
         if not sep or key.strip().upper() not in _DN_KEYS:
-            raise LocalProtocolError(f"cannot read distinguished name {text!r}")
+            raise IkeUsageError(f"cannot read distinguished name {text!r}")
         rdns.append(x509.NameAttribute(_DN_KEYS[key.strip().upper()], value.strip()))
     return x509.Name(rdns)
 

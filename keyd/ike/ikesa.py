@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import LocalProtocolError
+from .errors import IkeUsageError
 from .events import ChildSa
 from .keys import IkeKeys
 from .proposals import parse_ike_suite
@@ -132,7 +132,7 @@ def export_sa(sa: IkeSa) -> dict[str, Any]:
 
 
 def import_sa(d: dict[str, Any]) -> IkeSa:
-    """Rebuild an IkeSa from `export_sa` output; anything malformed is LocalProtocolError."""
+    """Rebuild an IkeSa from `export_sa` output; anything malformed is IkeUsageError."""
     try:
         if d["version"] != EXPORT_VERSION:
             raise ValueError(f"export version {d['version']}")
@@ -178,5 +178,5 @@ def import_sa(d: dict[str, Any]) -> IkeSa:
         if sa.id != d["ike_sa_id"]:
             raise ValueError("ike_sa_id does not match the SPIs")
         return sa
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, LocalProtocolError) as e:
-        raise LocalProtocolError(f"malformed IKE SA record: {e}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, IkeUsageError) as e:
+        raise IkeUsageError(f"malformed IKE SA record: {e}") from None

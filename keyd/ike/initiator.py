@@ -29,7 +29,7 @@ from .constants import (
 )
 from .core import IkeEndpoint, nat_hash
 from .dh import KeyExchange
-from .errors import IkeProtocolError, LocalProtocolError
+from .errors import IkeProtocolError, IkeUsageError
 from .events import (
     ChildSaEstablished,
     ExchangeFailed,
@@ -96,7 +96,7 @@ class Initiator(IkeEndpoint):
     @property
     def sa(self) -> IkeSa:
         if self.ike_sa_id is None or self.ike_sa_id not in self._sas:
-            raise LocalProtocolError("no IKE SA")
+            raise IkeUsageError("no IKE SA")
         return self._sas[self.ike_sa_id]
 
     # ---- IKE_SA_INIT -------------------------------------------------------------------
@@ -328,10 +328,10 @@ class Initiator(IkeEndpoint):
         sa = self._requestable(self.sa.id)
         old = sa.children.get(spi_in)
         if old is None:
-            raise LocalProtocolError(f"no Child SA {spi_in:08x}")
+            raise IkeUsageError(f"no Child SA {spi_in:08x}")
         suites = [s for s in self.config.esp_suites if bool(s.dhs) == pfs]
         if not suites:
-            raise LocalProtocolError("no ESP proposal fits (PFS needs a DH group in one)")
+            raise IkeUsageError("no ESP proposal fits (PFS needs a DH group in one)")
         new_spi, ni = self._allocate_spi(), self._random(NONCE_LEN)
         props = tuple(s.to_proposal(i + 1, new_spi.to_bytes(4, "big"))
                       for i, s in enumerate(suites))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .constants import Notify, ProtocolId, TransformType
-from .errors import IkeProtocolError, InvalidKePayload, LocalProtocolError
+from .errors import IkeProtocolError, IkeUsageError, InvalidKePayload
 from .payloads import Proposal, Transform
 from .transforms import (
     DH_GROUPS,
@@ -133,7 +133,7 @@ class EspProposal:
 def _split(text: str, kind: str) -> list[str]:
     parts = [p.strip() for p in text.split(",")]
     if not text.strip() or any(not p for p in parts):
-        raise LocalProtocolError(f"empty {kind} proposal in {text!r}")
+        raise IkeUsageError(f"empty {kind} proposal in {text!r}")
     return parts
 
 
@@ -143,15 +143,15 @@ def _tokens(text: str) -> list[str]:
 
 def _check_encrs(encrs: list[Encr], text: str, kind: str) -> None:
     if not encrs:
-        raise LocalProtocolError(f"{kind} proposal {text!r} needs an encryption algorithm")
+        raise IkeUsageError(f"{kind} proposal {text!r} needs an encryption algorithm")
     if len({e.aead for e in encrs}) > 1:
-        raise LocalProtocolError(
+        raise IkeUsageError(
             f"{kind} proposal {text!r} mixes AEAD and classic encryption: write two proposals")
 
 
 def _collect(text: str, kind: str, tables: dict[str, Mapping[str, Any]]) -> dict[str, list[Any]]:
     """The algorithms of one proposal, by table name, each once and in order of appearance;
-    LocalProtocolError for a token no table knows."""
+    IkeUsageError for a token no table knows."""
     out: dict[str, list[Any]] = {name: [] for name in tables}
     for tok in _tokens(text):
         for name, table in tables.items():
@@ -159,7 +159,7 @@ def _collect(text: str, kind: str, tables: dict[str, Mapping[str, Any]]) -> dict
                 _add(out[name], table[tok])
                 break
         else:
-            raise LocalProtocolError(f"unknown algorithm {tok!r} in {kind} proposal {text!r}")
+            raise IkeUsageError(f"unknown algorithm {tok!r} in {kind} proposal {text!r}")
     return out
 
 
@@ -177,15 +177,15 @@ def _parse_one_ike(text: str) -> IkeProposal:
     dhs: list[int] = found["dhs"]
     _check_encrs(encrs, text, "IKE")
     if not dhs:
-        raise LocalProtocolError(f"IKE proposal {text!r} needs a DH group")
+        raise IkeUsageError(f"IKE proposal {text!r} needs a DH group")
     if encrs[0].aead:
         if integs:
-            raise LocalProtocolError(f"IKE proposal {text!r}: an AEAD takes no integrity "
+            raise IkeUsageError(f"IKE proposal {text!r}: an AEAD takes no integrity "
                                      f"algorithm ({integs[0].name!r})")
         if not prfs:
-            raise LocalProtocolError(f"IKE proposal {text!r}: an AEAD needs a PRF (prfsha256)")
+            raise IkeUsageError(f"IKE proposal {text!r}: an AEAD needs a PRF (prfsha256)")
     elif not integs:
-        raise LocalProtocolError(f"IKE proposal {text!r}: {encrs[0].name} needs an integrity "
+        raise IkeUsageError(f"IKE proposal {text!r}: {encrs[0].name} needs an integrity "
                                  "algorithm")
     if not prfs:
         for i in integs:
@@ -201,17 +201,17 @@ def _parse_one_esp(text: str) -> EspProposal:
     esns: list[bool] = found["esns"]
     _check_encrs(encrs, text, "ESP")
     if encrs[0].aead and integs:
-        raise LocalProtocolError(f"ESP proposal {text!r}: an AEAD takes no integrity "
+        raise IkeUsageError(f"ESP proposal {text!r}: an AEAD takes no integrity "
                                  f"algorithm ({integs[0].name!r})")
     if not encrs[0].aead and not integs:
-        raise LocalProtocolError(f"ESP proposal {text!r}: {encrs[0].name} needs an integrity "
+        raise IkeUsageError(f"ESP proposal {text!r}: {encrs[0].name} needs an integrity "
                                  "algorithm")
     return EspProposal(tuple(encrs), tuple(integs), tuple(esns or [False]), tuple(dhs))
 
 
 def parse_ike_proposals(text: str) -> tuple[IkeProposal, ...]:
     """`aes128-aes256-sha256-modp2048-ecp256`, `default`, or several joined by commas;
-    LocalProtocolError naming the offending token."""
+    IkeUsageError naming the offending token."""
     out: list[IkeProposal] = []
     for part in _split(text, "IKE"):
         for p in DEFAULT_IKE if part.lower() == "default" else (part,):
@@ -221,7 +221,7 @@ def parse_ike_proposals(text: str) -> tuple[IkeProposal, ...]:
 
 def parse_esp_proposals(text: str) -> tuple[EspProposal, ...]:
     """`aes128gcm16-aes256gcm16`, `aes256-sha256-sha1-esn-noesn`, `…-x25519` (PFS), `default`,
-    or several joined by commas; LocalProtocolError naming the offending token."""
+    or several joined by commas; IkeUsageError naming the offending token."""
     out: list[EspProposal] = []
     for part in _split(text, "ESP"):
         for p in DEFAULT_ESP if part.lower() == "default" else (part,):
@@ -235,7 +235,7 @@ def parse_ike_suite(text: str) -> IkeSuite:
     p = ps[0]
     if len(ps) != 1 or len(p.encrs) != 1 or len(p.prfs) != 1 or len(p.integs) > 1 \
             or len(p.dhs) != 1:
-        raise LocalProtocolError(f"{text!r} names more than one suite")
+        raise IkeUsageError(f"{text!r} names more than one suite")
     return IkeSuite(p.encrs[0], p.prfs[0], p.integs[0] if p.integs else None, p.dhs[0])
 
 
@@ -245,7 +245,7 @@ def parse_esp_suite(text: str) -> ChildSuite:
     p = ps[0]
     if len(ps) != 1 or len(p.encrs) != 1 or len(p.integs) > 1 or len(p.dhs) > 1 \
             or len(p.esns) != 1:
-        raise LocalProtocolError(f"{text!r} names more than one suite")
+        raise IkeUsageError(f"{text!r} names more than one suite")
     return ChildSuite(p.encrs[0], p.integs[0] if p.integs else None, p.esns[0],
                       p.dhs[0] if p.dhs else None)
 

@@ -26,7 +26,7 @@ from .constants import (
 from .core import RequestContext, nat_hash, notify_name, packed_ip
 from .dh import KeyExchange
 from .eap_auth import EapRound, _RadiusWait
-from .errors import AuthenticationError, IkeProtocolError, LocalProtocolError
+from .errors import AuthenticationError, IkeProtocolError, IkeUsageError
 from .events import (
     AddressRequested,
     AuthenticationFailed,
@@ -167,7 +167,7 @@ class Responder(EapRound):
         pending = self._pending.pop(ike_sa_id, None)
         sa = self._sas.get(ike_sa_id)
         if pending is None or sa is None or sa.state != IkeState.WAIT_ADDRESS:
-            raise LocalProtocolError(f"IKE SA {ike_sa_id} is not waiting for an address")
+            raise IkeUsageError(f"IKE SA {ike_sa_id} is not waiting for an address")
         if address is not None:
             ipaddress.IPv4Address(address)  # a bad decision is the caller's error
         self._respond(sa, pending.ctx, self._finish_auth(sa, pending, address, now))

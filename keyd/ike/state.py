@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from .constants import ExchangeType
-from .errors import LocalProtocolError
+from .errors import IkeUsageError
 
 
 class IkeState(StrEnum):
@@ -67,4 +67,4 @@ def advance(state: IkeState, what: str) -> IkeState:
     try:
         return TRANSITIONS[(state, what)]
     except KeyError:
-        raise LocalProtocolError(f"no transition from {state.value} on {what}") from None
+        raise IkeUsageError(f"no transition from {state.value} on {what}") from None

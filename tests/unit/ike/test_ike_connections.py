@@ -15,7 +15,7 @@ from keyd.ike.connections import (
     select_connection,
 )
 from keyd.ike.constants import AuthMethod
-from keyd.ike.errors import LocalProtocolError
+from keyd.ike.errors import IkeUsageError
 from keyd.ike.proposals import parse_ike_proposals, parse_ike_suite
 from keyd.ike.secrets import Secrets
 
@@ -46,7 +46,7 @@ def test_identity_patterns(pattern: str, identity: str, expected: bool) -> None:
 
 
 def test_empty_pattern_is_refused() -> None:
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(IkeUsageError):
         IdentityPattern("  ")
 
 
@@ -99,7 +99,7 @@ def test_ike_sa_init_offers_the_union_in_connection_order() -> None:
 
 
 def test_local_psk_needs_remote_psk() -> None:
-    with pytest.raises(LocalProtocolError, match="local_auth = psk needs remote_auth = psk"):
+    with pytest.raises(IkeUsageError, match="local_auth = psk needs remote_auth = psk"):
         conn("x", remote="pubkey", local="psk")
 
 

@@ -22,9 +22,9 @@ from keyd.ike import (
     IkeSaEstablished,
     IkeSaRekeyed,
     IkeSaUpdated,
+    IkeUsageError,
     Initiator,
     InitiatorConfig,
-    LocalProtocolError,
     Responder,
 )
 from keyd.ike.buffer import Buffer
@@ -77,7 +77,7 @@ def test_events_come_before_datagrams_and_float_to_4500() -> None:
     clock = Clock()
     client.endpoint.connect(CLIENT, VIP, clock.now)
     transfer(client, server, clock.now)
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(IkeUsageError):
         server.endpoint.datagrams_to_send()  # IkeSaUpdated is pending: persist first
     ev = server.endpoint.next_event()
     assert isinstance(ev, IkeSaUpdated)
@@ -419,7 +419,7 @@ def test_another_instance_continues_the_ike_sa() -> None:
     client.endpoint.delete(clock.now)
     run(client, other, clock)
     assert not other.endpoint.ike_sa_ids()
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(IkeUsageError):
         other.endpoint.import_ike_sa({"version": 1, "spi_i": "zz"})
 
 
@@ -452,13 +452,13 @@ def test_bad_input_is_counted_and_changes_nothing() -> None:
 
 def test_api_misuse_is_local_protocol_error() -> None:
     client, server, clock = established()
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(IkeUsageError):
         server.endpoint.export_ike_sa("00" * 16)
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(IkeUsageError):
         server.endpoint.assign_address(server.endpoint.ike_sa_ids()[0], "10.0.0.1",
                                        clock.now)
     client.endpoint.liveness(clock.now)
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(IkeUsageError):
         client.endpoint.liveness(clock.now)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from keyd.ike.constants import Notify, ProtocolId, TransformType
-from keyd.ike.errors import IkeProtocolError, InvalidKePayload, LocalProtocolError
+from keyd.ike.errors import IkeProtocolError, IkeUsageError, InvalidKePayload
 from keyd.ike.payloads import Proposal, Transform
 from keyd.ike.proposals import (
     DEFAULT_ESP,
@@ -106,7 +106,7 @@ def test_legacy_algorithms_only_where_named() -> None:
     ("aes128-aes128gcm16-sha256-x25519", "mixes AEAD and classic"),
 ])
 def test_bad_ike_strings_name_the_problem(text: str, token: str) -> None:
-    with pytest.raises(LocalProtocolError, match="IKE proposal") as e:
+    with pytest.raises(IkeUsageError, match="IKE proposal") as e:
         parse_ike_proposals(text)
     assert token in str(e.value)
 
@@ -119,7 +119,7 @@ def test_bad_ike_strings_name_the_problem(text: str, token: str) -> None:
     ("aes128gcm16-chacha20poly1305-aes256-sha1", "mixes AEAD and classic"),
 ])
 def test_bad_esp_strings_name_the_problem(text: str, token: str) -> None:
-    with pytest.raises(LocalProtocolError, match="ESP proposal") as e:
+    with pytest.raises(IkeUsageError, match="ESP proposal") as e:
         parse_esp_proposals(text)
     assert token in str(e.value)
 
@@ -129,9 +129,9 @@ def test_suite_names_round_trip() -> None:
                  "3des-sha1-prfsha1-modp1024", "chacha20poly1305-prfsha384-ecp384"):
         assert parse_ike_suite(text).name == text
     for many in ("aes128-aes256-sha256-x25519", "default", "aes128-sha1-x25519, aes128-sha1-x448"):
-        with pytest.raises(LocalProtocolError, match="more than one suite"):
+        with pytest.raises(IkeUsageError, match="more than one suite"):
             parse_ike_suite(many)
-    with pytest.raises(LocalProtocolError, match="more than one suite"):
+    with pytest.raises(IkeUsageError, match="more than one suite"):
         parse_esp_suite("default")
     assert parse_esp_suite("aes128ctr-sha256-esn").name == "aes128ctr-sha256-esn"
 
