@@ -5,7 +5,7 @@ keeps the sequence state (`SaCounters`) another node needs to continue it; `SaTa
 demultiplexes UDP/4500 payloads by SPI; `IvSource` makes AEAD nonces cluster-unique.
 """
 
-from cluster.esp.errors import DropReason, EspProtocolError, LocalProtocolError
+from cluster.esp.errors import DropReason, EspProtocolError, EspUsageError
 from cluster.esp.nonce import IvSource, prefix_from_revision
 from cluster.esp.replay import MAX_WINDOW, MIN_WINDOW, ReplayWindow, infer_seq
 from cluster.esp.sa import ChildSa, SaCounters, SaKeys
@@ -24,10 +24,10 @@ __all__ = [
     "Dropped",
     "EspEvent",
     "EspProtocolError",
+    "EspUsageError",
     "IkeMessage",
     "IvSource",
     "Keepalive",
-    "LocalProtocolError",
     "ReplayWindow",
     "SaCounters",
     "SaKeys",

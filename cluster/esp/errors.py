@@ -2,7 +2,7 @@
 
 As in h11: `EspProtocolError` means the peer (or the network) sent something we must not
 accept; it carries a `DropReason` and is turned into a counted drop at the edge of the core
-(`ChildSa.open`, `SaTable.receive`) — never a traceback. `LocalProtocolError` means the caller
+(`ChildSa.open`, `SaTable.receive`) — never a traceback. `EspUsageError` means the caller
 asked for something the SA cannot do (send past the sequence space, install bad keys).
 """
 
@@ -35,5 +35,5 @@ class EspProtocolError(Exception):
         self.reason = reason
 
 
-class LocalProtocolError(Exception):
+class EspUsageError(Exception):
     """The caller misused the ESP core (bad keys, sending past the sequence space, ...)."""

@@ -19,7 +19,7 @@ The construction. The explicit IV is `prefix (4 bytes) | counter (4 bytes, big-e
 - `counter` belongs to that incarnation alone: one `IvSource` per process, shared by every SA
   it sends on, strictly increasing, never reset while the prefix is held. Re-installing an SA
   or moving ownership back and forth does not reset it. When it would pass 2**32 - 1 the
-  source refuses (LocalProtocolError) until `renew` gives it a fresh prefix.
+  source refuses (EspUsageError) until `renew` gives it a fresh prefix.
 
 The argument. Take two packets sealed under one SA key. If different incarnations sealed them,
 their prefixes differ, so their IVs differ. If one incarnation sealed both, it drew two
@@ -32,7 +32,7 @@ random (RFC 3602 §2.3).
 
 from __future__ import annotations
 
-from cluster.esp.errors import LocalProtocolError
+from cluster.esp.errors import EspUsageError
 
 PREFIX_LEN = 4
 COUNTER_LIMIT = 1 << 32
@@ -60,9 +60,9 @@ class IvSource:
     def renew(self, prefix: bytes) -> None:
         """Start over under a new, never-used prefix."""
         if len(prefix) != PREFIX_LEN:
-            raise LocalProtocolError(f"IV prefix must be {PREFIX_LEN} bytes, got {len(prefix)}")
+            raise EspUsageError(f"IV prefix must be {PREFIX_LEN} bytes, got {len(prefix)}")
         if prefix == self._prefix:
-            raise LocalProtocolError("an IV prefix can be used only once")
+            raise EspUsageError("an IV prefix can be used only once")
         self._prefix = prefix
         self._counter = 0
 
@@ -70,7 +70,7 @@ class IvSource:
         """A fresh 8-byte explicit IV, never returned before by any incarnation."""
         c = self._counter
         if c >= COUNTER_LIMIT:
-            raise LocalProtocolError("IV counter exhausted: renew the prefix before sending")
+            raise EspUsageError("IV counter exhausted: renew the prefix before sending")
         self._counter = c + 1
         return self._prefix + c.to_bytes(4)
 
@@ -78,5 +78,5 @@ class IvSource:
 def prefix_from_revision(revision: int) -> bytes:
     """The IV prefix of an incarnation whose registration write got etcd `revision`."""
     if revision <= 0:
-        raise LocalProtocolError(f"not an etcd revision: {revision}")
+        raise EspUsageError(f"not an etcd revision: {revision}")
     return (revision % COUNTER_LIMIT).to_bytes(PREFIX_LEN)

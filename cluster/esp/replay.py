@@ -7,7 +7,7 @@ cannot move the window); `accept` records a packet after its ICV verified.
 
 from __future__ import annotations
 
-from cluster.esp.errors import DropReason, EspProtocolError, LocalProtocolError
+from cluster.esp.errors import DropReason, EspProtocolError, EspUsageError
 
 MIN_WINDOW = 64
 MAX_WINDOW = 4096
@@ -48,7 +48,7 @@ class ReplayWindow:
 
     def __init__(self, size: int = 1024, highest: int = 0, bitmap: int = 0) -> None:
         if not MIN_WINDOW <= size <= MAX_WINDOW:
-            raise LocalProtocolError(
+            raise EspUsageError(
                 f"replay window must be {MIN_WINDOW}..{MAX_WINDOW} packets, not {size}")
         self.size = size
         self._mask = (1 << size) - 1

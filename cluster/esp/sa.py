@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 
-from cluster.esp.errors import DropReason, EspProtocolError, LocalProtocolError
+from cluster.esp.errors import DropReason, EspProtocolError, EspUsageError
 from cluster.esp.nonce import IvSource
 from cluster.esp.packet import (
     ESP_HEADER_LEN,
@@ -64,7 +64,7 @@ class ChildSa:
                  replay_window: int = 1024, iv_source: IvSource | None = None) -> None:
         for name, spi in (("spi_in", spi_in), ("spi_out", spi_out)):
             if not 0 < spi <= SEQ32_MAX:
-                raise LocalProtocolError(f"{name} {spi:#x} is not a 32-bit non-zero SPI")
+                raise EspUsageError(f"{name} {spi:#x} is not a 32-bit non-zero SPI")
         self.spi_in = spi_in
         self.spi_out = spi_out
         self.suite: Suite = suite(encr, integ)
@@ -108,7 +108,7 @@ class ChildSa:
     def restore(self, counters: SaCounters) -> None:
         """Continue from counters another node exported (exactly, or after a jump)."""
         if not 0 <= counters.out_seq <= self._seq_max or counters.in_highest < 0:
-            raise LocalProtocolError(f"counters out of range: {counters}")
+            raise EspUsageError(f"counters out of range: {counters}")
         self.out_seq = counters.out_seq
         self.window.restore(counters.in_highest, counters.in_bitmap)
 
@@ -267,18 +267,18 @@ class ChildSa:
     # --- outbound ---
 
     def seal(self, inner: bytes, now: float) -> bytes:
-        """The ESP packet carrying the IP packet `inner`; LocalProtocolError if it cannot."""
+        """The ESP packet carrying the IP packet `inner`; EspUsageError if it cannot."""
         seq = self.out_seq + 1
         if seq > self._seq_max:
             # RFC 4303 §3.3.3: the counter must not cycle; the SA must be rekeyed
-            raise LocalProtocolError(f"SA {self.spi_out:#x}: sequence space exhausted")
+            raise EspUsageError(f"SA {self.spi_out:#x}: sequence space exhausted")
         aead = self._aead_seal
         if aead is not None:  # AES-GCM / ChaCha20-Poly1305 inline (the hot path)
             if self.iv_source is None:
-                raise LocalProtocolError("an AEAD SA needs an IvSource to send")
+                raise EspUsageError("an AEAD SA needs an IvSource to send")
             version = inner[0] >> 4 if inner else 0
             if version != 4 and version != 6:
-                raise LocalProtocolError("tunnel mode carries IPv4 or IPv6 packets only")
+                raise EspUsageError("tunnel mode carries IPv4 or IPv6 packets only")
             iv = self.iv_source.next_iv()
             padlen = -(len(inner) + 2) % self._align
             header = self._spi_out_bytes + (seq & SEQ32_MAX).to_bytes(4)
@@ -293,14 +293,14 @@ class ChildSa:
             return packet
         if self._out.counter_iv:  # AES-CTR, AES-GCM with a short ICV: unique, not random
             if self.iv_source is None:
-                raise LocalProtocolError(f"a {self.suite.encr} SA needs an IvSource to send")
+                raise EspUsageError(f"a {self.suite.encr} SA needs an IvSource to send")
             iv = self.iv_source.next_iv()
         else:
             iv = self._out.fresh_iv(b"")  # CBC: random (RFC 3602 §2.3)
         try:
             payload = push_trailer(inner, self.suite.align)
         except ValueError as e:
-            raise LocalProtocolError(str(e)) from None
+            raise EspUsageError(str(e)) from None
         header = self._spi_out_bytes + (seq & SEQ32_MAX).to_bytes(4)
         packet = header + self._out.seal(iv, header, payload, seq >> 32 if self.esn else None)
         self.out_seq = seq

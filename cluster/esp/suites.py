@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher as _CryptoCipher
 from cryptography.hazmat.primitives.ciphers import algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from cluster.esp.errors import DropReason, EspProtocolError, LocalProtocolError
+from cluster.esp.errors import DropReason, EspProtocolError, EspUsageError
 
 SALT_LEN = 4  # also the AES-CTR nonce (RFC 3686 §4)
 AEAD_IV_LEN = 8
@@ -87,16 +87,16 @@ INTEG_NAMES = tuple(_INTEG)
 
 
 def suite(encr: str, integ: str | None) -> Suite:
-    """The sizes of (encr, integ); LocalProtocolError for a combination ESP cannot run."""
+    """The sizes of (encr, integ); EspUsageError for a combination ESP cannot run."""
     if encr not in _ENCR:
-        raise LocalProtocolError(f"unknown ESP encryption {encr!r}; known: {', '.join(_ENCR)}")
+        raise EspUsageError(f"unknown ESP encryption {encr!r}; known: {', '.join(_ENCR)}")
     e = _ENCR[encr]
     if e.icv_len:
         if integ is not None:
-            raise LocalProtocolError(f"{encr} is an AEAD: integ must be None, not {integ!r}")
+            raise EspUsageError(f"{encr} is an AEAD: integ must be None, not {integ!r}")
         return Suite(encr, None, e.key_len, 0, e.iv_len, e.icv_len, e.align, True, e.kind)
     if integ not in _INTEG:
-        raise LocalProtocolError(f"{encr} needs integ in {', '.join(_INTEG)}, not {integ!r}")
+        raise EspUsageError(f"{encr} needs integ in {', '.join(_INTEG)}, not {integ!r}")
     _, ikey_len, icv_len = _INTEG[integ]
     return Suite(encr, integ, e.key_len, ikey_len, e.iv_len, icv_len, e.align, False, e.kind)
 
@@ -240,12 +240,12 @@ class EncryptMacCipher(Cipher):
 
 
 def make_cipher(s: Suite, enc_key: bytes, integ_key: bytes = b"") -> Cipher:
-    """A cipher for one direction; LocalProtocolError if a key has the wrong length."""
+    """A cipher for one direction; EspUsageError if a key has the wrong length."""
     if len(enc_key) != s.enc_key_len:
-        raise LocalProtocolError(
+        raise EspUsageError(
             f"{s.encr} needs a {s.enc_key_len}-byte encryption key, got {len(enc_key)}")
     if len(integ_key) != s.integ_key_len:
-        raise LocalProtocolError(
+        raise EspUsageError(
             f"{s.integ} needs a {s.integ_key_len}-byte integrity key, got {len(integ_key)}")
     if s.aead:
         if s.kind == "aes-gcm" and s.icv_len != 16:

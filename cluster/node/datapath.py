@@ -32,7 +32,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cluster.esp import DropReason, LocalProtocolError, SaTable
+from cluster.esp import DropReason, EspUsageError, SaTable
 from cluster.esp.table import Decrypted, Dropped, IkeMessage
 from cluster.node.outbound import OutboundTable, is_network
 from cluster.node.sa import Address, NodeSa
@@ -560,7 +560,7 @@ class Datapath:
                 return None
         try:
             return sa.seal(pkt, now)
-        except LocalProtocolError as e:
+        except EspUsageError as e:
             self.drops[DropReason.EXHAUSTED] += 1
             log.error("cannot send on SA %08x: %s", sa.spi_out, e)
             return None

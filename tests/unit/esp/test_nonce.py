@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy_peer import make_peer
 
-from cluster.esp import IvSource, LocalProtocolError, SaCounters, prefix_from_revision
+from cluster.esp import EspUsageError, IvSource, SaCounters, prefix_from_revision
 from cluster.esp.nonce import COUNTER_LIMIT
 
 
@@ -72,9 +72,9 @@ def test_counter_exhaustion_refuses_until_renewed() -> None:
     source._counter = COUNTER_LIMIT - 1
     last = source.next_iv()
     assert last == b"\x00\x00\x00\x09\xff\xff\xff\xff"
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(EspUsageError):
         source.next_iv()
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(EspUsageError):
         source.renew(b"\x00\x00\x00\x09")  # a prefix is used once
     source.renew(b"\x00\x00\x00\x0a")
     assert source.next_iv() == b"\x00\x00\x00\x0a\x00\x00\x00\x00"
@@ -85,7 +85,7 @@ def test_aead_sa_without_iv_source_cannot_send() -> None:
     sa = peer.node_sa()
     sa.iv_source = None
     inner, esp = peer.client_packet()
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(EspUsageError):
         sa.seal(inner, 0.0)
     assert sa.counters().out_seq == 0
     assert sa.receive(esp, 0.0) == inner  # receiving needs no IVs
@@ -96,11 +96,11 @@ def test_sequence_space_exhaustion_without_esn() -> None:
     sa = peer.node_sa()
     sa.restore(SaCounters((1 << 32) - 1, 0, 0))
     inner, _ = peer.client_packet()
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(EspUsageError):
         sa.seal(inner, 0.0)
     assert sa.counters().out_seq == (1 << 32) - 1
 
 
 def test_prefix_needs_a_revision() -> None:
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(EspUsageError):
         prefix_from_revision(0)

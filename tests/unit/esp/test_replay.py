@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.esp import EspProtocolError, LocalProtocolError, ReplayWindow, infer_seq
+from cluster.esp import EspProtocolError, EspUsageError, ReplayWindow, infer_seq
 from cluster.esp.errors import DropReason
 
 
@@ -59,7 +59,7 @@ def test_check_changes_nothing() -> None:
 
 @pytest.mark.parametrize("size", [63, 4097, 0])
 def test_window_size_limits(size: int) -> None:
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(EspUsageError):
         ReplayWindow(size)
 
 

@@ -10,8 +10,8 @@ from scapy_peer import SPI_IN, SPI_OUT, SUITES, make_peer
 
 from cluster.esp import (
     ChildSa,
+    EspUsageError,
     IvSource,
-    LocalProtocolError,
     SaCounters,
     SaKeys,
     SaTable,
@@ -98,20 +98,20 @@ def test_counters_hand_off_exactly() -> None:
 ])
 def test_bad_key_lengths(encr: str, integ: str | None, enc_len: int, integ_len: int) -> None:
     keys = SaKeys(b"k" * enc_len, b"k" * enc_len, b"i" * integ_len, b"i" * integ_len)
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(EspUsageError):
         ChildSa(spi_in=1, spi_out=2, encr=encr, integ=integ, esn=False, keys=keys)
 
 
 @pytest.mark.parametrize(("encr", "integ"), [("aes128gcm16", "sha256"), ("aes128", None),
                                              ("des", None), ("aes128", "md5")])
 def test_bad_suites(encr: str, integ: str | None) -> None:
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(EspUsageError):
         suite(encr, integ)
 
 
 def test_seal_refuses_non_ip() -> None:
     peer = make_peer("aes128gcm16", None, esn=False, udp=False)
     sa = peer.node_sa()
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(EspUsageError):
         sa.seal(b"\x10garbage", 0.0)
     assert sa.counters().out_seq == 0
