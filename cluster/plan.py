@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from cluster import rendezvous
 
 
-class LocalProtocolError(Exception):
+class PlanUsageError(Exception):
     """The caller misused the planner API (bad weights, bad rate)."""
 
 
@@ -158,7 +158,7 @@ class Planner:
     def __init__(self, moves_per_s: float, handoff_timeout_s: float,
                  burst: float | None = None) -> None:
         if moves_per_s <= 0 or handoff_timeout_s <= 0:
-            raise LocalProtocolError("moves_per_s and handoff_timeout_s must be positive")
+            raise PlanUsageError("moves_per_s and handoff_timeout_s must be positive")
         self.moves_per_s = float(moves_per_s)
         self.handoff_timeout_s = float(handoff_timeout_s)
         self.burst = float(burst if burst is not None else max(1.0, moves_per_s))

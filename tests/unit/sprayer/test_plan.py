@@ -12,13 +12,13 @@ from cluster.plan import (
     Assign,
     CompleteHandoff,
     Failover,
-    LocalProtocolError,
     MoveReason,
     NodeState,
     NodeView,
     Phase,
     Placement,
     Planner,
+    PlanUsageError,
     StartHandoff,
     choose,
 )
@@ -182,5 +182,5 @@ def test_no_candidates_means_no_moves() -> None:
 
 
 def test_bad_parameters_are_local_errors() -> None:
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(PlanUsageError):
         Planner(moves_per_s=0, handoff_timeout_s=1.0)
