@@ -230,6 +230,18 @@ def test_sans_io_cores_import_no_io() -> None:
     assert bad == []
 
 
+def test_no_two_error_classes_share_a_name() -> None:
+    """One name for one thing: an error is named after its protocol or part (IkeProtocolError,
+    EspProtocolError, HandoffError, ProbeError, ...), so a reader and an `except` clause
+    never need an import alias to tell two apart."""
+    where: dict[str, list[str]] = {}
+    for name, path in source_modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith(("Error", "Exception")):
+                where.setdefault(node.name, []).append(name)
+    assert {n: m for n, m in where.items() if len(m) > 1} == {}
+
+
 # -- the checks catch what they are for --------------------------------------------------------
 
 
