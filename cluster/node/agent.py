@@ -29,8 +29,8 @@ from cluster.node.checkpoints import Checkpoints, SeqReader, write_final
 from cluster.node.config import NodeConfig, NodeSection
 from cluster.node.counters import Checkpointer
 from cluster.node.datapath import Datapath
-from cluster.node.handoff import Ready, is_ready_message, pull_ready
 from cluster.node.handoff import RemoteProtocolError as ReadyError
+from cluster.node.handoff import is_ready_message, pull_ready
 from cluster.node.membership import NodeMembership, StoreRef
 from cluster.node.metrics import Snapshot
 from cluster.node.ownership import Ownership
@@ -48,7 +48,6 @@ from cluster.store import (
     RecordMalformed,
     RecordPut,
     Store,
-    Versioned,
     WatchEvent,
     WatchResynced,
 )
@@ -97,7 +96,7 @@ class NodeAgent:
         self.relay: IkeRelay | None = None
         self._control: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._ready_sock: socket.socket | None = None
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None  # the control thread
         self._watchers: list[object] = []
         self._tun_fd = -1
         self._stopping = False
@@ -128,8 +127,8 @@ class NodeAgent:
         self.sas = SaInstaller(self.plane, self.core.records)
         self.routes = RouteApplier(
             c.tun, self.plane,
-            on_in_place=lambda k: self.post(lambda: self._feed(events.RoutesInPlace(k))),
-            on_rerouted=lambda addr: self.post(lambda: self._feed(events.Rerouted(addr))))
+            on_in_place=lambda k: self._feed_later(events.RoutesInPlace(k)),
+            on_rerouted=lambda addr: self._feed_later(events.Rerouted(addr)))
         self.checkpoints = Checkpoints(
             self.ref, self.core.checkpointer, self.plane, self.core.revision,
             on_written=lambda done, failed: self.post(
@@ -138,9 +137,9 @@ class NodeAgent:
             self.ref, self._pool, lambda items: self.post(
                 functools.partial(self._acquired_many, items)), lambda: self._stopping)
         dp.start()
-        t = threading.Thread(target=self._control_loop, name="node-control", daemon=True)
-        t.start()
-        self._threads.append(t)
+        self._thread = threading.Thread(target=self._control_loop, name="node-control",
+                                        daemon=True)
+        self._thread.start()
         self.checkpoints.start()
         self.routes.start()
         self._running = True
@@ -164,8 +163,8 @@ class NodeAgent:
             with contextlib.suppress(Exception):
                 w.stop()  # type: ignore[attr-defined]
         self._control.put(None)
-        for t in self._threads:
-            t.join(5)
+        if self._thread is not None:
+            self._thread.join(5)
         if self._running:
             self.checkpoints.stop()
             self.routes.stop()
@@ -187,6 +186,9 @@ class NodeAgent:
     def post(self, fn: Callable[[], None]) -> None:
         """Run `fn` on the control thread."""
         self._control.put(fn)
+
+    def _feed_later(self, event: events.NodeEvent) -> None:
+        self.post(functools.partial(self._feed, event))
 
     # -- control thread ---------------------------------------------------------------------
     def _control_loop(self) -> None:
@@ -239,12 +241,9 @@ class NodeAgent:
                 self.seq_reader.read(a)
             elif isinstance(a, events.WriteFinal):
                 write_final(self.ref, self._pool, self.cfg.id, a, self.plane, self.wall(),
-                            self._final_written)
+                            lambda req, ok: self._feed_later(events.FinalWritten(req, ok)))
             else:
                 raise TypeError(f"no shell for {type(a).__name__}")
-
-    def _final_written(self, req: events.WriteFinal, ok: bool) -> None:
-        self.post(lambda: self._feed(events.FinalWritten(req, ok)))
 
     def _acquired_many(self, items: list[events.SeqRead]) -> None:
         """Start these clients from their seq records, APPLY_BATCH clients per data-path
@@ -335,11 +334,8 @@ class NodeAgent:
 
     def _lease_lost(self, reason: str) -> None:
         self._feed(events.LeaseLapsed(expired=reason == "expired"))
-        self.membership.reregister(lambda items: self.post(
-            functools.partial(self._rejoined, items)))
-
-    def _rejoined(self, items: list[Versioned[Assignment]]) -> None:
-        self._feed(events.Rejoined(tuple((v.record, v.mod_revision) for v in items)))
+        self.membership.reregister(lambda items: self._feed_later(
+            events.Rejoined(tuple((v.record, v.mod_revision) for v in items))))
 
     def _tick(self) -> None:
         if not self._running:
@@ -360,9 +356,6 @@ class NodeAgent:
         except OSError as e:
             log.debug("READY to %s:%d not sent: %s", *target, e)
 
-    def _on_ready(self, msg: Ready) -> None:
-        self._feed(events.ReadyReceived(msg))
-
     def _health_reply(self, data: bytes) -> bytes | None:
         """A datagram on the health port (data-path thread): the sprayer's probe, answered
         while the node is ready, or a new owner's READY (cluster.node.handoff)."""
@@ -372,7 +365,7 @@ class NodeAgent:
             except ReadyError:
                 self.stats.ready_malformed += 1
                 return None
-            self.post(functools.partial(self._on_ready, msg))
+            self._feed_later(events.ReadyReceived(msg))
             return None
         try:
             nonce = pull_probe(data)
