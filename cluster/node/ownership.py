@@ -185,8 +185,11 @@ class Ownership:
 
     # -- the interface ------------------------------------------------------------------------
     def handle(self, event: NodeEvent, now: float) -> list[NodeAction]:
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            raise TypeError(f"not an event of the ownership core: {type(event).__name__}")
         out: list[NodeAction] = []
-        self._handlers[type(event)](event, now, out)
+        handler(event, now, out)
         return out
 
     def get_timer(self) -> float | None:
