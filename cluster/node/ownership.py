@@ -100,15 +100,22 @@ class Cause(StrEnum):
 
 S, C = ClientState, Cause
 OURS = frozenset({S.AWAITING_SA, S.TAKING_OVER, S.RECEIVING, S.SENDING})
-_ASSIGNABLE = (S.STANDBY, S.FENCED, S.HANDING_OFF, S.AWAITING_SA, S.TAKING_OVER, S.RECEIVING)
+#: where an assignment to us with a newer epoch takes a client directly (one we send for,
+#: or wait to, is fenced first)
+_ASSIGNED_FROM = (S.STANDBY, S.FENCED, S.HANDING_OFF, S.TAKING_OVER, S.RECEIVING)
+#: where a take-over's read is pending (and answered: `STARTED`)
+_READING = (S.TAKING_OVER, S.RECEIVING, S.SENDING)
 TRANSITIONS: dict[tuple[ClientState, Cause], ClientState] = {
-    **{(s, C.AWAIT_SA): S.AWAITING_SA for s in _ASSIGNABLE},
-    **{(s, C.TAKE_OVER): S.TAKING_OVER for s in _ASSIGNABLE},
-    **{(s, C.RECEIVE): S.RECEIVING for s in _ASSIGNABLE},
+    **{(s, C.AWAIT_SA): S.AWAITING_SA for s in _ASSIGNED_FROM},
+    **{(s, C.TAKE_OVER): S.TAKING_OVER for s in _ASSIGNED_FROM},
+    **{(s, C.RECEIVE): S.RECEIVING for s in _ASSIGNED_FROM},
+    # the SA of a client assigned here arrives
+    (S.AWAITING_SA, C.TAKE_OVER): S.TAKING_OVER,
+    (S.AWAITING_SA, C.RECEIVE): S.RECEIVING,
     # a new Child SA (rekey) of a client we send for: it is taken over alongside
     (S.SENDING, C.TAKE_OVER): S.SENDING,
     (S.SENDING, C.RECEIVE): S.SENDING,
-    **{(s, C.STARTED): S.SENDING for s in OURS},
+    **{(s, C.STARTED): S.SENDING for s in _READING},
     **{(s, C.FENCE): S.FENCED for s in OURS},
     **{(s, C.HAND_OFF): S.HANDING_OFF for s in OURS},
     (S.HANDING_OFF, C.FINAL_DONE): S.STANDBY,
@@ -352,7 +359,7 @@ class Ownership:
             cur = c.assignment if c is not None else None
             if c is None or cur is None or cur.node != self.node_id or cur.epoch != a.epoch:
                 continue  # superseded while we read
-            if c.state not in OURS or c.epoch != a.epoch:
+            if c.state not in _READING or c.epoch != a.epoch:
                 continue
             mine = []
             for spi, seq in seqs.items():
@@ -376,7 +383,7 @@ class Ownership:
         req = ev.request
         # (the shell answers at once; a client fenced in between gets no send limit)
         clients = [(c, epoch, spis) for k, epoch, spis in req.clients
-                   if (c := self.clients.get(k)) is not None and c.state in OURS
+                   if (c := self.clients.get(k)) is not None and c.state in _READING
                    and c.epoch == epoch]
         owner = {spi: (c.ike_sa_id, epoch) for c, epoch, spis in clients for spi in spis}
         started = {spi: start for spi, start in ev.started.items() if spi in owner}

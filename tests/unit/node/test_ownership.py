@@ -446,3 +446,77 @@ def test_timers_are_due_when_get_timer_says() -> None:
     old.sending()
     handoff(old, Node("node-2"))
     assert old.core.get_timer() == pytest.approx(old.now + WAIT_S)
+
+
+# -- every transition of the table, each from a client driven into its source state --------
+def into(state: ClientState, phase: str = "active") -> tuple[Node, int]:
+    """node-1 with the client in `state` (under an assignment in `phase` where it has one);
+    the epoch it is at."""
+    n = Node("node-1")
+    previous = "node-3" if phase == "handoff" else None
+    if state is S.STANDBY:
+        n.feed(SaPut(sa()))
+        return n, 0
+    if state is S.AWAITING_SA:
+        n.feed(AssignmentPut(assign("node-1", 1, phase, previous), 10))
+    elif state in (S.TAKING_OVER, S.RECEIVING):
+        n.feed(SaPut(sa()))
+        n.feed(AssignmentPut(assign("node-1", 1, "handoff" if state is S.RECEIVING else phase,
+                                    previous or "node-3"), 10))
+    else:
+        n.feed(SaPut(sa()))
+        out = n.feed(AssignmentPut(assign("node-1", 1, phase, previous), 10))
+        n.read(out, {SPI: seq(9, "final", "node-3", 1)} if previous else {SPI: None})
+        if state is S.FENCED:
+            n.feed(AssignmentPut(assign("node-2", 2), 20))
+            return n, 2
+        if state is S.HANDING_OFF:
+            n.feed(AssignmentPut(assign("node-2", 2, "handoff", "node-1"), 20))
+            return n, 2
+    assert n.state() is state
+    return n, 1
+
+
+def cause(n: Node, epoch: int, what: Cause, state: ClientState) -> None:
+    """Make `what` happen to the client of `n` (in `state`, at `epoch`)."""
+    nxt = epoch + 1
+    if what is Cause.AWAIT_SA:
+        n.feed(SaDeleted(SPI))
+        n.feed(AssignmentPut(assign("node-1", nxt), 10 * nxt))
+    elif what in (Cause.TAKE_OVER, Cause.RECEIVE) and state is S.AWAITING_SA:
+        n.feed(SaPut(sa()))
+    elif what in (Cause.TAKE_OVER, Cause.RECEIVE) and state is S.SENDING:
+        assert one(n.feed(SaPut(sa(SPI2))), ReadSeqs).spis == {SPI2}
+    elif what is Cause.TAKE_OVER:
+        n.feed(AssignmentPut(assign("node-1", nxt), 10 * nxt))
+    elif what is Cause.RECEIVE:
+        n.feed(AssignmentPut(assign("node-1", nxt, "handoff", "node-2"), 10 * nxt))
+    elif what is Cause.STARTED:
+        if state is S.SENDING:
+            out = n.feed(SaPut(sa(SPI2)))
+            n.read(out, {SPI2: None})
+            assert n.core.checkpointer.owned() == {SPI, SPI2}
+        else:
+            a = n.core.clients[IKE].assignment
+            assert a is not None
+            req = one(n.feed(SeqsRead(((IKE, a, {SPI: None}),))), InstallCounters)
+            assert one(n.install(req), SendOn).limits == {SPI: J}
+    elif what is Cause.FENCE:
+        n.feed(AssignmentPut(assign("node-2", nxt), 10 * nxt))
+    elif what is Cause.HAND_OFF:
+        out = n.feed(AssignmentPut(assign("node-2", nxt, "handoff", "node-1"), 10 * nxt))
+        assert only(out, StopSending)
+    elif what is Cause.FINAL_DONE:
+        write = one(n.feed(ReadyReceived(Ready(IKE, epoch, "node-2"))), WriteFinal)
+        n.feed(FinalWritten(write, ok=True))
+
+
+@pytest.mark.parametrize(("source", "what"), sorted(TRANSITIONS),
+                         ids=[f"{s.value}-{c.value}" for s, c in sorted(TRANSITIONS)])
+def test_every_transition(source: ClientState, what: Cause) -> None:
+    phase = "handoff" if what is Cause.RECEIVE and source in (S.AWAITING_SA, S.SENDING) \
+        else "active"
+    n, epoch = into(source, phase)
+    assert n.state() is source
+    cause(n, epoch, what, source)
+    assert n.state() is TRANSITIONS[(source, what)]
