@@ -216,3 +216,16 @@ class Checkpointer:
             if t is not None and t.in_flight is not None:
                 t.force = True  # retry at the next tick, whatever moved
                 t.in_flight = None
+
+
+def merge_window(a: SaCounters, b: SaCounters, size: int) -> SaCounters:
+    """Union of two views of one SA (what this node remembers, what etcd says): the larger
+    out_seq and every inbound number either has seen."""
+    top = max(a.in_highest, b.in_highest)
+    mask = (1 << size) - 1
+    bitmap = 0
+    for c in (a, b):
+        shift = top - c.in_highest
+        if shift < size:
+            bitmap |= (c.in_bitmap << shift) & mask
+    return SaCounters(max(a.out_seq, b.out_seq), top, bitmap)

@@ -27,14 +27,15 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TypeVar
 
 from cluster.esp import DropReason, EspUsageError, SaTable
 from cluster.esp.table import Decrypted, Dropped, IkeMessage
-from cluster.node.outbound import OutboundTable, is_network
+from cluster.node.hold import HoldBuffer
+from cluster.node.outbound import OutboundTable
 from cluster.node.sa import Address, NodeSa
 from cluster.policy import PacketFilter
 
@@ -42,7 +43,6 @@ log = logging.getLogger("cluster.node.datapath")
 
 T = TypeVar("T")
 BATCH = 256  # packets handled per readiness event before looking at the other fds
-HOLD_PACKETS = 256  # packets held per client address while its hand-off completes
 MAX_PACKET = 65535
 SOCKET_BUFFER = 4 << 20
 # UDP GRO (Linux 5.0+): the kernel may hand several datagrams of one flow to one recvmsg;
@@ -92,12 +92,8 @@ class Datapath:
         self.drops: Counter[DropReason] = Counter()  # outbound and socket-level drops
         #: packets a traffic policy refused: (policy name, DropVerdict value, "in" | "out")
         self.policy_drops: Counter[tuple[str, str, str]] = Counter()
-        #: packed client address → (deadline, packets): outbound packets kept, not dropped,
-        #: while a hand-off of that client completes (see `hold`)
-        self.held: dict[bytes, tuple[float, list[bytes]]] = {}
-        #: the network keys of `held` (clients reached by a subnet selector), for the
-        #: longest-prefix match of a destination that is not a held host
-        self._held_nets: OutboundTable[bytes] = OutboundTable()
+        #: outbound packets kept, not dropped, while a hand-off of their client completes
+        self.holds = HoldBuffer()
         self.totals = Totals()
         #: set while the lease is unconfirmed (etcd silent): send only on SAs whose client was
         #: heard from within `fence_grace_s` (docs/node.md, "Fencing")
@@ -214,35 +210,27 @@ class Datapath:
         if best is not None:
             self.outbound.set(addr, best)
 
-    def hold(self, addresses: tuple[bytes, ...] | set[bytes], for_s: float) -> None:
-        """Keep (up to HOLD_PACKETS each, for `for_s`) the outbound packets for these client
+    def hold(self, addresses: Iterable[bytes], for_s: float) -> None:
+        """Keep (cluster.node.hold, for `for_s`) the outbound packets for these client
         addresses that have no SA to go out on, instead of dropping them: a client in
         hand-off. `send_on` sends them once this node sends for the client; `reinject`
         gives them back to the kernel once the address is routed elsewhere; `release`
         drops them."""
-        deadline = time.monotonic() + for_s
-        for addr in addresses:
-            cur = self.held.get(addr)
-            self.held[addr] = (deadline, cur[1] if cur else [])
-            if cur is None and is_network(addr):
-                self._held_nets.set(addr, addr)
+        self.holds.hold(addresses, time.monotonic() + for_s)
 
-    def release(self, addresses: tuple[bytes, ...] | set[bytes]) -> None:
+    def release(self, addresses: Iterable[bytes]) -> None:
         """Stop holding; what was held is dropped (`not_owner`)."""
         for addr in addresses:
-            cur = self._unhold(addr)
-            if cur is not None and cur[1]:
-                self.drops[DropReason.NOT_OWNER] += len(cur[1])
+            pending = self.holds.take(addr)
+            if pending:
+                self.drops[DropReason.NOT_OWNER] += len(pending)
 
-    def reinject(self, addresses: tuple[bytes, ...] | set[bytes]) -> int:
+    def reinject(self, addresses: Iterable[bytes]) -> int:
         """Stop holding and write what was held back into the TUN device: the kernel routes
         it again, now along the client's new route (the new owner). Returns the count."""
         n = 0
         for addr in addresses:
-            cur = self._unhold(addr)
-            if cur is None:
-                continue
-            for pkt in cur[1]:
+            for pkt in self.holds.take(addr) or ():
                 try:
                     os.write(self.tun_fd, pkt)
                     n += 1
@@ -256,7 +244,7 @@ class Datapath:
         allows (the rest stay held until `flush` is called again after a new limit)."""
         now = time.monotonic()
         for addr in sa.client_addresses:
-            cur = self.held.get(addr)
+            cur = self.holds.held.get(addr)
             if cur is None or self.outbound.get(addr) is not sa:
                 continue
             pending = cur[1]
@@ -266,34 +254,7 @@ class Datapath:
                 i += 1
             del pending[:i]
             if not pending:
-                self._unhold(addr)
-
-    def _unhold(self, addr: bytes) -> tuple[float, list[bytes]] | None:
-        """Stop holding for `addr`; what was held for it (None: nothing)."""
-        cur = self.held.pop(addr, None)
-        if cur is not None and is_network(addr):
-            self._held_nets.pop(addr)
-        return cur
-
-    def _keep(self, addr: bytes, pkt: bytes, now: float) -> bool:
-        cur = self.held.get(addr)
-        if cur is None:
-            # a client reached by a subnet selector is held under its network's key
-            net = self._held_nets.longest_prefix(addr)
-            if net is None:
-                return False
-            addr = net
-            cur = self.held.get(addr)
-        if cur is None:
-            return False
-        if now > cur[0]:
-            self._unhold(addr)
-            self.drops[DropReason.NOT_OWNER] += len(cur[1])
-            return False
-        if len(cur[1]) >= HOLD_PACKETS:
-            return False
-        cur[1].append(pkt)
-        return True
+                self.holds.take(addr)
 
     def fence_all(self) -> None:
         for sa in list(self.table.by_spi.values()):
@@ -475,7 +436,8 @@ class Datapath:
         out = self.outbound.hosts
         subnets = self.outbound
         drops = self.drops
-        held = self.held
+        held = self.holds.held
+        keep = self.holds.keep
         now = time.monotonic()
         # UDP GSO: consecutive ESP packets to one client, all of one size but the last
         # (which may be shorter), go out in one sendmsg (UDP_SEGMENT); `flush_batch` sends
@@ -496,11 +458,11 @@ class Datapath:
                 if sa is None and subnets.networks:
                     sa = subnets.longest_prefix(dst)  # a site behind the client (its selector)
                 if sa is None:
-                    if not (held and self._keep(dst, pkt, now)):
+                    if not (held and keep(dst, pkt, now, drops)):
                         drops[DropReason.NOT_OWNER] += 1
                     continue
                 if sa.out_seq + 1 >= sa.send_limit:
-                    if not (held and self._keep(dst, pkt, now)):
+                    if not (held and keep(dst, pkt, now, drops)):
                         drops[DropReason.CHECKPOINT_LAG] += 1
                     continue
                 if self.detached and (sa.last_in_s is None

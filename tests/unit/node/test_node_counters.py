@@ -8,9 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cluster.esp import SaCounters
-from cluster.node.agent import merge_window
 from cluster.node.config import jump_for
-from cluster.node.counters import Checkpointer, is_final_for, take_over
+from cluster.node.counters import Checkpointer, is_final_for, merge_window, take_over
 from cluster.store import Assignment, SeqRecord
 
 SPI = 0xC0DE0001
