@@ -322,7 +322,10 @@ class IkeEndpoint:
     def _open(self, sa: IkeSa, msg: Message, sk: SkPayload, now: float) -> list[Payload] | None:
         """The payloads of an SK message, or of a fragmented one once complete (else None)."""
         if isinstance(sk, SkfPayload):
-            return self.fragments.open(sa.id, msg, sk, self._keys_in(sa), now)
+            try:
+                return self.fragments.open(sa.id, msg, sk, self._keys_in(sa), now)
+            finally:
+                self.counters.fragments_incomplete = self.fragments.incomplete
         return open_sk(msg, sk, self._keys_in(sa))
 
     def _keys_in(self, sa: IkeSa) -> SkKeys:
