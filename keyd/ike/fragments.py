@@ -216,10 +216,14 @@ def seal_message(header: Header, payloads: Sequence[Payload], keys: SkKeys,
 
 
 def split_datagrams(data: bytes) -> list[bytes]:
-    """The IKE messages of `seal_message` output (one, or the fragments), by header length."""
+    """The IKE messages of `seal_message` output (one, or the fragments), by header length.
+    Bytes that do not split cleanly (a damaged record) stay one datagram, never a loop."""
     out = []
     while data:
         length = int.from_bytes(data[24:28], "big")
+        if not HEADER_LENGTH <= length <= len(data):
+            out.append(data)
+            break
         out.append(data[:length])
         data = data[length:]
     return out

@@ -336,3 +336,10 @@ def test_fuzzed_fragments_parse_or_raise_the_remote_error(
         assert reassembler.bytes_held <= reassembler.limits.memory_bound_bytes
     server.pull_events()
     server.endpoint.datagrams_to_send()
+
+
+def test_split_datagrams_never_loops_on_damaged_bytes() -> None:
+    one = bytes(24) + (40).to_bytes(4, "big") + bytes(12)
+    assert split_datagrams(one + one) == [one, one]
+    for bad in (bytes(40), bytes(24) + (9999).to_bytes(4, "big"), b"\1\2"):
+        assert split_datagrams(one + bad) == [one, bad]
