@@ -95,7 +95,8 @@ class Reassembler:
     def __init__(self, limits: FragmentLimits, drop: Callable[[str], None]) -> None:
         self.limits = limits
         self._drop = drop
-        self._partial: OrderedDict[_Key, _Partial] = OrderedDict()  # oldest first
+        # least recently fed first: the order of eviction
+        self._partial: OrderedDict[_Key, _Partial] = OrderedDict()
 
     @property
     def incomplete(self) -> int:
