@@ -177,6 +177,7 @@ class IkeEndpoint:
     def handle_timer(self, now: float) -> None:
         """Retransmit our requests, give up on silent peers, expire half-open / rekeyed SAs."""
         self.fragments.expire(now)
+        self.counters.fragments_incomplete = self.fragments.incomplete
         while self._timers and self._timers[0][0] <= now:
             due, sa_id = heapq.heappop(self._timers)
             sa = self._sas.get(sa_id)

@@ -201,9 +201,11 @@ def test_limits_on_one_message(creds: Any) -> None:
     auth = _to_auth(client, server, clock)
     half = len(auth) // 2
     _deliver(auth[:half], server, clock.now)
+    assert server.endpoint.counters.fragments_incomplete == 1  # the gauge keyd exports
     clock.advance(5.0)
     server.endpoint.handle_timer(clock.now)
     assert server.endpoint.fragments.incomplete == 0
+    assert server.endpoint.counters.fragments_incomplete == 0
     assert server.endpoint.counters.drops["fragments_timed_out"] == 1
     _deliver(auth[half:], server, clock.now)
     assert not server.of(IkeSaEstablished)
