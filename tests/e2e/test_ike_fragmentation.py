@@ -43,8 +43,14 @@ table ip e2e_frag {
 
 
 def _metric(lab: Lab, name: str, labels: str = "") -> float:
-    r = lab.run("keyd-1", ["curl", "-sf", "--max-time", "5", "http://127.0.0.1:9410/metrics"],
-                check=True)
+    deadline = time.monotonic() + 15  # keyd's metrics listener comes up after its IKE socket
+    while True:
+        r = lab.run("keyd-1", ["curl", "-sf", "--max-time", "5",
+                               "http://127.0.0.1:9410/metrics"])
+        if r.returncode == 0:
+            break
+        assert time.monotonic() < deadline, f"keyd-1's metrics: {r.returncode} {r.stderr}"
+        time.sleep(0.2)
     pattern = re.compile(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+]+)$", re.M)
     m = pattern.search(r.stdout)
     return float(m.group(1)) if m else 0.0
