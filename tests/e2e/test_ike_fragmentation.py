@@ -113,8 +113,10 @@ def _narrow_link(lab: Lab, client: str, slot: int) -> None:
         lab.run(member, ["nft", "-f", str(rules)], check=True)
 
 
-def _start_fragmenting_client(lab: Lab, name: str, identity: str,
-                              pki: dict[str, Path]) -> None:
+def start_fragmenting_client(lab: Lab, name: str, identity: str, ca: Path, cert: Path,
+                             key: Path, intermediate: Path | None = None) -> None:
+    """A charon for lab client `name` (added with ike=False) that authenticates with `cert`
+    and sends IKE fragments of at most 576 bytes (`fragmentation = force`)."""
     rec = lab.state.clients[name]
     conf_dir = lab.dir / "clients" / name
     conf_dir.mkdir(parents=True, exist_ok=True)
@@ -122,13 +124,14 @@ def _start_fragmenting_client(lab: Lab, name: str, identity: str,
     # IKE fragments of at most 576 bytes (the whole IP datagram); keyd's are set the same
     (conf_dir / "strongswan.conf").write_text(strongswan.strongswan_conf(log).replace(
         "  install_routes = yes\n", f"  install_routes = yes\n  fragment_size = {MTU}\n", 1))
-    cfg = strongswan.ClientConfig(identity=identity, auth="cert", psk="", ca_cert=pki["root"],
-                                  cert=pki["client"], key=pki["client-key"])
+    cfg = strongswan.ClientConfig(identity=identity, auth="cert", psk="", ca_cert=ca,
+                                  cert=cert, key=key)
     swanctl = strongswan.client_swanctl_conf(cfg).replace(
         "    encap = yes\n", "    encap = yes\n    fragmentation = force\n", 1)
-    path = strongswan.swanctl_dir(conf_dir, swanctl, pki["client-key"])
-    (conf_dir / "x509ca").mkdir(exist_ok=True)  # the intermediate: charon sends it along
-    shutil.copy(pki["inter"], conf_dir / "x509ca" / "intermediate.pem")
+    path = strongswan.swanctl_dir(conf_dir, swanctl, key)
+    if intermediate is not None:  # in x509ca/: charon sends it along with its certificate
+        (conf_dir / "x509ca").mkdir(exist_ok=True)
+        shutil.copy(intermediate, conf_dir / "x509ca" / "intermediate.pem")
     rec.swanctl_conf = str(path)
     lab.state.save()
     lab._connect_client(rec)
@@ -154,7 +157,8 @@ def test_rsa4096_chain_behind_mtu_576_establishes_during_a_fragment_flood(
 
     rec = lab.add_client("frag", auth="cert", ike=False, identity=identity)
     _narrow_link(lab, "frag", rec.slot)
-    _start_fragmenting_client(lab, "frag", identity, pki)
+    start_fragmenting_client(lab, "frag", identity, pki["root"], pki["client"],
+                             pki["client-key"], pki["inter"])
     (sa,) = lab.client_sas("frag")
     assert sa.state == "ESTABLISHED" and sa.virtual_ip
     flooding = lab.state.processes["fragment-flood"].alive()
