@@ -86,12 +86,14 @@ class CertAuthority(Issued):
 
     @classmethod
     def create(cls, cn: str = "ipsec-cluster CA", kind: KeyType = "ecdsa",
-               days: int = 3650) -> CertAuthority:
-        key = new_key(kind)
+               days: int = 3650, bits: int = 2048,
+               issuer: CertAuthority | None = None) -> CertAuthority:
+        """A root CA, or with `issuer` an intermediate CA it signs."""
+        key = new_key(kind, bits)
         now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(_name(cn)).issuer_name(_name(cn))
+            .subject_name(_name(cn)).issuer_name(issuer.cert.subject if issuer else _name(cn))
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -103,14 +105,15 @@ class CertAuthority(Issued):
                 key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
-            .sign(key, hashes.SHA256())
+            .sign(issuer.key if issuer else key, hashes.SHA256())
         )
         return cls(cert, key)
 
     def issue(self, cn: str, sans: Sequence[str] = (), kind: KeyType = "ecdsa",
-              server: bool = True, client: bool = True, days: int = 825) -> Issued:
+              server: bool = True, client: bool = True, days: int = 825,
+              bits: int = 2048) -> Issued:
         """A certificate for `cn` with SANs (DNS names, IPs, `email:` or user@host)."""
-        key = new_key(kind)
+        key = new_key(kind, bits)
         now = datetime.datetime.now(datetime.UTC)
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + \
                  ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])

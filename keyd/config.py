@@ -89,6 +89,15 @@ class KeydSection:
     radius_timeout_s: float = 2.0  # per try
     radius_tries: int = 3  # sends of one request to one server
     nas_identifier: str = "keyd"
+    # IKE fragmentation (RFC 7383, keyd/ike/fragments.py): announce it; fragment our messages
+    # larger than fragment_mtu (the whole IP datagram); what reassembly may hold
+    fragmentation: bool = True
+    fragment_mtu: int = 1280
+    fragment_max_fragments: int = 64
+    fragment_max_message_bytes: int = 65535
+    fragment_max_incomplete: int = 128
+    fragment_max_incomplete_per_sa: int = 2
+    fragment_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +261,11 @@ def _validate(config: KeydConfig) -> None:
             raise fail(f"keyd.radius_servers: {server!r} is not address:port") from None
         if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
             raise fail(f"keyd.radius_servers: {server!r} is not address:port")
+    if not 576 <= k.fragment_mtu <= 65535:
+        raise fail(f"keyd.fragment_mtu must be 576..65535, not {k.fragment_mtu}")
+    if min(k.fragment_max_fragments, k.fragment_max_message_bytes, k.fragment_max_incomplete,
+           k.fragment_max_incomplete_per_sa) < 1 or k.fragment_timeout_s <= 0:
+        raise fail("keyd.fragment_* limits must be positive")
     if k.radius_timeout_s <= 0 or k.radius_tries < 1:
         raise fail("keyd.radius_timeout_s and keyd.radius_tries must be positive")
     if not config.etcd.endpoints:

@@ -21,6 +21,7 @@ from .config import (
 from .eap import RadiusServer
 from .ike.config import Credentials, EapConfig, ResponderConfig
 from .ike.errors import IkeUsageError
+from .ike.fragments import FragmentLimits
 from .ike.responder import Responder
 from .ike.secrets import Secrets
 from .secrets import load_secrets
@@ -105,7 +106,13 @@ def responder_config(config: KeydConfig, natt_port: int | None = None) -> Respon
             connections=config.connections, secrets=configured_secrets(config),
             natt_port=natt_port if natt_port is not None else k.natt_port,
             half_open_cookie_threshold=k.half_open_cookie_threshold,
-            ike_lifetime_s=k.ike_lifetime_s, child_lifetime_s=k.child_lifetime_s, eap=eap)
+            ike_lifetime_s=k.ike_lifetime_s, child_lifetime_s=k.child_lifetime_s, eap=eap,
+            fragmentation=k.fragmentation, fragment_mtu=k.fragment_mtu,
+            fragment_limits=FragmentLimits(
+                max_fragments=k.fragment_max_fragments,
+                max_message_bytes=k.fragment_max_message_bytes,
+                max_incomplete_per_sa=k.fragment_max_incomplete_per_sa,
+                max_incomplete=k.fragment_max_incomplete, timeout_s=k.fragment_timeout_s))
     except IkeUsageError as exc:
         raise ConfigError(f"{config.source}: keyd proposals: {exc}") from None
 

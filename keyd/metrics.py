@@ -43,6 +43,9 @@ class KeydMetrics:
             ["reason"], registry=r)
         self.half_open = Gauge(
             "keyd_half_open_ike_sas", "IKE SAs between IKE_SA_INIT and IKE_AUTH", registry=r)
+        self.fragments_incomplete = Gauge(
+            "keyd_ike_fragments_incomplete", "Fragmented IKE messages (RFC 7383) being "
+            "reassembled", registry=r)
         self.cookies_sent = Counter(
             "keyd_cookies_sent", "COOKIE notifies sent while half-open SAs were above "
             "the threshold", registry=r)
@@ -128,6 +131,7 @@ class KeydMetrics:
                              ("cookies_sent", self.cookies_sent)):
             self._add(metric, (name, ""), getattr(counters, name, 0))
         self.half_open.set(getattr(counters, "half_open", 0))
+        self.fragments_incomplete.set(getattr(counters, "fragments_incomplete", 0))
 
     def _add(self, metric: Any, key: tuple[str, str], value: Any) -> None:
         try:

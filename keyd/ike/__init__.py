@@ -43,6 +43,11 @@ Driving it (aioquic style)::
 - Shell helpers: `has_ike_sa(id)`, `ike_sa_ids()`, `forget_ike_sa(id)` (drop from memory
   silently, e.g. to undo a step that could not be persisted), `busy(id)` (a request of ours
   is in flight), `get_timer()`.
+- IKE fragmentation (RFC 7383, keyd/ike/fragments.py): announced when
+  `ResponderConfig.fragmentation`; messages above `fragment_mtu` leave as several datagrams
+  (a retransmission resends them all), received fragments are held within
+  `fragment_limits` until complete (`core.fragments`: `incomplete`, `bytes_held`). The shell
+  does nothing more: an IKE SA's fragments must only all reach the same core.
 - Whom it accepts: `ResponderConfig.connections` (keyd/ike/connections.py: the first that
   accepts the client's IDi, auth round and suite is used) and `secrets` (PSKs and EAP
   passwords by identity), replaced at run time with `use_secrets(secrets)`.

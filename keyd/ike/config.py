@@ -19,6 +19,7 @@ from .connections import (
     legacy_connections,
 )
 from .errors import IkeUsageError
+from .fragments import MIN_FRAGMENT_MTU, FragmentLimits
 from .proposals import EspProposal, IkeProposal, parse_esp_proposals, parse_ike_proposals
 from .secrets import Secrets
 
@@ -89,6 +90,11 @@ def _esp_suites(texts: Sequence[str]) -> tuple[EspProposal, ...]:
     return tuple(p for t in texts for p in parse_esp_proposals(t))
 
 
+def _check_fragment_mtu(mtu: int) -> None:
+    if not MIN_FRAGMENT_MTU <= mtu <= 65535:
+        raise IkeUsageError(f"fragment_mtu must be {MIN_FRAGMENT_MTU}..65535, not {mtu}")
+
+
 @dataclass(frozen=True, slots=True)
 class ResponderConfig:
     """keyd's [keyd] section as the core needs it (docs/configuration.md).
@@ -121,11 +127,17 @@ class ResponderConfig:
     retransmit_tries: int = 5
     cookie_secret_lifetime_s: float = 300.0
     eap: EapConfig | None = None  # clients that send no AUTH authenticate with EAP
+    # RFC 7383: announce IKEV2_FRAGMENTATION_SUPPORTED; our messages larger than
+    # `fragment_mtu` (the whole IP datagram) go as fragments; what reassembly may hold
+    fragmentation: bool = True
+    fragment_mtu: int = 1280
+    fragment_limits: FragmentLimits = field(default_factory=FragmentLimits)
     # the proposals above, parsed: what select_proposal accepts (or the initiator offers)
     ike_suites: tuple[IkeProposal, ...] = field(init=False)
     esp_suites: tuple[EspProposal, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        _check_fragment_mtu(self.fragment_mtu)
         creds = self.credentials
         conns = tuple(self.connections)
         if not conns:
@@ -173,11 +185,15 @@ class InitiatorConfig:
     eap_password: str | None = None
     retransmit_timeout_s: float = 2.0
     retransmit_tries: int = 5
+    # RFC 7383, as for the responder: announce, and fragment what exceeds `fragment_mtu`
+    fragmentation: bool = False
+    fragment_mtu: int = 1280
     # the proposals above, parsed: what select_proposal accepts (or the initiator offers)
     ike_suites: tuple[IkeProposal, ...] = field(init=False)
     esp_suites: tuple[EspProposal, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        _check_fragment_mtu(self.fragment_mtu)
         creds = self.credentials
         # only CAs: a client that proves itself by EAP and checks the gateway's certificate
         if creds.psk is None and creds.cert is None and not (

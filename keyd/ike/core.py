@@ -33,11 +33,27 @@ from .events import (
     IkeSaRekeyed,
     IkeSaUpdated,
 )
+from .fragments import (
+    FragmentError,
+    FragmentLimits,
+    Reassembler,
+    fragment_budget,
+    seal_message,
+    split_datagrams,
+)
 from .ikesa import Address, IkeSa, export_sa, ike_sa_id, import_sa
 from .keys import ChildKeys, derive_ike_keys, rekey_skeyseed
 from .message import Header, Message, pull_message, push_message
-from .payloads import AuthPayload, DeletePayload, NotifyPayload, Payload, SkPayload, find
-from .protect import SkKeys, open_sk, seal
+from .payloads import (
+    AuthPayload,
+    DeletePayload,
+    NotifyPayload,
+    Payload,
+    SkfPayload,
+    SkPayload,
+    find,
+)
+from .protect import SkKeys, open_plain, open_sk
 from .state import CAN_REQUEST, REQUEST_HANDLERS, IkeState, advance
 from .transforms import ChildSuite, IkeSuite
 
@@ -110,6 +126,8 @@ class IkeEndpoint:
         child_lifetime_s: int = 3600,
         retransmit_timeout_s: float = 2.0,
         retransmit_tries: int = 5,
+        fragment_mtu: int = 1280,
+        fragment_limits: FragmentLimits | None = None,
     ) -> None:
         self.counters = IkeCounters()
         self._natt_port = natt_port
@@ -122,6 +140,8 @@ class IkeEndpoint:
         self._events: deque[IkeEvent] = deque()
         self._out: deque[Datagram] = deque()
         self._timers: list[tuple[float, str]] = []  # heap of (due, ike_sa_id), lazily pruned
+        self._fragment_mtu = fragment_mtu  # RFC 7383: keyd/ike/fragments.py
+        self.fragments = Reassembler(fragment_limits or FragmentLimits(), self._drop)
 
     # ---- the API the shell drives ---------------------------------------------------------
 
@@ -156,6 +176,8 @@ class IkeEndpoint:
 
     def handle_timer(self, now: float) -> None:
         """Retransmit our requests, give up on silent peers, expire half-open / rekeyed SAs."""
+        self.fragments.expire(now)
+        self.counters.fragments_incomplete = self.fragments.incomplete
         while self._timers and self._timers[0][0] <= now:
             due, sa_id = heapq.heappop(self._timers)
             sa = self._sas.get(sa_id)
@@ -286,9 +308,26 @@ class IkeEndpoint:
         self._send(reply, dst, src)
 
     def _send(self, data: bytes, src: Address, dst: Address) -> None:
-        if src[1] == self._natt_port:
-            data = NON_ESP_MARKER + data
-        self._out.append(Datagram(data, src, dst))
+        """Send one message, or each of the fragments `_seal` made of it."""
+        marker = NON_ESP_MARKER if src[1] == self._natt_port else b""
+        for part in split_datagrams(data):
+            self._out.append(Datagram(marker + part, src, dst))
+
+    def _seal(self, sa: IkeSa, header: Header, payloads: list[Payload]) -> bytes:
+        """A sealed message, fragmented (RFC 7383) if the peer takes fragments and it is
+        larger than the fragment MTU."""
+        limit = fragment_budget(self._fragment_mtu, sa.local, self._natt_port) \
+            if sa.fragmentation else None
+        return seal_message(header, payloads, self._keys_out(sa), self._random, limit)
+
+    def _open(self, sa: IkeSa, msg: Message, sk: SkPayload, now: float) -> list[Payload] | None:
+        """The payloads of an SK message, or of a fragmented one once complete (else None)."""
+        if isinstance(sk, SkfPayload):
+            try:
+                return self.fragments.open(sa.id, msg, sk, self._keys_in(sa), now)
+            finally:
+                self.counters.fragments_incomplete = self.fragments.incomplete
+        return open_sk(msg, sk, self._keys_in(sa))
 
     def _keys_in(self, sa: IkeSa) -> SkKeys:
         k = sa.keys
@@ -309,6 +348,7 @@ class IkeEndpoint:
         sa.state = advance(sa.state, "deleted")
         self._sas.pop(sa.id, None)
         self._forget(sa)
+        self.fragments.forget(sa.id)
         self._events.append(IkeSaDeleted(sa.id, reason))
 
     def _forget(self, sa: IkeSa) -> None:
@@ -329,7 +369,7 @@ class IkeEndpoint:
             udp_encap=sa.udp_encap, peer_behind_nat=sa.peer_behind_nat,
             peer_identity=sa.peer_identity, connection=sa.connection,
             virtual_ip=sa.virtual_ip,
-            peer_hashes=sa.peer_hashes,
+            peer_hashes=sa.peer_hashes, fragmentation=sa.fragmentation,
         )
         if new.id in self._sas:
             raise IkeProtocolError("IKE SPI collision", Notify.INVALID_SYNTAX)
@@ -405,16 +445,19 @@ class IkeEndpoint:
             self._drop("unprotected_request")
             return
         try:
-            payloads = open_sk(msg, sk, self._keys_in(sa))
+            opened = self._open(sa, msg, sk, now)
         except IkeProtocolError as e:
             if e.notify is None:
-                self._drop("integrity")
+                self._drop(e.reason if isinstance(e, FragmentError) else "integrity")
                 return
             # authentic but unreadable inside (§2.21.2): answer with the error notify
             self.counters.exchanges[exchange_name(h.exchange)] += 1
             self.counters.errors[notify_name(e.notify)] += 1
             self._respond(sa, RequestContext(h, src, dst), [NotifyPayload(e.notify, e.data)])
             return
+        if opened is None:
+            return  # a fragment of a message not yet complete
+        payloads = opened
         handler = REQUEST_HANDLERS.get((sa.state, h.exchange))
         self.counters.exchanges[exchange_name(h.exchange)] += 1
         if handler is None:
@@ -441,8 +484,10 @@ class IkeEndpoint:
             return msg.raw == sa.init_request
         if sk is None:
             return False
+        if isinstance(sk, SkfPayload) and sk.fragment_number != 1:
+            return False  # RFC 7383 §2.6.1: answer a fragmented retransmission once
         try:
-            open_sk(msg, sk, self._keys_in(sa))
+            open_plain(msg, sk, self._keys_in(sa))
         except IkeProtocolError:
             self._drop("integrity")
             return False
@@ -451,7 +496,7 @@ class IkeEndpoint:
     def _respond(self, sa: IkeSa, ctx: RequestContext, payloads: list[Payload]) -> None:
         flags = Flag.RESPONSE | (Flag.INITIATOR if sa.is_initiator else 0)
         h = Header(sa.spi_i, sa.spi_r, 0, ctx.header.exchange, flags, ctx.header.message_id)
-        data = seal(h, payloads, self._keys_out(sa), self._random)
+        data = self._seal(sa, h, payloads)
         sa.last_response = data
         sa.peer_next_id = ctx.header.message_id + 1
         if sa.state != IkeState.DELETED:
@@ -496,7 +541,7 @@ class IkeEndpoint:
     ) -> None:
         flags = Flag.INITIATOR if sa.is_initiator else 0
         h = Header(sa.spi_i, sa.spi_r, 0, exchange, flags, sa.my_next_id)
-        data = seal(h, payloads, self._keys_out(sa), self._random)
+        data = self._seal(sa, h, payloads)
         sa.my_next_id += 1
         sa.outstanding, sa.outstanding_kind, sa.outstanding_ctx = data, kind, ctx
         sa.retransmit_at = now + self._retransmit_timeout_s
@@ -526,10 +571,16 @@ class IkeEndpoint:
             self._drop("unexpected_response")
             return
         try:
-            payloads = open_sk(msg, sk, self._keys_in(sa))
+            opened = self._open(sa, msg, sk, now)
         except IkeProtocolError as e:
-            self._drop("integrity" if e.notify is None else "malformed")
+            if isinstance(e, FragmentError):
+                self._drop(e.reason)
+            else:
+                self._drop("integrity" if e.notify is None else "malformed")
             return
+        if opened is None:
+            return  # a fragment of an answer not yet complete
+        payloads = opened
         kind, ctx = sa.outstanding_kind, sa.outstanding_ctx
         sa.outstanding, sa.outstanding_kind, sa.outstanding_ctx = b"", "", {}
         sa.retransmit_at, sa.retransmits = None, 0

@@ -165,3 +165,4 @@ class IkeCounters:
     retransmits_sent: int = 0  # our own requests sent again
     cookies_sent: int = 0
     half_open: int = 0  # gauge: IKE SAs between IKE_SA_INIT and IKE_AUTH
+    fragments_incomplete: int = 0  # gauge: fragmented messages being reassembled (RFC 7383)

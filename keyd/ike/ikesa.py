@@ -53,6 +53,7 @@ class IkeSa:
     connection: str = ""  # the connection the peer was accepted on (keyd/ike/connections.py)
     virtual_ip: str | None = None
     peer_hashes: tuple[int, ...] = ()  # SIGNATURE_HASH_ALGORITHMS the peer sent (RFC 7427)
+    fragmentation: bool = False  # both sent IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 §2.3)
     children: dict[int, ChildSa] = field(default_factory=dict)  # by spi_in
     rekeyed_to: str | None = None
     expires_at: float | None = None  # half-open or rekeyed SAs go away after this
@@ -124,6 +125,7 @@ def export_sa(sa: IkeSa) -> dict[str, Any]:
         "connection": sa.connection,
         "virtual_ip": sa.virtual_ip,
         "peer_hashes": list(sa.peer_hashes),
+        "fragmentation": sa.fragmentation,
         "children": [_child_to_dict(c) for c in sa.children.values()],
         "rekeyed_to": sa.rekeyed_to,
         "expires_at": sa.expires_at,
@@ -168,6 +170,7 @@ def import_sa(d: dict[str, Any]) -> IkeSa:
             connection=str(d.get("connection", "")),  # absent in records of before connections
             virtual_ip=d["virtual_ip"],
             peer_hashes=tuple(int(h) for h in d["peer_hashes"]),
+            fragmentation=bool(d.get("fragmentation", False)),  # absent: records of before
             rekeyed_to=d["rekeyed_to"],
             expires_at=d["expires_at"],
             eap=eap,

@@ -36,6 +36,7 @@ from .events import (
     IkeSaEstablished,
     IkeSaUpdated,
 )
+from .fragments import offers_fragmentation
 from .identity import Identity, identity_from_text
 from .ikesa import Address, IkeSa, ike_sa_id
 from .keys import (
@@ -85,7 +86,7 @@ class Initiator(IkeEndpoint):
             natt_port=config.natt_port, random=random, allocate_spi=allocate_spi,
             child_lifetime_s=config.child_lifetime_s,
             retransmit_timeout_s=config.retransmit_timeout_s,
-            retransmit_tries=config.retransmit_tries,
+            retransmit_tries=config.retransmit_tries, fragment_mtu=config.fragment_mtu,
         )
         self.config = config
         self._my_id: Identity = identity_from_text(config.identity, config.credentials.cert)
@@ -125,6 +126,8 @@ class Initiator(IkeEndpoint):
         ]
         if self.config.rfc7427:
             payloads.append(hash_algorithms_notify())
+        if self.config.fragmentation:
+            payloads.append(NotifyPayload(Notify.IKEV2_FRAGMENTATION_SUPPORTED))
         data = push_message(Header(sa.spi_i, 0, 0, ExchangeType.IKE_SA_INIT, Flag.INITIATOR, 0),
                             payloads)
         sa.init_request = data
@@ -190,6 +193,7 @@ class Initiator(IkeEndpoint):
                 sa.local = (sa.local[0], self._natt_port)
                 sa.peer = (sa.peer[0], self._natt_port)
         sa.peer_hashes = hash_algorithms(ps)
+        sa.fragmentation = self.config.fragmentation and offers_fragmentation(ps)
         sa.outstanding = b""
         sa.state = advance(sa.state, "init_answered")
         self._send_auth(sa, now)

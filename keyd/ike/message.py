@@ -30,6 +30,7 @@ from .payloads import (
     Payload,
     Proposal,
     SaPayload,
+    SkfPayload,
     SkPayload,
     TrafficSelector,
     Transform,
@@ -332,6 +333,11 @@ def pull_payloads(buf: Buffer, first: int) -> tuple[list[Payload], SkPayload | N
             if not buf.eof():
                 raise _syntax("SK payload is not the last payload")
             return payloads, SkPayload(next_type, body.pull_rest())
+        if p_type == PayloadType.SKF:  # RFC 7383 §2.5: last too; reassembled in fragments.py
+            if not buf.eof():
+                raise _syntax("SKF payload is not the last payload")
+            number, total = body.pull_uint16(), body.pull_uint16()
+            return payloads, SkfPayload(next_type, body.pull_rest(), number, total)
         payload = pull_payload_body(p_type, body)
         if isinstance(payload, UnknownPayload):
             if critical:

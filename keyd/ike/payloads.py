@@ -169,6 +169,16 @@ class SkPayload(Payload):
 
 
 @dataclass(frozen=True, slots=True)
+class SkfPayload(SkPayload):
+    """The Encrypted Fragment payload SKF (RFC 7383 §2.5), still sealed: one fragment of an
+    SK message. `first_inner` is non-zero in fragment 1 only; see keyd/ike/fragments.py."""
+
+    payload_type: ClassVar[int] = PayloadType.SKF
+    fragment_number: int
+    total_fragments: int
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownPayload(Payload):
     """A payload type the core does not interpret (non-critical: ignored per §2.5)."""
 

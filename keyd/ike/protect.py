@@ -102,24 +102,43 @@ def seal(
     """Serialise a message whose payloads all go inside SK."""
     inner = Buffer()
     push_payloads(inner, payloads)
-    plain = inner.data()
     first = payload_type_of(payloads[0]) if payloads else 0
+    return seal_plain(header, PayloadType.SK, first, b"", inner.data(), keys, random)
+
+
+def sealed_overhead(keys: SkKeys, plain_len: int) -> int:
+    """Bytes that IV, padding and ICV add to `plain_len` bytes of inner payloads."""
+    if keys.encr.aead:
+        return keys.encr.iv_len + 1 + keys.encr.icv_len
+    assert keys.integ is not None
+    padded = plain_len + 1 + (-(plain_len + 1)) % keys.encr.block_len
+    return keys.encr.iv_len + padded - plain_len + keys.integ.icv_len
+
+
+def seal_plain(
+    header: Header, payload_type: int, first: int, prefix: bytes, plain: bytes, keys: SkKeys,
+    random: Callable[[int], bytes],
+) -> bytes:
+    """Seal `plain` (serialised inner payloads, or a piece of them) as the last payload of
+    type SK or SKF; `prefix` comes between its generic header and the IV (SKF: Fragment
+    Number and Total Fragments, RFC 7383 §2.5) and is authenticated with the header."""
     if keys.encr.aead:
         plain += b"\0"  # no padding, pad length 0 (RFC 5282 §3)
         iv = random(keys.encr.iv_len)
-        body_len = len(iv) + len(plain) + keys.encr.icv_len
+        body_len = len(prefix) + len(iv) + len(plain) + keys.encr.icv_len
     else:
         assert keys.integ is not None
         pad = (-(len(plain) + 1)) % keys.encr.block_len
         plain += bytes(pad) + bytes([pad])
         iv = random(keys.encr.iv_len)
-        body_len = len(iv) + len(plain) + keys.integ.icv_len
+        body_len = len(prefix) + len(iv) + len(plain) + keys.integ.icv_len
     total = HEADER_LENGTH + GENERIC_HEADER_LENGTH + body_len
     out = Buffer()
-    push_header(out, header, PayloadType.SK, total)
+    push_header(out, header, payload_type, total)
     out.push_uint8(first)  # SK's next-payload names the first inner payload (§3.14)
     out.push_uint8(0)
     out.push_uint16(GENERIC_HEADER_LENGTH + body_len)
+    out.push_bytes(prefix)
     aad = out.data()
     if keys.encr.aead:
         return aad + iv + _aead_seal(keys, iv, plain, aad)
@@ -131,6 +150,20 @@ def seal(
 def open_sk(message: Message, sk: SkPayload, keys: SkKeys) -> list[Payload]:
     """Check and decrypt SK; integrity failure is IkeProtocolError with notify None
     (drop silently, §2.21.2). Inner payloads are parsed (an SK inside SK is rejected)."""
+    return pull_inner(open_plain(message, sk, keys), sk.first_inner)
+
+
+def pull_inner(plain: bytes, first: int) -> list[Payload]:
+    """The payloads of a decrypted SK (or of reassembled SKF fragments)."""
+    payloads, nested = pull_payloads(Buffer(plain), first)
+    if nested is not None:
+        raise IkeProtocolError("SK payload inside SK", Notify.INVALID_SYNTAX)
+    return payloads
+
+
+def open_plain(message: Message, sk: SkPayload, keys: SkKeys) -> bytes:
+    """Check and decrypt SK or SKF: the inner bytes, padding removed, not yet parsed.
+    Integrity failure is IkeProtocolError with notify None."""
     raw = message.raw
     data = sk.data
     aad = raw[: len(raw) - len(data)]
@@ -157,11 +190,7 @@ def open_sk(message: Message, sk: SkPayload, keys: SkKeys) -> list[Payload]:
     pad_len = plain[-1]
     if pad_len + 1 > len(plain):
         raise IkeProtocolError("SK padding length", Notify.INVALID_SYNTAX)
-    inner = Buffer(plain[: len(plain) - pad_len - 1])
-    payloads, nested = pull_payloads(inner, sk.first_inner)
-    if nested is not None:
-        raise IkeProtocolError("SK payload inside SK", Notify.INVALID_SYNTAX)
-    return payloads
+    return plain[: len(plain) - pad_len - 1]
 
 
 def _verify_truncated(mac: bytes, icv: bytes) -> None:

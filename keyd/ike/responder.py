@@ -34,6 +34,7 @@ from .events import (
     IkeSaEstablished,
     IkeSaUpdated,
 )
+from .fragments import offers_fragmentation
 from .identity import Identity, identity_from_text, identity_text
 from .ikesa import Address, IkeSa, ike_sa_id
 from .keys import NONCE_LEN, derive_child_keys, derive_ike_keys, prf, skeyseed
@@ -124,6 +125,7 @@ class Responder(EapRound):
             child_lifetime_s=config.child_lifetime_s,
             retransmit_timeout_s=config.retransmit_timeout_s,
             retransmit_tries=config.retransmit_tries,
+            fragment_mtu=config.fragment_mtu, fragment_limits=config.fragment_limits,
         )
         self.config = config
         creds = config.credentials
@@ -238,6 +240,9 @@ class Responder(EapRound):
         peer_hashes = hash_algorithms(ps)
         if peer_hashes:
             reply.append(hash_algorithms_notify())
+        fragmentation = self.config.fragmentation and offers_fragmentation(ps)
+        if fragmentation:
+            reply.append(NotifyPayload(Notify.IKEV2_FRAGMENTATION_SUPPORTED))
         data = self._init_reply(h, spi_r, reply, src, dst, send=False)
         sa = IkeSa(
             spi_i=h.spi_i, spi_r=spi_r, is_initiator=False, suite=suite, keys=keys,
@@ -245,7 +250,7 @@ class Responder(EapRound):
             nr=nr, init_request=msg.raw, init_response=data, peer_next_id=1,
             last_response=data,
             udp_encap=natt and (peer_nat or local_nat or self.config.force_udp_encap),
-            peer_behind_nat=peer_nat, peer_hashes=peer_hashes,
+            peer_behind_nat=peer_nat, peer_hashes=peer_hashes, fragmentation=fragmentation,
             expires_at=now + self.config.half_open_timeout_s,
         )
         self._sas[sa.id] = sa
