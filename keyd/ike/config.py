@@ -121,6 +121,10 @@ class ResponderConfig:
     retransmit_tries: int = 5
     cookie_secret_lifetime_s: float = 300.0
     eap: EapConfig | None = None  # clients that send no AUTH authenticate with EAP
+    mobike: bool = True  # answer MOBIKE_SUPPORTED (RFC 4555): clients announce their moves
+    # RFC 5685: answer the IKE_SA_INIT of clients that support redirect with REDIRECT to
+    # this gateway (an address or FQDN) instead of serving them (a draining keyd)
+    redirect_to: str | None = None
     # the proposals above, parsed: what select_proposal accepts (or the initiator offers)
     ike_suites: tuple[IkeProposal, ...] = field(init=False)
     esp_suites: tuple[EspProposal, ...] = field(init=False)
@@ -171,6 +175,8 @@ class InitiatorConfig:
     # responder still proves itself with `credentials`
     eap_identity: str | None = None
     eap_password: str | None = None
+    mobike: bool = True  # send MOBIKE_SUPPORTED (RFC 4555)
+    redirect: bool = True  # send REDIRECT_SUPPORTED and follow REDIRECT (RFC 5685)
     retransmit_timeout_s: float = 2.0
     retransmit_tries: int = 5
     # the proposals above, parsed: what select_proposal accepts (or the initiator offers)

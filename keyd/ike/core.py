@@ -363,7 +363,7 @@ class IkeEndpoint:
             udp_encap=sa.udp_encap, virtual_ip=sa.virtual_ip, identity=sa.peer_identity,
             created_at=now, soft_lifetime_s=self._child_lifetime_s,
             hard_lifetime_s=self._child_lifetime_s + self._child_lifetime_s // 10,
-            replaces=replaces, policy=policy,
+            replaces=replaces, policy=policy, mobike=sa.mobike is not None,
         )
         sa.children[spi_in] = child
         return child
@@ -420,8 +420,9 @@ class IkeEndpoint:
         if handler is None:
             self._drop("unexpected_exchange")
             return
-        if sa.udp_encap and (src, dst) != (sa.peer, sa.local):
-            sa.peer, sa.local = src, dst  # §2.23: follow the peer behind a NAT
+        if sa.udp_encap and sa.mobike is None and (src, dst) != (sa.peer, sa.local):
+            # §2.23: follow the peer behind a NAT (a MOBIKE peer moves by UPDATE_SA_ADDRESSES)
+            sa.peer, sa.local = src, dst
         ctx = RequestContext(h, src, dst)
         try:
             response = getattr(self, handler)(sa, payloads, ctx, now)
@@ -541,6 +542,7 @@ class IkeEndpoint:
             self.counters.errors["received_" + notify_name(n)] += 1
             self._events.append(ExchangeFailed(sa.id, h.exchange, n, "peer answered with an error"))
             self._on_request_failed(sa, kind, ctx, n, now)
+            self._after_exchange(sa, now)
             return
         try:
             getattr(self, f"_on_{kind}_response")(sa, payloads, ctx, now)
@@ -549,6 +551,10 @@ class IkeEndpoint:
             self.counters.errors["bad_response"] += 1
             self._events.append(ExchangeFailed(sa.id, h.exchange, e.notify, reason))
             self._on_request_failed(sa, kind, ctx, e.notify, now)
+        self._after_exchange(sa, now)
+
+    def _after_exchange(self, sa: IkeSa, now: float) -> None:
+        """Hook: our request's exchange ended (its window is free again)."""
 
     def _on_request_failed(
         self, sa: IkeSa, kind: str, ctx: dict[str, Any], notify: int | None, now: float
