@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from ikepair import CLIENT, VIP, Clock, Side, psk_pair, run, transfer
 
 from keyd.ike import IkeSaEstablished, LocalProtocolError, Responder
 from keyd.ike.constants import Notify
@@ -13,8 +14,6 @@ from keyd.ike.events import ChildSaEstablished, ExchangeFailed, IkeSaDeleted, Ik
 from keyd.ike.ikesa import IkeSa
 from keyd.ike.initiator import Initiator
 from keyd.ike.payloads import NotifyPayload, Payload
-
-from ikepair import CLIENT, VIP, Clock, Side, psk_pair, run, transfer
 
 NATT_VIP = (VIP[0], 4500)
 MOVED = ("198.51.100.20", 4500)   # the client's second address (LTE after Wi-Fi)
