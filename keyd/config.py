@@ -89,6 +89,11 @@ class KeydSection:
     radius_timeout_s: float = 2.0  # per try
     radius_tries: int = 3  # sends of one request to one server
     nas_identifier: str = "keyd"
+    # MOBIKE (RFC 4555): answer MOBIKE_SUPPORTED; clients announce address changes
+    mobike: bool = True
+    # Redirect (RFC 5685): send every new client that supports it to this gateway (an
+    # address or DNS name) in IKE_SA_INIT; "" serves them (docs/operator-guide.md)
+    redirect_to: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +257,8 @@ def _validate(config: KeydConfig) -> None:
             raise fail(f"keyd.radius_servers: {server!r} is not address:port") from None
         if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
             raise fail(f"keyd.radius_servers: {server!r} is not address:port")
+    if k.redirect_to and not _gateway_ok(k.redirect_to):
+        raise fail(f"keyd.redirect_to is not an address or DNS name: {k.redirect_to!r}")
     if k.radius_timeout_s <= 0 or k.radius_tries < 1:
         raise fail("keyd.radius_timeout_s and keyd.radius_tries must be positive")
     if not config.etcd.endpoints:
@@ -270,6 +277,16 @@ _CONNECTION_FIELDS: dict[str, str | None] = {
     "remote_auth": "", "local_auth": "", "pool": None, "dns": None, "dns_domains": None,
     "protected_networks": None, "policy": None,
 }
+
+
+def _gateway_ok(text: str) -> bool:
+    """An IP address or a DNS name (what a REDIRECT can carry, RFC 5685 §9)."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        labels = text.rstrip(".").split(".")
+        return len(text) <= 253 and all(_LABEL.match(label) for label in labels)
 
 
 def _check_pool(src: str, where: str, pool_text: str) -> None:

@@ -103,7 +103,8 @@ def responder_config(config: KeydConfig, natt_port: int | None = None) -> Respon
             connections=config.connections, secrets=secrets(config),
             natt_port=natt_port if natt_port is not None else k.natt_port,
             half_open_cookie_threshold=k.half_open_cookie_threshold,
-            ike_lifetime_s=k.ike_lifetime_s, child_lifetime_s=k.child_lifetime_s, eap=eap)
+            ike_lifetime_s=k.ike_lifetime_s, child_lifetime_s=k.child_lifetime_s, eap=eap,
+            mobike=k.mobike, redirect_to=k.redirect_to or None)
     except LocalProtocolError as exc:
         raise ConfigError(f"{config.source}: keyd proposals: {exc}") from None
 

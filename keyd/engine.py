@@ -95,7 +95,7 @@ def child_record(child: ike.ChildSa, policy: ChildPolicy | None = None) -> Child
         replaces=child.replaces, policy=policy.name if policy else None,
         policy_mode=policy.mode if policy else None,
         policy_allowed=list(policy.allowed) if policy else [],
-        policy_denied=list(policy.denied) if policy else [])
+        policy_denied=list(policy.denied) if policy else [], mobike=child.mobike)
 
 
 @dataclass(slots=True)
@@ -377,6 +377,17 @@ class Engine:
                 # one later must not take them along
                 self._records[event.old_ike_sa_id] = dataclasses.replace(
                     old, child_spis=[], virtual_ip=None)
+        elif isinstance(event, ike.IkeSaMoved):
+            # MOBIKE: the Child SAs' new address goes with the IKE SA state, in the step's
+            # one transaction (the nodes switch their ESP when they see it)
+            c.moved_children.extend(self.child_record(child, policy=child.policy)
+                                    for child in event.children)
+            step.touched.add(event.ike_sa_id)
+            log.info("client moved (MOBIKE)", extra={
+                "ike_sa": event.ike_sa_id, "peer": f"{event.peer_addr}:{event.peer_port}"})
+        elif isinstance(event, ike.Redirected):
+            log.info("client redirected", extra={
+                "ike_sa": event.ike_sa_id, "gateway": event.gateway, "during": event.during})
         elif isinstance(event, ike.IkeSaDeleted):
             ike_sa_id = event.ike_sa_id
             self.seen_ike_sa_deleted(ike_sa_id)

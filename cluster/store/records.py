@@ -243,6 +243,11 @@ class ChildSaRecord(Record):
     policy_mode: Literal["full", "split", "guest"] | None = None
     policy_allowed: list[str] = field(default_factory=list)
     policy_denied: list[str] = field(default_factory=list)
+    # MOBIKE (RFC 4555) was negotiated (optional, absent in records written before): the
+    # client announces its moves, keyd writes the new address here once it answered a
+    # return routability check, and the nodes follow this record, not the source of
+    # ESP (which an authenticated client could point at a third party)
+    mobike: bool = False
 
     __repr__ = _redacted
 

@@ -66,9 +66,11 @@ from .events import (
     IkeEvent,
     IkeSaDeleted,
     IkeSaEstablished,
+    IkeSaMoved,
     IkeSaRekeyed,
     IkeSaUpdated,
     RadiusRequested,
+    Redirected,
 )
 from .initiator import Initiator
 from .responder import Responder
@@ -90,6 +92,7 @@ __all__ = [
     "IkeEvent",
     "IkeSaDeleted",
     "IkeSaEstablished",
+    "IkeSaMoved",
     "IkeSaRekeyed",
     "IkeSaUpdated",
     "Initiator",
@@ -97,6 +100,7 @@ __all__ = [
     "LocalAuth",
     "LocalProtocolError",
     "RadiusRequested",
+    "Redirected",
     "RemoteAuth",
     "RemoteProtocolError",
     "Responder",

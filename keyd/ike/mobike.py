@@ -177,7 +177,7 @@ class Mobility(IkeEndpoint):
         check = sa.mobike["check"] if sa.mobike else None
         assert check is not None
         check["message_id"] = sa.my_next_id
-        self.counters.exchanges["mobike_check_sent"] += 1
+        self.counters.exchanges["RETURN_ROUTABILITY_CHECK"] += 1
         self._start_request(sa, ExchangeType.INFORMATIONAL,
                             [NotifyPayload(Notify.COOKIE2, bytes.fromhex(check["cookie2"]))],
                             "mobike_check", {}, now)
@@ -202,7 +202,7 @@ class Mobility(IkeEndpoint):
         state["check"] = None
         state["verified"] = [peer[0], *(a for a in state["verified"] if a != peer[0])]
         del state["verified"][VERIFIED_KEPT:]
-        self.counters.exchanges["mobike_check_passed"] += 1
+        self.counters.exchanges["RETURN_ROUTABILITY_PASSED"] += 1
         if sa.peer == peer:  # not moved again meanwhile (then that move's check follows)
             self._move_children(sa, peer)
         else:

@@ -87,7 +87,7 @@ class Redirection(IkeEndpoint):
         ni = find(ps, NoncePayload)
         h = msg.header
         reply = Header(h.spi_i, 0, 0, ExchangeType.IKE_SA_INIT, Flag.RESPONSE, 0)
-        self.counters.exchanges["redirect_sent"] += 1
+        self.counters.exchanges["REDIRECT"] += 1
         self._events.append(Redirected(f"{h.spi_i:016x}{0:016x}", gateway, "ike_sa_init"))
         answer = [redirect_payload(gateway, ni.data if ni else b"")]
         self._send(push_message(reply, answer), dst, src)
@@ -111,7 +111,7 @@ class Redirection(IkeEndpoint):
 
     def _on_redirect_response(self, sa: IkeSa, payloads: list[Payload], ctx: dict[str, Any],
                               now: float) -> None:
-        self.counters.exchanges["redirect_sent"] += 1
+        self.counters.exchanges["REDIRECT"] += 1
         self._events.append(Redirected(sa.id, ctx["gateway"], "informational"))
         self._events.append(IkeSaUpdated(sa.id))
 

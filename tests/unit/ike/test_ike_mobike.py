@@ -60,7 +60,7 @@ def test_a_move_to_a_new_address_is_checked_before_the_child_sas_follow() -> Non
     assert [d.dst for d in out] == [MOVED, MOVED]
     assert server.endpoint.export_ike_sa(sa_id)["peer"] == list(MOVED)
     assert not server.of(IkeSaMoved)  # the nodes keep sending to the verified address
-    assert server.endpoint.counters.exchanges["mobike_check_sent"] == 1
+    assert server.endpoint.counters.exchanges["RETURN_ROUTABILITY_CHECK"] == 1
     for d in out:
         client.endpoint.receive_datagram(d.data, d.src, d.dst, clock.now)
     client.pull_events()
@@ -84,7 +84,7 @@ def test_moving_back_to_a_verified_address_needs_no_check() -> None:
     transfer(client, server, clock.now)
     server.pull_events()
     assert len(server.of(IkeSaMoved)) == 2   # in the step that answers the update
-    assert server.endpoint.counters.exchanges["mobike_check_sent"] == 1
+    assert server.endpoint.counters.exchanges["RETURN_ROUTABILITY_CHECK"] == 1
 
 
 def test_without_mobike_a_request_from_elsewhere_does_not_move_a_mobike_sa() -> None:

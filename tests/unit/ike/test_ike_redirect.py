@@ -36,7 +36,7 @@ def test_a_new_client_is_redirected_in_ike_sa_init_and_connects_there() -> None:
     [redirected] = client.of(Redirected)
     assert (redirected.gateway, redirected.during) == (OTHER[0], "ike_sa_init")
     assert not server.endpoint.ike_sa_ids()   # no state for a redirected client
-    assert server.endpoint.counters.exchanges["redirect_sent"] == 1
+    assert server.endpoint.counters.exchanges["REDIRECT"] == 1
     assert client.endpoint.ike_sa_ids() == []
     # the client goes to the other gateway, saying where it comes from
     again, other = psk_pair()
