@@ -45,6 +45,7 @@ from cluster.node.handoff import (
 )
 from cluster.node.handoff import RemoteProtocolError as ReadyError
 from cluster.node.metrics import Snapshot
+from cluster.node.mobility import peer_after_update
 from cluster.node.policies import PolicyBook
 from cluster.node.relay import IkeRelay
 from cluster.node.sa import NodeSa, client_addresses
@@ -450,7 +451,6 @@ class NodeAgent:
         if old is not None and old.ike_sa_id != r.ike_sa_id:
             self.by_ike.get(old.ike_sa_id, set()).discard(r.spi_in)
         self.by_ike.setdefault(r.ike_sa_id, set()).add(r.spi_in)
-        peer_moved = old is None or (old.peer_addr, old.peer_port) != (r.peer_addr, r.peer_port)
         # an IKE SA rekey moves its Child SAs to the new IKE SA id: ownership is per IKE SA,
         # so the SA is sent on again only once taken over under the new id's assignment
         moved = old is not None and old.ike_sa_id != r.ike_sa_id
@@ -464,8 +464,7 @@ class NodeAgent:
                 sa.restore(prev.counters())
                 sa.traffic_base = prev.traffic()
                 sa.send_limit = 0 if moved else prev.send_limit
-                if not peer_moved:
-                    sa.peer = prev.peer
+                sa.peer = peer_after_update(prev.peer, old, r)   # MOBIKE or NAT rebinding
             dp.install(sa)
             if sa.send_limit:
                 dp.send_on(sa)
