@@ -111,8 +111,28 @@ class Mobility(IkeEndpoint):
             return self._on_update_sa_addresses(sa, payloads, ctx, now)
         response = super()._on_informational_request(sa, payloads, ctx, now)
         if response is not None:
+            if sa.mobike is not None and sa.id in self._sas:
+                # §3.10: a MOBIKE initiator checks its NAT mapping with NAT detection in
+                # its liveness checks; the answer carries ours
+                response += self._nat_detection(sa, payloads, ctx.src, ctx.dst)[1]
             response += notifies(payloads, Notify.COOKIE2)[:1]  # §3.7: copied as is
         return response
+
+    def _nat_detection(self, sa: IkeSa, payloads: list[Payload], src: Address,
+                       dst: Address) -> tuple[tuple[bool, bool], list[Payload]]:
+        """NAT detection with the IKE SA's SPIs (§3.5): (peer behind a NAT, we behind a
+        NAT) and the answer's two notifies (none if the request had none)."""
+        nat_src = [n.data for n in notifies(payloads, Notify.NAT_DETECTION_SOURCE_IP)]
+        nat_dst = [n.data for n in notifies(payloads, Notify.NAT_DETECTION_DESTINATION_IP)]
+        if not (nat_src and nat_dst):
+            return (False, False), []
+        peer_nat = nat_hash(sa.spi_i, sa.spi_r, src) not in nat_src
+        local_nat = nat_hash(sa.spi_i, sa.spi_r, dst) not in nat_dst
+        seen = (src[0], src[1] ^ 0xFFFF) if self._fakes_nat() and not peer_nat else src
+        return (peer_nat, local_nat), [
+            NotifyPayload(Notify.NAT_DETECTION_SOURCE_IP, nat_hash(sa.spi_i, sa.spi_r, dst)),
+            NotifyPayload(Notify.NAT_DETECTION_DESTINATION_IP,
+                          nat_hash(sa.spi_i, sa.spi_r, seen))]
 
     def _on_update_sa_addresses(self, sa: IkeSa, payloads: list[Payload], ctx: RequestContext,
                                 now: float) -> list[Payload] | None:
@@ -124,10 +144,7 @@ class Mobility(IkeEndpoint):
         if mid <= state["update_id"]:
             self._drop("mobike_update_not_latest")
             return [*cookie2]
-        nat_src = [n.data for n in notifies(payloads, Notify.NAT_DETECTION_SOURCE_IP)]
-        nat_dst = [n.data for n in notifies(payloads, Notify.NAT_DETECTION_DESTINATION_IP)]
-        peer_nat = bool(nat_src) and nat_hash(sa.spi_i, sa.spi_r, src) not in nat_src
-        local_nat = bool(nat_dst) and nat_hash(sa.spi_i, sa.spi_r, dst) not in nat_dst
+        (peer_nat, local_nat), reply = self._nat_detection(sa, payloads, src, dst)
         no_nats = notifies(payloads, Notify.NO_NATS_ALLOWED)
         if no_nats and no_nats[0].data != no_nats_data(src, dst):
             raise RemoteProtocolError("addresses changed on the way (NO_NATS_ALLOWED)",
@@ -139,13 +156,6 @@ class Mobility(IkeEndpoint):
         # if a NAT appeared on the new path
         sa.udp_encap = sa.udp_encap or peer_nat or local_nat
         self.counters.exchanges["UPDATE_SA_ADDRESSES"] += 1
-        reply: list[Payload] = []
-        if nat_src and nat_dst:
-            seen = (src[0], src[1] ^ 0xFFFF) if self._fakes_nat() and not peer_nat else src
-            reply += [NotifyPayload(Notify.NAT_DETECTION_SOURCE_IP,
-                                    nat_hash(sa.spi_i, sa.spi_r, dst)),
-                      NotifyPayload(Notify.NAT_DETECTION_DESTINATION_IP,
-                                    nat_hash(sa.spi_i, sa.spi_r, seen))]
         self._respond(sa, ctx, [*reply, *cookie2])
         if src[0] in state["verified"]:
             state["check"] = None

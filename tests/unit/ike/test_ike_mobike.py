@@ -9,11 +9,13 @@ from ikepair import CLIENT, VIP, Clock, Side, psk_pair, run, transfer
 
 from keyd.ike import IkeSaEstablished, LocalProtocolError, Responder
 from keyd.ike.constants import Notify
-from keyd.ike.core import RequestContext
+from keyd.ike.core import RequestContext, nat_hash
 from keyd.ike.events import ChildSaEstablished, ExchangeFailed, IkeSaDeleted, IkeSaMoved
 from keyd.ike.ikesa import IkeSa
 from keyd.ike.initiator import Initiator
+from keyd.ike.message import pull_message
 from keyd.ike.payloads import NotifyPayload, Payload
+from keyd.ike.protect import open_sk
 
 NATT_VIP = (VIP[0], 4500)
 MOVED = ("198.51.100.20", 4500)   # the client's second address (LTE after Wi-Fi)
@@ -211,3 +213,24 @@ def test_the_mobike_state_survives_export_and_import() -> None:
     transfer(client, other, clock.now)
     other.pull_events()
     assert len(other.of(IkeSaMoved)) == 1
+
+
+def test_a_liveness_check_with_nat_detection_is_answered_with_ours() -> None:
+    """§3.10: the initiator checks its NAT mapping in a liveness check (strongSwan does);
+    keyd's answer carries NAT detection, with the NAT it fakes for ESP in UDP."""
+    client, server, clock, sa_id = established()
+    sa = client.endpoint.sa
+    client.endpoint._start_request(sa, 37, [
+        NotifyPayload(Notify.NAT_DETECTION_SOURCE_IP, nat_hash(sa.spi_i, sa.spi_r, sa.local)),
+        NotifyPayload(Notify.NAT_DETECTION_DESTINATION_IP,
+                      nat_hash(sa.spi_i, sa.spi_r, sa.peer))], "liveness", {}, clock.now)
+    [request] = client.drain()
+    server.endpoint.receive_datagram(request.data, request.src, request.dst, clock.now)
+    [answer] = server.drain()
+    ssa = server.endpoint._sas[sa_id]
+    msg, sk = pull_message(answer.data[4:])
+    got = open_sk(msg, sk, client.endpoint._keys_in(sa))
+    types = [p.type for p in got if isinstance(p, NotifyPayload)]
+    assert types == [Notify.NAT_DETECTION_SOURCE_IP, Notify.NAT_DETECTION_DESTINATION_IP]
+    assert got[0].data == nat_hash(ssa.spi_i, ssa.spi_r, request.dst)
+    assert got[1].data != nat_hash(ssa.spi_i, ssa.spi_r, request.src)   # force_udp_encap
