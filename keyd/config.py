@@ -33,6 +33,7 @@ from cluster.config import (
 from cluster.config import (
     load_config as load_common,
 )
+from cluster.store.records import gateway_ok
 from keyd.ike.proposals import parse_esp_proposals, parse_ike_proposals
 
 from .ike.connections import (
@@ -257,7 +258,7 @@ def _validate(config: KeydConfig) -> None:
             raise fail(f"keyd.radius_servers: {server!r} is not address:port") from None
         if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
             raise fail(f"keyd.radius_servers: {server!r} is not address:port")
-    if k.redirect_to and not _gateway_ok(k.redirect_to):
+    if k.redirect_to and not gateway_ok(k.redirect_to):
         raise fail(f"keyd.redirect_to is not an address or DNS name: {k.redirect_to!r}")
     if k.radius_timeout_s <= 0 or k.radius_tries < 1:
         raise fail("keyd.radius_timeout_s and keyd.radius_tries must be positive")
@@ -277,16 +278,6 @@ _CONNECTION_FIELDS: dict[str, str | None] = {
     "remote_auth": "", "local_auth": "", "pool": None, "dns": None, "dns_domains": None,
     "protected_networks": None, "policy": None,
 }
-
-
-def _gateway_ok(text: str) -> bool:
-    """An IP address or a DNS name (what a REDIRECT can carry, RFC 5685 §9)."""
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        labels = text.rstrip(".").split(".")
-        return len(text) <= 253 and all(_LABEL.match(label) for label in labels)
 
 
 def _check_pool(src: str, where: str, pool_text: str) -> None:

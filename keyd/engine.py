@@ -296,6 +296,20 @@ class Engine:
     def next_timer(self) -> float | None:
         return self.core.get_timer()
 
+    def redirect(self, ike_sa_id: str, gateway: str) -> list[Outbound] | None:
+        """Ask an established client to move to `gateway` (RFC 5685 §5), continuing its IKE
+        SA from etcd if another instance wrote it; the request's state is written before
+        it leaves. None: no such IKE SA. LocalProtocolError: the client cannot be
+        redirected, or an exchange of ours is in flight on it. StoreError propagates."""
+        now = self.clock()
+        if not self.core.has_ike_sa(ike_sa_id) and not self._continue_from_etcd(ike_sa_id):
+            return None
+        self.core.redirect(ike_sa_id, gateway, now)
+        step = self._collect(now)
+        step.exchange = "INFORMATIONAL"
+        step.out = [Outbound(d.data, d.src[1], d.dst) for d in self.core.datagrams_to_send()]
+        return self.write_now(step)
+
     # -- events → changes ----------------------------------------------------------------
     def _collect(self, now: float, lazy: bool = False) -> Step:
         step = Step()

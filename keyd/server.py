@@ -49,6 +49,7 @@ from .logs import setup_logging
 from .metrics import KeydMetrics
 from .pool import AddressPool
 from .radius import RadiusTiming, radius_exchange
+from .redirects import Redirects
 from .udp import IkeEndpoints, Inbound
 from .view import ClusterView
 
@@ -125,6 +126,9 @@ class KeydServer:
         self._radius_servers = radius_servers(config)
         self._radius_timing = RadiusTiming(k.radius_timeout_s, k.radius_tries)
         self._radius_tasks: set[asyncio.Future[None]] = set()
+        # clusterctl's redirect/ requests (RFC 5685 §5): keyd/redirects.py
+        self.redirects = Redirects(k.id, self.store, lambda: self.engine, lambda: self._peers,
+                                   lambda: self._quiet, self._send, self._call_in_loop)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -147,6 +151,7 @@ class KeydServer:
         self._start_ike_watch()
         self._keyd_watcher = self.store.watch(KeydRecord, self._on_keyd)
         self.view.start(self.store)
+        self.redirects.start()
         self._systemd_watchdog = systemd.start_watchdog()
         self._tasks = [
             asyncio.create_task(self._supervised(self._timers), name="keyd-timers"),
@@ -180,6 +185,8 @@ class KeydServer:
             if w is not None:
                 await asyncio.to_thread(w.stop)
         await asyncio.to_thread(self.view.stop)
+        self.redirects.cancel()
+        await asyncio.to_thread(self.redirects.stop)
         if self._membership is not None:
             await asyncio.to_thread(self._membership.stop)
         with contextlib.suppress(StoreError):
@@ -495,6 +502,7 @@ class KeydServer:
         elif isinstance(event, WatchResynced):
             self._peers_synced = True
         self._call_in_loop(self._ike_watch_check)
+        self._call_in_loop(self.redirects.peers_changed)
 
     def _call_in_loop(self, fn: Any) -> None:
         def guarded() -> None:
@@ -595,6 +603,7 @@ class KeydServer:
         self._start_ike_watch()
         self._keyd_watcher = self.store.watch(KeydRecord, self._on_keyd)
         await asyncio.to_thread(self.view.start, self.store)
+        await asyncio.to_thread(self.redirects.restart, self.store)
 
     async def _sweeper(self) -> None:
         interval = self.config.keyd.sweep_interval_s

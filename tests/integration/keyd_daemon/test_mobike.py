@@ -73,3 +73,35 @@ def test_keyd_redirects_new_clients_when_told(keyd_setup: KeydSetup, store: Stor
         assert (got.gateway, got.during) == ("198.51.100.50", "ike_sa_init")
     assert store.list(IkeSaRecord).items == []
     assert "client redirected" in k.log.read_text()
+
+
+def test_an_operator_redirect_request_reaches_the_client(keyd_setup: KeydSetup,
+                                                         store: Store) -> None:
+    """`clusterctl client redirect` writes redirect/<ike-sa-id>; the instance that holds the
+    IKE SA sends REDIRECT in an INFORMATIONAL and takes the request away. The second time,
+    the instance that wrote the SA is dead: another one continues it from etcd."""
+    import time
+
+    from cluster.store.records import RedirectRequest
+    from keyd.ike.events import Redirected
+
+    ready_node(store)
+    first = keyd_setup.start("keyd-1")
+    with client_for(first, "op@clients.test", "127.0.0.27") as c:
+        est = c.connect()
+        store.put(RedirectRequest(ike_sa_id=est.ike_sa_id, gateway="vpn2.example.net",
+                                  requested_at=time.time()))
+        c.pump(lambda: any(isinstance(e, Redirected) for e in c.events), 10)
+        got = next(e for e in c.events if isinstance(e, Redirected))
+        assert (got.ike_sa_id, got.gateway, got.during) == (est.ike_sa_id, "vpn2.example.net",
+                                                            "informational")
+        assert store.get(RedirectRequest, est.ike_sa_id) is None
+        assert "client asked to move" in first.log.read_text()
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        second = keyd_setup.start("keyd-2", first.ike_port, first.natt_port)
+        store.put(RedirectRequest(ike_sa_id=est.ike_sa_id, gateway="198.51.100.50",
+                                  requested_at=time.time()))
+        c.pump(lambda: sum(isinstance(e, Redirected) for e in c.events) == 2, 15)
+        assert second.metric("keyd_ike_sas_imported_total") == 1
+        c.delete()
