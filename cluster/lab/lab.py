@@ -33,7 +33,7 @@ import requests
 
 from cluster.freeradius import FreeRadiusServer, RadiusUser
 from cluster.lab import addresses as A
-from cluster.lab import daemons, netns, strongswan, teardown, topology
+from cluster.lab import daemons, mobility, netns, strongswan, teardown, topology
 from cluster.lab.errors import LabError
 from cluster.lab.pki import EAP_USERS, SHARED_USERS, LabPki, write_secret
 from cluster.lab.state import (
@@ -515,6 +515,16 @@ class Lab:
         del self.state.clients[name]
         self.state.namespaces.remove(rec.netns)
         shutil.rmtree(self.dir / "clients" / name, ignore_errors=True)
+
+    @_mutating
+    def move_client(self, name: str, address: str) -> str:
+        """The client's front-network address changes (cluster/lab/mobility.py)."""
+        return mobility.move_client(self, name, address)
+
+    @_mutating
+    def start_other_gateway(self) -> int:
+        """A charon gateway beside the cluster, for redirects (cluster/lab/mobility.py)."""
+        return mobility.start_other_gateway(self)
 
     def client_sas(self, name: str) -> list[strongswan.IkeSaView]:
         """The IKE SAs a client's charon holds."""
