@@ -264,6 +264,10 @@ class IkeEndpoint:
     def _imported(self, sa: IkeSa) -> None:
         """Hook for subclasses to index an imported SA."""
 
+    def _esp_peer(self, sa: IkeSa) -> Address:
+        """Hook: where a new Child SA of the IKE SA sends ESP (MOBIKE: a verified address)."""
+        return sa.peer
+
     def _schedule(self, sa: IkeSa) -> None:
         """Call after changing `retransmit_at` or `expires_at` (stale heap entries are skipped)."""
         due = _due(sa)
@@ -351,6 +355,7 @@ class IkeEndpoint:
         replaces: int | None, now: float, policy: str | None = None,
     ) -> ChildSa:
         """A Child SA; §2.17 keys come i→r first, where i is the exchange's initiator."""
+        esp_peer = self._esp_peer(sa)
         if we_initiated:
             e_in, a_in, e_out, a_out = keys.encr_ri, keys.integ_ri, keys.encr_ir, keys.integ_ir
         else:
@@ -359,7 +364,7 @@ class IkeEndpoint:
             spi_in=spi_in, spi_out=spi_out, ike_sa_id=sa.id, encr=suite.encr.name,
             integ=suite.integ.name if suite.integ else None, esn=suite.esn,
             enc_key_in=e_in, integ_key_in=a_in, enc_key_out=e_out, integ_key_out=a_out,
-            ts_local=ts_local, ts_remote=ts_remote, peer_addr=sa.peer[0], peer_port=sa.peer[1],
+            ts_local=ts_local, ts_remote=ts_remote, peer_addr=esp_peer[0], peer_port=esp_peer[1],
             udp_encap=sa.udp_encap, virtual_ip=sa.virtual_ip, identity=sa.peer_identity,
             created_at=now, soft_lifetime_s=self._child_lifetime_s,
             hard_lifetime_s=self._child_lifetime_s + self._child_lifetime_s // 10,

@@ -45,7 +45,7 @@ VERIFIED_KEPT = 4  # addresses remembered as verified per IKE SA (a client moves
 def mobike_state(peer: Address) -> dict[str, Any]:
     """A new MOBIKE IKE SA's state: its first address is verified (the handshake came from
     it and was answered there)."""
-    return {"update_id": -1, "verified": [peer[0]], "check": None}
+    return {"update_id": -1, "verified": [peer[0]], "check": None, "esp_peer": list(peer)}
 
 
 def no_nats_data(src: Address, dst: Address) -> bytes:
@@ -229,8 +229,16 @@ class Mobility(IkeEndpoint):
         self._remove_sa(sa, "COOKIE2 mismatch")
         return False
 
+    def _esp_peer(self, sa: IkeSa) -> Address:
+        """A Child SA made while a move is being checked (the client rekeys, say) sends to
+        the address verified last, and moves with the others once the check passes."""
+        esp = sa.mobike.get("esp_peer") if sa.mobike else None
+        return (str(esp[0]), int(esp[1])) if esp else sa.peer
+
     def _move_children(self, sa: IkeSa, peer: Address) -> None:
         """The Child SAs follow the IKE SA to `peer`; the shell writes both in one step."""
+        if sa.mobike is not None:
+            sa.mobike["esp_peer"] = list(peer)
         sa.children = {spi: replace(c, peer_addr=peer[0], peer_port=peer[1],
                                     udp_encap=sa.udp_encap)
                        for spi, c in sa.children.items()}

@@ -234,3 +234,28 @@ def test_a_liveness_check_with_nat_detection_is_answered_with_ours() -> None:
     assert types == [Notify.NAT_DETECTION_SOURCE_IP, Notify.NAT_DETECTION_DESTINATION_IP]
     assert got[0].data == nat_hash(ssa.spi_i, ssa.spi_r, request.dst)
     assert got[1].data != nat_hash(ssa.spi_i, ssa.spi_r, request.src)   # force_udp_encap
+
+
+def test_a_child_sa_made_during_the_check_sends_to_the_verified_address() -> None:
+    """A client that rekeys its Child SA right after the move (strongSwan with
+    kernel-libipsec does): the new Child SA waits at the verified address, then moves."""
+    client, server, clock, sa_id = established()
+    old_spi = server.of(ChildSaEstablished)[0].child.spi_in
+    move(client, server, clock, sa_id)
+    transfer(client, server, clock.now)
+    out = server.drain()
+    client.endpoint.receive_datagram(out[0].data, out[0].src, out[0].dst, clock.now)  # answer
+    client_spi = next(c.spi_in for c in client.endpoint.sa.children.values())
+    client.drain()
+    client.endpoint.rekey_child(client_spi, clock.now)
+    transfer(client, server, clock.now)
+    server.pull_events()
+    [_, rekeyed] = server.of(ChildSaEstablished)
+    assert (rekeyed.child.peer_addr, rekeyed.child.peer_port) == (CLIENT[0], 4500)
+    transfer(server, client, clock.now)
+    client.endpoint.receive_datagram(out[1].data, out[1].src, out[1].dst, clock.now)  # check
+    run(client, server, clock)
+    moved = server.of(IkeSaMoved)[-1]
+    assert {c.spi_in for c in moved.children} >= {rekeyed.child.spi_in}
+    assert all((c.peer_addr, c.peer_port) == MOVED for c in moved.children)
+    assert old_spi not in server.endpoint._sas[sa_id].children
