@@ -58,6 +58,9 @@ def start_other_gateway(lab: Lab) -> int:
     netns.enslave(lab.ns("router"), "gw2", "br-front")
     netns.address(ns, "eth0", f"{OTHER_GATEWAY}/{A.prefixlen(A.FRONT_NETWORK)}")
     netns.route(ns, "default", "via", A.FRONT_ROUTER)
+    # kernel-libipsec routes a client's virtual IP with a source address from the local
+    # traffic selector (as for the baseline gateway)
+    netns.address(ns, "lo", f"{A.GATEWAY_INSIDE}/32")
     conf_dir = lab.dir / "gateway-2"
     conf_dir.mkdir(exist_ok=True)
     (conf_dir / "strongswan.conf").write_text(
