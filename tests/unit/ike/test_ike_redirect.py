@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from ikepair import CLIENT, VIP, Clock, psk_pair, run, transfer
+from ikepair import CLIENT, VIP, Clock, Side, psk_pair, run, transfer
 
 from keyd.ike import IkeSaEstablished, LocalProtocolError
 from keyd.ike.buffer import Buffer
@@ -14,6 +16,14 @@ from keyd.ike.payloads import NotifyPayload
 from keyd.ike.redirect import gateway_identity, parse_redirect, pull_gateway, redirect_payload
 
 OTHER = ("198.51.100.50", 500)   # the gateway clients are sent to
+
+
+def established(**kw: Any) -> tuple[Side, Side, Clock, str]:
+    client, server = psk_pair(**kw)
+    clock = Clock()
+    client.endpoint.connect(CLIENT, VIP, clock.now)
+    run(client, server, clock)
+    return client, server, clock, server.of(IkeSaEstablished)[0].ike_sa_id
 
 
 def test_gateway_identities_round_trip() -> None:
@@ -69,11 +79,7 @@ def test_a_redirect_without_the_clients_nonce_is_ignored() -> None:
 
 
 def test_an_established_client_is_asked_to_move() -> None:
-    client, server = psk_pair()
-    clock = Clock()
-    client.endpoint.connect(CLIENT, VIP, clock.now)
-    run(client, server, clock)
-    sa_id = server.of(IkeSaEstablished)[0].ike_sa_id
+    client, server, clock, sa_id = established()
     server.endpoint.redirect(sa_id, "vpn2.example.net", clock.now)
     run(client, server, clock)
     [told] = client.of(Redirected)
@@ -85,21 +91,13 @@ def test_an_established_client_is_asked_to_move() -> None:
 
 
 def test_a_client_that_cannot_follow_is_not_asked() -> None:
-    client, server = psk_pair(client_kw={"redirect": False})
-    clock = Clock()
-    client.endpoint.connect(CLIENT, VIP, clock.now)
-    run(client, server, clock)
-    sa_id = server.of(IkeSaEstablished)[0].ike_sa_id
+    _, server, clock, sa_id = established(client_kw={"redirect": False})
     with pytest.raises(LocalProtocolError):
         server.endpoint.redirect(sa_id, OTHER[0], clock.now)
 
 
 def test_a_malformed_redirect_from_the_gateway_is_counted() -> None:
-    client, server = psk_pair()
-    clock = Clock()
-    client.endpoint.connect(CLIENT, VIP, clock.now)
-    run(client, server, clock)
-    sa_id = server.of(IkeSaEstablished)[0].ike_sa_id
+    client, server, clock, sa_id = established()
     sa = server.endpoint._sas[sa_id]
     server.endpoint._start_request(sa, 37, [NotifyPayload(Notify.REDIRECT, b"\x01\x09")],
                                    "redirect", {"gateway": "x"}, clock.now)

@@ -6,17 +6,13 @@ import json
 import os
 from dataclasses import replace
 
+from test_node_policies import RECORD
+
 from cluster.node.mobility import follows_esp, peer_after_update
 from cluster.store import ChildSaRecord
 from cluster.store.records import decode_record, encode_record
 from cluster.store.seal import DataKey
 
-RECORD = ChildSaRecord(
-    spi_in=0x100, spi_out=0x200, ike_sa_id="00" * 16, encr="aes128gcm16", integ=None,
-    esn=False, enc_key_in=b"k" * 20, integ_key_in=b"", enc_key_out=b"k" * 20, integ_key_out=b"",
-    ts_local=["0.0.0.0/0"], ts_remote=["10.99.0.2/32"], peer_addr="192.0.2.10", peer_port=4500,
-    udp_encap=True, virtual_ip="10.99.0.2", identity="c@example.org", created_at=1.0,
-    soft_lifetime_s=3000, hard_lifetime_s=3600)
 NATTED = ("192.0.2.10", 31000)   # where NAT rebinding followed the client
 
 
