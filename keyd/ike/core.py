@@ -333,7 +333,8 @@ class IkeEndpoint:
             udp_encap=sa.udp_encap, peer_behind_nat=sa.peer_behind_nat,
             peer_identity=sa.peer_identity, connection=sa.connection,
             virtual_ip=sa.virtual_ip,
-            peer_hashes=sa.peer_hashes,
+            peer_hashes=sa.peer_hashes, mobike=sa.mobike,
+            redirect_supported=sa.redirect_supported,
         )
         if new.id in self._sas:
             raise RemoteProtocolError("IKE SPI collision", Notify.INVALID_SYNTAX)

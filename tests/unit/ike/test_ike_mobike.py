@@ -259,3 +259,15 @@ def test_a_child_sa_made_during_the_check_sends_to_the_verified_address() -> Non
     assert {c.spi_in for c in moved.children} >= {rekeyed.child.spi_in}
     assert all((c.peer_addr, c.peer_port) == MOVED for c in moved.children)
     assert old_spi not in server.endpoint._sas[sa_id].children
+
+
+def test_mobike_survives_an_ike_sa_rekey() -> None:
+    client, server, clock, sa_id = established()
+    client.endpoint.rekey_ike(clock.now)
+    run(client, server, clock)
+    new_id = client.endpoint.sa.id
+    assert new_id != sa_id and server.endpoint._sas[new_id].mobike is not None
+    move(client, server, clock, new_id)
+    run(client, server, clock)
+    [moved] = server.of(IkeSaMoved)
+    assert moved.ike_sa_id == new_id and (moved.peer_addr, moved.peer_port) == MOVED
