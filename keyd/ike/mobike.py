@@ -190,7 +190,7 @@ class Mobility(IkeEndpoint):
         self.counters.exchanges["RETURN_ROUTABILITY_CHECK"] += 1
         self._start_request(sa, ExchangeType.INFORMATIONAL,
                             [NotifyPayload(Notify.COOKIE2, bytes.fromhex(check["cookie2"]))],
-                            "mobike_check", {}, now)
+                            "mobike_check", dict(check), now)
 
     def _after_exchange(self, sa: IkeSa, now: float) -> None:
         """Our request's exchange ended: send a check that waited for the window."""
@@ -201,19 +201,22 @@ class Mobility(IkeEndpoint):
 
     def _on_mobike_check_response(self, sa: IkeSa, payloads: list[Payload],
                                   ctx: dict[str, Any], now: float) -> None:
+        """The answer to the check `ctx` describes (its COOKIE2, address, message ID). If
+        the client moved again meanwhile, this address is verified all the same, and the
+        newer move's check (if any) goes out next."""
         state = sa.mobike
-        check = state["check"] if state else None
-        if state is None or check is None:
-            self._events.append(IkeSaUpdated(sa.id))
+        if state is None or not self._cookie2_echoed(sa, payloads,
+                                                     bytes.fromhex(ctx["cookie2"])):
             return
-        if not self._cookie2_echoed(sa, payloads, bytes.fromhex(check["cookie2"])):
-            return
-        peer = (str(check["peer"][0]), int(check["peer"][1]))
-        state["check"] = None
+        peer = (str(ctx["peer"][0]), int(ctx["peer"][1]))
         state["verified"] = [peer[0], *(a for a in state["verified"] if a != peer[0])]
         del state["verified"][VERIFIED_KEPT:]
         self.counters.exchanges["RETURN_ROUTABILITY_PASSED"] += 1
-        if sa.peer == peer:  # not moved again meanwhile (then that move's check follows)
+        check = state["check"]
+        if check is not None and check["message_id"] == ctx["message_id"]:
+            state["check"] = None
+        if sa.peer == peer:
+            state["check"] = None
             self._move_children(sa, peer)
         else:
             self._events.append(IkeSaUpdated(sa.id))
@@ -261,6 +264,6 @@ class Mobility(IkeEndpoint):
                    Flag.INITIATOR if sa.is_initiator else 0, int(check["message_id"]))
         sa.outstanding = seal(h, [NotifyPayload(Notify.COOKIE2, bytes.fromhex(check["cookie2"]))],
                               self._keys_out(sa), self._random)
-        sa.outstanding_kind, sa.outstanding_ctx = "mobike_check", {}
+        sa.outstanding_kind, sa.outstanding_ctx = "mobike_check", dict(check)
         sa.retransmit_at, sa.retransmits = 0.0, 0
         self._schedule(sa)

@@ -271,3 +271,27 @@ def test_mobike_survives_an_ike_sa_rekey() -> None:
     run(client, server, clock)
     [moved] = server.of(IkeSaMoved)
     assert moved.ike_sa_id == new_id and (moved.peer_addr, moved.peer_port) == MOVED
+
+
+def test_a_second_move_while_the_first_is_checked() -> None:
+    """The client moves again before answering the first check: the first answer verifies
+    its own address only, the second move's check follows, and the Child SAs end up at the
+    latest address."""
+    client, server, clock, sa_id = established()
+    move(client, server, clock, sa_id)
+    transfer(client, server, clock.now)
+    first = server.drain()            # answer + check to MOVED; held back for now
+    client.endpoint.receive_datagram(first[0].data, first[0].src, first[0].dst, clock.now)
+    later = ("198.51.100.30", 4500)
+    move(client, server, clock, sa_id, to=later)
+    transfer(client, server, clock.now)   # the second update: answered, its check queued
+    second = server.drain()
+    assert [d.dst for d in second] == [later]
+    client.endpoint.receive_datagram(second[0].data, second[0].src, second[0].dst, clock.now)
+    client.endpoint.receive_datagram(first[1].data, first[1].src, first[1].dst, clock.now)
+    run(client, server, clock)            # first check answered, then the second one
+    assert server.endpoint.counters.exchanges["RETURN_ROUTABILITY_PASSED"] == 2
+    assert server.endpoint.has_ike_sa(sa_id)
+    moved = server.of(IkeSaMoved)[-1]
+    assert (moved.peer_addr, moved.peer_port) == later
+    assert server.endpoint._sas[sa_id].mobike["verified"][:2] == [later[0], MOVED[0]]
