@@ -22,7 +22,8 @@ class Grant:
 def component_grants(root: str, component: str, ident: str) -> list[Grant]:
     """The grants of one component instance (DESIGN.md; issue 2, TLS and auth).
 
-    keyd: rw ike/ sa/ pool/ assign/ and its own keyd/<id>; read nodes/ keyd/ policy/ seq/.
+    keyd: rw ike/ sa/ pool/ assign/ redirect/ and its own keyd/<id>; read nodes/ keyd/
+    policy/ seq/.
     node: read sa/ assign/ policy/ nodes/ ike/ keyd/; rw seq/ and its own nodes/<id>.
     sprayer: rw assign/ and the election key sprayer/leader; read everything else.
     hooks: read everything of the cluster.
@@ -31,7 +32,7 @@ def component_grants(root: str, component: str, ident: str) -> list[Grant]:
         return Grant(f"{root}{k}/", perm)
 
     if component == "keyd":
-        return [kind(k, "readwrite") for k in ("ike", "sa", "pool", "assign")] + \
+        return [kind(k, "readwrite") for k in ("ike", "sa", "pool", "assign", "redirect")] + \
                [kind(k, "read") for k in ("nodes", "keyd", "policy", "seq")] + \
                [Grant(f"{root}keyd/{ident}", "readwrite", prefix=False)]
     if component == "node":

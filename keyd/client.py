@@ -23,6 +23,7 @@ from .ike.events import (
     ExchangeFailed,
     IkeEvent,
     IkeSaEstablished,
+    Redirected,
 )
 from .ike.initiator import Initiator
 
@@ -179,3 +180,35 @@ class IkeClient:
     def delete(self, timeout_s: float = 30.0) -> None:
         self.core.delete(time.time())
         self._wait(timeout_s)
+
+    def move(self, local_ip: str, timeout_s: float = 30.0) -> None:
+        """MOBIKE (RFC 4555 §3.5): the client's address changes to `local_ip` (its sockets
+        are bound there afresh, same ports) and it says so with UPDATE_SA_ADDRESSES; returns
+        once the update is answered (the gateway's return routability check, if any, is
+        answered while the caller pumps on)."""
+        ports = list(self._socks)
+        for sock in self._socks.values():
+            self._sel.unregister(sock)
+            sock.close()
+        self._socks = {}
+        for port in ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((local_ip, port))
+            sock.setblocking(False)
+            self._socks[port] = sock
+            self._sel.register(sock, selectors.EVENT_READ, port)
+        sa = self.core.sa
+        self.local = (local_ip, self.local[1])
+        self.core.update_sa_addresses(sa.id, (local_ip, sa.local[1]), sa.peer, time.time())
+        self._wait(timeout_s)
+
+    def redirect_target(self, timeout_s: float = 30.0) -> Redirected:
+        """IKE_SA_INIT answered with REDIRECT (RFC 5685 §4.2): where the gateway sends us."""
+        self.core.connect(self.local, self.remote, time.time())
+        self.pump(lambda: any(isinstance(e, Redirected | IkeSaEstablished | ExchangeFailed)
+                              for e in self.events), timeout_s)
+        got = next((e for e in self.events if isinstance(e, Redirected)), None)
+        if got is None:
+            raise ExchangeTimeout("not redirected")
+        return got

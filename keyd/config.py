@@ -33,6 +33,7 @@ from cluster.config import (
 from cluster.config import (
     load_config as load_common,
 )
+from cluster.store.records import gateway_ok
 from keyd.ike.proposals import parse_esp_proposals, parse_ike_proposals
 
 from .ike.connections import (
@@ -98,6 +99,11 @@ class KeydSection:
     fragment_max_incomplete: int = 128
     fragment_max_incomplete_per_sa: int = 2
     fragment_timeout_s: float = 10.0
+    # MOBIKE (RFC 4555): answer MOBIKE_SUPPORTED; clients announce address changes
+    mobike: bool = True
+    # Redirect (RFC 5685): send every new client that supports it to this gateway (an
+    # address or DNS name) in IKE_SA_INIT; "" serves them (docs/operator-guide.md)
+    redirect_to: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +272,8 @@ def _validate(config: KeydConfig) -> None:
     if min(k.fragment_max_fragments, k.fragment_max_message_bytes, k.fragment_max_incomplete,
            k.fragment_max_incomplete_per_sa) < 1 or k.fragment_timeout_s <= 0:
         raise fail("keyd.fragment_* limits must be positive")
+    if k.redirect_to and not gateway_ok(k.redirect_to):
+        raise fail(f"keyd.redirect_to is not an address or DNS name: {k.redirect_to!r}")
     if k.radius_timeout_s <= 0 or k.radius_tries < 1:
         raise fail("keyd.radius_timeout_s and keyd.radius_tries must be positive")
     if not config.etcd.endpoints:

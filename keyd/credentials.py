@@ -112,7 +112,8 @@ def responder_config(config: KeydConfig, natt_port: int | None = None) -> Respon
                 max_fragments=k.fragment_max_fragments,
                 max_message_bytes=k.fragment_max_message_bytes,
                 max_incomplete_per_sa=k.fragment_max_incomplete_per_sa,
-                max_incomplete=k.fragment_max_incomplete, timeout_s=k.fragment_timeout_s))
+                max_incomplete=k.fragment_max_incomplete, timeout_s=k.fragment_timeout_s),
+            mobike=k.mobike, redirect_to=k.redirect_to or None)
     except IkeUsageError as exc:
         raise ConfigError(f"{config.source}: keyd proposals: {exc}") from None
 

@@ -75,7 +75,7 @@ def child_record(child: ike.ChildSa, policy: ChildPolicy | None = None) -> Child
         replaces=child.replaces, policy=policy.name if policy else None,
         policy_mode=policy.mode if policy else None,
         policy_allowed=list(policy.allowed) if policy else [],
-        policy_denied=list(policy.denied) if policy else [])
+        policy_denied=list(policy.denied) if policy else [], mobike=child.mobike)
 
 
 class Engine:
@@ -240,6 +240,20 @@ class Engine:
     def next_timer(self) -> float | None:
         return self.core.get_timer()
 
+    def redirect(self, ike_sa_id: str, gateway: str) -> list[Outbound] | None:
+        """Ask an established client to move to `gateway` (RFC 5685 §5), continuing its IKE
+        SA from etcd if another instance wrote it; the request's state is written before
+        it leaves. None: no such IKE SA. IkeUsageError: the client cannot be
+        redirected, or an exchange of ours is in flight on it. StoreError propagates."""
+        now = self.clock()
+        if not self.core.has_ike_sa(ike_sa_id) and not self._continue_from_etcd(ike_sa_id):
+            return None
+        self.core.redirect(ike_sa_id, gateway, now)
+        step = self._collect(now)
+        step.exchange = "INFORMATIONAL"
+        step.out = [Outbound(d.data, d.src[1], d.dst) for d in self.core.datagrams_to_send()]
+        return self.write_now(step)
+
     # -- events → changes ----------------------------------------------------------------
     def _collect(self, now: float, lazy: bool = False) -> Step:
         step = Step()
@@ -321,6 +335,17 @@ class Engine:
                 # one later must not take them along
                 self._records[event.old_ike_sa_id] = dataclasses.replace(
                     old, child_spis=[], virtual_ip=None)
+        elif isinstance(event, ike.IkeSaMoved):
+            # MOBIKE: the Child SAs' new address goes with the IKE SA state, in the step's
+            # one transaction (the nodes switch their ESP when they see it)
+            c.moved_children.extend(self.child_record(child, policy=child.policy)
+                                    for child in event.children)
+            step.touched.add(event.ike_sa_id)
+            log.info("client moved (MOBIKE)", extra={
+                "ike_sa": event.ike_sa_id, "peer": f"{event.peer_addr}:{event.peer_port}"})
+        elif isinstance(event, ike.Redirected):
+            log.info("client redirected", extra={
+                "ike_sa": event.ike_sa_id, "gateway": event.gateway, "during": event.during})
         elif isinstance(event, ike.IkeSaDeleted):
             ike_sa_id = event.ike_sa_id
             self.seen_ike_sa_deleted(ike_sa_id)

@@ -90,9 +90,10 @@ class Changes:
                 *(c.lease for c in self.leases if not c.held)]
 
     def completes_something(self) -> bool:
-        """True when the step creates or removes SAs (not just a message-ID advance)."""
+        """True when the step creates, moves or removes SAs (not just a message-ID
+        advance)."""
         return bool(self.new_children or self.deleted_children or self.deleted_ike
-                    or self.rekeyed or self.leases)
+                    or self.rekeyed or self.leases or self.moved_children)
 
 
 @dataclass(slots=True)

@@ -42,6 +42,7 @@ from .ike.responder import Responder
 from .metrics import KeydMetrics
 from .pool import AddressPool
 from .radius import RadiusTiming, radius_exchange
+from .redirects import Redirects
 from .registration import Registration
 from .step import Outbound, Step, ike_sa_id_of
 from .sweeper import sweep
@@ -93,6 +94,9 @@ class KeydServer:
         self._radius_servers = radius_servers(config)
         self._radius_timing = RadiusTiming(k.radius_timeout_s, k.radius_tries)
         self._radius_tasks: set[asyncio.Future[None]] = set()
+        # clusterctl's redirect/ requests (RFC 5685 §5): keyd/redirects.py
+        self.redirects = Redirects(k.id, self.store, lambda: self.engine, lambda: self._peers,
+                                   lambda: self.commit.quiet, self._send, self._call_in_loop)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -115,6 +119,7 @@ class KeydServer:
         self._start_ike_watch()
         self._keyd_watcher = self.store.watch(KeydRecord, self._on_keyd)
         self.view.start(self.store)
+        self.redirects.start()
         self._systemd_watchdog = systemd.start_watchdog()
         self._tasks = [
             asyncio.create_task(self._supervised("_timers", self._timers), name="keyd-timers"),
@@ -150,6 +155,8 @@ class KeydServer:
             if w is not None:
                 await asyncio.to_thread(w.stop)
         await asyncio.to_thread(self.view.stop)
+        self.redirects.cancel()
+        await asyncio.to_thread(self.redirects.stop)
         await self.registration.stop()
         with contextlib.suppress(StoreError):
             self.store.close()
@@ -331,6 +338,7 @@ class KeydServer:
         elif isinstance(event, WatchResynced):
             self._peers_synced = True
         self._call_in_loop(self._ike_watch_check)
+        self._call_in_loop(self.redirects.peers_changed)
 
     def _call_in_loop(self, fn: Any) -> None:
         def guarded() -> None:
@@ -386,6 +394,7 @@ class KeydServer:
         self._start_ike_watch()
         self._keyd_watcher = self.store.watch(KeydRecord, self._on_keyd)
         await asyncio.to_thread(self.view.start, self.store)
+        await asyncio.to_thread(self.redirects.restart, self.store)
 
     async def _sweeper(self) -> None:
         await sweep(self.engine, self.config.keyd.sweep_interval_s,

@@ -1,4 +1,5 @@
-"""What the operator commands change in the keyspace: drain, undrain, remove, rebalance.
+"""What the operator commands change in the keyspace: drain, undrain, remove, rebalance,
+redirect.
 
 Every write is a compare-and-swap on the record's mod_revision, so a command never overwrites
 a change it did not see (a node re-registering, the sprayer moving a client).
@@ -23,7 +24,13 @@ from cluster.cli.view import Snapshot
 from cluster.plan import NodeState, NodeView, Phase, Placement, Planner, StartHandoff
 from cluster.store.client import Store
 from cluster.store.errors import StoreError
-from cluster.store.records import Assignment, MalformedRecord, NodeRecord
+from cluster.store.records import (
+    Assignment,
+    MalformedRecord,
+    NodeRecord,
+    RedirectRequest,
+    gateway_ok,
+)
 
 CAS_ATTEMPTS = 5
 
@@ -146,3 +153,33 @@ def rebalance(store: Store, snap: Snapshot, dry_run: bool, limit: int | None = N
     if failure is not None:
         raise RebalanceInterrupted(moves, failure)
     return moves
+
+
+def request_redirects(store: Store, snap: Snapshot, gateway: str, ike_sa_ids: list[str],
+                      identity: str | None, everyone: bool) -> list[dict[str, str]]:
+    """Ask established clients to move to `gateway` (RFC 5685 §5): a redirect/<ike-sa-id>
+    request per client named — by IKE SA id, by identity, or all of them; the keyd
+    instance that holds each client sends the REDIRECT (keyd/redirects.py). Clients that
+    never announced redirect support are left alone by keyd (and say so in its log)."""
+    if not gateway_ok(gateway):
+        raise CliFailure(f"not a gateway address or DNS name: {gateway!r}")
+    held = {v.record.ike_sa_id: v.record for v in snap.ike}
+    if everyone:
+        chosen = sorted(held)
+    elif identity is not None:
+        chosen = sorted(i for i, r in held.items() if r.identity == identity)
+        if not chosen:
+            raise CliFailure(f"no client with identity {identity!r} is connected")
+    else:
+        missing = [i for i in ike_sa_ids if i not in held]
+        if missing:
+            raise CliFailure(f"no such client (IKE SA): {', '.join(missing)}")
+        chosen = list(dict.fromkeys(ike_sa_ids))
+    now = time.time()
+    try:
+        for ike_sa_id in chosen:
+            store.put(RedirectRequest(ike_sa_id=ike_sa_id, gateway=gateway, requested_at=now))
+    except StoreError as exc:
+        raise CliFailure(f"redirect not requested: {exc}") from None
+    return [{"ike_sa_id": i, "identity": held[i].identity, "gateway": gateway}
+            for i in chosen]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.lab import addresses as A
-from cluster.lab import strongswan, teardown, topology
+from cluster.lab import mobility, strongswan, teardown, topology
 from cluster.lab.base import LabBase, _mutating, _require_root
 from cluster.lab.errors import LabError
 from cluster.lab.pki import SHARED_USERS
@@ -109,6 +109,16 @@ class LabClients(LabBase):
         del self.state.clients[name]
         self.state.namespaces.remove(rec.netns)
         shutil.rmtree(self.dir / "clients" / name, ignore_errors=True)
+
+    @_mutating
+    def move_client(self, name: str, address: str) -> str:
+        """The client's front-network address changes (cluster/lab/mobility.py)."""
+        return mobility.move_client(self, name, address)
+
+    @_mutating
+    def start_other_gateway(self) -> int:
+        """A charon gateway beside the cluster, for redirects (cluster/lab/mobility.py)."""
+        return mobility.start_other_gateway(self)
 
     def client_sas(self, name: str) -> list[strongswan.IkeSaView]:
         """The IKE SAs a client's charon holds."""

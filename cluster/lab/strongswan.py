@@ -132,7 +132,8 @@ secrets {{
 
 
 def gateway_swanctl_conf(psk: str, cert: Path, ca_cert: Path,
-                         eap_users: Sequence[tuple[str, str]] = ()) -> str:
+                         eap_users: Sequence[tuple[str, str]] = (),
+                         local_addr: str = A.VIP) -> str:
     """The baseline gateway: a charon responder at the VIP that proves itself with its
     certificate, as keyd does, and accepts clients with the PSK or a lab certificate, and
     the `eap_users` (name, password) by EAP-MSCHAPv2 (any IKE identity; the user name is
@@ -148,7 +149,7 @@ def gateway_swanctl_conf(psk: str, cert: Path, ca_cert: Path,
     # No MOBIKE: the gateway would announce its back-end address and the client would move
     # its IKE SA there, around the VIP.
     common = f"""version = 2
-    local_addrs = {A.VIP}
+    local_addrs = {local_addr}
     mobike = no
     pools = lab-pool
     proposals = {GATEWAY_IKE_PROPOSALS}

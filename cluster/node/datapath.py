@@ -35,6 +35,7 @@ from typing import TypeVar
 from cluster.esp import DropReason, EspUsageError, SaTable
 from cluster.esp.table import Decrypted, Dropped, IkeMessage
 from cluster.node.hold import HoldBuffer
+from cluster.node.mobility import follows_esp
 from cluster.node.outbound import OutboundTable
 from cluster.node.sa import Address, NodeSa
 from cluster.policy import PacketFilter
@@ -423,7 +424,10 @@ class Datapath:
 
     def _rebind(self, sa: NodeSa, addr: Address) -> None:
         """The client's address changed (NAT rebinding, RFC 3948 / RFC 7296 §2.23); only ever
-        called after the packet authenticated, so a spoofed source cannot move the SA."""
+        called after the packet authenticated, so a spoofed source cannot move the SA. A
+        MOBIKE client's SA moves by its record only (cluster/node/mobility.py)."""
+        if not follows_esp(sa.record):
+            return
         for o in self.table.by_spi.values():
             if o.ike_sa_id == sa.ike_sa_id:
                 o.peer = addr

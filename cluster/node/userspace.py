@@ -14,6 +14,7 @@ from cluster.node.counters import Traffic, merge_window
 from cluster.node.datapath import Datapath
 from cluster.node.events import SaStart
 from cluster.node.metrics import Snapshot
+from cluster.node.mobility import peer_after_update
 from cluster.node.plane import Addresses, SaRefused
 from cluster.node.sa import NodeSa
 from cluster.policy import PacketFilter
@@ -43,8 +44,8 @@ class UserspacePlane:
                 sa.restore(prev.counters())
                 sa.traffic_base = prev.traffic()
                 sa.send_limit = 0 if moved else prev.send_limit
-                if (prev.record.peer_addr, prev.record.peer_port) == sa.peer:
-                    sa.peer = prev.peer  # the client's address as rebinding left it
+                # MOBIKE moves by the record, NAT rebinding by what ESP followed
+                sa.peer = peer_after_update(prev.peer, prev.record, record)
             dp.install(sa)
             if sa.send_limit:
                 dp.send_on(sa)

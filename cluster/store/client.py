@@ -30,6 +30,7 @@ from .records import (
     Policy,
     PoolLease,
     Record,
+    RedirectRequest,
     SeqRecord,
     decode_record,
     encode_record,
@@ -56,7 +57,7 @@ def record_name(record: Record) -> str:
     """The last key component of a record: its id, SPI, IKE SA id, IP or name."""
     if isinstance(record, NodeRecord | KeydRecord):
         return record.id
-    if isinstance(record, IkeSaRecord | Assignment):
+    if isinstance(record, IkeSaRecord | Assignment | RedirectRequest):
         return record.ike_sa_id
     if isinstance(record, ChildSaRecord):
         return f"{record.spi_in:08x}"
@@ -72,6 +73,7 @@ def record_name(record: Record) -> str:
 _BUILDERS: dict[str, Callable[[Keyspace, Any], str]] = {
     "nodes": Keyspace.node, "keyd": Keyspace.keyd, "ike": Keyspace.ike,
     "assign": Keyspace.assign, "pool": Keyspace.pool, "policy": Keyspace.policy,
+    "redirect": Keyspace.redirect,
     "sa": lambda ks, n: ks.sa(int(n, 16)), "seq": lambda ks, n: ks.seq(int(n, 16)),
 }
 

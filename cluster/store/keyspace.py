@@ -4,7 +4,7 @@ Layout under `<prefix>/<cluster>/` (DESIGN.md, "Keyspace"):
 
     nodes/<id>          keyd/<id>          ike/<spi_i 16 hex><spi_r 16 hex>
     sa/<spi_in 8 hex>   assign/<ike-sa-id> seq/<spi_in 8 hex>
-    pool/<dotted ip>    policy/<name>
+    pool/<dotted ip>    policy/<name>      redirect/<ike-sa-id>
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import overload
 
-KINDS = ("nodes", "keyd", "ike", "sa", "assign", "seq", "pool", "policy")
+KINDS = ("nodes", "keyd", "ike", "sa", "assign", "seq", "pool", "policy", "redirect")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _SPI = re.compile(r"^[0-9a-f]{8}$")
@@ -135,6 +135,10 @@ class Keyspace:
 
     def policy(self, name: str) -> str:
         return self.kind_prefix("policy") + check_name(name)
+
+    def redirect(self, ike_id: str) -> str:
+        parse_ike_sa_id(ike_id)
+        return self.kind_prefix("redirect") + ike_id
 
     def split(self, key: str | bytes) -> tuple[str, str]:
         """(kind, name) of a full key of this cluster; BadKey if it is not one."""

@@ -16,6 +16,7 @@ import functools
 import ipaddress
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from cluster.policy.rules import MODES, PolicyError, parse_rules
 
-from .keyspace import BadKey, check_name
+from .keyspace import BadKey, check_name, parse_ike_sa_id
 from .seal import DataKey, PublicView, WrongDataKey
 
 VERSION = 1
@@ -243,6 +244,11 @@ class ChildSaRecord(Record):
     policy_mode: Literal["full", "split", "guest"] | None = None
     policy_allowed: list[str] = field(default_factory=list)
     policy_denied: list[str] = field(default_factory=list)
+    # MOBIKE (RFC 4555) was negotiated (optional, absent in records written before): the
+    # client announces its moves, keyd writes the new address here once it answered a
+    # return routability check, and the nodes follow this record, not the source of
+    # ESP (which an authenticated client could point at a third party)
+    mobike: bool = False
 
     __repr__ = _redacted
 
@@ -355,9 +361,40 @@ class Policy(Record):
         _check_rules(self.allowed, self.denied, "")
 
 
+@dataclass(frozen=True, slots=True)
+class RedirectRequest(Record):
+    """An operator asks an established client to move to another gateway (RFC 5685 §5;
+    `clusterctl client redirect`): redirect/<ike-sa-id>. The keyd instance that holds the
+    IKE SA (or last wrote it) sends the REDIRECT and removes the record."""
+
+    KIND: ClassVar[str] = "redirect"
+    ike_sa_id: str
+    gateway: str          # an IP address or a DNS name (what REDIRECT carries)
+    requested_at: float
+
+    def validate(self) -> None:
+        try:
+            parse_ike_sa_id(self.ike_sa_id)
+        except BadKey as e:
+            raise ValueError(f"ike_sa_id: {e}") from None
+        if not gateway_ok(self.gateway):
+            raise ValueError(f"gateway: not an address or DNS name: {self.gateway!r}")
+
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def gateway_ok(text: str) -> bool:
+    """An IP address or a DNS name: what a REDIRECT can carry (RFC 5685 §9)."""
+    if _ip_ok(text):
+        return True
+    labels = text.rstrip(".").split(".")
+    return 0 < len(text) <= 253 and all(_LABEL.match(label) for label in labels)
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.KIND: cls for cls in (NodeRecord, KeydRecord, IkeSaRecord, ChildSaRecord, Assignment,
-                              SeqRecord, PoolLease, Policy)
+                              SeqRecord, PoolLease, Policy, RedirectRequest)
 }
 
 R = TypeVar("R", bound=Record)

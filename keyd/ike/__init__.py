@@ -71,9 +71,11 @@ from .events import (
     IkeEvent,
     IkeSaDeleted,
     IkeSaEstablished,
+    IkeSaMoved,
     IkeSaRekeyed,
     IkeSaUpdated,
     RadiusRequested,
+    Redirected,
 )
 from .initiator import Initiator
 from .responder import Responder
@@ -96,6 +98,7 @@ __all__ = [
     "IkeProtocolError",
     "IkeSaDeleted",
     "IkeSaEstablished",
+    "IkeSaMoved",
     "IkeSaRekeyed",
     "IkeSaUpdated",
     "IkeUsageError",
@@ -103,6 +106,7 @@ __all__ = [
     "InitiatorConfig",
     "LocalAuth",
     "RadiusRequested",
+    "Redirected",
     "RemoteAuth",
     "Responder",
     "ResponderConfig",

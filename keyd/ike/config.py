@@ -132,6 +132,10 @@ class ResponderConfig:
     fragmentation: bool = True
     fragment_mtu: int = 1280
     fragment_limits: FragmentLimits = field(default_factory=FragmentLimits)
+    mobike: bool = True  # answer MOBIKE_SUPPORTED (RFC 4555): clients announce their moves
+    # RFC 5685: answer the IKE_SA_INIT of clients that support redirect with REDIRECT to
+    # this gateway (an address or FQDN) instead of serving them (a draining keyd)
+    redirect_to: str | None = None
     # the proposals above, parsed: what select_proposal accepts (or the initiator offers)
     ike_suites: tuple[IkeProposal, ...] = field(init=False)
     esp_suites: tuple[EspProposal, ...] = field(init=False)
@@ -183,6 +187,8 @@ class InitiatorConfig:
     # responder still proves itself with `credentials`
     eap_identity: str | None = None
     eap_password: str | None = None
+    mobike: bool = True  # send MOBIKE_SUPPORTED (RFC 4555)
+    redirect: bool = True  # send REDIRECT_SUPPORTED and follow REDIRECT (RFC 5685)
     retransmit_timeout_s: float = 2.0
     retransmit_tries: int = 5
     # RFC 7383, as for the responder: announce, and fragment what exceeds `fragment_mtu`

@@ -286,6 +286,10 @@ class IkeEndpoint:
     def _imported(self, sa: IkeSa) -> None:
         """Hook for subclasses to index an imported SA."""
 
+    def _esp_peer(self, sa: IkeSa) -> Address:
+        """Hook: where a new Child SA of the IKE SA sends ESP (MOBIKE: a verified address)."""
+        return sa.peer
+
     def _schedule(self, sa: IkeSa) -> None:
         """Call after changing `retransmit_at` or `expires_at` (stale heap entries are skipped)."""
         due = _due(sa)
@@ -369,7 +373,8 @@ class IkeEndpoint:
             udp_encap=sa.udp_encap, peer_behind_nat=sa.peer_behind_nat,
             peer_identity=sa.peer_identity, connection=sa.connection,
             virtual_ip=sa.virtual_ip,
-            peer_hashes=sa.peer_hashes, fragmentation=sa.fragmentation,
+            peer_hashes=sa.peer_hashes, fragmentation=sa.fragmentation, mobike=sa.mobike,
+            redirect_supported=sa.redirect_supported,
         )
         if new.id in self._sas:
             raise IkeProtocolError("IKE SPI collision", Notify.INVALID_SYNTAX)
@@ -391,6 +396,7 @@ class IkeEndpoint:
         replaces: int | None, now: float, policy: str | None = None,
     ) -> ChildSa:
         """A Child SA; §2.17 keys come i→r first, where i is the exchange's initiator."""
+        esp_peer = self._esp_peer(sa)
         if we_initiated:
             e_in, a_in, e_out, a_out = keys.encr_ri, keys.integ_ri, keys.encr_ir, keys.integ_ir
         else:
@@ -399,11 +405,11 @@ class IkeEndpoint:
             spi_in=spi_in, spi_out=spi_out, ike_sa_id=sa.id, encr=suite.encr.name,
             integ=suite.integ.name if suite.integ else None, esn=suite.esn,
             enc_key_in=e_in, integ_key_in=a_in, enc_key_out=e_out, integ_key_out=a_out,
-            ts_local=ts_local, ts_remote=ts_remote, peer_addr=sa.peer[0], peer_port=sa.peer[1],
+            ts_local=ts_local, ts_remote=ts_remote, peer_addr=esp_peer[0], peer_port=esp_peer[1],
             udp_encap=sa.udp_encap, virtual_ip=sa.virtual_ip, identity=sa.peer_identity,
             created_at=now, soft_lifetime_s=self._child_lifetime_s,
             hard_lifetime_s=self._child_lifetime_s + self._child_lifetime_s // 10,
-            replaces=replaces, policy=policy,
+            replaces=replaces, policy=policy, mobike=sa.mobike is not None,
         )
         sa.children[spi_in] = child
         return child
@@ -463,8 +469,9 @@ class IkeEndpoint:
         if handler is None:
             self._drop("unexpected_exchange")
             return
-        if sa.udp_encap and (src, dst) != (sa.peer, sa.local):
-            sa.peer, sa.local = src, dst  # §2.23: follow the peer behind a NAT
+        if sa.udp_encap and sa.mobike is None and (src, dst) != (sa.peer, sa.local):
+            # §2.23: follow the peer behind a NAT (a MOBIKE peer moves by UPDATE_SA_ADDRESSES)
+            sa.peer, sa.local = src, dst
         ctx = RequestContext(h, src, dst)
         try:
             response = getattr(self, handler)(sa, payloads, ctx, now)
@@ -592,6 +599,7 @@ class IkeEndpoint:
             self.counters.errors["received_" + notify_name(n)] += 1
             self._events.append(ExchangeFailed(sa.id, h.exchange, n, "peer answered with an error"))
             self._on_request_failed(sa, kind, ctx, n, now)
+            self._after_exchange(sa, now)
             return
         try:
             getattr(self, f"_on_{kind}_response")(sa, payloads, ctx, now)
@@ -600,6 +608,10 @@ class IkeEndpoint:
             self.counters.errors["bad_response"] += 1
             self._events.append(ExchangeFailed(sa.id, h.exchange, e.notify, reason))
             self._on_request_failed(sa, kind, ctx, e.notify, now)
+        self._after_exchange(sa, now)
+
+    def _after_exchange(self, sa: IkeSa, now: float) -> None:
+        """Hook: our request's exchange ended (its window is free again)."""
 
     def _on_request_failed(
         self, sa: IkeSa, kind: str, ctx: dict[str, Any], notify: int | None, now: float

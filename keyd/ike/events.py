@@ -37,6 +37,9 @@ class ChildSa:
     hard_lifetime_s: int
     replaces: int | None = None  # spi_in of the Child SA this one rekeyed
     policy: str | None = None  # the connection's traffic policy (policy/<name>) for the nodes
+    # MOBIKE (RFC 4555) was negotiated: the client's address changes only by
+    # UPDATE_SA_ADDRESSES, written to the record; nodes do not follow its ESP elsewhere
+    mobike: bool = False
 
 
 class IkeEvent:
@@ -72,6 +75,29 @@ class IkeSaRekeyed(IkeEvent):
     old_ike_sa_id: str
     new_ike_sa_id: str
     children: tuple[ChildSa, ...]  # now under the new IKE SA: rewrite their ike_sa_id
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaMoved(IkeEvent):
+    """MOBIKE (RFC 4555 §3.5): the client's verified new address; its Child SAs (in
+    `children`, with the new address) are rewritten with the IKE SA, in one step."""
+
+    ike_sa_id: str
+    peer_addr: str
+    peer_port: int
+    children: tuple[ChildSa, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Redirected(IkeEvent):
+    """RFC 5685: the gateway sends the client elsewhere. Initiator: `gateway` is where to
+    connect next (with REDIRECTED_FROM); `during` is "ike_sa_init" (no IKE SA was made),
+    "ike_auth" or "informational" (delete this IKE SA once the new one exists). Responder:
+    a client was redirected (`during` "ike_sa_init" or "informational", answered)."""
+
+    ike_sa_id: str
+    gateway: str
+    during: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,9 @@ class IkeSa:
     expires_at: float | None = None  # half-open or rekeyed SAs go away after this
     # the EAP round of IKE_AUTH (§2.16), as of the last answer: see keyd/ike/eap_auth.py
     eap: dict[str, Any] | None = None
+    # MOBIKE (RFC 4555), once negotiated: keyd/ike/mobike.py (None: not negotiated)
+    mobike: dict[str, Any] | None = None
+    redirect_supported: bool = False  # the peer can be redirected (RFC 5685 §3)
     # not exported: our request in flight and its retransmission schedule
     outstanding: bytes = b""
     outstanding_kind: str = ""
@@ -130,6 +133,8 @@ def export_sa(sa: IkeSa) -> dict[str, Any]:
         "rekeyed_to": sa.rekeyed_to,
         "expires_at": sa.expires_at,
         "eap": sa.eap,
+        "mobike": sa.mobike,
+        "redirect_supported": sa.redirect_supported,
     }
 
 
@@ -142,6 +147,11 @@ def import_sa(d: dict[str, Any]) -> IkeSa:
         eap = d.get("eap")  # absent in records written before EAP
         if eap is not None and not isinstance(eap, dict):
             raise ValueError("eap is not an object")
+        mobike = d.get("mobike")  # absent in records written before MOBIKE
+        if mobike is not None and not (isinstance(mobike, dict)
+                                       and isinstance(mobike.get("verified"), list)
+                                       and isinstance(mobike.get("update_id"), int)):
+            raise ValueError("mobike is not a MOBIKE state")
         # the pending IKE_AUTH is answered afresh: back to where its request was taken up
         if state == IkeState.WAIT_ADDRESS:
             state = IkeState.EAP_DONE if eap is not None else IkeState.HALF_OPEN
@@ -174,6 +184,8 @@ def import_sa(d: dict[str, Any]) -> IkeSa:
             rekeyed_to=d["rekeyed_to"],
             expires_at=d["expires_at"],
             eap=eap,
+            mobike=mobike,
+            redirect_supported=bool(d.get("redirect_supported", False)),
         )
         for c in d["children"]:
             child = _child_from_dict(c)

@@ -27,7 +27,7 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .core import IkeEndpoint, nat_hash
+from .core import nat_hash
 from .dh import KeyExchange
 from .errors import IkeProtocolError, IkeUsageError
 from .events import (
@@ -47,6 +47,7 @@ from .keys import (
     skeyseed,
 )
 from .message import Header, Message, push_message
+from .mobike import Mobility
 from .payloads import (
     AuthPayload,
     CpPayload,
@@ -65,6 +66,7 @@ from .payloads import (
     notifies,
 )
 from .proof import check_proof, hash_algorithms, hash_algorithms_notify, own_proof
+from .redirect import Redirection
 from .selectors import selector_for, to_cidrs
 from .state import IkeState, advance
 from .transforms import ChildSuite, IkeSuite, suite_from_proposal
@@ -72,7 +74,7 @@ from .transforms import ChildSuite, IkeSuite, suite_from_proposal
 _NO_KEYS = IkeKeys(b"", b"", b"", b"", b"", b"", b"")
 
 
-class Initiator(IkeEndpoint):
+class Initiator(Mobility, Redirection):
     """Client side of one IKE SA. `ike_sa_id` names the current IKE SA (None before/after)."""
 
     def __init__(
@@ -89,6 +91,9 @@ class Initiator(IkeEndpoint):
             retransmit_tries=config.retransmit_tries, fragment_mtu=config.fragment_mtu,
         )
         self.config = config
+        self.mobike_enabled = config.mobike
+        self.redirect_supported = config.redirect
+        self._redirected_from: str | None = None
         self._my_id: Identity = identity_from_text(config.identity, config.credentials.cert)
         self.ike_sa_id: str | None = None
         self.virtual_ip: str | None = None
@@ -102,8 +107,11 @@ class Initiator(IkeEndpoint):
 
     # ---- IKE_SA_INIT -------------------------------------------------------------------
 
-    def connect(self, local: Address, remote: Address, now: float) -> None:
-        """Start IKE_SA_INIT from `local` to `remote`."""
+    def connect(self, local: Address, remote: Address, now: float,
+                redirected_from: str | None = None) -> None:
+        """Start IKE_SA_INIT from `local` to `remote`; `redirected_from`: the gateway that
+        sent us here (RFC 5685 §4.1, REDIRECTED_FROM)."""
+        self._redirected_from = redirected_from
         first = self.config.ike_suites[0]
         suite = first.first_suite()  # a placeholder until the responder chooses
         sa = IkeSa(spi_i=self._new_spi(), spi_r=0, is_initiator=True, suite=suite,
@@ -128,6 +136,7 @@ class Initiator(IkeEndpoint):
             payloads.append(hash_algorithms_notify())
         if self.config.fragmentation:
             payloads.append(NotifyPayload(Notify.IKEV2_FRAGMENTATION_SUPPORTED))
+        payloads += self._redirect_init_payloads(self._redirected_from)
         data = push_message(Header(sa.spi_i, 0, 0, ExchangeType.IKE_SA_INIT, Flag.INITIATOR, 0),
                             payloads)
         sa.init_request = data
@@ -145,6 +154,8 @@ class Initiator(IkeEndpoint):
             self._drop("unexpected_response")
             return
         ps = msg.payloads
+        if self._redirected_in_init(sa, msg):
+            return
         cookie = notifies(ps, Notify.COOKIE)
         if cookie:  # §2.6: repeat the request with the cookie first
             self._send_init(sa, sa.outstanding_ctx["dh"], cookie[0].data, now)
@@ -219,6 +230,8 @@ class Initiator(IkeEndpoint):
                                                         (CfgAttr.INTERNAL_IP4_DNS, b""))))
         if cfg.initial_contact:
             payloads.append(NotifyPayload(Notify.INITIAL_CONTACT))
+        if cfg.mobike:
+            payloads.append(NotifyPayload(Notify.MOBIKE_SUPPORTED))
         if cfg.credentials.cas:
             # §3.7: ask for the responder's certificate (a responder may leave it out
             # unless asked), naming the CAs we trust
@@ -255,6 +268,7 @@ class Initiator(IkeEndpoint):
                 if t == CfgAttr.INTERNAL_IP4_ADDRESS and len(v) == 4:
                     sa.virtual_ip = str(ipaddress.IPv4Address(v))
         self.virtual_ip = sa.virtual_ip
+        self._mobike_agreed(sa, payloads)
         sa.state = advance(sa.state, "auth_answered")
         sa.peer_next_id = 0
         self._events.append(IkeSaEstablished(sa.id, sa.peer_identity, sa.peer[0], sa.peer[1],

@@ -39,6 +39,7 @@ from .identity import Identity, identity_from_text, identity_text
 from .ikesa import Address, IkeSa, ike_sa_id
 from .keys import NONCE_LEN, derive_child_keys, derive_ike_keys, prf, skeyseed
 from .message import Header, Message, push_message
+from .mobike import Mobility
 from .payloads import (
     AuthPayload,
     CertPayload,
@@ -59,6 +60,7 @@ from .payloads import (
 )
 from .proof import check_proof, hash_algorithms, hash_algorithms_notify, own_proof
 from .proposals import select_proposal
+from .redirect import Redirection
 from .secrets import Secrets
 from .selectors import narrow, selector_for, to_cidrs
 from .state import IkeState, advance
@@ -106,7 +108,7 @@ class _Offer:
         )
 
 
-class Responder(EapRound):
+class Responder(EapRound, Mobility, Redirection):
     """keyd's IKEv2 responder for any number of IKE SAs.
 
     `random(n)` gives n random bytes (nonces, IKE SPIs, IVs, cookie secrets);
@@ -128,6 +130,7 @@ class Responder(EapRound):
             fragment_mtu=config.fragment_mtu, fragment_limits=config.fragment_limits,
         )
         self.config = config
+        self.mobike_enabled = config.mobike
         creds = config.credentials
         self._my_id: Identity = identity_from_text(config.identity, creds.cert)
         self._secrets: Secrets = config.secrets
@@ -206,6 +209,8 @@ class Responder(EapRound):
                 self.counters.cookies_sent += 1
                 self._init_reply(h, 0, [NotifyPayload(Notify.COOKIE, expected)], src, dst)
                 return
+        if self._redirect_new_client(msg, src, dst, self.config.redirect_to):
+            return
         try:
             prop, suite = select_proposal(sa_p.proposals, self.config.ike_suites,
                                           ProtocolId.IKE, ke.group)
@@ -253,6 +258,7 @@ class Responder(EapRound):
             peer_behind_nat=peer_nat, peer_hashes=peer_hashes, fragmentation=fragmentation,
             expires_at=now + self.config.half_open_timeout_s,
         )
+        self._note_redirect_support(sa, ps)
         self._sas[sa.id] = sa
         self._index(sa)
         self._schedule(sa)
@@ -294,6 +300,10 @@ class Responder(EapRound):
 
     def _imported(self, sa: IkeSa) -> None:
         self._index(sa)
+        super()._imported(sa)
+
+    def _fakes_nat(self) -> bool:
+        return self.config.force_udp_encap
 
     def _forget(self, sa: IkeSa) -> None:
         self._pending.pop(sa.id, None)
@@ -467,6 +477,7 @@ class Responder(EapRound):
         reply = self._eap_final_proof(sa) if sa.eap is not None \
             else self._own_auth(sa, pending.connection.local_auth, pending.psk)
         sa.eap = None  # the MSK and the conversation are not needed any more
+        reply += self._mobike_offer(sa, pending.payloads)
         offer = self._offers[pending.connection.name]
         child_ok = True
         if pending.cp is not None:

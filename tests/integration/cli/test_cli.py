@@ -359,3 +359,30 @@ def test_tls_with_client_certificate(tmp_path) -> None:  # type: ignore[no-untyp
         assert missing.exit_code == 1 and "nope.pem" in missing.stderr
     finally:
         server.stop()
+
+
+def test_client_redirect_writes_requests_for_keyd(cluster: Cluster) -> None:
+    from cluster.store.records import RedirectRequest
+
+    first = cluster.ike[0].ike_sa_id
+    rows = as_json(cluster, "client", "redirect", first, "--to", "vpn2.example.net")
+    assert rows == [{"ike_sa_id": first, "identity": "client1@example.net",
+                     "gateway": "vpn2.example.net"}]
+    got = cluster.store.get(RedirectRequest, first)
+    assert got is not None and got.record.gateway == "vpn2.example.net"
+    rows = as_json(cluster, "client", "redirect", "--identity", "client3@example.net",
+                   "--to", "198.51.100.50")
+    assert [r["ike_sa_id"] for r in rows] == [cluster.ike[2].ike_sa_id]
+    rows = as_json(cluster, "client", "redirect", "--all", "--to", "198.51.100.50")
+    assert len(rows) == 3
+    assert len(cluster.store.list(RedirectRequest).items) == 3
+    # what the operator gets wrong: a usage error (2) or a clear failure (1), no traceback
+    for argv, code in ((("--to", "198.51.100.50"), 2),
+                       (("nothex", "--to", "198.51.100.50"), 2),
+                       ((first, "--all", "--to", "198.51.100.50"), 2),
+                       (("f" * 32, "--to", "198.51.100.50"), 1),
+                       ((first, "--to", "bad gateway!"), 1),
+                       (("--identity", "nobody@example.net", "--to", "198.51.100.50"), 1)):
+        result = run(*cluster.args("client", "redirect", *argv))
+        assert result.exit_code == code, (argv, result.output)
+        assert "Traceback" not in result.output

@@ -127,7 +127,7 @@ CERT_TIME = datetime.datetime(2026, 1, 15, tzinfo=datetime.UTC)
 
 def psk_pair(ike: str = "aes128gcm16-prfsha256-x25519", esp: str = "aes128gcm16",
              server_ike: list[str] | None = None, server_esp: list[str] | None = None,
-             client_esp: list[str] | None = None,
+             client_esp: list[str] | None = None, client_kw: dict[str, Any] | None = None,
              **server_kw: Any) -> tuple[Side, Side]:
     server = Responder(ResponderConfig(
         identity="vpn.example.net", credentials=Credentials(psk=PSK),
@@ -135,5 +135,5 @@ def psk_pair(ike: str = "aes128gcm16-prfsha256-x25519", esp: str = "aes128gcm16"
         protected_networks=["10.20.0.0/16"], dns=["10.20.0.53"], **server_kw))
     client = Initiator(InitiatorConfig(
         identity="client@example.net", credentials=Credentials(psk=PSK),
-        ike_proposals=[ike], esp_proposals=client_esp or [esp]))
+        ike_proposals=[ike], esp_proposals=client_esp or [esp], **(client_kw or {})))
     return Side(client), Side(server)

@@ -47,8 +47,11 @@ payload = st.one_of(
     st.builds(IdiPayload, st.integers(0, 11), st.binary(max_size=20)),
     st.builds(AuthPayload, st.integers(0, 14), st.binary(max_size=40)),
     st.builds(CertPayload, st.integers(0, 5), st.binary(max_size=40)),
-    st.builds(NotifyPayload, st.sampled_from([16393, 16384, 16388, 16390, 14, 24, 40000]),
-              st.binary(max_size=10), st.integers(0, 3), st.sampled_from([b"", b"\1\2\3\4"])),
+    st.builds(NotifyPayload, st.sampled_from([16393, 16384, 16388, 16390, 14, 24, 40000,
+                                              # MOBIKE (RFC 4555), redirect (RFC 5685)
+                                              16389, 16396, 16400, 16401, 16402, 16406,
+                                              16407, 16408]),
+              st.binary(max_size=24), st.integers(0, 3), st.sampled_from([b"", b"\1\2\3\4"])),
     st.builds(DeletePayload, st.integers(0, 4),
               st.lists(st.sampled_from([b"\1\2\3\4", b"\0" * 8, b"\1"]), max_size=3)
               .map(tuple)),

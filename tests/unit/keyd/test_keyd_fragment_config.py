@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from keyd.credentials import responder_config
 
 from keyd.config import ConfigError, load_config
+from keyd.credentials import responder_config
 
 HEAD = '[keyd]\nidentity = "gw"\npsk_file = "{psk}"\n'
 
