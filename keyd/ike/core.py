@@ -328,7 +328,7 @@ class IkeEndpoint:
             state=IkeState.ESTABLISHED, peer=sa.peer, local=sa.local, created_at=now,
             udp_encap=sa.udp_encap, peer_behind_nat=sa.peer_behind_nat,
             peer_identity=sa.peer_identity, connection=sa.connection,
-            virtual_ip=sa.virtual_ip,
+            virtual_ip=sa.virtual_ip, virtual_ip6=sa.virtual_ip6,
             peer_hashes=sa.peer_hashes,
         )
         if new.id in self._sas:
@@ -363,7 +363,7 @@ class IkeEndpoint:
             udp_encap=sa.udp_encap, virtual_ip=sa.virtual_ip, identity=sa.peer_identity,
             created_at=now, soft_lifetime_s=self._child_lifetime_s,
             hard_lifetime_s=self._child_lifetime_s + self._child_lifetime_s // 10,
-            replaces=replaces, policy=policy,
+            replaces=replaces, policy=policy, virtual_ip6=sa.virtual_ip6,
         )
         sa.children[spi_in] = child
         return child

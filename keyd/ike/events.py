@@ -37,6 +37,7 @@ class ChildSa:
     hard_lifetime_s: int
     replaces: int | None = None  # spi_in of the Child SA this one rekeyed
     policy: str | None = None  # the connection's traffic policy (policy/<name>) for the nodes
+    virtual_ip6: str | None = None  # the client's IPv6 virtual address (INTERNAL_IP6_ADDRESS)
 
 
 class IkeEvent:
@@ -63,6 +64,7 @@ class IkeSaEstablished(IkeEvent):
     virtual_ip: str | None
     initial_contact: bool
     connection: str = ""  # the connection the client was accepted on
+    virtual_ip6: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +103,10 @@ class ChildSaDeleted(IkeEvent):
 class AddressRequested(IkeEvent):
     """The peer asked for a virtual IP (CP CFG_REQUEST): answer with `assign_address`.
 
-    `requested` is the address the peer asked for, or None for "any". The IKE_AUTH answer
-    waits for the decision; retransmits of the request meanwhile are ignored.
+    It asks for an IPv4 address (INTERNAL_IP4_ADDRESS: `ipv4`), an IPv6 one
+    (INTERNAL_IP6_ADDRESS: `ipv6`), or both; `requested` / `requested6` are the addresses it
+    asked for, or None for "any". The IKE_AUTH answer waits for the decision; retransmits of
+    the request meanwhile are ignored.
     """
 
     ike_sa_id: str
@@ -113,6 +117,10 @@ class AddressRequested(IkeEvent):
     initial_contact: bool = False
     connection: str = ""  # the connection the client was accepted on
     pool: str | None = None  # its pool (CIDR); None: the shell's default pool
+    ipv4: bool = True
+    ipv6: bool = False
+    requested6: str | None = None
+    pool6: str | None = None  # its IPv6 pool (CIDR); None: no IPv6 address is given
 
 
 @dataclass(frozen=True, slots=True)
