@@ -282,7 +282,7 @@ class NodeAgent:
     def _record(self) -> NodeRecord:
         c = self.cfg
         return NodeRecord(c.id, c.address, c.capacity, "draining" if self.draining else "ready",
-                          c.health_port, VERSION, self.wall())
+                          c.health_port, VERSION, self.wall(), address6=c.address6)
 
     def _register(self) -> None:
         """Take a lease, write nodes/<id> on it; the revision of our own write is this

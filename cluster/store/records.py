@@ -155,9 +155,13 @@ class NodeRecord(Record):
     health_port: int
     version: str                      # software version
     started_at: float                 # epoch seconds
+    # back-end IPv6 address the sprayer routes clients' IPv6 virtual addresses to (optional,
+    # absent in records written before; None: the node carries no inner IPv6 back)
+    address6: str | None = None
 
     def validate(self) -> None:
         _check_ip(self.address, "address")
+        _check_ip6(self.address6, "address6")
         _check_port(self.health_port, "health_port")
         if not 0 <= self.capacity <= MAX_CAPACITY:
             raise ValueError(f"capacity must be 0..{MAX_CAPACITY}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -51,6 +52,20 @@ def test_client_addresses_of_a_site_and_of_a_road_warrior() -> None:
     assert client_addresses(site) == (network_key("10.50.0.0/24"), host_key("10.60.0.1"))
     warrior = _record(["10.99.0.7/32"], "10.99.0.7")
     assert client_addresses(warrior) == (host_key("10.99.0.7"),)
+
+
+def test_a_dual_stack_client_is_reached_at_both_virtual_addresses() -> None:
+    dual = replace(_record(["10.99.0.7/32", "fd00:99::7/128"], "10.99.0.7"),
+                   virtual_ip6="fd00:99::7")
+    assert client_addresses(dual) == (host_key("10.99.0.7"), host_key("fd00:99::7"))
+    only6 = replace(_record(["fd00:99::7/128"], None), virtual_ip6="fd00:99::7")
+    assert client_addresses(only6) == (host_key("fd00:99::7"),)
+    t: OutboundTable[str] = OutboundTable()
+    for key in client_addresses(dual):
+        t.set(key, "dual")
+    # a packet's destination, as the TUN reader slices it (IPv4 16:20, IPv6 24:40)
+    assert t.lookup(ipaddress.IPv6Address("fd00:99::7").packed) == "dual"
+    assert t.lookup(ipaddress.IPv6Address("fd00:99::8").packed) is None
 
 
 networks = st.builds(lambda a, p: str(ipaddress.ip_network(f"{ipaddress.IPv4Address(a)}/{p}",
