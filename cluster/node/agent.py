@@ -45,6 +45,7 @@ from cluster.node.handoff import (
 )
 from cluster.node.handoff import RemoteProtocolError as ReadyError
 from cluster.node.metrics import Snapshot
+from cluster.node.outbound import gateway_for
 from cluster.node.policies import PolicyBook
 from cluster.node.relay import IkeRelay
 from cluster.node.sa import NodeSa, client_addresses
@@ -162,6 +163,9 @@ class NodeAgent:
         #: node id -> (back-end address, health port), from nodes/: where a handed-off
         #: client is forwarded, and where its new owner sends READY
         self.node_health: dict[str, tuple[str, int]] = {}
+        #: back-end address → back-end IPv6 address of every node that has one (a planned
+        #: hand-off forwards a client's IPv6 virtual address there)
+        self.back_end6: dict[str, str | None] = {}
         #: planned hand-offs away from us: final records waiting for the new owner's READY
         self.finals: FinalGate[tuple[str, Callable[[], None]]] = FinalGate(
             wait_s=config.node.ready_wait_ms / 1000)
@@ -335,6 +339,7 @@ class NodeAgent:
                 self._assignment(r, ev.revision)
             elif isinstance(r, NodeRecord):
                 self.node_health[r.id] = (r.address, r.health_port)
+                self.back_end6[r.address] = r.address6
                 if r.id == self.cfg.id:
                     self.draining = r.state == "draining"
             elif isinstance(r, Policy):
@@ -600,9 +605,10 @@ class NodeAgent:
             if addr in self._route_refs:
                 continue  # ours again meanwhile
             self.routed.discard(addr)
-            if final_written and to:
-                self.forwarded[addr] = (to, self.clock() + FORWARD_S)
-                self._routes.put((addr, "via", to))
+            via = gateway_for(addr, to, self.back_end6.get(to)) if to else None
+            if final_written and via:
+                self.forwarded[addr] = (via, self.clock() + FORWARD_S)
+                self._routes.put((addr, "via", via))
             else:
                 self._routes.put((addr, "del", ""))
                 dp.call(functools.partial(dp.release, {addr}))

@@ -10,7 +10,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.node.outbound import OutboundTable, host_key, key_text, network_key
+from cluster.node.outbound import OutboundTable, gateway_for, host_key, key_text, network_key
 from cluster.node.sa import client_addresses
 from cluster.store import ChildSaRecord
 
@@ -93,3 +93,11 @@ def test_longest_prefix_matches_a_reference(nets: list[str], probes: list[int],
         matching = [n for n in live if addr in n]
         want = str(max(matching, key=lambda n: n.prefixlen)) if matching else None
         assert t.lookup(addr.packed) == want
+
+
+def test_a_hand_off_forwards_each_family_to_the_new_owners_address_of_that_family() -> None:
+    assert gateway_for(host_key("10.99.0.7"), "10.30.0.12", "fd00:30::12") == "10.30.0.12"
+    assert gateway_for(host_key("fd00:99::7"), "10.30.0.12", "fd00:30::12") == "fd00:30::12"
+    assert gateway_for(network_key("fd00:50::/64"), "10.30.0.12", "fd00:30::12") == \
+        "fd00:30::12"
+    assert gateway_for(host_key("fd00:99::7"), "10.30.0.12", None) is None
