@@ -11,9 +11,13 @@ fd00:99::/112 pool); the outer traffic (IKE, ESP in UDP) stays IPv4.
 from __future__ import annotations
 
 import ipaddress
+import json
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_failover import sa_identity
@@ -25,6 +29,7 @@ from cluster.lab.lab import Lab
 from cluster.store.records import ChildSaRecord, IkeSaRecord, PoolLease
 
 PING_INTERVAL = "0.05"
+CLUSTERCTL = str(Path(sys.executable).parent / "clusterctl")
 
 
 def _answered_after(log: Path, t: float) -> bool:
@@ -101,3 +106,39 @@ def test_dual_stack_client_pings_over_both_families_and_keeps_them_over_a_failov
         print(f"IPv{family}: longest gap {gap * 1000:.0f} ms, {lost} lost pings")
         assert gap < 10.0, f"IPv{family} pings stopped for {gap:.1f} s"   # sanity, not a goal
     lab.start(owner)
+    deadline = time.monotonic() + 30
+    while (lab.etcd_json(f"nodes/{owner}") or {}).get("state") != "ready":
+        assert time.monotonic() < deadline, f"{owner} did not register again"
+        time.sleep(0.3)
+
+    # a planned hand-off: drain the client's owner (the killed node may have it back by
+    # now); the old owner forwards what still reaches it, IPv6 included, to the new owner's
+    # IPv6 back-end address
+    time.sleep(2)
+    second = (lab.etcd_json(f"assign/{ike_id(sa)}") or {}).get("node")
+    assert second in ("node-1", "node-2"), second
+    target = "node-2" if second == "node-1" else "node-1"
+    assert _ctl(lab, "node", "drain", second)["state"] == "draining"
+    drained_at = time.time()
+    _ctl(lab, "rebalance")
+    deadline = time.monotonic() + 60
+    while (a := lab.etcd_json(f"assign/{ike_id(sa)}") or {}).get("node") != target or \
+            a.get("phase") != "active":
+        assert time.monotonic() < deadline, f"not handed off to {target}: {a}"
+        time.sleep(0.2)
+    _wait_answers(logs, time.time())
+    assert sa_identity(only_sa(lab, "dual")) == sa_identity(sa)
+    for family, log in logs.items():
+        gap, lost = demo.gap_after(demo.replies(log), drained_at, time.time())
+        print(f"IPv{family} over the drain: longest gap {gap * 1000:.0f} ms, {lost} lost")
+        assert gap < 10.0, f"IPv{family} pings stopped for {gap:.1f} s"
+    # the old owner's forwarding route for the IPv6 address went via the IPv6 back end
+    text = (lab.dir / "logs" / f"{second}.log").read_text(errors="replace")
+    assert "address families differ" not in text, text[-2000:]
+
+
+def _ctl(lab: Lab, *args: str) -> Any:
+    r = subprocess.run([CLUSTERCTL, "--lab", lab.name, "-o", "json", *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"clusterctl {' '.join(args)}: {r.stderr.strip()}"
+    return json.loads(r.stdout) if r.stdout.strip() else None
