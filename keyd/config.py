@@ -274,28 +274,24 @@ _CONNECTION_FIELDS: dict[str, str | None] = {
 }
 
 
-def _check_pool(src: str, where: str, pool_text: str) -> None:
+def _check_pool(src: str, where: str, pool_text: str, version: int = 4) -> None:
+    """A pool of IPv4 (`pool`) or IPv6 (`pool6`) virtual addresses: a network of that family
+    of at least 4 addresses."""
     try:
         pool = ipaddress.ip_network(pool_text, strict=True)
     except ValueError as exc:
         raise ConfigError(f"{src}: {where} is not a network: {exc}") from None
-    if pool.version != 4 or pool.num_addresses < 4:
-        raise ConfigError(f"{src}: {where} must be an IPv4 network of at least 4 addresses: "
-                          f"{pool_text}")
+    if pool.version != version or pool.num_addresses < 4:
+        raise ConfigError(f"{src}: {where} must be an IPv{version} network of at least 4 "
+                          f"addresses: {pool_text}")
 
 
 def _check_pool6(src: str, where: str, pool_text: str, networks: tuple[str, ...]) -> None:
-    """An IPv6 pool ("" for none): a network of at least 4 addresses, and an IPv6 network
-    among the protected ones for the client's IPv6 traffic to reach (e.g. "::/0")."""
+    """An IPv6 pool ("" for none), and an IPv6 network among the protected ones for the
+    client's IPv6 traffic to reach (e.g. "::/0")."""
     if not pool_text:
         return
-    try:
-        pool = ipaddress.ip_network(pool_text, strict=True)
-    except ValueError as exc:
-        raise ConfigError(f"{src}: {where}.pool6 is not a network: {exc}") from None
-    if pool.version != 6 or pool.num_addresses < 4:
-        raise ConfigError(f"{src}: {where}.pool6 must be an IPv6 network of at least 4 "
-                          f"addresses: {pool_text}")
+    _check_pool(src, f"{where}.pool6", pool_text, version=6)
     if not any(":" in n for n in networks):
         raise ConfigError(f"{src}: {where}.pool6 needs an IPv6 network in "
                           f"{where}.protected_networks (\"::/0\" for all IPv6 traffic)")
