@@ -518,6 +518,7 @@ class Lab:
             raise LabError(f"no client {name!r} in lab {self.name!r}")
         procs = [p for p in self.state.processes.values() if p.netns == rec.netns]
         teardown.teardown([rec.netns], procs)
+        topology.unwire_client(self.ns("nat" if rec.behind_nat else "router"), rec.slot)
         del self.state.clients[name]
         self.state.namespaces.remove(rec.netns)
         shutil.rmtree(self.dir / "clients" / name, ignore_errors=True)

@@ -104,6 +104,13 @@ def nat(add_ns: AddNs, router: str) -> str:
     return ns
 
 
+def unwire_client(upstream: str, slot: int) -> None:
+    """Remove the upstream end of a client's veth now: the kernel removes it with the client's
+    namespace only some time after that namespace is deleted, and a new client in the same
+    slot needs the name at once."""
+    netns.in_ns(upstream, ["ip", "link", "del", f"c{slot}"], check=False)
+
+
 def client(ns: str, upstream: str, slot: int, address: str, behind_nat: bool) -> None:
     """Wire client namespace ns to the front bridge (or the NAT's inside bridge)."""
     bridge_name, gateway = ("br-in", A.NAT_INSIDE) if behind_nat else \
