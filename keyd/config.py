@@ -68,6 +68,7 @@ class KeydSection:
         "aes128gcm16", "aes256-sha256", "chacha20poly1305", "aes128gcm16-esn",
     )
     pool: str = "10.99.0.0/16"
+    pool6: str = ""  # IPv6 virtual addresses (INTERNAL_IP6_ADDRESS); "": none
     dns: tuple[str, ...] = ()
     dns_domains: tuple[str, ...] = ()
     protected_networks: tuple[str, ...] = ("0.0.0.0/0",)
@@ -231,6 +232,7 @@ def _validate(config: KeydConfig) -> None:
     if k.ike_port == k.natt_port and k.ike_port != 0:
         raise fail("keyd.ike_port and keyd.natt_port must differ")
     _check_pool(src, "keyd.pool", k.pool)
+    _check_pool6(src, "keyd", k.pool6, k.protected_networks)
     _check_offer(src, "keyd", k.dns, k.dns_domains, k.protected_networks, k.policy or None)
     if not k.identity:
         raise fail("keyd.identity is required (the gateway's IKE identity)")
@@ -290,18 +292,31 @@ _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _CONNECTION_FIELDS: dict[str, str | None] = {
     "name": "", "ike_proposals": None, "esp_proposals": None, "remote_ids": "list",
     "remote_auth": "", "local_auth": "", "pool": None, "dns": None, "dns_domains": None,
-    "protected_networks": None, "policy": None,
+    "protected_networks": None, "policy": None, "pool6": None,
 }
 
 
-def _check_pool(src: str, where: str, pool_text: str) -> None:
+def _check_pool(src: str, where: str, pool_text: str, version: int = 4) -> None:
+    """A pool of IPv4 (`pool`) or IPv6 (`pool6`) virtual addresses: a network of that family
+    of at least 4 addresses."""
     try:
         pool = ipaddress.ip_network(pool_text, strict=True)
     except ValueError as exc:
         raise ConfigError(f"{src}: {where} is not a network: {exc}") from None
-    if pool.version != 4 or pool.num_addresses < 4:
-        raise ConfigError(f"{src}: {where} must be an IPv4 network of at least 4 addresses: "
-                          f"{pool_text}")
+    if pool.version != version or pool.num_addresses < 4:
+        raise ConfigError(f"{src}: {where} must be an IPv{version} network of at least 4 "
+                          f"addresses: {pool_text}")
+
+
+def _check_pool6(src: str, where: str, pool_text: str, networks: tuple[str, ...]) -> None:
+    """An IPv6 pool ("" for none), and an IPv6 network among the protected ones for the
+    client's IPv6 traffic to reach (e.g. "::/0")."""
+    if not pool_text:
+        return
+    _check_pool(src, f"{where}.pool6", pool_text, version=6)
+    if not any(":" in n for n in networks):
+        raise ConfigError(f"{src}: {where}.pool6 needs an IPv6 network in "
+                          f"{where}.protected_networks (\"::/0\" for all IPv6 traffic)")
 
 
 def _check_offer(src: str, where: str, dns: tuple[str, ...], domains: tuple[str, ...],
@@ -309,9 +324,7 @@ def _check_offer(src: str, where: str, dns: tuple[str, ...], domains: tuple[str,
     """What a connection gives its clients: DNS servers, split-DNS domains, networks."""
     for net in networks:
         try:
-            if ipaddress.ip_network(net, strict=False).version != 4:
-                raise ConfigError(f"{src}: {where}.protected_networks: only IPv4 networks, "
-                                  f"not {net!r}")
+            ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise ConfigError(f"{src}: {where}.protected_networks: not a network: "
                               f"{net!r}") from None
@@ -337,7 +350,7 @@ def _legacy(config: KeydConfig) -> tuple[Connection, ...]:
             k.ike_proposals, k.esp_proposals, psk=bool(k.psk_file or k.secrets_file),
             local_auth=LocalAuth.PUBKEY if k.cert_file else LocalAuth.PSK, pool=k.pool,
             dns=k.dns, dns_domains=k.dns_domains, protected_networks=k.protected_networks,
-            policy=k.policy or None, eap=k.eap or None)
+            policy=k.policy or None, eap=k.eap or None, pool6=k.pool6 or None)
     except (IkeUsageError, ValueError) as exc:
         raise ConfigError(f"{config.source}: keyd proposals: {exc}") from None
 
@@ -385,6 +398,7 @@ def _connections(config: KeydConfig, tables: Any) -> tuple[Connection, ...]:
         if not v["remote_ids"] or not all(x.strip() for x in v["remote_ids"]):
             raise ConfigError(f"{src}: {where}.remote_ids must be identities (or \"%any\")")
         _check_pool(src, f"{where}.pool", v["pool"])
+        _check_pool6(src, where, v["pool6"], v["protected_networks"])
         _check_offer(src, where, v["dns"], v["dns_domains"], v["protected_networks"],
                      v["policy"] or None)
         if v["local_auth"] == "psk" and v["remote_auth"] != "psk":
@@ -412,7 +426,7 @@ def _connections(config: KeydConfig, tables: Any) -> tuple[Connection, ...]:
                 remote_auth=RemoteAuth(v["remote_auth"]),
                 local_auth=LocalAuth(v["local_auth"]), pool=v["pool"], dns=v["dns"],
                 dns_domains=v["dns_domains"], protected_networks=v["protected_networks"],
-                policy=v["policy"] or None))
+                policy=v["policy"] or None, pool6=v["pool6"] or None))
         except (IkeUsageError, ValueError) as exc:
             raise ConfigError(f"{src}: {where} proposals: {exc}") from None
     return tuple(out)

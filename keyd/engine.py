@@ -75,7 +75,8 @@ def child_record(child: ike.ChildSa, policy: ChildPolicy | None = None) -> Child
         replaces=child.replaces, policy=policy.name if policy else None,
         policy_mode=policy.mode if policy else None,
         policy_allowed=list(policy.allowed) if policy else [],
-        policy_denied=list(policy.denied) if policy else [], mobike=child.mobike)
+        policy_denied=list(policy.denied) if policy else [], mobike=child.mobike,
+        virtual_ip6=child.virtual_ip6)
 
 
 class Engine:
@@ -326,7 +327,8 @@ class Engine:
             c.moved_children.extend(self.child_record(child, policy=child.policy)
                                     for child in event.children)
             c.rekeyed.append(IkeRekeyed(event.old_ike_sa_id, event.new_ike_sa_id,
-                                        old.virtual_ip if old else None))
+                                        old.virtual_ip if old else None,
+                                        old.virtual_ip6 if old else None))
             if old is not None and old.identity:
                 self._by_identity.setdefault(old.identity, set()).add(event.new_ike_sa_id)
             step.touched.add(event.old_ike_sa_id)
@@ -334,7 +336,7 @@ class Engine:
                 # its Child SAs and address now belong to the new IKE SA: deleting the old
                 # one later must not take them along
                 self._records[event.old_ike_sa_id] = dataclasses.replace(
-                    old, child_spis=[], virtual_ip=None)
+                    old, child_spis=[], virtual_ip=None, virtual_ip6=None)
         elif isinstance(event, ike.IkeSaMoved):
             # MOBIKE: the Child SAs' new address goes with the IKE SA state, in the step's
             # one transaction (the nodes switch their ESP when they see it)
@@ -361,7 +363,8 @@ class Engine:
             log.info("IKE SA established", extra={
                 "ike_sa": event.ike_sa_id, "identity": event.identity,
                 "peer": f"{event.peer_addr}:{event.peer_port}",
-                "virtual_ip": event.virtual_ip or "-", "connection": event.connection or "-"})
+                "virtual_ip": event.virtual_ip or "-", "virtual_ip6": event.virtual_ip6 or "-",
+                "connection": event.connection or "-"})
         elif isinstance(event, ike.AuthenticationFailed):
             # the identity claimed and why: never the secret (docs/configuration.md)
             log.warning("authentication failed", extra={
@@ -369,23 +372,31 @@ class Engine:
                 "connection": event.connection or "-", "reason": event.reason})
 
     def _assign_address(self, event: ike.AddressRequested, step: Step, now: float) -> None:
-        pool = self.pools.get(event.pool or "", self.pool)
+        """An address of each family the client asks for, from its connection's pools (the
+        IPv4 one by default `pool`; IPv6 only from a `pool6`)."""
+        address = self._lease(event, step, self.pools.get(event.pool or "", self.pool),
+                              event.requested) if event.ipv4 else None
+        address6 = self._lease(event, step, self.pools.get(event.pool6 or ""),
+                               event.requested6) if event.ipv6 else None
+        self.core.assign_address(event.ike_sa_id, address, now, address6)
+
+    def _lease(self, event: ike.AddressRequested, step: Step, pool: AddressPool | None,
+               requested: str | None) -> str | None:
+        """Claim an address of `pool` for the client; None: no pool, or it is full."""
         if pool is None:
-            self.core.assign_address(event.ike_sa_id, None, now)
-            return
+            return None
         try:
-            claim = pool.claim(event.ike_sa_id, event.identity, event.requested,
-                                    initial_contact=event.initial_contact)
+            claim = pool.claim(event.ike_sa_id, event.identity, requested,
+                               initial_contact=event.initial_contact)
         except PoolExhausted as exc:
             log.warning("no address for client", extra={"ike_sa": event.ike_sa_id,
                                                          "error": str(exc)})
             self.metrics.pool_exhausted.inc()
-            self.core.assign_address(event.ike_sa_id, None, now)
-            return
+            return None
         # StoreError propagates: the step is rolled back, the client's retransmit asks again.
         # The lease is written with the IKE SA, in the step's one transaction.
         step.changes.leases.append(claim)
-        self.core.assign_address(event.ike_sa_id, claim.lease.ip, now)
+        return claim.lease.ip
 
     # -- records ---------------------------------------------------------------------------
     def _ike_record(self, ike_sa_id: str, now: float) -> tuple[IkeSaRecord, dict[str, Any]]:
@@ -406,6 +417,7 @@ class Engine:
             peer_addr=str(state["peer"][0]), peer_port=int(state["peer"][1]),
             local_port=int(state["local"][1]), identity=str(state.get("peer_identity") or ""),
             virtual_ip=None if replaced else state.get("virtual_ip"),
+            virtual_ip6=None if replaced else state.get("virtual_ip6"),
             child_spis=[] if replaced else [int(c["spi_in"]) for c in state.get("children", [])],
             keyd_id=self.keyd_id, updated_at=now, state=b"" if lazy else _serialised(state))
 

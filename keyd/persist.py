@@ -62,6 +62,7 @@ class IkeRekeyed:
     old: str
     new: str
     virtual_ip: str | None = None
+    virtual_ip6: str | None = None
 
 
 @dataclass(slots=True)
@@ -380,8 +381,10 @@ class Persister:
                                updated_at=self.clock())
             with self.metrics.etcd_write("assignment"):
                 self.store.create(moved)
-        if self.pool is not None and rekey.virtual_ip:
-            self.pool.transfer(rekey.virtual_ip, rekey.old, rekey.new)
+        if self.pool is not None:
+            for ip in (rekey.virtual_ip, rekey.virtual_ip6):
+                if ip:
+                    self.pool.transfer(ip, rekey.old, rekey.new)
 
     # -- removals ---------------------------------------------------------------------------
     def _removal_keys(self, changes: Changes, claimed: frozenset[str] = frozenset(),
@@ -400,9 +403,10 @@ class Persister:
             keys += [ks.ike(ike_sa_id), ks.assign(ike_sa_id)]
             if last is not None:
                 keys += [ks.sa(spi) for spi in last.child_spis]
-                if last.virtual_ip and last.virtual_ip not in claimed:
-                    keys.append(ks.pool(last.virtual_ip))
-                    released.append((last.virtual_ip, ike_sa_id))
+                for ip in (last.virtual_ip, last.virtual_ip6):
+                    if ip and ip not in claimed:
+                        keys.append(ks.pool(ip))
+                        released.append((ip, ike_sa_id))
         return list(dict.fromkeys(keys)), released
 
     def _remove(self, changes: Changes) -> None:

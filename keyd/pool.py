@@ -1,9 +1,12 @@
-"""Client virtual IPs from an etcd-backed pool: one `pool/<ip>` lease per client.
+"""Client virtual IPs from an etcd-backed pool: one `pool/<ip>` lease per client and family.
 
-Every keyd instance allocates from the same pool; etcd's create-if-absent is the only lock.
+An IPv4 pool (a connection's `pool`) and an IPv6 pool (its `pool6`) work alike: a client
+asking for both holds one lease in each, both naming its IKE SA. Every keyd instance
+allocates from the same pools; etcd's create-if-absent is the only lock.
 Choice of address, in order:
 
-1. the address the client asked for (CP INTERNAL_IP4_ADDRESS, e.g. after a reconnect), if it
+1. the address the client asked for (CP INTERNAL_IP4_ADDRESS or INTERNAL_IP6_ADDRESS, e.g.
+   after a reconnect), if it
    is in the pool and free, or held by the same identity for an IKE SA that no longer exists;
 2. an address still leased to the same identity whose IKE SA no longer exists (the client
    came back before its old lease was released);
@@ -52,14 +55,17 @@ class LeaseClaim:
 
 
 class AddressPool:
-    """Virtual IP leases in `network` (network and broadcast addresses excluded)."""
+    """Virtual IP leases in `network`, IPv4 or IPv6 (its first and last addresses excluded:
+    IPv4's network and broadcast addresses, IPv6's subnet-router anycast address and, for
+    symmetry, the last one)."""
 
     def __init__(self, store: Store, network: str, keyd_id: str,
                  clock: Callable[[], float] = time.time, attempts: int = 16,
                  view: ClusterView | None = None) -> None:
         self.store = store
         self.view = view
-        self.network = ipaddress.IPv4Network(network)
+        self.network = ipaddress.ip_network(network)
+        self.version = self.network.version
         self.keyd_id = keyd_id
         self.clock = clock
         self.attempts = attempts
@@ -68,15 +74,20 @@ class AddressPool:
 
     def contains(self, ip: str | None) -> bool:
         try:
-            addr = ipaddress.IPv4Address(ip or "")
+            addr = ipaddress.ip_address(ip or "")
         except ValueError:
             return False
-        return self._first <= int(addr) < self._first + self._size
+        return addr.version == self.version and \
+            self._first <= int(addr) < self._first + self._size
+
+    def _address(self, number: int) -> str:
+        return str(ipaddress.ip_address(number) if self.version == 4
+                   else ipaddress.IPv6Address(number))
 
     def home(self, identity: str) -> str:
         """The identity's preferred address: a stable hash (never Python's hash())."""
         digest = hashlib.blake2b(identity.encode(), digest_size=8).digest()
-        return str(ipaddress.IPv4Address(self._first + int.from_bytes(digest) % self._size))
+        return self._address(self._first + int.from_bytes(digest) % self._size)
 
     def _leases(self, from_etcd: bool = False) -> ClusterView | LeaseIndex:
         """The leases to decide from: the view (looked up in place), or etcd's."""
@@ -93,7 +104,7 @@ class AddressPool:
         other IKE SA with us (it restarted; RFC 7296 §2.4), so the addresses leased to its
         identity are free for it again, whether or not their old IKE SA is gone yet."""
         leases = self._leases(from_etcd)
-        held = leases.of_ike_sa(ike_sa_id)
+        held = leases.of_ike_sa(ike_sa_id, self.version)
         if held is not None:
             return LeaseClaim(held.record, held.mod_revision, held=True)
         for ip, taken in self._candidates(identity, requested, leases, initial_contact):
@@ -131,17 +142,19 @@ class AddressPool:
                     initial_contact: bool = False) -> list[tuple[str, HeldLease | None]]:
         out: list[tuple[str, HeldLease | None]] = []
         stale_own = [v for v in leases.of_identity(identity)
-                     if initial_contact or self._stale(v.record)]
-        if requested and self.contains(requested) and requested != "0.0.0.0":
+                     if _version(v.record.ip) == self.version
+                     and (initial_contact or self._stale(v.record))]
+        if requested and self.contains(requested):
+            requested = str(ipaddress.ip_address(requested))   # the lease's name: canonical
             held = leases.get(requested)
             if held is None:
                 out.append((requested, None))
             elif held in stale_own:
                 out.append((requested, held))
         out.extend((v.record.ip, v) for v in stale_own)
-        home = int(ipaddress.IPv4Address(self.home(identity))) - self._first
+        home = int(ipaddress.ip_address(self.home(identity))) - self._first
         for i in range(self._size):
-            ip = str(ipaddress.IPv4Address(self._first + (home + i) % self._size))
+            ip = self._address(self._first + (home + i) % self._size)
             if leases.get(ip) is None:
                 out.append((ip, None))
                 break
@@ -183,3 +196,11 @@ class AddressPool:
         """Release every lease of one IKE SA (used by the sweeper for expired IKE SAs)."""
         return [v.record.ip for v in self.store.list(PoolLease).items
                 if v.record.ike_sa_id == ike_sa_id and self.release(v.record.ip, ike_sa_id)]
+
+
+def _version(ip: str) -> int:
+    """4 or 6: the family of a lease's address (0: not an address)."""
+    try:
+        return ipaddress.ip_address(ip).version
+    except ValueError:
+        return 0

@@ -69,7 +69,8 @@ class KeydServer:
         self.pool = AddressPool(self.store, k.pool, k.id, view=self.view)
         # one pool object per network the connections name (they share pool/<ip> leases)
         self.pools = {net: AddressPool(self.store, net, k.id, view=self.view)
-                      for net in dict.fromkeys(c.pool for c in config.connections if c.pool)
+                      for net in dict.fromkeys(n for c in config.connections
+                                               for n in (c.pool, c.pool6) if n)
                       if net != k.pool}
         self.pools[k.pool] = self.pool
         responder_config(config)  # credentials and proposals: fail now, before binding

@@ -68,9 +68,13 @@ class LeaseIndex:
     def get(self, ip: str) -> HeldLease | None:
         return self._by_ip.get(ip)
 
-    def of_ike_sa(self, ike_sa_id: str) -> HeldLease | None:
-        ips = self._by_ike_sa.get(ike_sa_id)
-        return self._by_ip[next(iter(ips))] if ips else None
+    def of_ike_sa(self, ike_sa_id: str, version: int = 4) -> HeldLease | None:
+        """The IKE SA's lease of one address family (4 or 6): an IKE SA holds at most one
+        of each."""
+        for ip in self._by_ike_sa.get(ike_sa_id, ()):
+            if (":" in ip) == (version == 6):
+                return self._by_ip[ip]
+        return None
 
     def of_identity(self, identity: str) -> list[HeldLease]:
         return [self._by_ip[ip] for ip in self._by_identity.get(identity, ())]
@@ -152,9 +156,9 @@ class ClusterView:
         with self._lock:
             return self._leases.get(ip)
 
-    def of_ike_sa(self, ike_sa_id: str) -> HeldLease | None:
+    def of_ike_sa(self, ike_sa_id: str, version: int = 4) -> HeldLease | None:
         with self._lock:
-            return self._leases.of_ike_sa(ike_sa_id)
+            return self._leases.of_ike_sa(ike_sa_id, version)
 
     def of_identity(self, identity: str) -> list[HeldLease]:
         with self._lock:

@@ -44,7 +44,7 @@ class KernelApplier:
         self.nft.install(keyd_bucket_marks(self.marks, self.keyd),
                          [self.marks.mark(n) for n in targets.fallback])
         self.nft.sync_spis({spi: self.marks.mark(n) for spi, n in targets.spis.items()})
-        self.routes.sync_clients({ip: targets.nodes[n] for ip, n in targets.clients.items()})
+        self.routes.sync_clients(targets.client_routes())
 
     def map_check(self) -> SpiMapCheck | None:
         """A comparison of the kernel's SPI map with what was applied (sprayer.mapcheck)."""

@@ -85,9 +85,13 @@ class RouteDriver:
 
     # client virtual IPs ------------------------------------------------------------------
     def _our_client_routes(self) -> dict[str, str]:
-        out = self._ip("-j", "route", "show", "table", self.client_table,
-                       "proto", str(ROUTE_PROTO))
-        return {r["dst"]: r.get("gateway", "") for r in json.loads(out or "[]")}
+        """Our client routes of both families (a client's IPv6 virtual address has one)."""
+        routes: dict[str, str] = {}
+        for family in ("-4", "-6"):
+            out = self._ip("-j", family, "route", "show", "table", self.client_table,
+                           "proto", str(ROUTE_PROTO))
+            routes.update({r["dst"]: r.get("gateway", "") for r in json.loads(out or "[]")})
+        return routes
 
     def sync_clients(self, desired: Mapping[str, str]) -> int:
         """Make our /32 routes equal `desired` (virtual IP → back-end address)."""

@@ -171,7 +171,7 @@ class UserspaceApplier:
             keyd=keyd_bucket_marks(self.marks, self.keyd),
             spis={spi: self.marks.mark(n) for spi, n in targets.spis.items()},
             fallback=[self.marks.mark(n) for n in targets.fallback])
-        self.routes.sync_clients({ip: targets.nodes[n] for ip, n in targets.clients.items()})
+        self.routes.sync_clients(targets.client_routes())
 
     def resync(self) -> None:
         self.routes = RouteDriver(self.routes.vip, netns=self.netns)

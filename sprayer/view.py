@@ -39,12 +39,21 @@ class Targets:
     #: back-end addresses of the live keyd instances, sorted (empty: none registered; the
     #: appliers then use their configured seed list)
     keyd: list[str] = field(default_factory=list)
+    #: node id → back-end IPv6 address, for the nodes that have one (clients' IPv6 virtual
+    #: addresses are routed there; `clients` names them only for such nodes)
+    nodes6: dict[str, str] = field(default_factory=dict)
+
+    def client_routes(self) -> dict[str, str]:
+        """Client virtual address → the back-end address of its owner, of the same family."""
+        return {ip: (self.nodes6 if ":" in ip else self.nodes)[n]
+                for ip, n in self.clients.items()}
 
 
 @dataclass(slots=True)
 class _Child:
     ike_sa_id: str
     virtual_ip: str | None
+    virtual_ip6: str | None = None
 
 
 @dataclass(slots=True)
@@ -95,7 +104,7 @@ class ClusterView:
                 old = self.children.get(r.spi_in)
                 if old is not None:
                     self._unindex(r.spi_in, old.ike_sa_id)
-                self.children[r.spi_in] = _Child(r.ike_sa_id, r.virtual_ip)
+                self.children[r.spi_in] = _Child(r.ike_sa_id, r.virtual_ip, r.virtual_ip6)
                 self.by_ike.setdefault(r.ike_sa_id, set()).add(r.spi_in)
             elif isinstance(r, SeqRecord):
                 self.finals[r.spi] = r
@@ -184,6 +193,7 @@ class ClusterView:
         # the drivers steer IPv4 only: a node or client with another address is left out
         # (and logged once) rather than failing every batch it would be part of
         nodes = {n.id: n for n in self.nodes.values() if _ipv4(n.address, f"node {n.id}")}
+        nodes6 = {n.id: n.address6 for n in nodes.values() if n.address6}
         owner = {k: receiver(a) for k, (a, _) in self.assigns.items()}
         spis: dict[int, str] = {}
         clients: dict[str, str] = {}
@@ -194,13 +204,17 @@ class ClusterView:
             spis[spi] = node
             if c.virtual_ip and _ipv4(c.virtual_ip, f"client {c.ike_sa_id}"):
                 clients[c.virtual_ip] = node
+            # inner IPv6 comes back through a node's IPv6 back-end address (the outer
+            # traffic the drivers steer stays IPv4)
+            if c.virtual_ip6 and node in nodes6:
+                clients[c.virtual_ip6] = node
         fallback = sorted(n.id for n in nodes.values()
                           if n.state == "ready" and n.capacity > 0 and alive(n.id))
         return Targets(
             nodes={n.id: n.address for n in nodes.values()},
             fallback=fallback, spis=spis, clients=clients,
             weights={n.id: (n.capacity, n.state == "draining") for n in nodes.values()},
-            keyd=self.keyd_addresses(keyd_out))
+            keyd=self.keyd_addresses(keyd_out), nodes6=nodes6)
 
 
 _warned: set[str] = set()

@@ -56,7 +56,8 @@ def sa_show(spi: str) -> None:
         return key_value_table([
             ("SPI in / out", f"{r['spi_in']} / {r['spi_out']}"),
             ("IKE SA", r["ike_sa_id"]), ("identity", r["identity"]),
-            ("virtual IP", r["virtual_ip"]), ("peer", r["peer"]),
+            ("virtual IP", r["virtual_ip"]), ("virtual IPv6", r["virtual_ip6"]),
+            ("peer", r["peer"]),
             ("UDP encapsulation", r["udp_encap"]), ("suite", _suite(r)),
             ("local TS", r["ts_local"]), ("remote TS", r["ts_remote"]),
             ("age", age(r["created_at"])),

@@ -118,6 +118,7 @@ def client_rows(snap: Snapshot) -> list[dict[str, Any]]:
             "ike_sa_id": ike_sa_id,
             "identity": sa.identity if sa else None,
             "virtual_ip": sa.virtual_ip if sa else None,
+            "virtual_ip6": sa.virtual_ip6 if sa else None,
             "peer": format_peer(sa.peer_addr, sa.peer_port) if sa else None,
             "owner": a.node if a else None,
             "owner_alive": (a.node in snap.node_ids) if a else None,
@@ -152,7 +153,8 @@ def sa_row(child: ChildSaRecord, a: Assignment | None, s: SeqRecord | None) -> d
     return {
         "spi_in": spi_hex(child.spi_in), "spi_out": spi_hex(child.spi_out),
         "ike_sa_id": child.ike_sa_id, "identity": child.identity,
-        "virtual_ip": child.virtual_ip, "peer": format_peer(child.peer_addr, child.peer_port),
+        "virtual_ip": child.virtual_ip, "virtual_ip6": child.virtual_ip6,
+        "peer": format_peer(child.peer_addr, child.peer_port),
         "udp_encap": child.udp_encap, "encr": child.encr, "integ": child.integ,
         "esn": child.esn, "ts_local": list(child.ts_local), "ts_remote": list(child.ts_remote),
         "created_at": child.created_at, "soft_lifetime_s": child.soft_lifetime_s,

@@ -22,6 +22,15 @@ PROTECTED_ROUTER = "10.20.0.1"
 SERVER_IP = "10.20.0.10"
 GATEWAY_INSIDE = "10.20.0.5"   # the baseline gateway's own address in the protected network
 POOL = "10.99.0.0/24"
+# Inner IPv6 (clients' IPv6 virtual addresses, the protected network, the back end the router
+# returns it through): unique local addresses (RFC 4193), inside the lab's namespaces only.
+# The outer traffic (IKE, ESP) stays IPv4.
+PROTECTED_NETWORK6 = "fd00:20::/64"
+PROTECTED_ROUTER6 = "fd00:20::1"
+SERVER_IP6 = "fd00:20::10"
+BACK_NETWORK6 = "fd00:30::/64"
+BACK_ROUTER6 = "fd00:30::1"
+POOL6 = "fd00:99::/112"
 
 MAX_KEYD = 6       # 10.30.0.5 .. 10.30.0.10
 MAX_NODES = 100    # 10.30.0.11 .. 10.30.0.110
@@ -40,6 +49,12 @@ def node_ip(index: int) -> str:
     if not 1 <= index <= MAX_NODES:
         raise ValueError(f"node index {index} outside 1..{MAX_NODES}")
     return f"10.30.0.{10 + index}"
+
+
+def node_ip6(index: int) -> str:
+    """Back-end IPv6 address of node-<index> (1-based): the same host number as its IPv4
+    address (fd00:30::11 for 10.30.0.11)."""
+    return f"fd00:30::{node_ip(index).rsplit('.', 1)[1]}"
 
 
 def client_ip(slot: int, behind_nat: bool) -> str:

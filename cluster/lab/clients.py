@@ -26,7 +26,8 @@ class LabClients(LabBase):
                    esp_proposal: str = strongswan.DEFAULT_ESP_PROPOSAL,
                    dpd_delay_s: int = 10, identity: str | None = None,
                    psk: str | None = None, remote_auth: str = "pubkey",
-                   eap_user: str = "carol", eap_password: str | None = None) -> ClientRecord:
+                   eap_user: str = "carol", eap_password: str | None = None,
+                   ipv6: bool = False) -> ClientRecord:
         """A client namespace; with ike, a charon in it that has connected to the VIP.
         `auth`: psk, cert, eap-mschapv2 (as `eap_user`, with the lab's EAP password unless
         `eap_password` says otherwise; its IKE identity is its address, as Windows', unless
@@ -34,7 +35,8 @@ class LabClients(LabBase):
         `identity` (default <name>.clients.lab.example) and `psk` (default: the PSK the
         secrets file gives a shared-secret user, else the lab PSK): what the client claims
         and proves; `remote_auth`: how it checks the gateway
-        ("pubkey": its certificate; "psk": the same PSK, both ways)."""
+        ("pubkey": its certificate; "psk": the same PSK, both ways). `ipv6`: the client
+        asks for an IPv6 virtual address too, and for everything of both families."""
         _require_root()
         check_name(name, "client name")
         if name in RESERVED or name.startswith(("keyd-", "node-")) \
@@ -67,7 +69,7 @@ class LabClients(LabBase):
             self._start_client_charon(rec, strongswan.ClientConfig(
                 identity=ike_id, auth=auth, psk=psk or self._psk_for(identity),
                 ca_cert=self.pki.ca_cert, ike_proposal=ike_proposal, esp_proposal=esp_proposal,
-                dpd_delay_s=dpd_delay_s, remote_auth=remote_auth, eap_user=eap_user,
+                dpd_delay_s=dpd_delay_s, remote_auth=remote_auth, eap_user=eap_user, ipv6=ipv6,
                 eap_password=eap_password if eap_password is not None else (
                     self.pki.eap_password() if auth == "eap-mschapv2" else "")))
         return rec
@@ -106,6 +108,7 @@ class LabClients(LabBase):
             raise LabError(f"no client {name!r} in lab {self.name!r}")
         procs = [p for p in self.state.processes.values() if p.netns == rec.netns]
         teardown.teardown([rec.netns], procs)
+        topology.unwire_client(self.ns("nat" if rec.behind_nat else "router"), rec.slot)
         del self.state.clients[name]
         self.state.namespaces.remove(rec.netns)
         shutil.rmtree(self.dir / "clients" / name, ignore_errors=True)

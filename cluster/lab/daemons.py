@@ -128,7 +128,8 @@ def keyd_config(common: Common, index: int, secrets_file: Path, cert: Path, key:
         # Windows defaults (3DES, MODP1024) need
         "ike_proposals": LAB_IKE_PROPOSALS,
         "esp_proposals": LAB_ESP_PROPOSALS,
-        "pool": A.POOL, "dns": [A.SERVER_IP], "protected_networks": [A.PROTECTED_NETWORK],
+        "pool": A.POOL, "dns": [A.SERVER_IP], "pool6": A.POOL6,
+        "protected_networks": [A.PROTECTED_NETWORK, A.PROTECTED_NETWORK6],
         "half_open_cookie_threshold": 100, "ike_lifetime_s": 14400, "child_lifetime_s": 3600,
     }
     # clients that send no AUTH (any identity: Windows' is its address) log in with EAP:
@@ -155,6 +156,7 @@ def node_config(common: Common, index: int) -> str:
         "id": f"node-{index}", "vip": A.VIP, "address": A.node_ip(index), "capacity": 100,
         "tun": "ipsc0", "health_port": 4501, "lease_ttl_s": 3, "checkpoint_packets": 1024,
         "checkpoint_ms": 200, "replay_window": 1024, "keyd_address": A.keyd_ip(1),
+        "address6": A.node_ip6(index),
     }
     return toml(s)
 

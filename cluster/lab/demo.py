@@ -20,7 +20,7 @@ from cluster.lab.strongswan import IkeSaView
 
 PING_INTERVAL_S = 0.1
 STEERED_TIMEOUT_S = 20.0
-_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from [\d.]+: icmp_seq=(\d+)", re.M)
+_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from [\da-fA-F.:]+: icmp_seq=(\d+)", re.M)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,10 @@ Namespaces (all named `<prefix><role>`, prefix `ipsc-<lab>_<random>-`):
                         │ 10.20.0.1
                       server 10.20.0.10 (ping, iperf3 -s)
 
+Inner IPv6 (unique local, inside the lab only): server fd00:20::10 on fd00:20::/64, the back
+end fd00:30::/64 (router ::1, node-i the host number of its IPv4 address), client IPv6
+virtual addresses from fd00:99::/112. Outer traffic is IPv4.
+
 The root namespace gets no lab address: it reaches etcd through a loopback forwarder.
 """
 
@@ -445,6 +449,8 @@ class Lab(LabClients):
             "psk_file": str(self.pki.psk_file), "ca_cert": str(self.pki.ca_cert),
             "ca_key": str(self.pki.ca_key), "data_key_file": str(self.pki.data_key_file),
             "protected_network": A.PROTECTED_NETWORK, "server_ip": A.SERVER_IP,
+            "protected_network6": A.PROTECTED_NETWORK6, "server_ip6": A.SERVER_IP6,
+            "pool6": A.POOL6,
             "front_network": A.FRONT_NETWORK, "front_router": A.FRONT_ROUTER,
             "back_network": A.BACK_NETWORK, "pool": A.POOL, "nat_network": A.NAT_NETWORK,
             "etcd_endpoints": [self.etcd_endpoint] if s.etcd_port else [],

@@ -98,6 +98,12 @@ def address(ns: str, link: str, cidr: str) -> None:
     in_ns(ns, ["ip", "addr", "add", cidr, "dev", link])
 
 
+def address6(ns: str, link: str, cidr: str) -> None:
+    """An IPv6 address usable at once (no duplicate address detection: the lab's addresses
+    are unique by construction, and a tentative address would drop the first packets)."""
+    in_ns(ns, ["ip", "-6", "addr", "add", cidr, "dev", link, "nodad"])
+
+
 def route(ns: str, *spec: str) -> None:
     in_ns(ns, ["ip", "route", "replace", *spec])
 

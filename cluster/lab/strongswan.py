@@ -67,6 +67,10 @@ class ClientConfig:
     ike_proposal: str = DEFAULT_IKE_PROPOSAL
     esp_proposal: str = DEFAULT_ESP_PROPOSAL
     dpd_delay_s: int = 10
+    # also an IPv6 virtual address (`vips = 0.0.0.0,::`) and every destination of both
+    # families (`remote_ts = 0.0.0.0/0,::/0`, narrowed by the gateway), as a dual-stack
+    # native client asks
+    ipv6: bool = False
     eap_user: str = ""       # eap-mschapv2: the EAP identity and its password
     eap_password: str = ""
     # how the client authenticates the gateway: "pubkey" (its certificate, from the lab CA)
@@ -106,7 +110,7 @@ connections {{
   lab {{
     version = 2
     remote_addrs = {A.VIP}
-    vips = 0.0.0.0
+    vips = {"0.0.0.0,::" if c.ipv6 else "0.0.0.0"}
     encap = yes
     proposals = {c.ike_proposal}
     dpd_delay = {c.dpd_delay_s}s
@@ -118,7 +122,7 @@ connections {{
     }}
     children {{
       lab {{
-        remote_ts = {A.PROTECTED_NETWORK}
+        remote_ts = {"0.0.0.0/0,::/0" if c.ipv6 else A.PROTECTED_NETWORK}
         esp_proposals = {c.esp_proposal}
         dpd_action = restart
       }}
@@ -274,6 +278,7 @@ class IkeSaView:
     remote: str
     virtual_ip: str | None
     child_spis: tuple[tuple[str, str], ...]   # (in, out) per installed Child SA
+    virtual_ip6: str | None = None
 
 
 _IKE = re.compile(r"^(\S+): #(\d+), (\w+), IKEv2, ([0-9a-f]+)_i\*? ([0-9a-f]+)_r\*?", re.M)
@@ -295,12 +300,15 @@ def parse_sas(text: str) -> list[IkeSaView]:
         remote = _REMOTE.search(block)
         children = tuple((c.group(2), c.group(3)) for c in _CHILD.finditer(block)
                          if c.group(1) == "INSTALLED")
+        # the client's virtual IPs, IPv4 and/or IPv6: `[10.99.0.1 fd00:99::1]`
+        vips = re.split(r"[\s,]+", local.group(2).strip()) if local and local.group(2) else []
         views.append(IkeSaView(
             name=m.group(1), uniqueid=int(m.group(2)), state=m.group(3), spi_i=m.group(4),
             spi_r=m.group(5), local=local.group(1) if local else "",
             remote=remote.group(1) if remote else "",
-            virtual_ip=local.group(2) if local and local.group(2) else None,
+            virtual_ip=next((v for v in vips if ":" not in v), None),
             child_spis=children,
+            virtual_ip6=next((v for v in vips if ":" in v), None),
         ))
     return views
 

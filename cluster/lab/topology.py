@@ -52,13 +52,23 @@ def core(add_ns: AddNs, keyd: int, nodes: int, baseline: bool) -> None:
     netns.address(router, "prot", f"{A.PROTECTED_ROUTER}/24")
     netns.address(server, "eth0", f"{A.SERVER_IP}/24")
     netns.route(server, "default", "via", A.PROTECTED_ROUTER)
+    # inner IPv6: the protected network and the back end (the router returns clients' IPv6
+    # traffic to their nodes there); outer traffic stays IPv4
+    netns.sysctl(router, "net.ipv6.conf.all.forwarding", "1")
+    netns.address6(router, "prot", f"{A.PROTECTED_ROUTER6}/64")
+    netns.address6(server, "eth0", f"{A.SERVER_IP6}/64")
+    netns.route(server, "::/0", "via", A.PROTECTED_ROUTER6)
+    netns.address6(router, "br-back", f"{A.BACK_ROUTER6}/64")
     netns.nft(router, _ROUTER_FILTER)
 
     back_host(add_ns, router, "etcd", A.ETCD_IP, vip=False)
     for i in range(1, keyd + 1):
         back_host(add_ns, router, f"keyd-{i}", A.keyd_ip(i), vip=True)
     for i in range(1, nodes + 1):
-        back_host(add_ns, router, f"node-{i}", A.node_ip(i), vip=True)
+        node = back_host(add_ns, router, f"node-{i}", A.node_ip(i), vip=True)
+        netns.address6(node, "eth0", f"{A.node_ip6(i)}/64")
+        netns.route(node, "::/0", "via", A.BACK_ROUTER6)
+        netns.sysctl(node, "net.ipv6.conf.all.forwarding", "1")
     # Until the sprayer steers by mark, the VIP is routed to keyd-1 so IKE works.
     netns.route(router, f"{A.VIP}/32", "via", A.keyd_ip(1))
     if baseline:
@@ -92,6 +102,13 @@ def nat(add_ns: AddNs, router: str) -> str:
     netns.sysctl(ns, "net.ipv4.ip_forward", "1")
     netns.nft(ns, _MASQUERADE)
     return ns
+
+
+def unwire_client(upstream: str, slot: int) -> None:
+    """Remove the upstream end of a client's veth now: the kernel removes it with the client's
+    namespace only some time after that namespace is deleted, and a new client in the same
+    slot needs the name at once."""
+    netns.in_ns(upstream, ["ip", "link", "del", f"c{slot}"], check=False)
 
 
 def client(ns: str, upstream: str, slot: int, address: str, behind_nat: bool) -> None:

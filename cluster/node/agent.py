@@ -259,7 +259,7 @@ class NodeAgent:
             elif isinstance(r, Assignment):
                 self._feed(events.AssignmentPut(r, ev.revision))
             elif isinstance(r, NodeRecord):
-                self._feed(events.NodeSeen(r.id, r.address, r.health_port))
+                self._feed(events.NodeSeen(r.id, r.address, r.health_port, r.address6))
                 if r.id == self.cfg.id:
                     self.draining = r.state == "draining"
             elif isinstance(r, Policy):

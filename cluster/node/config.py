@@ -34,6 +34,9 @@ class NodeSection:
     tun_mtu: int = 1400
     fence_grace_ms: int = 1000  # see docs/node.md, "Fencing"
     ready_wait_ms: int = 500  # an old owner's wait for READY before its final record
+    # back-end IPv6 address (the router sends return traffic for clients' IPv6 virtual
+    # addresses here); None: inner IPv6 is not routed back to this node
+    address6: str | None = None
 
     @property
     def jump_packets(self) -> int:
@@ -82,7 +85,13 @@ def node_config(common: Config, overrides: dict[str, Any] | None = None) -> Node
         tun_mtu=s.get("tun_mtu", int, 1400),
         fence_grace_ms=s.get("fence_grace_ms", int, 1000),
         ready_wait_ms=s.get("ready_wait_ms", int, 500),
+        address6=s.get("address6", str, None),
     )
+    if section.address6 is not None:
+        address6 = _ip(section.address6, f"{where} address6")
+        if ":" not in address6:
+            raise ConfigError(f"{where} address6 must be an IPv6 address: {address6!r}")
+        section = replace(section, address6=address6)
     if section.keyd_address is not None:
         section = replace(section, keyd_address=_ip(section.keyd_address,
                                                     f"{where} keyd_address"))

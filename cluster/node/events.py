@@ -56,6 +56,7 @@ class NodeSeen(NodeEvent):
     node_id: str
     address: str  # back-end address: where a handed-off client is forwarded
     health_port: int  # where a hand-off's new owner sends READY
+    address6: str | None = None  # back-end IPv6 address: where its IPv6 clients go
 
 
 @dataclass(frozen=True, slots=True)

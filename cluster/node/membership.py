@@ -77,7 +77,7 @@ class NodeMembership:
     def record(self) -> NodeRecord:
         c = self.cfg
         return NodeRecord(c.id, c.address, c.capacity, "draining" if self.draining() else "ready",
-                          c.health_port, VERSION, self.wall())
+                          c.health_port, VERSION, self.wall(), address6=c.address6)
 
     def register(self) -> None:
         """Take a lease, write nodes/<id> on it; the revision of our own write is this

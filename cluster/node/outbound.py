@@ -32,6 +32,16 @@ def is_network(key: bytes) -> bool:
     return len(key) in (5, 17)
 
 
+def is_ipv6(key: bytes) -> bool:
+    return len(key) in (16, 17)
+
+
+def gateway_for(key: bytes, address: str, address6: str | None) -> str | None:
+    """The address of another node to route a client key to: its back-end `address` for an
+    IPv4 key, its `address6` for an IPv6 one (None: it has none, the key cannot go there)."""
+    return address6 if is_ipv6(key) else address
+
+
 def key_text(key: bytes) -> str:
     """`10.99.0.7/32` or `10.50.0.0/24`: what `ip route` takes."""
     if is_network(key):

@@ -57,6 +57,7 @@ from cluster.node.events import (
     WriteFinal,
 )
 from cluster.node.handoff import RESEND_S, FinalGate, Ready, push_ready
+from cluster.node.outbound import gateway_for
 from cluster.node.sa import client_addresses
 from cluster.store import Assignment, ChildSaRecord
 
@@ -172,6 +173,8 @@ class Ownership:
         self.records: dict[int, ChildSaRecord] = {}  # the SAs the data plane holds
         #: node id -> (back-end address, health port), from nodes/
         self.node_health: dict[str, tuple[str, int]] = {}
+        #: back-end address -> back-end IPv6 address of every node that has one
+        self.back_end6: dict[str, str | None] = {}
         #: planned hand-offs away: final-record writes waiting for the new owner's READY
         self.finals: FinalGate[WriteFinal] = FinalGate(wait_s=ready_wait_s)
         self.route_refs: Counter[bytes] = Counter()  # address -> clients routing it here
@@ -443,9 +446,11 @@ class Ownership:
             if addr in self.route_refs:
                 continue  # ours again meanwhile
             self.routed.discard(addr)
-            if ev.ok and req.to:
-                self.forwarded[addr] = (req.to, now + FORWARD_S)
-                out.append(Route("via", addr, req.to))
+            # an IPv6 address goes to the new owner's back-end IPv6 address, if it has one
+            via = gateway_for(addr, req.to, self.back_end6.get(req.to)) if req.to else None
+            if ev.ok and via:
+                self.forwarded[addr] = (via, now + FORWARD_S)
+                out.append(Route("via", addr, via))
             else:
                 out.append(Route("del", addr))
                 out.append(Release(frozenset({addr})))
@@ -545,6 +550,7 @@ class Ownership:
     # -- nodes and the lease ----------------------------------------------------------------------
     def _node_seen(self, ev: NodeSeen, now: float, out: list[NodeAction]) -> None:
         self.node_health[ev.node_id] = (ev.address, ev.health_port)
+        self.back_end6[ev.address] = ev.address6
 
     def _node_gone(self, ev: NodeGone, now: float, out: list[NodeAction]) -> None:
         self.node_health.pop(ev.node_id, None)

@@ -54,12 +54,13 @@ class NodeSa(ChildSa):
 
 
 def client_addresses(record: ChildSaRecord) -> tuple[bytes, ...]:
-    """Keys (cluster.node.outbound) the node routes to this SA: the virtual IP, or, when the
-    client has none, its remote selectors — hosts, and subnets (a site behind the client;
-    found by longest prefix). A /0 selector is never routed: it would take the node's
-    default route."""
-    if record.virtual_ip:
-        return (host_key(record.virtual_ip),)
+    """Keys (cluster.node.outbound) the node routes to this SA: the virtual IPs (IPv4 and
+    IPv6, whichever the client has), or, when the client has none, its remote selectors —
+    hosts, and subnets (a site behind the client; found by longest prefix). A /0 selector
+    is never routed: it would take the node's default route."""
+    vips = tuple(host_key(ip) for ip in (record.virtual_ip, record.virtual_ip6) if ip)
+    if vips:
+        return vips
     out = []
     for n in record.ts_remote:
         if ipaddress.ip_network(n, strict=False).prefixlen == 0:

@@ -8,6 +8,13 @@ The decision (docs/operator-guide.md, "Traffic policy"):
    denying rule wins.
 2. No rule matches: `full` and `guest` forward, `split` drops.
 
+IPv6 and `guest`: a guest policy forwards IPv6 only when one of its rules names an IPv6
+network. A site's internal IPv6 networks are seldom in the private ranges the built-in
+internal list knows (they are global prefixes), so a guest policy written with IPv4 rules
+only would otherwise open every IPv6 address of the site to guests; such a policy drops
+IPv6 both ways (`no_ipv6`). `split` needs no such rule (it forwards only what it allows), and
+`full` forwards IPv6 as it forwards IPv4.
+
 Inbound (from the client) a rule matches the packet's destination address, protocol and
 destination port; outbound (to the client) its source address, protocol and source port — the
 same rules, stateless, so that answers from what a client may reach come back and nothing
@@ -48,6 +55,7 @@ class DropVerdict(StrEnum):
     NOT_ALLOWED = "not_allowed"  # split: no allowed rule matched
     UNRESOLVED = "unresolved"  # the SA's policy is missing or malformed: fail closed
     MALFORMED = "malformed"  # not an IP packet the filter can read
+    NO_IPV6 = "no_ipv6"  # guest: IPv6, and the policy names no IPv6 network
 
 
 # (version 0 = both, first, last packed address or None, protocol -1 = any, port ranges,
@@ -239,7 +247,15 @@ def compile_rules(name: str, mode: Mode, allowed: tuple[Rule, ...],
     # operator's order among equals, which then decide alike)
     ranked.sort(key=lambda r: (tuple(-int(x) for x in r[0]), r[1]))
     default = DropVerdict.NOT_ALLOWED if mode == "split" else None
-    return PacketFilter(name, mode, tuple(e for _, _, e in ranked), default)
+    entries = tuple(e for _, _, e in ranked)
+    if mode == "guest" and not names_ipv6(allowed + denied):
+        entries = ((6, None, None, -1, (), DropVerdict.NO_IPV6), *entries)
+    return PacketFilter(name, mode, entries, default)
+
+
+def names_ipv6(rules: tuple[Rule, ...]) -> bool:
+    """Whether a rule names an IPv6 network (`any` addresses name neither family)."""
+    return any(r.network is not None and r.network.version == 6 for r in rules)
 
 
 def compile_policy(name: str, mode: Mode, allowed: list[str],

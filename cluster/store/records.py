@@ -105,6 +105,12 @@ def _check_ip(value: str | None, what: str) -> None:
         raise ValueError(f"{what}: not an IP address: {value!r}")
 
 
+def _check_ip6(value: str | None, what: str) -> None:
+    _check_ip(value, what)
+    if value is not None and ":" not in value:
+        raise ValueError(f"{what}: not an IPv6 address: {value!r}")
+
+
 def _check_spi(value: int, what: str) -> None:
     if not 0 < value <= 0xFFFFFFFF:
         raise ValueError(f"{what}: SPI out of range: {value}")
@@ -150,9 +156,13 @@ class NodeRecord(Record):
     health_port: int
     version: str                      # software version
     started_at: float                 # epoch seconds
+    # back-end IPv6 address the sprayer routes clients' IPv6 virtual addresses to (optional,
+    # absent in records written before; None: the node carries no inner IPv6 back)
+    address6: str | None = None
 
     def validate(self) -> None:
         _check_ip(self.address, "address")
+        _check_ip6(self.address6, "address6")
         _check_port(self.health_port, "health_port")
         if not 0 <= self.capacity <= MAX_CAPACITY:
             raise ValueError(f"capacity must be 0..{MAX_CAPACITY}")
@@ -190,6 +200,9 @@ class IkeSaRecord(Record):
     keyd_id: str
     updated_at: float
     state: bytes
+    # the client's IPv6 virtual address (an optional field of codec version 1, absent in
+    # records written before IPv6 pools)
+    virtual_ip6: str | None = None
 
     __repr__ = _redacted
 
@@ -198,6 +211,7 @@ class IkeSaRecord(Record):
             raise ValueError("ike_sa_id does not match spi_i/spi_r")
         _check_ip(self.peer_addr, "peer_addr")
         _check_ip(self.virtual_ip, "virtual_ip")
+        _check_ip6(self.virtual_ip6, "virtual_ip6")
         _check_port(self.peer_port, "peer_port")
         _check_port(self.local_port, "local_port")
         for spi in self.child_spis:
@@ -249,6 +263,9 @@ class ChildSaRecord(Record):
     # return routability check, and the nodes follow this record, not the source of
     # ESP (which an authenticated client could point at a third party)
     mobike: bool = False
+    # the client's IPv6 virtual address, routed to the SA like `virtual_ip` (optional, as
+    # above)
+    virtual_ip6: str | None = None
 
     __repr__ = _redacted
 
@@ -263,6 +280,7 @@ class ChildSaRecord(Record):
         _check_cidrs(self.ts_remote, "ts_remote")
         _check_ip(self.peer_addr, "peer_addr")
         _check_ip(self.virtual_ip, "virtual_ip")
+        _check_ip6(self.virtual_ip6, "virtual_ip6")
         _check_port(self.peer_port, "peer_port")
         if not 0 <= self.soft_lifetime_s <= MAX_COUNTER or \
                 not 0 <= self.hard_lifetime_s <= MAX_COUNTER:

@@ -19,10 +19,12 @@ Driving it (aioquic style)::
   IkeSaUpdated(id) → write `export_ike_sa(id)`; ChildSaEstablished(child) → write sa/<spi_in>;
   ChildSaDeleted / IkeSaDeleted → remove; IkeSaRekeyed(old, new, children) → rewrite the
   children's ike_sa_id; IkeSaEstablished, AuthenticationFailed, ExchangeFailed → log/metrics.
-- Virtual IPs: an IKE_AUTH with CP(INTERNAL_IP4_ADDRESS) emits AddressRequested(ike_sa_id,
-  identity, requested) and waits; the shell leases an address and calls
-  `assign_address(ike_sa_id, ip_or_None, now)`, which produces the IKE_AUTH answer
-  (None → INTERNAL_ADDRESS_FAILURE, IKE SA without Child SA). Retransmits meanwhile: ignored.
+- Virtual IPs: an IKE_AUTH with CP(INTERNAL_IP4_ADDRESS and/or INTERNAL_IP6_ADDRESS, the
+  latter on a connection with `pool6`) emits AddressRequested(ike_sa_id, identity,
+  requested, …, ipv4, ipv6, requested6, pool6) and waits; the shell leases addresses and
+  calls `assign_address(ike_sa_id, ip_or_None, now, ip6_or_None)`, which produces the
+  IKE_AUTH answer (none of those asked for → INTERNAL_ADDRESS_FAILURE, IKE SA without Child
+  SA). Retransmits meanwhile: ignored.
 - EAP (§2.16, keyd/ike/eap_auth.py): an IKE_AUTH without AUTH starts the EAP round when
   `ResponderConfig.eap` is set. EAP relayed to RADIUS emits RadiusRequested(ike_sa_id,
   datagram, server, identifier) and waits: the shell sends the datagram (retransmitting the

@@ -177,6 +177,7 @@ class InitiatorConfig:
     ike_proposals: Sequence[str] = ("aes128gcm16-prfsha256-x25519",)
     esp_proposals: Sequence[str] = ("aes128gcm16",)
     request_address: bool = True
+    request_address6: bool = False  # INTERNAL_IP6_ADDRESS and INTERNAL_IP6_DNS as well
     ts_local: Sequence[str] = ("0.0.0.0/0",)
     ts_remote: Sequence[str] = ("0.0.0.0/0",)
     natt_port: int = 4500

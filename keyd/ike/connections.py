@@ -126,10 +126,11 @@ class Connection:
     remote_auth: RemoteAuth = RemoteAuth.PSK
     local_auth: LocalAuth = LocalAuth.PUBKEY
     pool: str | None = None              # virtual IPs (None: none offered)
-    dns: tuple[str, ...] = ()            # INTERNAL_IP4_DNS
+    dns: tuple[str, ...] = ()            # INTERNAL_IP4_DNS, INTERNAL_IP6_DNS
     dns_domains: tuple[str, ...] = ()    # INTERNAL_DNS_DOMAIN (RFC 8598, split DNS)
-    protected_networks: tuple[str, ...] = ("0.0.0.0/0",)   # TSr; INTERNAL_IP4_SUBNET
+    protected_networks: tuple[str, ...] = ("0.0.0.0/0",)   # TSr; INTERNAL_IP4/6_SUBNET
     policy: str | None = None            # the traffic policy (policy/<name>) the nodes apply
+    pool6: str | None = None             # IPv6 virtual addresses (None: none offered)
     patterns: tuple[IdentityPattern, ...] = field(init=False, repr=False)
     # the proposals above, parsed (each string may hold several, or `default`)
     ike_suites: tuple[IkeProposal, ...] = field(init=False, repr=False)
@@ -193,7 +194,7 @@ def legacy_connections(
     ike_proposals: Sequence[str], esp_proposals: Sequence[str], *, psk: bool,
     local_auth: LocalAuth, pool: str | None = None, dns: Sequence[str] = (),
     dns_domains: Sequence[str] = (), protected_networks: Sequence[str] = ("0.0.0.0/0",),
-    policy: str | None = None, eap: str | None = None,
+    policy: str | None = None, eap: str | None = None, pool6: str | None = None,
 ) -> tuple[Connection, ...]:
     """The single-connection configuration of [keyd] without `[[keyd.connections]]`: any
     identity, by certificate (`default-pubkey`, when keyd has a certificate) or, when a PSK
@@ -207,7 +208,8 @@ def legacy_connections(
     out = [Connection(name, tuple(ike_proposals), tuple(esp_proposals), remote_auth=auth,
                       local_auth=local_auth, pool=pool, dns=tuple(dns),
                       dns_domains=tuple(dns_domains),
-                      protected_networks=tuple(protected_networks), policy=policy)
+                      protected_networks=tuple(protected_networks), policy=policy,
+                      pool6=pool6)
            for name, auth in auths]
     return tuple(out)
 

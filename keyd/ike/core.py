@@ -372,7 +372,7 @@ class IkeEndpoint:
             state=IkeState.ESTABLISHED, peer=sa.peer, local=sa.local, created_at=now,
             udp_encap=sa.udp_encap, peer_behind_nat=sa.peer_behind_nat,
             peer_identity=sa.peer_identity, connection=sa.connection,
-            virtual_ip=sa.virtual_ip,
+            virtual_ip=sa.virtual_ip, virtual_ip6=sa.virtual_ip6,
             peer_hashes=sa.peer_hashes, fragmentation=sa.fragmentation, mobike=sa.mobike,
             redirect_supported=sa.redirect_supported,
         )
@@ -410,6 +410,7 @@ class IkeEndpoint:
             created_at=now, soft_lifetime_s=self._child_lifetime_s,
             hard_lifetime_s=self._child_lifetime_s + self._child_lifetime_s // 10,
             replaces=replaces, policy=policy, mobike=sa.mobike is not None,
+            virtual_ip6=sa.virtual_ip6,
         )
         sa.children[spi_in] = child
         return child

@@ -40,6 +40,7 @@ class ChildSa:
     # MOBIKE (RFC 4555) was negotiated: the client's address changes only by
     # UPDATE_SA_ADDRESSES, written to the record; nodes do not follow its ESP elsewhere
     mobike: bool = False
+    virtual_ip6: str | None = None  # the client's IPv6 virtual address (INTERNAL_IP6_ADDRESS)
 
 
 class IkeEvent:
@@ -66,6 +67,7 @@ class IkeSaEstablished(IkeEvent):
     virtual_ip: str | None
     initial_contact: bool
     connection: str = ""  # the connection the client was accepted on
+    virtual_ip6: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +129,10 @@ class ChildSaDeleted(IkeEvent):
 class AddressRequested(IkeEvent):
     """The peer asked for a virtual IP (CP CFG_REQUEST): answer with `assign_address`.
 
-    `requested` is the address the peer asked for, or None for "any". The IKE_AUTH answer
-    waits for the decision; retransmits of the request meanwhile are ignored.
+    It asks for an IPv4 address (INTERNAL_IP4_ADDRESS: `ipv4`), an IPv6 one
+    (INTERNAL_IP6_ADDRESS: `ipv6`), or both; `requested` / `requested6` are the addresses it
+    asked for, or None for "any". The IKE_AUTH answer waits for the decision; retransmits of
+    the request meanwhile are ignored.
     """
 
     ike_sa_id: str
@@ -139,6 +143,10 @@ class AddressRequested(IkeEvent):
     initial_contact: bool = False
     connection: str = ""  # the connection the client was accepted on
     pool: str | None = None  # its pool (CIDR); None: the shell's default pool
+    ipv4: bool = True
+    ipv6: bool = False
+    requested6: str | None = None
+    pool6: str | None = None  # its IPv6 pool (CIDR); None: no IPv6 address is given
 
 
 @dataclass(frozen=True, slots=True)

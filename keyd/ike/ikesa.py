@@ -52,6 +52,7 @@ class IkeSa:
     peer_identity: str = ""
     connection: str = ""  # the connection the peer was accepted on (keyd/ike/connections.py)
     virtual_ip: str | None = None
+    virtual_ip6: str | None = None  # INTERNAL_IP6_ADDRESS given to the peer (RFC 7296 §3.15.1)
     peer_hashes: tuple[int, ...] = ()  # SIGNATURE_HASH_ALGORITHMS the peer sent (RFC 7427)
     fragmentation: bool = False  # both sent IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 §2.3)
     children: dict[int, ChildSa] = field(default_factory=dict)  # by spi_in
@@ -127,6 +128,7 @@ def export_sa(sa: IkeSa) -> dict[str, Any]:
         "peer_identity": sa.peer_identity,
         "connection": sa.connection,
         "virtual_ip": sa.virtual_ip,
+        "virtual_ip6": sa.virtual_ip6,
         "peer_hashes": list(sa.peer_hashes),
         "fragmentation": sa.fragmentation,
         "children": [_child_to_dict(c) for c in sa.children.values()],
@@ -179,6 +181,7 @@ def import_sa(d: dict[str, Any]) -> IkeSa:
             peer_identity=str(d["peer_identity"]),
             connection=str(d.get("connection", "")),  # absent in records of before connections
             virtual_ip=d["virtual_ip"],
+            virtual_ip6=d.get("virtual_ip6"),  # absent in records of before IPv6 pools
             peer_hashes=tuple(int(h) for h in d["peer_hashes"]),
             fragmentation=bool(d.get("fragmentation", False)),  # absent: records of before
             rekeyed_to=d["rekeyed_to"],

@@ -16,6 +16,7 @@ from typing import Any
 from keyd.eap import EapError
 from keyd.eap import Peer as EapPeer
 
+from .attributes import pull_ip6_address
 from .auth import certreq_payload, psk_auth, signed_octets, verify_psk
 from .config import InitiatorConfig
 from .constants import (
@@ -97,6 +98,7 @@ class Initiator(Mobility, Redirection):
         self._my_id: Identity = identity_from_text(config.identity, config.credentials.cert)
         self.ike_sa_id: str | None = None
         self.virtual_ip: str | None = None
+        self.virtual_ip6: str | None = None
         self._eap_peer = EapPeer("", "")  # replaced when an EAP round starts
 
     @property
@@ -225,9 +227,13 @@ class Initiator(Mobility, Redirection):
             rid = identity_from_text(cfg.remote_identity)
             payloads.append(IdrPayload(rid.id_type, rid.data))
         payloads += proof[-1:]
+        asked: list[tuple[int, bytes]] = []
         if cfg.request_address:
-            payloads.append(CpPayload(CfgType.REQUEST, ((CfgAttr.INTERNAL_IP4_ADDRESS, b""),
-                                                        (CfgAttr.INTERNAL_IP4_DNS, b""))))
+            asked += [(CfgAttr.INTERNAL_IP4_ADDRESS, b""), (CfgAttr.INTERNAL_IP4_DNS, b"")]
+        if cfg.request_address6:
+            asked += [(CfgAttr.INTERNAL_IP6_ADDRESS, b""), (CfgAttr.INTERNAL_IP6_DNS, b"")]
+        if asked:
+            payloads.append(CpPayload(CfgType.REQUEST, tuple(asked)))
         if cfg.initial_contact:
             payloads.append(NotifyPayload(Notify.INITIAL_CONTACT))
         if cfg.mobike:
@@ -267,12 +273,14 @@ class Initiator(Mobility, Redirection):
             for t, v in cp.attributes:
                 if t == CfgAttr.INTERNAL_IP4_ADDRESS and len(v) == 4:
                     sa.virtual_ip = str(ipaddress.IPv4Address(v))
-        self.virtual_ip = sa.virtual_ip
+                elif t == CfgAttr.INTERNAL_IP6_ADDRESS and (got := pull_ip6_address(v)):
+                    sa.virtual_ip6 = got[0]
+        self.virtual_ip, self.virtual_ip6 = sa.virtual_ip, sa.virtual_ip6
         self._mobike_agreed(sa, payloads)
         sa.state = advance(sa.state, "auth_answered")
         sa.peer_next_id = 0
         self._events.append(IkeSaEstablished(sa.id, sa.peer_identity, sa.peer[0], sa.peer[1],
-                                             sa.virtual_ip, False))
+                                             sa.virtual_ip, False, virtual_ip6=sa.virtual_ip6))
         sa_p, tsi, tsr = find(payloads, SaPayload), find(payloads, TsiPayload), \
             find(payloads, TsrPayload)
         if isinstance(sa_p, SaPayload) and isinstance(tsi, TsiPayload) \

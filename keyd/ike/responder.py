@@ -5,10 +5,17 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import constant_time
 
+from .attributes import (
+    AddressAsk,
+    address_ask,
+    address_attribute,
+    dns_attributes,
+    subnet_attributes,
+)
 from .auth import certreq_payload, load_certificate, psk_auth, signed_octets, verify_psk
 from .config import EapConfig, ResponderConfig
 from .connections import Connection, LocalAuth, RemoteAuth, select_connection
@@ -23,7 +30,7 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .core import RequestContext, nat_hash, notify_name, packed_ip
+from .core import RequestContext, nat_hash, notify_name
 from .dh import KeyExchange
 from .eap_auth import EapRound, _RadiusWait
 from .errors import AuthenticationError, IkeProtocolError, IkeUsageError
@@ -79,6 +86,8 @@ class _PendingAuth:
     initial_contact: bool
     connection: Connection
     psk: bytes | None  # the PSK the peer proved with: keyd's own proof on local_auth = psk
+    ask: AddressAsk = field(default_factory=AddressAsk)  # what the CFG_REQUEST asks for
+    fixed: str | None = None  # an IPv4 address decided already (RADIUS Framed-IP-Address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,21 +99,21 @@ class _Offer:
     dns: tuple[tuple[int, bytes], ...]
     domains: tuple[tuple[int, bytes], ...]
     subnets: tuple[tuple[int, bytes], ...]
+    dns6: tuple[tuple[int, bytes], ...] = ()
+    subnets6: tuple[tuple[int, bytes], ...] = ()
 
     @classmethod
     def of(cls, c: Connection) -> _Offer:
-        v4 = [ipaddress.ip_network(n, strict=False) for n in c.protected_networks]
         return cls(
             protected=tuple(selector_for(n) for n in c.protected_networks),
-            dns=tuple((CfgAttr.INTERNAL_IP4_DNS, ipaddress.IPv4Address(d).packed)
-                      for d in c.dns if ipaddress.ip_address(d).version == 4),
+            dns=dns_attributes(c.dns, 4),
             # RFC 8598 §4: one domain per attribute, the name without a trailing dot
             domains=tuple((CfgAttr.INTERNAL_DNS_DOMAIN, d.rstrip(".").encode("ascii"))
                           for d in c.dns_domains),
-            # RFC 7296 §3.15.1: address and netmask; 0.0.0.0/0 says nothing: not sent
-            subnets=tuple((CfgAttr.INTERNAL_IP4_SUBNET,
-                           n.network_address.packed + n.netmask.packed)
-                          for n in v4 if n.version == 4 and n.prefixlen > 0),
+            # RFC 7296 §3.15.1: a /0 says nothing: not sent
+            subnets=subnet_attributes(c.protected_networks, 4),
+            dns6=dns_attributes(c.dns, 6),
+            subnets6=subnet_attributes(c.protected_networks, 6),
         )
 
 
@@ -166,16 +175,24 @@ class Responder(EapRound, Mobility, Redirection):
         a half-open SA: none yet) is served by the first connection."""
         return self._connections.get(sa.connection, self._first)
 
-    def assign_address(self, ike_sa_id: str, address: str | None, now: float) -> None:
-        """Answer an AddressRequested: the virtual IP for the peer, or None (pool empty:
-        the IKE SA is made without a Child SA and with INTERNAL_ADDRESS_FAILURE, §3.15.4)."""
+    def assign_address(self, ike_sa_id: str, address: str | None, now: float,
+                       address6: str | None = None) -> None:
+        """Answer an AddressRequested: the peer's virtual IPv4 and IPv6 addresses, each
+        None when none is given (not asked for, no pool, pool empty). A peer that gets
+        neither of those it asked for has its IKE SA made without a Child SA and with
+        INTERNAL_ADDRESS_FAILURE (§3.15.4); one that gets one family only goes on with it
+        (RFC 8983 §4, table 1)."""
         pending = self._pending.pop(ike_sa_id, None)
         sa = self._sas.get(ike_sa_id)
         if pending is None or sa is None or sa.state != IkeState.WAIT_ADDRESS:
             raise IkeUsageError(f"IKE SA {ike_sa_id} is not waiting for an address")
-        if address is not None:
-            ipaddress.IPv4Address(address)  # a bad decision is the caller's error
-        self._respond(sa, pending.ctx, self._finish_auth(sa, pending, address, now))
+        # a bad decision is the caller's error
+        if address is not None and ipaddress.ip_address(address).version != 4:
+            raise IkeUsageError(f"not an IPv4 address: {address!r}")
+        if address6 is not None and ipaddress.ip_address(address6).version != 6:
+            raise IkeUsageError(f"not an IPv6 address: {address6!r}")
+        self._respond(sa, pending.ctx,
+                      self._finish_auth(sa, pending, pending.fixed or address, now, address6))
 
     # ---- IKE_SA_INIT (§1.2, §2.6, §2.23) ----------------------------------------------------
 
@@ -375,23 +392,22 @@ class Responder(EapRound, Mobility, Redirection):
         sa.peer_identity = identity
         cp = find(payloads, CpPayload)
         cp = cp if isinstance(cp, CpPayload) and cp.cfg_type == CfgType.REQUEST else None
+        ask = address_ask(cp.attributes) if cp is not None else AddressAsk()
+        fixed = address if ask.ipv4 else None
         pending = _PendingAuth(payloads, ctx, cp,
-                               bool(notifies(payloads, Notify.INITIAL_CONTACT)), conn, psk)
-        wants_address = cp is not None and any(t == CfgAttr.INTERNAL_IP4_ADDRESS
-                                               for t, _ in cp.attributes)
-        if wants_address and address is not None:
-            return self._finish_auth(sa, pending, address, now)
-        if cp is not None and wants_address:
-            wanted = next(v for t, v in cp.attributes if t == CfgAttr.INTERNAL_IP4_ADDRESS)
-            requested = str(ipaddress.IPv4Address(wanted)) \
-                if len(wanted) == 4 and any(wanted) else None
+                               bool(notifies(payloads, Notify.INITIAL_CONTACT)), conn, psk,
+                               ask, fixed)
+        need4 = ask.ipv4 and fixed is None
+        need6 = ask.ipv6 and conn.pool6 is not None   # no IPv6 pool: no IPv6 address
+        if need4 or need6:
             sa.state = advance(sa.state, "address_requested")
             self._pending[sa.id] = pending
-            self._events.append(AddressRequested(sa.id, identity, requested,
-                                                 pending.initial_contact, conn.name,
-                                                 conn.pool))
+            self._events.append(AddressRequested(
+                sa.id, identity, ask.requested4 if need4 else None, pending.initial_contact,
+                conn.name, conn.pool, ipv4=need4, ipv6=need6,
+                requested6=ask.requested6 if need6 else None, pool6=conn.pool6))
             return None
-        return self._finish_auth(sa, pending, None, now)
+        return self._finish_auth(sa, pending, fixed, now)
 
     def _refuse(self, sa: IkeSa, ctx: RequestContext, name: str, cause: str, reason: str,
                 conn: Connection | None, answer: list[Payload] | None = None) -> None:
@@ -473,36 +489,44 @@ class Responder(EapRound, Mobility, Redirection):
         return [idr, *own_proof(self.config.credentials, sa.suite.prf, octets, sa.peer_hashes)]
 
     def _finish_auth(self, sa: IkeSa, pending: _PendingAuth, address: str | None,
-                     now: float) -> list[Payload]:
+                     now: float, address6: str | None = None) -> list[Payload]:
         reply = self._eap_final_proof(sa) if sa.eap is not None \
             else self._own_auth(sa, pending.connection.local_auth, pending.psk)
         sa.eap = None  # the MSK and the conversation are not needed any more
         reply += self._mobike_offer(sa, pending.payloads)
         offer = self._offers[pending.connection.name]
         child_ok = True
+        ask = pending.ask
+        address = address if ask.ipv4 else None
+        address6 = address6 if ask.ipv6 else None
         if pending.cp is not None:
             asked = {t for t, _ in pending.cp.attributes}
             attrs: list[tuple[int, bytes]] = []
-            if CfgAttr.INTERNAL_IP4_ADDRESS in asked:
-                if address is None:
-                    child_ok = False
-                else:
-                    attrs.append((CfgAttr.INTERNAL_IP4_ADDRESS, packed_ip(address)))
+            # §3.15.4: a failure when none of the addresses asked for can be given; an
+            # address family keyd has no pool for is left out of the answer (RFC 8983)
+            child_ok = not ask.any or address is not None or address6 is not None
+            attrs += [address_attribute(a) for a in (address, address6) if a is not None]
             if CfgAttr.INTERNAL_IP4_DNS in asked:
                 attrs += offer.dns
+            if CfgAttr.INTERNAL_IP6_DNS in asked:
+                attrs += offer.dns6
             # what the connection configures is sent whether asked for or not, as
             # strongSwan's responder does: a client ignores attributes it does not know
             attrs += offer.domains
             attrs += offer.subnets
+            if address6 is not None:
+                attrs += offer.subnets6
             if attrs:
                 reply.append(CpPayload(CfgType.REPLY, tuple(attrs)))
         sa.virtual_ip = address
+        sa.virtual_ip6 = address6
         sa.state = advance(sa.state, "authenticated")
         sa.expires_at = None
         self._leave_half_open(sa)
         self.counters.handshakes["ok"] += 1
         self._events.append(IkeSaEstablished(sa.id, sa.peer_identity, sa.peer[0], sa.peer[1],
-                                             address, pending.initial_contact, sa.connection))
+                                             address, pending.initial_contact, sa.connection,
+                                             address6))
         ps = pending.payloads
         sa_p, tsi, tsr = find(ps, SaPayload), find(ps, TsiPayload), find(ps, TsrPayload)
         if not child_ok:
@@ -534,7 +558,9 @@ class Responder(EapRound, Mobility, Redirection):
         assert isinstance(suite, ChildSuite)
         if len(prop.spi) != 4:
             raise IkeProtocolError("ESP proposal without a 4-byte SPI", Notify.INVALID_SYNTAX)
-        remote_ok = [selector_for(f"{sa.virtual_ip or sa.peer[0]}/32")]
+        # the client's side: its virtual addresses (§2.9), or its own address without any
+        vips = [ip for ip in (sa.virtual_ip, sa.virtual_ip6) if ip]
+        remote_ok = [_host_selector(ip) for ip in vips or [sa.peer[0]]]
         tsi = narrow(tsi_p.selectors, remote_ok)
         tsr = narrow(tsr_p.selectors, list(self._offers[conn.name].protected))
         if not tsi or not tsr:
@@ -601,6 +627,11 @@ class Responder(EapRound, Mobility, Redirection):
         chosen = Proposal(prop.num, ProtocolId.IKE, spi_r.to_bytes(8, "big"),
                           suite.to_proposal().transforms)
         return [SaPayload((chosen,)), NoncePayload(nr), KePayload(suite.dh, dh.public)]
+
+
+def _host_selector(ip: str) -> TrafficSelector:
+    """The selector of one address (/32 or /128)."""
+    return selector_for(f"{ip}/{ipaddress.ip_address(ip).max_prefixlen}")
 
 
 def _claimed(peer_id: Identity, payloads: list[Payload]) -> str:

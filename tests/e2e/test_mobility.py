@@ -27,6 +27,7 @@ import pytest
 from cluster.lab import addresses as A
 from cluster.lab import demo
 from cluster.lab import lab as labmod
+from cluster.lab.clients import CLIENT_DOMAIN
 from cluster.lab.lab import Lab
 from cluster.lab.mobility import MOVE_ADDRESSES, OTHER_GATEWAY
 from cluster.lab.strongswan import IkeSaView
@@ -64,7 +65,7 @@ def ctl(lab: Lab, *args: str) -> Any:
 
 
 def row_of(lab: Lab, client: str) -> dict[str, Any]:
-    identity = f"{client}.{labmod.CLIENT_DOMAIN}"
+    identity = f"{client}.{CLIENT_DOMAIN}"
     rows = [r for r in ctl(lab, "client", "list") if r["identity"] == identity]
     assert len(rows) == 1, rows
     return rows[0]
@@ -201,4 +202,4 @@ def test_redirect_in_ike_sa_init_and_of_an_established_client(lab: Lab) -> None:
     # and it leaves the cluster (it deletes its IKE SA here)
     wait("the cluster to forget it", lambda: not [
         r for r in ctl(lab, "client", "list")
-        if r["identity"] == f"stayer.{labmod.CLIENT_DOMAIN}"], 60)
+        if r["identity"] == f"stayer.{CLIENT_DOMAIN}"], 60)

@@ -91,3 +91,33 @@ def test_guest_policy_drops_forbidden_and_counts_allowed_flows(lab: Lab) -> None
     assert sorted(r["spi_in"] for r in _ctl(lab, "sa", "list")) == spis
     shown = _ctl(lab, "policy", "show", "guest")
     assert shown["bound_sas"] >= 1
+
+
+def _drops(lab: Lab, policy: str, reason: str) -> float:
+    r = lab.run("node-1", ["curl", "-sf", "--max-time", "2", "http://127.0.0.1:9411/metrics"],
+                timeout_s=10)
+    return sum(float(m.group(2)) for m in re.finditer(
+        r'^ipsec_cluster_node_policy_drops_total\{([^}]*)\} (\S+)$', r.stdout, re.M)
+        if f'policy="{policy}"' in m.group(1) and f'reason="{reason}"' in m.group(1))
+
+
+def _ping6(lab: Lab, client: str, count: int = 2) -> bool:
+    r = lab.run(client, ["ping", "-6", "-c", str(count), "-i", "0.2", "-W", "2", A.SERVER_IP6])
+    return r.returncode == 0
+
+
+def test_guest_policy_with_ipv4_rules_only_lets_no_ipv6_through(lab: Lab) -> None:
+    """A dual-stack guest whose policy names only IPv4: its IPv6 is dropped at the node and
+    counted (`no_ipv6`), its IPv4 flows; an IPv6 rule opens what it names."""
+    _ctl(lab, "policy", "set", "guest6", "--mode", "guest", "--allow",
+         f"{A.SERVER_IP}/32 icmp", "--identity", "gwen.*")
+    lab.add_client("gwen", ipv6=True)
+    assert lab.ping("gwen", settle_s=20), "the guest cannot ping the server over IPv4"
+    before = _drops(lab, "guest6", "no_ipv6")
+    assert not _ping6(lab, "gwen"), "IPv6 went through a guest policy without IPv6 rules"
+    assert _drops(lab, "guest6", "no_ipv6") > before, "the IPv6 drops were not counted"
+    assert lab.ping("gwen"), "IPv4 stopped flowing"
+    _ctl(lab, "policy", "set", "guest6", "--mode", "guest", "--allow",
+         f"{A.SERVER_IP}/32 icmp", "--allow", f"{A.SERVER_IP6}/128 icmpv6",
+         "--identity", "gwen.*")
+    assert any(_ping6(lab, "gwen") for _ in range(5)), "the IPv6 rule did not open the server"

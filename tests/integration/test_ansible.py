@@ -289,7 +289,8 @@ def test_configuration_follows_the_documented_contract(converged: Converge) -> N
     optional = {"keyd": {"cert_file", "key_file", "ca_file", "secrets_file", "connections",
                          "eap", "eap_identity", "eap_users_file", "radius_servers",
                          "radius_secret_file", "radius_timeout_s", "radius_tries",
-                         "nas_identifier"},
+                         "nas_identifier", "pool6"},
+                "node": {"address6"},
                 "sprayer": {"haproxy_socket", "haproxy_backend", "netns"}}
     for host, daemon in DEPLOYED:
         path = converged.host(host) / "etc" / "ipsec-cluster" / f"{daemon}.toml"

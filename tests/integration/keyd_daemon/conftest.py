@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -74,7 +75,8 @@ class KeydSetup:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def config(self, keyd_id: str, ike_port: int, natt_port: int, metrics_port: int,
-               pool: str = "10.99.0.0/24", extra: str = "") -> Path:
+               pool: str = "10.99.0.0/24", extra: str = "",
+               protected_networks: tuple[str, ...] = ("10.20.0.0/24",)) -> Path:
         path = self.directory / f"{keyd_id}.toml"
         path.write_text(f"""
 [cluster]
@@ -100,18 +102,20 @@ identity = "{GATEWAY_ID}"
 psk_file = "{self.psk_file}"
 pool = "{pool}"
 dns = ["10.20.0.53"]
-protected_networks = ["10.20.0.0/24"]
+protected_networks = {json.dumps(list(protected_networks))}
 {extra}
 """)
         return path
 
     def start(self, keyd_id: str, ike_port: int | None = None, natt_port: int | None = None,
               env: dict[str, str] | None = None, wait: bool = True,
-              extra: str = "") -> KeydInstance:
+              extra: str = "",
+              protected_networks: tuple[str, ...] = ("10.20.0.0/24",)) -> KeydInstance:
         ike_port = ike_port or free_udp_port()
         natt_port = natt_port or free_udp_port()
         metrics_port = free_port()
-        conf = self.config(keyd_id, ike_port, natt_port, metrics_port, extra=extra)
+        conf = self.config(keyd_id, ike_port, natt_port, metrics_port, extra=extra,
+                           protected_networks=protected_networks)
         log = self.directory / f"{keyd_id}.log"
         proc = spawn([str(KEYD_BIN), "--config", str(conf)], log,
                      env={**os.environ, **(env or {})})

@@ -31,7 +31,8 @@ def test_documented_example_loads(tmp_path: Path) -> None:
     assert c.keyd.identity == "vpn.example.net"
     assert c.keyd.ike_proposals == ("default", "aes256-aes128-sha256-sha1-modp2048")
     assert c.keyd.esp_proposals == ("default", "aes256-aes128-sha1")
-    assert c.keyd.pool == "10.99.0.0/16" and c.keyd.protected_networks == ("10.20.0.0/16",)
+    assert c.keyd.pool == "10.99.0.0/16" and c.keyd.pool6 == "fd00:99::/112"
+    assert c.keyd.protected_networks == ("10.20.0.0/16", "fd00:20::/64")
     assert c.etcd.endpoints[0] == "https://10.10.0.11:2379" and c.etcd.timeout_s == 2.0
     assert c.metrics.listen == "127.0.0.1:9410" and c.address == c.keyd.address == "10.30.0.5"
 
@@ -42,7 +43,7 @@ def test_flags_override_file(tmp_path: Path) -> None:
     c = load_config(path, {"keyd.vip": "198.51.100.7", "etcd.endpoints": ("http://a:1",),
                            "keyd.pool": None, "keyd.dns": ()})
     assert c.keyd.vip == "198.51.100.7" and list(c.etcd.endpoints) == ["http://a:1"]
-    assert c.keyd.pool == "10.99.0.0/16" and c.keyd.dns == ("10.20.0.53",)
+    assert c.keyd.pool == "10.99.0.0/16" and c.keyd.dns == ("10.20.0.53", "fd00:20::53")
 
 
 @pytest.mark.parametrize("snippet, message", [

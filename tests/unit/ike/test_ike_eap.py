@@ -28,6 +28,7 @@ from keyd.ike import (
     ResponderConfig,
 )
 from keyd.ike.config import EapConfig
+from keyd.ike.connections import Connection, LocalAuth, RemoteAuth
 from keyd.ike.constants import Notify
 from keyd.ike.events import RadiusRequested
 
@@ -281,3 +282,39 @@ def test_a_conversation_the_client_abandons_expires_and_each_round_renews_it() -
     assert not server.endpoint.has_ike_sa(sa_id)
     assert any(isinstance(e, IkeSaDeleted) and "eap timed out" in e.reason
                for e in server.pull_events())
+
+
+def test_eap_radius_framed_ip_is_kept_and_the_ipv6_address_comes_from_pool6() -> None:
+    server_creds, client_creds = gateway_creds()
+    conn = Connection("dual-eap", ("aes128gcm16-prfsha256-x25519",), ("aes128gcm16",),
+                      remote_auth=RemoteAuth.EAP_RADIUS, local_auth=LocalAuth.PUBKEY,
+                      pool6="fd00:99::/112", protected_networks=("10.20.0.0/16", "::/0"))
+    server = Side(Responder(ResponderConfig(
+        identity="vpn.example.net", credentials=server_creds, connections=[conn],
+        eap=EapConfig("eap-radius", radius_servers=RADIUS))))
+    client = Side(Initiator(InitiatorConfig(
+        identity="192.0.2.10", credentials=client_creds, remote_identity="vpn.example.net",
+        eap_identity="carol", eap_password="s3cret", request_address6=True,
+        ts_local=("0.0.0.0/0", "::/0"), ts_remote=("0.0.0.0/0", "::/0"))))
+    clock = Clock()
+    connect(client, clock)
+    rad = FakeRadiusServer(framed_ip="10.77.0.5")
+    for _ in range(20):
+        moved = transfer(client, server, clock.now)
+        for ev in server.pull_events():
+            if isinstance(ev, RadiusRequested):
+                assert server.endpoint.radius_answer(ev.ike_sa_id, rad.answer(ev.datagram),
+                                                     clock.now)
+                moved += 1
+            elif isinstance(ev, AddressRequested):
+                # only the IPv6 address is left to decide: RADIUS gave the IPv4 one
+                assert ev.ipv6 and not ev.ipv4 and ev.pool6 == "fd00:99::/112"
+                server.endpoint.assign_address(ev.ike_sa_id, None, clock.now, "fd00:99::5")
+        moved += transfer(server, client, clock.now)
+        if not moved:
+            break
+    assert (client.endpoint.virtual_ip, client.endpoint.virtual_ip6) == ("10.77.0.5",
+                                                                         "fd00:99::5")
+    child = server.of(ChildSaEstablished)[0].child
+    assert child.ts_remote == ("10.77.0.5/32", "fd00:99::5/128")
+    assert child.ts_local == ("10.20.0.0/16", "::/0")

@@ -77,6 +77,25 @@ def test_keyd_alone_is_the_legacy_connection(tmp_path: Path) -> None:
         ("default-psk", LocalAuth.PSK)]
 
 
+def test_ipv6_pool_per_connection_and_in_keyd(tmp_path: Path) -> None:
+    dual = ('\n[[keyd.connections]]\nname = "dual"\nremote_auth = "psk"\n'
+            'pool6 = "fd00:99::/64"\nprotected_networks = ["0.0.0.0/0", "::/0"]\n'
+            'dns = ["10.20.0.53", "fd00:20::53"]\n')
+    c = load_config(write(tmp_path, HEAD + dual + CERTS))
+    first, certs = c.connections
+    assert first.pool6 == "fd00:99::/64" and first.pool == "10.99.0.0/16"
+    assert first.protected_networks == ("0.0.0.0/0", "::/0")
+    assert first.dns == ("10.20.0.53", "fd00:20::53")
+    assert certs.pool6 is None   # [keyd] has none
+    legacy = load_config(write(tmp_path, '[keyd]\nidentity = "gw"\npsk_file = "/p"\n'
+                                         'pool6 = "fd00:99::/112"\n'
+                                         'protected_networks = ["0.0.0.0/0", "::/0"]\n'))
+    assert [x.pool6 for x in legacy.connections] == ["fd00:99::/112"]
+    with pytest.raises(ConfigError, match=r"keyd\.pool6 needs an IPv6 network"):
+        load_config(write(tmp_path, '[keyd]\nidentity = "gw"\npsk_file = "/p"\n'
+                                    'pool6 = "fd00:99::/112"\n'))
+
+
 BAD = [
     ('[[keyd.connections]]\nremote_auth = "psk"\n', "keyd.connections[0].name must be a name"),
     ('[[keyd.connections]]\nname = "a b"\nremote_auth = "psk"\n',
@@ -109,8 +128,12 @@ BAD = [
      "keyd.connections.x.dns_domains: not a DNS name"),
     ('[[keyd.connections]]\nname = "x"\nremote_auth = "psk"\nprotected_networks = ["lan"]\n',
      "keyd.connections.x.protected_networks: not a network: 'lan'"),
-    ('[[keyd.connections]]\nname = "x"\nremote_auth = "psk"\nprotected_networks = ["::/0"]\n',
-     "keyd.connections.x.protected_networks: only IPv4 networks"),
+    ('[[keyd.connections]]\nname = "x"\nremote_auth = "psk"\npool6 = "fd00:99::/64"\n',
+     "keyd.connections.x.pool6 needs an IPv6 network in keyd.connections.x.protected_networks"),
+    ('[[keyd.connections]]\nname = "x"\nremote_auth = "psk"\npool6 = "10.99.0.0/24"\n',
+     "keyd.connections.x.pool6 must be an IPv6 network"),
+    ('[[keyd.connections]]\nname = "x"\nremote_auth = "psk"\npool6 = "fd00:99::1/64"\n',
+     "keyd.connections.x.pool6 is not a network"),
     ('[[keyd.connections]]\nname = "x"\nremote_auth = "psk"\npolicy = "a/b"\n',
      "keyd.connections.x.policy must be a policy name"),
     ('[[keyd.connections]]\nname = "x"\nremote_auth = "psk"\nike_proposals = ["rot13"]\n',

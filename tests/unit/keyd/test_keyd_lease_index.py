@@ -36,3 +36,12 @@ def test_view_notes_own_writes_in_the_index() -> None:
     view.note_lease(None, lease.ip)
     assert view.get(lease.ip) is None and view.of_identity("carol") == []
     assert view.leases() == {}
+
+
+def test_an_ike_sa_holds_one_lease_of_each_family() -> None:
+    v4, v6 = held("10.99.0.1", "e" * 32, "dave"), held("fd00:99::1", "e" * 32, "dave")
+    index = LeaseIndex([v6, v4])
+    assert index.of_ike_sa("e" * 32) == v4 and index.of_ike_sa("e" * 32, 4) == v4
+    assert index.of_ike_sa("e" * 32, 6) == v6
+    index.pop("fd00:99::1")
+    assert index.of_ike_sa("e" * 32, 6) is None and index.of_ike_sa("e" * 32) == v4

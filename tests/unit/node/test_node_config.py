@@ -20,6 +20,9 @@ def test_defaults_follow_docs_configuration() -> None:
     assert (n.capacity, n.tun, n.health_port, n.lease_ttl_s) == (100, "ipsc0", 4501, 3)
     assert (n.checkpoint_packets, n.checkpoint_ms, n.replay_window) == (1024, 200, 1024)
     assert n.jump_packets == 1024 * 1024
+    assert n.address6 is None
+    spelled = node_config(parse_config(GOOD + 'address6 = "FD00:30:0::11"\n', "n.toml")).node
+    assert spelled.address6 == "fd00:30::11"
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -29,6 +32,8 @@ def test_defaults_follow_docs_configuration() -> None:
     ('checkpoint_packets = 0', "checkpoint_packets must be >= 1"),
     ('lease_ttl_s = 1', "lease_ttl_s must be >= 2"),
     ('tun = "a-very-long-tun-name"', "tun must be a 1..15 character"),
+    ('address6 = "10.30.0.11"', "address6 must be an IPv6 address"),
+    ('address6 = "node"', "address6 is not an IP address"),
 ])
 def test_bad_values(extra: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as e:

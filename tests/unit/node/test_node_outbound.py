@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.node.outbound import OutboundTable, host_key, key_text, network_key
+from cluster.node.outbound import OutboundTable, gateway_for, host_key, key_text, network_key
 from cluster.node.sa import client_addresses
 from cluster.store import ChildSaRecord
 
@@ -53,6 +54,20 @@ def test_client_addresses_of_a_site_and_of_a_road_warrior() -> None:
     assert client_addresses(warrior) == (host_key("10.99.0.7"),)
 
 
+def test_a_dual_stack_client_is_reached_at_both_virtual_addresses() -> None:
+    dual = replace(_record(["10.99.0.7/32", "fd00:99::7/128"], "10.99.0.7"),
+                   virtual_ip6="fd00:99::7")
+    assert client_addresses(dual) == (host_key("10.99.0.7"), host_key("fd00:99::7"))
+    only6 = replace(_record(["fd00:99::7/128"], None), virtual_ip6="fd00:99::7")
+    assert client_addresses(only6) == (host_key("fd00:99::7"),)
+    t: OutboundTable[str] = OutboundTable()
+    for key in client_addresses(dual):
+        t.set(key, "dual")
+    # a packet's destination, as the TUN reader slices it (IPv4 16:20, IPv6 24:40)
+    assert t.lookup(ipaddress.IPv6Address("fd00:99::7").packed) == "dual"
+    assert t.lookup(ipaddress.IPv6Address("fd00:99::8").packed) is None
+
+
 networks = st.builds(lambda a, p: str(ipaddress.ip_network(f"{ipaddress.IPv4Address(a)}/{p}",
                                                               strict=False)),
                      st.integers(0, 2**32 - 1), st.integers(1, 32))
@@ -78,3 +93,11 @@ def test_longest_prefix_matches_a_reference(nets: list[str], probes: list[int],
         matching = [n for n in live if addr in n]
         want = str(max(matching, key=lambda n: n.prefixlen)) if matching else None
         assert t.lookup(addr.packed) == want
+
+
+def test_a_hand_off_forwards_each_family_to_the_new_owners_address_of_that_family() -> None:
+    assert gateway_for(host_key("10.99.0.7"), "10.30.0.12", "fd00:30::12") == "10.30.0.12"
+    assert gateway_for(host_key("fd00:99::7"), "10.30.0.12", "fd00:30::12") == "fd00:30::12"
+    assert gateway_for(network_key("fd00:50::/64"), "10.30.0.12", "fd00:30::12") == \
+        "fd00:30::12"
+    assert gateway_for(host_key("fd00:99::7"), "10.30.0.12", None) is None

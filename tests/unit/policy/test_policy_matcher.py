@@ -111,7 +111,8 @@ def test_the_narrowest_rule_decides_and_denied_wins_a_tie() -> None:
 
 
 def test_guest_reaches_the_internet_not_internal_ranges() -> None:
-    f = compile_policy("guest", "guest", ["10.20.0.53/32 udp/53"], ["198.51.100.66/32"])
+    f = compile_policy("guest", "guest", ["10.20.0.53/32 udp/53"],
+                       ["198.51.100.66/32", "2001:db8:20::/48"])
     assert f.verdict_in(ipv4(CLIENT, "198.51.100.7", 6, 1, 443)) is None
     assert f.verdict_in(ipv4(CLIENT, "203.0.113.9", 1)) is None
     for internal in ("10.20.0.10", "172.16.3.4", "192.168.1.1", "100.64.0.1", "127.0.0.1",
@@ -123,6 +124,30 @@ def test_guest_reaches_the_internet_not_internal_ranges() -> None:
     assert f.verdict_in(ipv6("fd00::2", "2001:db8::1", 6, 1, 443)) is None
     assert f.verdict_in(ipv6("fd00::2", "fd00:1::1", 6, 1, 443)) is DropVerdict.INTERNAL
     assert f.verdict_in(ipv6("fd00::2", "fe80::1", 58)) is DropVerdict.INTERNAL
+    assert f.verdict_in(ipv6("fd00::2", "2001:db8:20::10", 58)) is DropVerdict.DENIED
+
+
+def test_guest_with_ipv4_rules_only_forwards_no_ipv6() -> None:
+    """A guest policy written for IPv4 must not open the site's (global) IPv6 networks: it
+    drops IPv6 both ways until one of its rules names an IPv6 network."""
+    for allowed, denied in ((["10.20.0.53/32 udp/53"], ["198.51.100.66/32"]), ([], []),
+                            (["udp/53", "any icmp"], ["0.0.0.0/0 tcp/25"])):
+        f = compile_policy("guest", "guest", allowed, denied)
+        for _ in range(2):  # and from the cache
+            assert f.verdict_in(ipv6("fd00::2", "2001:db8:20::10", 58)) is DropVerdict.NO_IPV6
+            assert f.verdict_in(ipv6("fd00::2", "2001:db8::1", 17, 1, 53)) is DropVerdict.NO_IPV6
+            assert f.verdict_out(ipv6("2001:db8::1", "fd00::2", 6, 443, 1)) \
+                is DropVerdict.NO_IPV6
+            assert f.verdict_in(ipv4(CLIENT, "198.51.100.7", 6, 1, 443)) is None
+    # one IPv6 rule, allowed or denied, and IPv6 is decided like IPv4
+    opened = compile_policy("guest", "guest", ["::/0"], [])
+    assert opened.verdict_in(ipv6("fd00::2", "2001:db8::1", 6, 1, 443)) is None
+    assert opened.verdict_in(ipv6("fd00::2", "fd00:20::1", 58)) is DropVerdict.INTERNAL
+    # split and full are not changed: split forwards only what it allows anyway
+    split = compile_policy("s", "split", ["10.20.0.0/16"], [])
+    assert split.verdict_in(ipv6("fd00::2", "2001:db8::1", 58)) is DropVerdict.NOT_ALLOWED
+    full = compile_policy("f", "full", [], ["10.20.9.0/24"])
+    assert full.verdict_in(ipv6("fd00::2", "fd00:20::10", 58)) is None
 
 
 def test_guest_allowed_wider_than_an_internal_range_does_not_open_it() -> None:

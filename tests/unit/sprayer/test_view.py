@@ -102,3 +102,17 @@ def test_child_sa_index_follows_ike_rekey_and_delete() -> None:
     assert v.by_ike == {other: {0x1000}} and v.new_clients() == {other}
     v.apply("sa", RecordDeleted("k", "00001000", 9))
     assert v.by_ike == {} and v.new_clients() == set()
+
+
+def test_ipv6_virtual_address_is_routed_to_the_owner_ipv6_back_end() -> None:
+    v = ClusterView()
+    put(v, "nodes", dataclasses.replace(node("n1"), address6="fd00:30::11"))
+    put(v, "nodes", node("n2"))      # no IPv6 back-end address
+    put(v, "sa", dataclasses.replace(child(0x1000), virtual_ip6="fd00:99::1"))
+    put(v, "assign", Assignment(IKE, "n1", 1, "active", None, 0.0), 5)
+    t = v.targets(lambda n: True)
+    assert t.clients == {"10.99.0.1": "n1", "fd00:99::1": "n1"}
+    assert t.client_routes() == {"10.99.0.1": "10.30.0.1", "fd00:99::1": "fd00:30::11"}
+    # an owner without an IPv6 back-end address gets the client's IPv4 route only
+    put(v, "assign", Assignment(IKE, "n2", 2, "active", "n1", 0.0), 6)
+    assert v.targets(lambda n: True).client_routes() == {"10.99.0.1": "10.30.0.2"}
