@@ -1,0 +1,63 @@
+"""`python -m soak [--quick] [--only STUDY,...] [--out docs/reliability.md]`: run the studies
+and rewrite the reliability document from their results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from soak import machine, report
+from soak.budget import BUDGET, Budget
+
+
+def _studies() -> dict[str, Callable[[Budget], dict[str, Any]]]:
+    from soak import fuzzing
+    return {"fuzz": fuzzing.run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m soak", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small counts: check the machinery")
+    ap.add_argument("--only", default="", help="comma-separated studies (default: all built)")
+    ap.add_argument("--out", type=Path, default=Path("docs/reliability.md"))
+    ap.add_argument("--json", type=Path, help="also write the raw results here")
+    args = ap.parse_args(argv)
+    budget = BUDGET.quick() if args.quick else BUDGET
+    studies = _studies()
+    chosen = [s for s in args.only.split(",") if s] or list(studies)
+    unknown = set(chosen) - set(studies)
+    if unknown:
+        ap.error(f"unknown studies {sorted(unknown)}; built: {', '.join(studies)}")
+    started = machine.describe()
+    results: dict[str, Any] = {}
+    for name in chosen:
+        print(f"soak: {name} ...", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        try:
+            results[name] = studies[name](budget)
+        except Exception as exc:  # one study failing must not lose the others' figures
+            traceback.print_exc()
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        results[name]["elapsed_s"] = round(time.monotonic() - t0)
+        print(f"soak: {name} done in {results[name]['elapsed_s']} s", file=sys.stderr)
+    ended = machine.describe()
+    info = {**started, "load": f"{started['load']} at the start, {ended['load']} at the end"}
+    command = "python -m soak" + (" --quick" if args.quick else "") + \
+        (f" --only {args.only}" if args.only else "")
+    if args.quick:
+        command += " (a smoke run: counts far below the issue's)"
+    args.out.write_text(report.render(info, results, budget, command))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    print(f"soak: wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
