@@ -65,7 +65,8 @@ def _secrets(r: dict[str, Any]) -> list[str]:
 
 
 def _confinement(r: dict[str, Any]) -> list[str]:
-    out = ["| component | prefixes tried | allowed by its role | allowed beyond its role |",
+    out = ["The role of each instance is what `cluster.pki.component_grants` grants it.", "",
+           "| component | requests tried | allowed | allowed beyond its role |",
            "| --- | ---: | ---: | ---: |"]
     beyond = 0
     for c in r["components"]:
