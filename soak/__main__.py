@@ -17,8 +17,8 @@ from soak.budget import BUDGET, Budget
 
 
 def _studies() -> dict[str, Callable[[Budget], dict[str, Any]]]:
-    from soak import confinement, fuzzing
-    return {"fuzz": fuzzing.run, "confinement": confinement.run}
+    from soak import confinement, fuzzing, secrets
+    return {"fuzz": fuzzing.run, "secrets": secrets.run, "confinement": confinement.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,7 @@ def main(argv: list[str]) -> None:
                              "seeds": len(list(corpus.iterdir())), "budget": budget,
                              "engine": "atheris",
                              "started": time.time(), "elapsed_s": 0.0, "complete": False}
+    deadline = time.time() + max_s
     typed = target.TYPED
     one_input = target.one_input
 
@@ -79,18 +80,22 @@ def main(argv: list[str]) -> None:
                                                       "message": str(exc)[:200]})
             crash["count"] += 1
         n = stats["inputs"]
-        if n % 5000 == 0:
-            write()
+        if n % 1000 == 0:
+            over = time.time() > deadline
+            if over or n % 5000 == 0:
+                write()
+            if over:  # the time cap: stop here, with the exact count written
+                os._exit(0)
         if n >= budget:
             stats["complete"] = True
             write()
             os._exit(0)
 
     write()
-    atheris.Setup([argv[0], str(corpus), f"-max_total_time={max_s}", "-max_len=2048",
+    atheris.Setup([argv[0], str(corpus), f"-max_total_time={max_s + 60}", "-max_len=2048",
                    "-timeout=20", "-rss_limit_mb=1536", "-print_final_stats=1"], test_one)
     atheris.Fuzz()
-    write()  # the time budget ran out first (libFuzzer returns here on some versions)
+    write()  # libFuzzer's own time cap (a backstop) returned first
 
 
 if __name__ == "__main__":

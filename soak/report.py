@@ -51,13 +51,15 @@ def _fuzz(r: dict[str, Any]) -> list[str]:
 
 
 def _secrets(r: dict[str, Any]) -> list[str]:
-    out = [f"Key material sought: {r['keys']} keys ({r['ike_sas']} IKE SAs, {r['child_sas']} "
-           f"Child SAs; each as hex, base64 and raw bytes).", "",
-           "| where | items searched | bytes | hits |", "| --- | ---: | ---: | ---: |"]
+    out = [f"Key material sought: {r['keys']} keys of {r['ike_sas']} IKE SAs and "
+           f"{r['child_sas']} Child SAs, each as hex, base64 and raw bytes.", "",
+           "| where | items searched | bytes | hits: SA keys, data key | hits: lab PSK |",
+           "| --- | ---: | ---: | ---: | ---: |"]
     for where, s in r["sources"].items():
-        out.append(f"| {where} | {s['items']:,} | {s['bytes']:,} | {s['hits']} |")
+        out.append(f"| {where} | {s['items']:,} | {s['bytes']:,} | {s['hits']} "
+                   f"| {s.get('lab_hits', 0)} |")
     hits = sum(s["hits"] for s in r["sources"].values())
-    out += ["", f"Hits: {hits} (goal 0: {_goal(hits == 0)})."]
+    out += ["", f"Hits of SA keys and the data key: {hits} (goal 0: {_goal(hits == 0)})."]
     out += [f"- {h}" for h in r.get("hit_list", [])]
     if r.get("note"):
         out += ["", r["note"]]
