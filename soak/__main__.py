@@ -17,8 +17,26 @@ from soak.budget import BUDGET, Budget
 
 
 def _studies() -> dict[str, Callable[[Budget], dict[str, Any]]]:
-    from soak import confinement, fuzzing, secrets
-    return {"fuzz": fuzzing.run, "secrets": secrets.run, "confinement": confinement.run}
+    from soak import confinement, fuzzing
+    return {"fuzz": fuzzing.run, "confinement": confinement.run}
+
+
+def _lab_studies() -> dict[str, Callable[[Any, Budget], dict[str, Any]]]:
+    """Studies run in turn in one shared lab (soak/session.py); secrets last, on all of it."""
+    from soak import etcd_gone, partition, secrets
+    return {"partition": partition.run, "etcd_gone": etcd_gone.run, "secrets": secrets.run}
+
+
+def _run(name: str, study: Callable[[], dict[str, Any]], results: dict[str, Any]) -> None:
+    print(f"soak: {name} ...", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    try:
+        results[name] = study()
+    except Exception as exc:  # one study failing must not lose the others' figures
+        traceback.print_exc()
+        results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    results[name]["elapsed_s"] = round(time.monotonic() - t0)
+    print(f"soak: {name} done in {results[name]['elapsed_s']} s", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,23 +47,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args(argv)
     budget = BUDGET.quick() if args.quick else BUDGET
-    studies = _studies()
-    chosen = [s for s in args.only.split(",") if s] or list(studies)
-    unknown = set(chosen) - set(studies)
+    studies, lab_studies = _studies(), _lab_studies()
+    chosen = [s for s in args.only.split(",") if s] or [*studies, *lab_studies]
+    unknown = set(chosen) - set(studies) - set(lab_studies)
     if unknown:
-        ap.error(f"unknown studies {sorted(unknown)}; built: {', '.join(studies)}")
+        ap.error(f"unknown studies {sorted(unknown)}; built: "
+                 f"{', '.join([*studies, *lab_studies])}")
     started = machine.describe()
     results: dict[str, Any] = {}
-    for name in chosen:
-        print(f"soak: {name} ...", file=sys.stderr, flush=True)
-        t0 = time.monotonic()
+    for name in (n for n in studies if n in chosen):
+        _run(name, lambda n=name: studies[n](budget), results)  # type: ignore[misc]
+    in_lab = [n for n in lab_studies if n in chosen]
+    if in_lab:
+        from soak.session import LabSession
+        print("soak: starting the lab ...", file=sys.stderr, flush=True)
         try:
-            results[name] = studies[name](budget)
-        except Exception as exc:  # one study failing must not lose the others' figures
+            session = LabSession(budget.lab_nodes, budget.lab_clients)
+        except Exception as exc:
             traceback.print_exc()
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
-        results[name]["elapsed_s"] = round(time.monotonic() - t0)
-        print(f"soak: {name} done in {results[name]['elapsed_s']} s", file=sys.stderr)
+            for n in in_lab:
+                results[n] = {"error": f"the lab did not start: {type(exc).__name__}: {exc}"}
+        else:
+            with session:
+                for name in in_lab:
+                    _run(name, lambda n=name: lab_studies[n](session, budget), results)  # type: ignore[misc]
     ended = machine.describe()
     info = {**started, "load": f"{started['load']} at the start, {ended['load']} at the end"}
     command = "python -m soak" + (" --quick" if args.quick else "") + \

@@ -1,43 +1,28 @@
-"""Study 6: secrets. A lab (cluster/lab: real etcd, keyd, two cluster-node agents, the sprayer
-and cluster-hooks with a hook that records every payload it is given) carries clients made by
-the project's IKE initiator (bench/esp_client.py) that ping the protected server in ESP; one
-node is drained and undrained meanwhile (a planned hand-off of its clients), and clusterctl
-watches the keyspace throughout. Then every place an operator or an attacker on the etcd side
-could look is searched for the key bytes of every IKE SA and Child SA of the run (the
-initiator holds the same keys as the cluster), the cluster data key and the PSK: every etcd
-value, every log line of every component, the output of every clusterctl read command in
-`-o json` and as tables, and every hook payload (stdin and environment)."""
+"""Study 6: secrets. After the other lab studies (soak/session.py), every place an operator or
+an attacker on the etcd side could look is searched for the key bytes of every IKE SA and
+Child SA of the run (the project's initiator holds the same keys as the cluster), the cluster
+data key and the lab PSK: every etcd value, every log line of every component, the output of
+every clusterctl read command in `-o json` and as tables (and of `clusterctl watch` over the
+whole run), and every hook payload (stdin and environment)."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
-import os
-import secrets as tokens
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
-
-from cryptography import x509
 
 from soak.budget import Budget
 
 METHOD = (
-    "A lab with one keyd, two nodes, the sprayer and cluster-hooks; clients made by the "
-    "project's IKE initiator (PSK, AES-GCM) ping the protected server in ESP while one node "
-    "is drained and undrained and `clusterctl watch -o json` runs. Each secret is sought as "
+    "After the other lab studies, in the same lab (soak/session.py: one keyd, nodes, the "
+    "sprayer, cluster-hooks; clients made by the project's IKE initiator, PSK, AES-GCM, "
+    "pinging the protected server in ESP; `clusterctl watch -o json` running throughout); "
+    "every client any study made has its keys sought. Each secret is sought as "
     "raw bytes, hex (lower, upper, colon-separated) and base64 (standard and URL-safe, at the "
     "three byte alignments), whole and as its first 16 bytes (an AEAD key without its salt).")
-
-_HOOK = """#!/bin/sh
-# soak: record every payload cluster-hooks gives a hook (stdin and environment)
-{ echo "== event $1"; cat; echo; env; } >> "%s"
-"""
 
 
 def forms(secret: bytes) -> dict[str, bytes]:
@@ -95,13 +80,7 @@ def _client_secrets(clients: list[Any]) -> dict[str, bytes]:
     return out
 
 
-def _clusterctl(lab: str, *argv: str) -> bytes:
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "--lab", lab, *argv],
-                       capture_output=True, timeout=60, check=False)
-    return r.stdout + r.stderr
-
-
-def _cli_outputs(lab: Any, spis: list[int]) -> list[tuple[str, bytes]]:
+def _cli_outputs(session: Any, spis: list[int]) -> list[tuple[str, bytes]]:
     commands = [["status"], ["health"], ["node", "list"], ["keyd", "list"], ["client", "list"],
                 ["sa", "list"], ["policy", "list"],
                 *(["sa", "show", f"{spi:08x}"] for spi in spis)]
@@ -109,100 +88,43 @@ def _cli_outputs(lab: Any, spis: list[int]) -> list[tuple[str, bytes]]:
     for cmd in commands:
         for fmt in ("json", "table"):
             out.append((f"clusterctl {' '.join(cmd)} -o {fmt}",
-                        _clusterctl(lab.name, *cmd, "-o", fmt)))
-    out.append((f"clusterctl lab status --name {lab.name} -o json", subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "lab", "status", "--name", lab.name, "-o",
+                        session.clusterctl(*cmd, "-o", fmt)))
+    out.append((f"clusterctl lab status --name {session.name} -o json", subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "lab", "status", "--name", session.name, "-o",
          "json"], capture_output=True, timeout=60, check=False).stdout))
     return out
 
 
-def run(budget: Budget) -> dict[str, Any]:
-    from bench.esp_client import EspClient, Pinger
-    from cluster.lab import addresses as A
-    from cluster.lab.bench import lab_store, set_node_state
-    from cluster.lab.lab import Lab
-    from sprayer.backends import inside_netns
-
-    work = Path(tempfile.mkdtemp(prefix="soak-secrets-"))
-    hooks = work / "hooks"
-    hooks.mkdir()
-    payloads = work / "hook-payloads.txt"
-    hook = hooks / "record"
-    hook.write_text(_HOOK % payloads)
-    hook.chmod(0o755)
-    name = f"sk{tokens.token_hex(3)}"
-    lab = Lab.up(name, nodes=2, keyd=1, hooks_dir=hooks)
-    clients: list[Any] = []
-    pinger = None
-    watch = None
-    try:
-        watch = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "--lab", name, "watch", "-o", "json"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        cas = tuple(x509.load_pem_x509_certificates(lab.pki.ca_cert.read_bytes()))
-        psk = lab.pki.psk().encode()
-        for i in range(1, budget.secrets_clients + 1):
-            rec = lab.add_client(f"sk{i}", ike=False)
-            with inside_netns(rec.netns):
-                clients.append(EspClient.connect(f"sk{i}", rec.address, A.VIP, psk,
-                                                 A.GATEWAY_ID, cas))
-        pinger = Pinger(clients, A.SERVER_IP, A.VIP, 0.01)
-        pinger.start()
-        time.sleep(3)
-        set_node_state(lab, "node-1", drain=True)
-        time.sleep(3)
-        set_node_state(lab, "node-1", drain=False)
-        time.sleep(2)
-        answered = sum(1 for c in clients if c.replies)
-        secrets = _client_secrets(clients)
-        secrets["cluster data key"] = bytes.fromhex(lab.pki.data_key_file.read_text().strip())
-        secrets["lab PSK"] = psk
-        store = lab_store(lab)
-        try:
-            kvs, _ = store.scan(f"/ipsec-cluster/{name}/")
-            etcd = [(bytes(kv.key).decode(errors="replace"), bytes(kv.value)) for kv in kvs]
-        finally:
-            store.close()
-        spis = [c.sa.spi_out for c in clients]  # the cluster's inbound SPIs
-        cli = _cli_outputs(lab, spis)
-        watch.send_signal(signal.SIGINT)
-        try:
-            watched, _ = watch.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            watch.kill()
-            watched, _ = watch.communicate()
-        cli.append(("clusterctl watch -o json (the whole run)", watched or b""))
-        watch = None
-        if pinger is not None:
-            pinger.stop()
-            pinger = None
-        time.sleep(1)  # the last hook runs finish
-        logs = [(str(p.relative_to(lab.dir)), p.read_bytes())
-                for p in sorted((lab.dir / "logs").rglob("*")) if p.is_file()]
-        hook_items = [("hook stdin and environment", payloads.read_bytes()
-                       if payloads.exists() else b"")]
-        sources = {"etcd values": etcd, "log files": logs, "clusterctl output": cli,
-                   "hook payloads": hook_items}
-        summary, hits = search(sources, secrets, frozenset({"lab PSK"}))
-        log_lines = sum(data.count(b"\n") for _, data in logs)
-        ike_sas = len({c.ike_sa_id for c in clients})
-        child_sas = sum(len(c.ike.children()) for c in clients)
-        return {"method": METHOD, "keys": len(secrets) - 2, "ike_sas": ike_sas,
-                "child_sas": child_sas, "sources": summary, "hit_list": hits,
-                "note": (f"Clients answered in ESP: {answered} of {len(clients)}; hook payload "
-                         f"bytes recorded: {summary['hook payloads']['bytes']:,}; log lines: "
-                         f"{log_lines:,}. Also sought: the "
-                         "cluster data key (counted with the SA keys) and the lab PSK (counted "
-                         "apart: `clusterctl lab status` prints it by design, docs/lab.md, so "
-                         "that a lab user can configure a client of their own; a deployment "
-                         "has no lab).")}
-    finally:
-        if watch is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(watch.pid, signal.SIGTERM)
-        if pinger is not None:
-            pinger.stop()
-        for c in clients:
-            with contextlib.suppress(Exception):
-                c.close()
-        lab.down()
+def run(session: Any, budget: Budget) -> dict[str, Any]:
+    """After the other lab studies: search what the whole run left behind."""
+    clients = session.clients + session.extra
+    answered = sum(1 for c in session.clients if c.replies)
+    secrets = _client_secrets(clients)
+    secrets["cluster data key"] = bytes.fromhex(
+        session.lab.pki.data_key_file.read_text().strip())
+    secrets["lab PSK"] = session.psk
+    etcd = session.etcd_values()
+    spis = [c.sa.spi_out for c in clients]  # the cluster's inbound SPIs
+    cli = _cli_outputs(session, spis)
+    session.stop_traffic()
+    cli.append(("clusterctl watch -o json (the whole run)", session.stop_watch()))
+    time.sleep(1)  # the last hook runs finish
+    logs = session.logs()
+    payloads = session.hook_payloads
+    hook_items = [("hook stdin and environment",
+                   payloads.read_bytes() if payloads.exists() else b"")]
+    sources = {"etcd values": etcd, "log files": logs, "clusterctl output": cli,
+               "hook payloads": hook_items}
+    summary, hits = search(sources, secrets, frozenset({"lab PSK"}))
+    log_lines = sum(data.count(b"\n") for _, data in logs)
+    ike_sas = len({c.ike_sa_id for c in clients})
+    child_sas = sum(len(c.ike.children()) for c in clients)
+    return {"method": METHOD, "keys": len(secrets) - 2, "ike_sas": ike_sas,
+            "child_sas": child_sas, "sources": summary, "hit_list": hits,
+            "note": (f"Clients with traffic: {len(session.clients)}, answered in ESP: "
+                     f"{answered}; clients made by the other studies: {len(session.extra)}; "
+                     f"hook payload bytes recorded: {summary['hook payloads']['bytes']:,}; log "
+                     f"lines: {log_lines:,}. Also sought: the cluster data key (counted with "
+                     "the SA keys) and the lab PSK (counted apart: `clusterctl lab status` "
+                     "prints it by design, docs/lab.md, so that a lab user can configure a "
+                     "client of their own; a deployment has no lab).")}
