@@ -23,8 +23,9 @@ def _studies() -> dict[str, Callable[[Budget], dict[str, Any]]]:
 
 def _lab_studies() -> dict[str, Callable[[Any, Budget], dict[str, Any]]]:
     """Studies run in turn in one shared lab (soak/session.py); secrets last, on all of it."""
-    from soak import etcd_gone, partition, secrets
-    return {"partition": partition.run, "etcd_gone": etcd_gone.run, "secrets": secrets.run}
+    from soak import crash_cycles, etcd_gone, partition, secrets
+    return {"crash_cycles": crash_cycles.run, "etcd_gone": etcd_gone.run,
+            "partition": partition.run, "secrets": secrets.run}
 
 
 def _run(name: str, study: Callable[[], dict[str, Any]], results: dict[str, Any]) -> None:
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             with session:
                 for name in in_lab:
                     _run(name, lambda n=name: lab_studies[n](session, budget), results)  # type: ignore[misc]
+                # the ESP capture covers the whole lab run, every study's traffic
+                if "error" not in results.get("crash_cycles", {"error": ""}):
+                    results["crash_cycles"].update(session.capture_summary())
     ended = machine.describe()
     info = {**started, "load": f"{started['load']} at the start, {ended['load']} at the end"}
     command = "python -m soak" + (" --quick" if args.quick else "") + \

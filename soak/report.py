@@ -81,6 +81,30 @@ def _confinement(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def _crash_cycles(r: dict[str, Any]) -> list[str]:
+    out = [
+        f"Cycles: {r['cycles']} of {r['planned']} ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(r["by_kind"].items()))
+        + f"), planned drains between them: {r['drains']}; {r['clients']} clients.", "",
+        "| figure | value | goal |", "| --- | ---: | --- |",
+        f"| sessions lost | {r['sessions_lost']} | 0: {_goal(r['sessions_lost'] == 0)} |",
+        f"| cycles after which a client stayed unanswered > cycle timeout | {len(r['stuck'])} "
+        "| 0 |",
+        *(f"| worst gap, {k} killed | {v} s | |" for k, v in sorted(r["worst_gap_s"].items())),
+        f"| ESP packets from the cluster captured (whole lab run) | {r['esp_captured']:,} "
+        f"on {r['spis_captured']} SPIs | |",
+        f"| (SPI, sequence number) pairs seen twice | {r['seq_reused']} "
+        f"| 0: {_goal(r['seq_reused'] == 0)} |",
+        f"| (SPI, IV) pairs seen twice (AEAD) | {r['iv_reused']} "
+        f"| 0: {_goal(r['iv_reused'] == 0)} |",
+        "", "Rekeys and re-authentications caused: the initiator clients never start either "
+        "on their own, so a session the cluster lost would show above as lost, not as a rekey.",
+    ]
+    out += [f"- {s}" for s in r["stuck"]]
+    out += [f"- lost: {n}" for n in r["lost"]]
+    return out
+
+
 def _partition(r: dict[str, Any]) -> list[str]:
     return [
         f"Node cut off: {r['node']}, carrying {r['clients']} clients (after a planned drain "
@@ -129,7 +153,8 @@ def _etcd_gone(r: dict[str, Any]) -> list[str]:
 
 
 _SECTIONS = {"fuzz": _fuzz, "secrets": _secrets, "confinement": _confinement,
-             "partition": _partition, "etcd_gone": _etcd_gone}
+             "partition": _partition, "etcd_gone": _etcd_gone,
+             "crash_cycles": _crash_cycles}
 
 
 def render(machine: dict[str, str], results: dict[str, Any], budget: Any,

@@ -53,6 +53,9 @@ class LabSession:
         self.watch: subprocess.Popen[bytes] | None = None
         self.watched = b""
         self._n = 0
+        self.esp_packets = self.seq_reused = self.iv_reused = 0
+        self._seqs: set[int] = set()
+        self._ivs: set[int] = set()
         try:
             self.watch = subprocess.Popen(
                 [sys.executable, "-m", "cluster.cli", "--lab", self.name, "watch", "-o", "json"],
@@ -60,6 +63,8 @@ class LabSession:
             self.cas = tuple(x509.load_pem_x509_certificates(self.lab.pki.ca_cert.read_bytes()))
             self.psk = self.lab.pki.psk().encode()
             self.clients = [self.connect() for _ in range(clients)]
+            for c in self.clients:
+                self._capture(c)
             self.pinger = Pinger(self.clients, SERVER_IP, VIP, PERIOD_S)
             self.pinger.start()
         except BaseException:
@@ -74,6 +79,30 @@ class LabSession:
         with inside_netns(rec.netns):
             return EspClient.connect(name, rec.address, VIP, self.psk, A.GATEWAY_ID, self.cas,
                                      timeout_s)
+
+    # -- the ESP capture -------------------------------------------------------------------
+    def _capture(self, client: EspClient) -> None:
+        """Record (SPI, sequence number) and (SPI, explicit IV) of every ESP packet `client`
+        receives from the cluster, before the client opens it."""
+        receive = client.on_datagram
+
+        def on_datagram(data: bytes, src: tuple[str, int], now: float) -> None:
+            if len(data) >= 16 and data[:4] != bytes(4):
+                self.esp_packets += 1
+                seq, iv = int.from_bytes(data[:8]), int.from_bytes(data[:4] + data[8:16])
+                if seq in self._seqs:
+                    self.seq_reused += 1
+                self._seqs.add(seq)
+                if iv in self._ivs:
+                    self.iv_reused += 1
+                self._ivs.add(iv)
+            receive(data, src, now)
+
+        client.on_datagram = on_datagram  # type: ignore[method-assign]
+
+    def capture_summary(self) -> dict[str, int]:
+        return {"esp_captured": self.esp_packets, "seq_reused": self.seq_reused,
+                "iv_reused": self.iv_reused, "spis_captured": len({k >> 32 for k in self._seqs})}
 
     # -- what studies look at ------------------------------------------------------------
     def owner_of(self) -> dict[str, str]:
