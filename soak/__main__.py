@@ -23,9 +23,9 @@ def _studies() -> dict[str, Callable[[Budget], dict[str, Any]]]:
 
 def _lab_studies() -> dict[str, Callable[[Any, Budget], dict[str, Any]]]:
     """Studies run in turn in one shared lab (soak/session.py); secrets last, on all of it."""
-    from soak import crash_cycles, etcd_gone, partition, secrets
+    from soak import crash_cycles, etcd_gone, floods, partition, secrets
     return {"crash_cycles": crash_cycles.run, "etcd_gone": etcd_gone.run,
-            "partition": partition.run, "secrets": secrets.run}
+            "partition": partition.run, "floods": floods.run, "secrets": secrets.run}
 
 
 def _run(name: str, study: Callable[[], dict[str, Any]], results: dict[str, Any]) -> None:

@@ -21,11 +21,15 @@ class Budget:
     partition_watch_s: float = 20.0  # after the cut: how long fencing and recovery are watched
     etcd_gone_s: float = 60.0  # etcd stopped this long (issue 15: 60 s)
     etcd_return_s: float = 60.0  # after etcd returns: how long a new client is retried
+    flood_s: float = 60.0  # the IKE_SA_INIT flood (issue 15: 60 s)
+    flood_esp_s: float = 20.0  # the ESP flood at the nodes
+    flood_max_pps: int = 20_000  # a cap on either flood (one sender; the machine is shared)
+    flood_clients: int = 20  # legitimate clients connecting before and during the flood
 
     def quick(self) -> Budget:
         return replace(self, fuzz_inputs=20_000, fuzz_max_s=60, lab_nodes=2, lab_clients=3,
                        crash_cycles=5, partition_watch_s=12.0, etcd_gone_s=15.0,
-                       etcd_return_s=30.0)
+                       etcd_return_s=30.0, flood_s=10.0, flood_esp_s=5.0, flood_clients=3)
 
 
 BUDGET = Budget()

@@ -105,6 +105,38 @@ def _crash_cycles(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def _floods(r: dict[str, Any]) -> list[str]:
+    ike, esp, before = r["ike"], r["esp"], r["before"]
+    during = ike["during"]
+    all_in = during["established"] == during["tried"]
+    return [
+        f"IKE_SA_INIT flood: {ike['sent']:,} requests in {ike['seconds']} s ({ike['pps']:,}/s; "
+        f"socket buffer full {ike['send_errors']:,} times).", "",
+        "| figure | value | goal |", "| --- | ---: | --- |",
+        f"| keyd CPU during the flood | {ike['keyd_cpu_pct']} % of a core | bounded |",
+        f"| keyd resident memory before / worst / after | {ike['keyd_rss_mb_before']} / "
+        f"{ike['keyd_rss_mb_max']} / {ike['keyd_rss_mb_after']} MiB | bounded |",
+        f"| cookies sent | {ike['cookies_sent']:,} | > 0: {_goal(ike['cookies_sent'] > 0)} |",
+        f"| legitimate clients established during the flood | {during['established']} of "
+        f"{during['tried']} | all: {_goal(all_in)} |",
+        f"| their establishment time, median / worst | {during['median_s']} / "
+        f"{during['worst_s']} s | |",
+        f"| the same without the flood ({before['established']} of {before['tried']}), median "
+        f"/ worst | {before['median_s']} / {before['worst_s']} s | |",
+        "", f"ESP flood at the nodes: {esp['sent']:,} datagrams in {esp['seconds']} s "
+        f"({esp['pps']:,}/s), half with random SPIs, half with real clients' SPIs and "
+        "random contents.", "",
+        "| figure | value | goal |", "| --- | ---: | --- |",
+        *(f"| node drops counted: {k} | {v:,} | |" for k, v in esp["drops"].items()),
+        f"| echo requests of {esp['clients']} real clients meanwhile / replies | "
+        f"{esp['echoes_sent']:,} / {esp['replies']:,} | |",
+        f"| their packets lost | {esp['lost']} | 0: {_goal(esp['lost'] <= esp['clients'])} |",
+        f"| their longest silence | {esp['worst_silence_s']} s | |",
+        *(["", "Legitimate clients that failed:"] if r.get("failures") else []),
+        *(f"- {f}" for f in r.get("failures", [])[:10]),
+    ]
+
+
 def _partition(r: dict[str, Any]) -> list[str]:
     return [
         f"Node cut off: {r['node']}, carrying {r['clients']} clients (after a planned drain "
@@ -154,7 +186,7 @@ def _etcd_gone(r: dict[str, Any]) -> list[str]:
 
 _SECTIONS = {"fuzz": _fuzz, "secrets": _secrets, "confinement": _confinement,
              "partition": _partition, "etcd_gone": _etcd_gone,
-             "crash_cycles": _crash_cycles}
+             "crash_cycles": _crash_cycles, "floods": _floods}
 
 
 def render(machine: dict[str, str], results: dict[str, Any], budget: Any,

@@ -46,6 +46,7 @@ class LabSession:
         hook.write_text(_HOOK % self.hook_payloads)
         hook.chmod(0o755)
         self.name = f"sk{tokens.token_hex(3)}"
+        self.vip, self.gateway_id = VIP, A.GATEWAY_ID
         self.lab = Lab.up(self.name, nodes=nodes, keyd=1, hooks_dir=hooks)
         self.clients: list[EspClient] = []
         self.extra: list[EspClient] = []  # clients made by studies (no traffic)
@@ -109,6 +110,9 @@ class LabSession:
         """client name → the node the router sends its traffic to."""
         route = owners(self.lab)
         return {c.name: route.get(c.virtual_ip, "?") for c in self.clients}
+
+    def nodes(self) -> list[str]:
+        return [f"node-{i}" for i in range(1, self.lab.state.nodes + 1)]
 
     def answering(self, clients: list[EspClient], within_s: float = 0.3) -> bool:
         now = time.monotonic()
