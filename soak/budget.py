@@ -16,7 +16,7 @@ class Budget:
     lab_nodes: int = 3  # cluster-node agents of the shared lab (soak/session.py)
     lab_clients: int = 10  # initiator clients pinging the protected server throughout
     crash_cycles: int = 100  # SIGKILL + restart cycles (issue 15: 100)
-    crash_cycles_max_s: float = 600.0  # a wall-clock cap on them
+    crash_cycles_max_s: float = 480.0  # a wall-clock cap on them
     crash_cycle_timeout_s: float = 20.0  # a cycle waits this long for every client's answer
     partition_watch_s: float = 20.0  # after the cut: how long fencing and recovery are watched
     etcd_gone_s: float = 60.0  # etcd stopped this long (issue 15: 60 s)
