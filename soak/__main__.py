@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown studies {sorted(unknown)}; built: "
                  f"{', '.join([*studies, *lab_studies])}")
     started = machine.describe()
+    t_start = time.monotonic()
     results: dict[str, Any] = {}
     for name in (n for n in studies if n in chosen):
         _run(name, lambda n=name: studies[n](budget), results)  # type: ignore[misc]
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         (f" --only {args.only}" if args.only else "")
     if args.quick:
         command += " (a smoke run: counts far below the issue's)"
-    args.out.write_text(report.render(info, results, budget, command))
+    args.out.write_text(report.render(info, results, budget, command,
+                                      time.monotonic() - t_start))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     print(f"soak: wrote {args.out}", file=sys.stderr)

@@ -190,7 +190,7 @@ _SECTIONS = {"fuzz": _fuzz, "secrets": _secrets, "confinement": _confinement,
 
 
 def render(machine: dict[str, str], results: dict[str, Any], budget: Any,
-           command: str) -> str:
+           command: str, total_s: float) -> str:
     lines = [
         "# Reliability in figures",
         "",
@@ -210,13 +210,14 @@ def render(machine: dict[str, str], results: dict[str, Any], budget: Any,
     for key, title in STUDIES:
         r = results.get(key)
         if r is None:
-            state = "not run: not built yet"
+            state = "not run (not chosen with --only)"
         elif "error" in r:
             state = f"failed to run: {r['error']}"
         else:
             state = f"ran ({r.get('elapsed_s', '?')} s)"
         lines.append(f"- {title}: {state}")
-    lines += ["", f"Budget (soak/budget.py): {budget}.", ""]
+    lines += ["", f"Whole run: {total_s / 60:.1f} minutes. Budget (soak/budget.py): {budget}.",
+              ""]
     for key, title in STUDIES:
         r = results.get(key)
         if r is None or "error" in r:
