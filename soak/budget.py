@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 @dataclass(frozen=True, slots=True)
 class Budget:
     fuzz_inputs: int = 1_000_000  # per decoder (issue 15: at least 10**6)
-    fuzz_max_s: int = 420  # per decoder: a wall-clock cap on a loaded machine
+    fuzz_max_s: int = 240  # per decoder: a wall-clock cap (6 decoders, 2 at once: <= 12 min)
     fuzz_parallel: int = 2  # decoders fuzzed at once (one per core)
     confinement_timeout_s: float = 5.0  # per etcd request of the confinement study
     lab_nodes: int = 3  # cluster-node agents of the shared lab (soak/session.py)

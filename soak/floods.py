@@ -112,13 +112,17 @@ def _proc(pid: int) -> tuple[float, int]:
     return cpu, 0
 
 
-def _connect_times(session: Any, ns: str, first: int, count: int,
-                   failures: list[str]) -> list[float | None]:
+def _connect_times(session: Any, ns: str, first: int, count: int, failures: list[str],
+                   while_: Any = lambda: True) -> list[float | None]:
+    """Establishment times of `count` clients one after the other (None: failed), starting
+    no new one once `while_()` is false."""
     from bench.esp_client import ESP_PROPOSAL, IKE_PROPOSAL
     from keyd.client import ExchangeTimeout, IkeClient
     from sprayer.backends import inside_netns
     out: list[float | None] = []
     for i in range(count):
+        if not while_():
+            break
         addr = str(LEGIT[first + i])
         with inside_netns(ns):
             client = IkeClient.psk(session.psk, f"legit-{addr}@bench.example", session.gateway_id,
@@ -126,7 +130,7 @@ def _connect_times(session: Any, ns: str, first: int, count: int,
                                    session.cas, request_address=False)
         t = time.monotonic()
         try:
-            client.connect(timeout_s=30)
+            client.connect(timeout_s=20)
             out.append(time.monotonic() - t)
         except ExchangeTimeout as exc:
             out.append(None)
@@ -164,7 +168,7 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
         raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     keyd_pid = session.lab.state.processes["keyd-1"].pid
-    result: dict[str, Any] = {"method": METHOD}
+    result: dict[str, Any] = {"method": METHOD, "planned_clients": budget.flood_clients}
     try:
         failures: list[str] = []
         result["failures"] = failures
@@ -186,7 +190,8 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        during = _connect_times(session, rec.netns, 100, budget.flood_clients, failures)
+        during = _connect_times(session, rec.netns, 100, budget.flood_clients, failures,
+                                flood.is_alive)
         flood.join()
         t1 = time.monotonic()
         sampler_stop.set()

@@ -118,7 +118,7 @@ def _floods(r: dict[str, Any]) -> list[str]:
         f"{ike['keyd_rss_mb_max']} / {ike['keyd_rss_mb_after']} MiB | bounded |",
         f"| cookies sent | {ike['cookies_sent']:,} | > 0: {_goal(ike['cookies_sent'] > 0)} |",
         f"| legitimate clients established during the flood | {during['established']} of "
-        f"{during['tried']} | all: {_goal(all_in)} |",
+        f"{during['tried']} tried (of {r.get('planned_clients', '?')}) | all: {_goal(all_in)} |",
         f"| their establishment time, median / worst | {during['median_s']} / "
         f"{during['worst_s']} s | |",
         f"| the same without the flood ({before['established']} of {before['tried']}), median "
