@@ -8,6 +8,7 @@ request the role does not grant is a request allowed beyond the role (goal 0).""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -113,3 +114,4 @@ def run(budget: Budget) -> dict[str, Any]:
                 "at": time.time()}
     finally:
         server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -16,7 +16,6 @@ import importlib
 import json
 import os
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -46,7 +45,8 @@ def main(argv: list[str]) -> None:
     name, budget, max_s, stats_path = argv[1], int(argv[2]), int(argv[3]), Path(argv[4])
     with atheris.instrument_imports(include=list(_PACKAGES)):
         target: Any = importlib.import_module(f"soak.targets.{name}")
-    corpus = Path(tempfile.mkdtemp(prefix=f"soak-fuzz-{name}-"))
+    corpus = stats_path.parent / f"{name}-corpus"  # the study removes it after the run
+    corpus.mkdir(exist_ok=True)
     for i, seed in enumerate(target.seeds()):
         (corpus / f"seed-{i:04d}").write_bytes(seed)
     stats: dict[str, Any] = {"target": name, "title": target.TITLE, "inputs": 0, "decoded": 0,

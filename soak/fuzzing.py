@@ -16,6 +16,7 @@ import contextlib
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,8 +87,8 @@ def run(budget: Budget) -> dict[str, Any]:
             path = CRASHES / f"{t['target']}-new-{i}.bin"
             if not path.exists():
                 path.write_bytes(bytes.fromhex(crash["input"]))
-    return {"targets": targets, "replay": replay_known_crashes(), "workdir": str(workdir),
-            "method": METHOD}
+    shutil.rmtree(workdir, ignore_errors=True)  # corpora and logs: the figures are kept
+    return {"targets": targets, "replay": replay_known_crashes(), "method": METHOD}
 
 
 METHOD = (

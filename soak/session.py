@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets as tokens
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,6 +186,7 @@ class LabSession:
                     c.close()
         finally:
             self.lab.down()
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def __enter__(self) -> LabSession:
         return self
