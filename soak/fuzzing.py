@@ -48,6 +48,11 @@ def _fuzz(name: str, budget: Budget, workdir: Path) -> dict[str, Any]:
     stats["exit"] = proc.returncode
     stats["wall_s"] = round(time.monotonic() - started, 1)
     stats["cov"] = _last_cov(log)
+    if not stats.get("complete") and stats["wall_s"] < budget.fuzz_max_s - 5:
+        # neither the input budget nor the time cap ended it: say why (libFuzzer's last words)
+        words = [ln for ln in log.read_text(errors="replace").splitlines()
+                 if ln and not ln.startswith(("#", "INFO", "WARNING"))]
+        stats["ended_early"] = f"exit {proc.returncode}: {' / '.join(words[-2:])[:200]}"
     return stats
 
 

@@ -36,8 +36,12 @@ def _fuzz(r: dict[str, Any]) -> list[str]:
     out.append("")
     out.append(f"Inputs in all: {total:,}. Untyped exceptions: {untyped} (goal 0: "
                f"{_goal(untyped == 0)}).")
+    early = {t["target"]: t["ended_early"] for t in r["targets"] if t.get("ended_early")}
+    short = [n for n in short if n not in early]
     if short:
         out.append(f"Stopped by the time cap before the input budget: {', '.join(short)}.")
+    out += [f"- {n} ended before its budget and its time cap ({why})."
+            for n, why in early.items()]
     for t in r["targets"]:
         for key, c in t["crashes"].items():
             out.append(f"- {t['target']}: `{key}` ({c['count']} inputs): {c['message']}")
