@@ -58,6 +58,7 @@ class LabSession:
         self.esp_packets = self.seq_reused = self.iv_reused = 0
         self._seqs: set[int] = set()
         self._ivs: set[int] = set()
+        self._spis: set[bytes] = set()
         try:
             self.watch = subprocess.Popen(
                 [sys.executable, "-m", "cluster.cli", "--lab", self.name, "watch", "-o", "json"],
@@ -98,13 +99,15 @@ class LabSession:
                 if iv in self._ivs:
                     self.iv_reused += 1
                 self._ivs.add(iv)
+                self._spis.add(data[:4])
             receive(data, src, now)
 
         client.on_datagram = on_datagram  # type: ignore[method-assign]
 
     def capture_summary(self) -> dict[str, int]:
+        # plain reads: the pinger thread keeps adding to the sets meanwhile
         return {"esp_captured": self.esp_packets, "seq_reused": self.seq_reused,
-                "iv_reused": self.iv_reused, "spis_captured": len({k >> 32 for k in self._seqs})}
+                "iv_reused": self.iv_reused, "spis_captured": len(self._spis)}
 
     # -- what studies look at ------------------------------------------------------------
     def owner_of(self) -> dict[str, str]:
