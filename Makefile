@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: bootstrap test test-unit test-integration test-e2e demo bench lint ansible-check fresh-check clean
+.PHONY: bootstrap test test-unit test-integration test-e2e demo bench soak lint ansible-check fresh-check clean
 
 bootstrap:
 	@sh scripts/bootstrap.sh
@@ -26,7 +26,7 @@ bench: bootstrap
 	$(PY) -m bench
 
 lint: bootstrap
-	.venv/bin/ruff check keyd cluster sprayer tests bench
+	.venv/bin/ruff check keyd cluster sprayer tests bench soak
 	.venv/bin/mypy
 
 ansible-check: bootstrap
@@ -39,3 +39,8 @@ fresh-check:
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
+
+# Reliability figures into docs/reliability.md (bounded: < 30 minutes on 2 cores). Not part of
+# make test. `make soak QUICK=1`: small counts, to check the machinery.
+soak: bootstrap
+	$(PY) -m soak $(if $(QUICK),--quick)

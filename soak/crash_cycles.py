@@ -1,0 +1,80 @@
+"""Study 2: crash cycles under traffic. In the shared lab, `crash_cycles` times: SIGKILL of a
+component picked at random (a node, keyd, the sprayer, etcd), then its restart, while every
+client pings the protected server in ESP; every tenth cycle a planned drain and undrain of a
+random node as well. A cycle ends when every client is answered again (or after
+`crash_cycle_timeout_s`). Every ESP packet the cluster sends the clients is captured at the
+clients from the start of the lab (soak/session.py): no (SPI, sequence number) pair may come
+twice, nor an (SPI, IV) pair of an AEAD SA."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from typing import Any
+
+from bench.esp_client import longest_silence
+from soak.budget import Budget
+
+METHOD = (
+    "In the shared lab, each cycle SIGKILLs one component picked at random (seeded: the same "
+    "sequence every run) and starts it again with the lab's own `kill`/`start`; every tenth "
+    "cycle also drains and undrains a random node (a planned hand-off). The lab has one etcd "
+    "member, so an etcd cycle is the whole store gone for the restart's duration, not one "
+    "member of three. The project's initiator clients do not rekey or re-authenticate on "
+    "their own: a session the cluster lost shows as a client never answered again.")
+
+
+def run(session: Any, budget: Budget) -> dict[str, Any]:
+    rng = random.Random(15)
+    nodes = [f"node-{i}" for i in range(1, budget.lab_nodes + 1)]
+    kinds = {"node": nodes, "keyd": ["keyd-1"], "sprayer": ["sprayer"], "etcd": ["etcd"]}
+    clients = session.clients
+    worst: dict[str, float] = {}
+    cycles: dict[str, int] = {}
+    stuck: list[str] = []
+    drains = 0
+    started = time.monotonic()
+    done = 0
+    for i in range(budget.crash_cycles):
+        if time.monotonic() - started > budget.crash_cycles_max_s:
+            break
+        kind = rng.choice(sorted(kinds))
+        member = rng.choice(kinds[kind])
+        t0 = time.monotonic()
+        session.lab.kill(member, signal.SIGKILL)
+        session.lab.start(member)
+        recovered = _settle(session, budget.crash_cycle_timeout_s)
+        t1 = time.monotonic()
+        if not recovered:
+            stuck.append(f"cycle {i + 1} ({member}): not every client answered within "
+                         f"{budget.crash_cycle_timeout_s:g} s")
+        gap = max(longest_silence(c.replies, t0, t1) for c in clients)
+        worst[kind] = max(worst.get(kind, 0.0), gap)
+        cycles[kind] = cycles.get(kind, 0) + 1
+        done += 1
+        if (i + 1) % 10 == 0:
+            node = rng.choice(nodes)
+            session.drain(node, True)
+            _settle(session, budget.crash_cycle_timeout_s)
+            session.drain(node, False)
+            _settle(session, budget.crash_cycle_timeout_s)
+            drains += 1
+    final = _settle(session, 30.0)
+    lost = [c.name for c in clients if not session.answering([c], within_s=1.0)]
+    capture = session.capture_summary()
+    return {"method": METHOD, "cycles": done, "planned": budget.crash_cycles,
+            "by_kind": cycles, "worst_gap_s": {k: round(v, 2) for k, v in worst.items()},
+            "drains": drains, "clients": len(clients), "sessions_lost": len(lost),
+            "lost": lost, "stuck": stuck, "settled_at_end": final, **capture}
+
+
+def _settle(session: Any, timeout_s: float) -> bool:
+    """Until every client is answered again (True), or timeout_s (False)."""
+    deadline = time.monotonic() + timeout_s
+    time.sleep(0.3)
+    while time.monotonic() < deadline:
+        if session.answering(session.clients, within_s=0.2):
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,72 @@
+"""Study 3: etcd gone. In the shared lab, with every client pinging the protected server in ESP,
+etcd (the lab's one member) is stopped for `etcd_gone_s`. Figures: echo requests the clients
+sent meanwhile and replies they got (data-plane packets lost: goal 0), what a new client gets
+while etcd is away (a clear refusal), and after etcd is started again the time until a new
+client is established (full service) and until every old client is answered."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.esp_client import longest_silence
+from soak.budget import Budget
+
+METHOD = (
+    "In the shared lab, with every client pinging the protected server in ESP, etcd (the lab "
+    "has one member) is stopped; a new client tries to connect while it is away; after it is "
+    "started again a new client is tried every half second until one is established.")
+
+
+def _try_client(session: Any, timeout_s: float) -> tuple[str, str, float]:
+    """("established" | "refused" | "no answer", what the client saw, seconds)."""
+    t = time.monotonic()
+    try:
+        c = session.connect(timeout_s)
+    except Exception as exc:
+        what = f"{type(exc).__name__}: {str(exc)[:160]}"
+        kind = "no answer" if "no answer" in str(exc) else "refused"
+        return kind, what, time.monotonic() - t
+    session.extra.append(c)
+    return "established", f"established, virtual IP {c.virtual_ip}", time.monotonic() - t
+
+
+def run(session: Any, budget: Budget) -> dict[str, Any]:
+    clients = session.clients
+    sent0 = sum(c.sent for c in clients)
+    t0 = time.monotonic()
+    session.lab.kill("etcd")
+    t_stopped = time.monotonic()
+    time.sleep(min(5.0, budget.etcd_gone_s / 4))
+    kind, during, took = _try_client(session, budget.etcd_gone_s / 3)
+    rest = budget.etcd_gone_s - (time.monotonic() - t_stopped)
+    if rest > 0:
+        time.sleep(rest)
+    t1 = time.monotonic()
+    sent1 = sum(c.sent for c in clients)
+    replies = sum(sum(1 for r in c.replies if t0 <= r < t1) for c in clients)
+    silences = [longest_silence(c.replies, t0, t1) for c in clients]
+    session.lab.start("etcd")
+    t_back = time.monotonic()
+    attempts = []
+    full_s = None
+    while time.monotonic() - t_back < budget.etcd_return_s:
+        got, what, _ = _try_client(session, 10.0)
+        attempts.append(what)
+        if got == "established":
+            full_s = time.monotonic() - t_back
+            break
+        time.sleep(0.5)
+    old_answering = session.answering(clients, within_s=1.0)
+    return {
+        "method": METHOD,
+        "gone_s": round(t1 - t_stopped, 1), "clients": len(clients),
+        "echoes_sent": sent1 - sent0, "replies": replies,
+        "lost": max(0, sent1 - sent0 - replies),
+        "worst_silence_s": round(max(silences, default=0.0), 3),
+        "new_client_during": during, "new_client_during_kind": kind,
+        "new_client_during_s": round(took, 1),
+        "full_service_s": None if full_s is None else round(full_s, 1),
+        "attempts_after": len(attempts), "first_refusals_after": attempts[:-1][:3],
+        "old_clients_answering_after": old_answering,
+    }
