@@ -1,9 +1,9 @@
 """Study 7: confinement. An etcd of its own with TLS and client certificates, RBAC set up by
-the project (cluster.pki.setup_etcd_rbac: one role per component instance, user = its
+the project (cluster.store.rbac.setup_etcd_rbac: one role per component instance, user = its
 certificate's CN); then each component's credentials try every prefix of the keyspace, of
 another cluster's keyspace and outside both, to read (a range read of the whole prefix) and to
 write (a put under the prefix, and of the instance's own and another instance's key). What
-etcd allows is compared with what the role grants (cluster.pki.component_grants): an allowed
+etcd allows is compared with what the role grants (cluster.grants.component_grants): an allowed
 request the role does not grant is a request allowed beyond the role (goal 0)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from soak.budget import Budget
 
 METHOD = (
     "A TLS etcd started for the study (client certificates, RBAC enabled by "
-    "`cluster.pki.setup_etcd_rbac`, as `clusterctl`/Ansible set it up); each component "
+    "`cluster.store.rbac.setup_etcd_rbac`, as `clusterctl`/Ansible set it up); each component "
     "instance's certificate tries a range read and a put on every prefix of its cluster, of "
     "another cluster and outside both, plus its own and a sibling's lease key. Allowed means "
     "etcd answered; refused means PermissionDenied.")

@@ -17,11 +17,14 @@ from cluster.esp import (
     TrafficSelector,
     suite,
 )
-from cluster.esp import RemoteProtocolError as EspRemoteError
+from cluster.esp import EspProtocolError as EspRemoteError
 from cluster.esp.suites import make_cipher
+from cluster.grants import component_grants
+from cluster.node.handoff import HandoffError as HandoffRemoteError
 from cluster.node.handoff import Ready, is_ready_message, pull_ready, push_ready
-from cluster.node.handoff import RemoteProtocolError as HandoffRemoteError
-from cluster.pki import CertAuthority, component_grants, setup_etcd_rbac
+from cluster.pki import CertAuthority
+from cluster.probe import ProbeError as HealthRemoteError
+from cluster.probe import pull_probe, pull_reply, push_probe, push_reply
 from cluster.procs import EtcdServer
 from cluster.store import (
     Assignment,
@@ -43,6 +46,7 @@ from cluster.store import (
     decode_record,
     encode_record,
 )
+from cluster.store.rbac import setup_etcd_rbac
 from keyd.eap import RemoteEapError
 from keyd.eap.mschapv2 import MschapV2Server
 from keyd.eap.packet import EapType, pull_eap, push_eap, read_identity
@@ -63,14 +67,12 @@ from keyd.ike import (
     Responder,
     ResponderConfig,
 )
-from keyd.ike import RemoteProtocolError as IkeRemoteError
+from keyd.ike import IkeProtocolError as IkeRemoteError
 from keyd.ike.message import Header, pull_message, push_message
 from keyd.ike.payloads import EapPayload
 from keyd.ike.protect import SkKeys, open_sk
 from keyd.ike.protect import seal as seal_sk
 from keyd.ike.transforms import ENCRS, INTEGS
-from sprayer.health import RemoteProtocolError as HealthRemoteError
-from sprayer.health import pull_probe, pull_reply, push_probe, push_reply
 
 __all__ = [
     "ENCRS",

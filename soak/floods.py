@@ -117,8 +117,8 @@ def _connect_times(session: Any, ns: str, first: int, count: int, failures: list
     """Establishment times of `count` clients one after the other (None: failed), starting
     no new one once `while_()` is false."""
     from bench.esp_client import ESP_PROPOSAL, IKE_PROPOSAL
+    from cluster.host import inside_netns
     from keyd.client import ExchangeTimeout, IkeClient
-    from sprayer.backends import inside_netns
     out: list[float | None] = []
     for i in range(count):
         if not while_():
@@ -160,8 +160,8 @@ def _node_drops(session: Any) -> dict[str, float]:
 def run(session: Any, budget: Budget) -> dict[str, Any]:
     from bench.esp_client import longest_silence
     from bench.failover_lab import scrape
+    from cluster.host import inside_netns
     from cluster.lab.bench import address_range
-    from sprayer.backends import inside_netns
 
     rec = address_range(session.lab, "flood", NETWORK)
     with inside_netns(rec.netns):

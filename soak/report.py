@@ -71,7 +71,7 @@ def _secrets(r: dict[str, Any]) -> list[str]:
 
 
 def _confinement(r: dict[str, Any]) -> list[str]:
-    out = ["The role of each instance is what `cluster.pki.component_grants` grants it.", "",
+    out = ["The role of each instance is what `cluster.grants.component_grants` grants it.", "",
            "| component | requests tried | allowed | allowed beyond its role |",
            "| --- | ---: | ---: | ---: |"]
     beyond = 0

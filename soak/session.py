@@ -21,12 +21,12 @@ from typing import Any
 from cryptography import x509
 
 from bench.esp_client import EspClient, Pinger
+from cluster.host import inside_netns
 from cluster.lab import addresses as A
 from cluster.lab import faults
 from cluster.lab.bench import lab_store, set_node_state
 from cluster.lab.demo import owners
 from cluster.lab.lab import Lab
-from sprayer.backends import inside_netns
 
 _HOOK = """#!/bin/sh
 # soak: record every payload cluster-hooks gives a hook (stdin and environment)
