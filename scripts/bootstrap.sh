@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 DEBS="etcd-server etcd-client strongswan-charon strongswan-swanctl libstrongswan-standard-plugins
 libstrongswan-extra-plugins libcharon-extra-plugins libcharon-extauth-plugins freeradius
 freeradius-utils nftables conntrack haproxy iproute2 iputils-ping procps iperf3 tcpdump curl
-ca-certificates git make python3-venv"
+ca-certificates git make python3-venv qemu-system-x86 linux-image-amd64 busybox-static"
 
 missing=""
 for p in $DEBS; do

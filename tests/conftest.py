@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test by its tier directory: tests/unit → unit, and so on."""
     for item in items:
         parts = Path(str(item.fspath)).parts
-        for tier in ("unit", "integration", "e2e"):
+        for tier in ("unit", "integration", "e2e", "kernel"):
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
 
