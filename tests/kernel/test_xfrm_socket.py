@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from cluster.host import inside_netns
 from cluster.xfrm import Aead, KernelError, Replay, Template, XfrmPolicy, XfrmState
 from cluster.xfrm.kernel import Aevents, XfrmSocket
 from cluster.xfrm.state import XFRM_AE_CR, window_from_ring
-from sprayer.backends import inside_netns
 
 A, B = "10.9.0.1", "10.9.0.2"
 SPI = 0x0C0FFEE0
