@@ -60,7 +60,8 @@ Driving it (aioquic style)::
 
 from .config import Credentials, InitiatorConfig, ResponderConfig
 from .connections import Connection, LocalAuth, RemoteAuth, select_connection
-from .core import Datagram, IkeEndpoint
+from .core import IkeEndpoint
+from .datagram import Datagram
 from .errors import IkeError, IkeProtocolError, IkeUsageError
 from .events import (
     AddressRequested,

@@ -4,16 +4,12 @@ export/import. `Responder` and `Initiator` add their exchanges on top."""
 
 from __future__ import annotations
 
-import functools
 import heapq
-import ipaddress
 import os
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
-
-from cryptography.hazmat.primitives import hashes
 
 from .constants import (
     NON_ESP_MARKER,
@@ -21,6 +17,13 @@ from .constants import (
     Flag,
     Notify,
     ProtocolId,
+)
+from .datagram import (
+    Datagram,
+    RequestContext,
+    exchange_name,
+    notify_name,
+    random_spi,
 )
 from .errors import IkeProtocolError, IkeUsageError
 from .events import (
@@ -60,60 +63,6 @@ from .transforms import ChildSuite, IkeSuite
 NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3
 
 
-@dataclass(frozen=True, slots=True)
-class Datagram:
-    """A UDP payload to send from `src` to `dst` (the non-ESP marker included on NAT-T)."""
-
-    data: bytes
-    src: Address
-    dst: Address
-
-
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """Where a request came from and went to; its reply goes back the same way."""
-
-    header: Header
-    src: Address
-    dst: Address
-
-
-@functools.lru_cache(maxsize=4096)
-def packed_ip(ip: str) -> bytes:
-    """An address in network byte order (the same few addresses come back all the time:
-    parsed once each)."""
-    return ipaddress.ip_address(ip).packed
-
-
-def nat_hash(spi_i: int, spi_r: int, addr: Address) -> bytes:
-    """RFC 7296 §2.23: SHA-1(SPIi | SPIr | IP | Port)."""
-    h = hashes.Hash(hashes.SHA1())
-    h.update(spi_i.to_bytes(8, "big") + spi_r.to_bytes(8, "big") + packed_ip(addr[0])
-             + addr[1].to_bytes(2, "big"))
-    return h.finalize()
-
-
-def exchange_name(exchange: int) -> str:
-    try:
-        return ExchangeType(exchange).name
-    except ValueError:
-        return f"EXCHANGE_{exchange}"
-
-
-def notify_name(notify: int) -> str:
-    try:
-        return Notify(notify).name
-    except ValueError:
-        return f"NOTIFY_{notify}"
-
-
-def _random_spi(random: Callable[[int], bytes]) -> int:
-    while True:
-        spi = int.from_bytes(random(4), "big")
-        if spi >= 256:  # 1..255 are reserved (RFC 4303 §2.1)
-            return spi
-
-
 class IkeEndpoint:
     """The sans-I/O machinery of one IKE endpoint holding any number of IKE SAs."""
 
@@ -132,7 +81,7 @@ class IkeEndpoint:
         self.counters = IkeCounters()
         self._natt_port = natt_port
         self._random = random
-        self._allocate_spi = allocate_spi or (lambda: _random_spi(random))
+        self._allocate_spi = allocate_spi or (lambda: random_spi(random))
         self._child_lifetime_s = child_lifetime_s
         self._retransmit_timeout_s = retransmit_timeout_s
         self._retransmit_tries = retransmit_tries

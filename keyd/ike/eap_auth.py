@@ -36,7 +36,8 @@ from .buffer import Buffer
 from .config import EapConfig, ResponderConfig
 from .connections import Connection, LocalAuth
 from .constants import AuthMethod, Notify
-from .core import IkeEndpoint, RequestContext
+from .core import IkeEndpoint
+from .datagram import RequestContext
 from .errors import IkeProtocolError, IkeUsageError
 from .events import RadiusRequested
 from .identity import Identity, identity_text

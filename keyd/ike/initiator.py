@@ -28,7 +28,7 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .core import nat_hash
+from .datagram import nat_hash
 from .dh import KeyExchange
 from .errors import IkeProtocolError, IkeUsageError
 from .events import (

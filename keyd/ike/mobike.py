@@ -30,7 +30,8 @@ from typing import Any
 from cryptography.hazmat.primitives import constant_time
 
 from .constants import ExchangeType, Flag, Notify
-from .core import IkeEndpoint, RequestContext, nat_hash, packed_ip
+from .core import IkeEndpoint
+from .datagram import RequestContext, nat_hash, packed_ip
 from .errors import IkeProtocolError, IkeUsageError
 from .events import ExchangeFailed, IkeSaMoved, IkeSaUpdated
 from .ikesa import Address, IkeSa

@@ -20,7 +20,8 @@ from typing import Any
 
 from .buffer import Buffer
 from .constants import ExchangeType, Flag, Notify
-from .core import IkeEndpoint, RequestContext
+from .core import IkeEndpoint
+from .datagram import RequestContext
 from .errors import IkeProtocolError, IkeUsageError
 from .events import IkeSaUpdated, Redirected
 from .ikesa import Address, IkeSa

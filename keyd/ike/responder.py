@@ -7,8 +7,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives import constant_time
-
 from .attributes import (
     AddressAsk,
     address_ask,
@@ -30,7 +28,8 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .core import RequestContext, nat_hash, notify_name
+from .cookies import Cookies
+from .datagram import RequestContext, nat_hash, notify_name
 from .dh import KeyExchange
 from .eap_auth import EapRound, _RadiusWait
 from .errors import AuthenticationError, IkeProtocolError, IkeUsageError
@@ -44,7 +43,7 @@ from .events import (
 from .fragments import offers_fragmentation
 from .identity import Identity, identity_from_text, identity_text
 from .ikesa import Address, IkeSa, ike_sa_id
-from .keys import NONCE_LEN, derive_child_keys, derive_ike_keys, prf, skeyseed
+from .keys import NONCE_LEN, derive_child_keys, derive_ike_keys, skeyseed
 from .message import Header, Message, push_message
 from .mobike import Mobility
 from .payloads import (
@@ -71,9 +70,7 @@ from .redirect import Redirection
 from .secrets import Secrets
 from .selectors import narrow, selector_for, to_cidrs
 from .state import IkeState, advance
-from .transforms import PRFS, ChildSuite, IkeSuite
-
-COOKIE_LEN = 1 + 16  # version byte | truncated HMAC
+from .transforms import ChildSuite, IkeSuite
 
 
 @dataclass(slots=True)
@@ -155,8 +152,7 @@ class Responder(EapRound, Mobility, Redirection):
         # what every IKE_SA_INIT and IKE_AUTH answer carries alike, made once
         cas = config.credentials.cas
         self._certreq = certreq_payload(cas) if cas else None
-        self._cookie_secrets: list[tuple[int, bytes]] = [(0, random(32))]
-        self._cookie_rotate_at: float | None = None
+        self._cookies = Cookies(random, config.cookie_secret_lifetime_s)
 
     # ---- API --------------------------------------------------------------------------
 
@@ -218,11 +214,11 @@ class Responder(EapRound, Mobility, Redirection):
             self._init_error(h, Notify.INVALID_SYNTAX, b"", src, dst)
             return
         if len(self._half_open) >= self.config.half_open_cookie_threshold:
-            expected = self._cookie(nonce.data, src, h.spi_i, now)
+            expected = self._cookies.make(nonce.data, src, h.spi_i, now)
             first = ps[0]
             got = first.data if isinstance(first, NotifyPayload) and first.type == Notify.COOKIE \
                 else b""
-            if not self._cookie_valid(got, nonce.data, src, h.spi_i):
+            if not self._cookies.valid(got, nonce.data, src, h.spi_i):
                 self.counters.cookies_sent += 1
                 self._init_reply(h, 0, [NotifyPayload(Notify.COOKIE, expected)], src, dst)
                 return
@@ -326,31 +322,6 @@ class Responder(EapRound, Mobility, Redirection):
         self._pending.pop(sa.id, None)
         self._radius_waiting.pop(sa.id, None)
         self._leave_half_open(sa)
-
-    # §2.6: Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)
-    def _cookie(self, ni: bytes, src: Address, spi_i: int, now: float) -> bytes:
-        if self._cookie_rotate_at is None:
-            self._cookie_rotate_at = now + self.config.cookie_secret_lifetime_s
-        elif now >= self._cookie_rotate_at:
-            version = (self._cookie_secrets[0][0] + 1) % 256
-            self._cookie_secrets = [(version, self._random(32)), self._cookie_secrets[0]]
-            self._cookie_rotate_at = now + self.config.cookie_secret_lifetime_s
-        version, secret = self._cookie_secrets[0]
-        return self._cookie_for(version, secret, ni, src, spi_i)
-
-    @staticmethod
-    def _cookie_for(version: int, secret: bytes, ni: bytes, src: Address, spi_i: int) -> bytes:
-        data = ni + ipaddress.ip_address(src[0]).packed + spi_i.to_bytes(8, "big")
-        return bytes([version]) + prf(PRFS["prfsha256"], secret, data)[:16]
-
-    def _cookie_valid(self, cookie: bytes, ni: bytes, src: Address, spi_i: int) -> bool:
-        if len(cookie) != COOKIE_LEN:
-            return False
-        for version, secret in self._cookie_secrets:
-            if cookie[0] == version:
-                return constant_time.bytes_eq(
-                    cookie, self._cookie_for(version, secret, ni, src, spi_i))
-        return False
 
     # ---- IKE_AUTH (§1.2, §2.15, §3.15) -----------------------------------------------------
 

@@ -9,7 +9,7 @@ from ikepair import CLIENT, VIP, Clock, Side, psk_pair, run, transfer
 
 from keyd.ike import IkeSaEstablished, IkeUsageError, Responder
 from keyd.ike.constants import Notify
-from keyd.ike.core import RequestContext, nat_hash
+from keyd.ike.datagram import RequestContext, nat_hash
 from keyd.ike.events import ChildSaEstablished, ExchangeFailed, IkeSaDeleted, IkeSaMoved
 from keyd.ike.ikesa import IkeSa
 from keyd.ike.initiator import Initiator
