@@ -43,6 +43,7 @@ SHARED: dict[str, frozenset[str]] = {
     "cluster.procs": frozenset(),
     "cluster.freeradius": frozenset({"cluster.procs"}),
     "cluster.esp": frozenset(),
+    "cluster.xfrm": frozenset(),
     "cluster.policy": frozenset(),
     "cluster.store": frozenset({"cluster.config", "cluster.grants", "cluster.policy"}),
 }
