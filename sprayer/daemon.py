@@ -356,7 +356,7 @@ class Sprayer:
                          extra={"keyd": ev.record.id})
             if kind == "nodes":
                 for n in self.view.nodes:
-                    self.health.add(n)
+                    self.health.add(n, self.clock())
 
     def _probe_targets(self) -> dict[str, tuple[str, int]]:
         return {n.id: (n.address, n.health_port) for n in self.view.nodes.values()}

@@ -5,7 +5,10 @@ The probe's wire format, and the node's side that answers it, are `cluster/probe
 A node is down after `misses` consecutive unanswered probes, or at once when its lease is lost
 (its nodes/ record disappears). Damping: a node that went down comes back only after `rise`
 consecutive answers *and* a hold-down that doubles with each recent flap (capped), so a node
-that bounces does not bounce its clients. No sockets and no clock here: `now` is passed in.
+that bounces does not bounce its clients. That holds for a node whose lease was lost too (cut
+off, then back with a new lease): it is remembered as down for the flap window, so it comes
+back through the same damping, not presumed alive like a node never seen. No sockets and no
+clock here: `now` is passed in.
 """
 
 from __future__ import annotations
@@ -40,16 +43,33 @@ class HealthTracker:
         self.max_hold_down_s = max_hold_down_s
         self.flap_window_s = flap_window_s
         self._nodes: dict[str, _Node] = {}
+        #: nodes whose lease was lost, kept (down) for the flap window
+        self._gone: dict[str, _Node] = {}
 
-    def add(self, node_id: str) -> None:
-        """A node with a lease appeared: presumed alive until probes say otherwise."""
-        self._nodes.setdefault(node_id, _Node())
+    def add(self, node_id: str, now: float | None = None) -> None:
+        """A node with a lease appeared: presumed alive until probes say otherwise — unless
+        it lost its lease within the flap window (given `now`): then it is down until `rise`
+        answers and its hold-down."""
+        if node_id in self._nodes:
+            return
+        n = self._gone.pop(node_id, None)
+        if n is not None and (now is None or now - (n.down_at or 0.0) >= self.flap_window_s):
+            n = None
+        self._nodes[node_id] = n if n is not None else _Node()
 
     def lease_lost(self, node_id: str, now: float) -> None:
-        """Its nodes/ record is gone: down at once, and forgotten as a member."""
+        """Its nodes/ record is gone: down at once, and no longer a member."""
         n = self._nodes.pop(node_id, None)
-        if n is not None and n.alive:
-            n.flaps.append(now)
+        if n is None:
+            return
+        if n.alive:
+            n.alive = False
+            n.down_at = now
+            n.flaps = [t for t in n.flaps if now - t < self.flap_window_s] + [now]
+        n.misses = n.streak = 0
+        self._gone = {k: g for k, g in self._gone.items()
+                      if now - (g.down_at or 0.0) < self.flap_window_s}
+        self._gone[node_id] = n
 
     def answered(self, node_id: str, now: float, draining: bool = False) -> None:
         n = self._nodes.get(node_id)

@@ -84,3 +84,42 @@ def test_lease_loss_is_immediate_and_unknown_nodes_are_dead() -> None:
     assert not h.alive("ghost")
     h.answered("ghost", 0.2)
     assert h.nodes() == []
+
+
+def test_node_back_after_lease_loss_comes_through_the_damping() -> None:
+    # cut off: probes missed, then the lease lost; back with a new lease at once
+    h = HealthTracker(misses=3, rise=3, hold_down_s=1.0)
+    h.add("n1", 0.0)
+    t = 0.0
+    for _ in range(3):
+        t += 0.1
+        h.missed("n1", t)
+    down = t
+    h.lease_lost("n1", 3.0)
+    h.add("n1", 3.1)
+    assert h.nodes() == ["n1"]
+    assert not h.alive("n1"), "a node back after losing its lease was presumed alive"
+    h.answered("n1", 3.1)
+    h.answered("n1", 3.15)
+    assert not h.alive("n1")
+    h.answered("n1", 3.2)   # third answer, and more than the hold-down since it went down
+    assert h.alive("n1") and down + 1.0 <= 3.2
+
+
+def test_lease_lost_while_alive_then_back_is_held_down() -> None:
+    h = HealthTracker(misses=3, rise=1, hold_down_s=1.0)
+    h.add("n1", 0.0)
+    h.lease_lost("n1", 5.0)
+    h.add("n1", 5.1)
+    h.answered("n1", 5.2)
+    assert not h.alive("n1")   # hold-down: down at 5.0, up at 6.0 at the earliest
+    h.answered("n1", 6.0)
+    assert h.alive("n1")
+
+
+def test_a_node_gone_longer_than_the_flap_window_is_new() -> None:
+    h = HealthTracker(flap_window_s=120.0)
+    h.add("n1", 0.0)
+    h.lease_lost("n1", 1.0)
+    h.add("n1", 200.0)
+    assert h.alive("n1")
