@@ -8,7 +8,7 @@ bootstrap:
 	@sh scripts/bootstrap.sh
 
 test: bootstrap
-	$(PYTEST) tests -p no:cacheprovider
+	$(PYTEST) tests -p no:cacheprovider --durations=30
 
 test-unit: bootstrap
 	$(PYTEST) tests/unit -m unit
