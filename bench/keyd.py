@@ -215,6 +215,18 @@ def _handshake_rate(lab: Any, gateway: str, count: int,
             "per_core": ok / cpu if cpu > 0 else 0.0}
 
 
+def _latency_row(client: str, baseline_name: str, k: dict[str, Any], c: dict[str, Any],
+                 what: str) -> dict[str, Any]:
+    """One establishment-latency row: keyd's median against charon's, same run."""
+    return {"metric": f"establishment latency, {client} → keyd (median)",
+            "value": round(k["median_s"] * 1000, 1), "unit": "ms",
+            "baseline": round(c["median_s"] * 1000, 1), "baseline_name": baseline_name,
+            "ratio": round(k["median_s"] / c["median_s"], 2), "goal": "≤ 1.5x",
+            "note": f"p90 {k['p90_s'] * 1000:.1f} vs {c['p90_s'] * 1000:.1f} ms; "
+                    f"{LATENCY_CONNECTS} connects each, interleaved; {what}"}
+
+
+
 def run() -> list[Row]:
     if os.geteuid() != 0:
         raise SystemExit("bench keyd needs root (network namespaces)")
@@ -233,31 +245,23 @@ def run() -> list[Row]:
     eap_writes = em["etcd_init_count"] / em["init_count"] if em["init_count"] else 0.0
     with_etcd = k["ok"] / max(k["cpu_s"] + k["etcd_cpu_s"], 1e-9)
     return [
-        {"metric": "establishment latency, strongSwan client → keyd (median)",
-         "value": round(k["median_s"] * 1000, 1), "unit": "ms",
-         "baseline": round(c["median_s"] * 1000, 1), "baseline_name": "→ charon",
-         "ratio": round(k["median_s"] / c["median_s"], 2), "goal": "≤ 1.5x",
-         "note": f"p90 {k['p90_s'] * 1000:.1f} vs {c['p90_s'] * 1000:.1f} ms; "
-                 f"{LATENCY_CONNECTS} connects each, interleaved; "
-                 f"{IKE_PROPOSAL}/{ESP_PROPOSAL}, PSK client, ECDSA gateway. Inside keyd "
-                 f"(mean): IKE_SA_INIT {means['init'] * 1000:.1f} ms (etcd "
-                 f"{means['etcd_init'] * 1000:.1f} ms), IKE_AUTH "
-                 f"{means['auth'] * 1000:.1f} ms of which the etcd transaction "
-                 f"{means['etcd'] * 1000:.1f} ms (IKE SA, Child SA, lease, owner written "
-                 "before the answer)"},
-        {"metric": "establishment latency, EAP-MSCHAPv2 client → keyd (median)",
-         "value": round(ek["median_s"] * 1000, 1), "unit": "ms",
-         "baseline": round(ec["median_s"] * 1000, 1), "baseline_name": "→ charon eap-mschapv2",
-         "ratio": round(ek["median_s"] / ec["median_s"], 2), "goal": "≤ 1.5x",
-         "note": f"p90 {ek['p90_s'] * 1000:.1f} vs {ec['p90_s'] * 1000:.1f} ms; "
-                 f"{LATENCY_CONNECTS} connects each, interleaved; {IKE_PROPOSAL}/"
-                 f"{ESP_PROPOSAL}; client as Windows (IDi its address, EAP-Identity, "
-                 "MSCHAPv2, gateway by ECDSA certificate); keyd's passwords from its secrets "
-                 f"file, charon's from swanctl.conf. Inside keyd (mean): {em['auth_steps']:.1f} "
-                 f"IKE_AUTH steps per connect, {em['auth'] * 1000:.1f} ms each; before its "
-                 f"answer each EAP step writes the IKE SA to etcd ({eap_writes:.1f} writes per "
-                 f"connect, {em['etcd_init'] * 1000:.1f} ms each), the last one the IKE SA, "
-                 f"Child SA, lease and owner ({em['etcd'] * 1000:.1f} ms)"},
+        _latency_row(
+            "strongSwan client", "→ charon", k, c,
+            f"{IKE_PROPOSAL}/{ESP_PROPOSAL}, PSK client, ECDSA gateway. Inside keyd "
+            f"(mean): IKE_SA_INIT {means['init'] * 1000:.1f} ms (etcd "
+            f"{means['etcd_init'] * 1000:.1f} ms), IKE_AUTH "
+            f"{means['auth'] * 1000:.1f} ms of which the etcd transaction "
+            f"{means['etcd'] * 1000:.1f} ms (IKE SA, Child SA, lease, owner written "
+            "before the answer)"),
+        _latency_row(
+            "EAP-MSCHAPv2 client", "→ charon eap-mschapv2", ek, ec,
+            f"{IKE_PROPOSAL}/{ESP_PROPOSAL}; client as Windows (IDi its address, "
+            "EAP-Identity, MSCHAPv2, gateway by ECDSA certificate); keyd's passwords from its "
+            f"secrets file, charon's from swanctl.conf. Inside keyd (mean): "
+            f"{em['auth_steps']:.1f} IKE_AUTH steps per connect, {em['auth'] * 1000:.1f} ms "
+            "each; before its answer each EAP step writes the IKE SA to etcd "
+            f"({eap_writes:.1f} writes per connect, {em['etcd_init'] * 1000:.1f} ms each), "
+            f"the last one the IKE SA, Child SA, lease and owner ({em['etcd'] * 1000:.1f} ms)"),
         {"metric": "handshakes per second per core, project initiator → keyd",
          "value": round(k["per_core"], 1), "unit": "handshakes/s/core",
          "baseline": round(c["per_core"], 1), "baseline_name": "→ charon",
