@@ -44,7 +44,7 @@ from .pool import AddressPool
 from .radius import RadiusTiming, radius_exchange
 from .redirects import Redirects
 from .registration import Registration
-from .step import Outbound, Step, ike_sa_id_of
+from .step import IKE_SA_INIT, Outbound, Step, ike_sa_id_of
 from .sweeper import sweep
 from .udp import IkeEndpoints, Inbound
 from .view import ClusterView
@@ -80,7 +80,7 @@ class KeydServer:
                                       self._dropped, self._sent)
         self._tasks: list[asyncio.Task[None]] = []
         self.registration = Registration(k.id, config.address, lambda: self.store,
-                                         self._registered)
+                                         self._registered, self._lease_lost)
         self._watcher: Any = None          # ike/: only while other instances exist
         self._keyd_watcher: Any = None
         self._peers: set[str] = set()       # other keyd instances registered
@@ -228,6 +228,18 @@ class KeydServer:
             self.commit.arrivals += 1
             self.metrics.child(self.metrics.datagrams_in, str(inbound.dst[1])).inc()
         header = ike_sa_id_of(inbound.data, inbound.ike_offset)
+        if not header[1] and header[2] == IKE_SA_INIT:
+            # a new IKE_SA_INIT: a cookie or a refusal needs no step (a flood costs little)
+            try:
+                answer = self.engine.answer_statelessly(inbound)
+            except Exception as exc:  # the edge, as below
+                log.error("message not handled", extra={
+                    "error": f"{type(exc).__name__}: {exc}", "peer": f"{inbound.src[0]}"})
+                self.metrics.dropped.labels("internal_error").inc()
+                return
+            if answer is not None:
+                self._send(answer)
+                return
         if self.commit.hold(header[0], inbound):
             return
         try:
@@ -372,6 +384,13 @@ class KeydServer:
             ike_port, _ = self.endpoints.ports
             systemd.notify_ready(f"serving IKE on {self.config.keyd.vip}:{ike_port}")
             self._ready_said = True
+
+    def _lease_lost(self, silent_s: float) -> None:
+        """keyd/<id>'s lease is lost: etcd has been silent that long, so keyd knows of the
+        outage even when no write has failed yet (the probe starts, new clients are
+        refused)."""
+        if self._engine is not None:
+            self.engine.etcd_silent(silent_s)
 
     async def _etcd_probe(self) -> None:
         await probe_etcd(lambda: not self.engine.etcd_ok or self.engine.needs_flush,

@@ -6,6 +6,12 @@ keepalive (one 0xFF byte). Those are dropped and counted here, so only IKE reach
 worker. The marker itself is the IKE core's to strip and to add (keyd.ike frames datagrams
 by port): `Inbound.data` is the UDP payload as received and `ike_message` the bare IKE
 message inside; `send` writes what the core framed.
+
+Each socket is drained in batches (`DRAIN_MAX` datagrams a wake-up: far less loop overhead
+per datagram than one each), and a batch hands on messages of IKE SAs and requests that show
+a cookie before new IKE_SA_INITs; when keyd is behind, only a share of a batch's new
+IKE_SA_INITs is handed on, the rest dropped and counted (`overload`): under a flood from
+spoofed sources, what is lost is the flood's kind of work, not a real client's next step.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
 IKE_HEADER_BYTES = 28
@@ -57,22 +62,35 @@ def drop_reason(payload: bytes, natt: bool) -> str:
     return ""
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, endpoint: IkeEndpoints, local: Address, natt: bool) -> None:
-        self.endpoint = endpoint
+#: datagrams read from a socket in one go (then the loop runs its other work)
+DRAIN_MAX = 256
+#: when a drain finds more waiting than that (keyd is behind), new IKE_SA_INIT requests
+#: without a cookie get at most this share of the batch; the rest are dropped, counted
+#: `overload`. Requests with a cookie and messages of existing IKE SAs are never shed.
+NEW_INIT_SHARE = 0.5
+
+_ZERO_SPI = bytes(8)
+_IKE_SA_INIT = 34
+_NOTIFY = 41
+_COOKIE = (16390).to_bytes(2, "big")
+
+
+def is_new_init(payload: bytes, offset: int) -> bool:
+    """An IKE_SA_INIT request (responder SPI zero) that does not open with a COOKIE notify
+    (RFC 7296 §2.6): work a flood from spoofed sources is made of. Header bytes only."""
+    if payload[offset + 8:offset + 16] != _ZERO_SPI or payload[offset + 18] != _IKE_SA_INIT:
+        return False
+    first = offset + IKE_HEADER_BYTES
+    return not (payload[offset + 16] == _NOTIFY and payload[first + 6:first + 8] == _COOKIE)
+
+
+class _Socket:
+    """One bound socket, read by the loop's reader callback in batches."""
+
+    def __init__(self, sock: socket.socket, local: Address, natt: bool) -> None:
+        self.sock = sock
         self.local = local
         self.natt = natt
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        self.endpoint.received(data, (str(addr[0]), int(addr[1])), self.local, self.natt)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for earlier sends (port unreachable...): nothing to do but count
-        self.endpoint.on_drop("icmp_error")
 
 
 class IkeEndpoints:
@@ -89,7 +107,8 @@ class IkeEndpoints:
         self.on_message = on_message
         self.on_drop = on_drop
         self.on_sent = on_sent
-        self._by_port: dict[int, _Protocol] = {}
+        self._by_port: dict[int, _Socket] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -97,13 +116,13 @@ class IkeEndpoints:
         return (self._port_of(False), self._port_of(True))
 
     def _port_of(self, natt: bool) -> int:
-        for port, proto in self._by_port.items():
-            if proto.natt == natt:
+        for port, bound in self._by_port.items():
+            if bound.natt == natt:
                 return port
         raise RuntimeError("endpoints are not open")
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for port, natt in ((self.ike_port, False), (self.natt_port, True)):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
@@ -111,37 +130,72 @@ class IkeEndpoints:
                 # IKE messages with certificates are large: room for bursts of them
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
                 sock.bind((self.vip, port))
+                sock.setblocking(False)
             except OSError as exc:
                 sock.close()
                 self.close()
                 raise OSError(exc.errno, f"cannot bind {self.vip}:{port}: {exc.strerror}") \
                     from None
-            bound = sock.getsockname()[1]
-            local = (self.vip, bound)
-            proto = _Protocol(self, local, natt)
-            await loop.create_datagram_endpoint(lambda proto=proto: proto, sock=sock)  # type: ignore[misc]
-            self._by_port[bound] = proto
+            port = sock.getsockname()[1]
+            bound = _Socket(sock, (self.vip, port), natt)
+            self._by_port[port] = bound
+            loop.add_reader(sock.fileno(), self._drain, bound)
 
-    def received(self, payload: bytes, src: Address, dst: Address, natt: bool) -> None:
-        reason = drop_reason(payload, natt)
-        if reason:
-            self.on_drop(reason)
-            return
-        self.on_message(Inbound(payload, src, dst, natt))
+    def _drain(self, bound: _Socket) -> None:
+        """Read what waits, up to DRAIN_MAX datagrams, then hand it on: messages of IKE
+        SAs and requests with a cookie first, then new IKE_SA_INITs — only a share of the
+        batch of those when more is waiting than one batch holds (keyd is behind: what
+        it would drop in the socket buffer anyway, it drops here, among the cheapest to
+        lose; a real client retransmits, and its cookie-bearing retry is not shed)."""
+        batch: list[tuple[bytes, Address]] = []
+        recvfrom = bound.sock.recvfrom
+        for _ in range(DRAIN_MAX):
+            try:
+                data, addr = recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:   # an ICMP error for an earlier send: nothing to do but count
+                self.on_drop("icmp_error")
+                continue
+            batch.append((data, (str(addr[0]), int(addr[1]))))
+        behind = len(batch) == DRAIN_MAX
+        offset = len(NON_ESP_MARKER) if bound.natt else 0
+        new: list[tuple[bytes, Address]] = []
+        for data, src in batch:
+            reason = drop_reason(data, bound.natt)
+            if reason:
+                self.on_drop(reason)
+            elif is_new_init(data, offset):
+                new.append((data, src))
+            else:
+                self.on_message(Inbound(data, src, bound.local, bound.natt))
+        quota = int(DRAIN_MAX * NEW_INIT_SHARE) if behind else len(new)
+        for data, src in new[:quota]:
+            self.on_message(Inbound(data, src, bound.local, bound.natt))
+        for _ in new[quota:]:
+            self.on_drop("overload")
 
     def send(self, payload: bytes, local_port: int, remote: Address) -> None:
         """Send a UDP payload as framed by the core (marker included on 4500)."""
-        proto = self._by_port.get(local_port)
-        if proto is None or proto.transport is None:
+        bound = self._by_port.get(local_port)
+        if bound is None:
             # the core answers on the port the request came in on; unknown means a bug above
             self.on_drop("no_socket_for_port")
             return
-        proto.transport.sendto(payload, remote)
+        try:
+            bound.sock.sendto(payload, remote)
+        except (BlockingIOError, InterruptedError):
+            self.on_drop("send_buffer_full")   # lost as on the wire: the peer retransmits
+            return
+        except OSError:
+            self.on_drop("send_failed")
+            return
         if self.on_sent:
             self.on_sent(local_port)
 
     def close(self) -> None:
-        for proto in self._by_port.values():
-            if proto.transport is not None:
-                proto.transport.close()
+        for bound in self._by_port.values():
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(bound.sock.fileno())
+            bound.sock.close()
         self._by_port.clear()
