@@ -52,7 +52,7 @@ from .step import (
     Step,
     ike_sa_id_of,
 )
-from .udp import Inbound
+from .udp import Address, Inbound
 from .view import ClusterView
 
 log = logging.getLogger("keyd.engine")
@@ -120,19 +120,19 @@ class Engine:
             out = out + self.write_now(step)
         return out
 
-    def answer_statelessly(self, inbound: Inbound) -> list[Outbound] | None:
-        """A new IKE_SA_INIT answered without state (a COOKIE, or the refusal while etcd
-        has been away for ETCD_REFUSE_AFTER_S): its answer, counted; None: a step must
-        run. Nothing is written either way."""
+    def answer_statelessly(self, data: bytes, src: Address, dst: Address) -> bytes | None:
+        """A new IKE_SA_INIT answered without state (a COOKIE, or the refusal once etcd has
+        been away for ETCD_REFUSE_AFTER_S): the UDP payload to send back, counted; None: a
+        step must run. Nothing is written either way."""
         now = self.clock()
         if not self.etcd_ok and now - self._etcd_lost_at >= ETCD_REFUSE_AFTER_S:
             self.core.refuse_new = Notify.TEMPORARY_FAILURE
-        answered = self.core.answer_statelessly(inbound.data, inbound.src, inbound.dst, now)
+        answered = self.core.answer_statelessly(data, src, dst, now)
         if answered is None:
             return None
-        if answered == "refused":
-            self.metrics.refused.labels("etcd_unavailable").inc()
-        return [Outbound(d.data, d.src[1], d.dst) for d in self.core.datagrams_to_send()]
+        if answered[0] == "refused":
+            self.metrics.child(self.metrics.refused, "etcd_unavailable").inc()
+        return answered[1]
 
     def step(self, inbound: Inbound, may_wait: bool = False,
              header: IkeHeader | None = None) -> Step:

@@ -44,9 +44,9 @@ from .pool import AddressPool
 from .radius import RadiusTiming, radius_exchange
 from .redirects import Redirects
 from .registration import Registration
-from .step import IKE_SA_INIT, Outbound, Step, ike_sa_id_of
+from .step import Outbound, Step, ike_sa_id_of
 from .sweeper import sweep
-from .udp import IkeEndpoints, Inbound
+from .udp import Address, IkeEndpoints, Inbound
 from .view import ClusterView
 
 log = logging.getLogger("keyd")
@@ -77,7 +77,7 @@ class KeydServer:
         self.core: Responder | None = None
         self._engine: Engine | None = None
         self.endpoints = IkeEndpoints(k.vip, k.ike_port, k.natt_port, self._enqueue,
-                                      self._dropped, self._sent)
+                                      self._dropped, self._sent, self._new_init)
         self._tasks: list[asyncio.Task[None]] = []
         self.registration = Registration(k.id, config.address, lambda: self.store,
                                          self._registered, self._lease_lost)
@@ -228,18 +228,6 @@ class KeydServer:
             self.commit.arrivals += 1
             self.metrics.child(self.metrics.datagrams_in, str(inbound.dst[1])).inc()
         header = ike_sa_id_of(inbound.data, inbound.ike_offset)
-        if not header[1] and header[2] == IKE_SA_INIT:
-            # a new IKE_SA_INIT: a cookie or a refusal needs no step (a flood costs little)
-            try:
-                answer = self.engine.answer_statelessly(inbound)
-            except Exception as exc:  # the edge, as below
-                log.error("message not handled", extra={
-                    "error": f"{type(exc).__name__}: {exc}", "peer": f"{inbound.src[0]}"})
-                self.metrics.dropped.labels("internal_error").inc()
-                return
-            if answer is not None:
-                self._send(answer)
-                return
         if self.commit.hold(header[0], inbound):
             return
         try:
@@ -256,6 +244,22 @@ class KeydServer:
                                   attempt + 1)
             return
         self._after_step(step)
+
+    def _new_init(self, data: bytes, src: Address, dst: Address) -> bytes | None:
+        """A new IKE_SA_INIT, before any step: a cookie or a refusal is answered from here
+        (what a flood from spoofed sources is made of costs little); None: `_enqueue` it."""
+        try:
+            answer = self._engine.answer_statelessly(data, src, dst) \
+                if self._engine is not None else None
+        except Exception as exc:  # the edge: a bug must cost one message, not the daemon
+            log.error("message not handled", extra={"error": f"{type(exc).__name__}: {exc}",
+                                                    "peer": f"{src[0]}"})
+            self.metrics.dropped.labels("internal_error").inc()
+            return None
+        if answer is not None:
+            self.commit.arrivals += 1
+            self.metrics.child(self.metrics.datagrams_in, str(dst[1])).inc()
+        return answer
 
     def _resume(self, inbound: Inbound) -> None:
         """A message that waited for a step of its IKE SA goes on (no more retries)."""

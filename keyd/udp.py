@@ -75,13 +75,19 @@ _NOTIFY = 41
 _COOKIE = (16390).to_bytes(2, "big")
 
 
-def is_new_init(payload: bytes, offset: int) -> bool:
-    """An IKE_SA_INIT request (responder SPI zero) that does not open with a COOKIE notify
-    (RFC 7296 §2.6): work a flood from spoofed sources is made of. Header bytes only."""
+#: what `init_kind` says of a datagram
+IKE_SA_MESSAGE, INIT_WITH_COOKIE, NEW_INIT = 0, 1, 2
+
+
+def init_kind(payload: bytes, offset: int) -> int:
+    """NEW_INIT: an IKE_SA_INIT request (responder SPI zero) that does not open with a
+    COOKIE notify (RFC 7296 §2.6), what a flood from spoofed sources is made of;
+    INIT_WITH_COOKIE: one that does; IKE_SA_MESSAGE: anything else. Header bytes only."""
     if payload[offset + 8:offset + 16] != _ZERO_SPI or payload[offset + 18] != _IKE_SA_INIT:
-        return False
+        return IKE_SA_MESSAGE
     first = offset + IKE_HEADER_BYTES
-    return not (payload[offset + 16] == _NOTIFY and payload[first + 6:first + 8] == _COOKIE)
+    cookie = payload[offset + 16] == _NOTIFY and payload[first + 6:first + 8] == _COOKIE
+    return INIT_WITH_COOKIE if cookie else NEW_INIT
 
 
 class _Socket:
@@ -95,18 +101,23 @@ class _Socket:
 
 class IkeEndpoints:
     """Both sockets. `on_message(Inbound)` gets every bare IKE message; `on_drop(reason)`
-    every datagram dropped here. Replies go out with `send(message, local_port, remote)`."""
+    every datagram dropped here. Replies go out with `send(message, local_port, remote)`.
+    `on_new_init(payload, src, dst)`, if given, sees each IKE_SA_INIT request first: the
+    payload it returns is sent back at once (a stateless answer); None: on to on_message."""
 
     def __init__(self, vip: str, ike_port: int, natt_port: int,
                  on_message: Callable[[Inbound], None],
                  on_drop: Callable[[str], None],
-                 on_sent: Callable[[int], None] | None = None) -> None:
+                 on_sent: Callable[[int], None] | None = None,
+                 on_new_init: Callable[[bytes, Address, Address], bytes | None] | None = None,
+                 ) -> None:
         self.vip = vip
         self.ike_port = ike_port
         self.natt_port = natt_port
         self.on_message = on_message
         self.on_drop = on_drop
         self.on_sent = on_sent
+        self.on_new_init = on_new_init
         self._by_port: dict[int, _Socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -160,20 +171,30 @@ class IkeEndpoints:
             batch.append((data, (str(addr[0]), int(addr[1]))))
         behind = len(batch) == DRAIN_MAX
         offset = len(NON_ESP_MARKER) if bound.natt else 0
+        inits: list[tuple[bytes, Address]] = []
         new: list[tuple[bytes, Address]] = []
         for data, src in batch:
             reason = drop_reason(data, bound.natt)
             if reason:
                 self.on_drop(reason)
-            elif is_new_init(data, offset):
-                new.append((data, src))
-            else:
+                continue
+            kind = init_kind(data, offset)
+            if kind == IKE_SA_MESSAGE:
                 self.on_message(Inbound(data, src, bound.local, bound.natt))
+            else:
+                (inits if kind == INIT_WITH_COOKIE else new).append((data, src))
         quota = int(DRAIN_MAX * NEW_INIT_SHARE) if behind else len(new)
-        for data, src in new[:quota]:
-            self.on_message(Inbound(data, src, bound.local, bound.natt))
+        for data, src in inits + new[:quota]:
+            self._init(bound, data, src)
         for _ in new[quota:]:
             self.on_drop("overload")
+
+    def _init(self, bound: _Socket, data: bytes, src: Address) -> None:
+        answer = self.on_new_init(data, src, bound.local) if self.on_new_init else None
+        if answer is None:
+            self.on_message(Inbound(data, src, bound.local, bound.natt))
+        else:
+            self._sendto(bound, answer, src)
 
     def send(self, payload: bytes, local_port: int, remote: Address) -> None:
         """Send a UDP payload as framed by the core (marker included on 4500)."""
@@ -182,6 +203,9 @@ class IkeEndpoints:
             # the core answers on the port the request came in on; unknown means a bug above
             self.on_drop("no_socket_for_port")
             return
+        self._sendto(bound, payload, remote)
+
+    def _sendto(self, bound: _Socket, payload: bytes, remote: Address) -> None:
         try:
             bound.sock.sendto(payload, remote)
         except (BlockingIOError, InterruptedError):
@@ -191,7 +215,7 @@ class IkeEndpoints:
             self.on_drop("send_failed")
             return
         if self.on_sent:
-            self.on_sent(local_port)
+            self.on_sent(bound.local[1])
 
     def close(self) -> None:
         for bound in self._by_port.values():

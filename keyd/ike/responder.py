@@ -196,35 +196,36 @@ class Responder(EapRound, Mobility, Redirection):
 
     # ---- IKE_SA_INIT (§1.2, §2.6, §2.23) ----------------------------------------------------
 
-    def answer_statelessly(self, data: bytes, src: Address, dst: Address,
-                           now: float) -> str | None:
+    def answer_statelessly(self, data: bytes, src: Address,
+                           dst: Address, now: float) -> tuple[str, bytes] | None:
         """Answer a new IKE_SA_INIT request without state, from its header and payload
         chain alone (`cookies.peek_init_request`): with `refuse_new` while that is set, or
         with a COOKIE when one is due (§2.6) and the request shows none that is valid.
-        Returns what was answered ("refused", "cookie"; the answer waits in
-        datagrams_to_send) or None: give the datagram to `receive_datagram`, which decides
-        the same for requests this cannot read. Cheap enough for a flood from spoofed
-        sources: no proposal is parsed, no key exchange made, nothing is kept."""
+        Returns what was answered ("refused", "cookie") and the UDP payload to send back
+        from `dst` (framed for its port; not queued in datagrams_to_send), or None: give
+        the datagram to `receive_datagram`, which decides the same for requests this
+        cannot read. Cheap enough for a flood from spoofed sources: no proposal is parsed,
+        no key exchange made, nothing is kept."""
+        marker = b""
         if dst[1] == self._natt_port:
             if not data.startswith(NON_ESP_MARKER):
                 return None
-            data = data[len(NON_ESP_MARKER):]
+            marker, data = NON_ESP_MARKER, data[len(NON_ESP_MARKER):]
         request = peek_init_request(data)
         if request is None or (request.spi_i, src) in self._init_index:
             return None   # not one, or a retransmission: the cached answer (§2.1)
         if self.refuse_new is not None:
             self.counters.exchanges["IKE_SA_INIT"] += 1
-            h = Header(request.spi_i, 0, 0, ExchangeType.IKE_SA_INIT, Flag.INITIATOR, 0)
-            self._init_error(h, self.refuse_new, b"", src, dst)
-            return "refused"
+            self.counters.errors[notify_name(self.refuse_new)] += 1
+            h = Header(request.spi_i, 0, 0, ExchangeType.IKE_SA_INIT, Flag.RESPONSE, 0)
+            return "refused", marker + push_message(h, [NotifyPayload(self.refuse_new)])
         if request.nonce is None or len(self._half_open) < self.config.half_open_cookie_threshold \
                 or self._cookies.valid(request.cookie, request.nonce, src, request.spi_i):
             return None
         self.counters.exchanges["IKE_SA_INIT"] += 1
         self.counters.cookies_sent += 1
         cookie = self._cookies.make(request.nonce, src, request.spi_i, now)
-        self._send(cookie_response(request.spi_i, cookie), dst, src)
-        return "cookie"
+        return "cookie", marker + cookie_response(request.spi_i, cookie)
 
     def _on_init_request(self, msg: Message, src: Address, dst: Address, now: float) -> None:
         h = msg.header
