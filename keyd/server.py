@@ -300,8 +300,8 @@ class KeydServer:
         self._after_step(step)
         return True
 
-    def _dropped(self, reason: str) -> None:
-        self.metrics.dropped.labels(reason).inc()
+    def _dropped(self, reason: str, count: int = 1) -> None:
+        self.metrics.child(self.metrics.dropped, reason).inc(count)
 
     def _sent(self, port: int) -> None:
         self.metrics.child(self.metrics.datagrams_out, str(port)).inc()

@@ -64,10 +64,15 @@ def drop_reason(payload: bytes, natt: bool) -> str:
 
 #: datagrams read from a socket in one go (then the loop runs its other work)
 DRAIN_MAX = 256
-#: when a drain finds more waiting than that (keyd is behind), new IKE_SA_INIT requests
-#: without a cookie get at most this share of the batch; the rest are dropped, counted
-#: `overload`. Requests with a cookie and messages of existing IKE SAs are never shed.
-NEW_INIT_SHARE = 0.5
+#: when a drain finds a full batch (keyd is behind), only `quota` of its new IKE_SA_INIT
+#: requests without a cookie are handed on, the rest dropped, counted `overload`; the quota
+#: shrinks by this factor each time keyd is behind and grows by QUOTA_STEP each time it is
+#: not (additive increase, multiplicative decrease: it settles where keyd reads everything
+#: that comes and answers what it can). Requests with a cookie and messages of existing IKE
+#: SAs are never shed.
+QUOTA_DECREASE = 0.7
+QUOTA_STEP = 8
+QUOTA_MIN = 4
 
 _ZERO_SPI = bytes(8)
 _IKE_SA_INIT = 34
@@ -97,17 +102,19 @@ class _Socket:
         self.sock = sock
         self.local = local
         self.natt = natt
+        self.quota = float(DRAIN_MAX)   # new IKE_SA_INITs handed on of a full batch
 
 
 class IkeEndpoints:
     """Both sockets. `on_message(Inbound)` gets every bare IKE message; `on_drop(reason)`
-    every datagram dropped here. Replies go out with `send(message, local_port, remote)`.
+    every datagram dropped here (`on_drop(reason, count)` for many at once). Replies go out
+    with `send(message, local_port, remote)`.
     `on_new_init(payload, src, dst)`, if given, sees each IKE_SA_INIT request first: the
     payload it returns is sent back at once (a stateless answer); None: on to on_message."""
 
     def __init__(self, vip: str, ike_port: int, natt_port: int,
                  on_message: Callable[[Inbound], None],
-                 on_drop: Callable[[str], None],
+                 on_drop: Callable[..., None],
                  on_sent: Callable[[int], None] | None = None,
                  on_new_init: Callable[[bytes, Address, Address], bytes | None] | None = None,
                  ) -> None:
@@ -154,10 +161,10 @@ class IkeEndpoints:
 
     def _drain(self, bound: _Socket) -> None:
         """Read what waits, up to DRAIN_MAX datagrams, then hand it on: messages of IKE
-        SAs and requests with a cookie first, then new IKE_SA_INITs — only a share of the
-        batch of those when more is waiting than one batch holds (keyd is behind: what
-        it would drop in the socket buffer anyway, it drops here, among the cheapest to
-        lose; a real client retransmits, and its cookie-bearing retry is not shed)."""
+        SAs and requests with a cookie first, then new IKE_SA_INITs — only `quota` of
+        those when more is waiting than one batch holds (keyd is behind: rather than lose
+        any datagram in the socket buffer, it drops here the cheapest to lose; a real
+        client retransmits, and its cookie-bearing retry is not shed)."""
         batch: list[tuple[bytes, Address]] = []
         recvfrom = bound.sock.recvfrom
         for _ in range(DRAIN_MAX):
@@ -183,11 +190,16 @@ class IkeEndpoints:
                 self.on_message(Inbound(data, src, bound.local, bound.natt))
             else:
                 (inits if kind == INIT_WITH_COOKIE else new).append((data, src))
-        quota = int(DRAIN_MAX * NEW_INIT_SHARE) if behind else len(new)
+        if behind:
+            bound.quota = max(QUOTA_MIN, bound.quota * QUOTA_DECREASE)
+            quota = int(bound.quota)
+        else:
+            bound.quota = min(DRAIN_MAX, bound.quota + QUOTA_STEP)
+            quota = len(new)
         for data, src in inits + new[:quota]:
             self._init(bound, data, src)
-        for _ in new[quota:]:
-            self.on_drop("overload")
+        if len(new) > quota:
+            self.on_drop("overload", len(new) - quota)
 
     def _init(self, bound: _Socket, data: bytes, src: Address) -> None:
         answer = self.on_new_init(data, src, bound.local) if self.on_new_init else None
