@@ -18,7 +18,9 @@ once. For every step:
 Two exceptions: the answer to IKE_SA_INIT leaves at once (a half-open IKE SA is written
 after it: docs/keyd.md), and liveness checks (an empty INFORMATIONAL) while etcd is away
 are answered — only a message ID moves — and their state is written when etcd returns, so
-established clients are not cut off by an etcd outage.
+established clients are not cut off by an etcd outage. Before any step, a new IKE_SA_INIT may
+be answered without state (`answer_statelessly`): a COOKIE under load, TEMPORARY_FAILURE once
+etcd has been away for ETCD_REFUSE_AFTER_S (docs/keyd.md).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from cluster.store.records import ChildSaRecord, IkeSaRecord, KeydRecord
 from cluster.store.seal import DataKey
 from cluster.store.watch import wait_for
 from keyd.client import ExchangeTimeout, IkeClient
+from keyd.engine import ETCD_REFUSE_AFTER_S
 from keyd.ike import ExchangeFailed
 from keyd.ike.constants import Notify
 
@@ -139,6 +140,7 @@ def test_new_client_refused_once_etcd_is_known_gone_then_served(
         own_etcd.stop()
         # nothing is written meanwhile: keyd learns of the outage from its lease
         assert wait_for(lambda: k.metric("keyd_etcd_available") == 0, timeout_s=30)
+        time.sleep(ETCD_REFUSE_AFTER_S + 0.5)   # past a blip, whichever way keyd learnt of it
         with quick_client(k, "refused@clients.test", "127.0.0.3") as refused:
             refused.core.connect(refused.local, refused.remote, time.time())
             refused.pump(lambda: any(isinstance(e, ExchangeFailed) for e in refused.events),
