@@ -64,13 +64,16 @@ def drop_reason(payload: bytes, natt: bool) -> str:
 
 #: datagrams read from a socket in one go (then the loop runs its other work)
 DRAIN_MAX = 256
-#: when a drain finds a full batch (keyd is behind), only `quota` of its new IKE_SA_INIT
-#: requests without a cookie are handed on, the rest dropped, counted `overload`; the quota
-#: shrinks by this factor each time keyd is behind and grows by QUOTA_STEP each time it is
-#: not (additive increase, multiplicative decrease: it settles where keyd reads everything
-#: that comes and answers what it can). Requests with a cookie and messages of existing IKE
-#: SAs are never shed.
-QUOTA_DECREASE = 0.7
+#: keyd is behind when this many drains in a row found a full batch: a backlog the socket
+#: buffer may not hold for long, not a burst (datagrams come in bursts through veths and
+#: the kernel's batching; one full batch says little)
+BEHIND_AFTER = 3
+#: while behind, only `quota` of a batch's new IKE_SA_INIT requests without a cookie are
+#: handed on, the rest dropped, counted `overload`; the quota shrinks by this factor each
+#: drain keyd is behind and grows by QUOTA_STEP each drain it is not (additive increase,
+#: multiplicative decrease: it settles where keyd reads everything that comes and answers
+#: what it can). Requests with a cookie and messages of existing IKE SAs are never shed.
+QUOTA_DECREASE = 0.8
 QUOTA_STEP = 8
 QUOTA_MIN = 4
 
@@ -103,6 +106,7 @@ class _Socket:
         self.local = local
         self.natt = natt
         self.quota = float(DRAIN_MAX)   # new IKE_SA_INITs handed on of a full batch
+        self.full = 0                   # drains in a row that found a full batch
 
 
 class IkeEndpoints:
@@ -162,7 +166,7 @@ class IkeEndpoints:
     def _drain(self, bound: _Socket) -> None:
         """Read what waits, up to DRAIN_MAX datagrams, then hand it on: messages of IKE
         SAs and requests with a cookie first, then new IKE_SA_INITs — only `quota` of
-        those when more is waiting than one batch holds (keyd is behind: rather than lose
+        those when keyd is behind (BEHIND_AFTER full batches in a row: rather than lose
         any datagram in the socket buffer, it drops here the cheapest to lose; a real
         client retransmits, and its cookie-bearing retry is not shed)."""
         batch: list[tuple[bytes, Address]] = []
@@ -176,7 +180,8 @@ class IkeEndpoints:
                 self.on_drop("icmp_error")
                 continue
             batch.append((data, (str(addr[0]), int(addr[1]))))
-        behind = len(batch) == DRAIN_MAX
+        bound.full = bound.full + 1 if len(batch) == DRAIN_MAX else 0
+        behind = bound.full >= BEHIND_AFTER
         offset = len(NON_ESP_MARKER) if bound.natt else 0
         inits: list[tuple[bytes, Address]] = []
         new: list[tuple[bytes, Address]] = []
@@ -194,7 +199,8 @@ class IkeEndpoints:
             bound.quota = max(QUOTA_MIN, bound.quota * QUOTA_DECREASE)
             quota = int(bound.quota)
         else:
-            bound.quota = min(DRAIN_MAX, bound.quota + QUOTA_STEP)
+            if not bound.full:
+                bound.quota = min(DRAIN_MAX, bound.quota + QUOTA_STEP)
             quota = len(new)
         for data, src in inits + new[:quota]:
             self._init(bound, data, src)

@@ -90,8 +90,8 @@ def _init(spi: int, cookie: bool = False) -> bytes:
 
 
 async def _burst() -> tuple[list[Inbound], list[tuple[str, int]], list[bytes]]:
-    """A burst larger than a batch waits in the socket before the loop reads it: 600 new
-    IKE_SA_INITs with, among them, 10 messages of an IKE SA and 10 requests with a cookie.
+    """A burst of several batches waits in the socket before the loop reads it: 1,120 new
+    IKE_SA_INITs with, among them, 40 messages of an IKE SA and 40 requests with a cookie.
     The first 5 new ones get a stateless answer from `on_new_init`."""
     got: list[Inbound] = []
     drops: list[tuple[str, int]] = []
@@ -111,7 +111,7 @@ async def _burst() -> tuple[list[Inbound], list[tuple[str, int]], list[bytes]]:
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
     try:
-        for i in range(600):
+        for i in range(1200):
             if i % 30 == 7:
                 client.sendto(AUTH, ("127.0.0.1", ike_port))
             elif i % 30 == 17:
@@ -119,7 +119,7 @@ async def _burst() -> tuple[list[Inbound], list[tuple[str, int]], list[bytes]]:
             else:
                 client.sendto(_init(1 + i), ("127.0.0.1", ike_port))
         for _ in range(200):
-            if len(got) + len(answered) + sum(n for _, n in drops) >= 600:
+            if len(got) + len(answered) + sum(n for _, n in drops) >= 1200:
                 break
             await asyncio.sleep(0.01)
         client.setblocking(False)
@@ -139,7 +139,7 @@ def test_a_burst_keeps_ike_sa_messages_and_cookies_and_sheds_new_inits() -> None
     with_cookie = [i for i in got if i.data[16] == 41]
     new = [i for i in got if i.data[16] == 0]
     shed = sum(n for reason, n in drops if reason == "overload")
-    assert len(ike_sa) == 20 and len(with_cookie) == 20      # none of them shed
+    assert len(ike_sa) == 40 and len(with_cookie) == 40      # none of them shed
     assert replies == [b"answer"] * 5                          # stateless answers went out
-    assert shed > 0 and len(new) + shed + 5 == 560             # every new one counted
+    assert shed > 0 and len(new) + shed + 5 == 1120            # every new one counted
     assert {reason for reason, _ in drops} == {"overload"}
