@@ -17,8 +17,10 @@ spoofed sources, what is lost is the flood's kind of work, not a real client's n
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,6 +78,12 @@ BEHIND_AFTER = 3
 QUOTA_DECREASE = 0.8
 QUOTA_STEP = 8
 QUOTA_MIN = 4
+#: which new IKE_SA_INITs a quota keeps: those from the source prefixes (IPv4 /24, IPv6
+#: /48) that sent the fewest in the current window — a flood from a few networks is shed
+#: first, a client from elsewhere kept; sources spread over the whole address space are
+#: shed evenly. The counts are kept for this long, for at most PREFIXES_MAX prefixes.
+PREFIX_WINDOW_S = 1.0
+PREFIXES_MAX = 65536
 
 _ZERO_SPI = bytes(8)
 _IKE_SA_INIT = 34
@@ -98,6 +106,13 @@ def init_kind(payload: bytes, offset: int) -> int:
     return INIT_WITH_COOKIE if cookie else NEW_INIT
 
 
+def source_prefix(ip: str) -> str:
+    """The /24 of an IPv4 address, the /48 of an IPv6 one (as text, cheaply)."""
+    if ":" not in ip:
+        return ip.rpartition(".")[0]
+    return ipaddress.ip_address(ip).exploded[:14]
+
+
 class _Socket:
     """One bound socket, read by the loop's reader callback in batches."""
 
@@ -107,6 +122,8 @@ class _Socket:
         self.natt = natt
         self.quota = float(DRAIN_MAX)   # new IKE_SA_INITs handed on of a full batch
         self.full = 0                   # drains in a row that found a full batch
+        self.by_prefix: dict[str, int] = {}   # new IKE_SA_INITs per source prefix, this window
+        self.window_ends = 0.0
 
 
 class IkeEndpoints:
@@ -195,6 +212,8 @@ class IkeEndpoints:
                 self.on_message(Inbound(data, src, bound.local, bound.natt))
             else:
                 (inits if kind == INIT_WITH_COOKIE else new).append((data, src))
+        if new:
+            new = self._by_fewest(bound, new) if behind else self._count(bound, new)
         if behind:
             bound.quota = max(QUOTA_MIN, bound.quota * QUOTA_DECREASE)
             quota = int(bound.quota)
@@ -206,6 +225,27 @@ class IkeEndpoints:
             self._init(bound, data, src)
         if len(new) > quota:
             self.on_drop("overload", len(new) - quota)
+
+    @staticmethod
+    def _count(bound: _Socket, new: list[tuple[bytes, Address]]) -> list[tuple[bytes, Address]]:
+        """Count the new IKE_SA_INITs of each source prefix in the current window."""
+        now = time.monotonic()
+        if now >= bound.window_ends or len(bound.by_prefix) > PREFIXES_MAX:
+            bound.by_prefix.clear()
+            bound.window_ends = now + PREFIX_WINDOW_S
+        counts = bound.by_prefix
+        for _, src in new:
+            prefix = source_prefix(src[0])
+            counts[prefix] = counts.get(prefix, 0) + 1
+        return new
+
+    def _by_fewest(self, bound: _Socket,
+                   new: list[tuple[bytes, Address]]) -> list[tuple[bytes, Address]]:
+        """Counted, then those of the quietest source prefixes first (the sort is stable:
+        in arrival order within a prefix)."""
+        self._count(bound, new)
+        counts = bound.by_prefix
+        return sorted(new, key=lambda item: counts.get(source_prefix(item[1][0]), 0))
 
     def _init(self, bound: _Socket, data: bytes, src: Address) -> None:
         answer = self.on_new_init(data, src, bound.local) if self.on_new_init else None

@@ -91,7 +91,8 @@ def _init(spi: int, cookie: bool = False) -> bytes:
 
 async def _burst() -> tuple[list[Inbound], list[tuple[str, int]], list[bytes]]:
     """A burst of several batches waits in the socket before the loop reads it: 1,120 new
-    IKE_SA_INITs with, among them, 40 messages of an IKE SA and 40 requests with a cookie.
+    IKE_SA_INITs (12 of them from another /24) with, among them, 40 messages of an IKE SA
+    and 40 requests with a cookie.
     The first 5 new ones get a stateless answer from `on_new_init`."""
     got: list[Inbound] = []
     drops: list[tuple[str, int]] = []
@@ -110,12 +111,16 @@ async def _burst() -> tuple[list[Inbound], list[tuple[str, int]], list[bytes]]:
     ike_port, _ = ep.ports
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
+    quiet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    quiet.bind(("127.0.1.1", 0))
     try:
         for i in range(1200):
             if i % 30 == 7:
                 client.sendto(AUTH, ("127.0.0.1", ike_port))
             elif i % 30 == 17:
                 client.sendto(_init(10_000 + i, cookie=True), ("127.0.0.1", ike_port))
+            elif i % 100 == 50:
+                quiet.sendto(_init(1 + i), ("127.0.0.1", ike_port))   # another /24
             else:
                 client.sendto(_init(1 + i), ("127.0.0.1", ike_port))
         for _ in range(200):
@@ -130,6 +135,7 @@ async def _burst() -> tuple[list[Inbound], list[tuple[str, int]], list[bytes]]:
         return got, drops, replies
     finally:
         client.close()
+        quiet.close()
         ep.close()
 
 
@@ -140,6 +146,16 @@ def test_a_burst_keeps_ike_sa_messages_and_cookies_and_sheds_new_inits() -> None
     new = [i for i in got if i.data[16] == 0]
     shed = sum(n for reason, n in drops if reason == "overload")
     assert len(ike_sa) == 40 and len(with_cookie) == 40      # none of them shed
+    # new ones from a quiet source prefix are kept over the flood's (12 sent)
+    assert len([i for i in new if i.src[0] == "127.0.1.1"]) == 12
     assert replies == [b"answer"] * 5                          # stateless answers went out
     assert shed > 0 and len(new) + shed + 5 == 1120            # every new one counted
     assert {reason for reason, _ in drops} == {"overload"}
+
+
+def test_source_prefix() -> None:
+    from keyd.udp import source_prefix
+    assert source_prefix("10.41.128.7") == source_prefix("10.41.128.200") == "10.41.128"
+    assert source_prefix("10.41.129.7") != source_prefix("10.41.128.7")
+    assert source_prefix("2001:db8:1:2::1") == source_prefix("2001:db8:1:ffff::9")
+    assert source_prefix("2001:db8:2::1") != source_prefix("2001:db8:1::1")
