@@ -256,8 +256,7 @@ class KeydServer:
                                                     "peer": f"{src[0]}"})
             self.metrics.dropped.labels("internal_error").inc()
             return None
-        if answer is not None:
-            self.commit.arrivals += 1
+        if answer is not None:   # (not an arrival a group commit waits for: no step)
             self.metrics.child(self.metrics.datagrams_in, str(dst[1])).inc()
         return answer
 
