@@ -30,6 +30,9 @@ log = logging.getLogger("keyd")
 
 #: steps written together at most (each transaction stays under etcd's 128 operations)
 COMMIT_BATCH_MAX = 64
+#: a group commit waits for datagrams still arriving at most this long: under a flood the
+#: sockets are never empty, and a write that waited for that would never go out
+COMMIT_GATHER_MAX_S = 0.005
 #: a half-open IKE SA is written from this long after its IKE_SA_INIT answer on — unless
 #: its IKE_AUTH reaches this instance first: then the IKE_AUTH step writes it whole, in one
 #: round trip instead of two (docs/keyd.md, "Half-open IKE SAs")
@@ -65,6 +68,7 @@ class GroupCommit:
         self.arrivals = 0                  # datagrams received so far
         self._pending: list[Step] = []
         self._scheduled = False
+        self._gather_since = 0.0           # loop time the waiting write was scheduled at
         self._removals_timer: asyncio.TimerHandle | None = None
         self._held: dict[str, _Held] = {}
         self._half_open: dict[str, asyncio.TimerHandle] = {}   # IKE SA → its write, later
@@ -154,14 +158,17 @@ class GroupCommit:
     def _schedule(self) -> None:
         if not self._scheduled and self.loop is not None:
             self._scheduled = True
+            self._gather_since = self.loop.time()
             self.loop.call_soon(self._commit, self.arrivals)
 
     def _commit(self, seen: int) -> None:
         """Group commit, on the loop's thread (no hand-over to another thread and back):
         while datagrams keep arriving, let the loop read them (each may add a step), then
-        write every waiting step at once and release their replies."""
+        write every waiting step at once and release their replies. The wait is bounded
+        (COMMIT_GATHER_MAX_S): datagrams that keep coming do not hold a write back."""
         assert self.loop is not None
-        if self.arrivals != seen and len(self._pending) < COMMIT_BATCH_MAX:
+        if self.arrivals != seen and len(self._pending) < COMMIT_BATCH_MAX and \
+                self.loop.time() - self._gather_since < COMMIT_GATHER_MAX_S:
             self.loop.call_soon(self._commit, self.arrivals)
             return
         self._scheduled = False

@@ -18,7 +18,9 @@ once. For every step:
 Two exceptions: the answer to IKE_SA_INIT leaves at once (a half-open IKE SA is written
 after it: docs/keyd.md), and liveness checks (an empty INFORMATIONAL) while etcd is away
 are answered — only a message ID moves — and their state is written when etcd returns, so
-established clients are not cut off by an etcd outage.
+established clients are not cut off by an etcd outage. Before any step, a new IKE_SA_INIT may
+be answered without state (`answer_statelessly`): a COOKIE under load, TEMPORARY_FAILURE once
+etcd has been away for ETCD_REFUSE_AFTER_S (docs/keyd.md).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from cluster.store.errors import MalformedRecord, StoreError, StoreUnavailable, 
 from cluster.store.records import ChildSaRecord, IkeSaRecord, Policy
 
 from .ike import events as ike
+from .ike.constants import Notify
 from .ike.errors import IkeError, IkeUsageError
 from .ike.responder import Responder
 from .metrics import KeydMetrics
@@ -51,10 +54,15 @@ from .step import (
     Step,
     ike_sa_id_of,
 )
-from .udp import Inbound
+from .udp import Address, Inbound
 from .view import ClusterView
 
 log = logging.getLogger("keyd.engine")
+
+#: once etcd has not taken writes for this long, a new IKE_SA_INIT is refused at once with
+#: TEMPORARY_FAILURE (docs/keyd.md, "When etcd is unreachable"); in a shorter blip it is
+#: answered, and its IKE_AUTH waits for the write as any other
+ETCD_REFUSE_AFTER_S = 2.0
 
 def _serialised(state: dict[str, Any]) -> bytes:
     return json.dumps(state, separators=(",", ":")).encode()
@@ -95,6 +103,7 @@ class Engine:
         self.persister = Persister(store, pool, metrics, clock, view)
         self.view = view
         self.etcd_ok = True
+        self._etcd_lost_at = 0.0        # when this outage began, as far as keyd knows
         # last durable state of each IKE SA held: what a failed step is rolled back to
         self._durable: dict[str, dict[str, Any]] = {}
         self._records: dict[str, IkeSaRecord] = {}
@@ -112,6 +121,20 @@ class Engine:
         if step.needs_write:
             out = out + self.write_now(step)
         return out
+
+    def answer_statelessly(self, data: bytes, src: Address, dst: Address) -> bytes | None:
+        """A new IKE_SA_INIT answered without state (a COOKIE, or the refusal once etcd has
+        been away for ETCD_REFUSE_AFTER_S): the UDP payload to send back, counted; None: a
+        step must run. Nothing is written either way."""
+        now = self.clock()
+        if not self.etcd_ok and now - self._etcd_lost_at >= ETCD_REFUSE_AFTER_S:
+            self.core.refuse_new = Notify.TEMPORARY_FAILURE
+        answered = self.core.answer_statelessly(data, src, dst, now)
+        if answered is None:
+            return None
+        if answered[0] == "refused":
+            self.metrics.child(self.metrics.refused, "etcd_unavailable").inc()
+        return answered[1]
 
     def step(self, inbound: Inbound, may_wait: bool = False,
              header: IkeHeader | None = None) -> Step:
@@ -558,18 +581,27 @@ class Engine:
                 "ike_sa": other, "identity": event.identity, "by": event.ike_sa_id})
 
     # -- etcd availability -----------------------------------------------------------------
-    def _etcd_lost(self, exc: StoreError) -> None:
+    def etcd_silent(self, silent_s: float) -> None:
+        """etcd has not answered for `silent_s` (keyd's lease was lost): an outage that
+        began then, as if a write had failed."""
+        silent = StoreUnavailable(self.store.endpoint, f"silent for {silent_s:g}s (lease lost)")
+        self._etcd_lost(silent, since=self.clock() - silent_s)
+
+    def _etcd_lost(self, exc: StoreError, since: float | None = None) -> None:
         if self.etcd_ok:
             self.etcd_ok = False
+            self._etcd_lost_at = self.clock() if since is None else since
             self.metrics.etcd_available.set(0)
             self.metrics.etcd_outages.inc()
             level = logging.ERROR if isinstance(exc, StoreUnavailable) else logging.WARNING
             log.log(level, "etcd does not take writes: not completing negotiations until it "
-                    "does; established SAs are not affected", extra={"error": str(exc)})
+                    "does, refusing new ones after %gs; established SAs are not affected",
+                    ETCD_REFUSE_AFTER_S, extra={"error": str(exc)})
 
     def _etcd_back(self) -> None:
         if not self.etcd_ok:
             self.etcd_ok = True
+            self.core.refuse_new = None
             self.metrics.etcd_available.set(1)
             log.info("etcd takes writes again: serving")
 

@@ -82,6 +82,10 @@ class KeydMetrics:
         self.not_persisted = Counter(
             "keyd_replies_withheld", "Replies not sent because their state could not be "
             "written to etcd", registry=r)
+        self.refused = Counter(
+            "keyd_ike_sa_init_refused", "New IKE_SA_INIT requests refused at once with "
+            "TEMPORARY_FAILURE, by reason (etcd_unavailable: etcd has not taken writes for "
+            "a while)", ["reason"], registry=r)
         self.imported = Counter(
             "keyd_ike_sas_imported", "IKE SAs continued from etcd (written by another "
             "instance or an earlier run)", registry=r)

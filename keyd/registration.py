@@ -25,14 +25,17 @@ LEASE_TTL_S = 5
 class Registration:
     """Holds `keyd/<keyd_id>` (address `address`) on a lease in the current store (`store()`:
     the etcd probe may move keyd to a fresh connection); `registered()` runs after each
-    successful registration."""
+    successful registration; `lost(silent_s)` when the lease is lost for etcd's silence
+    (on the loop's thread)."""
 
     def __init__(self, keyd_id: str, address: str, store: Callable[[], Store],
-                 registered: Callable[[], None]) -> None:
+                 registered: Callable[[], None],
+                 lost: Callable[[float], None] = lambda _s: None) -> None:
         self.keyd_id = keyd_id
         self.address = address
         self._store = store
         self._registered = registered
+        self._lost = lost
         self.membership: Membership | None = None
         self._lease_lost = asyncio.Event()
 
@@ -41,8 +44,10 @@ class Registration:
         backoff = 0.5
         loop = asyncio.get_running_loop()
 
-        def lost(_event: LeaseLost) -> None:
+        def lost(event: LeaseLost) -> None:
             loop.call_soon_threadsafe(self._lease_lost.set)
+            if event.reason == "unreachable":
+                loop.call_soon_threadsafe(self._lost, float(LEASE_TTL_S))
 
         while True:
             record = KeydRecord(id=self.keyd_id, address=self.address, version=VERSION,

@@ -46,7 +46,7 @@ from .redirects import Redirects
 from .registration import Registration
 from .step import Outbound, Step, ike_sa_id_of
 from .sweeper import sweep
-from .udp import IkeEndpoints, Inbound
+from .udp import Address, IkeEndpoints, Inbound
 from .view import ClusterView
 
 log = logging.getLogger("keyd")
@@ -77,10 +77,10 @@ class KeydServer:
         self.core: Responder | None = None
         self._engine: Engine | None = None
         self.endpoints = IkeEndpoints(k.vip, k.ike_port, k.natt_port, self._enqueue,
-                                      self._dropped, self._sent)
+                                      self._dropped, self._sent, self._new_init)
         self._tasks: list[asyncio.Task[None]] = []
         self.registration = Registration(k.id, config.address, lambda: self.store,
-                                         self._registered)
+                                         self._registered, self._lease_lost)
         self._watcher: Any = None          # ike/: only while other instances exist
         self._keyd_watcher: Any = None
         self._peers: set[str] = set()       # other keyd instances registered
@@ -245,6 +245,21 @@ class KeydServer:
             return
         self._after_step(step)
 
+    def _new_init(self, data: bytes, src: Address, dst: Address) -> bytes | None:
+        """A new IKE_SA_INIT, before any step: a cookie or a refusal is answered from here
+        (what a flood from spoofed sources is made of costs little); None: `_enqueue` it."""
+        try:
+            answer = self._engine.answer_statelessly(data, src, dst) \
+                if self._engine is not None else None
+        except Exception as exc:  # the edge: a bug must cost one message, not the daemon
+            log.error("message not handled", extra={"error": f"{type(exc).__name__}: {exc}",
+                                                    "peer": f"{src[0]}"})
+            self.metrics.dropped.labels("internal_error").inc()
+            return None
+        if answer is not None:   # (not an arrival a group commit waits for: no step)
+            self.metrics.child(self.metrics.datagrams_in, str(dst[1])).inc()
+        return answer
+
     def _resume(self, inbound: Inbound) -> None:
         """A message that waited for a step of its IKE SA goes on (no more retries)."""
         self._enqueue(inbound, attempt=len(HALF_OPEN_RETRY_S))
@@ -284,8 +299,8 @@ class KeydServer:
         self._after_step(step)
         return True
 
-    def _dropped(self, reason: str) -> None:
-        self.metrics.dropped.labels(reason).inc()
+    def _dropped(self, reason: str, count: int = 1) -> None:
+        self.metrics.child(self.metrics.dropped, reason).inc(count)
 
     def _sent(self, port: int) -> None:
         self.metrics.child(self.metrics.datagrams_out, str(port)).inc()
@@ -372,6 +387,13 @@ class KeydServer:
             ike_port, _ = self.endpoints.ports
             systemd.notify_ready(f"serving IKE on {self.config.keyd.vip}:{ike_port}")
             self._ready_said = True
+
+    def _lease_lost(self, silent_s: float) -> None:
+        """keyd/<id>'s lease is lost: etcd has been silent that long, so keyd knows of the
+        outage even when no write has failed yet (the probe starts, new clients are
+        refused)."""
+        if self._engine is not None:
+            self.engine.etcd_silent(silent_s)
 
     async def _etcd_probe(self) -> None:
         await probe_etcd(lambda: not self.engine.etcd_ok or self.engine.needs_flush,

@@ -1,8 +1,10 @@
 """Study 3: etcd gone. In the shared lab, with every client pinging the protected server in ESP,
 etcd (the lab's one member) is stopped for `etcd_gone_s`. Figures: echo requests the clients
 sent meanwhile and replies they got (data-plane packets lost: goal 0), what a new client gets
-while etcd is away (a clear refusal), and after etcd is started again the time until a new
-client is established (full service) and until every old client is answered."""
+while etcd is away (a clear refusal: once keyd knows etcd is gone and the outage is past a
+blip, docs/keyd.md "When etcd is unreachable"), and after etcd is started again what new
+clients get until one is established (full service) and whether every old client is
+answered."""
 
 from __future__ import annotations
 
@@ -10,12 +12,20 @@ import time
 from typing import Any
 
 from bench.esp_client import longest_silence
+from keyd.engine import ETCD_REFUSE_AFTER_S
 from soak.budget import Budget
 
 METHOD = (
     "In the shared lab, with every client pinging the protected server in ESP, etcd (the lab "
-    "has one member) is stopped; a new client tries to connect while it is away; after it is "
-    "started again a new client is tried every half second until one is established.")
+    "has one member) is stopped; once keyd says it knows (keyd_etcd_available 0) and the "
+    f"outage is past a blip ({ETCD_REFUSE_AFTER_S:g} s more), a new client (the project's "
+    "initiator) tries to connect; after etcd is started again a new client is tried every "
+    "half second until one is established.")
+
+
+def _keyd(session: Any, name: str) -> float:
+    from bench.failover_lab import scrape
+    return sum(scrape(session.lab, "keyd-1", 9410, (name,)).values())
 
 
 def _try_client(session: Any, timeout_s: float) -> tuple[str, str, float]:
@@ -25,7 +35,8 @@ def _try_client(session: Any, timeout_s: float) -> tuple[str, str, float]:
         c = session.connect(timeout_s)
     except Exception as exc:
         what = f"{type(exc).__name__}: {str(exc)[:160]}"
-        kind = "no answer" if "no answer" in str(exc) else "refused"
+        kind = "refused" if "refused" in str(exc) else \
+            "no answer" if "no answer" in str(exc) else "failed"
         return kind, what, time.monotonic() - t
     session.extra.append(c)
     return "established", f"established, virtual IP {c.virtual_ip}", time.monotonic() - t
@@ -35,10 +46,21 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
     clients = session.clients
     sent0 = sum(c.sent for c in clients)
     t0 = time.monotonic()
+    refused0 = _keyd(session, "keyd_ike_sa_init_refused_total")
     session.lab.kill("etcd")
     t_stopped = time.monotonic()
-    time.sleep(min(5.0, budget.etcd_gone_s / 4))
+    noticed_s = None
+    while time.monotonic() - t_stopped < budget.etcd_gone_s / 2:
+        if _keyd(session, "keyd_etcd_available") == 0:
+            noticed_s = time.monotonic() - t_stopped
+            break
+        time.sleep(0.2)
+    time.sleep(ETCD_REFUSE_AFTER_S + 0.5)
     kind, during, took = _try_client(session, budget.etcd_gone_s / 3)
+    refused = _keyd(session, "keyd_ike_sa_init_refused_total") - refused0
+    during += (f"; keyd knew etcd was gone {noticed_s:.1f} s after the stop"
+               if noticed_s is not None else "; keyd did not say etcd was gone") + \
+        f", new clients refused meanwhile: {refused:g}"
     rest = budget.etcd_gone_s - (time.monotonic() - t_stopped)
     if rest > 0:
         time.sleep(rest)
@@ -66,6 +88,8 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
         "worst_silence_s": round(max(silences, default=0.0), 3),
         "new_client_during": during, "new_client_during_kind": kind,
         "new_client_during_s": round(took, 1),
+        "keyd_noticed_s": None if noticed_s is None else round(noticed_s, 1),
+        "refused_during": refused,
         "full_service_s": None if full_s is None else round(full_s, 1),
         "attempts_after": len(attempts), "first_refusals_after": attempts[:-1][:3],
         "old_clients_answering_after": old_answering,

@@ -30,6 +30,12 @@ Driving it (aioquic style)::
   datagram, server, identifier) and waits: the shell sends the datagram (retransmitting the
   same bytes) and calls `radius_answer(ike_sa_id, reply_or_None, now)` (None: timed out;
   False back: the reply did not verify, keep waiting). Retransmits meanwhile: ignored.
+- Stateless IKE_SA_INIT answers: `answer_statelessly(data, src, dst, now)` answers a new
+  IKE_SA_INIT from its header and payload chain alone — a COOKIE when one is due (§2.6), or
+  the error notify `refuse_new` names while the shell sets it (keyd: TEMPORARY_FAILURE
+  while etcd is away) — and returns ("cookie" | "refused", UDP payload to send) without
+  queueing it or keeping state; None: hand the datagram to `receive_datagram`, which
+  decides the same for requests the peek cannot read.
 - SPIs: `allocate_spi()` (injected) returns a cluster-unique inbound ESP SPI; `random(n)`
   (injected) gives nonces, IKE SPIs, IVs and cookie secrets.
 - Persistence: `export_ike_sa(id) -> dict` (JSON-able, bytes as hex, contains keys: seal it)

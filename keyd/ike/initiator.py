@@ -28,7 +28,7 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .datagram import nat_hash
+from .datagram import nat_hash, notify_name
 from .dh import KeyExchange
 from .errors import IkeProtocolError, IkeUsageError
 from .events import (
@@ -173,7 +173,8 @@ class Initiator(Mobility, Redirection):
         try:
             errors = [n for n in ps if isinstance(n, NotifyPayload) and n.type < 16384]
             if errors:
-                raise IkeProtocolError("IKE_SA_INIT refused", errors[0].type)
+                raise IkeProtocolError(f"IKE_SA_INIT refused: {notify_name(errors[0].type)}",
+                                       errors[0].type)
             sa_p, ke, nonce = find(ps, SaPayload), find(ps, KePayload), find(ps, NoncePayload)
             if not (isinstance(sa_p, SaPayload) and isinstance(ke, KePayload)
                     and isinstance(nonce, NoncePayload) and len(sa_p.proposals) == 1):

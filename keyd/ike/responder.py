@@ -18,6 +18,7 @@ from .auth import certreq_payload, load_certificate, psk_auth, signed_octets, ve
 from .config import EapConfig, ResponderConfig
 from .connections import Connection, LocalAuth, RemoteAuth, select_connection
 from .constants import (
+    NON_ESP_MARKER,
     AuthMethod,
     CertEncoding,
     CfgAttr,
@@ -28,7 +29,7 @@ from .constants import (
     Notify,
     ProtocolId,
 )
-from .cookies import Cookies
+from .cookies import Cookies, cookie_response, peek_init_request
 from .datagram import RequestContext, nat_hash, notify_name
 from .dh import KeyExchange
 from .eap_auth import EapRound, _RadiusWait
@@ -153,6 +154,9 @@ class Responder(EapRound, Mobility, Redirection):
         cas = config.credentials.cas
         self._certreq = certreq_payload(cas) if cas else None
         self._cookies = Cookies(random, config.cookie_secret_lifetime_s)
+        #: an error notify (e.g. TEMPORARY_FAILURE) every new IKE_SA_INIT is answered with,
+        #: or None: new IKE SAs are negotiated (the shell sets it: keyd while etcd is away)
+        self.refuse_new: int | None = None
 
     # ---- API --------------------------------------------------------------------------
 
@@ -192,6 +196,37 @@ class Responder(EapRound, Mobility, Redirection):
 
     # ---- IKE_SA_INIT (§1.2, §2.6, §2.23) ----------------------------------------------------
 
+    def answer_statelessly(self, data: bytes, src: Address,
+                           dst: Address, now: float) -> tuple[str, bytes] | None:
+        """Answer a new IKE_SA_INIT request without state, from its header and payload
+        chain alone (`cookies.peek_init_request`): with `refuse_new` while that is set, or
+        with a COOKIE when one is due (§2.6) and the request shows none that is valid.
+        Returns what was answered ("refused", "cookie") and the UDP payload to send back
+        from `dst` (framed for its port; not queued in datagrams_to_send), or None: give
+        the datagram to `receive_datagram`, which decides the same for requests this
+        cannot read. Cheap enough for a flood from spoofed sources: no proposal is parsed,
+        no key exchange made, nothing is kept."""
+        marker = b""
+        if dst[1] == self._natt_port:
+            if not data.startswith(NON_ESP_MARKER):
+                return None
+            marker, data = NON_ESP_MARKER, data[len(NON_ESP_MARKER):]
+        request = peek_init_request(data)
+        if request is None or (request.spi_i, src) in self._init_index:
+            return None   # not one, or a retransmission: the cached answer (§2.1)
+        if self.refuse_new is not None:
+            self.counters.exchanges["IKE_SA_INIT"] += 1
+            self.counters.errors[notify_name(self.refuse_new)] += 1
+            h = Header(request.spi_i, 0, 0, ExchangeType.IKE_SA_INIT, Flag.RESPONSE, 0)
+            return "refused", marker + push_message(h, [NotifyPayload(self.refuse_new)])
+        if request.nonce is None or len(self._half_open) < self.config.half_open_cookie_threshold \
+                or self._cookies.valid(request.cookie, request.nonce, src, request.spi_i):
+            return None
+        self.counters.exchanges["IKE_SA_INIT"] += 1
+        self.counters.cookies_sent += 1
+        cookie = self._cookies.make(request.nonce, src, request.spi_i, now)
+        return "cookie", marker + cookie_response(request.spi_i, cookie)
+
     def _on_init_request(self, msg: Message, src: Address, dst: Address, now: float) -> None:
         h = msg.header
         if h.spi_r != 0 or h.message_id != 0 or not h.from_initiator or h.spi_i == 0:
@@ -207,6 +242,9 @@ class Responder(EapRound, Mobility, Redirection):
                 self._drop("ike_sa_init_spi_reused")
             return
         self.counters.exchanges["IKE_SA_INIT"] += 1
+        if self.refuse_new is not None:
+            self._init_error(h, self.refuse_new, b"", src, dst)
+            return
         ps = msg.payloads
         sa_p, ke, nonce = find(ps, SaPayload), find(ps, KePayload), find(ps, NoncePayload)
         if not (isinstance(sa_p, SaPayload) and isinstance(ke, KePayload)

@@ -10,8 +10,8 @@
   cannot install and etcd follows; the ESP check for that IKE suite uses `aes128gcm16`;
 - `swanctl --rekey --child`, `--rekey --ike` and `--terminate`: etcd follows;
 - keyd killed and started again: the client's next rekey succeeds on the same IKE SA;
-- etcd stopped: a new client does not establish, an established one is unaffected; etcd
-  back: the new client establishes.
+- etcd stopped: a new client is refused (TEMPORARY_FAILURE, which charon logs and gives up
+  on), an established one is unaffected; etcd back: the new client establishes.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from cluster.store.client import Store
 from cluster.store.keyspace import Keyspace
 from cluster.store.records import Assignment, ChildSaRecord, IkeSaRecord, PoolLease
 from cluster.store.seal import load_data_key
+from keyd.engine import ETCD_REFUSE_AFTER_S
 
 PAIRS = [
     ("aes128gcm16-prfsha256-x25519", "aes128gcm16"),
@@ -218,13 +219,25 @@ def test_keyd_restarted_client_rekeys_on_same_ike_sa(lab: Lab) -> None:
 
 
 @pytest.mark.lab(nodes=1, keyd=1)
-def test_etcd_stopped_new_client_waits_established_unaffected(lab: Lab) -> None:
+def test_etcd_stopped_new_client_refused_established_unaffected(lab: Lab) -> None:
+    """etcd gone: once keyd knows it (its lease lost), strongSwan's IKE_SA_INIT is answered
+    with TEMPORARY_FAILURE; charon logs the refusal and gives up at once (its IKE_SA_INIT
+    task fails: no retransmission, no hang); etcd back: the same client establishes."""
+    from bench.failover_lab import scrape
     lab.add_client("early")
     early = only_sa(lab, "early")
     lab.kill("etcd", signal.SIGKILL)
     try:
-        with pytest.raises(Exception, match="could not connect"):
+        wait_until(lambda: scrape(lab, "keyd-1", 9410, ("keyd_etcd_available",))
+                   .get("keyd_etcd_available") == 0, 30, "keyd knows etcd is gone")
+        time.sleep(ETCD_REFUSE_AFTER_S + 0.5)   # past a blip: new clients are refused
+        with pytest.raises(LabError, match="could not connect"):
             lab.add_client("late")
+        charon_log = (lab.dir / "logs" / "client-late-charon.log").read_text()
+        assert "received TEMPORARY_FAILURE notify error" in charon_log, charon_log[-2000:]
+        assert "retransmit" not in charon_log   # told at once, not left waiting
+        assert scrape(lab, "keyd-1", 9410, ("keyd_ike_sa_init_refused_total",)).get(
+            'keyd_ike_sa_init_refused_total{reason="etcd_unavailable"}', 0) >= 1
         # the established client keeps its SAs, and its traffic flows (nodes hold its SA)
         still = only_sa(lab, "early")
         assert (still.spi_i, still.spi_r, still.child_spis) == \
@@ -233,8 +246,10 @@ def test_etcd_stopped_new_client_waits_established_unaffected(lab: Lab) -> None:
         assert ping.returncode == 0, ping.stdout
     finally:
         lab.start("etcd")
+    wait_until(lambda: scrape(lab, "keyd-1", 9410, ("keyd_etcd_available",))
+               .get("keyd_etcd_available") == 1, 60, "keyd serving again")
     late_pid = lab._client_pid("late")
-    # the attempt made during the outage may still be retransmitting: start afresh
+    # the refused attempt left nothing behind; whatever charon holds, start afresh
     strongswan.swanctl(late_pid, "--terminate", "--ike", "lab", "--timeout", "5", check=False)
     strongswan.initiate(late_pid, timeout_s=60)
     late = only_sa(lab, "late")

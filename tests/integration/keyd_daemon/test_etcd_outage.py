@@ -18,6 +18,9 @@ from cluster.store.records import ChildSaRecord, IkeSaRecord, KeydRecord
 from cluster.store.seal import DataKey
 from cluster.store.watch import wait_for
 from keyd.client import ExchangeTimeout, IkeClient
+from keyd.engine import ETCD_REFUSE_AFTER_S
+from keyd.ike import ExchangeFailed
+from keyd.ike.constants import Notify
 
 from .conftest import GATEWAY_ID, PSK, KeydSetup
 
@@ -121,3 +124,43 @@ def test_reply_waits_for_the_etcd_write(keyd_setup: KeydSetup, own_etcd: EtcdSer
         assert thawed_at and init_answer_at < thawed_at[0] < auth_answer_at
         c.pump(lambda: c.core.ike_sa_id is not None
                and c.core.sa.state.value == "established", timeout_s=20)
+
+
+def test_new_client_refused_once_etcd_is_known_gone_then_served(
+        keyd_setup: KeydSetup, own_etcd: EtcdServer) -> None:
+    """Once keyd knows etcd does not take writes (here: its lease lost for etcd's silence,
+    with no write tried) for ETCD_REFUSE_AFTER_S, a new client's IKE_SA_INIT is answered
+    with TEMPORARY_FAILURE — a clear, immediate failure for the client, counted — while an
+    established client's liveness checks are answered; once etcd is back, a new client is
+    served."""
+    keyd_setup.etcd_endpoint = own_etcd.endpoint
+    k = keyd_setup.start("keyd-1")
+    with quick_client(k, "old@clients.test", "127.0.0.2") as old:
+        old.connect()
+        own_etcd.stop()
+        # nothing is written meanwhile: keyd learns of the outage from its lease
+        assert wait_for(lambda: k.metric("keyd_etcd_available") == 0, timeout_s=30)
+        time.sleep(ETCD_REFUSE_AFTER_S + 0.5)   # past a blip, whichever way keyd learnt of it
+        with quick_client(k, "refused@clients.test", "127.0.0.3") as refused:
+            refused.core.connect(refused.local, refused.remote, time.time())
+            refused.pump(lambda: any(isinstance(e, ExchangeFailed) for e in refused.events),
+                         timeout_s=30)
+            [failed] = [e for e in refused.events if isinstance(e, ExchangeFailed)]
+            assert failed.notify == Notify.TEMPORARY_FAILURE
+            assert "TEMPORARY_FAILURE" in failed.reason
+            # one request, one answer: the client was told at once, not left retransmitting
+            assert len(refused.received) == 1 and len(refused.sent) == 1
+        assert k.metric("keyd_ike_sa_init_refused_total", reason="etcd_unavailable") >= 1
+        # the core's counters reach the metrics with its next timer tick
+        assert wait_for(lambda: k.metric("keyd_errors_total", notify="TEMPORARY_FAILURE") >= 1,
+                        timeout_s=10)
+        old.liveness(timeout_s=20)                          # established: still answered
+
+        own_etcd.start()
+        assert wait_for(lambda: k.metric("keyd_etcd_available") == 1, timeout_s=30)
+        with quick_client(k, "later@clients.test", "127.0.0.4") as later:
+            est = later.connect(timeout_s=30)
+            assert est.virtual_ip is not None and later.children()
+    log = k.log.read_text()
+    assert log.count("etcd does not take writes") == 1
+    assert "Traceback" not in log

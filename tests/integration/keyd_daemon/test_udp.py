@@ -4,6 +4,7 @@ keepalives and runts are dropped and counted, and replies go out as framed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 from keyd.udp import IkeEndpoints, Inbound
@@ -73,3 +74,88 @@ def test_bind_failure_is_a_clear_error() -> None:
 
     message = asyncio.run(run())
     assert "cannot bind 192.0.2.254" in message
+
+
+# an IKE_AUTH header: a message of an IKE SA
+AUTH = bytes(range(8)) + bytes(range(8, 16)) + bytes([46, 0x20, 35, 0x08]) \
+    + (1).to_bytes(4, "big") + (28).to_bytes(4, "big")
+
+
+def _init(spi: int, cookie: bool = False) -> bytes:
+    """An IKE_SA_INIT request header (SPIi `spi`), opening with a COOKIE notify if asked."""
+    notify = bytes([0, 0]) + (8).to_bytes(2, "big") + bytes([0, 0]) + (16390).to_bytes(2, "big")
+    body = notify if cookie else b""
+    return spi.to_bytes(8, "big") + bytes(8) + bytes([41 if cookie else 0, 0x20, 34, 0x08]) \
+        + bytes(4) + (28 + len(body)).to_bytes(4, "big") + body
+
+
+async def _burst() -> tuple[list[Inbound], list[tuple[str, int]], list[bytes]]:
+    """A burst of several batches waits in the socket before the loop reads it: 1,120 new
+    IKE_SA_INITs (12 of them from another /24) with, among them, 40 messages of an IKE SA
+    and 40 requests with a cookie.
+    The first 5 new ones get a stateless answer from `on_new_init`."""
+    got: list[Inbound] = []
+    drops: list[tuple[str, int]] = []
+    answered: list[bytes] = []
+
+    def new_init(data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> bytes | None:
+        if len(answered) < 5 and data[16] == 0:   # new, no cookie
+            answered.append(data)
+            return b"answer"
+        return None
+
+    ep = IkeEndpoints("127.0.0.1", 0, 0, got.append,
+                      lambda reason, count=1: drops.append((reason, count)),
+                      on_new_init=new_init)
+    await ep.open()
+    ike_port, _ = ep.ports
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    quiet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    quiet.bind(("127.0.1.1", 0))
+    try:
+        for i in range(1200):
+            if i % 30 == 7:
+                client.sendto(AUTH, ("127.0.0.1", ike_port))
+            elif i % 30 == 17:
+                client.sendto(_init(10_000 + i, cookie=True), ("127.0.0.1", ike_port))
+            elif i % 100 == 50:
+                quiet.sendto(_init(1 + i), ("127.0.0.1", ike_port))   # another /24
+            else:
+                client.sendto(_init(1 + i), ("127.0.0.1", ike_port))
+        for _ in range(200):
+            if len(got) + len(answered) + sum(n for _, n in drops) >= 1200:
+                break
+            await asyncio.sleep(0.01)
+        client.setblocking(False)
+        replies = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                replies.append(client.recv(2048))
+        return got, drops, replies
+    finally:
+        client.close()
+        quiet.close()
+        ep.close()
+
+
+def test_a_burst_keeps_ike_sa_messages_and_cookies_and_sheds_new_inits() -> None:
+    got, drops, replies = asyncio.run(_burst())
+    ike_sa = [i for i in got if i.data == AUTH]
+    with_cookie = [i for i in got if i.data[16] == 41]
+    new = [i for i in got if i.data[16] == 0]
+    shed = sum(n for reason, n in drops if reason == "overload")
+    assert len(ike_sa) == 40 and len(with_cookie) == 40      # none of them shed
+    # new ones from a quiet source prefix are kept over the flood's (12 sent)
+    assert len([i for i in new if i.src[0] == "127.0.1.1"]) == 12
+    assert replies == [b"answer"] * 5                          # stateless answers went out
+    assert shed > 0 and len(new) + shed + 5 == 1120            # every new one counted
+    assert {reason for reason, _ in drops} == {"overload"}
+
+
+def test_source_prefix() -> None:
+    from keyd.udp import source_prefix
+    assert source_prefix("10.41.128.7") == source_prefix("10.41.128.200") == "10.41.128"
+    assert source_prefix("10.41.129.7") != source_prefix("10.41.128.7")
+    assert source_prefix("2001:db8:1:2::1") == source_prefix("2001:db8:1:ffff::9")
+    assert source_prefix("2001:db8:2::1") != source_prefix("2001:db8:1::1")
