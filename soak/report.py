@@ -63,7 +63,9 @@ def _secrets(r: dict[str, Any]) -> list[str]:
         out.append(f"| {where} | {s['items']:,} | {s['bytes']:,} | {s['hits']} "
                    f"| {s.get('lab_hits', 0)} |")
     hits = sum(s["hits"] for s in r["sources"].values())
-    out += ["", f"Hits of SA keys and the data key: {hits} (goal 0: {_goal(hits == 0)})."]
+    lab_hits = sum(s.get("lab_hits", 0) for s in r["sources"].values())
+    out += ["", f"Hits of SA keys and the data key: {hits}; of the lab PSK: {lab_hits} (goal 0: "
+            f"{_goal(hits + lab_hits == 0)})."]
     out += [f"- {h}" for h in r.get("hit_list", [])]
     if r.get("note"):
         out += ["", r["note"]]

@@ -132,7 +132,7 @@ def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
               show_default=True)
 @operational
 def status(lab_name: str, output: str) -> None:
-    """Show a lab: addresses, secrets' paths, namespaces and PIDs."""
+    """Show a lab: addresses, secrets' paths (never a secret), namespaces and PIDs."""
     st = labmod.Lab.open(lab_name).status()
     if output == "json":
         click.echo(json.dumps(st, indent=2))
@@ -140,7 +140,8 @@ def status(lab_name: str, output: str) -> None:
     console = Console()
     head = Table.grid(padding=(0, 2))
     for key in ("name", "gateway", "ready", "vip", "gateway_id", "front_network",
-                "protected_network", "server_ip", "etcd_endpoints", "psk_file", "ca_cert"):
+                "protected_network", "server_ip", "etcd_endpoints", "psk_file",
+                "psk_fingerprint", "ca_cert"):
         value = st[key]
         head.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     console.print(head)

@@ -445,8 +445,10 @@ class Lab(LabClients):
             "name": s.name, "ready": s.ready, "gateway": s.gateway, "prefix": s.prefix,
             "directory": s.directory, "cluster": s.name, "key_prefix": f"/ipsec-cluster/{s.name}/",
             "vip": A.VIP, "gateway_id": A.GATEWAY_ID,
-            "psk": self.pki.psk() if self.pki.psk_file.exists() else None,
-            "psk_file": str(self.pki.psk_file), "ca_cert": str(self.pki.ca_cert),
+            # where the PSK is and a fingerprint to tell two apart, never the PSK itself
+            "psk_file": str(self.pki.psk_file),
+            "psk_fingerprint": self.pki.psk_fingerprint() if self.pki.psk_file.exists()
+            else None, "ca_cert": str(self.pki.ca_cert),
             "ca_key": str(self.pki.ca_key), "data_key_file": str(self.pki.data_key_file),
             "protected_network": A.PROTECTED_NETWORK, "server_ip": A.SERVER_IP,
             "protected_network6": A.PROTECTED_NETWORK6, "server_ip6": A.SERVER_IP6,
