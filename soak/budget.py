@@ -10,8 +10,10 @@ from dataclasses import dataclass, replace
 @dataclass(frozen=True, slots=True)
 class Budget:
     fuzz_inputs: int = 1_000_000  # per decoder (issue 15: at least 10**6)
-    fuzz_max_s: int = 240  # per decoder: a wall-clock cap (6 decoders, 2 at once: <= 12 min)
+    fuzz_max_s: int = 240  # per process: a wall-clock cap (7 processes, 2 at once: <= 16 min)
     fuzz_parallel: int = 2  # decoders fuzzed at once (one per core)
+    # decoders fuzzed as several processes on one corpus, each its share of fuzz_inputs
+    fuzz_shards: tuple[tuple[str, int], ...] = (("ike", 2),)
     confinement_timeout_s: float = 5.0  # per etcd request of the confinement study
     lab_nodes: int = 3  # cluster-node agents of the shared lab (soak/session.py)
     lab_clients: int = 10  # initiator clients pinging the protected server throughout

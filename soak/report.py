@@ -30,7 +30,9 @@ def _fuzz(r: dict[str, Any]) -> list[str]:
         untyped += t["untyped"]
         if t["inputs"] < t.get("budget", 0):
             short.append(t["target"])
-        out.append(f"| {t.get('title', t['target'])} | {t['inputs']:,} | {t.get('budget', 0):,} "
+        title = t.get("title", t["target"]) + \
+            (f" ({t['shards']} processes)" if t.get("shards", 1) > 1 else "")
+        out.append(f"| {title} | {t['inputs']:,} | {t.get('budget', 0):,} "
                    f"| {t.get('decoded', 0):,} | {t.get('refused', 0):,} | {t['untyped']:,} "
                    f"| {len(t['crashes'])} | {t.get('cov') or '?'} | {t.get('wall_s', '?')} |")
     out.append("")
