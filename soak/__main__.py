@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         from soak.session import LabSession
         print("soak: starting the lab ...", file=sys.stderr, flush=True)
         try:
-            session = LabSession(budget.lab_nodes, budget.lab_clients)
+            session = LabSession(budget.lab_nodes, budget.lab_clients,
+                                 budget.lab_etcd_members)
         except Exception as exc:
             traceback.print_exc()
             for n in in_lab:

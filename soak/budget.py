@@ -16,7 +16,8 @@ class Budget:
     fuzz_shards: tuple[tuple[str, int], ...] = (("ike", 2),)
     confinement_timeout_s: float = 5.0  # per etcd request of the confinement study
     lab_nodes: int = 3  # cluster-node agents of the shared lab (soak/session.py)
-    lab_clients: int = 10  # initiator clients pinging the protected server throughout
+    lab_clients: int = 20  # initiator clients pinging the protected server (issue 15: 20)
+    lab_etcd_members: int = 3  # the shared lab's etcd cluster (a crash cycle kills one member)
     crash_cycles: int = 100  # SIGKILL + restart cycles (issue 15: 100)
     crash_cycles_max_s: float = 480.0  # a wall-clock cap on them
     crash_cycle_timeout_s: float = 20.0  # a cycle waits this long for every client's answer

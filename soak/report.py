@@ -93,7 +93,10 @@ def _crash_cycles(r: dict[str, Any]) -> list[str]:
     out = [
         f"Cycles: {r['cycles']} of {r['planned']} ("
         + ", ".join(f"{k} {v}" for k, v in sorted(r["by_kind"].items()))
-        + f"), planned drains between them: {r['drains']}; {r['clients']} clients.", "",
+        + f"), planned drains between them: {r['drains']}; {r['clients']} clients; etcd "
+        f"members killed one at a time (of {r.get('etcd_members', 1)}): "
+        + (", ".join(f"{m} {n}" for m, n in sorted(r.get("by_member", {}).items())
+                     if m.startswith("etcd")) or "none") + ".", "",
         "| figure | value | goal |", "| --- | ---: | --- |",
         f"| sessions lost | {r['sessions_lost']} | 0: {_goal(r['sessions_lost'] == 0)} |",
         f"| cycles after which a client stayed unanswered > cycle timeout | {len(r['stuck'])} "

@@ -18,12 +18,13 @@ from typing import Any
 from soak.budget import Budget
 
 METHOD = (
-    "After the other lab studies, in the same lab (soak/session.py: one keyd, nodes, the "
-    "sprayer, cluster-hooks; clients made by the project's IKE initiator, PSK, AES-GCM, "
-    "pinging the protected server in ESP; `clusterctl watch -o json` running throughout); "
-    "every client any study made has its keys sought. Each secret is sought as "
+    "After the other lab studies, in the same lab (soak/session.py: a three-member etcd, one "
+    "keyd, nodes, the sprayer, cluster-hooks; clients made by the project's IKE initiator, "
+    "PSK, AES-GCM, pinging the protected server in ESP; `clusterctl watch -o json` running "
+    "throughout); every client any study made has its keys sought. Each secret is sought as "
     "raw bytes, hex (lower, upper, colon-separated) and base64 (standard and URL-safe, at the "
-    "three byte alignments), whole and as its first 16 bytes (an AEAD key without its salt).")
+    "three byte alignments), whole and as its first 16 bytes (an AEAD key without its salt). "
+    "`clusterctl lab status` is searched in both formats.")
 
 
 def forms(secret: bytes) -> dict[str, bytes]:

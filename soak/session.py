@@ -1,8 +1,9 @@
 """One lab (cluster/lab) for the studies that need a running cluster, shared by them in turn:
-real etcd, keyd, cluster-node agents, the sprayer and cluster-hooks (with a hook that records
-every payload it gets), `clusterctl watch -o json` running throughout, and clients made by the
-project's IKE initiator (bench/esp_client.py) that ping the protected server in ESP. The
-secrets study runs last and searches everything the others left behind."""
+real etcd (a cluster of three members), keyd, cluster-node agents, the sprayer and
+cluster-hooks (with a hook that records every payload it gets), `clusterctl watch -o json`
+running throughout, and clients made by the project's IKE initiator (bench/esp_client.py)
+that ping the protected server in ESP. The secrets study runs last and searches everything
+the others left behind."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ VIP, SERVER_IP = A.VIP, A.SERVER_IP
 
 
 class LabSession:
-    def __init__(self, nodes: int, clients: int) -> None:
+    def __init__(self, nodes: int, clients: int, etcd_members: int = 3) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="soak-lab-"))
         hooks = self.work / "hooks"
         hooks.mkdir()
@@ -48,7 +49,8 @@ class LabSession:
         hook.chmod(0o755)
         self.name = f"sk{tokens.token_hex(3)}"
         self.vip, self.gateway_id = VIP, A.GATEWAY_ID
-        self.lab = Lab.up(self.name, nodes=nodes, keyd=1, hooks_dir=hooks)
+        self.lab = Lab.up(self.name, nodes=nodes, keyd=1, hooks_dir=hooks,
+                          etcd_members=etcd_members)
         self.clients: list[EspClient] = []
         self.extra: list[EspClient] = []  # clients made by studies (no traffic)
         self.pinger: Pinger | None = None
