@@ -23,7 +23,9 @@ METHOD = (
     "cycle also drains and undrains a random node (a planned hand-off). An etcd cycle kills "
     "one member of the lab's etcd cluster, picked at random as well, and starts it again "
     "(its `start` returns once the member answers `/health` again, back in the cluster); "
-    "every component lists all members as its endpoints. The project's initiator clients "
+    "every component lists all members as its endpoints. Besides the pinging clients, one "
+    "strongSwan client of the lab receives a TCP stream from the protected server's iperf3 "
+    "throughout (soak/tcp_stream.py). The project's initiator clients "
     "do not rekey or re-authenticate on their own: a session the cluster lost shows as a "
     "client never answered again.")
 
@@ -67,6 +69,9 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
             session.drain(node, False)
             _settle(session, budget.crash_cycle_timeout_s)
             drains += 1
+    ended = time.monotonic()
+    tcp = session.tcp.figures(started, ended) if session.tcp is not None else \
+        {"tcp_error": session.tcp_error}
     final = _settle(session, 30.0)
     lost = [c.name for c in clients if not session.answering([c], within_s=1.0)]
     capture = session.capture_summary()
@@ -74,7 +79,7 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
             "etcd_members": len(kinds["etcd"]), "by_member": by_member,
             "by_kind": cycles, "worst_gap_s": {k: round(v, 2) for k, v in worst.items()},
             "drains": drains, "clients": len(clients), "sessions_lost": len(lost),
-            "lost": lost, "stuck": stuck, "settled_at_end": final, **capture}
+            "lost": lost, "stuck": stuck, "settled_at_end": final, **tcp, **capture}
 
 
 def _settle(session: Any, timeout_s: float) -> bool:

@@ -108,12 +108,28 @@ def _crash_cycles(r: dict[str, Any]) -> list[str]:
         f"| 0: {_goal(r['seq_reused'] == 0)} |",
         f"| (SPI, IV) pairs seen twice (AEAD) | {r['iv_reused']} "
         f"| 0: {_goal(r['iv_reused'] == 0)} |",
+        *_tcp_rows(r),
         "", "Rekeys and re-authentications caused: the initiator clients never start either "
-        "on their own, so a session the cluster lost would show above as lost, not as a rekey.",
+        "on their own, so a session the cluster lost would show above as lost, not as a rekey. "
+        "The ESP capture is at the initiator clients; the TCP stream's client is not in it.",
     ]
     out += [f"- {s}" for s in r["stuck"]]
     out += [f"- lost: {n}" for n in r["lost"]]
     return out
+
+
+def _tcp_rows(r: dict[str, Any]) -> list[str]:
+    if "tcp_running" not in r:
+        return [f"| TCP stream | not run: {r.get('tcp_error') or 'no stream'} | |"]
+    return [
+        f"| TCP stream (iperf3 at {r['tcp_rate']}bit/s to a strongSwan client): bytes "
+        f"received during the cycles | {r['tcp_received']:,} in {r['tcp_intervals']} "
+        f"intervals of {r.get('tcp_interval_s', '?')} s | |",
+        f"| its longest stall (nothing received) | {r['tcp_worst_stall_s']} s | |",
+        f"| the stream still running after the cycles | "
+        f"{'yes' if r['tcp_running'] else 'no: ' + r['tcp_last_words']} "
+        f"| yes: {_goal(r['tcp_running'])} |",
+    ]
 
 
 def _floods(r: dict[str, Any]) -> list[str]:

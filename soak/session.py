@@ -2,7 +2,8 @@
 real etcd (a cluster of three members), keyd, cluster-node agents, the sprayer and
 cluster-hooks (with a hook that records every payload it gets), `clusterctl watch -o json`
 running throughout, and clients made by the project's IKE initiator (bench/esp_client.py)
-that ping the protected server in ESP. The secrets study runs last and searches everything
+that ping the protected server in ESP, and one strongSwan client receiving a TCP stream
+(soak/tcp_stream.py). The secrets study runs last and searches everything
 the others left behind."""
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from cluster.lab import addresses as A
 from cluster.lab import faults
 from cluster.lab.bench import lab_store, set_node_state
 from cluster.lab.demo import owners
+from cluster.lab.errors import LabError
 from cluster.lab.lab import Lab
+from soak.tcp_stream import TcpStream
 
 _HOOK = """#!/bin/sh
 # soak: record every payload cluster-hooks gives a hook (stdin and environment)
@@ -54,6 +57,8 @@ class LabSession:
         self.clients: list[EspClient] = []
         self.extra: list[EspClient] = []  # clients made by studies (no traffic)
         self.pinger: Pinger | None = None
+        self.tcp: TcpStream | None = None  # a strongSwan client's TCP stream (soak/tcp_stream)
+        self.tcp_error = ""
         self.watch: subprocess.Popen[bytes] | None = None
         self.watched = b""
         self._n = 0
@@ -72,6 +77,10 @@ class LabSession:
                 self._capture(c)
             self.pinger = Pinger(self.clients, SERVER_IP, VIP, PERIOD_S)
             self.pinger.start()
+            try:
+                self.tcp = TcpStream(self.lab)
+            except LabError as exc:  # the studies run without it; the report says why
+                self.tcp_error = str(exc)
         except BaseException:
             self.close()
             raise
