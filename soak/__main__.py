@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                 # the ESP capture covers the whole lab run, every study's traffic
                 if "error" not in results.get("crash_cycles", {"error": ""}):
                     results["crash_cycles"].update(session.capture_summary())
+                if "error" not in results.get("etcd_gone", {"error": ""}):
+                    # `lab kill etcd` stops every member
+                    results["etcd_gone"]["etcd_members"] = session.lab.state.etcd_members
     ended = machine.describe()
     info = {**started, "load": f"{started['load']} at the start, {ended['load']} at the end"}
     command = "python -m soak" + (" --quick" if args.quick else "") + \

@@ -185,6 +185,8 @@ def _etcd_gone(r: dict[str, Any]) -> list[str]:
     lost = r["lost"]
     return [
         "| figure | value | goal |", "| --- | ---: | --- |",
+        *([f"| etcd members stopped | {r['etcd_members']} of {r['etcd_members']} | all |"]
+          if "etcd_members" in r else []),
         f"| etcd stopped for | {r['gone_s']} s | 60 s |",
         f"| echo requests {r['clients']} clients sent meanwhile | {r['echoes_sent']:,} | |",
         f"| replies they got in that time | {r['replies']:,} | |",
