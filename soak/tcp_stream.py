@@ -34,6 +34,27 @@ class Interval:
     received: int  # bytes
 
 
+def intervals(report: str, started: float) -> list[Interval]:
+    """The receiver's interval lines of an iperf3 report (not its closing summary), at
+    `started` + their offsets."""
+    out = []
+    for line in report.splitlines():
+        m = _LINE.match(line)
+        if m and float(m[2]) - float(m[1]) <= INTERVAL_S * 2:  # not the final summary
+            out.append(Interval(started + float(m[1]), started + float(m[2]),
+                                int(float(m[3]) * _UNITS[m[4]])))
+    return out
+
+
+def longest_stall(received: list[Interval]) -> float:
+    """The longest run of consecutive intervals in which nothing arrived, in seconds."""
+    worst = run = 0.0
+    for i in received:
+        run = run + (i.end - i.start) if i.received == 0 else 0.0
+        worst = max(worst, run)
+    return worst
+
+
 class TcpStream:
     def __init__(self, lab: Any) -> None:
         self.lab = lab
@@ -49,26 +70,15 @@ class TcpStream:
         rec = self.lab.state.processes.get(ROLE)
         return bool(rec and rec.alive())
 
-    def intervals(self) -> list[Interval]:
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            m = _LINE.match(line)
-            if m and float(m[2]) - float(m[1]) <= INTERVAL_S * 2:  # not the final summary
-                out.append(Interval(self.started + float(m[1]), self.started + float(m[2]),
-                                    int(float(m[3]) * _UNITS[m[4]])))
-        return out
-
     def figures(self, since: float, until: float) -> dict[str, Any]:
         """What arrived in [since, until], the longest stall there, and whether the stream
         still runs."""
-        inside = [i for i in self.intervals() if since <= i.start and i.end <= until]
-        worst = run = 0.0
-        for i in inside:
-            run = run + (i.end - i.start) if i.received == 0 else 0.0
-            worst = max(worst, run)
+        inside = [i for i in intervals(self.log.read_text(errors="replace"), self.started)
+                  if since <= i.start and i.end <= until]
         return {"tcp_rate": RATE, "tcp_interval_s": INTERVAL_S, "tcp_intervals": len(inside),
                 "tcp_received": sum(i.received for i in inside),
-                "tcp_worst_stall_s": round(worst, 1), "tcp_running": self.running(),
+                "tcp_worst_stall_s": round(longest_stall(inside), 1),
+                "tcp_running": self.running(),
                 "tcp_last_words": self._last_words() if not self.running() else ""}
 
     def _last_words(self) -> str:
