@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,6 @@ class Lab(LabClients):
         s.save()
         self.progress("ready")
 
-    # ---- processes ------------------------------------------------------------------------
-
     # ---- etcd: one member, or a cluster of three in the etcd namespace --------------------
 
     def etcd_roles(self) -> list[str]:
@@ -212,8 +211,31 @@ class Lab(LabClients):
         except (requests.RequestException, ValueError):
             return False
 
-    def _etcd_member_healthy(self, role: str) -> bool:
-        """etcd member `role` runs and answers /health itself (it is back in the cluster)."""
+    def _respawn_etcd_member(self, role: str, ready: Callable[[], bool],
+                             watch_s: float, attempts: int = 10) -> None:
+        """Start a member of a three-member etcd again and watch it until ready() or for
+        watch_s. Its peer port can still be taken for a moment after the member was killed
+        (the three share the namespace, and the other two keep connecting to it): etcd then
+        exits at once with "address already in use", and it is started again after a pause."""
+        rec = self.state.processes[role]
+        for _ in range(attempts):
+            new = self._spawn(role, rec.argv, rec.netns)
+            deadline = time.monotonic() + watch_s
+            while new.alive() and not ready() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if new.alive():
+                return
+            if "address already in use" not in _last_line(Path(new.log)):
+                raise LabError(f"{role} exited (its output: {Path(new.log).name})")
+            time.sleep(0.5)
+        raise LabError(f"{role} could not bind its ports in {attempts} starts "
+                       f"(its output: {Path(rec.log).name})")
+
+    def _etcd_member_healthy(self, role: str, quiet: bool = False) -> bool:
+        """etcd member `role` runs and answers /health itself (it is back in the cluster); if
+        it does not run: LabError (quiet: False)."""
+        if quiet and not self.state.processes[role].alive():
+            return False
         self._alive(role)
         index = self.etcd_roles().index(role) + 1
         url = f"http://{A.etcd_ip(index)}:{A.ETCD_PORT}/health"
@@ -223,6 +245,8 @@ class Lab(LabClients):
             return r.ok and r.json().get("health") == "true"
         except (requests.RequestException, ValueError, DriverError):
             return False
+
+    # ---- processes ------------------------------------------------------------------------
 
     def _start_server(self) -> None:
         """iperf3 servers on 5201.. (one test at a time each, so several for parallel runs)."""
@@ -455,11 +479,18 @@ class Lab(LabClients):
         "etcd-N" returns once that member is back in the cluster."""
         if member == "etcd" and self.state.etcd_members > 1:
             for role in self.etcd_roles():
-                rec = self.state.processes[role]
-                if not rec.alive():
-                    self._spawn(role, rec.argv, rec.netns)
+                if not self.state.processes[role].alive():  # none is ready before a quorum
+                    self._respawn_etcd_member(role, lambda: False, watch_s=1.0)
             self._wait("etcd answering", self._etcd_answers, 30)
             return self.state.processes[self.etcd_roles()[0]].pid
+        if member.startswith("etcd-") and member in self.etcd_roles():
+            if self.state.processes[member].alive():
+                raise LabError(f"{member} is already running "
+                               f"(pid {self.state.processes[member].pid})")
+            self._respawn_etcd_member(
+                member, functools.partial(self._etcd_member_healthy, member, quiet=True), 30.0)
+            self._wait_started(member)
+            return self.state.processes[member].pid
         role = self._process_role(member)
         rec = self.state.processes[role]
         if rec.alive():
@@ -513,8 +544,9 @@ class Lab(LabClients):
             "vip": A.VIP, "gateway_id": A.GATEWAY_ID,
             # where the PSK is and a fingerprint to tell two apart, never the PSK itself
             "psk_file": str(self.pki.psk_file),
-            "psk_fingerprint": self.pki.psk_fingerprint() if self.pki.psk_file.exists()
-            else None, "ca_cert": str(self.pki.ca_cert),
+            "psk_fingerprint": (self.pki.psk_fingerprint() if self.pki.psk_file.exists()
+                                else None),
+            "ca_cert": str(self.pki.ca_cert),
             "ca_key": str(self.pki.ca_key), "data_key_file": str(self.pki.data_key_file),
             "protected_network": A.PROTECTED_NETWORK, "server_ip": A.SERVER_IP,
             "protected_network6": A.PROTECTED_NETWORK6, "server_ip6": A.SERVER_IP6,
@@ -556,6 +588,14 @@ class Lab(LabClients):
         if save_logs_to is not None:
             teardown.save_logs(self.dir, save_logs_to)
         self.state.remove_files()
+
+
+def _last_line(log: Path) -> str:
+    """The last line of a log (the last 4 KiB of it are read)."""
+    with log.open("rb") as f:
+        f.seek(max(0, log.stat().st_size - 4096))
+        lines = f.read().decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _listens(port: int) -> bool:
