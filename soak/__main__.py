@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             with session:
                 for name in in_lab:
                     _run(name, lambda n=name: lab_studies[n](session, budget), results)  # type: ignore[misc]
+                    if "error" in results[name] and session.save_logs_to is None:
+                        session.save_logs_to = Path(tempfile.mkdtemp(prefix="soak-lab-logs-"))
+                        print(f"soak: {name} failed: the lab's logs go to "
+                              f"{session.save_logs_to}", file=sys.stderr, flush=True)
                 # the ESP capture covers the whole lab run, every study's traffic
                 if "error" not in results.get("crash_cycles", {"error": ""}):
                     results["crash_cycles"].update(session.capture_summary())

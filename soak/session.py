@@ -59,6 +59,7 @@ class LabSession:
         self.pinger: Pinger | None = None
         self.tcp: TcpStream | None = None  # a strongSwan client's TCP stream (soak/tcp_stream)
         self.tcp_error = ""
+        self.save_logs_to: Path | None = None  # set: the lab's logs are kept there at close
         self.watch: subprocess.Popen[bytes] | None = None
         self.watched = b""
         self._n = 0
@@ -199,7 +200,7 @@ class LabSession:
                 with contextlib.suppress(Exception):
                     c.close()
         finally:
-            self.lab.down()
+            self.lab.down(self.save_logs_to)
             shutil.rmtree(self.work, ignore_errors=True)
 
     def __enter__(self) -> LabSession:
