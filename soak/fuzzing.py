@@ -1,9 +1,10 @@
 """Study 1: decoder fuzzing. Each decoder of soak/targets runs under Atheris in a process of
 its own (`soak.fuzzer`), `fuzz_parallel` at a time, until `fuzz_inputs` inputs or
 `fuzz_max_s` seconds. A decoder named in `fuzz_shards` runs as that many processes instead,
-first, on one shared corpus, each with its share of `fuzz_inputs` and the same time cap (the
-IKE decoder: the slowest under instrumentation, it did not reach 10^6 inputs in one process
-within the cap on a loaded machine). Then every crash input kept in soak/crashes/ (the
+first, on one shared corpus, each with its share of `fuzz_inputs` and the cap
+`fuzz_split_max_s` (the IKE decoder: the slowest under instrumentation, it did not reach 10^6
+inputs in one process within `fuzz_max_s` on a loaded machine). No process runs past
+`fuzz_total_s` from the study's start. Then every crash input kept in soak/crashes/ (the
 regression corpus of defects found earlier and fixed) is replayed through its target: it must
 now be refused or decoded, never raise an untyped exception.
 
@@ -37,12 +38,14 @@ CRASHES = Path(__file__).with_name("crashes")
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One fuzzer process: `target`'s shard `shard` of `shards`, `inputs` of the budget."""
+    """One fuzzer process: `target`'s shard `shard` of `shards`, `inputs` of the budget, at
+    most `max_s` seconds."""
 
     target: str
     shard: int
     shards: int
     inputs: int
+    max_s: int
 
     @property
     def label(self) -> str:
@@ -56,7 +59,8 @@ def jobs(budget: Budget) -> list[Job]:
     out = []
     for name in sorted(NAMES, key=lambda n: -split.get(n, 1)):
         n = split.get(name, 1)
-        out += [Job(name, i, n, budget.fuzz_inputs // n + (i < budget.fuzz_inputs % n))
+        cap = budget.fuzz_split_max_s if n > 1 else budget.fuzz_max_s
+        out += [Job(name, i, n, budget.fuzz_inputs // n + (i < budget.fuzz_inputs % n), cap)
                 for i in range(n)]
     return out
 
@@ -86,16 +90,18 @@ def merge(name: str, shards: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _fuzz(job: Job, budget: Budget, workdir: Path) -> dict[str, Any]:
+def _fuzz(job: Job, workdir: Path, deadline: float) -> dict[str, Any]:
+    """Run one fuzzer process: its own cap, and never past the study's deadline."""
     name = job.target
     stats_path = workdir / f"{job.label}.json"
     log = workdir / f"{job.label}.log"
+    max_s = max(10, min(job.max_s, int(deadline - time.monotonic())))
     cmd = [sys.executable, "-m", "soak.fuzzer", name, str(job.inputs),
-           str(budget.fuzz_max_s), str(stats_path), str(workdir / f"{name}-corpus")]
+           str(max_s), str(stats_path), str(workdir / f"{name}-corpus")]
     started = time.monotonic()
     with log.open("wb") as out:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
-                              timeout=budget.fuzz_max_s + 120, check=False,
+                              timeout=max_s + 120, check=False,
                               env={**os.environ, "PYTHONHASHSEED": "0"})
     try:
         stats: dict[str, Any] = json.loads(stats_path.read_text())
@@ -105,7 +111,8 @@ def _fuzz(job: Job, budget: Budget, workdir: Path) -> dict[str, Any]:
     stats["exit"] = proc.returncode
     stats["wall_s"] = round(time.monotonic() - started, 1)
     stats["cov"] = _last_cov(log)
-    if not stats.get("complete") and stats["wall_s"] < budget.fuzz_max_s - 5:
+    stats["max_s"] = max_s
+    if not stats.get("complete") and stats["wall_s"] < max_s - 5:
         # neither the input budget nor the time cap ended it: say why (libFuzzer's last words)
         words = [ln for ln in log.read_text(errors="replace").splitlines()
                  if ln and not ln.startswith(("#", "INFO", "WARNING"))]
@@ -142,8 +149,9 @@ def replay_known_crashes() -> dict[str, Any]:
 def run(budget: Budget) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="soak-fuzz-"))
     planned = jobs(budget)
+    deadline = time.monotonic() + budget.fuzz_total_s
     with ThreadPoolExecutor(budget.fuzz_parallel) as pool:
-        done = list(pool.map(lambda j: _fuzz(j, budget, workdir), planned))
+        done = list(pool.map(lambda j: _fuzz(j, workdir, deadline), planned))
     targets = [merge(n, [r for j, r in zip(planned, done, strict=True) if j.target == n])
                for n in NAMES]
     for t in targets:  # keep each new crash input for the regression corpus
@@ -169,12 +177,15 @@ def _split_text(budget: Budget, targets: list[dict[str, Any]]) -> str:
 
     slow = [f"{t['target']} {rate(t):,.0f}/s" for t in targets if t["target"] in split]
     others = sorted(rate(t) for t in targets if t["target"] not in split)
-    return (" Split over both cores, on one shared corpus: " + "; ".join(parts) + " (each "
-            f"process with the time cap of {budget.fuzz_max_s} s; each writes the inputs that "
-            "reach new code to the corpus and reloads what the others found, as libFuzzer's "
-            "own `-jobs` do), since one process of the IKE decoder, the slowest under "
-            "instrumentation, did not reach 10^6 inputs within the cap. Inputs per second of "
-            f"one process in this run: {', '.join(slow)}; the other decoders "
+    return (" Split over both cores, on one shared corpus: " + "; ".join(parts) + ", run "
+            f"first, each with a time cap of {budget.fuzz_split_max_s} s (the other decoders: "
+            f"{budget.fuzz_max_s} s; no process runs past {budget.fuzz_total_s} s from the "
+            "study's start, the bound six processes of the smaller cap had). Each process "
+            "writes the inputs that reach new code to the corpus and reloads what the others "
+            "found, as libFuzzer's own `-jobs` do. The IKE decoder is the slowest under "
+            "instrumentation, and one process of it did not reach 10^6 inputs within the "
+            "smaller cap on a loaded machine. Inputs per second of one process in this run: "
+            f"{', '.join(slow)}; the other decoders "
             + (f"{others[0]:,.0f} to {others[-1]:,.0f}/s." if others else "not run."))
 
 
