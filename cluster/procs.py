@@ -99,12 +99,15 @@ class EtcdServer(Spawned):
     """One real etcd member (Debian's etcd-server) with its own data dir.
 
     `tls` is an optional (ca, cert, key) triple of PEM paths: then clients must speak TLS and
-    present a certificate from that CA (`--client-cert-auth`).
+    present a certificate from that CA (`--client-cert-auth`). `initial_cluster` (name →
+    peer URL of every member, this one included) makes it one member of a cluster; by
+    default it is a cluster of its own.
     """
 
     def __init__(self, data_dir: Path, host: str = "127.0.0.1", client_port: int | None = None,
                  peer_port: int | None = None, tls: tuple[Path, Path, Path] | None = None,
-                 netns: str | None = None, name: str = "etcd") -> None:
+                 netns: str | None = None, name: str = "etcd",
+                 initial_cluster: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.host = host
         self.client_port = client_port or free_port()
@@ -112,6 +115,7 @@ class EtcdServer(Spawned):
         self.tls = tls
         self.netns = netns
         self.name = name
+        self.initial_cluster = initial_cluster
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -119,13 +123,19 @@ class EtcdServer(Spawned):
         scheme = "https" if self.tls else "http"
         return f"{scheme}://{self.host}:{self.client_port}"
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
+
     def argv(self) -> list[str]:
-        peer = f"http://{self.host}:{self.peer_port}"
+        peer = self.peer_url
+        members = self.initial_cluster or {self.name: peer}
         argv = [
             "etcd", "--name", self.name, "--data-dir", str(self.data_dir / "member"),
             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state", "new",
+            "--initial-cluster", ",".join(f"{n}={u}" for n, u in members.items()),
+            "--initial-cluster-state", "new",
             "--log-level", "warn", "--logger", "zap",
         ]
         if self.tls:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         from soak.session import LabSession
         print("soak: starting the lab ...", file=sys.stderr, flush=True)
         try:
-            session = LabSession(budget.lab_nodes, budget.lab_clients)
+            session = LabSession(budget.lab_nodes, budget.lab_clients,
+                                 budget.lab_etcd_members)
         except Exception as exc:
             traceback.print_exc()
             for n in in_lab:
@@ -73,9 +75,16 @@ def main(argv: list[str] | None = None) -> int:
             with session:
                 for name in in_lab:
                     _run(name, lambda n=name: lab_studies[n](session, budget), results)  # type: ignore[misc]
+                    if "error" in results[name] and session.save_logs_to is None:
+                        session.save_logs_to = Path(tempfile.mkdtemp(prefix="soak-lab-logs-"))
+                        print(f"soak: {name} failed: the lab's logs go to "
+                              f"{session.save_logs_to}", file=sys.stderr, flush=True)
                 # the ESP capture covers the whole lab run, every study's traffic
                 if "error" not in results.get("crash_cycles", {"error": ""}):
                     results["crash_cycles"].update(session.capture_summary())
+                if "error" not in results.get("etcd_gone", {"error": ""}):
+                    # `lab kill etcd` stops every member
+                    results["etcd_gone"]["etcd_members"] = session.lab.state.etcd_members
     ended = machine.describe()
     info = {**started, "load": f"{started['load']} at the start, {ended['load']} at the end"}
     command = "python -m soak" + (" --quick" if args.quick else "") + \

@@ -10,11 +10,16 @@ from dataclasses import dataclass, replace
 @dataclass(frozen=True, slots=True)
 class Budget:
     fuzz_inputs: int = 1_000_000  # per decoder (issue 15: at least 10**6)
-    fuzz_max_s: int = 240  # per decoder: a wall-clock cap (6 decoders, 2 at once: <= 12 min)
-    fuzz_parallel: int = 2  # decoders fuzzed at once (one per core)
+    fuzz_max_s: int = 240  # per decoder process: a wall-clock cap
+    fuzz_parallel: int = 2  # fuzzer processes at once (one per core)
+    # decoders fuzzed as several processes on one corpus, each its share of fuzz_inputs
+    fuzz_shards: tuple[tuple[str, int], ...] = (("ike", 2),)
+    fuzz_split_max_s: int = 420  # the cap of each process of a split decoder
+    fuzz_total_s: int = 720  # the whole study: no process runs past it (6 x 240 s / 2 cores)
     confinement_timeout_s: float = 5.0  # per etcd request of the confinement study
     lab_nodes: int = 3  # cluster-node agents of the shared lab (soak/session.py)
-    lab_clients: int = 10  # initiator clients pinging the protected server throughout
+    lab_clients: int = 20  # initiator clients pinging the protected server (issue 15: 20)
+    lab_etcd_members: int = 3  # the shared lab's etcd cluster (a crash cycle kills one member)
     crash_cycles: int = 100  # SIGKILL + restart cycles (issue 15: 100)
     crash_cycles_max_s: float = 480.0  # a wall-clock cap on them
     crash_cycle_timeout_s: float = 20.0  # a cycle waits this long for every client's answer
@@ -27,7 +32,8 @@ class Budget:
     flood_clients: int = 20  # legitimate clients connecting before and during the flood
 
     def quick(self) -> Budget:
-        return replace(self, fuzz_inputs=20_000, fuzz_max_s=60, lab_nodes=2, lab_clients=3,
+        return replace(self, fuzz_inputs=20_000, fuzz_max_s=60, fuzz_split_max_s=60,
+                       fuzz_total_s=300, lab_nodes=2, lab_clients=3,
                        crash_cycles=5, partition_watch_s=12.0, etcd_gone_s=15.0,
                        etcd_return_s=30.0, flood_s=10.0, flood_esp_s=5.0, flood_clients=3)
 

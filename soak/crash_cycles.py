@@ -1,5 +1,6 @@
 """Study 2: crash cycles under traffic. In the shared lab, `crash_cycles` times: SIGKILL of a
-component picked at random (a node, keyd, the sprayer, etcd), then its restart, while every
+component picked at random (a node, keyd, the sprayer, one etcd member of three), then its
+restart, while every
 client pings the protected server in ESP; every tenth cycle a planned drain and undrain of a
 random node as well. A cycle ends when every client is answered again (or after
 `crash_cycle_timeout_s`). Every ESP packet the cluster sends the clients is captured at the
@@ -19,19 +20,26 @@ from soak.budget import Budget
 METHOD = (
     "In the shared lab, each cycle SIGKILLs one component picked at random (seeded: the same "
     "sequence every run) and starts it again with the lab's own `kill`/`start`; every tenth "
-    "cycle also drains and undrains a random node (a planned hand-off). The lab has one etcd "
-    "member, so an etcd cycle is the whole store gone for the restart's duration, not one "
-    "member of three. The project's initiator clients do not rekey or re-authenticate on "
-    "their own: a session the cluster lost shows as a client never answered again.")
+    "cycle also drains and undrains a random node (a planned hand-off). An etcd cycle kills "
+    "one member of the lab's etcd cluster, picked at random as well, and starts it again "
+    "(its `start` returns once the member answers `/health` again, back in the cluster); "
+    "every component lists all members as its endpoints. Besides the pinging clients, one "
+    "strongSwan client of the lab receives a TCP stream from the protected server's iperf3 "
+    "throughout (soak/tcp_stream.py). The project's initiator clients "
+    "do not rekey or re-authenticate on their own: a session the cluster lost shows as a "
+    "client never answered again.")
 
 
 def run(session: Any, budget: Budget) -> dict[str, Any]:
     rng = random.Random(15)
     nodes = [f"node-{i}" for i in range(1, budget.lab_nodes + 1)]
-    kinds = {"node": nodes, "keyd": ["keyd-1"], "sprayer": ["sprayer"], "etcd": ["etcd"]}
+    # an etcd cycle: one member of the cluster, picked at random too
+    kinds = {"node": nodes, "keyd": ["keyd-1"], "sprayer": ["sprayer"],
+             "etcd": session.lab.etcd_roles()}
     clients = session.clients
     worst: dict[str, float] = {}
     cycles: dict[str, int] = {}
+    by_member: dict[str, int] = {}
     stuck: list[str] = []
     drains = 0
     started = time.monotonic()
@@ -52,6 +60,7 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
         gap = max(longest_silence(c.replies, t0, t1) for c in clients)
         worst[kind] = max(worst.get(kind, 0.0), gap)
         cycles[kind] = cycles.get(kind, 0) + 1
+        by_member[member] = by_member.get(member, 0) + 1
         done += 1
         if (i + 1) % 10 == 0:
             node = rng.choice(nodes)
@@ -60,13 +69,17 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
             session.drain(node, False)
             _settle(session, budget.crash_cycle_timeout_s)
             drains += 1
+    ended = time.monotonic()
+    tcp = session.tcp.figures(started, ended) if session.tcp is not None else \
+        {"tcp_error": session.tcp_error}
     final = _settle(session, 30.0)
     lost = [c.name for c in clients if not session.answering([c], within_s=1.0)]
     capture = session.capture_summary()
     return {"method": METHOD, "cycles": done, "planned": budget.crash_cycles,
+            "etcd_members": len(kinds["etcd"]), "by_member": by_member,
             "by_kind": cycles, "worst_gap_s": {k: round(v, 2) for k, v in worst.items()},
             "drains": drains, "clients": len(clients), "sessions_lost": len(lost),
-            "lost": lost, "stuck": stuck, "settled_at_end": final, **capture}
+            "lost": lost, "stuck": stuck, "settled_at_end": final, **tcp, **capture}
 
 
 def _settle(session: Any, timeout_s: float) -> bool:

@@ -1,6 +1,6 @@
 """One fuzz target under Atheris (libFuzzer, coverage-guided), in a process of its own.
 
-    python -m soak.fuzzer TARGET INPUTS MAX_SECONDS STATS.json
+    python -m soak.fuzzer TARGET INPUTS MAX_SECONDS STATS.json [CORPUS]
 
 Atheris instruments the project's packages (keyd, cluster, sprayer) as they are imported, so
 libFuzzer keeps the mutations that reach new code; the seeds are valid messages. Every input
@@ -8,6 +8,11 @@ is counted here: decoded, refused with a typed error, or an untyped exception (a
 untyped exception does not stop the run: it is recorded (type, place, the first input that
 raised it) and the run goes on, so one run reports every distinct crash. The statistics are
 written to STATS.json every few thousand inputs and when the budget is reached.
+
+CORPUS (default `<TARGET>-corpus` beside STATS.json) may be shared by several processes of one
+target, each with its share of the inputs (soak/fuzzing.py splits the slowest decoder so): as
+libFuzzer's own `-jobs` do, each writes the inputs that reach new code there and reloads what
+the others wrote (`-reload`), so the shards explore as one corpus on several cores.
 """
 
 from __future__ import annotations
@@ -43,15 +48,21 @@ def _pkg(filename: str) -> str:
 
 def main(argv: list[str]) -> None:
     name, budget, max_s, stats_path = argv[1], int(argv[2]), int(argv[3]), Path(argv[4])
+    # the study removes the corpus after the run
+    corpus = Path(argv[5]) if len(argv) > 5 else stats_path.parent / f"{name}-corpus"
     with atheris.instrument_imports(include=list(_PACKAGES)):
         target: Any = importlib.import_module(f"soak.targets.{name}")
-    corpus = stats_path.parent / f"{name}-corpus"  # the study removes it after the run
     corpus.mkdir(exist_ok=True)
-    for i, seed in enumerate(target.seeds()):
-        (corpus / f"seed-{i:04d}").write_bytes(seed)
+    seeds = target.seeds()
+    for i, seed in enumerate(seeds):
+        path = corpus / f"seed-{i:04d}"
+        if not path.exists():  # another shard's may be there already: whole files only
+            tmp = corpus.parent / f".{corpus.name}-{os.getpid()}-{i}"
+            tmp.write_bytes(seed)
+            tmp.replace(path)
     stats: dict[str, Any] = {"target": name, "title": target.TITLE, "inputs": 0, "decoded": 0,
                              "refused": 0, "untyped": 0, "crashes": {},
-                             "seeds": len(list(corpus.iterdir())), "budget": budget,
+                             "seeds": len(seeds), "budget": budget,
                              "engine": "atheris",
                              "started": time.time(), "elapsed_s": 0.0, "complete": False}
     deadline = time.time() + max_s
@@ -93,7 +104,8 @@ def main(argv: list[str]) -> None:
 
     write()
     atheris.Setup([argv[0], str(corpus), f"-max_total_time={max_s + 60}", "-max_len=2048",
-                   "-timeout=20", "-rss_limit_mb=1536", "-print_final_stats=1"], test_one)
+                   "-timeout=20", "-rss_limit_mb=1536", "-print_final_stats=1", "-reload=1"],
+                  test_one)
     atheris.Fuzz()
     write()  # libFuzzer's own time cap (a backstop) returned first
 

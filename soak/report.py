@@ -30,7 +30,9 @@ def _fuzz(r: dict[str, Any]) -> list[str]:
         untyped += t["untyped"]
         if t["inputs"] < t.get("budget", 0):
             short.append(t["target"])
-        out.append(f"| {t.get('title', t['target'])} | {t['inputs']:,} | {t.get('budget', 0):,} "
+        title = t.get("title", t["target"]) + \
+            (f" ({t['shards']} processes)" if t.get("shards", 1) > 1 else "")
+        out.append(f"| {title} | {t['inputs']:,} | {t.get('budget', 0):,} "
                    f"| {t.get('decoded', 0):,} | {t.get('refused', 0):,} | {t['untyped']:,} "
                    f"| {len(t['crashes'])} | {t.get('cov') or '?'} | {t.get('wall_s', '?')} |")
     out.append("")
@@ -63,7 +65,9 @@ def _secrets(r: dict[str, Any]) -> list[str]:
         out.append(f"| {where} | {s['items']:,} | {s['bytes']:,} | {s['hits']} "
                    f"| {s.get('lab_hits', 0)} |")
     hits = sum(s["hits"] for s in r["sources"].values())
-    out += ["", f"Hits of SA keys and the data key: {hits} (goal 0: {_goal(hits == 0)})."]
+    lab_hits = sum(s.get("lab_hits", 0) for s in r["sources"].values())
+    out += ["", f"Hits of SA keys and the data key: {hits}; of the lab PSK: {lab_hits} (goal 0: "
+            f"{_goal(hits + lab_hits == 0)})."]
     out += [f"- {h}" for h in r.get("hit_list", [])]
     if r.get("note"):
         out += ["", r["note"]]
@@ -89,7 +93,10 @@ def _crash_cycles(r: dict[str, Any]) -> list[str]:
     out = [
         f"Cycles: {r['cycles']} of {r['planned']} ("
         + ", ".join(f"{k} {v}" for k, v in sorted(r["by_kind"].items()))
-        + f"), planned drains between them: {r['drains']}; {r['clients']} clients.", "",
+        + f"), planned drains between them: {r['drains']}; {r['clients']} clients; etcd "
+        f"members killed one at a time (of {r.get('etcd_members', 1)}): "
+        + (", ".join(f"{m} {n}" for m, n in sorted(r.get("by_member", {}).items())
+                     if m.startswith("etcd")) or "none") + ".", "",
         "| figure | value | goal |", "| --- | ---: | --- |",
         f"| sessions lost | {r['sessions_lost']} | 0: {_goal(r['sessions_lost'] == 0)} |",
         f"| cycles after which a client stayed unanswered > cycle timeout | {len(r['stuck'])} "
@@ -101,12 +108,28 @@ def _crash_cycles(r: dict[str, Any]) -> list[str]:
         f"| 0: {_goal(r['seq_reused'] == 0)} |",
         f"| (SPI, IV) pairs seen twice (AEAD) | {r['iv_reused']} "
         f"| 0: {_goal(r['iv_reused'] == 0)} |",
+        *_tcp_rows(r),
         "", "Rekeys and re-authentications caused: the initiator clients never start either "
-        "on their own, so a session the cluster lost would show above as lost, not as a rekey.",
+        "on their own, so a session the cluster lost would show above as lost, not as a rekey. "
+        "The ESP capture is at the initiator clients; the TCP stream's client is not in it.",
     ]
     out += [f"- {s}" for s in r["stuck"]]
     out += [f"- lost: {n}" for n in r["lost"]]
     return out
+
+
+def _tcp_rows(r: dict[str, Any]) -> list[str]:
+    if "tcp_running" not in r:
+        return [f"| TCP stream | not run: {r.get('tcp_error') or 'no stream'} | |"]
+    return [
+        f"| TCP stream (iperf3 at {r['tcp_rate']}bit/s to a strongSwan client): bytes "
+        f"received during the cycles | {r['tcp_received']:,} in {r['tcp_intervals']} "
+        f"intervals of {r.get('tcp_interval_s', '?')} s | |",
+        f"| its longest stall (nothing received) | {r['tcp_worst_stall_s']} s | |",
+        f"| the stream still running after the cycles | "
+        f"{'yes' if r['tcp_running'] else 'no: ' + r['tcp_last_words']} "
+        f"| yes: {_goal(r['tcp_running'])} |",
+    ]
 
 
 def _floods(r: dict[str, Any]) -> list[str]:
@@ -162,6 +185,8 @@ def _etcd_gone(r: dict[str, Any]) -> list[str]:
     lost = r["lost"]
     return [
         "| figure | value | goal |", "| --- | ---: | --- |",
+        *([f"| etcd members stopped | {r['etcd_members']} of {r['etcd_members']} | all |"]
+          if "etcd_members" in r else []),
         f"| etcd stopped for | {r['gone_s']} s | 60 s |",
         f"| echo requests {r['clients']} clients sent meanwhile | {r['echoes_sent']:,} | |",
         f"| replies they got in that time | {r['replies']:,} | |",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import subprocess
 import sys
 import time
@@ -17,12 +18,13 @@ from typing import Any
 from soak.budget import Budget
 
 METHOD = (
-    "After the other lab studies, in the same lab (soak/session.py: one keyd, nodes, the "
-    "sprayer, cluster-hooks; clients made by the project's IKE initiator, PSK, AES-GCM, "
-    "pinging the protected server in ESP; `clusterctl watch -o json` running throughout); "
-    "every client any study made has its keys sought. Each secret is sought as "
+    "After the other lab studies, in the same lab (soak/session.py: a three-member etcd, one "
+    "keyd, nodes, the sprayer, cluster-hooks; clients made by the project's IKE initiator, "
+    "PSK, AES-GCM, pinging the protected server in ESP; `clusterctl watch -o json` running "
+    "throughout); every client any study made has its keys sought. Each secret is sought as "
     "raw bytes, hex (lower, upper, colon-separated) and base64 (standard and URL-safe, at the "
-    "three byte alignments), whole and as its first 16 bytes (an AEAD key without its salt).")
+    "three byte alignments), whole and as its first 16 bytes (an AEAD key without its salt). "
+    "`clusterctl lab status` is searched in both formats.")
 
 
 def forms(secret: bytes) -> dict[str, bytes]:
@@ -89,9 +91,12 @@ def _cli_outputs(session: Any, spis: list[int]) -> list[tuple[str, bytes]]:
         for fmt in ("json", "table"):
             out.append((f"clusterctl {' '.join(cmd)} -o {fmt}",
                         session.clusterctl(*cmd, "-o", fmt)))
-    out.append((f"clusterctl lab status --name {session.name} -o json", subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "lab", "status", "--name", session.name, "-o",
-         "json"], capture_output=True, timeout=60, check=False).stdout))
+    for fmt in ("json", "table"):
+        # wide: a table cell wrapped over two lines would hide a value from the search
+        out.append((f"clusterctl lab status --name {session.name} -o {fmt}", subprocess.run(
+            [sys.executable, "-m", "cluster.cli", "lab", "status", "--name", session.name,
+             "-o", fmt], capture_output=True, timeout=60, check=False,
+            env={**os.environ, "COLUMNS": "400"}).stdout))
     return out
 
 
@@ -125,6 +130,6 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
                      f"{answered}; clients made by the other studies: {len(session.extra)}; "
                      f"hook payload bytes recorded: {summary['hook payloads']['bytes']:,}; log "
                      f"lines: {log_lines:,}. Also sought: the cluster data key (counted with "
-                     "the SA keys) and the lab PSK (counted apart: `clusterctl lab status` "
-                     "prints it by design, docs/lab.md, so that a lab user can configure a "
-                     "client of their own; a deployment has no lab).")}
+                     "the SA keys) and the lab PSK (counted apart, since only a lab has it; "
+                     "`clusterctl lab status` shows its file and a SHA-256 fingerprint, "
+                     "docs/lab.md).")}

@@ -1,8 +1,10 @@
 """One lab (cluster/lab) for the studies that need a running cluster, shared by them in turn:
-real etcd, keyd, cluster-node agents, the sprayer and cluster-hooks (with a hook that records
-every payload it gets), `clusterctl watch -o json` running throughout, and clients made by the
-project's IKE initiator (bench/esp_client.py) that ping the protected server in ESP. The
-secrets study runs last and searches everything the others left behind."""
+real etcd (a cluster of three members), keyd, cluster-node agents, the sprayer and
+cluster-hooks (with a hook that records every payload it gets), `clusterctl watch -o json`
+running throughout, and clients made by the project's IKE initiator (bench/esp_client.py)
+that ping the protected server in ESP, and one strongSwan client receiving a TCP stream
+(soak/tcp_stream.py). The secrets study runs last and searches everything
+the others left behind."""
 
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ from cluster.lab import addresses as A
 from cluster.lab import faults
 from cluster.lab.bench import lab_store, set_node_state
 from cluster.lab.demo import owners
+from cluster.lab.errors import LabError
 from cluster.lab.lab import Lab
+from soak.tcp_stream import TcpStream
 
 _HOOK = """#!/bin/sh
 # soak: record every payload cluster-hooks gives a hook (stdin and environment)
@@ -38,7 +42,7 @@ VIP, SERVER_IP = A.VIP, A.SERVER_IP
 
 
 class LabSession:
-    def __init__(self, nodes: int, clients: int) -> None:
+    def __init__(self, nodes: int, clients: int, etcd_members: int = 3) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="soak-lab-"))
         hooks = self.work / "hooks"
         hooks.mkdir()
@@ -48,10 +52,14 @@ class LabSession:
         hook.chmod(0o755)
         self.name = f"sk{tokens.token_hex(3)}"
         self.vip, self.gateway_id = VIP, A.GATEWAY_ID
-        self.lab = Lab.up(self.name, nodes=nodes, keyd=1, hooks_dir=hooks)
+        self.lab = Lab.up(self.name, nodes=nodes, keyd=1, hooks_dir=hooks,
+                          etcd_members=etcd_members)
         self.clients: list[EspClient] = []
         self.extra: list[EspClient] = []  # clients made by studies (no traffic)
         self.pinger: Pinger | None = None
+        self.tcp: TcpStream | None = None  # a strongSwan client's TCP stream (soak/tcp_stream)
+        self.tcp_error = ""
+        self.save_logs_to: Path | None = None  # set: the lab's logs are kept there at close
         self.watch: subprocess.Popen[bytes] | None = None
         self.watched = b""
         self._n = 0
@@ -70,6 +78,10 @@ class LabSession:
                 self._capture(c)
             self.pinger = Pinger(self.clients, SERVER_IP, VIP, PERIOD_S)
             self.pinger.start()
+            try:
+                self.tcp = TcpStream(self.lab)
+            except LabError as exc:  # the studies run without it; the report says why
+                self.tcp_error = str(exc)
         except BaseException:
             self.close()
             raise
@@ -188,7 +200,7 @@ class LabSession:
                 with contextlib.suppress(Exception):
                     c.close()
         finally:
-            self.lab.down()
+            self.lab.down(self.save_logs_to)
             shutil.rmtree(self.work, ignore_errors=True)
 
     def __enter__(self) -> LabSession:

@@ -109,10 +109,14 @@ def lab() -> None:
               help="run cluster-hooks on the executables in this directory")
 @click.option("--radius", is_flag=True,
               help="keyd relays EAP to a FreeRADIUS (EAP-TLS, EAP-MSCHAPv2); one keyd")
+@click.option("--etcd-members", type=click.Choice([str(n) for n in A.ETCD_MEMBERS]),
+              default="1", show_default=True,
+              help="3: an etcd cluster of three members (etcd-1..etcd-3)")
 @SAVE_LOGS
 @operational
 def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
-       hooks_dir: Path | None, radius: bool, save_logs: Path | None) -> None:
+       hooks_dir: Path | None, radius: bool, etcd_members: str,
+       save_logs: Path | None) -> None:
     """Build a lab and return when it serves."""
     if save_logs is None:
         # a failed `up` removes the lab; its logs stay here for the operator
@@ -121,7 +125,8 @@ def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
     with progress(f"lab {lab_name}: starting") as step:
         the_lab = labmod.Lab.up(lab_name, nodes=nodes, keyd=keyd, clients=clients,
                                 gateway=gateway, progress=step, save_logs_to=save_logs,
-                                hooks_dir=hooks_dir, radius=radius)
+                                hooks_dir=hooks_dir, radius=radius,
+                                etcd_members=int(etcd_members))
     click.echo(f"lab {the_lab.name} is up: VIP {the_lab.status()['vip']}, "
                f"etcd {the_lab.etcd_endpoint}")
 
@@ -132,7 +137,7 @@ def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
               show_default=True)
 @operational
 def status(lab_name: str, output: str) -> None:
-    """Show a lab: addresses, secrets' paths, namespaces and PIDs."""
+    """Show a lab: addresses, secrets' paths (never a secret), namespaces and PIDs."""
     st = labmod.Lab.open(lab_name).status()
     if output == "json":
         click.echo(json.dumps(st, indent=2))
@@ -140,12 +145,13 @@ def status(lab_name: str, output: str) -> None:
     console = Console()
     head = Table.grid(padding=(0, 2))
     for key in ("name", "gateway", "ready", "vip", "gateway_id", "front_network",
-                "protected_network", "server_ip", "etcd_endpoints", "psk_file", "ca_cert"):
+                "protected_network", "server_ip", "etcd_endpoints", "psk_file",
+                "psk_fingerprint", "ca_cert"):
         value = st[key]
         head.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     console.print(head)
     table = Table("member", "namespace", "address", "pid", "alive")
-    rows: list[dict[str, Any]] = [{"name": "etcd", **st["etcd"]}]
+    rows: list[dict[str, Any]] = list(st["etcd_members"])
     rows += st["keyd"] + st["nodes"]
     rows += [{"name": "sprayer", "address": "", **st["sprayer"]}] if st["sprayer"]["pid"] else []
     rows += [{"name": "hooks", "address": "", **st["hooks"]}] if st["hooks"] else []
@@ -233,7 +239,9 @@ def _signal(value: str) -> signal.Signals:
               help="signal name or number (KILL: a crash)")
 @operational
 def kill(member: str, lab_name: str, sig: str) -> None:
-    """Signal a member's daemon (node-N, keyd-N, sprayer, etcd, a client's charon)."""
+    """Signal a member's daemon (node-N, keyd-N, sprayer, etcd, a client's charon).
+
+    With three etcd members: etcd-N is one of them, etcd all of them."""
     signum = _signal(sig)
     pid = labmod.Lab.open(lab_name).kill(member, signum)
     click.echo(f"{member}: sent {signum.name} to pid {pid}")

@@ -15,8 +15,9 @@ NAT_NETWORK = "198.51.100.0/24"
 NAT_INSIDE = "198.51.100.1"
 BACK_NETWORK = "10.30.0.0/24"
 BACK_ROUTER = "10.30.0.1"
-ETCD_IP = "10.30.0.2"
+ETCD_IP = "10.30.0.2"     # the etcd member (of three: the first)
 ETCD_PORT = 2379
+ETCD_MEMBERS = (1, 3)     # a lab's etcd: one member, or a cluster of three
 PROTECTED_NETWORK = "10.20.0.0/24"
 PROTECTED_ROUTER = "10.20.0.1"
 SERVER_IP = "10.20.0.10"
@@ -35,6 +36,19 @@ POOL6 = "fd00:99::/112"
 MAX_KEYD = 6       # 10.30.0.5 .. 10.30.0.10
 MAX_NODES = 100    # 10.30.0.11 .. 10.30.0.110
 MAX_CLIENTS = 150  # 192.0.2.100 .. 192.0.2.249 (NAT namespace takes 192.0.2.99)
+
+
+def etcd_ip(index: int) -> str:
+    """Back-end address of etcd member <index> (1-based): 10.30.0.2 .. 10.30.0.4, all in the
+    etcd namespace."""
+    if not 1 <= index <= max(ETCD_MEMBERS):
+        raise ValueError(f"etcd member {index} outside 1..{max(ETCD_MEMBERS)}")
+    return f"10.30.0.{1 + index}"
+
+
+def etcd_endpoints(members: int) -> list[str]:
+    """What every component of a lab with `members` etcd members lists as its endpoints."""
+    return [f"http://{etcd_ip(i)}:{ETCD_PORT}" for i in range(1, members + 1)]
 
 
 def keyd_ip(index: int) -> str:

@@ -76,12 +76,13 @@ class Common:
     cluster: str
     data_key_file: Path
     log_dir: Path
+    etcd_endpoints: tuple[str, ...] = tuple(A.etcd_endpoints(1))  # every member's
 
     def sections(self, metrics: str) -> dict[str, dict[str, Value]]:
         return {
             "cluster": {"name": self.cluster, "prefix": "/ipsec-cluster",
                         "data_key_file": str(self.data_key_file)},
-            "etcd": {"endpoints": [f"http://{A.ETCD_IP}:{A.ETCD_PORT}"], "timeout_s": 2.0},
+            "etcd": {"endpoints": list(self.etcd_endpoints), "timeout_s": 2.0},
             "log": {"level": "info", "json": False},
             "metrics": {"listen": metrics},
         }

@@ -5,6 +5,11 @@ etcd. This process binds 127.0.0.1:<port> in the root namespace, then moves itse
 etcd namespace with setns(2): the listening socket stays where it was made, every socket it
 opens afterwards lives in the etcd namespace. Run as
 `python -m cluster.lab.forwarder --listen 127.0.0.1:P --netns NS --target 10.30.0.2:2379`.
+
+`--target` may be given once per member of an etcd cluster: each connection goes to the first
+member that accepts it, so a member that is down (its port refuses at once: it lives in the
+same namespace) costs nothing, and a client whose connection broke with its member reconnects
+to the next.
 """
 
 from __future__ import annotations
@@ -32,10 +37,18 @@ def pipe(src: socket.socket, dst: socket.socket) -> None:
                 s.shutdown(socket.SHUT_RDWR)
 
 
-def _serve(conn: socket.socket, target: tuple[str, int]) -> None:
-    try:
-        upstream = socket.create_connection(target, timeout=5)
-    except OSError:
+def _connect(targets: list[tuple[str, int]]) -> socket.socket | None:
+    for target in targets:
+        try:
+            return socket.create_connection(target, timeout=5)
+        except OSError:
+            continue
+    return None
+
+
+def _serve(conn: socket.socket, targets: list[tuple[str, int]]) -> None:
+    upstream = _connect(targets)
+    if upstream is None:
         conn.close()
         return
     upstream.settimeout(None)
@@ -56,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--listen", required=True, type=_addr, help="HOST:PORT in this namespace")
     p.add_argument("--netns", required=True, help="namespace the target lives in")
-    p.add_argument("--target", required=True, type=_addr, help="HOST:PORT in that namespace")
+    p.add_argument("--target", required=True, type=_addr, action="append",
+                   help="HOST:PORT in that namespace (again for each further member)")
     args = p.parse_args(argv)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -28,12 +28,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from cluster.freeradius import FreeRadiusServer, RadiusUser
+from cluster.host import DriverError, inside_netns
 from cluster.lab import addresses as A
 from cluster.lab import daemons, netns, strongswan, teardown, topology
 from cluster.lab.base import Progress, _mutating, _quiet, _require_root, _require_tools
@@ -66,12 +68,13 @@ class Lab(LabClients):
     def up(cls, name: str = "lab", nodes: int = 3, keyd: int = 1, clients: int = 0,
            gateway: str = "cluster", progress: Progress = _quiet,
            save_logs_to: Path | None = None, hooks_dir: Path | None = None,
-           radius: bool = False) -> Lab:
+           radius: bool = False, etcd_members: int = 1) -> Lab:
         """Build the lab and return when it serves; on failure remove what was built (after
         copying its logs to save_logs_to, if given). With hooks_dir, cluster-hooks runs the
         executables there on cluster events (in the router's namespace). With radius, keyd
         relays EAP to a FreeRADIUS (EAP-TLS with lab client certificates, EAP-MSCHAPv2 with the
-        lab's EAP users) on keyd-1's loopback; one keyd only."""
+        lab's EAP users) on keyd-1's loopback; one keyd only. etcd_members 3: an etcd cluster
+        of three members in the etcd namespace (docs/lab.md, "etcd")."""
         _require_root()
         check_name(name)
         _require_tools()
@@ -81,6 +84,8 @@ class Lab(LabClients):
             raise LabError(f"--keyd must be 1..{A.MAX_KEYD}")
         if not 0 <= nodes <= A.MAX_NODES:
             raise LabError(f"--nodes must be 0..{A.MAX_NODES}")
+        if etcd_members not in A.ETCD_MEMBERS:
+            raise LabError(f"--etcd-members must be one of {', '.join(map(str, A.ETCD_MEMBERS))}")
         if radius and (gateway != "cluster" or keyd != 1):
             raise LabError("--radius needs the cluster gateway and one keyd")
         if hooks_dir is not None and (gateway != "cluster" or not hooks_dir.is_dir()):
@@ -101,7 +106,7 @@ class Lab(LabClients):
         state = LabState(name=name, prefix=f"ipsc-{name}_{secrets.token_hex(2)}-",
                          directory=str(directory), gateway=gateway,
                          nodes=nodes if gateway == "cluster" else 0, keyd=keyd,
-                         radius=radius)
+                         radius=radius, etcd_members=etcd_members)
         state.save()
         lab = cls(state, progress)
         try:
@@ -124,7 +129,8 @@ class Lab(LabClients):
         self.pki.create()
         self.pki.issue("gateway", [A.GATEWAY_ID, A.VIP], server=True)
         self.progress("creating namespaces and links")
-        topology.core(self._add_ns, s.keyd, s.nodes, baseline=s.gateway == "strongswan")
+        topology.core(self._add_ns, s.keyd, s.nodes, baseline=s.gateway == "strongswan",
+                      etcd_members=s.etcd_members)
         self.progress("starting etcd")
         self._start_etcd()
         self._start_server()
@@ -142,27 +148,50 @@ class Lab(LabClients):
         s.save()
         self.progress("ready")
 
-    # ---- processes ------------------------------------------------------------------------
+    # ---- etcd: one member, or a cluster of three in the etcd namespace --------------------
+
+    def etcd_roles(self) -> list[str]:
+        """The process roles of the etcd members: "etcd", or "etcd-1".."etcd-3"."""
+        n = self.state.etcd_members
+        return ["etcd"] if n == 1 else [f"etcd-{i}" for i in range(1, n + 1)]
+
+    def _etcd_member(self, index: int) -> EtcdServer:
+        roles = self.etcd_roles()
+        peers = {role: f"http://{A.etcd_ip(i)}:{A.ETCD_PORT + 1}"
+                 for i, role in enumerate(roles, 1)}
+        return EtcdServer(self.dir / roles[index - 1], host=A.etcd_ip(index),
+                          client_port=A.ETCD_PORT, peer_port=A.ETCD_PORT + 1,
+                          netns=self.ns("etcd"), name=roles[index - 1],
+                          initial_cluster=peers if len(roles) > 1 else None)
 
     def _start_etcd(self) -> None:
         ns = self.ns("etcd")
-        etcd = EtcdServer(self.dir / "etcd", host=A.ETCD_IP, client_port=A.ETCD_PORT,
-                          peer_port=A.ETCD_PORT + 1, netns=ns)
-        etcd.data_dir.mkdir(parents=True)
+        for i, role in enumerate(self.etcd_roles(), 1):
+            etcd = self._etcd_member(i)
+            etcd.data_dir.mkdir(parents=True)
+            self._spawn(role, etcd.argv(), ns)
         # Readiness is checked through the forwarder below, the way clusterctl will reach it.
-        self._spawn("etcd", etcd.argv(), ns)
         self.start_forwarder()
-        self._wait("etcd answering through the loopback forwarder", self._etcd_answers, 20)
+        self._wait("etcd answering through the loopback forwarder", self._etcd_answers, 30)
+
+    def _daemon_common(self) -> daemons.Common:
+        """The sections every daemon's configuration shares: its etcd endpoints list every
+        member."""
+        return daemons.Common(self.name, self.pki.data_key_file, self.dir / "logs",
+                              tuple(A.etcd_endpoints(self.state.etcd_members)))
 
     def start_forwarder(self, attempts: int = 5) -> None:
         """The root namespace's loopback port into etcd (a free port, taken by the time the
-        forwarder binds it now and then: then another)."""
+        forwarder binds it now and then: then another). With three members, each connection
+        goes to the first member that accepts it."""
+        targets = [arg for i in range(1, self.state.etcd_members + 1)
+                   for arg in ("--target", f"{A.etcd_ip(i)}:{A.ETCD_PORT}")]
         for _ in range(attempts):
             self.state.etcd_port = free_port()
             rec = self._spawn("forwarder", [
                 sys.executable, "-m", "cluster.lab.forwarder",
                 "--listen", f"127.0.0.1:{self.state.etcd_port}", "--netns", self.ns("etcd"),
-                "--target", f"{A.ETCD_IP}:{A.ETCD_PORT}"], None)
+                *targets], None)
             deadline = time.monotonic() + 10
             while rec.alive() and time.monotonic() < deadline:
                 if _listens(self.state.etcd_port):
@@ -171,12 +200,53 @@ class Lab(LabClients):
         raise LabError(f"the etcd forwarder did not start (see {rec.log})")
 
     def _etcd_answers(self) -> bool:
-        self._alive("etcd")
+        """etcd serves through the forwarder: one member answers; a cluster has a leader."""
+        for role in self.etcd_roles():
+            self._alive(role)
         self._alive("forwarder")
+        path = "version" if self.state.etcd_members == 1 else "health"
         try:
-            return requests.get(f"{self.etcd_endpoint}/version", timeout=2).ok
-        except requests.RequestException:
+            r = requests.get(f"{self.etcd_endpoint}/{path}", timeout=2)
+            return r.ok and (path == "version" or r.json().get("health") == "true")
+        except (requests.RequestException, ValueError):
             return False
+
+    def _respawn_etcd_member(self, role: str, ready: Callable[[], bool],
+                             watch_s: float, attempts: int = 10) -> None:
+        """Start a member of a three-member etcd again and watch it until ready() or for
+        watch_s. Its peer port can still be taken for a moment after the member was killed
+        (the three share the namespace, and the other two keep connecting to it): etcd then
+        exits at once with "address already in use", and it is started again after a pause."""
+        rec = self.state.processes[role]
+        for _ in range(attempts):
+            new = self._spawn(role, rec.argv, rec.netns)
+            deadline = time.monotonic() + watch_s
+            while new.alive() and not ready() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if new.alive():
+                return
+            if "address already in use" not in _last_line(Path(new.log)):
+                raise LabError(f"{role} exited (its output: {Path(new.log).name})")
+            time.sleep(0.5)
+        raise LabError(f"{role} could not bind its ports in {attempts} starts "
+                       f"(its output: {Path(rec.log).name})")
+
+    def _etcd_member_healthy(self, role: str, quiet: bool = False) -> bool:
+        """etcd member `role` runs and answers /health itself (it is back in the cluster); if
+        it does not run: LabError (quiet: False)."""
+        if quiet and not self.state.processes[role].alive():
+            return False
+        self._alive(role)
+        index = self.etcd_roles().index(role) + 1
+        url = f"http://{A.etcd_ip(index)}:{A.ETCD_PORT}/health"
+        try:
+            with inside_netns(self.ns("etcd")):
+                r = requests.get(url, timeout=2)
+            return r.ok and r.json().get("health") == "true"
+        except (requests.RequestException, ValueError, DriverError):
+            return False
+
+    # ---- processes ------------------------------------------------------------------------
 
     def _start_server(self) -> None:
         """iperf3 servers on 5201.. (one test at a time each, so several for parallel runs)."""
@@ -222,7 +292,7 @@ class Lab(LabClients):
         return f"127.0.0.1:{server.port}", secret_file
 
     def _start_cluster(self) -> None:
-        common = daemons.Common(self.name, self.pki.data_key_file, self.dir / "logs")
+        common = self._daemon_common()
         conf = self.dir / "config"
         conf.mkdir()
         radius = self._start_radius() if self.state.radius else None
@@ -286,7 +356,7 @@ class Lab(LabClients):
 
     def _start_hooks(self, directory: Path) -> None:
         self.progress(f"starting cluster-hooks on {directory}")
-        common = daemons.Common(self.name, self.pki.data_key_file, self.dir / "logs")
+        common = self._daemon_common()
         path = self.dir / "config" / "hooks.toml"
         path.write_text(daemons.hooks_config(common, directory, self.dir / "hooks.revision"))
         rec = self._spawn("hooks", netns.exec_argv(self.ns("router"),
@@ -379,7 +449,15 @@ class Lab(LabClients):
 
     @_mutating
     def kill(self, member: str, sig: signal.Signals = signal.SIGTERM) -> int:
-        """Signal member's daemon; for TERM/KILL wait until it is gone. Returns its PID."""
+        """Signal member's daemon; for TERM/KILL wait until it is gone. Returns its PID.
+        With three etcd members, "etcd" is all of them (the whole store; the first's PID)
+        and "etcd-N" one."""
+        if member == "etcd" and self.state.etcd_members > 1:
+            pids = [self.kill(role, sig) for role in self.etcd_roles()
+                    if self.state.processes[role].alive()]
+            if not pids:
+                raise LabError("etcd is not running (no member is)")
+            return pids[0]
         rec = self.state.processes[self._process_role(member)]
         if not rec.alive():
             raise LabError(f"{member} is not running")
@@ -396,7 +474,23 @@ class Lab(LabClients):
     @_mutating
     def start(self, member: str) -> int:
         """Start member's daemon again with the argv it had; returns the new PID once it
-        serves (a client: once it has connected again)."""
+        serves (a client: once it has connected again). With three etcd members, "etcd" starts
+        every member that is down and returns (the first's PID) once the cluster has a leader;
+        "etcd-N" returns once that member is back in the cluster."""
+        if member == "etcd" and self.state.etcd_members > 1:
+            for role in self.etcd_roles():
+                if not self.state.processes[role].alive():  # none is ready before a quorum
+                    self._respawn_etcd_member(role, lambda: False, watch_s=1.0)
+            self._wait("etcd answering", self._etcd_answers, 30)
+            return self.state.processes[self.etcd_roles()[0]].pid
+        if member.startswith("etcd-") and member in self.etcd_roles():
+            if self.state.processes[member].alive():
+                raise LabError(f"{member} is already running "
+                               f"(pid {self.state.processes[member].pid})")
+            self._respawn_etcd_member(
+                member, functools.partial(self._etcd_member_healthy, member, quiet=True), 30.0)
+            self._wait_started(member)
+            return self.state.processes[member].pid
         role = self._process_role(member)
         rec = self.state.processes[role]
         if rec.alive():
@@ -418,6 +512,9 @@ class Lab(LabClients):
         started while etcd is away, and serve from what it holds)."""
         if role == "etcd":
             self._wait("etcd answering", self._etcd_answers, timeout_s)
+        elif role.startswith("etcd-"):
+            self._wait(f"{role} back in the etcd cluster",
+                       functools.partial(self._etcd_member_healthy, role), timeout_s)
         elif role.startswith("keyd-"):
             self._wait(f"{role} listening on {A.VIP}:500",
                        functools.partial(self._alive_and_bound, role, 500), timeout_s)
@@ -445,8 +542,11 @@ class Lab(LabClients):
             "name": s.name, "ready": s.ready, "gateway": s.gateway, "prefix": s.prefix,
             "directory": s.directory, "cluster": s.name, "key_prefix": f"/ipsec-cluster/{s.name}/",
             "vip": A.VIP, "gateway_id": A.GATEWAY_ID,
-            "psk": self.pki.psk() if self.pki.psk_file.exists() else None,
-            "psk_file": str(self.pki.psk_file), "ca_cert": str(self.pki.ca_cert),
+            # where the PSK is and a fingerprint to tell two apart, never the PSK itself
+            "psk_file": str(self.pki.psk_file),
+            "psk_fingerprint": (self.pki.psk_fingerprint() if self.pki.psk_file.exists()
+                                else None),
+            "ca_cert": str(self.pki.ca_cert),
             "ca_key": str(self.pki.ca_key), "data_key_file": str(self.pki.data_key_file),
             "protected_network": A.PROTECTED_NETWORK, "server_ip": A.SERVER_IP,
             "protected_network6": A.PROTECTED_NETWORK6, "server_ip6": A.SERVER_IP6,
@@ -454,14 +554,18 @@ class Lab(LabClients):
             "front_network": A.FRONT_NETWORK, "front_router": A.FRONT_ROUTER,
             "back_network": A.BACK_NETWORK, "pool": A.POOL, "nat_network": A.NAT_NETWORK,
             "etcd_endpoints": [self.etcd_endpoint] if s.etcd_port else [],
-            "etcd_endpoints_in_lab": [f"http://{A.ETCD_IP}:{A.ETCD_PORT}"],
+            "etcd_endpoints_in_lab": A.etcd_endpoints(s.etcd_members),
             "router": {"namespace": self.ns("router"), "front": A.FRONT_ROUTER,
                        "back": A.BACK_ROUTER, "protected": A.PROTECTED_ROUTER},
             "sprayer": {"namespace": self.ns("router"), **proc("sprayer")},
             "hooks": {"namespace": self.ns("router"), **proc("hooks")}
             if "hooks" in s.processes else None,
             "server": {"namespace": self.ns("server"), "address": A.SERVER_IP},
-            "etcd": {"namespace": self.ns("etcd"), "address": A.ETCD_IP, **proc("etcd")},
+            "etcd": {"namespace": self.ns("etcd"), "address": A.ETCD_IP,
+                     **proc(self.etcd_roles()[0])},
+            "etcd_members": [{"name": role, "namespace": self.ns("etcd"),
+                              "address": A.etcd_ip(i), **proc(role)}
+                             for i, role in enumerate(self.etcd_roles(), 1)],
             "keyd": [{"name": f"keyd-{i}", "namespace": self.ns(f"keyd-{i}"),
                       "address": A.keyd_ip(i),
                       **proc("gateway" if s.gateway == "strongswan" else f"keyd-{i}")}
@@ -484,6 +588,14 @@ class Lab(LabClients):
         if save_logs_to is not None:
             teardown.save_logs(self.dir, save_logs_to)
         self.state.remove_files()
+
+
+def _last_line(log: Path) -> str:
+    """The last line of a log (the last 4 KiB of it are read)."""
+    with log.open("rb") as f:
+        f.seek(max(0, log.stat().st_size - 4096))
+        lines = f.read().decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _listens(port: int) -> bool:

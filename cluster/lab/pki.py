@@ -4,6 +4,7 @@ made with cluster.pki), a PSK and the cluster data key. Secrets are files of mod
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import tomllib
@@ -83,6 +84,12 @@ class LabPki:
 
     def psk(self) -> str:
         return self.psk_file.read_text().strip()
+
+    def psk_fingerprint(self) -> str:
+        """What `lab status` shows of the PSK: "sha256:" and the first 16 hex digits of the
+        SHA-256 of the PSK (as written in the file, without the newline). Enough to tell two
+        PSKs apart; the PSK itself is only ever in its file."""
+        return "sha256:" + hashlib.sha256(self.psk().encode()).hexdigest()[:16]
 
     def create(self) -> None:
         """CA, PSK and data key (the gateway and client certificates come with `issue`)."""

@@ -97,6 +97,7 @@ class LabState:
     keyd: int
     radius: bool = False     # keyd relays EAP to a FreeRADIUS in keyd-1's namespace
     etcd_port: int = 0       # the root namespace's loopback forwarder into the etcd namespace
+    etcd_members: int = 1    # 1: process "etcd"; 3: "etcd-1".."etcd-3", one cluster
     namespaces: list[str] = field(default_factory=list)
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
     clients: dict[str, ClientRecord] = field(default_factory=dict)

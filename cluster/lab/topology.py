@@ -37,8 +37,9 @@ def _no_rp_filter(ns: str) -> None:
         netns.sysctl(ns, f"net.ipv4.conf.{key}.rp_filter", "0")
 
 
-def core(add_ns: AddNs, keyd: int, nodes: int, baseline: bool) -> None:
-    """Router, server, etcd, keyd-1..keyd and node-1..nodes, wired and routed."""
+def core(add_ns: AddNs, keyd: int, nodes: int, baseline: bool, etcd_members: int = 1) -> None:
+    """Router, server, etcd (one namespace holding each member's address), keyd-1..keyd and
+    node-1..nodes, wired and routed."""
     router = add_ns("router")
     netns.sysctl(router, "net.ipv4.ip_forward", "1")
     _no_rp_filter(router)
@@ -61,7 +62,9 @@ def core(add_ns: AddNs, keyd: int, nodes: int, baseline: bool) -> None:
     netns.address6(router, "br-back", f"{A.BACK_ROUTER6}/64")
     netns.nft(router, _ROUTER_FILTER)
 
-    back_host(add_ns, router, "etcd", A.ETCD_IP, vip=False)
+    etcd = back_host(add_ns, router, "etcd", A.etcd_ip(1), vip=False)
+    for i in range(2, etcd_members + 1):
+        netns.address(etcd, "eth0", f"{A.etcd_ip(i)}/24")
     for i in range(1, keyd + 1):
         back_host(add_ns, router, f"keyd-{i}", A.keyd_ip(i), vip=True)
     for i in range(1, nodes + 1):
