@@ -109,10 +109,15 @@ def lab() -> None:
               help="run cluster-hooks on the executables in this directory")
 @click.option("--radius", is_flag=True,
               help="keyd relays EAP to a FreeRADIUS (EAP-TLS, EAP-MSCHAPv2); one keyd")
+@click.option("--node-dataplane", type=click.Choice(["userspace", "kernel", "auto"]),
+              default="userspace", show_default=True,
+              help="the nodes' ESP: userspace (cluster.esp over TUN) or kernel (XFRM; needs a "
+                   "kernel with ESP, e.g. the VM's)")
 @SAVE_LOGS
 @operational
 def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
-       hooks_dir: Path | None, radius: bool, save_logs: Path | None) -> None:
+       hooks_dir: Path | None, radius: bool, node_dataplane: str,
+       save_logs: Path | None) -> None:
     """Build a lab and return when it serves."""
     if save_logs is None:
         # a failed `up` removes the lab; its logs stay here for the operator
@@ -121,7 +126,8 @@ def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
     with progress(f"lab {lab_name}: starting") as step:
         the_lab = labmod.Lab.up(lab_name, nodes=nodes, keyd=keyd, clients=clients,
                                 gateway=gateway, progress=step, save_logs_to=save_logs,
-                                hooks_dir=hooks_dir, radius=radius)
+                                hooks_dir=hooks_dir, radius=radius,
+                                node_dataplane=node_dataplane)
     click.echo(f"lab {the_lab.name} is up: VIP {the_lab.status()['vip']}, "
                f"etcd {the_lab.etcd_endpoint}")
 

@@ -150,13 +150,13 @@ def keyd_config(common: Common, index: int, secrets_file: Path, cert: Path, key:
     return toml(s) + conns
 
 
-def node_config(common: Common, index: int) -> str:
+def node_config(common: Common, index: int, dataplane: str = "userspace") -> str:
     s = common.sections("127.0.0.1:9411")
     s["node"] = {
         "id": f"node-{index}", "vip": A.VIP, "address": A.node_ip(index), "capacity": 100,
         "tun": "ipsc0", "health_port": 4501, "lease_ttl_s": 3, "checkpoint_packets": 1024,
         "checkpoint_ms": 200, "replay_window": 1024, "keyd_address": A.keyd_ip(1),
-        "address6": A.node_ip6(index),
+        "address6": A.node_ip6(index), "dataplane": dataplane,
     }
     return toml(s)
 

@@ -47,6 +47,7 @@ from cluster.lab.state import (
     labs_root,
 )
 from cluster.procs import EtcdServer, free_port
+from cluster.xfrm.kernel import esp_missing
 
 GATEWAYS = ("cluster", "strongswan")
 IPERF_PORTS = (5201, 5202, 5203, 5204)
@@ -66,12 +67,13 @@ class Lab(LabClients):
     def up(cls, name: str = "lab", nodes: int = 3, keyd: int = 1, clients: int = 0,
            gateway: str = "cluster", progress: Progress = _quiet,
            save_logs_to: Path | None = None, hooks_dir: Path | None = None,
-           radius: bool = False) -> Lab:
+           radius: bool = False, node_dataplane: str = "userspace") -> Lab:
         """Build the lab and return when it serves; on failure remove what was built (after
         copying its logs to save_logs_to, if given). With hooks_dir, cluster-hooks runs the
         executables there on cluster events (in the router's namespace). With radius, keyd
         relays EAP to a FreeRADIUS (EAP-TLS with lab client certificates, EAP-MSCHAPv2 with the
-        lab's EAP users) on keyd-1's loopback; one keyd only."""
+        lab's EAP users) on keyd-1's loopback; one keyd only. node_dataplane is the nodes'
+        [node] dataplane (kernel: XFRM, which needs a kernel with ESP, e.g. the VM's)."""
         _require_root()
         check_name(name)
         _require_tools()
@@ -81,6 +83,7 @@ class Lab(LabClients):
             raise LabError(f"--keyd must be 1..{A.MAX_KEYD}")
         if not 0 <= nodes <= A.MAX_NODES:
             raise LabError(f"--nodes must be 0..{A.MAX_NODES}")
+        _check_dataplane(node_dataplane)
         if radius and (gateway != "cluster" or keyd != 1):
             raise LabError("--radius needs the cluster gateway and one keyd")
         if hooks_dir is not None and (gateway != "cluster" or not hooks_dir.is_dir()):
@@ -101,7 +104,7 @@ class Lab(LabClients):
         state = LabState(name=name, prefix=f"ipsc-{name}_{secrets.token_hex(2)}-",
                          directory=str(directory), gateway=gateway,
                          nodes=nodes if gateway == "cluster" else 0, keyd=keyd,
-                         radius=radius)
+                         radius=radius, node_dataplane=node_dataplane)
         state.save()
         lab = cls(state, progress)
         try:
@@ -237,7 +240,7 @@ class Lab(LabClients):
         for i in range(1, self.state.nodes + 1):
             self.progress(f"starting node-{i}")
             path = conf / f"node-{i}.toml"
-            path.write_text(daemons.node_config(common, i))
+            path.write_text(daemons.node_config(common, i, self.state.node_dataplane))
             self._spawn(f"node-{i}", netns.exec_argv(self.ns(f"node-{i}"),
                                                      daemons.NODE.argv(path)), self.ns(f"node-{i}"))
         self.progress("starting the sprayer")
@@ -524,3 +527,17 @@ def list_labs() -> list[str]:
     root = labs_root()
     return sorted(p.name for p in root.iterdir() if (p / "state.json").exists()) \
         if root.is_dir() else []
+
+
+#: the node's [node] dataplane values (cluster.node.config)
+DATAPLANES = ("userspace", "kernel", "auto")
+
+
+def _check_dataplane(dataplane: str) -> None:
+    if dataplane not in DATAPLANES:
+        raise LabError(f"unknown node dataplane {dataplane!r}: one of {', '.join(DATAPLANES)}")
+    if dataplane == "kernel":
+        why = esp_missing(A.VIP)
+        if why is not None:
+            raise LabError(f"--node-dataplane kernel: this kernel cannot carry ESP ({why}); "
+                           "run the lab in the VM (cluster.lab.vm)")

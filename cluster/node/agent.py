@@ -53,6 +53,7 @@ from cluster.store import (
     WatchEvent,
     WatchResynced,
 )
+from cluster.xfrm.kernel import esp_missing
 
 log = logging.getLogger("cluster.node")
 
@@ -154,7 +155,7 @@ class NodeAgent:
         c = self.cfg
         if c.dataplane != "auto":
             return c.dataplane
-        why = kernel_io.kernel_esp_missing(c.vip)
+        why = esp_missing(c.vip)
         if why is None:
             log.info("dataplane auto: the kernel carries ESP (XFRM)")
             return "kernel"

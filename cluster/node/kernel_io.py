@@ -21,8 +21,8 @@ import subprocess
 import threading
 from collections.abc import Callable
 
-from cluster.xfrm import Aead, AeEvent, Encap, KernelError, Replay, XfrmState
-from cluster.xfrm.kernel import Aevents, XfrmSocket
+from cluster.xfrm import AeEvent
+from cluster.xfrm.kernel import Aevents
 from cluster.xfrm.state import UDP_ENCAP_ESPINUDP
 
 log = logging.getLogger("cluster.node.kernel")
@@ -149,7 +149,7 @@ class KernelSockets:
                     self.health.sendto(reply, addr)
 
 
-# -- the node's XFRM interface and whether this kernel has ESP --------------------------------
+# -- the node's XFRM interface -----------------------------------------------------------------
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
@@ -178,25 +178,3 @@ def create_interface(name: str, if_id: int, mtu: int) -> None:
 
 def remove_interface(name: str) -> None:
     _ip("link", "del", name)
-
-
-def kernel_esp_missing(vip: str) -> str | None:
-    """Why this kernel cannot carry the node's ESP, in one line (None: an ESP state with
-    ESP-in-UDP installs, here in the node's network namespace)."""
-    probe = XfrmState(src="192.0.2.254", dst=vip, spi=0xC1C5FFFF, reqid=0xC1C5FFFF,
-                      aead=Aead("rfc4106(gcm(aes))", bytes(20), 128),
-                      replay=Replay(32), esn=True, encap=Encap(4500, 4500))
-    try:
-        x = XfrmSocket()
-    except OSError as e:
-        return f"no XFRM netlink (xfrm_user): {e.strerror or e}"
-    try:
-        x.add_state(probe)
-        x.delete_state(probe.dst, probe.spi, probe.src)
-    except KernelError as e:
-        return f"no ESP state can be installed: {e}"
-    except OSError as e:
-        return f"no ESP state can be installed: {e}"
-    finally:
-        x.close()
-    return None

@@ -223,3 +223,26 @@ class SaEvents:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def esp_missing(dst: str) -> str | None:
+    """Why this kernel cannot carry ESP, in one line (None: an ESP state with ESP-in-UDP to
+    `dst` installs in this network namespace; it is removed at once)."""
+    probe = sa.XfrmState(src="192.0.2.254", dst=dst, spi=0xC1C5FFFF, reqid=0xC1C5FFFF,
+                      aead=sa.Aead("rfc4106(gcm(aes))", bytes(20), 128),
+                      replay=sa.Replay(32), esn=True,
+                         encap=sa.Encap(4500, 4500))
+    try:
+        x = XfrmSocket()
+    except OSError as e:
+        return f"no XFRM netlink (xfrm_user): {e.strerror or e}"
+    try:
+        x.add_state(probe)
+        x.delete_state(probe.dst, probe.spi, probe.src)
+    except KernelError as e:
+        return f"no ESP state can be installed: {e}"
+    except OSError as e:
+        return f"no ESP state can be installed: {e}"
+    finally:
+        x.close()
+    return None
