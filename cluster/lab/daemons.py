@@ -14,9 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.lab import addresses as A
+from cluster.lab import vm
 from cluster.lab.pki import EAP_DOMAIN, SHARED_DOMAIN
 
 Value = str | int | float | bool | Sequence[str]
+
+#: inside the VM (TCG, cluster.lab.vm) everything runs several times slower: etcd answers,
+#: leases and the sprayer's probes get that much more time, or daemons would time out and
+#: nodes look dead while they start
+SLOW = vm.SLOWDOWN if vm.in_vm() else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +87,7 @@ class Common:
         return {
             "cluster": {"name": self.cluster, "prefix": "/ipsec-cluster",
                         "data_key_file": str(self.data_key_file)},
-            "etcd": {"endpoints": [f"http://{A.ETCD_IP}:{A.ETCD_PORT}"], "timeout_s": 2.0},
+            "etcd": {"endpoints": [f"http://{A.ETCD_IP}:{A.ETCD_PORT}"], "timeout_s": 2.0 * SLOW},
             "log": {"level": "info", "json": False},
             "metrics": {"listen": metrics},
         }
@@ -154,7 +160,8 @@ def node_config(common: Common, index: int, dataplane: str = "userspace") -> str
     s = common.sections("127.0.0.1:9411")
     s["node"] = {
         "id": f"node-{index}", "vip": A.VIP, "address": A.node_ip(index), "capacity": 100,
-        "tun": "ipsc0", "health_port": 4501, "lease_ttl_s": 3, "checkpoint_packets": 1024,
+        "tun": "ipsc0", "health_port": 4501, "lease_ttl_s": 3 * SLOW,
+        "checkpoint_packets": 1024,
         "checkpoint_ms": 200, "replay_window": 1024, "keyd_address": A.keyd_ip(1),
         "address6": A.node_ip6(index), "dataplane": dataplane,
     }
@@ -166,8 +173,8 @@ def sprayer_config(common: Common, keyd: int) -> str:
     s["sprayer"] = {
         "id": "sprayer-1", "vip": A.VIP, "driver": "nft",
         "keyd": [A.keyd_ip(i) for i in range(1, keyd + 1)], "probe_interval_ms": 100,
-        "probe_misses": 3, "lease_ttl_s": 3, "rebalance_moves_per_s": 50,
-        "handoff_timeout_ms": 1000,
+        "probe_misses": 3 * SLOW, "lease_ttl_s": 3 * SLOW, "rebalance_moves_per_s": 50,
+        "handoff_timeout_ms": 1000 * SLOW,
     }
     return toml(s)
 
