@@ -132,6 +132,7 @@ class LabBase:
         return True
 
     def _wait(self, what: str, ready: Callable[[], bool], timeout_s: float) -> None:
+        timeout_s = strongswan.patient(timeout_s)
         deadline = time.monotonic() + timeout_s
         while not ready():
             if time.monotonic() > deadline:
