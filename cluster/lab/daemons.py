@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.lab import addresses as A
-from cluster.lab import vm
+from cluster.lab import strongswan, vm
 from cluster.lab.pki import EAP_DOMAIN, SHARED_DOMAIN
 
 Value = str | int | float | bool | Sequence[str]
@@ -22,7 +22,7 @@ Value = str | int | float | bool | Sequence[str]
 #: inside the VM (TCG, cluster.lab.vm) everything runs several times slower: etcd answers,
 #: leases and the sprayer's probes get that much more time, or daemons would time out and
 #: nodes look dead while they start
-SLOW = vm.SLOWDOWN if vm.in_vm() else 1
+SLOW = strongswan.VM_SLOWDOWN if vm.in_vm() else 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,13 +67,16 @@ class Lab(LabClients):
     def up(cls, name: str = "lab", nodes: int = 3, keyd: int = 1, clients: int = 0,
            gateway: str = "cluster", progress: Progress = _quiet,
            save_logs_to: Path | None = None, hooks_dir: Path | None = None,
-           radius: bool = False, node_dataplane: str = "userspace") -> Lab:
+           radius: bool = False, kernel_ipsec: bool = False,
+           node_dataplane: str = "userspace") -> Lab:
         """Build the lab and return when it serves; on failure remove what was built (after
         copying its logs to save_logs_to, if given). With hooks_dir, cluster-hooks runs the
         executables there on cluster events (in the router's namespace). With radius, keyd
         relays EAP to a FreeRADIUS (EAP-TLS with lab client certificates, EAP-MSCHAPv2 with the
-        lab's EAP users) on keyd-1's loopback; one keyd only. node_dataplane is the nodes'
-        [node] dataplane (kernel: XFRM, which needs a kernel with ESP, e.g. the VM's)."""
+        lab's EAP users) on keyd-1's loopback; one keyd only. With kernel_ipsec, the
+        `clients` it adds keep their Child SAs in the kernel (LabClients.add_client).
+        node_dataplane is the nodes' [node] dataplane (kernel: XFRM, which needs a kernel
+        with ESP, e.g. the VM's)."""
         _require_root()
         check_name(name)
         _require_tools()
@@ -86,6 +89,11 @@ class Lab(LabClients):
         _check_dataplane(node_dataplane)
         if radius and (gateway != "cluster" or keyd != 1):
             raise LabError("--radius needs the cluster gateway and one keyd")
+        if kernel_ipsec and clients:
+            why = strongswan.kernel_esp_missing()
+            if why is not None:
+                raise LabError(f"kernel-IPsec clients cannot run here: {why} (they run in "
+                               "the VM: cluster/lab/vm.py, tests/kernel)")
         if hooks_dir is not None and (gateway != "cluster" or not hooks_dir.is_dir()):
             raise LabError(f"--hooks needs the cluster gateway and a directory: {hooks_dir}")
         if gateway == "cluster":
@@ -108,7 +116,7 @@ class Lab(LabClients):
         state.save()
         lab = cls(state, progress)
         try:
-            lab._build(clients, hooks_dir.resolve() if hooks_dir else None)
+            lab._build(clients, hooks_dir.resolve() if hooks_dir else None, kernel_ipsec)
         except LabError as exc:
             progress("failed: removing what was built")
             lab.down(save_logs_to)
@@ -121,7 +129,7 @@ class Lab(LabClients):
             raise
         return lab
 
-    def _build(self, clients: int, hooks_dir: Path | None) -> None:
+    def _build(self, clients: int, hooks_dir: Path | None, kernel_ipsec: bool = False) -> None:
         s = self.state
         self.progress("generating PKI (CA, gateway certificate, PSK, data key)")
         self.pki.create()
@@ -140,7 +148,7 @@ class Lab(LabClients):
             self._start_hooks(hooks_dir)
         for i in range(1, clients + 1):
             self.progress(f"adding client-{i}")
-            self.add_client(f"client-{i}")
+            self.add_client(f"client-{i}", kernel_ipsec=kernel_ipsec)
         s.ready = True
         s.save()
         self.progress("ready")

@@ -29,8 +29,6 @@ BOOT = Path("/boot")
 MODULES = Path("/lib/modules")
 MEMORY = "2G"
 CPUS = 2
-#: how much longer than on the host the lab waits for its daemons inside the VM (TCG)
-SLOWDOWN = 10
 
 
 @dataclass(frozen=True, slots=True)
