@@ -209,7 +209,9 @@ def test_a_moving_kernel_ipsec_client_keeps_its_sas_and_its_next_owner_follows(
     time.sleep(1.0)
     gap, lost = demo.gap_after(demo.replies(log), moved_at, time.time())
     print(f"\nmove {old} -> {new}: longest ping gap {gap * 1000:.0f} ms, {lost} lost")
-    assert gap < 1.0, f"pings stopped for {gap:.2f} s after the move"
+    # within 1 s (tests/e2e/test_mobility.py on the host); the VM's TCG guest is
+    # cluster.lab.vm.SLOWDOWN times slower in everything
+    assert gap < patient(1.0), f"pings stopped for {gap:.2f} s after the move"
     # the client sent UPDATE_SA_ADDRESSES and got keyd's answer
     told = charon_log(lab)[charon_before:]
     assert re.search(r"sending packet: from " + re.escape(new), told), told[-2000:]
