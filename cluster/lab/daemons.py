@@ -14,15 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.lab import addresses as A
-from cluster.lab import strongswan, vm
 from cluster.lab.pki import EAP_DOMAIN, SHARED_DOMAIN
+from cluster.lab.vm import patient
 
 Value = str | int | float | bool | Sequence[str]
 
-#: inside the VM (TCG, cluster.lab.vm) everything runs several times slower: etcd answers,
-#: leases and the sprayer's probes get that much more time, or daemons would time out and
-#: nodes look dead while they start
-SLOW = strongswan.VM_SLOWDOWN if vm.in_vm() else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +83,16 @@ class Common:
         return {
             "cluster": {"name": self.cluster, "prefix": "/ipsec-cluster",
                         "data_key_file": str(self.data_key_file)},
-            "etcd": {"endpoints": [f"http://{A.ETCD_IP}:{A.ETCD_PORT}"], "timeout_s": 2.0 * SLOW},
+            "etcd": {"endpoints": [f"http://{A.ETCD_IP}:{A.ETCD_PORT}"],
+                     "timeout_s": patient(2.0)},
             "log": {"level": "info", "json": False},
             "metrics": {"listen": metrics},
         }
 
+
+#: the nodes' and the sprayer's etcd leases (longer inside the VM, whose TCG guest on a shared
+#: machine misses 3 s keepalives)
+LEASE_TTL_S = int(patient(3))
 
 LAB_IKE_PROPOSALS = [
     "default",
@@ -160,8 +161,7 @@ def node_config(common: Common, index: int, dataplane: str = "userspace") -> str
     s = common.sections("127.0.0.1:9411")
     s["node"] = {
         "id": f"node-{index}", "vip": A.VIP, "address": A.node_ip(index), "capacity": 100,
-        "tun": "ipsc0", "health_port": 4501, "lease_ttl_s": 3 * SLOW,
-        "checkpoint_packets": 1024,
+        "tun": "ipsc0", "health_port": 4501, "lease_ttl_s": LEASE_TTL_S, "checkpoint_packets": 1024,
         "checkpoint_ms": 200, "replay_window": 1024, "keyd_address": A.keyd_ip(1),
         "address6": A.node_ip6(index), "dataplane": dataplane,
     }
@@ -173,8 +173,8 @@ def sprayer_config(common: Common, keyd: int) -> str:
     s["sprayer"] = {
         "id": "sprayer-1", "vip": A.VIP, "driver": "nft",
         "keyd": [A.keyd_ip(i) for i in range(1, keyd + 1)], "probe_interval_ms": 100,
-        "probe_misses": 3 * SLOW, "lease_ttl_s": 3 * SLOW, "rebalance_moves_per_s": 50,
-        "handoff_timeout_ms": 1000 * SLOW,
+        "probe_misses": 3, "lease_ttl_s": LEASE_TTL_S, "rebalance_moves_per_s": 50,
+        "handoff_timeout_ms": int(patient(1000)),
     }
     return toml(s)
 

@@ -35,7 +35,7 @@ import requests
 
 from cluster.freeradius import FreeRadiusServer, RadiusUser
 from cluster.lab import addresses as A
-from cluster.lab import daemons, netns, strongswan, teardown, topology
+from cluster.lab import daemons, netns, strongswan, teardown, topology, vm
 from cluster.lab.base import Progress, _mutating, _quiet, _require_root, _require_tools
 from cluster.lab.clients import LabClients
 from cluster.lab.errors import LabError
@@ -174,7 +174,7 @@ class Lab(LabClients):
                 sys.executable, "-m", "cluster.lab.forwarder",
                 "--listen", f"127.0.0.1:{self.state.etcd_port}", "--netns", self.ns("etcd"),
                 "--target", f"{A.ETCD_IP}:{A.ETCD_PORT}"], None)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + vm.patient(10)
             while rec.alive() and time.monotonic() < deadline:
                 if _listens(self.state.etcd_port):
                     return

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.lab import addresses as A
-from cluster.lab import vm
 from cluster.lab.errors import LabError
 from cluster.lab.netns import run
 from cluster.lab.teardown import running
+from cluster.lab.vm import patient
 
 CHARON = "/usr/lib/ipsec/charon"
 PLUGINS = ("openssl nonce random x509 pem pkcs1 pkcs8 pubkey revocation constraints curve25519 "
@@ -36,20 +36,12 @@ PLUGINS = ("openssl nonce random x509 pem pkcs1 pkcs8 pubkey revocation constrai
            "socket-default vici eap-identity eap-mschapv2 eap-tls")
 #: a client with kernel IPsec: kernel-netlink for SAs and policies too
 KERNEL_IPSEC_PLUGINS = " ".join(p for p in PLUGINS.split() if p != "kernel-libipsec")
-#: inside the VM (cluster/lab/vm.py: TCG, its root over 9p) a Python daemon takes a minute or
-#: two to import and start, charon seconds: the lab waits this many times longer there
-VM_SLOWDOWN = 8
 DEFAULT_IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
 DEFAULT_ESP_PROPOSAL = "aes128gcm16"
 # What the baseline gateway accepts: the proposals docs/configuration.md lists for keyd.
 GATEWAY_IKE_PROPOSALS = ("aes128gcm16-prfsha256-x25519, aes256-sha384-ecp384, "
                          "chacha20poly1305-prfsha256-x25519, aes128-sha256-modp2048, default")
 GATEWAY_ESP_PROPOSALS = "aes128gcm16, aes256-sha256, chacha20poly1305, aes128gcm16-esn, default"
-
-
-def patient(timeout_s: float) -> float:
-    """A wait of the lab, stretched inside the VM."""
-    return timeout_s * VM_SLOWDOWN if vm.in_vm() else timeout_s
 
 
 def strongswan_conf(log_path: Path, kernel_ipsec: bool = False) -> str:
@@ -275,8 +267,7 @@ def in_charon(pid: int, argv: list[str]) -> list[str]:
 
 
 def swanctl(pid: int, *args: str, timeout_s: float = 30.0, check: bool = True) -> str:
-    return run(in_charon(pid, ["swanctl", *args]), timeout_s=patient(timeout_s),
-               check=check).stdout
+    return run(in_charon(pid, ["swanctl", *args]), timeout_s=timeout_s, check=check).stdout
 
 
 def wait_vici(pid: int, timeout_s: float = 15.0) -> None:
