@@ -35,6 +35,9 @@ pytestmark = [
 ]
 
 CLIENT = "alice"
+#: the lab's logs when it fails or goes down: under /tmp of the VM unless the run gives a
+#: directory the host can read (vm.run's rwdirs)
+LOGS = Path(os.environ.get("IPSEC_CLUSTER_KERNEL_LAB_LOGS", "/tmp/kernel-lab-logs"))
 JUMP = jump_for(1024)  # the lab's nodes: checkpoint_packets 1024 (cluster/lab/daemons.py)
 FAILURES = ("XfrmInStateSeqError", "XfrmInStateProtoError", "XfrmInNoStates",
             "XfrmInStateInvalid", "XfrmInTmplMismatch")
@@ -43,11 +46,11 @@ FAILURES = ("XfrmInStateSeqError", "XfrmInStateProtoError", "XfrmInNoStates",
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     the_lab = Lab.up(f"kdp{os.getpid() % 1000}", nodes=2, node_dataplane="kernel",
-                     save_logs_to=Path("/tmp/kernel-lab-logs"))
+                     save_logs_to=LOGS)
     try:
         yield the_lab
     finally:
-        the_lab.down(save_logs_to=Path("/tmp/kernel-lab-logs"))
+        the_lab.down(save_logs_to=LOGS)
 
 
 def _store(lab: Lab) -> Store:
@@ -62,8 +65,9 @@ def _client_states(lab: Lab) -> dict[int, tuple[int, int, int, int]]:
     states = {}
     for block in re.split(r"(?m)^src ", out)[1:]:
         spi = int(re.search(r"spi (0x[0-9a-f]+)", block).group(1), 16)  # type: ignore[union-attr]
-        seq = re.search(r"[ ,]seq (0x[0-9a-f]+)", block)
-        oseq = re.search(r"oseq (0x[0-9a-f]+)", block)
+        # the replay state's counters (not the `seq` of the state's header line)
+        seq = re.search(r"anti-replay.*?[ ,]seq (0x[0-9a-f]+)", block, re.S)
+        oseq = re.search(r"anti-replay.*?oseq (0x[0-9a-f]+)", block, re.S)
         stats = re.search(r"replay (\d+) failed (\d+)", block)
         states[spi] = (int(seq.group(1), 16) if seq else 0, int(oseq.group(1), 16) if oseq else 0,
                        int(stats.group(1)) if stats else 0, int(stats.group(2)) if stats else 0)
