@@ -112,10 +112,14 @@ def lab() -> None:
 @click.option("--etcd-members", type=click.Choice([str(n) for n in A.ETCD_MEMBERS]),
               default="1", show_default=True,
               help="3: an etcd cluster of three members (etcd-1..etcd-3)")
+@click.option("--node-dataplane", type=click.Choice(["userspace", "kernel", "auto"]),
+              default="userspace", show_default=True,
+              help="the nodes' ESP: userspace (cluster.esp over TUN) or kernel (XFRM; needs a "
+                   "kernel with ESP, e.g. the VM's)")
 @SAVE_LOGS
 @operational
 def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
-       hooks_dir: Path | None, radius: bool, etcd_members: str,
+       hooks_dir: Path | None, radius: bool, etcd_members: str, node_dataplane: str,
        save_logs: Path | None) -> None:
     """Build a lab and return when it serves."""
     if save_logs is None:
@@ -126,7 +130,8 @@ def up(lab_name: str, nodes: int, keyd: int, clients: int, gateway: str,
         the_lab = labmod.Lab.up(lab_name, nodes=nodes, keyd=keyd, clients=clients,
                                 gateway=gateway, progress=step, save_logs_to=save_logs,
                                 hooks_dir=hooks_dir, radius=radius,
-                                etcd_members=int(etcd_members))
+                                etcd_members=int(etcd_members),
+                                node_dataplane=node_dataplane)
     click.echo(f"lab {the_lab.name} is up: VIP {the_lab.status()['vip']}, "
                f"etcd {the_lab.etcd_endpoint}")
 

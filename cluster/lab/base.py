@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
-from cluster.lab import netns, strongswan
+from cluster.lab import netns, strongswan, vm
 from cluster.lab.errors import LabError
 from cluster.lab.pki import LabPki
 from cluster.lab.state import LabState, ProcessRecord, proc_start_ticks
@@ -132,6 +132,7 @@ class LabBase:
         return True
 
     def _wait(self, what: str, ready: Callable[[], bool], timeout_s: float) -> None:
+        timeout_s = vm.patient(timeout_s)
         deadline = time.monotonic() + timeout_s
         while not ready():
             if time.monotonic() > deadline:

@@ -27,7 +27,7 @@ class LabClients(LabBase):
                    dpd_delay_s: int = 10, identity: str | None = None,
                    psk: str | None = None, remote_auth: str = "pubkey",
                    eap_user: str = "carol", eap_password: str | None = None,
-                   ipv6: bool = False) -> ClientRecord:
+                   ipv6: bool = False, kernel_ipsec: bool = False) -> ClientRecord:
         """A client namespace; with ike, a charon in it that has connected to the VIP.
         `auth`: psk, cert, eap-mschapv2 (as `eap_user`, with the lab's EAP password unless
         `eap_password` says otherwise; its IKE identity is its address, as Windows', unless
@@ -36,7 +36,10 @@ class LabClients(LabBase):
         secrets file gives a shared-secret user, else the lab PSK): what the client claims
         and proves; `remote_auth`: how it checks the gateway
         ("pubkey": its certificate; "psk": the same PSK, both ways). `ipv6`: the client
-        asks for an IPv6 virtual address too, and for everything of both families."""
+        asks for an IPv6 virtual address too, and for everything of both families.
+        `kernel_ipsec`: its charon keeps its Child SAs in the kernel (XFRM, kernel-netlink)
+        instead of kernel-libipsec; refused where the kernel has no ESP (this machine's:
+        such clients run in the VM of cluster/lab/vm.py)."""
         _require_root()
         check_name(name, "client name")
         if name in RESERVED or name.startswith(("keyd-", "node-")) \
@@ -48,6 +51,11 @@ class LabClients(LabBase):
             raise LabError("eap-tls clients need a lab with --radius")
         if remote_auth not in ("pubkey", "psk"):
             raise LabError(f"unknown remote_auth {remote_auth!r}: pubkey or psk")
+        if kernel_ipsec and ike:
+            why = strongswan.kernel_esp_missing()
+            if why is not None:
+                raise LabError(f"client {name!r} cannot use kernel IPsec here: {why} (kernel-"
+                               "IPsec clients run in the VM: cluster/lab/vm.py, tests/kernel)")
         used = {c.slot for c in self.state.clients.values()}
         slot = next((i for i in range(1, A.MAX_CLIENTS + 1) if i not in used), None)
         if slot is None:
@@ -70,6 +78,7 @@ class LabClients(LabBase):
                 identity=ike_id, auth=auth, psk=psk or self._psk_for(identity),
                 ca_cert=self.pki.ca_cert, ike_proposal=ike_proposal, esp_proposal=esp_proposal,
                 dpd_delay_s=dpd_delay_s, remote_auth=remote_auth, eap_user=eap_user, ipv6=ipv6,
+                kernel_ipsec=kernel_ipsec,
                 eap_password=eap_password if eap_password is not None else (
                     self.pki.eap_password() if auth == "eap-mschapv2" else "")))
         return rec
@@ -84,7 +93,8 @@ class LabClients(LabBase):
             cert, key = self.pki.issue(f"client-{rec.name}", [rec.identity])
             cfg = strongswan.ClientConfig(**{**_fields(cfg), "cert": cert, "key": key})
         (conf_dir / "strongswan.conf").write_text(
-            strongswan.strongswan_conf(self.dir / "logs" / f"client-{rec.name}-charon.log"))
+            strongswan.strongswan_conf(self.dir / "logs" / f"client-{rec.name}-charon.log",
+                                       kernel_ipsec=cfg.kernel_ipsec))
         swanctl_conf = strongswan.swanctl_dir(conf_dir, strongswan.client_swanctl_conf(cfg),
                                               cfg.key)
         rec.swanctl_conf = str(swanctl_conf)

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from cluster.lab import addresses as A
 from cluster.lab.pki import EAP_DOMAIN, SHARED_DOMAIN
+from cluster.lab.vm import patient
 
 Value = str | int | float | bool | Sequence[str]
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +84,15 @@ class Common:
         return {
             "cluster": {"name": self.cluster, "prefix": "/ipsec-cluster",
                         "data_key_file": str(self.data_key_file)},
-            "etcd": {"endpoints": list(self.etcd_endpoints), "timeout_s": 2.0},
+            "etcd": {"endpoints": list(self.etcd_endpoints), "timeout_s": patient(2.0)},
             "log": {"level": "info", "json": False},
             "metrics": {"listen": metrics},
         }
 
+
+#: the nodes' and the sprayer's etcd leases (longer inside the VM, whose TCG guest on a shared
+#: machine misses 3 s keepalives)
+LEASE_TTL_S = int(patient(3))
 
 LAB_IKE_PROPOSALS = [
     "default",
@@ -151,13 +157,13 @@ def keyd_config(common: Common, index: int, secrets_file: Path, cert: Path, key:
     return toml(s) + conns
 
 
-def node_config(common: Common, index: int) -> str:
+def node_config(common: Common, index: int, dataplane: str = "userspace") -> str:
     s = common.sections("127.0.0.1:9411")
     s["node"] = {
         "id": f"node-{index}", "vip": A.VIP, "address": A.node_ip(index), "capacity": 100,
-        "tun": "ipsc0", "health_port": 4501, "lease_ttl_s": 3, "checkpoint_packets": 1024,
+        "tun": "ipsc0", "health_port": 4501, "lease_ttl_s": LEASE_TTL_S, "checkpoint_packets": 1024,
         "checkpoint_ms": 200, "replay_window": 1024, "keyd_address": A.keyd_ip(1),
-        "address6": A.node_ip6(index),
+        "address6": A.node_ip6(index), "dataplane": dataplane,
     }
     return toml(s)
 
@@ -167,8 +173,8 @@ def sprayer_config(common: Common, keyd: int) -> str:
     s["sprayer"] = {
         "id": "sprayer-1", "vip": A.VIP, "driver": "nft",
         "keyd": [A.keyd_ip(i) for i in range(1, keyd + 1)], "probe_interval_ms": 100,
-        "probe_misses": 3, "lease_ttl_s": 3, "rebalance_moves_per_s": 50,
-        "handoff_timeout_ms": 1000,
+        "probe_misses": 3, "lease_ttl_s": LEASE_TTL_S, "rebalance_moves_per_s": 50,
+        "handoff_timeout_ms": int(patient(1000)),
     }
     return toml(s)
 

@@ -35,7 +35,7 @@ def add_node(lab: Lab, timeout_s: float = 30.0) -> str:
     ns = topology.back_host(lab._add_ns, lab.ns("router"), role, A.node_ip(index), vip=True)
     common = daemons.Common(lab.name, lab.pki.data_key_file, lab.dir / "logs")
     path = lab.dir / "config" / f"{role}.toml"
-    path.write_text(daemons.node_config(common, index))
+    path.write_text(daemons.node_config(common, index, lab.state.node_dataplane))
     lab.state.nodes = index
     lab._spawn(role, netns.exec_argv(ns, daemons.NODE.argv(path)), ns)
     lab._wait(f"{role} listening on {A.VIP}:4500 and ready in etcd",

@@ -37,7 +37,7 @@ import requests
 from cluster.freeradius import FreeRadiusServer, RadiusUser
 from cluster.host import DriverError, inside_netns
 from cluster.lab import addresses as A
-from cluster.lab import daemons, netns, strongswan, teardown, topology
+from cluster.lab import daemons, netns, strongswan, teardown, topology, vm
 from cluster.lab.base import Progress, _mutating, _quiet, _require_root, _require_tools
 from cluster.lab.clients import LabClients
 from cluster.lab.errors import LabError
@@ -49,6 +49,7 @@ from cluster.lab.state import (
     labs_root,
 )
 from cluster.procs import EtcdServer, free_port
+from cluster.xfrm.kernel import esp_missing
 
 GATEWAYS = ("cluster", "strongswan")
 IPERF_PORTS = (5201, 5202, 5203, 5204)
@@ -68,13 +69,17 @@ class Lab(LabClients):
     def up(cls, name: str = "lab", nodes: int = 3, keyd: int = 1, clients: int = 0,
            gateway: str = "cluster", progress: Progress = _quiet,
            save_logs_to: Path | None = None, hooks_dir: Path | None = None,
-           radius: bool = False, etcd_members: int = 1) -> Lab:
+           radius: bool = False, etcd_members: int = 1, kernel_ipsec: bool = False,
+           node_dataplane: str = "userspace") -> Lab:
         """Build the lab and return when it serves; on failure remove what was built (after
         copying its logs to save_logs_to, if given). With hooks_dir, cluster-hooks runs the
         executables there on cluster events (in the router's namespace). With radius, keyd
         relays EAP to a FreeRADIUS (EAP-TLS with lab client certificates, EAP-MSCHAPv2 with the
         lab's EAP users) on keyd-1's loopback; one keyd only. etcd_members 3: an etcd cluster
-        of three members in the etcd namespace (docs/lab.md, "etcd")."""
+        of three members in the etcd namespace (docs/lab.md, "etcd"). With kernel_ipsec, the
+        `clients` it adds keep their Child SAs in the kernel (LabClients.add_client).
+        node_dataplane is the nodes' [node] dataplane (kernel: XFRM, which needs a kernel
+        with ESP, e.g. the VM's)."""
         _require_root()
         check_name(name)
         _require_tools()
@@ -86,8 +91,14 @@ class Lab(LabClients):
             raise LabError(f"--nodes must be 0..{A.MAX_NODES}")
         if etcd_members not in A.ETCD_MEMBERS:
             raise LabError(f"--etcd-members must be one of {', '.join(map(str, A.ETCD_MEMBERS))}")
+        _check_dataplane(node_dataplane)
         if radius and (gateway != "cluster" or keyd != 1):
             raise LabError("--radius needs the cluster gateway and one keyd")
+        if kernel_ipsec and clients:
+            why = strongswan.kernel_esp_missing()
+            if why is not None:
+                raise LabError(f"kernel-IPsec clients cannot run here: {why} (they run in "
+                               "the VM: cluster/lab/vm.py, tests/kernel)")
         if hooks_dir is not None and (gateway != "cluster" or not hooks_dir.is_dir()):
             raise LabError(f"--hooks needs the cluster gateway and a directory: {hooks_dir}")
         if gateway == "cluster":
@@ -106,11 +117,12 @@ class Lab(LabClients):
         state = LabState(name=name, prefix=f"ipsc-{name}_{secrets.token_hex(2)}-",
                          directory=str(directory), gateway=gateway,
                          nodes=nodes if gateway == "cluster" else 0, keyd=keyd,
-                         radius=radius, etcd_members=etcd_members)
+                         radius=radius, etcd_members=etcd_members,
+                         node_dataplane=node_dataplane)
         state.save()
         lab = cls(state, progress)
         try:
-            lab._build(clients, hooks_dir.resolve() if hooks_dir else None)
+            lab._build(clients, hooks_dir.resolve() if hooks_dir else None, kernel_ipsec)
         except LabError as exc:
             progress("failed: removing what was built")
             lab.down(save_logs_to)
@@ -123,7 +135,7 @@ class Lab(LabClients):
             raise
         return lab
 
-    def _build(self, clients: int, hooks_dir: Path | None) -> None:
+    def _build(self, clients: int, hooks_dir: Path | None, kernel_ipsec: bool = False) -> None:
         s = self.state
         self.progress("generating PKI (CA, gateway certificate, PSK, data key)")
         self.pki.create()
@@ -143,7 +155,7 @@ class Lab(LabClients):
             self._start_hooks(hooks_dir)
         for i in range(1, clients + 1):
             self.progress(f"adding client-{i}")
-            self.add_client(f"client-{i}")
+            self.add_client(f"client-{i}", kernel_ipsec=kernel_ipsec)
         s.ready = True
         s.save()
         self.progress("ready")
@@ -192,7 +204,7 @@ class Lab(LabClients):
                 sys.executable, "-m", "cluster.lab.forwarder",
                 "--listen", f"127.0.0.1:{self.state.etcd_port}", "--netns", self.ns("etcd"),
                 *targets], None)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + vm.patient(10)
             while rec.alive() and time.monotonic() < deadline:
                 if _listens(self.state.etcd_port):
                     return
@@ -307,7 +319,7 @@ class Lab(LabClients):
         for i in range(1, self.state.nodes + 1):
             self.progress(f"starting node-{i}")
             path = conf / f"node-{i}.toml"
-            path.write_text(daemons.node_config(common, i))
+            path.write_text(daemons.node_config(common, i, self.state.node_dataplane))
             self._spawn(f"node-{i}", netns.exec_argv(self.ns(f"node-{i}"),
                                                      daemons.NODE.argv(path)), self.ns(f"node-{i}"))
         self.progress("starting the sprayer")
@@ -636,3 +648,17 @@ def list_labs() -> list[str]:
     root = labs_root()
     return sorted(p.name for p in root.iterdir() if (p / "state.json").exists()) \
         if root.is_dir() else []
+
+
+#: the node's [node] dataplane values (cluster.node.config)
+DATAPLANES = ("userspace", "kernel", "auto")
+
+
+def _check_dataplane(dataplane: str) -> None:
+    if dataplane not in DATAPLANES:
+        raise LabError(f"unknown node dataplane {dataplane!r}: one of {', '.join(DATAPLANES)}")
+    if dataplane == "kernel":
+        why = esp_missing(A.VIP)
+        if why is not None:
+            raise LabError(f"--node-dataplane kernel: this kernel cannot carry ESP ({why}); "
+                           "run the lab in the VM (cluster.lab.vm)")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cluster.lab.errors import LabError
+from cluster.lab.vm import patient
 
 NETNS_DIR = Path("/run/netns")
 _CLONE_NEWNET = 0x40000000
@@ -21,6 +22,7 @@ _CLONE_NEWNET = 0x40000000
 def run(argv: Sequence[str], check: bool = True, timeout_s: float = 30.0,
         input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command, capture its output; raise LabError with its stderr when it fails."""
+    timeout_s = patient(timeout_s)
     try:
         proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s,
                               input=input_text, stdin=None if input_text else subprocess.DEVNULL)

@@ -96,6 +96,7 @@ class LabState:
     nodes: int
     keyd: int
     radius: bool = False     # keyd relays EAP to a FreeRADIUS in keyd-1's namespace
+    node_dataplane: str = "userspace"  # the nodes' [node] dataplane
     etcd_port: int = 0       # the root namespace's loopback forwarder into the etcd namespace
     etcd_members: int = 1    # 1: process "etcd"; 3: "etcd-1".."etcd-3", one cluster
     namespaces: list[str] = field(default_factory=list)

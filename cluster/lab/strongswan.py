@@ -1,6 +1,13 @@
 """Real strongSwan in the lab: charon with kernel-libipsec (ESP in userspace over TUN), one per
 namespace, each in its own mount namespace with a private /run (pid file, VICI socket).
 
+A client may run with kernel IPsec instead (`kernel_ipsec`): charon loads kernel-netlink for
+both its IPsec and its networking backend and no kernel-libipsec, so its Child SAs are XFRM
+states and policies in its namespace's kernel, its virtual IP sits on its outer interface and
+its routes go into table 220 (charon's defaults), and a MOBIKE update changes the states'
+addresses in place. That needs a kernel with ESP (`kernel_esp_missing` says why not): this
+machine's has none, the VM of cluster/lab/vm.py has (tests/kernel).
+
 Renders strongswan.conf / swanctl.conf for lab clients and for the "baseline gateway" (a
 charon responder standing at the VIP in keyd's place), starts charon, and talks to it with
 swanctl inside the same mount namespace.
@@ -9,6 +16,7 @@ swanctl inside the same mount namespace.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shlex
 import time
@@ -20,11 +28,14 @@ from cluster.lab import addresses as A
 from cluster.lab.errors import LabError
 from cluster.lab.netns import run
 from cluster.lab.teardown import running
+from cluster.lab.vm import patient
 
 CHARON = "/usr/lib/ipsec/charon"
 PLUGINS = ("openssl nonce random x509 pem pkcs1 pkcs8 pubkey revocation constraints curve25519 "
            "gmp aes sha1 sha2 hmac gcm chapoly ctr cmac kdf attr kernel-libipsec kernel-netlink "
            "socket-default vici eap-identity eap-mschapv2 eap-tls")
+#: a client with kernel IPsec: kernel-netlink for SAs and policies too
+KERNEL_IPSEC_PLUGINS = " ".join(p for p in PLUGINS.split() if p != "kernel-libipsec")
 DEFAULT_IKE_PROPOSAL = "aes128gcm16-prfsha256-x25519"
 DEFAULT_ESP_PROPOSAL = "aes128gcm16"
 # What the baseline gateway accepts: the proposals docs/configuration.md lists for keyd.
@@ -33,11 +44,13 @@ GATEWAY_IKE_PROPOSALS = ("aes128gcm16-prfsha256-x25519, aes256-sha384-ecp384, "
 GATEWAY_ESP_PROPOSALS = "aes128gcm16, aes256-sha256, chacha20poly1305, aes128gcm16-esn, default"
 
 
-def strongswan_conf(log_path: Path) -> str:
+def strongswan_conf(log_path: Path, kernel_ipsec: bool = False) -> str:
+    """charon's strongswan.conf: ESP in kernel-libipsec, or with `kernel_ipsec` in the
+    kernel (XFRM, through kernel-netlink)."""
     return f"""\
 charon {{
   load_modular = no
-  load = {PLUGINS}
+  load = {KERNEL_IPSEC_PLUGINS if kernel_ipsec else PLUGINS}
   install_routes = yes
   retransmit_timeout = 2.0
   retransmit_tries = 3
@@ -77,6 +90,9 @@ class ClientConfig:
     # or "psk" (the client's own PSK, both ways: Apple's "shared secret", Android's
     # "IKEv2/IPSec PSK")
     remote_auth: str = "pubkey"
+    # ESP in the kernel (XFRM through kernel-netlink) instead of kernel-libipsec: rendered
+    # into strongswan.conf, not swanctl.conf
+    kernel_ipsec: bool = False
 
 
 def client_swanctl_conf(c: ClientConfig) -> str:
@@ -190,6 +206,25 @@ secrets {{
 """
 
 
+#: a throw-away ESP state (in UDP, AES-GCM, as the lab's clients use) in a throw-away network
+#: namespace: what a kernel-IPsec client's charon will ask the kernel for
+_PROBE_STATE = ("ip xfrm state add src 192.0.2.250 dst 192.0.2.251 proto esp spi 0x00000101 "
+                "reqid 1 mode tunnel encap espinudp 4500 4500 0.0.0.0 "
+                "aead 'rfc4106(gcm(aes))' 0x0102030405060708090a0b0c0d0e0f1011121314 128")
+
+
+def kernel_esp_missing() -> str | None:
+    """Why this machine's kernel cannot hold a kernel-IPsec client's Child SAs (None: it can):
+    it is asked to install an ESP-in-UDP state in a network namespace that goes away with the
+    probe."""
+    script = f"modprobe -q -a esp4 xfrm_user 2>/dev/null; {_PROBE_STATE}"
+    r = run(["unshare", "--net", "sh", "-c", script], check=False, timeout_s=15)
+    if r.returncode == 0:
+        return None
+    said = " ".join((r.stderr or r.stdout).split())[-200:] or f"exit {r.returncode}"
+    return f"the kernel ({os.uname().release}) cannot install an XFRM ESP state: {said}"
+
+
 def swanctl_dir(directory: Path, conf: str, key: Path | None) -> Path:
     """A swanctl directory: swanctl.conf (0600) and, for certificate auth, private/<key>.
 
@@ -237,6 +272,7 @@ def swanctl(pid: int, *args: str, timeout_s: float = 30.0, check: bool = True) -
 
 def wait_vici(pid: int, timeout_s: float = 15.0) -> None:
     """Wait until charon answers on its VICI socket."""
+    timeout_s = patient(timeout_s)
     deadline = time.monotonic() + timeout_s
     while True:
         r = run(in_charon(pid, ["swanctl", "--stats"]), check=False, timeout_s=10)
@@ -258,6 +294,7 @@ def load(pid: int, swanctl_conf: Path) -> None:
 
 def initiate(pid: int, timeout_s: int = 20) -> None:
     """Bring the lab connection up; a clear error with charon's last words if it fails."""
+    timeout_s = int(patient(timeout_s))
     r = run(in_charon(pid, ["swanctl", "--initiate", "--ike", "lab", "--child", "lab",
                             "--timeout", str(timeout_s)]), check=False, timeout_s=timeout_s + 10)
     if r.returncode != 0:

@@ -29,6 +29,9 @@ BOOT = Path("/boot")
 MODULES = Path("/lib/modules")
 MEMORY = "2G"
 CPUS = 2
+#: inside the VM (TCG, its root over 9p, on a shared machine) a Python daemon takes a minute
+#: or two to import and start, a command seconds: the lab waits this many times longer there
+SLOWDOWN = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,11 @@ class VmResult:
 
 def in_vm() -> bool:
     return os.environ.get(IN_VM_ENV) == "1"
+
+
+def patient(timeout_s: float) -> float:
+    """A wait or a command's time limit, stretched inside the VM."""
+    return timeout_s * SLOWDOWN if in_vm() else timeout_s
 
 
 def vng_path() -> str | None:

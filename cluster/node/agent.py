@@ -23,13 +23,15 @@ from dataclasses import dataclass
 
 from cluster import systemd
 from cluster.esp import IvSource
-from cluster.node import events
+from cluster.node import events, kernel_io, kernel_sa
 from cluster.node import tun as tunmod
 from cluster.node.checkpoints import Checkpoints, SeqReader, write_final
 from cluster.node.config import NodeConfig, NodeSection
 from cluster.node.counters import Checkpointer
 from cluster.node.datapath import Datapath
 from cluster.node.handoff import HandoffError, is_ready_message, pull_ready
+from cluster.node.kernel import KernelPlane
+from cluster.node.kernel import fill_snapshot as fill_kernel_snapshot
 from cluster.node.membership import NodeMembership, StoreRef
 from cluster.node.metrics import Snapshot
 from cluster.node.ownership import Ownership
@@ -51,6 +53,7 @@ from cluster.store import (
     WatchEvent,
     WatchResynced,
 )
+from cluster.xfrm.kernel import esp_missing
 
 log = logging.getLogger("cluster.node")
 
@@ -91,6 +94,9 @@ class NodeAgent:
             on_lease_lost=lambda reason: self.post(functools.partial(self._lease_lost, reason)),
             on_prefix=lambda prefix: self.plane.renew_iv_prefix(prefix))
         self.datapath: Datapath | None = None
+        self.kernel_io: kernel_io.KernelSockets | None = None
+        self.plane: UserspacePlane | KernelPlane
+        self.dataplane = "userspace"
         self.relay: IkeRelay | None = None
         self._control: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._ready_sock: socket.socket | None = None
@@ -104,24 +110,17 @@ class NodeAgent:
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
         c = self.cfg
-        self._tun_fd = tunmod.open_tun(c.tun, c.tun_mtu)
         self._ready_sock = socket.socket(
             socket.AF_INET6 if ":" in c.address else socket.AF_INET, socket.SOCK_DGRAM)
         self._ready_sock.setblocking(False)
         if c.keyd_address:
             self.relay = IkeRelay(c.keyd_address, c.vip)
             self.relay.start()
-        self.datapath = dp = Datapath(
-            vip=c.vip, natt_port=c.natt_port, tun_fd=self._tun_fd,
-            health=(c.address, c.health_port), health_reply=self._health_reply,
-            ike_port=c.ike_port if self.relay else None,
-            on_unknown_spi=lambda spi: self.post(lambda: self._unknown_spi(spi)),
-            on_ike=self.relay.submit if self.relay else None,
-            fence_grace_s=c.fence_grace_ms / 1000)
-        self.membership.register()
-        assert self.membership.prefix is not None
-        self.iv_source = IvSource(self.membership.prefix)
-        self.plane = UserspacePlane(dp, self.iv_source, c.replay_window)
+        self.dataplane = self._choose_dataplane()
+        if self.dataplane == "kernel":
+            self._start_kernel_plane()
+        else:
+            self._start_userspace_plane()
         self.sas = SaInstaller(self.plane, self.core.records)
         self.routes = RouteApplier(
             c.tun, self.plane,
@@ -134,7 +133,10 @@ class NodeAgent:
         self.seq_reader = SeqReader(
             self.ref, self._pool, lambda items: self.post(
                 functools.partial(self._acquired_many, items)), lambda: self._stopping)
-        dp.start()
+        if self.datapath is not None:
+            self.datapath.start()
+        if self.kernel_io is not None:
+            self.kernel_io.start()
         self._thread = threading.Thread(target=self._control_loop, name="node-control",
                                         daemon=True)
         self._thread.start()
@@ -148,6 +150,53 @@ class NodeAgent:
                                           report_malformed=True))
         for cls in (ChildSaRecord, Assignment, NodeRecord):
             self._watchers.append(store.watch(cls, self._sink(cls.KIND)))
+
+    def _choose_dataplane(self) -> str:
+        c = self.cfg
+        if c.dataplane != "auto":
+            return c.dataplane
+        why = esp_missing(c.vip)
+        if why is None:
+            log.info("dataplane auto: the kernel carries ESP (XFRM)")
+            return "kernel"
+        log.info("dataplane auto: userspace (%s)", why)
+        return "userspace"
+
+    def _start_userspace_plane(self) -> None:
+        c = self.cfg
+        self._tun_fd = tunmod.open_tun(c.tun, c.tun_mtu)
+        self.datapath = dp = Datapath(
+            vip=c.vip, natt_port=c.natt_port, tun_fd=self._tun_fd,
+            health=(c.address, c.health_port), health_reply=self._health_reply,
+            ike_port=c.ike_port if self.relay else None,
+            on_unknown_spi=lambda spi: self.post(lambda: self._unknown_spi(spi)),
+            on_ike=self.relay.submit if self.relay else None,
+            fence_grace_s=c.fence_grace_ms / 1000)
+        self.membership.register()
+        assert self.membership.prefix is not None
+        self.iv_source = IvSource(self.membership.prefix)
+        self.plane = UserspacePlane(dp, self.iv_source, c.replay_window)
+
+    def _start_kernel_plane(self) -> None:
+        """XFRM in this network namespace (cluster.node.kernel): the XFRM interface takes
+        the `tun` name, so client routes are written as for the TUN device."""
+        c = self.cfg
+        kernel_io.create_interface(c.tun, kernel_sa.IF_ID, c.tun_mtu)
+        plane = KernelPlane(vip=c.vip, natt_port=c.natt_port, replay_window=c.replay_window,
+                            jump_packets=c.jump_packets,
+                            checkpoint_packets=c.checkpoint_packets,
+                            checkpoint_ms=c.checkpoint_ms,
+                            fence_grace_s=c.fence_grace_ms / 1000, clock=self.clock,
+                            wall=self.wall)
+        plane.start()
+        self.plane = plane
+        self.kernel_io = kernel_io.KernelSockets(
+            vip=c.vip, natt_port=c.natt_port, health=(c.address, c.health_port),
+            health_reply=self._health_reply, ike_port=c.ike_port if self.relay else None,
+            on_ike=self.relay.submit if self.relay else None, on_aevents=plane.aevents)
+        self.membership.register()
+        assert self.membership.prefix is not None
+        self.iv_source = IvSource(self.membership.prefix)  # unused: the kernel makes IVs
 
     def _sink(self, kind: str) -> Callable[[WatchEvent], None]:
         def sink(ev: WatchEvent) -> None:
@@ -170,10 +219,15 @@ class NodeAgent:
         self.membership.stop()
         if self.datapath is not None:
             self.datapath.stop()
+        if self.kernel_io is not None:
+            self.kernel_io.stop()
         if self.relay is not None:
             self.relay.stop()
         remove_routes(self.cfg.tun, list(self.core.routed),
                       [(addr, via) for addr, (via, _) in list(self.core.forwarded.items())])
+        if isinstance(getattr(self, "plane", None), KernelPlane):
+            self.plane.close()  # type: ignore[union-attr]
+            kernel_io.remove_interface(self.cfg.tun)
         if self._tun_fd >= 0:
             os.close(self._tun_fd)
             self._tun_fd = -1
@@ -378,7 +432,10 @@ class NodeAgent:
         if not self._running:
             return s
         cp = self.core.checkpointer
-        fill_snapshot(self.plane, s, cp.owned(), cp.lag)
+        if isinstance(self.plane, KernelPlane):
+            fill_kernel_snapshot(self.plane, s, cp.owned(), cp.lag)
+        else:
+            fill_snapshot(self.plane, s, cp.owned(), cp.lag)
         s.checkpoint_lag_seconds = cp.oldest_unacked_s(self.clock())
         s.checkpoints_written = self.checkpoints.stats.written
         s.checkpoint_failures = self.checkpoints.stats.failures

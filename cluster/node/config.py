@@ -14,6 +14,7 @@ from cluster.config import Config, ConfigError, load_config
 from cluster.esp import MAX_WINDOW, MIN_WINDOW
 
 DEFAULT_PATH = Path("/etc/ipsec-cluster/cluster-node.toml")
+DATAPLANES = ("auto", "kernel", "userspace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,9 @@ class NodeSection:
     # back-end IPv6 address (the router sends return traffic for clients' IPv6 virtual
     # addresses here); None: inner IPv6 is not routed back to this node
     address6: str | None = None
+    #: who carries the ESP: "userspace" (UDP socket, cluster.esp, TUN), "kernel" (Linux XFRM),
+    #: "auto" (the kernel when an XFRM ESP state can be installed; docs/node.md)
+    dataplane: str = "userspace"
 
     @property
     def jump_packets(self) -> int:
@@ -86,6 +90,7 @@ def node_config(common: Config, overrides: dict[str, Any] | None = None) -> Node
         fence_grace_ms=s.get("fence_grace_ms", int, 1000),
         ready_wait_ms=s.get("ready_wait_ms", int, 500),
         address6=s.get("address6", str, None),
+        dataplane=s.get("dataplane", str, "userspace"),
     )
     if section.address6 is not None:
         address6 = _ip(section.address6, f"{where} address6")
@@ -109,6 +114,8 @@ def node_config(common: Config, overrides: dict[str, Any] | None = None) -> Node
         (576 <= section.tun_mtu <= 65535, "tun_mtu must be 576..65535"),
         (section.fence_grace_ms >= 0, "fence_grace_ms must be >= 0"),
         (0 <= section.ready_wait_ms <= 60_000, "ready_wait_ms must be 0..60000"),
+        (section.dataplane in DATAPLANES,
+         f"dataplane must be one of {', '.join(DATAPLANES)}, not {section.dataplane!r}"),
     ]
     for ok, message in checks:
         if not ok:

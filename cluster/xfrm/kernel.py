@@ -18,18 +18,23 @@ from cluster.xfrm.wire import (
     NETLINK_EXT_ACK,
     NETLINK_XFRM,
     NLM_F_ACK,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_ERROR,
     SOL_NETLINK,
+    XFRM_MSG_DELSA,
+    XFRM_MSG_GETSA,
     XFRM_MSG_NEWAE,
     KernelError,
     Message,
     XfrmProtocolError,
     error_of,
     pull_messages,
+    push_message,
 )
 
-XFRMNLGRP_AEVENTS = 5
+XFRMNLGRP_SA, XFRMNLGRP_AEVENTS = 3, 5
 NETLINK_ADD_MEMBERSHIP = 1
 _RECV = 1 << 16
 
@@ -101,6 +106,25 @@ class XfrmSocket:
             raise XfrmProtocolError("GETSA answered without a state")
         return sa.pull_state(msg)
 
+    def dump_states(self) -> list[sa.StateInfo]:
+        """Every state of this network namespace (XFRM_MSG_GETSA with NLM_F_DUMP)."""
+        seq = self._next()
+        self.sock.send(push_message(XFRM_MSG_GETSA, NLM_F_REQUEST | NLM_F_DUMP, seq, b""))
+        out: list[sa.StateInfo] = []
+        while True:
+            for msg in pull_messages(self.sock.recv(_RECV)):
+                if msg.seq != seq:
+                    continue
+                if msg.kind == NLMSG_DONE:
+                    return out
+                if msg.kind == NLMSG_ERROR:
+                    err = error_of(msg)
+                    if err is None:
+                        return out
+                    raise KernelError(err.errno, err.kind, err.seq, "dump states", err.detail)
+                with contextlib.suppress(XfrmProtocolError):  # not ESP (AH, IPcomp)
+                    out.append(sa.pull_state(msg))
+
     def get_ae(self, dst: str, spi: int, src: str) -> sa.AeEvent:
         msg = self.request(sa.push_get_ae(self._next(), dst, spi, src),
                            f"get replay state of spi {spi:08x} to {dst}")
@@ -139,6 +163,7 @@ class Aevents:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, XFRMNLGRP_AEVENTS)
         self.sock.setblocking(False)
         self.malformed = 0  # events that did not read as one (counted, skipped)
+        self.overruns = 0  # ENOBUFS: the kernel dropped events (socket buffer full)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -150,6 +175,9 @@ class Aevents:
                 data = self.sock.recv(_RECV)
             except BlockingIOError:
                 return out
+            except OSError:
+                self.overruns += 1
+                continue
             try:
                 for msg in pull_messages(data):
                     if msg.kind == XFRM_MSG_NEWAE:
@@ -159,3 +187,62 @@ class Aevents:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class SaEvents:
+    """The XFRMNLGRP_SA subscription, non-blocking, for what it says of deleted states:
+    `deleted()` returns the XFRM_MSG_DELSA notifications that arrived (the others are
+    skipped). A full socket buffer loses notifications (counted in `overruns`)."""
+
+    def __init__(self) -> None:
+        self.sock = _open(None)
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, XFRMNLGRP_SA)
+        self.sock.setblocking(False)
+        self.malformed = 0
+        self.overruns = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def deleted(self) -> list[sa.DeletedState]:
+        out: list[sa.DeletedState] = []
+        while True:
+            try:
+                data = self.sock.recv(_RECV)
+            except BlockingIOError:
+                return out
+            except OSError:  # ENOBUFS: the kernel dropped notifications
+                self.overruns += 1
+                continue
+            try:
+                for msg in pull_messages(data):
+                    if msg.kind == XFRM_MSG_DELSA:
+                        out.append(sa.pull_deleted_state(msg))
+            except XfrmProtocolError:
+                self.malformed += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def esp_missing(dst: str) -> str | None:
+    """Why this kernel cannot carry ESP, in one line (None: an ESP state with ESP-in-UDP to
+    `dst` installs in this network namespace; it is removed at once)."""
+    probe = sa.XfrmState(src="192.0.2.254", dst=dst, spi=0xC1C5FFFF, reqid=0xC1C5FFFF,
+                      aead=sa.Aead("rfc4106(gcm(aes))", bytes(20), 128),
+                      replay=sa.Replay(32), esn=True,
+                         encap=sa.Encap(4500, 4500))
+    try:
+        x = XfrmSocket()
+    except OSError as e:
+        return f"no XFRM netlink (xfrm_user): {e.strerror or e}"
+    try:
+        x.add_state(probe)
+        x.delete_state(probe.dst, probe.spi, probe.src)
+    except KernelError as e:
+        return f"no ESP state can be installed: {e}"
+    except OSError as e:
+        return f"no ESP state can be installed: {e}"
+    finally:
+        x.close()
+    return None

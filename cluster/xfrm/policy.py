@@ -12,7 +12,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from cluster.xfrm.state import IPPROTO_ESP, MODES, SELECTOR, XFRM_INF, family_of, packed
+from cluster.xfrm.state import IPPROTO_ESP, MODES, XFRM_INF, family_of, packed, push_selector
 from cluster.xfrm.wire import (
     NLM_F_ACK,
     NLM_F_REQUEST,
@@ -68,13 +68,6 @@ class XfrmPolicy:
                              f"not {self.direction!r}")
         if ipaddress.ip_network(self.src).version != ipaddress.ip_network(self.dst).version:
             raise ValueError(f"policy {self.src} -> {self.dst}: address families differ")
-
-
-def push_selector(src: str, dst: str) -> bytes:
-    s, d = ipaddress.ip_network(src), ipaddress.ip_network(dst)
-    return SELECTOR.pack(packed(str(d.network_address)), packed(str(s.network_address)),
-                         0, 0, 0, 0, family_of(str(d.network_address)), d.prefixlen,
-                         s.prefixlen, 0, 0, 0)
 
 
 def _template(t: Template) -> bytes:

@@ -41,7 +41,7 @@ XFRM_INF = 0xFFFFFFFFFFFFFFFF
 UDP_ENCAP_ESPINUDP = 2
 
 # enum xfrm_attr_type_t
-XFRMA_ALG_AUTH, XFRMA_ALG_CRYPT, XFRMA_ENCAP = 1, 2, 4
+XFRMA_ALG_AUTH, XFRMA_ALG_CRYPT, XFRMA_ENCAP, XFRMA_SA = 1, 2, 4, 6
 XFRMA_LTIME_VAL, XFRMA_REPLAY_VAL, XFRMA_REPLAY_THRESH, XFRMA_ETIMER_THRESH = 9, 10, 11, 12
 XFRMA_SRCADDR = 13
 XFRMA_ALG_AEAD, XFRMA_ALG_AUTH_TRUNC = 18, 20
@@ -176,6 +176,9 @@ class XfrmState:
     encap: Encap | None = None
     if_id: int = 0
     mode: str = "tunnel"
+    #: (source, destination) networks the inner packets of the state must fall in, as the
+    #: kernel checks after decryption (None: any)
+    selector: tuple[str, str] | None = None
     #: aevents: notify after this many packets / this many timer ticks (None: not set)
     replay_thresh: int | None = None
     etimer_thresh: int | None = None
@@ -237,9 +240,17 @@ def pull_replay(raw: bytes) -> Replay:
     return Replay(window, (seq_hi << 32) | seq, (oseq_hi << 32) | oseq, bitmap)
 
 
+def push_selector(src: str, dst: str) -> bytes:
+    s, d = ipaddress.ip_network(src), ipaddress.ip_network(dst)
+    return SELECTOR.pack(packed(str(d.network_address)), packed(str(s.network_address)),
+                         0, 0, 0, 0, family_of(str(d.network_address)), d.prefixlen,
+                         s.prefixlen, 0, 0, 0)
+
+
 def _usersa_info(st: XfrmState) -> bytes:
     fam = family_of(st.dst)
-    sel = bytes(SELECTOR.size)  # any traffic: the policy (or the XFRM interface) selects
+    # None: any traffic, the policy (or the XFRM interface) selects
+    sel = bytes(SELECTOR.size) if st.selector is None else push_selector(*st.selector)
     ident = _ID.pack(packed(st.dst), st.spi.to_bytes(4, "big"), IPPROTO_ESP)
     lft = _LIFETIME_CFG.pack(XFRM_INF, XFRM_INF, XFRM_INF, XFRM_INF, 0, 0, 0, 0)
     tail = _SA_TAIL.pack(0, st.reqid, fam, MODES[st.mode], 0,
@@ -383,6 +394,34 @@ def pull_state(msg: Message) -> StateInfo:
     except ValueError as e:
         raise XfrmProtocolError(f"XFRM state does not read as ESP: {e}") from None
     return StateInfo(state, cur, replay_drops, integrity_failures)
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedState:
+    """XFRM_MSG_DELSA as the kernel multicasts it (XFRMNLGRP_SA) once a state is gone: its
+    replay state then is final — no packet can use the state any more."""
+
+    dst: str
+    spi: int
+    replay: Replay | None
+    lifetime: Lifetime
+
+
+def pull_deleted_state(msg: Message) -> DeletedState:
+    """The notification of a deleted state: xfrm_usersa_id, then XFRMA_SA (the state's
+    xfrm_usersa_info) and the state's attributes (net/xfrm/xfrm_user.c, xfrm_notify_sa)."""
+    body = msg.body
+    if msg.kind != XFRM_MSG_DELSA or len(body) < _USERSA_ID.size:
+        raise XfrmProtocolError(f"not a deleted-state notification: type {msg.kind}")
+    daddr, spi, fam, _ = _USERSA_ID.unpack_from(body)
+    attrs = pull_attrs(body, _USERSA_ID.size)
+    info = attrs.get(XFRMA_SA, b"")
+    off = SELECTOR.size + _ID.size + 16 + _LIFETIME_CFG.size
+    lifetime = _pull_lifetime(info[off:off + _LIFETIME_CUR.size]) \
+        if len(info) >= off + _LIFETIME_CUR.size else Lifetime()
+    replay = pull_replay(attrs[XFRMA_REPLAY_ESN_VAL]) if XFRMA_REPLAY_ESN_VAL in attrs \
+        else None
+    return DeletedState(unpacked(daddr, fam), int.from_bytes(spi, "big"), replay, lifetime)
 
 
 def _alg_name(raw: bytes) -> str:
