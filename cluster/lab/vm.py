@@ -25,6 +25,8 @@ from pathlib import Path
 
 #: set in the guest's environment: tests use it to know they are inside the VM
 IN_VM_ENV = "IPSEC_CLUSTER_IN_VM"
+#: set (=1) to run the kernel tier's lab tests too (a whole lab in the VM: minutes under TCG)
+KERNEL_LAB_ENV = "IPSEC_CLUSTER_KERNEL_LAB"
 BOOT = Path("/boot")
 MODULES = Path("/lib/modules")
 MEMORY = "2G"
@@ -43,6 +45,11 @@ class VmResult:
 
 def in_vm() -> bool:
     return os.environ.get(IN_VM_ENV) == "1"
+
+
+def kernel_lab_wanted() -> bool:
+    """Whether the kernel tier's lab tests run (`KERNEL_LAB_ENV`=1)."""
+    return os.environ.get(KERNEL_LAB_ENV) == "1"
 
 
 def patient(timeout_s: float) -> float:

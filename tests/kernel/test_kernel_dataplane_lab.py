@@ -22,6 +22,7 @@ import pytest
 
 from cluster.cli.ops import rebalance, set_node_state
 from cluster.cli.view import read_snapshot
+from cluster.lab import vm
 from cluster.lab.lab import Lab
 from cluster.node.config import jump_for
 from cluster.store import Assignment, Keyspace, Store
@@ -29,7 +30,7 @@ from cluster.store.seal import load_data_key
 
 pytestmark = [
     pytest.mark.kernel,
-    pytest.mark.skipif(os.environ.get("IPSEC_CLUSTER_KERNEL_LAB") != "1",
+    pytest.mark.skipif(not vm.kernel_lab_wanted(),
                        reason="the kernel-dataplane lab (minutes under TCG) runs with "
                               "IPSEC_CLUSTER_KERNEL_LAB=1"),
 ]

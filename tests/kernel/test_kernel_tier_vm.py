@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from cluster.lab import vm
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 900
-LAB_ENV = "IPSEC_CLUSTER_KERNEL_LAB"
+LAB_ENV = vm.KERNEL_LAB_ENV
 LAB_TIMEOUT_S = 1800
 
 
@@ -23,8 +22,9 @@ def test_kernel_tier_in_vm(tmp_path: Path) -> None:
     log = tmp_path / "vm-console.log"
     command = (f"{sys.executable} -m pytest -p no:cacheprovider -m kernel -q -rA "
                f"--basetemp=/tmp/kernel-tier tests/kernel")
-    # the kernel-dataplane lab (test_kernel_dataplane_lab.py) runs only when asked for
-    lab = os.environ.get(LAB_ENV) == "1"
+    # the lab tests (test_kernel_dataplane_lab.py, test_mobike_kernel_client.py) run only
+    # when asked for
+    lab = vm.kernel_lab_wanted()
     result = vm.run(command, cwd=ROOT, timeout_s=TIMEOUT_S + (LAB_TIMEOUT_S if lab else 0),
                     log=log, env={LAB_ENV: "1"} if lab else None)
     tail = "\n".join(result.output.splitlines()[-80:])

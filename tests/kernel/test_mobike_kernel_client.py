@@ -34,7 +34,7 @@ import pytest
 from cluster.cli.view import client_rows, read_snapshot
 from cluster.hooks.event import format_peer
 from cluster.lab import addresses as A
-from cluster.lab import demo
+from cluster.lab import demo, vm
 from cluster.lab import lab as labmod
 from cluster.lab.clients import CLIENT_DOMAIN
 from cluster.lab.lab import Lab
@@ -43,6 +43,10 @@ from cluster.lab.state import ROOT_ENV
 from cluster.lab.strongswan import IkeSaView
 from cluster.lab.vm import patient
 from cluster.store.public import open_store
+
+pytestmark = pytest.mark.skipif(
+    not vm.kernel_lab_wanted(),
+    reason="the kernel-IPsec client lab (minutes under TCG) runs with IPSEC_CLUSTER_KERNEL_LAB=1")
 
 PING_INTERVAL = "0.01"
 CLIENT = "kc"
