@@ -1,5 +1,5 @@
 """Study 3: etcd gone. In the shared lab, with every client pinging the protected server in ESP,
-etcd (the lab's one member) is stopped for `etcd_gone_s`. Figures: echo requests the clients
+etcd (every member of the lab's) is stopped for `etcd_gone_s`. Figures: echo requests the clients
 sent meanwhile and replies they got (data-plane packets lost: goal 0), what a new client gets
 while etcd is away (a clear refusal: once keyd knows etcd is gone and the outage is past a
 blip, docs/keyd.md "When etcd is unreachable"), and after etcd is started again what new
@@ -16,8 +16,8 @@ from keyd.engine import ETCD_REFUSE_AFTER_S
 from soak.budget import Budget
 
 METHOD = (
-    "In the shared lab, with every client pinging the protected server in ESP, etcd (the lab "
-    "has one member) is stopped; once keyd says it knows (keyd_etcd_available 0) and the "
+    "In the shared lab, with every client pinging the protected server in ESP, etcd (every "
+    "member of it) is stopped; once keyd says it knows (keyd_etcd_available 0) and the "
     f"outage is past a blip ({ETCD_REFUSE_AFTER_S:g} s more), a new client (the project's "
     "initiator) tries to connect; after etcd is started again a new client is tried every "
     "half second until one is established.")
