@@ -134,10 +134,13 @@ def test_cli_contract(lab_name: str) -> None:
                    "--clients", "1")
     assert r.returncode == 0, r.stderr
     st = json.loads(clusterctl("status", "--name", name, "-o", "json").stdout)
-    for key in ("vip", "gateway_id", "psk", "ca_cert", "protected_network", "server_ip",
+    for key in ("vip", "gateway_id", "psk_file", "psk_fingerprint", "ca_cert",
+                "protected_network", "server_ip",
                 "front_network", "etcd_endpoints", "nodes", "keyd", "clients"):
         assert key in st, key
     assert st["vip"] == A.VIP and st["server_ip"] == A.SERVER_IP
+    assert "psk" not in st, "the lab's PSK itself is printed"
+    assert Path(st["psk_file"]).read_bytes()
     assert Path(st["ca_cert"]).read_text().startswith("-----BEGIN CERTIFICATE-----")
     assert st["clients"][0]["name"] == "client-1" and st["clients"][0]["alive"]
     assert st["keyd"][0]["namespace"].startswith("ipsc-") and st["keyd"][0]["pid"]
