@@ -259,9 +259,11 @@ def run() -> list[Row]:
             "EAP-Identity, MSCHAPv2, gateway by ECDSA certificate); keyd's passwords from its "
             f"secrets file, charon's from swanctl.conf. Inside keyd (mean): "
             f"{em['auth_steps']:.1f} IKE_AUTH steps per connect, {em['auth'] * 1000:.1f} ms "
-            "each; before its answer each EAP step writes the IKE SA to etcd "
-            f"({eap_writes:.1f} writes per connect, {em['etcd_init'] * 1000:.1f} ms each), "
-            f"the last one the IKE SA, Child SA, lease and owner ({em['etcd'] * 1000:.1f} ms)"),
+            "each to its answer; each EAP round's answer leaves before its IKE SA write, "
+            f"which follows at once ({eap_writes:.1f} writes per connect, "
+            f"{em['etcd_init'] * 1000:.1f} ms each, the client's next round waits for it), "
+            "the last round writes the IKE SA, Child SA, lease and owner before its answer "
+            f"({em['etcd'] * 1000:.1f} ms)"),
         {"metric": "handshakes per second per core, project initiator → keyd",
          "value": round(k["per_core"], 1), "unit": "handshakes/s/core",
          "baseline": round(c["per_core"], 1), "baseline_name": "→ charon",

@@ -64,6 +64,16 @@ log = logging.getLogger("keyd.engine")
 #: answered, and its IKE_AUTH waits for the write as any other
 ETCD_REFUSE_AFTER_S = 2.0
 
+
+
+def _round_only(step: Step) -> bool:
+    """An IKE_AUTH step that only moves its IKE SA's state on — an EAP round, answered before
+    its write (docs/eap.md, "State"): nothing created, established, moved or removed."""
+    c = step.changes
+    return bool(c.ike_puts) and not step.created and not c.established and \
+        not c.completes_something()
+
+
 def _serialised(state: dict[str, Any]) -> bytes:
     return json.dumps(state, separators=(",", ":")).encode()
 
@@ -186,7 +196,8 @@ class Engine:
                     self._remember(ike_sa_id, record, step.states.get(ike_sa_id))
         else:
             self.complete(step)
-        if not step.needs_write or step.half_open:
+            step.answer_first = exchange == IKE_AUTH and _round_only(step)
+        if not step.needs_write or step.half_open or step.answer_first:
             self._observe(step)
         return step
 
@@ -211,7 +222,8 @@ class Engine:
         step.out = [Outbound(d.data, d.src[1], d.dst) for d in self.core.datagrams_to_send()]
         self._defer_removals(step)
         self.complete(step)
-        if not step.needs_write:
+        step.answer_first = _round_only(step)
+        if not step.needs_write or step.answer_first:
             self._observe(step)
         return step
 
@@ -242,7 +254,7 @@ class Engine:
                 return self._durable_now(step)
             return self._not_durable(step, error)
         finally:
-            if not step.half_open:
+            if not (step.half_open or step.answer_first):
                 self._observe(step)
 
     def _observe(self, step: Step) -> None:
@@ -452,7 +464,7 @@ class Engine:
             self._dirty.discard(ike_sa_id)
         for ike_sa_id in step.changes.deleted_ike:
             self._forget(ike_sa_id)
-        return [] if step.half_open else step.out
+        return [] if step.half_open or step.answer_first else step.out
 
     def _not_durable(self, step: Step, exc: StoreError) -> list[Outbound]:
         if isinstance(exc, WriteConflict):
@@ -464,6 +476,11 @@ class Engine:
         if step.half_open:
             # answered already; written when etcd returns (or with its IKE_AUTH)
             self._dirty.update(i for i in step.created if self.core.has_ike_sa(i))
+            return []
+        if step.answer_first and not isinstance(exc, WriteConflict):
+            # answered already: the conversation goes on here, from memory; its state is
+            # written when etcd returns (the round that completes the IKE SA waits for it)
+            self._dirty.update(step.changes.ike_puts)
             return []
         if step.liveness_only and not isinstance(exc, WriteConflict):
             # only message IDs moved: answer now, write when etcd returns

@@ -55,6 +55,9 @@ class Step:
     liveness_only: bool = False
     # a new half-open IKE SA (IKE_SA_INIT): its answer leaves at once, its write follows
     half_open: bool = False
+    # an IKE_AUTH round that completes nothing (an EAP round): its answer leaves at once, its
+    # write right after; the IKE SA's next message waits for that write (docs/eap.md)
+    answer_first: bool = False
     # the message names an IKE SA held nowhere (yet): the core has not seen it
     waiting_for: str | None = None
     started: float = 0.0
@@ -71,5 +74,7 @@ class Step:
 
     def release_now(self) -> list[Outbound]:
         """The datagrams that may leave before the write: all of them when there is nothing
-        to write, the IKE_SA_INIT answer of a half-open IKE SA, else none."""
-        return self.out if (not self.needs_write or self.half_open) else []
+        to write, the IKE_SA_INIT answer of a half-open IKE SA and the answer of an EAP
+        round, else none."""
+        return self.out if (not self.needs_write or self.half_open or self.answer_first) \
+            else []

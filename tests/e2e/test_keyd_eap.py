@@ -4,6 +4,7 @@ name goes in EAP-Identity, the gateway proves itself by certificate."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -101,7 +102,11 @@ def test_keyd_killed_in_the_middle_of_eap_another_continues(lab: Lab, tmp_path: 
         wait_until(lambda: log.exists() and "generating IKE_AUTH request 3" in log.read_text(),
                    20, "the client's MSCHAPv2 Response (held in the router)")
         with lab_store(lab) as store:
-            records = wait_until(lambda: store.list(IkeSaRecord).items, 10, "the IKE SA")
+            # the challenge round (IKE_AUTH message 2) is written right after its answer
+            records = wait_until(
+                lambda: [r for r in store.list(IkeSaRecord).items
+                         if json.loads(r.record.state)["peer_next_id"] >= 3], 10,
+                "the IKE SA, written with the challenge round")
             served = records[0].record.keyd_id
         other = "keyd-2" if served == "keyd-1" else "keyd-1"
         os.killpg(lab.state.processes[served].pid, signal.SIGKILL)

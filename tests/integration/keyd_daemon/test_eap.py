@@ -3,9 +3,11 @@ keyd's own initiator as the client, over UDP on loopback."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +17,12 @@ from cryptography import x509
 
 from cluster.freeradius import FreeRadiusServer, RadiusUser
 from cluster.pki import CertAuthority
+from cluster.procs import EtcdServer
 from cluster.store.client import Store
+from cluster.store.keyspace import Keyspace
 from cluster.store.records import IkeSaRecord
+from cluster.store.seal import DataKey
+from cluster.store.watch import wait_for
 from keyd.client import ExchangeTimeout, IkeClient
 
 from .conftest import GATEWAY_ID, KeydSetup
@@ -79,14 +85,19 @@ def test_eap_mschapv2_establishes_and_refusals_are_counted(keyd_setup: KeydSetup
 
 def test_another_keyd_continues_an_eap_conversation(keyd_setup: KeydSetup, store: Store,
                                                     tmp_path: Path) -> None:
-    """keyd-1 is killed (SIGKILL) after answering the EAP-MSCHAPv2 challenge; keyd-2, on the
-    same ports, answers the client's next messages from etcd and the client establishes."""
+    """keyd-1 is killed (SIGKILL) after answering the EAP-MSCHAPv2 challenge and writing that
+    round (docs/eap.md: the write follows the answer at once); keyd-2, on the same ports,
+    answers the client's next messages from etcd and the client establishes."""
     extra = local_eap(tmp_path)
     k1 = keyd_setup.start("keyd-1", extra=extra)
     with eap_client(k1, "carol", "s3cret", retransmit_timeout_s=1.0,
                     retransmit_tries=10) as c:
         c.core.connect(c.local, c.remote, time.time())
         c.pump(lambda: len(c.received) >= 3, timeout_s=20)  # INIT, identity, challenge
+        ike_sa_id = c.core.ike_sa_id
+        assert ike_sa_id is not None
+        # the challenge round (IKE_AUTH message 2) is in etcd
+        assert wait_for(lambda: _next_request_id(store, ike_sa_id) == 3, timeout_s=5)
         os.kill(k1.proc.pid, signal.SIGKILL)
         k1.proc.wait(10)
         k2 = keyd_setup.start("keyd-2", ike_port=k1.ike_port, natt_port=k1.natt_port,
@@ -95,6 +106,67 @@ def test_another_keyd_continues_an_eap_conversation(keyd_setup: KeydSetup, store
         assert c.children()
     assert k2.metric("keyd_exchanges_total", type="IKE_AUTH") >= 1
     assert k2.metric("keyd_handshakes_total", result="established") == 1
+
+
+def _next_request_id(store: Store, ike_sa_id: str) -> int | None:
+    held = store.get(IkeSaRecord, ike_sa_id)
+    return None if held is None else int(json.loads(held.record.state)["peer_next_id"])
+
+
+def test_eap_rounds_answered_before_their_write(keyd_setup: KeydSetup, tmp_path: Path,
+                                                cluster_name: str,
+                                                data_key: DataKey) -> None:
+    """An EAP round completes nothing: its answer leaves at once and its write follows
+    (docs/eap.md). With etcd frozen (SIGSTOP, shorter than keyd's etcd timeout) right after
+    IKE_SA_INIT, the first EAP request comes while etcd is still frozen; the answer that
+    establishes the IKE SA and its Child SA only after etcd is thawed, and the client
+    establishes with every round in etcd."""
+    own_etcd = EtcdServer(tmp_path / "own-etcd")
+    own_etcd.start()
+    try:
+        _answered_before_written(keyd_setup, own_etcd, tmp_path,
+                                 Store([own_etcd.endpoint], Keyspace(cluster_name), data_key,
+                                       timeout_s=5.0))
+    finally:
+        own_etcd.stop()
+
+
+def _answered_before_written(keyd_setup: KeydSetup, own_etcd: EtcdServer, tmp_path: Path,
+                             store: Store) -> None:
+    keyd_setup.etcd_endpoint = own_etcd.endpoint
+    etcd_pid = own_etcd.pid
+    assert etcd_pid is not None
+    k = keyd_setup.start("keyd-1", extra=local_eap(tmp_path))
+    thawed_at: list[float] = []
+
+    def thaw() -> None:
+        time.sleep(1.0)
+        thawed_at.append(time.monotonic())
+        os.kill(etcd_pid, signal.SIGCONT)
+
+    with eap_client(k, "carol", "s3cret", retransmit_timeout_s=1.0,
+                    retransmit_tries=10) as c:
+        c.core.connect(c.local, c.remote, time.time())
+        c.pump(lambda: len(c.received) >= 1, timeout_s=20)   # IKE_SA_INIT answered
+        os.kill(etcd_pid, signal.SIGSTOP)
+        t = threading.Thread(target=thaw)
+        t.start()
+        try:
+            c.pump(lambda: len(c.received) >= 2, timeout_s=20)   # the EAP-Identity request
+            first_round_at = time.monotonic()
+            c.pump(lambda: c.core.virtual_ip is not None, timeout_s=30)
+            established_at = time.monotonic()
+        finally:
+            t.join()
+            os.kill(etcd_pid, signal.SIGCONT)
+        assert thawed_at and first_round_at < thawed_at[0] < established_at
+        assert c.children()
+        ike_sa_id = c.core.ike_sa_id
+    assert ike_sa_id is not None
+    record = store.get(IkeSaRecord, ike_sa_id)
+    assert record is not None and record.record.identity == "carol"
+    assert k.metric("keyd_replies_withheld_total") == 0
+    assert "Traceback" not in k.log.read_text()
 
 
 @pytest.fixture
