@@ -196,7 +196,8 @@ class Engine:
                     self._remember(ike_sa_id, record, step.states.get(ike_sa_id))
         else:
             self.complete(step)
-            step.answer_first = exchange == IKE_AUTH and _round_only(step)
+            if exchange == IKE_AUTH and _round_only(step):
+                self._answering_first(step)
         if not step.needs_write or step.half_open or step.answer_first:
             self._observe(step)
         return step
@@ -222,10 +223,18 @@ class Engine:
         step.out = [Outbound(d.data, d.src[1], d.dst) for d in self.core.datagrams_to_send()]
         self._defer_removals(step)
         self.complete(step)
-        step.answer_first = _round_only(step)
+        if _round_only(step):
+            self._answering_first(step)
         if not step.needs_write or step.answer_first:
             self._observe(step)
         return step
+
+    def _answering_first(self, step: Step) -> None:
+        """An EAP round is answered before its write (docs/eap.md): what a later step that
+        fails returns to is the state answered, durable or not (as for a half-open IKE SA)."""
+        step.answer_first = True
+        for ike_sa_id, record in step.changes.ike_puts.items():
+            self._remember(ike_sa_id, record, step.states.get(ike_sa_id))
 
     def write_now(self, step: Step) -> list[Outbound]:
         """Write one step's changes (blocking) and settle it."""
@@ -481,6 +490,13 @@ class Engine:
             # answered already: the conversation goes on here, from memory; its state is
             # written when etcd returns (the round that completes the IKE SA waits for it)
             self._dirty.update(step.changes.ike_puts)
+            return []
+        if step.answer_first:
+            # another instance wrote the IKE SA meanwhile: what etcd holds is the truth, read
+            # again with the client's next message
+            for ike_sa_id in step.changes.ike_puts:
+                self.core.forget_ike_sa(ike_sa_id)
+                self._forget(ike_sa_id)
             return []
         if step.liveness_only and not isinstance(exc, WriteConflict):
             # only message IDs moved: answer now, write when etcd returns

@@ -164,3 +164,36 @@ def test_new_client_refused_once_etcd_is_known_gone_then_served(
     log = k.log.read_text()
     assert log.count("etcd does not take writes") == 1
     assert "Traceback" not in log
+
+
+def test_eap_rounds_go_on_while_etcd_is_down_and_complete_after(
+        keyd_setup: KeydSetup, own_etcd: EtcdServer, data_key: DataKey, cluster_name: str,
+        tmp_path: Path) -> None:
+    """etcd stopped after IKE_SA_INIT: the EAP rounds are answered from memory (they complete
+    nothing), the last IKE_AUTH answer is withheld; once etcd is back the client's
+    retransmission of it completes — from the rounds answered, not from before them."""
+    from .test_eap import eap_client, local_eap
+
+    keyd_setup.etcd_endpoint = own_etcd.endpoint
+    k = keyd_setup.start("keyd-1", extra=local_eap(tmp_path))
+    with eap_client(k, "carol", "s3cret", retransmit_timeout_s=1.0,
+                    retransmit_tries=30) as c:
+        c.core.connect(c.local, c.remote, time.time())
+        c.pump(lambda: len(c.received) >= 1, timeout_s=20)   # IKE_SA_INIT answered
+        own_etcd.stop()
+        # EAP-Identity, the MSCHAPv2 challenge, its success request and the EAP-Success:
+        # answered meanwhile
+        c.pump(lambda: len(c.received) >= 5, timeout_s=30)
+        assert c.core.virtual_ip is None
+        assert wait_for(lambda: k.metric("keyd_replies_withheld_total") >= 1, timeout_s=20)
+        own_etcd.start()
+        c.pump(lambda: c.core.virtual_ip is not None, timeout_s=60)
+        assert c.children()
+        ike_sa_id = c.core.ike_sa_id
+    store = Store([own_etcd.endpoint], Keyspace(cluster_name), data_key, timeout_s=5.0)
+    try:
+        held = store.get(IkeSaRecord, ike_sa_id or "")
+        assert held is not None and held.record.identity == "carol" and held.record.child_spis
+    finally:
+        store.close()
+    assert "Traceback" not in k.log.read_text()
