@@ -113,6 +113,16 @@ class Guard:
     mod_revision: int
 
 
+#: gRPC's reconnection back-off, capped: its default grows to 120 s, so a component cut off
+#: from etcd for half a minute went on waiting for seconds after etcd was back (11.6 s after
+#: a 30 s outage, measured); capped at 1 s it tries again at most a second apart, one TCP
+#: connection attempt to each endpoint per second while etcd is away
+RECONNECT_BACKOFF_MAX_MS = 1000
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250),
+                   ("grpc.min_reconnect_backoff_ms", 250),
+                   ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS)]
+
+
 def _endpoint(url: str, cacert: str | None, cert: str | None, key: str | None,
               time_retry_s: float) -> Any:
     parts = urlsplit(url if "://" in url else f"http://{url}")
@@ -135,7 +145,8 @@ def _endpoint(url: str, cacert: str | None, cert: str | None, key: str | None,
                 raise StoreError(f"etcd TLS file {path}: {exc.strerror}") from None
         creds = grpc.ssl_channel_credentials(read(cacert), read(key), read(cert))
     return etcd3.Endpoint(
-        parts.hostname, parts.port, secure=secure, creds=creds, time_retry=time_retry_s)
+        parts.hostname, parts.port, secure=secure, creds=creds, time_retry=time_retry_s,
+        opts=CHANNEL_OPTIONS)
 
 
 @dataclass(frozen=True, slots=True)
