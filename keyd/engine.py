@@ -65,7 +65,6 @@ log = logging.getLogger("keyd.engine")
 ETCD_REFUSE_AFTER_S = 2.0
 
 
-
 def _round_only(step: Step) -> bool:
     """An IKE_AUTH step that only moves its IKE SA's state on — an EAP round, answered before
     its write (docs/eap.md, "State"): nothing created, established, moved or removed."""
@@ -486,17 +485,17 @@ class Engine:
             # answered already; written when etcd returns (or with its IKE_AUTH)
             self._dirty.update(i for i in step.created if self.core.has_ike_sa(i))
             return []
-        if step.answer_first and not isinstance(exc, WriteConflict):
-            # answered already: the conversation goes on here, from memory; its state is
-            # written when etcd returns (the round that completes the IKE SA waits for it)
-            self._dirty.update(step.changes.ike_puts)
-            return []
-        if step.answer_first:
-            # another instance wrote the IKE SA meanwhile: what etcd holds is the truth, read
-            # again with the client's next message
-            for ike_sa_id in step.changes.ike_puts:
-                self.core.forget_ike_sa(ike_sa_id)
-                self._forget(ike_sa_id)
+        if step.answer_first:   # answered already
+            if isinstance(exc, WriteConflict):
+                # another instance wrote the IKE SA meanwhile: what etcd holds is the truth,
+                # read again with the client's next message
+                for ike_sa_id in step.changes.ike_puts:
+                    self.core.forget_ike_sa(ike_sa_id)
+                    self._forget(ike_sa_id)
+            else:
+                # the conversation goes on here, from memory; its state is written when etcd
+                # returns (the round that completes the IKE SA waits for it)
+                self._dirty.update(step.changes.ike_puts)
             return []
         if step.liveness_only and not isinstance(exc, WriteConflict):
             # only message IDs moved: answer now, write when etcd returns
