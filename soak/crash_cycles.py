@@ -60,7 +60,7 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
                          f"{budget.crash_cycle_timeout_s:g} s: "
                          + "; ".join(_unanswered(session, t1)))
             for c in clients:
-                if not (c.replies and t1 - c.replies[-1] < 0.5):
+                if not (c.replies and t1 - c.replies[-1] < 0.2):
                     stuck_clients.setdefault(c.name, []).append(i + 1)
         gap = max(longest_silence(c.replies, t0, t1) for c in clients)
         worst[kind] = max(worst.get(kind, 0.0), gap)
@@ -106,14 +106,14 @@ def _unanswered(session: Any, now: float) -> list[str]:
         note = ""
     out = []
     for c in session.clients:
-        if c.replies and now - c.replies[-1] < 0.5:
+        if c.replies and now - c.replies[-1] < 0.2:  # as _settle judges
             continue
         silent = f"{now - c.replies[-1]:.1f} s" if c.replies else "never answered"
         drops = ", ".join(f"{r.value} {n}" for r, n in sorted(
             c.sa.drops.items(), key=lambda x: x[0].value) if n) or "none"
         out.append(f"{c.name} (SPI {c.sa.spi_out:08x} in, {c.sa.spi_in:08x} out; routed to "
-                   f"{owner.get(c.name, '?')}{note}; silent {silent}; its drops: {drops}; "
-                   f"not ESP replies: {c.bad})")
+                   f"{owner.get(c.name, '?')}{note}; silent {silent}; its drops so far: "
+                   f"{drops}; datagrams it could not use so far: {c.bad})")
     return out or ["every client answered again just after the timeout"]
 
 

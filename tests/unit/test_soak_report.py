@@ -20,8 +20,8 @@ def _crash(**extra: object) -> dict[str, object]:
 def test_unanswered_clients_are_named() -> None:
     lines = report._crash_cycles(_crash(
         stuck=["cycle 2 (node-1): not every client answered within 20 s: sk7 (SPI "
-               "c0de0001 in, c11e0001 out; routed to node-2; silent 20.4 s; its drops: "
-               "none; not ESP replies: 0)"],
+               "c0de0001 in, c11e0001 out; routed to node-2; silent 20.4 s; its drops so far: "
+               "none; datagrams it could not use so far: 0)"],
         stuck_clients={"sk7": [2]}, stuck_silence_s={"sk7": 20.4}))
     text = "\n".join(lines)
     assert "sk7 (SPI c0de0001 in" in text
