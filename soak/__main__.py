@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated studies (default: all built)")
     ap.add_argument("--out", type=Path, default=Path("docs/reliability.md"))
     ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ap.add_argument("--keep-logs", type=Path, metavar="DIR",
+                    help="keep the lab's logs and configuration in DIR when it goes down "
+                    "(by default only when a study fails)")
     args = ap.parse_args(argv)
     budget = BUDGET.quick() if args.quick else BUDGET
     studies, lab_studies = _studies(), _lab_studies()
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             for n in in_lab:
                 results[n] = {"error": f"the lab did not start: {type(exc).__name__}: {exc}"}
         else:
+            if args.keep_logs is not None:
+                session.save_logs_to = args.keep_logs
             with session:
                 for name in in_lab:
                     _run(name, lambda n=name: lab_studies[n](session, budget), results)  # type: ignore[misc]

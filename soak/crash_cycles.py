@@ -41,6 +41,7 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
     cycles: dict[str, int] = {}
     by_member: dict[str, int] = {}
     stuck: list[str] = []
+    stuck_clients: dict[str, list[int]] = {}  # client name -> the cycles it was unanswered
     drains = 0
     started = time.monotonic()
     done = 0
@@ -56,7 +57,11 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
         t1 = time.monotonic()
         if not recovered:
             stuck.append(f"cycle {i + 1} ({member}): not every client answered within "
-                         f"{budget.crash_cycle_timeout_s:g} s")
+                         f"{budget.crash_cycle_timeout_s:g} s: "
+                         + "; ".join(_unanswered(session, t1)))
+            for c in clients:
+                if not (c.replies and t1 - c.replies[-1] < 0.2):
+                    stuck_clients.setdefault(c.name, []).append(i + 1)
         gap = max(longest_silence(c.replies, t0, t1) for c in clients)
         worst[kind] = max(worst.get(kind, 0.0), gap)
         cycles[kind] = cycles.get(kind, 0) + 1
@@ -74,12 +79,42 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
         {"tcp_error": session.tcp_error}
     final = _settle(session, 30.0)
     lost = [c.name for c in clients if not session.answering([c], within_s=1.0)]
+    by_name = {c.name: c for c in clients}
+    # each client unanswered past a cycle's timeout: its longest silence over the cycles
+    stuck_silence = {n: round(longest_silence(by_name[n].replies, started, ended), 1)
+                     for n in stuck_clients}
     capture = session.capture_summary()
     return {"method": METHOD, "cycles": done, "planned": budget.crash_cycles,
             "etcd_members": len(kinds["etcd"]), "by_member": by_member,
             "by_kind": cycles, "worst_gap_s": {k: round(v, 2) for k, v in worst.items()},
             "drains": drains, "clients": len(clients), "sessions_lost": len(lost),
-            "lost": lost, "stuck": stuck, "settled_at_end": final, **tcp, **capture}
+            "lost": lost, "stuck": stuck, "stuck_clients": stuck_clients,
+            "stuck_silence_s": stuck_silence, "settled_at_end": final, **tcp, **capture}
+
+
+def _unanswered(session: Any, now: float) -> list[str]:
+    """Who is not answered, so that a report explains itself: each client's name, its SPIs
+    (the cluster's inbound one first: the SPI the client sends on), the node the router
+    sends its traffic to, how long it has been silent, and what the client itself dropped
+    of what the cluster sent it (replay, too old, integrity...)."""
+    try:
+        owner = session.owner_of()
+    except Exception as exc:  # the router unreadable (the sprayer just killed): say so
+        owner = {}
+        note = f" (routes unreadable: {type(exc).__name__})"
+    else:
+        note = ""
+    out = []
+    for c in session.clients:
+        if c.replies and now - c.replies[-1] < 0.2:  # as _settle judges
+            continue
+        silent = f"{now - c.replies[-1]:.1f} s" if c.replies else "never answered"
+        drops = ", ".join(f"{r.value} {n}" for r, n in sorted(
+            c.sa.drops.items(), key=lambda x: x[0].value) if n) or "none"
+        out.append(f"{c.name} (SPI {c.sa.spi_out:08x} in, {c.sa.spi_in:08x} out; routed to "
+                   f"{owner.get(c.name, '?')}{note}; silent {silent}; its drops so far: "
+                   f"{drops}; datagrams it could not use so far: {c.bad})")
+    return out or ["every client answered again just after the timeout"]
 
 
 def _settle(session: Any, timeout_s: float) -> bool:

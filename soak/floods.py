@@ -163,6 +163,19 @@ def _node_drops(session: Any) -> dict[str, float]:
     return total
 
 
+def _node_reads(session: Any) -> dict[str, float]:
+    """The nodes' on-demand sa/ reads of unknown SPIs: made, and shed (docs/node.md,
+    "Unknown SPIs under a flood")."""
+    from bench.failover_lab import scrape
+    total = {"sa_fetches": 0.0, "sa_fetches_shed": 0.0}
+    for node in session.nodes():
+        for name, v in scrape(session.lab, node, 9411, ("ipsec_cluster_node_sa_fetches",)).items():
+            key = name.removeprefix("ipsec_cluster_node_").removesuffix("_total")
+            if key in total:
+                total[key] += v
+    return total
+
+
 def _shed(session: Any) -> float:
     from bench.failover_lab import scrape
     return sum(scrape(session.lab, "keyd-1", 9410,
@@ -229,6 +242,7 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
             "shed_overload": int(shed1 - shed0)}
         # ESP: random SPIs and real SPIs with bad ICVs
         drops0 = _node_drops(session)
+        reads0 = _node_reads(session)
         clients = session.clients
         sent0 = sum(c.sent for c in clients)
         esp = _Flood(raw, _Esp([c.sa.spi_out for c in clients], session.vip),
@@ -241,11 +255,14 @@ def run(session: Any, budget: Budget) -> dict[str, Any]:
         time.sleep(0.5)  # the replies to the last echoes arrive
         replies = sum(sum(1 for r in c.replies if e0 <= r < e1 + 0.5) for c in clients)
         drops1 = _node_drops(session)
+        reads1 = _node_reads(session)
         result["esp"] = {
             "seconds": round(esp.elapsed_s, 1), "sent": esp.sent,
             "pps": round(esp.sent / max(esp.elapsed_s, 0.001)),
             "drops": {k: int(drops1.get(k, 0) - drops0.get(k, 0)) for k in sorted(drops1)
                       if drops1.get(k, 0) != drops0.get(k, 0)},
+            "sa_fetches": int(reads1["sa_fetches"] - reads0["sa_fetches"]),
+            "sa_fetches_shed": int(reads1["sa_fetches_shed"] - reads0["sa_fetches_shed"]),
             "echoes_sent": sent1 - sent0, "replies": replies,
             "lost": max(0, sent1 - sent0 - replies), "clients": len(clients),
             "worst_silence_s": round(max(longest_silence(c.replies, e0, e1)

@@ -114,6 +114,11 @@ def _crash_cycles(r: dict[str, Any]) -> list[str]:
         "The ESP capture is at the initiator clients; the TCP stream's client is not in it.",
     ]
     out += [f"- {s}" for s in r["stuck"]]
+    if r.get("stuck_clients"):
+        out += ["", "Clients unanswered past a cycle's timeout, with their longest silence "
+                "over the cycles:"]
+        out += [f"- {n}: cycles {', '.join(map(str, cycles))}; longest silence "
+                f"{r['stuck_silence_s'][n]} s" for n, cycles in r["stuck_clients"].items()]
     out += [f"- lost: {n}" for n in r["lost"]]
     return out
 
@@ -144,6 +149,8 @@ def _floods(r: dict[str, Any]) -> list[str]:
         f"| keyd resident memory before / worst / after | {ike['keyd_rss_mb_before']} / "
         f"{ike['keyd_rss_mb_max']} / {ike['keyd_rss_mb_after']} MiB | bounded |",
         f"| cookies sent | {ike['cookies_sent']:,} | > 0: {_goal(ike['cookies_sent'] > 0)} |",
+        *([f"| new IKE_SA_INITs keyd shed while behind (`overload`) | "
+           f"{ike['shed_overload']:,} | |"] if "shed_overload" in ike else []),
         f"| legitimate clients established during the flood | {during['established']} of "
         f"{during['tried']} tried (of {r.get('planned_clients', '?')}) | all: {_goal(all_in)} |",
         f"| their establishment time, median / worst | {during['median_s']} / "
@@ -155,6 +162,9 @@ def _floods(r: dict[str, Any]) -> list[str]:
         "random contents.", "",
         "| figure | value | goal |", "| --- | ---: | --- |",
         *(f"| node drops counted: {k} | {v:,} | |" for k, v in esp["drops"].items()),
+        *([f"| unknown SPIs read from etcd / shed (not read: over the nodes' read rate) | "
+           f"{esp['sa_fetches']:,} / {esp['sa_fetches_shed']:,} | |"]
+          if "sa_fetches_shed" in esp else []),
         f"| echo requests of {esp['clients']} real clients meanwhile / replies | "
         f"{esp['echoes_sent']:,} / {esp['replies']:,} | |",
         f"| their packets lost | {esp['lost']} | 0: {_goal(esp['lost'] <= esp['clients'])} |",

@@ -169,7 +169,7 @@ class NodeAgent:
             vip=c.vip, natt_port=c.natt_port, tun_fd=self._tun_fd,
             health=(c.address, c.health_port), health_reply=self._health_reply,
             ike_port=c.ike_port if self.relay else None,
-            on_unknown_spi=lambda spi: self.post(lambda: self._unknown_spi(spi)),
+            on_unknown_spi=self._unknown_spi_seen,
             on_ike=self.relay.submit if self.relay else None,
             fence_grace_s=c.fence_grace_ms / 1000)
         self.membership.register()
@@ -216,6 +216,8 @@ class NodeAgent:
             self.checkpoints.stop()
             self.routes.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._running:
+            self.sas.stop()
         self.membership.stop()
         if self.datapath is not None:
             self.datapath.stop()
@@ -365,8 +367,15 @@ class NodeAgent:
         self.sas.deleted(spi)
         self._feed(events.SaDeleted(spi))
 
+    def _unknown_spi_seen(self, spi: int) -> None:
+        """A packet named an SPI this node does not hold (data-path thread): worth a read
+        only if the gate says so (cluster.node.sas: a flood of made-up SPIs is shed here,
+        before it costs the control thread or etcd anything)."""
+        if self.sas.gate.admit(spi, self.clock()):
+            self.post(lambda: self._unknown_spi(spi))
+
     def _unknown_spi(self, spi: int) -> None:
-        self.sas.fetch(spi, self.clock(), self.ref, self._pool, lambda r: self.post(
+        self.sas.fetch(spi, self.ref, lambda r: self.post(
             lambda: self._sa_put(r) if spi not in self.core.records else None))
 
     def _removed_from_cluster(self, key: str) -> None:
@@ -441,6 +450,7 @@ class NodeAgent:
         s.checkpoint_failures = self.checkpoints.stats.failures
         s.checkpoints_queued = cp.queued()
         s.sa_fetches = self.sas.fetches
+        s.sa_fetches_shed = self.sas.shed
         s.ike_relayed = self.relay.relayed if self.relay else 0
         st = self.core.stats
         s.takeovers_exact, s.takeovers_jump, s.fenced = (

@@ -34,6 +34,7 @@ class Snapshot:
     checkpoint_failures: int = 0
     checkpoints_queued: int = 0
     sa_fetches: int = 0  # on-demand sa/<spi> reads for unknown SPIs
+    sa_fetches_shed: int = 0  # unknown SPIs not read: over the read rate or reads in flight
     rebinds: int = 0
     coalesced: int = 0  # UDP/4500 datagrams received several per call (GRO)
     ike_relayed: int = 0
@@ -92,6 +93,8 @@ class NodeCollector:
             ("checkpoint_failures", "Checkpoint batches that failed (retried)",
              s.checkpoint_failures),
             ("sa_fetches", "On-demand reads of sa/<spi> for unknown SPIs", s.sa_fetches),
+            ("sa_fetches_shed", "Unknown SPIs not read from etcd: over the on-demand read "
+             "rate, or with reads in flight (a flood of made-up SPIs)", s.sa_fetches_shed),
             ("rebinds", "Client address changes followed (NAT rebinding)", s.rebinds),
             ("udp_coalesced", "UDP/4500 datagrams received several per system call (GRO)",
              s.coalesced),

@@ -118,7 +118,8 @@ TRANSITIONS: dict[tuple[ClientState, Cause], ClientState] = {
     (S.SENDING, C.RECEIVE): S.SENDING,
     **{(s, C.STARTED): S.SENDING for s in _READING},
     **{(s, C.FENCE): S.FENCED for s in OURS},
-    **{(s, C.HAND_OFF): S.HANDING_OFF for s in OURS},
+    # only a sender hands a client on with a final record (`_assignment_put`)
+    (S.SENDING, C.HAND_OFF): S.HANDING_OFF,
     (S.HANDING_OFF, C.FINAL_DONE): S.STANDBY,
 }
 
@@ -291,7 +292,14 @@ class Ownership:
             self._acquire(c, a, None, out)
             return
         if c.state in OURS:
-            planned = a.phase == "handoff" and a.previous_node == self.node_id
+            # only a sender has exact counters to hand on: a client still taken over,
+            # received or awaiting its SA here never sent under its epoch, and what this node
+            # holds for the SA is older than what its last sender used (a jump above the
+            # checkpoint, say). A final record of it would start the next owner below the
+            # client's replay window, so it is fenced without one: the sprayer's hand-off
+            # timeout completes the move inexactly (checkpoint + J, docs/sprayer.md)
+            planned = (a.phase == "handoff" and a.previous_node == self.node_id
+                       and c.state is S.SENDING)
             peer = self.node_health.get(a.node) if planned else None
             to = peer[0] if peer is not None else None
             kept = self._fence(c, out, forward_to=to, cause=C.HAND_OFF if planned else C.FENCE)

@@ -4,6 +4,7 @@ restart, etcd outage, health probes, NAT rebinding, on-demand SA reads, IKE rela
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 
@@ -13,6 +14,7 @@ from scapy.packet import raw
 from tests_node_helpers import wait_until
 
 from cluster.lab import netns
+from cluster.node.sas import FETCH_BURST, FETCH_RATE
 from cluster.store import ChildSaRecord, NodeRecord
 
 JUMP = 1024 * 16  # jump_for(checkpoint_packets=16), the lab config of these tests
@@ -234,6 +236,35 @@ def test_unknown_spi_is_read_once_and_counted(node_lab: NodeLab) -> None:
     assert lab.metrics("node-1")[fetches] == before[fetches] + 1  # read once, counted
     # an SA that etcd has but this node has not seen is installed by that one read
     assert client.ping() is not None
+
+
+def test_made_up_spis_are_shed_not_read_from_etcd(node_lab: NodeLab) -> None:
+    """A flood of random SPIs (the soak's ESP flood) costs etcd at most the on-demand read
+    rate: every other SPI is counted as shed, and the client keeps being answered."""
+    lab = node_lab
+    _, client = up(lab, "node-1")
+    unknown = 'ipsec_cluster_node_drops_total{reason="unknown_spi"}'
+    fetches = "ipsec_cluster_node_sa_fetches_total"
+    shed = "ipsec_cluster_node_sa_fetches_shed_total"
+    before = lab.metrics("node-1")
+    flood = socket_in(lab.ns("cli"))
+    flood.bind((CLIENT, 4800))
+    spis = random.Random(15).sample(range(1, 1 << 32), 3000)
+    t0 = time.monotonic()
+    for i, spi in enumerate(spis):
+        flood.sendto(spi.to_bytes(4) + i.to_bytes(4) + os.urandom(72), (VIP, 4500))
+        if i % 500 == 499:
+            assert client.ping() is not None  # answered through the flood
+            time.sleep(0.05)  # the node's socket buffer keeps up: every datagram arrives
+    assert wait_until(lambda: lab.metrics("node-1")[unknown] >= before[unknown] + 3000, 15)
+    elapsed = time.monotonic() - t0
+    after = lab.metrics("node-1")
+    read = after[fetches] - before[fetches]
+    # the gate's burst plus its rate over the flood (and a second of slack): not 3000
+    assert read <= FETCH_BURST + FETCH_RATE * (elapsed + 1.0), (read, elapsed)
+    assert read + after[shed] - before[shed] == 3000  # each one read or counted as shed
+    assert client.ping() is not None
+    flood.close()
 
 
 def test_stray_ike_is_relayed_to_keyd_unchanged(node_lab: NodeLab) -> None:

@@ -133,6 +133,12 @@ class Node:
         installs = only(out, InstallCounters)
         return out + (self.install(installs[0]) if installs else [])
 
+    def read_late(self, ike: str, epoch: int,
+                  seqs: dict[int, SeqRecord | None]) -> list[NodeAction]:
+        """A take-over read under `epoch` that answers after the client moved on."""
+        a = assign(self.id, epoch, ike=ike)
+        return self.feed(SeqsRead(((ike, a, dict(seqs)),)))
+
     def sending(self, epoch: int = 1, spis: tuple[int, ...] = (SPI,),
                 ike: str = IKE) -> list[NodeAction]:
         """Make this node the sender of the client (unplanned, no seq record yet)."""
@@ -520,3 +526,40 @@ def test_every_transition(source: ClientState, what: Cause) -> None:
     assert n.state() is source
     cause(n, epoch, what, source)
     assert n.state() is TRANSITIONS[(source, what)]
+
+
+def test_a_hand_off_away_before_the_take_over_started_writes_no_final() -> None:
+    """Seen in the soak's crash cycles (cycle 54: node-1 killed, then node-3): a client
+    fails over to node-2, and node-2 is handed the client away (a planned hand-off back to
+    the restarted node-1) before its take-over read answered. node-2 never sent under that
+    epoch: the counters it holds for the SA are older than what the last sender used (a
+    jump above the checkpoint), so a `final` record of them would start the next owner
+    below the client's replay window (every packet too old at the client, for minutes). It
+    writes nothing: the sprayer's hand-off timeout completes the move inexactly and the new
+    owner starts at checkpoint + J."""
+    n2 = Node("node-2")
+    n2.feed(SaPut(sa()))
+    out = n2.feed(AssignmentPut(assign("node-2", 15, previous="node-3"), 150))
+    assert n2.state() is S.TAKING_OVER and only(out, ReadSeqs)
+    out = n2.feed(AssignmentPut(assign("node-1", 16, "handoff", "node-2"), 160))
+    assert not only(out, WriteFinal)
+    assert n2.state() is S.FENCED
+    # neither READY from the new owner nor the wait for it brings one
+    out = n2.feed(ReadyReceived(Ready(IKE, 16, "node-1")))
+    out += n2.later(2 * WAIT_S)
+    assert not only(out, WriteFinal) and n2.core.finals.waiting == {}
+    # the take-over's read, answered late, starts nothing
+    assert not only(n2.read_late(IKE, 15, {SPI: seq(900 + J, owner="node-3", epoch=14)}),
+                    InstallCounters)
+
+
+def test_a_hand_off_away_while_receiving_writes_no_final() -> None:
+    """The same for a client still arriving by a planned hand-off (its final not read)."""
+    old, new = Node("node-1"), Node("node-2")
+    old.sending()
+    new.feed(SaPut(sa()))
+    handoff(old, new)
+    assert new.state() is S.RECEIVING
+    out = new.feed(AssignmentPut(assign("node-3", 3, "handoff", "node-2"), 30))
+    assert not only(out, WriteFinal) and new.state() is S.FENCED
+    assert not only(new.later(2 * WAIT_S), WriteFinal)
