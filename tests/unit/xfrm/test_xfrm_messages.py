@@ -117,6 +117,30 @@ def test_policy_is_what_ip_sends(name: str, policy: XfrmPolicy) -> None:
     assert pol.push_new_policy(seq, policy) == msg
 
 
+@pytest.mark.parametrize(("name", "policy"), [
+    ("policy-in.strace", XfrmPolicy("10.1.0.5/32", "0.0.0.0/0", "in",
+                                    Template("198.51.100.2", "192.0.2.1", 7), if_id=5)),
+    ("policy-out.strace", XfrmPolicy("0.0.0.0/0", "10.1.0.5/32", "out",
+                                     Template("192.0.2.1", "198.51.100.2", 7), if_id=5)),
+])
+def test_a_policy_as_ip_wrote_it_reads_back(name: str, policy: XfrmPolicy) -> None:
+    # a dump answers with the same struct xfrm_userpolicy_info and attributes
+    (msg,) = wire.pull_messages(sent(name)[1])
+    assert pol.pull_policy(msg) == policy
+
+
+def test_a_policy_round_trips_and_other_messages_are_refused() -> None:
+    p = XfrmPolicy("::/0", "2001:db8::7/128", "out", Template("2001:db8::1", "2001:db8::2", 9),
+                   if_id=0x1C5C, priority=3)
+    (msg,) = wire.pull_messages(pol.push_new_policy(1, p, update=True))
+    assert pol.pull_policy(msg) == p
+    (other,) = wire.pull_messages(sent("state-aead.strace")[1])
+    with pytest.raises(XfrmProtocolError):
+        pol.pull_policy(other)
+    with pytest.raises(XfrmProtocolError):
+        pol.pull_policy(dataclasses.replace(msg, body=msg.body[:40]))
+
+
 def test_requests_are_what_ip_sends() -> None:
     seq, msg = sent("state-delete.strace")
     assert sa.push_delete_state(seq, "198.51.100.2", 0xC0FFEE02, "192.0.2.1") == msg
