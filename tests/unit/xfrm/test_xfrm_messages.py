@@ -201,6 +201,42 @@ def test_new_ae_carries_the_whole_window_and_the_replace_flag() -> None:
         sa.push_new_ae(3, "192.0.2.1", 1, "198.51.100.2")
 
 
+def _attrs(raw: bytes, off: int) -> dict[int, bytes]:
+    """Netlink attributes from `off` on, read here without the module's parser."""
+    out = {}
+    while off + 4 <= len(raw):
+        length, kind = struct.unpack_from("=HH", raw, off)
+        out[kind] = raw[off + 4:off + length]
+        off += (length + 3) & ~3
+    return out
+
+
+# linux/xfrm.h: XFRMA_REPLAY_THRESH, XFRMA_ETIMER_THRESH; sizeof(struct xfrm_aevent_id)
+REPLAY_THRESH, ETIMER_THRESH, AEVENT_ID_LEN = 11, 12, 48
+
+
+def test_thresholds_are_u32_attributes_of_new_ae_and_new_sa() -> None:
+    raw = sa.push_new_ae(3, "192.0.2.1", 0xC0FFEE01, "198.51.100.2", etimer_thresh=25)
+    attrs = _attrs(raw, 16 + AEVENT_ID_LEN)
+    assert attrs == {ETIMER_THRESH: struct.pack("=I", 25)}  # the timer alone, no replay
+    (msg,) = wire.pull_messages(raw)
+    assert sa.pull_ae(msg).flags == sa.XFRM_AE_ETHR
+    raw = sa.push_new_ae(3, "192.0.2.1", 0xC0FFEE01, "198.51.100.2", replay_thresh=100,
+                         etimer_thresh=25)
+    attrs = _attrs(raw, 16 + AEVENT_ID_LEN)
+    assert attrs[REPLAY_THRESH] == struct.pack("=I", 100)
+    assert attrs[ETIMER_THRESH] == struct.pack("=I", 25)
+    # a state installed with both thresholds; the fixture's bytes come before them
+    seq, fixture = sent("state-aead.strace")
+    raw = sa.push_new_state(seq, dataclasses.replace(INBOUND, replay_thresh=100,
+                                                     etimer_thresh=25))
+    attrs = _attrs(raw, 16 + sa._USERSA_INFO_LEN)
+    assert attrs[REPLAY_THRESH] == struct.pack("=I", 100)
+    assert attrs[ETIMER_THRESH] == struct.pack("=I", 25)
+    assert set(attrs) - {REPLAY_THRESH, ETIMER_THRESH} == set(
+        _attrs(fixture, 16 + sa._USERSA_INFO_LEN))
+
+
 def test_window_and_ring_convert_both_ways() -> None:
     window = 128
     for highest in (1, 5, 127, 128, 129, 1000, (1 << 32) + 3):
