@@ -27,6 +27,8 @@ test-kernel: bootstrap
 demo: bootstrap
 	.venv/bin/clusterctl lab demo
 
+# every bench/ module; node_kernel boots the VM of test-kernel (minutes under TCG), or says in
+# one line why it cannot
 bench: bootstrap
 	$(PY) -m bench
 

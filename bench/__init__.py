@@ -34,6 +34,22 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 
+class Skipped(Exception):
+    """A benchmark that cannot run here (`run()` raises it with the reason, one line): its
+    section of docs/benchmarks.md is left as it is."""
+
+
+def busy_seconds(proc_stat: str) -> float:
+    """CPU seconds every CPU spent not idle (user, nice, system, irq, softirq, steal), from the
+    text of /proc/stat (its first, all-CPU line)."""
+    line = proc_stat.split("\n", 1)[0].split()
+    if not line or line[0] != "cpu" or len(line) < 8:
+        raise ValueError(f"not a /proc/stat cpu line: {proc_stat[:80]!r}")
+    ticks = [int(v) for v in line[1:]]
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # less idle and iowait; guest time is in user
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0..100) by linear interpolation."""
     if not values:

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import Row, machine
+from bench import Row, Skipped, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         try:
             rows = importlib.import_module(f"bench.{name}").run()
+        except Skipped as why:  # its section keeps its last result
+            print(f"bench {name}: skipped: {why}", file=sys.stderr)
+            continue
         except (Exception, SystemExit) as exc:  # one failing must not hide the others
             print(f"bench {name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             failed += 1

@@ -22,6 +22,10 @@ of the Child SA to a file (0600) and leaves the IKE SA standing (charon runs no 
 The generator (`python -m bench.node generate --sa FILE`) then seals its packets with those
 keys, exactly as it does for the node.
 
+bench/node_kernel runs the same responder with its ESP in the kernel instead (`kernel_ipsec`:
+kernel-netlink, no kernel-libipsec; XFRM states and policies in its namespace), with the
+node's ESP proposal and replay window, inside the VM where the kernel has ESP.
+
 Public API: `swanctl_conf`, `strongswan_conf`, `start_gateway`, `stop_gateway`,
 `establish` (the subcommand's body), `client_sa` (the sealing side from the file),
 `forwarded_by_charon` (the Child SAs' inbound packet count `swanctl --list-sas` shows,
@@ -48,15 +52,22 @@ PSK = "libipsec-bench-psk-not-a-secret"
 LOCAL_INSIDE = "10.20.0.1"   # on the gateway's lo, inside local_ts (see the module docstring)
 
 
-def strongswan_conf(log_path: Path) -> str:
-    """charon's strongswan.conf: the lab's baseline gateway's (`cluster.lab.strongswan`)."""
+def strongswan_conf(log_path: Path, kernel_ipsec: bool = False,
+                    replay_window: int | None = None) -> str:
+    """charon's strongswan.conf: the lab's baseline gateway's (`cluster.lab.strongswan`);
+    with `kernel_ipsec` its ESP in the kernel (kernel-netlink, no kernel-libipsec), and with
+    `replay_window` that window on its inbound states (charon's default is 32)."""
     from cluster.lab import strongswan
-    return strongswan.strongswan_conf(log_path)
+    conf = strongswan.strongswan_conf(log_path, kernel_ipsec=kernel_ipsec)
+    if replay_window is not None:
+        conf = conf.replace("charon {\n", f"charon {{\n  replay_window = {replay_window}\n", 1)
+    return conf
 
 
-def swanctl_conf(vip: str, client_vip: str, local_ts: str) -> str:
-    """The responder: PSK both ways, aes128gcm16, UDP encapsulation forced, the client's
-    inner address from a one-address pool."""
+def swanctl_conf(vip: str, client_vip: str, local_ts: str,
+                 esp_proposal: str = ESP_PROPOSAL) -> str:
+    """The responder: PSK both ways, `esp_proposal` (aes128gcm16), UDP encapsulation forced,
+    the client's inner address from a one-address pool."""
     return f"""\
 connections {{
   bench {{
@@ -77,7 +88,7 @@ connections {{
     children {{
       bench {{
         local_ts = {local_ts}
-        esp_proposals = {ESP_PROPOSAL}
+        esp_proposals = {esp_proposal}
       }}
     }}
   }}
@@ -97,18 +108,21 @@ secrets {{
 """
 
 
-def start_gateway(netns: str, workdir: Path, vip: str, client_vip: str,
-                  local_ts: str) -> subprocess.Popen[bytes]:
-    """charon with kernel-libipsec in `netns`, connections loaded; the Popen's pid is
-    charon's own (see `cluster.lab.strongswan.charon_argv`). Raises RuntimeError with the
-    end of charon's log when it does not come up."""
+def start_gateway(netns: str, workdir: Path, vip: str, client_vip: str, local_ts: str, *,
+                  kernel_ipsec: bool = False, esp_proposal: str = ESP_PROPOSAL,
+                  replay_window: int | None = None) -> subprocess.Popen[bytes]:
+    """charon with kernel-libipsec (`kernel_ipsec`: kernel-netlink, ESP in XFRM) in `netns`,
+    connections loaded; the Popen's pid is charon's own (see
+    `cluster.lab.strongswan.charon_argv`). Raises RuntimeError with the end of charon's log
+    when it does not come up."""
     from cluster.lab import strongswan
     from cluster.lab.errors import LabError
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "charon.log"
     conf = workdir / "strongswan.conf"
-    conf.write_text(strongswan_conf(log))
-    swanctl = strongswan.swanctl_dir(workdir, swanctl_conf(vip, client_vip, local_ts), None)
+    conf.write_text(strongswan_conf(log, kernel_ipsec, replay_window))
+    swanctl = strongswan.swanctl_dir(workdir, swanctl_conf(vip, client_vip, local_ts,
+                                                           esp_proposal), None)
     proc = subprocess.Popen(strongswan.charon_argv(netns, conf), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -116,7 +130,8 @@ def start_gateway(netns: str, workdir: Path, vip: str, client_vip: str,
         strongswan.load(proc.pid, swanctl)
     except (LabError, subprocess.SubprocessError) as exc:
         stop_gateway(proc)
-        raise RuntimeError(f"charon (kernel-libipsec) did not start: {exc}; log: "
+        kind = "kernel-netlink" if kernel_ipsec else "kernel-libipsec"
+        raise RuntimeError(f"charon ({kind}) did not start: {exc}; log: "
                            f"{_tail(log)}") from exc
     return proc
 
@@ -160,12 +175,13 @@ def in_packets(list_sas: str) -> int:
 
 
 # -- inside the generator's namespace --------------------------------------------------------
-def establish(local_ip: str, vip: str, natt_port: int, out: Path) -> dict[str, Any]:
+def establish(local_ip: str, vip: str, natt_port: int, out: Path,
+              esp_proposal: str = ESP_PROPOSAL) -> dict[str, Any]:
     """IKE_SA_INIT + IKE_AUTH with charon from `local_ip`; the initiator's side of the first
     Child SA written to `out` (keys hex, 0600). The IKE SA is left up."""
     from keyd.client import IkeClient
     client = IkeClient.psk(PSK.encode(), CLIENT_ID, GATEWAY_ID, local_ip, (vip, 500),
-                           natt_port, IKE_PROPOSAL, ESP_PROPOSAL)
+                           natt_port, IKE_PROPOSAL, esp_proposal)
     with client:
         client.connect(timeout_s=30)
         children = client.children()
@@ -205,10 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--vip", required=True, help="charon's address")
     e.add_argument("--natt-port", type=int, default=4500)
     e.add_argument("--out", required=True, type=Path)
+    e.add_argument("--esp", default=ESP_PROPOSAL, help="the ESP proposal")
     args = p.parse_args(argv)
     t0 = time.monotonic()
     try:
-        info = establish(args.local, args.vip, args.natt_port, args.out)
+        info = establish(args.local, args.vip, args.natt_port, args.out, args.esp)
     except Exception as exc:  # one line for the orchestrator, never a traceback
         print(f"establish failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -173,6 +173,9 @@ def generate(count: int, sa_file: str | None = None, blast: int = 0, gso: int = 
     segment = [(SOL_UDP, UDP_SEGMENT, struct.pack("H", len(packets[0])))] if gso > 1 else []
     batches = [b"".join(packets[i:i + gso]) for i in range(0, len(packets), max(gso, 1))]
     per = max(gso, 1)
+    from bench import busy_seconds
+    stat = Path("/proc/stat")
+    busy0 = busy_seconds(stat.read_text())
     started = time.time()
     t0 = time.perf_counter()
     sent = 0
@@ -185,7 +188,11 @@ def generate(count: int, sa_file: str | None = None, blast: int = 0, gso: int = 
             time.sleep(0)
         if rate and i % 16 == 15 and (ahead := sent / rate - (clock() - t0)) > 0:
             time.sleep(ahead)
-    print(json.dumps({"sent": sent, "seconds": time.perf_counter() - t0, "started": started}))
+    seconds = time.perf_counter() - t0
+    # the whole machine's CPU while sending: on a veth the receiver's softirq work (the
+    # gateway's kernel ESP) mostly runs on the sender's CPU, out of any process's account
+    busy = busy_seconds(stat.read_text()) - busy0
+    print(json.dumps({"sent": sent, "seconds": seconds, "started": started, "busy_s": busy}))
 
 
 def sink_outbound(count: int, seconds: float) -> None:

@@ -147,12 +147,24 @@ class KernelPlane:
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Remove what a previous run left (states of this interface) and install the
-        interface's in/fwd policies."""
+        """Remove what a previous run left and install the interface's in/fwd policies.
+
+        A node that was killed (SIGKILL, a crash) leaves its XFRM states and its outbound
+        policies in the namespace; they are its own by their `if_id`, the node's interface
+        id (`kernel_sa.IF_ID`), which nothing else here uses: every state with it (inbound
+        and outbound) and every outbound policy with it go. Other states and policies (another
+        IPsec daemon's, if_id 0 or another) are left alone; the in/fwd policies with it are
+        the interface's own and are installed again."""
         with self._lock:
             for info in self.xfrm.dump_states():
                 if info.state.if_id == self.if_id:
                     self.xfrm.delete_state(info.state.dst, info.state.spi, info.state.src)
+            stale = [p for p in self.xfrm.dump_policies()
+                     if p.if_id == self.if_id and p.direction == "out"]
+            for p in stale:
+                self.xfrm.delete_policy(p.src, p.dst, p.direction, self.if_id)
+            if stale:
+                log.info("removed %d outbound policies a previous run left", len(stale))
             for p in ksa.interface_policies(self.if_id):
                 self.xfrm.add_policy(p, update=True)
 

@@ -24,6 +24,7 @@ from cluster.xfrm.wire import (
     NLMSG_ERROR,
     SOL_NETLINK,
     XFRM_MSG_DELSA,
+    XFRM_MSG_GETPOLICY,
     XFRM_MSG_GETSA,
     XFRM_MSG_NEWAE,
     KernelError,
@@ -142,6 +143,27 @@ class XfrmSocket:
     def add_policy(self, p: pol.XfrmPolicy, *, update: bool = True) -> None:
         self.request(pol.push_new_policy(self._next(), p, update=update),
                      f"policy {p.src} -> {p.dst} {p.direction}")
+
+    def dump_policies(self) -> list[pol.XfrmPolicy]:
+        """Every policy of this network namespace (XFRM_MSG_GETPOLICY with NLM_F_DUMP); the
+        per-socket ones are not in a dump."""
+        seq = self._next()
+        self.sock.send(push_message(XFRM_MSG_GETPOLICY, NLM_F_REQUEST | NLM_F_DUMP, seq, b""))
+        out: list[pol.XfrmPolicy] = []
+        while True:
+            for msg in pull_messages(self.sock.recv(_RECV)):
+                if msg.seq != seq:
+                    continue
+                if msg.kind == NLMSG_DONE:
+                    return out
+                if msg.kind == NLMSG_ERROR:
+                    err = error_of(msg)
+                    if err is None:
+                        return out
+                    raise KernelError(err.errno, err.kind, err.seq, "dump policies",
+                                      err.detail)
+                with contextlib.suppress(XfrmProtocolError):
+                    out.append(pol.pull_policy(msg))
 
     def delete_policy(self, src: str, dst: str, direction: str, if_id: int = 0) -> bool:
         try:

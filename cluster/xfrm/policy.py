@@ -9,16 +9,29 @@ the state; a policy here is a selector, a direction and one ESP template.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
-from cluster.xfrm.state import IPPROTO_ESP, MODES, XFRM_INF, family_of, packed, push_selector
+from cluster.xfrm.state import (
+    IPPROTO_ESP,
+    MODES,
+    SELECTOR,
+    XFRM_INF,
+    family_of,
+    packed,
+    push_selector,
+    unpacked,
+)
 from cluster.xfrm.wire import (
     NLM_F_ACK,
     NLM_F_REQUEST,
     XFRM_MSG_DELPOLICY,
     XFRM_MSG_NEWPOLICY,
     XFRM_MSG_UPDPOLICY,
+    Message,
+    XfrmProtocolError,
+    pull_attrs,
     push_attr,
     push_message,
 )
@@ -88,6 +101,39 @@ def push_new_policy(seq: int, p: XfrmPolicy, *, update: bool = False) -> bytes:
         body += push_attr(XFRMA_IF_ID, struct.pack("=I", p.if_id))
     kind = XFRM_MSG_UPDPOLICY if update else XFRM_MSG_NEWPOLICY
     return push_message(kind, NLM_F_REQUEST | NLM_F_ACK, seq, body)
+
+
+_POLICY_INFO_LEN = SELECTOR.size + _LIFETIME_CFG.size + _LIFETIME_CUR_LEN + _POLICY_TAIL.size
+
+
+def pull_policy(msg: Message) -> XfrmPolicy:
+    """A policy the kernel sent (XFRM_MSG_NEWPOLICY / UPDPOLICY, as a dump answers); its
+    first template (a policy without one reads with an all-zero template).
+    XfrmProtocolError if it does not read as one."""
+    body = msg.body
+    if msg.kind not in (XFRM_MSG_NEWPOLICY, XFRM_MSG_UPDPOLICY) or len(body) < _POLICY_INFO_LEN:
+        raise XfrmProtocolError(f"not an XFRM policy: type {msg.kind}, {len(body)} bytes")
+    daddr, saddr, _, _, _, _, fam, dlen, slen, _, _, _ = SELECTOR.unpack_from(body)
+    priority, _, direction, _, _, _ = _POLICY_TAIL.unpack_from(
+        body, SELECTOR.size + _LIFETIME_CFG.size + _LIFETIME_CUR_LEN)
+    attrs = pull_attrs(body, _POLICY_INFO_LEN)
+    names = {v: k for k, v in DIRECTIONS.items()}
+    modes = {v: k for k, v in MODES.items()}
+    template = Template("0.0.0.0" if fam == socket.AF_INET else "::",
+                        "0.0.0.0" if fam == socket.AF_INET else "::", 0)
+    if (raw := attrs.get(XFRMA_TMPL)) is not None and len(raw) >= _TMPL.size:
+        t = _TMPL.unpack_from(raw)
+        tdst, tfam, tsrc, reqid, mode = t[0], t[3], t[4], t[5], t[6]
+        template = Template(unpacked(tsrc, tfam), unpacked(tdst, tfam), reqid,
+                            modes.get(mode, "tunnel"))
+    if_id = struct.unpack_from("=I", attrs[XFRMA_IF_ID])[0] if XFRMA_IF_ID in attrs else 0
+    if direction not in names:
+        raise XfrmProtocolError(f"XFRM policy of unknown direction {direction}")
+    try:
+        return XfrmPolicy(f"{unpacked(saddr, fam)}/{slen}", f"{unpacked(daddr, fam)}/{dlen}",
+                          names[direction], template, if_id=if_id, priority=priority)
+    except ValueError as e:
+        raise XfrmProtocolError(f"XFRM policy does not read: {e}") from None
 
 
 def push_delete_policy(seq: int, src: str, dst: str, direction: str, if_id: int = 0) -> bytes:

@@ -91,6 +91,8 @@ def test_inbound_and_outbound_states_round_trip_through_the_codec() -> None:
                                   window=128, out_seq=5000, replay_thresh=4)
     assert (outbound.src, outbound.dst, outbound.spi) == (VIP, "198.51.100.7", r.spi_out)
     assert outbound.encap == Encap(4500, 40001) and outbound.reqid == inbound.reqid
+    # counters come by packet threshold (D) and by GETAE every T: no timer threshold
+    assert inbound.etimer_thresh is None and outbound.etimer_thresh is None
     for st in (inbound, outbound):
         (msg,) = pull_messages(push_new_state(1, st))
         got = pull_state(msg).state

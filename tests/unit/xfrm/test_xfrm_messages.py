@@ -117,6 +117,30 @@ def test_policy_is_what_ip_sends(name: str, policy: XfrmPolicy) -> None:
     assert pol.push_new_policy(seq, policy) == msg
 
 
+@pytest.mark.parametrize(("name", "policy"), [
+    ("policy-in.strace", XfrmPolicy("10.1.0.5/32", "0.0.0.0/0", "in",
+                                    Template("198.51.100.2", "192.0.2.1", 7), if_id=5)),
+    ("policy-out.strace", XfrmPolicy("0.0.0.0/0", "10.1.0.5/32", "out",
+                                     Template("192.0.2.1", "198.51.100.2", 7), if_id=5)),
+])
+def test_a_policy_as_ip_wrote_it_reads_back(name: str, policy: XfrmPolicy) -> None:
+    # a dump answers with the same struct xfrm_userpolicy_info and attributes
+    (msg,) = wire.pull_messages(sent(name)[1])
+    assert pol.pull_policy(msg) == policy
+
+
+def test_a_policy_round_trips_and_other_messages_are_refused() -> None:
+    p = XfrmPolicy("::/0", "2001:db8::7/128", "out", Template("2001:db8::1", "2001:db8::2", 9),
+                   if_id=0x1C5C, priority=3)
+    (msg,) = wire.pull_messages(pol.push_new_policy(1, p, update=True))
+    assert pol.pull_policy(msg) == p
+    (other,) = wire.pull_messages(sent("state-aead.strace")[1])
+    with pytest.raises(XfrmProtocolError):
+        pol.pull_policy(other)
+    with pytest.raises(XfrmProtocolError):
+        pol.pull_policy(dataclasses.replace(msg, body=msg.body[:40]))
+
+
 def test_requests_are_what_ip_sends() -> None:
     seq, msg = sent("state-delete.strace")
     assert sa.push_delete_state(seq, "198.51.100.2", 0xC0FFEE02, "192.0.2.1") == msg
@@ -175,6 +199,42 @@ def test_new_ae_carries_the_whole_window_and_the_replace_flag() -> None:
     assert (ev.dst, ev.spi, ev.src) == ("192.0.2.1", 0xC0FFEE01, "198.51.100.2")
     with pytest.raises(ValueError):
         sa.push_new_ae(3, "192.0.2.1", 1, "198.51.100.2")
+
+
+def _attrs(raw: bytes, off: int) -> dict[int, bytes]:
+    """Netlink attributes from `off` on, read here without the module's parser."""
+    out = {}
+    while off + 4 <= len(raw):
+        length, kind = struct.unpack_from("=HH", raw, off)
+        out[kind] = raw[off + 4:off + length]
+        off += (length + 3) & ~3
+    return out
+
+
+# linux/xfrm.h: XFRMA_REPLAY_THRESH, XFRMA_ETIMER_THRESH; sizeof(struct xfrm_aevent_id)
+REPLAY_THRESH, ETIMER_THRESH, AEVENT_ID_LEN = 11, 12, 48
+
+
+def test_thresholds_are_u32_attributes_of_new_ae_and_new_sa() -> None:
+    raw = sa.push_new_ae(3, "192.0.2.1", 0xC0FFEE01, "198.51.100.2", etimer_thresh=25)
+    attrs = _attrs(raw, 16 + AEVENT_ID_LEN)
+    assert attrs == {ETIMER_THRESH: struct.pack("=I", 25)}  # the timer alone, no replay
+    (msg,) = wire.pull_messages(raw)
+    assert sa.pull_ae(msg).flags == sa.XFRM_AE_ETHR
+    raw = sa.push_new_ae(3, "192.0.2.1", 0xC0FFEE01, "198.51.100.2", replay_thresh=100,
+                         etimer_thresh=25)
+    attrs = _attrs(raw, 16 + AEVENT_ID_LEN)
+    assert attrs[REPLAY_THRESH] == struct.pack("=I", 100)
+    assert attrs[ETIMER_THRESH] == struct.pack("=I", 25)
+    # a state installed with both thresholds; the fixture's bytes come before them
+    seq, fixture = sent("state-aead.strace")
+    raw = sa.push_new_state(seq, dataclasses.replace(INBOUND, replay_thresh=100,
+                                                     etimer_thresh=25))
+    attrs = _attrs(raw, 16 + sa._USERSA_INFO_LEN)
+    assert attrs[REPLAY_THRESH] == struct.pack("=I", 100)
+    assert attrs[ETIMER_THRESH] == struct.pack("=I", 25)
+    assert set(attrs) - {REPLAY_THRESH, ETIMER_THRESH} == set(
+        _attrs(fixture, 16 + sa._USERSA_INFO_LEN))
 
 
 def test_window_and_ring_convert_both_ways() -> None:
