@@ -127,8 +127,11 @@ class LabBase:
     def _alive(self, role: str) -> bool:
         rec = self.state.processes.get(role)
         if rec is None or not rec.alive():
-            log = Path(rec.log).name if rec else "logs/"
-            raise LabError(f"{role} exited (its output: {log})")
+            if rec is None:
+                raise LabError(f"{role} exited (its output: logs/)")
+            last = last_line(Path(rec.log))
+            raise LabError(f"{role} exited (its output: {Path(rec.log).name}"
+                           f"{': ' + last if last else ''})")
         return True
 
     def _wait(self, what: str, ready: Callable[[], bool], timeout_s: float) -> None:
@@ -138,3 +141,14 @@ class LabBase:
             if time.monotonic() > deadline:
                 raise LabError(f"timed out after {timeout_s:g}s waiting for {what}")
             time.sleep(0.1)
+
+
+def last_line(log: Path) -> str:
+    """The last line of a log (its last 4 KiB are read; "" if it cannot be read)."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, log.stat().st_size - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][-300:] if lines else ""

@@ -38,7 +38,14 @@ from cluster.freeradius import FreeRadiusServer, RadiusUser
 from cluster.host import DriverError, inside_netns
 from cluster.lab import addresses as A
 from cluster.lab import daemons, netns, strongswan, teardown, topology, vm
-from cluster.lab.base import Progress, _mutating, _quiet, _require_root, _require_tools
+from cluster.lab.base import (
+    Progress,
+    _mutating,
+    _quiet,
+    _require_root,
+    _require_tools,
+    last_line,
+)
 from cluster.lab.clients import LabClients
 from cluster.lab.errors import LabError
 from cluster.lab.pki import EAP_USERS, write_secret
@@ -237,8 +244,9 @@ class Lab(LabClients):
                 time.sleep(0.1)
             if new.alive():
                 return
-            if "address already in use" not in _last_line(Path(new.log)):
-                raise LabError(f"{role} exited (its output: {Path(new.log).name})")
+            last = last_line(Path(new.log))
+            if "address already in use" not in last:
+                raise LabError(f"{role} exited (its output: {Path(new.log).name}: {last})")
             time.sleep(0.5)
         raise LabError(f"{role} could not bind its ports in {attempts} starts "
                        f"(its output: {Path(rec.log).name})")
@@ -600,14 +608,6 @@ class Lab(LabClients):
         if save_logs_to is not None:
             teardown.save_logs(self.dir, save_logs_to)
         self.state.remove_files()
-
-
-def _last_line(log: Path) -> str:
-    """The last line of a log (the last 4 KiB of it are read)."""
-    with log.open("rb") as f:
-        f.seek(max(0, log.stat().st_size - 4096))
-        lines = f.read().decode(errors="replace").strip().splitlines()
-    return lines[-1] if lines else ""
 
 
 def _listens(port: int) -> bool:
