@@ -7,8 +7,10 @@ PYTEST := $(PY) -m pytest
 bootstrap:
 	@sh scripts/bootstrap.sh
 
+# two workers: the lab tests (e2e, the kernel tier's VM) in one, the rest in the other
+# (tests/conftest.py says why)
 test: bootstrap
-	$(PYTEST) tests -p no:cacheprovider --durations=30
+	$(PYTEST) tests -p no:cacheprovider --durations=30 -n 2 --dist loadscope --no-loadscope-reorder
 
 test-unit: bootstrap
 	$(PYTEST) tests/unit -m unit
