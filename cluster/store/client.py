@@ -461,10 +461,20 @@ class Store:
         with translated(self.endpoint):
             self._client.revoke_lease(lease_id)
 
-    def keepalive(self, lease_id: int) -> int:
-        """Refresh a lease once; return its new TTL in seconds (0: the lease is gone)."""
+    def keepalive(self, lease_id: int, timeout_s: float | None = None) -> int:
+        """Refresh a lease once; return its new TTL in seconds (0: the lease is gone).
+        `timeout_s` bounds this call below the store's timeout (a lease holder's deadline)."""
+        client = self._client
+        timeout = client.timeout if timeout_s is None else min(client.timeout, timeout_s)
         with translated(self.endpoint):
-            responses = list(self._client.refresh_lease(lease_id))
+            try:
+                responses = list(client.leasestub.LeaseKeepAlive(
+                    iter([etcd3.etcdrpc.LeaseKeepAliveRequest(ID=lease_id)]),
+                    max(0.01, timeout), credentials=client.call_credentials,
+                    metadata=client.metadata))
+            except grpc.RpcError as exc:
+                client._manage_grpc_errors(exc)   # marks a failed endpoint, then raises
+                raise
         if not responses:
             raise StoreUnavailable(self.endpoint, "no keepalive answer")
         return int(responses[-1].TTL)

@@ -20,6 +20,11 @@ from .records import KeydRecord, NodeRecord
 
 log = logging.getLogger(__name__)
 
+#: keepalives sent per TTL while etcd answers
+KEEPALIVES_PER_TTL = 6
+#: the pause before the keepalive after a failed one
+RETRY_S = 0.25
+
 
 class MembershipEvent:
     """Marker base of membership events."""
@@ -33,7 +38,12 @@ class LeaseLost(MembershipEvent):
 
 
 class Membership:
-    """Hold `record` under a lease of `ttl_s` seconds, refreshed every `ttl_s / 3`."""
+    """Hold `record` under a lease of `ttl_s` seconds, refreshed every `ttl_s / 6`.
+
+    Six a TTL rather than etcd's customary three: when etcd's leader dies the others elect
+    another in one to two election timeouts (1 s by default), and the keepalive that fails
+    meanwhile must leave the holder most of a TTL to get through (a 3 s lease lost to a
+    leader's kill with keepalives a second apart; kept with them half a second apart)."""
 
     def __init__(self, store: Store, record: NodeRecord | KeydRecord, ttl_s: int,
                  on_lost: Callable[[LeaseLost], None]) -> None:
@@ -48,9 +58,11 @@ class Membership:
         self._on_lost = on_lost
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._granted = 0.0
 
     def start(self) -> int:
         """Grant the lease, write the record on it, start keepalives; return the lease id."""
+        self._granted = time.monotonic()
         self.lease_id = self._store.grant_lease(self.ttl_s)
         self._store.put(self.record, lease=self.lease_id)
         self._thread = threading.Thread(target=self._run, name=f"lease-{self.key}", daemon=True)
@@ -85,22 +97,29 @@ class Membership:
             log.error("lease-lost handler failed: %s", exc)
 
     def _run(self) -> None:
-        interval = self.ttl_s / 3
+        interval = self.ttl_s / KEEPALIVES_PER_TTL
         # etcd expires the lease no earlier than TTL after it received our last keepalive,
         # so "sent + TTL" is a deadline the holder reaches first: it fences before etcd
-        # hands its clients to another node.
-        deadline = time.monotonic() + self.ttl_s
-        while not self._stop.wait(max(0.0, min(interval, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline:
+        # hands its clients to another node. No keepalive may outlast that deadline (a
+        # call hanging on a frozen or leaderless etcd would hold the fence back for the
+        # store's whole timeout); after a failed one the next goes out RETRY_S later, to the
+        # next etcd member (the failed one is skipped for a while): the cluster elects a
+        # new leader in about a second when one is killed, well within a TTL.
+        deadline = self._granted + self.ttl_s
+        wait_s = min(interval, deadline - time.monotonic())
+        while not self._stop.wait(max(0.0, wait_s)):
+            sent = time.monotonic()
+            if sent >= deadline:
                 self._lose("unreachable")
                 return
-            sent = time.monotonic()
             try:
-                ttl = self._store.keepalive(self.lease_id)
+                ttl = self._store.keepalive(self.lease_id, timeout_s=deadline - sent)
             except StoreError as exc:
                 log.warning("keepalive of %s failed: %s", self.key, exc)
+                wait_s = min(RETRY_S, deadline - time.monotonic())
                 continue
             if ttl <= 0:
                 self._lose("expired")
                 return
             deadline = sent + ttl
+            wait_s = min(interval, deadline - time.monotonic())

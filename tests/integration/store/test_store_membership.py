@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import signal
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from cluster.lab.forwarder import pipe
-from cluster.procs import free_port
+from cluster.procs import EtcdServer, free_port
 from cluster.store import (
     DataKey,
     Keyspace,
@@ -152,3 +157,100 @@ def test_unreachable_etcd_at_start_is_a_store_error(keyspace: Keyspace) -> None:
         m.start()
     m.stop(revoke=False)
     s.close()
+
+
+def test_a_frozen_etcd_fences_the_holder_within_its_ttl(
+        tmp_path: Path, keyspace: Keyspace) -> None:
+    """etcd stops answering but keeps its connections (SIGSTOP): a keepalive then hangs for
+    the store's whole timeout (10 s here). The holder must still fence itself by its own
+    deadline, last answered keepalive + TTL, not a timeout later."""
+    ttl_s = 3
+    server = EtcdServer(tmp_path / "etcd")
+    server.start()
+    holder_store = Store([server.endpoint], keyspace, timeout_s=10.0)
+    m = Membership(holder_store, node(), ttl_s, lambda e: None)
+    try:
+        m.start()
+        time.sleep(1.5)
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        frozen = time.monotonic()
+        assert wait_for(m.lost.is_set, ttl_s + 12)
+        fenced_after = time.monotonic() - frozen
+        assert fenced_after <= ttl_s + 0.5, f"fenced {fenced_after:.2f}s after etcd froze"
+    finally:
+        if server.pid is not None:
+            os.kill(server.pid, signal.SIGCONT)
+        m.stop(revoke=False)
+        holder_store.close()
+        server.stop()
+
+
+def _leader(members: list[EtcdServer]) -> EtcdServer:
+    """The member that leads the cluster now (asked of every member that answers)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for s in members:
+            if s.pid is None:
+                continue
+            try:
+                with urllib.request.urlopen(urllib.request.Request(
+                        f"{s.endpoint}/v3/maintenance/status", data=b"{}", method="POST"),
+                        timeout=1.0) as r:
+                    status = json.loads(r.read())
+            except OSError:
+                continue
+            if status.get("leader") and status["leader"] == status["header"]["member_id"]:
+                return s
+        time.sleep(0.1)
+    raise AssertionError("no etcd member leads")
+
+
+def test_the_lease_outlives_the_kill_of_etcds_leader(tmp_path: Path, keyspace: Keyspace) -> None:
+    """Three etcd members; the leader is SIGKILLed (and started again) three times while a
+    holder with a 3 s lease lists all three: the cluster elects another leader in about a
+    second, and the holder's keepalives, tried again at once on the next member after a
+    failed one, keep its lease every time (it never fences)."""
+    hosts = {f"m{i}": free_port() for i in (1, 2, 3)}
+    peers = {name: f"http://127.0.0.1:{port}" for name, port in hosts.items()}
+    members = [EtcdServer(tmp_path / name, name=name, peer_port=port, initial_cluster=peers)
+               for name, port in hosts.items()]
+    starting = [threading.Thread(target=s.start) for s in members]
+    for t in starting:
+        t.start()
+    for t in starting:
+        t.join()
+    store = Store([s.endpoint for s in members], keyspace, timeout_s=2.0)
+    lost: list[LeaseLost] = []
+    m = Membership(store, node("node-9"), 3, lost.append)
+    try:
+        m.start()
+        for _ in range(3):
+            time.sleep(1.7)
+            leader = _leader(members)
+            assert leader.proc is not None
+            leader.proc.kill()
+            leader.proc.wait()
+            leader.proc = None
+            killed = time.monotonic()
+            _leader(members)
+            elected_s = time.monotonic() - killed
+            time.sleep(max(0.0, 4.0 - elected_s))      # more than a TTL without the old leader
+            assert not lost, f"lease lost when the leader was killed ({elected_s:.1f}s " \
+                             f"to elect another): {lost}"
+            leader.start()
+        # the record is still there (a read may fail on a member that was just killed or
+        # restarted: the store then moves on to the next one)
+        for _ in range(5):
+            try:
+                assert store.get(NodeRecord, "node-9") is not None
+                break
+            except StoreError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("no etcd member answered")
+    finally:
+        m.stop()
+        store.close()
+        for s in members:
+            s.stop()
