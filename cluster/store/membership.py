@@ -41,9 +41,11 @@ class Membership:
     """Hold `record` under a lease of `ttl_s` seconds, refreshed every `ttl_s / 6`.
 
     Six a TTL rather than etcd's customary three: when etcd's leader dies the others elect
-    another in one to two election timeouts (1 s by default), and the keepalive that fails
-    meanwhile must leave the holder most of a TTL to get through (a 3 s lease lost to a
-    leader's kill with keepalives a second apart; kept with them half a second apart)."""
+    another in one to two election timeouts (1 s by etcd's default, 500 ms as the project
+    runs etcd: cluster.procs, the playbooks), and the keepalive that fails meanwhile must
+    leave the holder most of a TTL to get through. A 3 s lease was lost to a leader's kill
+    with keepalives a second apart; it was kept with them half a second apart and a 500 ms
+    election timeout (tests/integration/store/test_store_membership.py)."""
 
     def __init__(self, store: Store, record: NodeRecord | KeydRecord, ttl_s: int,
                  on_lost: Callable[[LeaseLost], None]) -> None:
@@ -103,8 +105,8 @@ class Membership:
         # hands its clients to another node. No keepalive may outlast that deadline (a
         # call hanging on a frozen or leaderless etcd would hold the fence back for the
         # store's whole timeout); after a failed one the next goes out RETRY_S later, to the
-        # next etcd member (the failed one is skipped for a while): the cluster elects a
-        # new leader in about a second when one is killed, well within a TTL.
+        # next etcd member (the failed one is skipped for a while): when the leader is
+        # killed the cluster elects another within a second, well within a TTL.
         deadline = self._granted + self.ttl_s
         wait_s = min(interval, deadline - time.monotonic())
         while not self._stop.wait(max(0.0, wait_s)):
