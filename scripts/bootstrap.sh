@@ -6,11 +6,12 @@ cd "$(dirname "$0")/.."
 
 # Every package is named: the install runs with --no-install-recommends, so nothing a package
 # merely recommends arrives (libstrongswan-standard-plugins, charon's openssl and gcm plugins, is
-# only a Recommends of libstrongswan).
+# only a Recommends of libstrongswan). virtme-ng (the kernel tier's VM) reads the kernel's
+# version with `file`.
 DEBS="etcd-server etcd-client strongswan-charon strongswan-swanctl libstrongswan-standard-plugins
 libstrongswan-extra-plugins libcharon-extra-plugins libcharon-extauth-plugins freeradius
 freeradius-utils nftables conntrack haproxy iproute2 iputils-ping procps iperf3 tcpdump curl
-ca-certificates git make python3-venv qemu-system-x86 linux-image-amd64 busybox-static"
+ca-certificates git make python3-venv qemu-system-x86 linux-image-amd64 busybox-static file"
 
 missing=""
 for p in $DEBS; do

@@ -14,6 +14,7 @@ one, and keyd reassembles them.
 from __future__ import annotations
 
 import re
+import socket
 import time
 
 import pytest
@@ -46,9 +47,10 @@ def _detour(lab: Lab, client_ip: str) -> None:
     keyd, node = A.keyd_ip(1), A.node_ip(1)
     lab.run("router", ["ip", "route", "add", f"{A.VIP}/32", "via", node, "table",
                        str(DETOUR_TABLE)], check=True)
+    # UDP by number: `ip` looks names up in /etc/protocols, which a minimal Debian lacks
     lab.run("router", ["ip", "rule", "add", "pref", str(DETOUR_PREF), "from", client_ip,
-                       "ipproto", "udp", "dport", "4500", "lookup", str(DETOUR_TABLE)],
-            check=True)
+                       "ipproto", str(socket.IPPROTO_UDP), "dport", "4500", "lookup",
+                       str(DETOUR_TABLE)], check=True)
     rules = lab.dir / "e2e-move.nft"
     to_vip = f"ip saddr {client_ip} ip daddr {A.VIP}"
     non_esp = "@th,64,32 0"  # the non-ESP marker: IKE on 4500 (RFC 3948 §2.2)
