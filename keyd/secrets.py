@@ -2,7 +2,7 @@
 
     [[psk]]
     id = "alice@example.org"          # exact, a wildcard ("*@example.org"), or "%any"
-    secret = "correct horse battery"  # "0x…": hex
+    secret = "correct horse battery"  # "0x…": hex, "0s…": base64 (as strongSwan reads them)
     [[eap]]
     id = "carol@example.org"
     password = "…"
@@ -14,6 +14,8 @@ and again on SIGHUP (a file that does not read then keeps the secrets in use).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import tomllib
 from typing import Any
 
@@ -80,11 +82,15 @@ def _ids(where: str, value: Any) -> list[str]:
 
 
 def _psk_bytes(where: str, value: str) -> bytes:
-    if value.startswith("0x"):
+    """A PSK as strongSwan reads one: "0x…" hex, "0s…" base64, else the characters in UTF-8."""
+    if value.startswith(("0x", "0s")):
+        hexed = value.startswith("0x")
         try:
-            key = bytes.fromhex(value[2:])
-        except ValueError:
-            raise ConfigError(f"{where}.secret: 0x… is not valid hex") from None
+            key = bytes.fromhex(value[2:]) if hexed else \
+                base64.b64decode(value[2:], validate=True)
+        except (ValueError, binascii.Error):
+            raise ConfigError(f"{where}.secret: {value[:2]}… is not valid "
+                              f"{'hex' if hexed else 'base64'}") from None
         if not key:
             raise ConfigError(f"{where}.secret must not be empty")
         return key

@@ -38,6 +38,21 @@ def write_secret(path: Path, data: bytes) -> None:
     os.chmod(path, 0o600)
 
 
+#: what keyd's secrets file and strongSwan read as an encoding of a secret rather than as its
+#: characters: "0x…" hex, "0s…" base64
+ENCODED_PREFIXES = ("0x", "0s")
+
+
+def printable_secret(nbytes: int) -> str:
+    """A random secret of URL-safe characters (`nbytes` random bytes) that no reader takes for
+    hex or base64: one in 2,048 of them began with "0x" or "0s", and keyd refused the lab's
+    secrets file, or read a secret other than its clients did."""
+    while True:
+        secret = secrets.token_urlsafe(nbytes)
+        if not secret.lower().startswith(ENCODED_PREFIXES):
+            return secret
+
+
 class LabPki:
     """Files under `directory`: ca.pem, ca-key.pem, <name>.pem / <name>-key.pem, psk, data.key."""
 
@@ -97,13 +112,13 @@ class LabPki:
         CertAuthority.create("ipsec-cluster lab CA", days=CA_DAYS).write_pem(
             self.ca_cert, self.ca_key)
         # A PSK of printable characters, so it can be pasted into any client's configuration.
-        write_secret(self.psk_file, (secrets.token_urlsafe(24) + "\n").encode())
+        write_secret(self.psk_file, (printable_secret(24) + "\n").encode())
         write_secret(self.data_key_file, (secrets.token_hex(32) + "\n").encode())
         lab_ids = ", ".join(f'"{p}"' for p in LAB_PSK_IDS)
         entries = [f'[[psk]]\nid = [{lab_ids}]\nsecret = "{self.psk()}"\n']
-        entries += [f'[[psk]]\nid = "{user}"\nsecret = "{secrets.token_urlsafe(18)}"\n'
+        entries += [f'[[psk]]\nid = "{user}"\nsecret = "{printable_secret(18)}"\n'
                     for user in SHARED_USERS]
-        password = secrets.token_urlsafe(12)
+        password = printable_secret(12)
         entries += [f'[[eap]]\nid = "{user}"\npassword = "{password}"\n' for user in EAP_USERS]
         write_secret(self.secrets_file, "\n".join(entries).encode())
 

@@ -195,12 +195,16 @@ secret = "alice secret"
 [[psk]]
 id = ["*@lab.example", "bob@example.org"]
 secret = "0x00ff10"
+[[psk]]
+id = "dave@example.org"
+secret = "0sAP8Q"
 [[eap]]
 id = "carol@example.org"
 password = "carol's password"
 '''))
     assert s.psk("alice@example.org") == b"alice secret"
     assert s.psk("x@lab.example") == s.psk("bob@example.org") == b"\x00\xff\x10"
+    assert s.psk("dave@example.org") == b"\x00\xff\x10"     # base64, as strongSwan's "0s"
     assert s.psk("mallory@example.org") is None
     assert s.eap_password("carol@example.org") == "carol's password"
     assert s.eap_password("alice@example.org") is None
@@ -211,6 +215,7 @@ password = "carol's password"
     ('[[psk]]\nsecret = "s"\n', "psk[0].id must be an identity or a list"),
     ('[[psk]]\nid = ""\nsecret = "s"\n', "psk[0].id must not be empty"),
     ('[[psk]]\nid = "a"\nsecret = "0xzz"\n', "psk[0].secret: 0x… is not valid hex"),
+    ('[[psk]]\nid = "a"\nsecret = "0szz*"\n', "psk[0].secret: 0s… is not valid base64"),
     ('[[psk]]\nid = "a"\nsecret = "s"\nnote = 1\n', "psk[0]: unknown field 'note'"),
     ('[[eap]]\nid = "*@example.org"\npassword = "p"\n', "eap[0].id: an EAP user is one"),
     ('[[eap]]\nid = "u"\npassword = "p"\n[[eap]]\nid = "U"\npassword = "q"\n',
@@ -227,7 +232,7 @@ def test_bad_secrets_file_is_one_line_without_the_secret(
         load_secrets(path)
     line = str(err.value)
     assert "\n" not in line and path in line and message in line, line
-    assert "0xzz" not in line and "carol" not in line
+    assert "0xzz" not in line and "zz*" not in line and "carol" not in line
 
 
 def test_secrets_file_must_be_private(tmp_path: Path) -> None:
