@@ -11,6 +11,8 @@ any, [keyd] itself is the one connection, as before connections existed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -458,16 +460,34 @@ def read_secret(path: str, what: str) -> bytes:
 
 
 def read_psk(path: str) -> bytes:
-    """The pre-shared key: the file's bytes without a trailing newline; `0x…` means hex."""
+    """The pre-shared key: the file's bytes without a trailing newline; "0x…" means hex and
+    "0s…" base64 (decode_psk)."""
     data = read_secret(path, "PSK file").rstrip(b"\r\n")
     if not data:
         raise ConfigError(f"PSK file {path} is empty")
-    if data.startswith(b"0x"):
+    if data.startswith((b"0x", b"0s")):
         try:
-            return bytes.fromhex(data[2:].decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            raise ConfigError(f"PSK file {path}: 0x… is not valid hex") from None
+            return decode_psk(data.decode("ascii"), f"PSK file {path}")
+        except UnicodeDecodeError:
+            raise ConfigError(f"PSK file {path}: {data[:2].decode()}… is not "
+                              "ASCII") from None
     return data
+
+
+def decode_psk(value: str, where: str) -> bytes:
+    """A PSK as strongSwan reads one: "0x…" hex, "0s…" base64, else its characters in
+    UTF-8. A bad encoding is a ConfigError naming `where`, never the secret."""
+    if not value.startswith(("0x", "0s")):
+        return value.encode("utf-8")
+    hexed = value.startswith("0x")
+    try:
+        key = bytes.fromhex(value[2:]) if hexed else base64.b64decode(value[2:], validate=True)
+    except (ValueError, binascii.Error):
+        raise ConfigError(f"{where}: {value[:2]}… is not valid "
+                          f"{'hex' if hexed else 'base64'}") from None
+    if not key:
+        raise ConfigError(f"{where} must not be empty")
+    return key
 
 
 def read_eap_users(path: str) -> dict[str, str]:

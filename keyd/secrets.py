@@ -14,12 +14,10 @@ and again on SIGHUP (a file that does not read then keeps the secrets in use).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import tomllib
 from typing import Any
 
-from .config import ConfigError, read_secret
+from .config import ConfigError, decode_psk, read_secret
 from .ike.connections import IdentityPattern
 from .ike.errors import IkeUsageError
 from .ike.secrets import Secrets
@@ -82,16 +80,4 @@ def _ids(where: str, value: Any) -> list[str]:
 
 
 def _psk_bytes(where: str, value: str) -> bytes:
-    """A PSK as strongSwan reads one: "0x…" hex, "0s…" base64, else the characters in UTF-8."""
-    if value.startswith(("0x", "0s")):
-        hexed = value.startswith("0x")
-        try:
-            key = bytes.fromhex(value[2:]) if hexed else \
-                base64.b64decode(value[2:], validate=True)
-        except (ValueError, binascii.Error):
-            raise ConfigError(f"{where}.secret: {value[:2]}… is not valid "
-                              f"{'hex' if hexed else 'base64'}") from None
-        if not key:
-            raise ConfigError(f"{where}.secret must not be empty")
-        return key
-    return value.encode("utf-8")
+    return decode_psk(value, f"{where}.secret")

@@ -88,6 +88,15 @@ def test_psk_file_must_be_private(tmp_path: Path) -> None:
     assert read_psk(str(psk)) == b"secret"
     psk.write_bytes(b"0x0102ff\n")
     assert read_psk(str(psk)) == b"\x01\x02\xff"
+    psk.write_bytes(b"0sAQL/\n")                   # base64, as strongSwan's "0s"
+    assert read_psk(str(psk)) == b"\x01\x02\xff"
+    for bad, message in ((b"0xzz\n", "0x… is not valid hex"),
+                         (b"0s!!\n", "0s… is not valid base64"),
+                         (b"0s\xff\n", "0s… is not ASCII")):
+        psk.write_bytes(bad)
+        with pytest.raises(ConfigError, match=message) as err:
+            read_psk(str(psk))
+        assert "zz" not in str(err.value) and "!!" not in str(err.value)
 
 
 def test_eap_users_file_private_and_well_formed(tmp_path: Path) -> None:
