@@ -197,7 +197,7 @@ class Engine:
             self.complete(step)
             if exchange == IKE_AUTH and _round_only(step):
                 self._answering_first(step)
-        if not step.needs_write or step.half_open or step.answer_first:
+        if not step.needs_write or step.answered_before_write:
             self._observe(step)
         return step
 
@@ -262,7 +262,7 @@ class Engine:
                 return self._durable_now(step)
             return self._not_durable(step, error)
         finally:
-            if not (step.half_open or step.answer_first):
+            if not step.answered_before_write:
                 self._observe(step)
 
     def _observe(self, step: Step) -> None:
@@ -472,7 +472,7 @@ class Engine:
             self._dirty.discard(ike_sa_id)
         for ike_sa_id in step.changes.deleted_ike:
             self._forget(ike_sa_id)
-        return [] if step.half_open or step.answer_first else step.out
+        return [] if step.answered_before_write else step.out
 
     def _not_durable(self, step: Step, exc: StoreError) -> list[Outbound]:
         if isinstance(exc, WriteConflict):

@@ -72,9 +72,13 @@ class Step:
         """The IKE SAs no other step may change until this one is settled."""
         return self.touched | set(self.changes.ike_puts) | set(self.changes.deleted_ike)
 
+    @property
+    def answered_before_write(self) -> bool:
+        """Its answer leaves before its write: a half-open IKE SA's or an EAP round's."""
+        return self.half_open or self.answer_first
+
     def release_now(self) -> list[Outbound]:
         """The datagrams that may leave before the write: all of them when there is nothing
         to write, the IKE_SA_INIT answer of a half-open IKE SA and the answer of an EAP
         round, else none."""
-        return self.out if (not self.needs_write or self.half_open or self.answer_first) \
-            else []
+        return self.out if not self.needs_write or self.answered_before_write else []

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable
+from typing import TypeVar
 
 from cluster.xfrm import policy as pol
 from cluster.xfrm import state as sa
@@ -38,6 +40,7 @@ from cluster.xfrm.wire import (
 XFRMNLGRP_SA, XFRMNLGRP_AEVENTS = 3, 5
 NETLINK_ADD_MEMBERSHIP = 1
 _RECV = 1 << 16
+T = TypeVar("T")
 
 
 def _open(timeout_s: float | None) -> socket.socket:
@@ -47,6 +50,7 @@ def _open(timeout_s: float | None) -> socket.socket:
     s.bind((0, 0))
     s.settimeout(timeout_s)
     return s
+
 
 
 class XfrmSocket:
@@ -108,23 +112,9 @@ class XfrmSocket:
         return sa.pull_state(msg)
 
     def dump_states(self) -> list[sa.StateInfo]:
-        """Every state of this network namespace (XFRM_MSG_GETSA with NLM_F_DUMP)."""
-        seq = self._next()
-        self.sock.send(push_message(XFRM_MSG_GETSA, NLM_F_REQUEST | NLM_F_DUMP, seq, b""))
-        out: list[sa.StateInfo] = []
-        while True:
-            for msg in pull_messages(self.sock.recv(_RECV)):
-                if msg.seq != seq:
-                    continue
-                if msg.kind == NLMSG_DONE:
-                    return out
-                if msg.kind == NLMSG_ERROR:
-                    err = error_of(msg)
-                    if err is None:
-                        return out
-                    raise KernelError(err.errno, err.kind, err.seq, "dump states", err.detail)
-                with contextlib.suppress(XfrmProtocolError):  # not ESP (AH, IPcomp)
-                    out.append(sa.pull_state(msg))
+        """Every state of this network namespace (XFRM_MSG_GETSA with NLM_F_DUMP); other
+        protocols' (AH, IPcomp) are left out."""
+        return self._dump(XFRM_MSG_GETSA, "dump states", sa.pull_state)
 
     def get_ae(self, dst: str, spi: int, src: str) -> sa.AeEvent:
         msg = self.request(sa.push_get_ae(self._next(), dst, spi, src),
@@ -147,9 +137,14 @@ class XfrmSocket:
     def dump_policies(self) -> list[pol.XfrmPolicy]:
         """Every policy of this network namespace (XFRM_MSG_GETPOLICY with NLM_F_DUMP); the
         per-socket ones are not in a dump."""
+        return self._dump(XFRM_MSG_GETPOLICY, "dump policies", pol.pull_policy)
+
+    def _dump(self, kind: int, what: str, pull: Callable[[Message], T]) -> list[T]:
+        """The answers to a dump request of `kind`, each parsed by `pull` (one that is not
+        what `pull` reads — XfrmProtocolError — is skipped)."""
         seq = self._next()
-        self.sock.send(push_message(XFRM_MSG_GETPOLICY, NLM_F_REQUEST | NLM_F_DUMP, seq, b""))
-        out: list[pol.XfrmPolicy] = []
+        self.sock.send(push_message(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, b""))
+        out: list[T] = []
         while True:
             for msg in pull_messages(self.sock.recv(_RECV)):
                 if msg.seq != seq:
@@ -160,10 +155,9 @@ class XfrmSocket:
                     err = error_of(msg)
                     if err is None:
                         return out
-                    raise KernelError(err.errno, err.kind, err.seq, "dump policies",
-                                      err.detail)
+                    raise KernelError(err.errno, err.kind, err.seq, what, err.detail)
                 with contextlib.suppress(XfrmProtocolError):
-                    out.append(pol.pull_policy(msg))
+                    out.append(pull(msg))
 
     def delete_policy(self, src: str, dst: str, direction: str, if_id: int = 0) -> bool:
         try:
